@@ -1,0 +1,166 @@
+"""Command-line interfaces: `porch` (init, validate, run), and the reserved `porchd`, `porchctl`.
+
+Only this layer turns errors into output: one clear line on stderr and a documented exit code;
+tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from porch import __version__, logs
+from porch.config import Problem, Severity, has_errors, name_problem, validate
+from porch.errors import PorchError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+SCRIPT_TEMPLATE = '''"""Porch script for pipeline {name}: step() runs once per iteration."""
+
+
+def step(input_data):
+    # input_data: None for a source pipeline, else a dict keyed by source pipeline name
+    return input_data
+'''
+
+
+def handle_errors(fn: F) -> F:
+    """Turn PorchError into one line on stderr and its exit code (traceback with --debug)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PorchError as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            click.echo(f"porch: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="porch")
+@click.option("--debug", is_flag=True, help="Show tracebacks of porch's own errors; debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Show info logs (lifecycle events).")
+def porch(debug: bool, verbose: bool) -> None:
+    """Porch: distributed Python data pipelines, DPorch-compatible."""
+    level = "debug" if debug else "info" if verbose else "warning"
+    os.environ.setdefault("PORCH_LOG_LEVEL", level)  # inherited by the worker processes
+    logs.configure(level=level)
+
+
+def _validate_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        why = name_problem(value)
+        if why:
+            raise click.BadParameter(why)
+    return value
+
+
+@porch.command()
+@click.option("-n", "--name", callback=_validate_name, help="Pipeline name (file: NAME.json).")
+@click.option("-i", "--source-count", type=click.IntRange(min=0), default=0, show_default=True,
+              help="How many source pipelines send to it.")
+@click.option("-o", "--target", "targets", multiple=True, help="A target pipeline (repeatable).")
+@click.option("-s", "--script", "scripts", multiple=True, help="A script, in order (repeatable).")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+def init(
+    name: str | None, source_count: int, targets: Sequence[str], scripts: Sequence[str], force: bool
+) -> None:
+    """Write a new pipeline config (NAME.json, or config.json without a name)."""
+    path = Path(f"{name}.json" if name else "config.json")
+    if path.exists() and not force:
+        click.echo(f"porch: {path} already exists; pass --force to overwrite it", err=True)
+        sys.exit(EXIT_FAILED)
+    config = {
+        "name": name or "",
+        "scripts": list(scripts),
+        "source_pipeline_count": source_count,
+        "target_pipeline_names": list(targets),
+    }
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"Created: {path.resolve()}")
+    for script in scripts:
+        script_path = Path(script.replace("\\", "/"))
+        if not script_path.exists():
+            script_path.parent.mkdir(parents=True, exist_ok=True)
+            script_path.write_text(SCRIPT_TEMPLATE.format(name=name or "?"), encoding="utf-8")
+            click.echo(f"Created: {script_path.resolve()} (template)")
+
+
+def _print_problems(problems: Sequence[Problem], err: bool) -> None:
+    for problem in problems:
+        click.echo(str(problem), err=err)
+
+
+@porch.command(name="validate")
+@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate_cmd(configs: Sequence[str]) -> None:
+    """Check config files and the graph they form; one line per problem."""
+    _, problems = validate(configs)
+    _print_problems(problems, err=False)
+    errors = sum(p.severity is Severity.ERROR for p in problems)
+    warnings = len(problems) - errors
+    if errors:
+        click.echo(f"{errors} error(s), {warnings} warning(s) in {len(configs)} file(s)", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"ok: {len(configs)} file(s), {warnings} warning(s)", err=True)
+
+
+@porch.command()
+@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Source pipelines end their stream after N iterations (then porch exits).")
+@click.option("--stop-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a pipeline gets to stop gracefully before it is killed.")
+@handle_errors
+def run(configs: Sequence[str], iterations: int | None, stop_timeout: float) -> None:
+    """Run pipelines in the foreground, one process each; Ctrl+C stops them gracefully."""
+    from porch.supervisor import ConsoleSink, Supervisor  # zmq is only needed here
+
+    good, problems = validate(configs)
+    _print_problems(problems, err=True)
+    if has_errors(problems):
+        click.echo("porch: not starting: fix the errors above (see `porch validate`)", err=True)
+        sys.exit(EXIT_USAGE)
+    supervisor = Supervisor(good, ConsoleSink(), iterations=iterations,
+                            stop_timeout_s=stop_timeout)
+    supervisor.install_signals()
+    sys.exit(supervisor.run())
+
+
+def main() -> None:
+    """Entry point of `porch`."""
+    porch(prog_name="porch")
+
+
+def _reserved(prog: str) -> None:
+    click.echo(
+        f"{prog}: the long-lived supervisor is not in this release yet; "
+        "use `porch run CONFIG...` to run pipelines in the foreground",
+        err=True,
+    )
+    sys.exit(EXIT_USAGE)
+
+
+def porchd_main() -> None:
+    """Entry point of `porchd` (reserved; the daemon comes with the supervisor release)."""
+    _reserved("porchd")
+
+
+def porchctl_main() -> None:
+    """Entry point of `porchctl` (reserved; the daemon comes with the supervisor release)."""
+    _reserved("porchctl")

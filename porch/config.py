@@ -1,0 +1,339 @@
+"""Pipeline configs: parse DPorch-compatible JSON into frozen dataclasses and check them.
+
+Nothing here runs user code: scripts are checked by parsing them (ast), never by importing.
+Every problem names the file, the field and the fix, as `file: field: problem`.
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from porch.errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,}$")
+SERIALIZERS = ("pickle", "dill", "json")
+DEFAULT_QUEUE_LIMIT = 1000
+
+
+class Severity(enum.Enum):
+    """How bad a problem is: errors stop a run, warnings are printed and tolerated."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about one field of one config file."""
+
+    file: str
+    field: str
+    message: str
+    severity: Severity = Severity.ERROR
+
+    def __str__(self) -> str:
+        tag = "warning: " if self.severity is Severity.WARNING else ""
+        return f"{self.file}: {self.field}: {tag}{self.message}"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One pipeline: its name, its scripts (absolute paths), its sources and its targets."""
+
+    name: str
+    scripts: tuple[Path, ...]
+    source_pipeline_count: int = 0
+    target_pipeline_names: tuple[str, ...] = ()
+    serializer: str = "pickle"
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
+    path: Path = field(default=Path("config.json"), compare=False)
+
+    @property
+    def folder(self) -> Path:
+        """The folder the config lives in; script paths are relative to it."""
+        return self.path.parent
+
+
+# field name -> (required, expected python types, human type name)
+_FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
+    "name": (True, (str,), "a string"),
+    "scripts": (True, (list,), "a list of .py paths"),
+    "source_pipeline_count": (False, (int,), "a whole number"),
+    "target_pipeline_names": (False, (list,), "a list of pipeline names"),
+    "serializer": (False, (str,), f"one of {', '.join(SERIALIZERS)}"),
+    "queue_limit": (False, (int,), "a whole number >= 1"),
+}
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` is not a valid pipeline name, or None when it is."""
+    if len(name) < 3:
+        return f"must be at least 3 characters, got {name!r}"
+    if not NAME_RE.match(name):
+        return (
+            f"must start with a letter, then letters, digits, '_' or '-', got {name!r}"
+        )
+    return None
+
+
+def script_path(folder: Path, raw: str) -> Path:
+    """Resolve a script path from a config; Windows separators (`..\\x.py`) are accepted."""
+    return (folder / raw.replace("\\", "/")).resolve()
+
+
+class _Checker:
+    """Collects the problems of one config file while building its PipelineConfig."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = str(path)
+        self.problems: list[Problem] = []
+
+    def error(self, fld: str, message: str) -> None:
+        self.problems.append(Problem(self.file, fld, message))
+
+    def warn(self, fld: str, message: str) -> None:
+        self.problems.append(Problem(self.file, fld, message, Severity.WARNING))
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            self.error("file", "does not exist; check the path or create it with `porch init`")
+            return None
+        except OSError as exc:
+            self.error("file", f"cannot be read: {exc.strerror}")
+            return None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.error("json", f"line {exc.lineno} column {exc.colno}: {exc.msg}")
+            return None
+        if not isinstance(data, dict):
+            self.error("json", f"must be a JSON object, got {type(data).__name__}")
+            return None
+        return data
+
+    def check_keys(self, data: dict[str, Any]) -> bool:
+        ok = True
+        for key in data:
+            if key not in _FIELDS:
+                known = ", ".join(_FIELDS)
+                self.error(key, f"unknown key; remove it (known keys: {known})")
+                ok = False
+        for key, (required, types, human) in _FIELDS.items():
+            if key not in data:
+                if required:
+                    self.error(key, f"missing; add it as {human}")
+                    ok = False
+                continue
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, types):
+                self.error(key, f"must be {human}, got {json.dumps(value)}")
+                ok = False
+        return ok
+
+    def check_name(self, name: str) -> None:
+        why = name_problem(name)
+        if why:
+            self.error("name", why)
+
+    def check_scripts(self, raw: list[Any]) -> tuple[Path, ...]:
+        if not raw:
+            self.error("scripts", "must name at least one .py script")
+        paths: list[Path] = []
+        for i, item in enumerate(raw):
+            fld = f"scripts[{i}]"
+            if not isinstance(item, str) or not item.strip():
+                self.error(fld, f"must be a path to a .py file, got {json.dumps(item)}")
+                continue
+            path = script_path(self.path.parent, item)
+            paths.append(path)
+            for message in script_problems(path):
+                self.error(fld, message)
+        return tuple(paths)
+
+    def check_numbers(self, data: dict[str, Any]) -> None:
+        count = data.get("source_pipeline_count", 0)
+        if isinstance(count, int) and count < 0:
+            self.error("source_pipeline_count", f"must be >= 0, got {count}")
+        limit = data.get("queue_limit", DEFAULT_QUEUE_LIMIT)
+        if isinstance(limit, int) and limit < 1:
+            self.error("queue_limit", f"must be >= 1, got {limit}")
+        serializer = data.get("serializer", "pickle")
+        if isinstance(serializer, str) and serializer not in SERIALIZERS:
+            self.error("serializer", f"must be one of {', '.join(SERIALIZERS)}, got {serializer!r}")
+
+    def check_targets(self, raw: list[Any], own_name: str) -> tuple[str, ...]:
+        names: list[str] = []
+        for i, item in enumerate(raw):
+            fld = f"target_pipeline_names[{i}]"
+            if not isinstance(item, str):
+                self.error(fld, f"must be a pipeline name, got {json.dumps(item)}")
+                continue
+            why = name_problem(item)
+            if why:
+                self.error(fld, why)
+            elif item == own_name:
+                self.error(fld, "a pipeline cannot target itself")
+            elif item in names:
+                self.error(fld, f"{item!r} is listed twice; remove the duplicate")
+            names.append(item)
+        return tuple(names)
+
+
+def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]]:
+    """Parse one config file; return the config (None when it has errors) and its problems."""
+    checker = _Checker(Path(path))
+    data = checker.read()
+    if data is None or not checker.check_keys(data):
+        return None, checker.problems
+    checker.check_name(data["name"])
+    scripts = checker.check_scripts(data["scripts"])
+    checker.check_numbers(data)
+    targets = checker.check_targets(data.get("target_pipeline_names", []), data["name"])
+    if any(p.severity is Severity.ERROR for p in checker.problems):
+        return None, checker.problems
+    config = PipelineConfig(
+        name=data["name"],
+        scripts=scripts,
+        source_pipeline_count=data.get("source_pipeline_count", 0),
+        target_pipeline_names=targets,
+        serializer=data.get("serializer", "pickle"),
+        queue_limit=data.get("queue_limit", DEFAULT_QUEUE_LIMIT),
+        path=Path(path).resolve(),
+    )
+    return config, checker.problems
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Parse one config file or raise ConfigError with every problem it has."""
+    config, problems = check_config(path)
+    if config is None:
+        raise ConfigError([str(p) for p in problems])
+    return config
+
+
+def script_problems(path: Path) -> list[str]:
+    """Problems of one script file, found by parsing it (the user's code is not run)."""
+    if path.suffix != ".py":
+        return [f"{path}: must be a .py file"]
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [f"{path}: script does not exist; create it or fix the path"]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{path}: cannot be read: {exc}"]
+    if not source.strip():
+        return [f"{path}: script is empty; it needs a step() function"]
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        return [f"{path}:{exc.lineno}: syntax error: {exc.msg}"]
+    return _hook_problems(path, tree)
+
+
+def _required_params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """How many arguments a call must pass (positional without default, keyword-only too)."""
+    args = fn.args
+    positional = len(args.posonlyargs) + len(args.args) - len(args.defaults)
+    return positional + sum(1 for d in args.kw_defaults if d is None)
+
+
+def _hook_problems(path: Path, tree: ast.Module) -> list[str]:
+    hooks = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.name in ("step", "end")
+    }
+    problems: list[str] = []
+    step = hooks.get("step")
+    if step is None:
+        problems.append(f"{path}: has no top-level step() function; add `def step(input_data):`")
+    elif isinstance(step, ast.AsyncFunctionDef):
+        problems.append(f"{path}:{step.lineno}: step() must be a plain def, not async def")
+    elif _required_params(step) > 1:
+        problems.append(
+            f"{path}:{step.lineno}: step() must take 0 or 1 parameters, "
+            f"it requires {_required_params(step)}"
+        )
+    end = hooks.get("end")
+    if end is not None and _required_params(end) > 0:
+        problems.append(f"{path}:{end.lineno}: end() must take no parameters")
+    return problems
+
+
+def check_graph(configs: Sequence[PipelineConfig]) -> list[Problem]:
+    """Problems of the graph that a set of configs forms (duplicates, dangling edges, counts)."""
+    problems: list[Problem] = []
+    by_name: dict[str, PipelineConfig] = {}
+    for config in configs:
+        if config.name in by_name:
+            other = by_name[config.name].path
+            problems.append(
+                Problem(
+                    str(config.path),
+                    "name",
+                    f"{config.name!r} is also the name in {other}; pipeline names must be unique",
+                )
+            )
+        else:
+            by_name[config.name] = config
+    incoming: dict[str, int] = {name: 0 for name in by_name}
+    for config in by_name.values():
+        for i, target in enumerate(config.target_pipeline_names):
+            if target in incoming:
+                incoming[target] += 1
+            else:
+                problems.append(
+                    Problem(
+                        str(config.path),
+                        f"target_pipeline_names[{i}]",
+                        f"{target!r} is not among the given configs "
+                        "(fine if it runs on another host)",
+                        Severity.WARNING,
+                    )
+                )
+    for name, count in incoming.items():
+        config = by_name[name]
+        if count != config.source_pipeline_count:
+            senders = sorted(
+                c.name for c in by_name.values() if name in c.target_pipeline_names
+            )
+            problems.append(
+                Problem(
+                    str(config.path),
+                    "source_pipeline_count",
+                    f"is {config.source_pipeline_count}, but {count} of the given configs "
+                    f"target {name!r} ({', '.join(senders) or 'none'}); "
+                    "fine if the others run on another host",
+                    Severity.WARNING,
+                )
+            )
+    return problems
+
+
+def validate(paths: Iterable[str | Path]) -> tuple[list[PipelineConfig], list[Problem]]:
+    """Check every file and the graph they form; return the good configs and all problems."""
+    configs: list[PipelineConfig] = []
+    problems: list[Problem] = []
+    for path in paths:
+        config, found = check_config(path)
+        problems.extend(found)
+        if config is not None:
+            configs.append(config)
+    problems.extend(check_graph(configs))
+    return configs, problems
+
+
+def has_errors(problems: Iterable[Problem]) -> bool:
+    """Whether any problem is an error rather than a warning."""
+    return any(p.severity is Severity.ERROR for p in problems)

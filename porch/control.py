@@ -1,0 +1,95 @@
+"""The local control channel: JSON messages between porch processes over ZeroMQ IPC.
+
+Workers connect a DEALER (routing id = pipeline name) to their supervisor's ROUTER and report
+their state and health; the supervisor pushes the directory of endpoints and stop commands.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+import zmq
+
+from porch.errors import ControlError
+
+Message = dict[str, Any]
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+class WorkerState(enum.Enum):
+    """Where a worker is in its life."""
+
+    STARTING = "starting"
+    WAITING_FOR_SOURCES = "waiting for sources"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    BACKOFF = "backoff"
+
+    @property
+    def ended(self) -> bool:
+        """Whether the worker is gone for good (it will send nothing more)."""
+        return self in (WorkerState.FINISHED, WorkerState.STOPPED, WorkerState.FAILED)
+
+
+class MessageType(enum.Enum):
+    """The kinds of control message."""
+
+    HELLO = "hello"  # worker -> supervisor: pid, data endpoint
+    STATE = "state"  # worker -> supervisor: state, last error
+    HEALTH = "health"  # worker -> supervisor: counters (also the heartbeat)
+    DIRECTORY = "directory"  # supervisor -> worker: where pipelines live and their states
+    STOP = "stop"  # supervisor -> worker: stop gracefully
+
+
+def encode(kind: MessageType, **fields: Any) -> bytes:
+    """Encode one control message."""
+    return json.dumps({"type": kind.value, **fields}, separators=(",", ":")).encode("utf-8")
+
+
+def decode(data: bytes) -> tuple[MessageType, Message]:
+    """Decode one control message; raise ControlError when it is not one."""
+    try:
+        message = json.loads(data)
+        return MessageType(message["type"]), message
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ControlError(f"malformed control message: {data[:80]!r}") from exc
+
+
+class ControlClient:
+    """A worker's end of the control channel."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, name: str) -> None:
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.ROUTING_ID, name.encode("utf-8"))
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.SNDHWM, 100)
+        self.socket.connect(endpoint)
+
+    def send(self, kind: MessageType, **fields: Any) -> None:
+        """Send one message; drop it when the supervisor is not keeping up (never block)."""
+        try:
+            self.socket.send(encode(kind, **fields), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def receive(self) -> list[tuple[MessageType, Message]]:
+        """Every message waiting now (non-blocking); malformed ones are skipped."""
+        messages = []
+        while True:
+            try:
+                data = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return messages
+            try:
+                messages.append(decode(data))
+            except ControlError:
+                continue
+
+    def close(self) -> None:
+        """Close the socket, giving queued reports a moment to leave."""
+        self.socket.close()

@@ -1,0 +1,65 @@
+"""Entry point of a worker process: `python -m workers --config FILE --control ENDPOINT`."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+
+from porch import logs
+from porch.config import load_config
+from porch.errors import PorchError
+from workers.worker import Worker, WorkerOptions
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Ask Linux to SIGTERM us when the supervisor dies, so no worker is left orphaned."""
+    if parent_pid is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The worker's command line (internal: porch's supervisor writes it)."""
+    parser = argparse.ArgumentParser(prog="python -m workers")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--bind-host", default="127.0.0.1")
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one pipeline worker until its stream ends, it is stopped, or it fails."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logs.configure()
+    try:
+        config = load_config(args.config)
+    except PorchError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    options = WorkerOptions(
+        control=args.control,
+        bind_host=args.bind_host,
+        iterations=args.iterations,
+        parent_pid=args.parent_pid,
+    )
+    worker = Worker(config, options)
+    worker.install_signals()
+    _die_with_parent(args.parent_pid)
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The script host: loads each user script as its own module and runs the step chain.
+
+Errors in user code become ScriptError carrying the user's own traceback (their file and
+line), with Porch's internal frames removed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import porch
+import workers
+from porch.errors import ScriptError
+from porch.stream import SKIP, Stop
+
+_INTERNAL_DIRS = tuple(str(Path(m.__file__ or "").parent) for m in (porch, workers))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """Format `exc` with Porch's own frames removed, so the user sees their file and line."""
+    tb = traceback.TracebackException.from_exception(exc)
+    _strip_internal(tb)
+    return "".join(tb.format())
+
+
+def _strip_internal(tb: traceback.TracebackException) -> None:
+    frames = [f for f in tb.stack if not f.filename.startswith(_INTERNAL_DIRS)]
+    tb.stack = traceback.StackSummary.from_list(frames)
+    for chained in (tb.__cause__, tb.__context__):
+        if chained is not None:
+            _strip_internal(chained)
+
+
+def _summary(exc: BaseException) -> str:
+    """One line naming the error and the innermost user frame."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(_INTERNAL_DIRS)
+    ]
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+@dataclass
+class Script:
+    """One loaded script: its module, its hooks, and its delta_time bookkeeping."""
+
+    path: Path
+    module: types.ModuleType
+    step: Callable[..., Any]
+    takes_input: bool
+    end: Callable[[], Any] | None
+    tracks_delta: bool
+    last_step_s: float | None = None
+
+
+def _hook(module: types.ModuleType, path: Path, name: str) -> Callable[..., Any] | None:
+    fn = module.__dict__.get(name)
+    if fn is None:
+        return None
+    if not callable(fn):
+        raise ScriptError(f"{path}: {name} must be a function, got {type(fn).__name__}")
+    return fn  # type: ignore[no-any-return]
+
+
+def _accepts_input(step: Callable[..., Any], path: Path) -> bool:
+    """Whether step() takes the input value (1 parameter) or nothing (0); else ScriptError."""
+    try:
+        sig = inspect.signature(step)
+    except (TypeError, ValueError):
+        return True
+    try:
+        sig.bind(None)
+        return True
+    except TypeError:
+        pass
+    try:
+        sig.bind()
+        return False
+    except TypeError:
+        line = getattr(getattr(step, "__code__", None), "co_firstlineno", "?")
+        raise ScriptError(f"{path}:{line}: step() must take 0 or 1 parameters") from None
+
+
+def load_script(path: Path, index: int, pipeline: str) -> Script:
+    """Compile and run one script's top level in a fresh module; raise ScriptError on failure."""
+    try:
+        source = path.read_text(encoding="utf-8")
+        code = compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        raise ScriptError(
+            f"{path}:{exc.lineno}: syntax error: {exc.msg}", user_traceback(exc)
+        ) from None
+    except OSError as exc:
+        raise ScriptError(f"{path}: cannot be read: {exc.strerror}") from None
+    module = types.ModuleType(f"porch_script_{pipeline}_{index}_{path.stem}")
+    module.__file__ = str(path)
+    try:
+        exec(code, module.__dict__)
+    except Exception as exc:
+        raise ScriptError(f"{path}: top-level code raised {_summary(exc)}", user_traceback(exc)) from None
+    step = _hook(module, path, "step")
+    if step is None:
+        raise ScriptError(f"{path}: has no step() function; add `def step(input_data):`")
+    return Script(
+        path=path,
+        module=module,
+        step=step,
+        takes_input=_accepts_input(step, path),
+        end=_hook(module, path, "end"),
+        tracks_delta="delta_time" in module.__dict__,
+    )
+
+
+class ScriptHost:
+    """Runs a pipeline's scripts: top level once, `step()` chained per iteration, `end()` once."""
+
+    def __init__(self, paths: Sequence[Path], pipeline: str) -> None:
+        self.paths = tuple(paths)
+        self.pipeline = pipeline
+        self.scripts: list[Script] = []
+
+    def load(self) -> None:
+        """Run each script's top level in config order; their folders go on sys.path first."""
+        for folder in dict.fromkeys(str(p.parent) for p in self.paths):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+        for index, path in enumerate(self.paths):
+            self.scripts.append(load_script(path, index, self.pipeline))
+
+    def step(self, value: Any) -> Any:
+        """Run one iteration: each step() gets the previous one's result; SKIP ends it early."""
+        try:
+            for script in self.scripts:
+                if script.tracks_delta:
+                    now = time.perf_counter()
+                    last = script.last_step_s
+                    script.module.__dict__["delta_time"] = 0.0 if last is None else now - last
+                    script.last_step_s = now
+                value = script.step(value) if script.takes_input else script.step()
+                if value is SKIP:
+                    return SKIP
+            return value
+        except Stop:
+            raise
+        except Exception as exc:
+            raise ScriptError(f"step() raised {_summary(exc)}", user_traceback(exc)) from None
+
+    def end(self) -> list[ScriptError]:
+        """Run every loaded script's end() in config order; one failing does not skip the rest."""
+        errors: list[ScriptError] = []
+        for script in self.scripts:
+            if script.end is None:
+                continue
+            try:
+                script.end()
+            except Exception as exc:
+                errors.append(
+                    ScriptError(f"end() raised {_summary(exc)}", user_traceback(exc))
+                )
+        return errors
