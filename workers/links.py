@@ -109,6 +109,8 @@ class OutputLink:
         self.gone = True
         self.dropped += len(self.pending)
         self.pending.clear()
+        self.close(linger_ms=0)  # what ZeroMQ still holds for it can never be delivered
+        self.endpoint = None
 
     @property
     def settled(self) -> bool:
