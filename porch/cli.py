@@ -72,8 +72,14 @@ def _validate_name(ctx: click.Context, param: click.Parameter, value: str | None
 
 @porch.command()
 @click.option("-n", "--name", callback=_validate_name, help="Pipeline name (file: NAME.json).")
-@click.option("-i", "--source-count", type=click.IntRange(min=0), default=0, show_default=True,
-              help="How many source pipelines send to it.")
+@click.option(
+    "-i",
+    "--source-count",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="How many source pipelines send to it.",
+)
 @click.option("-o", "--target", "targets", multiple=True, help="A target pipeline (repeatable).")
 @click.option("-s", "--script", "scripts", multiple=True, help="A script, in order (repeatable).")
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
@@ -122,10 +128,19 @@ def validate_cmd(configs: Sequence[str]) -> None:
 
 @porch.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--iterations", type=click.IntRange(min=1), default=None,
-              help="Source pipelines end their stream after N iterations (then porch exits).")
-@click.option("--stop-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds a pipeline gets to stop gracefully before it is killed.")
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Source pipelines end their stream after N iterations (then porch exits).",
+)
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a pipeline gets to stop gracefully before it is killed.",
+)
 @handle_errors
 def run(configs: Sequence[str], iterations: int | None, stop_timeout: float) -> None:
     """Run pipelines in the foreground, one process each; Ctrl+C stops them gracefully."""
@@ -136,8 +151,7 @@ def run(configs: Sequence[str], iterations: int | None, stop_timeout: float) -> 
     if has_errors(problems):
         click.echo("porch: not starting: fix the errors above (see `porch validate`)", err=True)
         sys.exit(EXIT_USAGE)
-    supervisor = Supervisor(good, ConsoleSink(), iterations=iterations,
-                            stop_timeout_s=stop_timeout)
+    supervisor = Supervisor(good, ConsoleSink(), iterations=iterations, stop_timeout_s=stop_timeout)
     supervisor.install_signals()
     sys.exit(supervisor.run())
 

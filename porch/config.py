@@ -77,9 +77,7 @@ def name_problem(name: str) -> str | None:
     if len(name) < 3:
         return f"must be at least 3 characters, got {name!r}"
     if not NAME_RE.match(name):
-        return (
-            f"must start with a letter, then letters, digits, '_' or '-', got {name!r}"
-        )
+        return f"must start with a letter, then letters, digits, '_' or '-', got {name!r}"
     return None
 
 
@@ -251,8 +249,7 @@ def _hook_problems(path: Path, tree: ast.Module) -> list[str]:
     hooks = {
         node.name: node
         for node in tree.body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.name in ("step", "end")
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in ("step", "end")
     }
     problems: list[str] = []
     step = hooks.get("step")
@@ -305,9 +302,7 @@ def check_graph(configs: Sequence[PipelineConfig]) -> list[Problem]:
     for name, count in incoming.items():
         config = by_name[name]
         if count != config.source_pipeline_count:
-            senders = sorted(
-                c.name for c in by_name.values() if name in c.target_pipeline_names
-            )
+            senders = sorted(c.name for c in by_name.values() if name in c.target_pipeline_names)
             problems.append(
                 Problem(
                     str(config.path),

@@ -6,6 +6,7 @@ their state and health; the supervisor pushes the directory of endpoints and sto
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from typing import Any
@@ -72,14 +73,12 @@ class ControlClient:
 
     def send(self, kind: MessageType, **fields: Any) -> None:
         """Send one message; drop it when the supervisor is not keeping up (never block)."""
-        try:
+        with contextlib.suppress(zmq.Again):
             self.socket.send(encode(kind, **fields), zmq.NOBLOCK)
-        except zmq.Again:
-            pass
 
     def receive(self) -> list[tuple[MessageType, Message]]:
         """Every message waiting now (non-blocking); malformed ones are skipped."""
-        messages = []
+        messages: list[tuple[MessageType, Message]] = []
         while True:
             try:
                 data = self.socket.recv(zmq.NOBLOCK)

@@ -25,7 +25,7 @@ class _Skip:
 SKIP: Final = _Skip()
 
 
-class Stop(Exception):  # noqa: N818 - named as a command, like StopIteration's role
+class Stop(Exception):
     """Raised from `step()` to end this pipeline's stream now; this iteration sends nothing."""
 
 

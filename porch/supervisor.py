@@ -6,6 +6,7 @@ directory of endpoints, and stops them all on one path (signals and commands ali
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -147,10 +148,8 @@ class Supervisor:
     def _signal(self, handle: WorkerHandle, signum: int) -> None:
         if handle.process is None or handle.exit_code is not None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(handle.process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     # ---- spawning ------------------------------------------------------------------------
 
@@ -222,10 +221,8 @@ class Supervisor:
                     self._signal(handle, signal.SIGKILL)
 
     def _drain_wakeups(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             self._wake_r.recv(4096)
-        except BlockingIOError:
-            pass
 
     def _read_stream(self, fd: int) -> None:
         handle = next((h for h in self.workers.values() if fd in h.streams), None)
@@ -289,8 +286,7 @@ class Supervisor:
 
     def _publish_directory(self) -> None:
         pipelines = {
-            h.name: {"endpoint": h.endpoint, "state": h.state.value}
-            for h in self.workers.values()
+            h.name: {"endpoint": h.endpoint, "state": h.state.value} for h in self.workers.values()
         }
         message = encode(MessageType.DIRECTORY, pipelines=pipelines)
         for handle in self.workers.values():
@@ -311,10 +307,8 @@ class Supervisor:
     def _signal_group_gone(self, handle: WorkerHandle) -> None:
         """Kill what the worker's scripts left behind in its process group."""
         assert handle.process is not None
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(handle.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _on_exit(self, handle: WorkerHandle, code: int) -> None:
         stopped_by_us = self.stopping and code in (0, -signal.SIGTERM, -signal.SIGKILL)

@@ -107,7 +107,9 @@ def load_script(path: Path, index: int, pipeline: str) -> Script:
     try:
         exec(code, module.__dict__)
     except Exception as exc:
-        raise ScriptError(f"{path}: top-level code raised {_summary(exc)}", user_traceback(exc)) from None
+        raise ScriptError(
+            f"{path}: top-level code raised {_summary(exc)}", user_traceback(exc)
+        ) from None
     step = _hook(module, path, "step")
     if step is None:
         raise ScriptError(f"{path}: has no step() function; add `def step(input_data):`")
@@ -164,7 +166,5 @@ class ScriptHost:
             try:
                 script.end()
             except Exception as exc:
-                errors.append(
-                    ScriptError(f"end() raised {_summary(exc)}", user_traceback(exc))
-                )
+                errors.append(ScriptError(f"end() raised {_summary(exc)}", user_traceback(exc)))
         return errors

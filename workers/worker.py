@@ -7,6 +7,7 @@ stream, stop or failure: send EOS to every target, run the `end()` hooks, flush,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -139,8 +140,12 @@ class Worker:
                 continue
             if entry.get("state") in ("finished", "failed", "stopped"):
                 if not link.gone:
-                    log.warning("target_gone", pipeline=self.name, target=link.target,
-                                state=entry.get("state"))
+                    log.warning(
+                        "target_gone",
+                        pipeline=self.name,
+                        target=link.target,
+                        state=entry.get("state"),
+                    )
                     link.retire()
             elif isinstance(entry.get("endpoint"), str):
                 link.connect(entry["endpoint"])
@@ -172,10 +177,8 @@ class Worker:
         """Block until input, a control message or a signal arrives, or the timeout passes."""
         events = dict((poller or self._poller).poll(timeout_ms))
         if self._wake_r in events or self._wake_r.fileno() in events:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)
-            except BlockingIOError:
-                pass
         if self.control.socket in events:
             self._on_control()
         if self.inputs is not None and self.inputs.socket in events:
@@ -191,8 +194,12 @@ class Worker:
                 self._accept(message)
             except (WireError, SerializationError) as exc:
                 self.counters.bad_frames += 1
-                log.warning("bad_frame_dropped", pipeline=self.name, reason=str(exc),
-                            total=self.counters.bad_frames)
+                log.warning(
+                    "bad_frame_dropped",
+                    pipeline=self.name,
+                    reason=str(exc),
+                    total=self.counters.bad_frames,
+                )
 
     def _accept(self, message: list[bytes]) -> None:
         if len(message) < 2:
@@ -225,7 +232,9 @@ class Worker:
         try:
             return serializer.loads(frames)
         except Exception as exc:
-            raise SerializationError(f"cannot deserialize {serializer.name} payload: {exc}") from exc
+            raise SerializationError(
+                f"cannot deserialize {serializer.name} payload: {exc}"
+            ) from exc
 
     # ---- output --------------------------------------------------------------------------
 
@@ -262,9 +271,13 @@ class Worker:
                 link.flush()
         for link in self.outputs:
             if not link.settled:
-                log.warning("output_discarded", pipeline=self.name, target=link.target,
-                            messages=len(link.pending),
-                            reason="target never appeared")
+                log.warning(
+                    "output_discarded",
+                    pipeline=self.name,
+                    target=link.target,
+                    messages=len(link.pending),
+                    reason="target never appeared",
+                )
             link.close()
 
     # ---- the loop ------------------------------------------------------------------------
@@ -274,8 +287,9 @@ class Worker:
         if self.fanin.all_connected():
             return True
         self._report_state(WorkerState.WAITING_FOR_SOURCES)
-        log.info("waiting_for_sources", pipeline=self.name,
-                 expected=self.config.source_pipeline_count)
+        log.info(
+            "waiting_for_sources", pipeline=self.name, expected=self.config.source_pipeline_count
+        )
         while not self.fanin.all_connected():
             if self.stopping:
                 return False
@@ -338,8 +352,9 @@ class Worker:
     def run(self) -> int:
         """Run the pipeline to its end; the exit code is 0 unless it failed."""
         endpoint = self.inputs.endpoint if self.inputs is not None else None
-        self.control.send(MessageType.HELLO, pid=os.getpid(), endpoint=endpoint,
-                          instance=self.instance)
+        self.control.send(
+            MessageType.HELLO, pid=os.getpid(), endpoint=endpoint, instance=self.instance
+        )
         self._report_state(WorkerState.STARTING)
         try:
             outcome = self._run_scripts()
@@ -360,8 +375,12 @@ class Worker:
             log.info("input_not_processed", pipeline=self.name, messages=self.fanin.depth())
         self._heartbeat()
         self._report_state(outcome, self._last_error)
-        log.info("worker_exit", pipeline=self.name, state=outcome.value,
-                 iterations=self.counters.iterations)
+        log.info(
+            "worker_exit",
+            pipeline=self.name,
+            state=outcome.value,
+            iterations=self.counters.iterations,
+        )
         if self.inputs is not None:
             self.inputs.close()
         self.control.close()
