@@ -38,6 +38,7 @@ FLUSH_TIMEOUT_S = 5.0  # at exit, how long to wait for targets that have no endp
 POLL_MS = 200
 RECV_BATCH = 256
 TICK_S = 0.05  # how often a busy loop looks at the control channel
+STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
 
 
 @dataclass
@@ -248,10 +249,22 @@ class Worker:
 
     def _hand_over(self, link: OutputLink, message: list[Any]) -> None:
         """Give one message to a link, waiting (while serving control) as long as it is full."""
+        next_warning = time.monotonic() + STALL_WARNING_S
         while not link.offer(message):
-            if self.stopping and time.monotonic() > self._drain_deadline:
+            now = time.monotonic()
+            if self.stopping and now > self._drain_deadline:
                 link.dropped += 1
                 return
+            if now > next_warning:
+                next_warning = now + STALL_WARNING_S
+                reason = "target not found yet" if link.socket is None else "target is slow"
+                log.warning(
+                    "output_blocked",
+                    pipeline=self.name,
+                    target=link.target,
+                    reason=reason,
+                    held=len(link.pending),
+                )
             poller = zmq.Poller()
             poller.register(self.control.socket, zmq.POLLIN)
             poller.register(self._wake_r, zmq.POLLIN)
@@ -290,10 +303,19 @@ class Worker:
         log.info(
             "waiting_for_sources", pipeline=self.name, expected=self.config.source_pipeline_count
         )
+        next_warning = time.monotonic() + STALL_WARNING_S
         while not self.fanin.all_connected():
             if self.stopping:
                 return False
             self._wait(POLL_MS)
+            if time.monotonic() > next_warning:
+                next_warning += STALL_WARNING_S
+                log.warning(
+                    "still_waiting_for_sources",
+                    pipeline=self.name,
+                    expected=self.config.source_pipeline_count,
+                    connected=self.fanin.sources,
+                )
         return True
 
     def _iterate(self, inputs: Any) -> None:

@@ -16,8 +16,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 Start = Callable[..., PorchRun]
 
 
-def pipeline(folder: Path, name: str, script: str, sources: int = 0, targets: tuple[str, ...] = (),
-             **extra: object) -> str:
+def pipeline(
+    folder: Path,
+    name: str,
+    script: str,
+    sources: int = 0,
+    targets: tuple[str, ...] = (),
+    **extra: object,
+) -> str:
     """Write NAME.json and NAME.py into `folder`; return the config path."""
     (folder / f"{name}.py").write_text(textwrap.dedent(script))
     config = {
@@ -47,7 +53,10 @@ COUNTER = """
 
 def test_failing_step_shows_user_traceback_and_stops_the_others(tmp_path: Path, porch_cli: Start):
     src = pipeline(tmp_path, "source", COUNTER.format(delay=0.02), targets=("crasher",))
-    bad = pipeline(tmp_path, "crasher", """
+    bad = pipeline(
+        tmp_path,
+        "crasher",
+        """
         def step(input_data):
             value = input_data["source"]
             print("got", value)
@@ -55,7 +64,9 @@ def test_failing_step_shows_user_traceback_and_stops_the_others(tmp_path: Path, 
                 return 1 / 0
         def end():
             print("crasher end ran")
-    """, sources=1)
+    """,
+        sources=1,
+    )
     run = porch_cli("run", src, bad)
     assert run.wait_exit(30) == 1, run.report()
     err = "\n".join(run.stderr)
@@ -68,17 +79,24 @@ def test_failing_step_shows_user_traceback_and_stops_the_others(tmp_path: Path, 
 
 
 def test_ctrl_c_runs_end_hooks_in_order_and_exits_zero(tmp_path: Path, porch_cli: Start):
-    (tmp_path / "first.py").write_text("def step(x):\n    return x\ndef end():\n    print('first end')\n")
+    (tmp_path / "first.py").write_text(
+        "def step(x):\n    return x\ndef end():\n    print('first end')\n"
+    )
     src = pipeline(tmp_path, "ticker", COUNTER.format(delay=0.05), targets=("sink",))
     sink = tmp_path / "sink.json"
-    (tmp_path / "second.py").write_text(textwrap.dedent("""
+    (tmp_path / "second.py").write_text(
+        textwrap.dedent("""
         def step(input_data):
             print("tick", input_data["ticker"])
         def end():
             print("second end")
-    """))
-    sink.write_text(json.dumps({"name": "sink", "scripts": ["first.py", "second.py"],
-                                "source_pipeline_count": 1}))
+    """)
+    )
+    sink.write_text(
+        json.dumps(
+            {"name": "sink", "scripts": ["first.py", "second.py"], "source_pipeline_count": 1}
+        )
+    )
     run = porch_cli("run", src, str(sink))
     run.wait_for_line("sink", "tick 3", 20)
     run.interrupt()
@@ -91,7 +109,10 @@ def test_ctrl_c_runs_end_hooks_in_order_and_exits_zero(tmp_path: Path, porch_cli
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path: Path, porch_cli: Start):
-    slow_end = pipeline(tmp_path, "stubborn", """
+    slow_end = pipeline(
+        tmp_path,
+        "stubborn",
+        """
         import time
         def step():
             print("alive", flush=True)
@@ -99,7 +120,8 @@ def test_second_ctrl_c_exits_at_once(tmp_path: Path, porch_cli: Start):
         def end():
             print("end started", flush=True)
             time.sleep(60)
-    """)
+    """,
+    )
     run = porch_cli("run", slow_end, "--stop-timeout", "60")
     run.wait_for_line("stubborn", "alive", 20)
     run.interrupt()
@@ -110,16 +132,27 @@ def test_second_ctrl_c_exits_at_once(tmp_path: Path, porch_cli: Start):
 
 def test_dead_downstream_does_not_hang_upstream(tmp_path: Path, porch_cli: Start):
     """A fast producer with a tiny queue and a consumer that dies: porch exits, naming it."""
-    src = pipeline(tmp_path, "producer", "def step():\n    return b'x' * 1000\n",
-                   targets=("consumer",), queue_limit=2)
-    sink = pipeline(tmp_path, "consumer", """
+    src = pipeline(
+        tmp_path,
+        "producer",
+        "def step():\n    return b'x' * 1000\n",
+        targets=("consumer",),
+        queue_limit=2,
+    )
+    sink = pipeline(
+        tmp_path,
+        "consumer",
+        """
         n = 0
         def step(input_data):
             global n
             n += 1
             if n == 50:
                 raise RuntimeError("consumer gave up")
-    """, sources=1, queue_limit=2)
+    """,
+        sources=1,
+        queue_limit=2,
+    )
     run = porch_cli("run", src, sink)
     assert run.wait_exit(30) == 1, run.report()
     assert any("porch: pipeline consumer failed" in line for line in run.stderr), run.report()
@@ -127,7 +160,10 @@ def test_dead_downstream_does_not_hang_upstream(tmp_path: Path, porch_cli: Start
 
 def test_end_of_stream_stop_call_and_stop_exception(tmp_path: Path, porch_cli: Start):
     """porch.stop() still sends that iteration's value; raise porch.Stop sends nothing."""
-    calls = pipeline(tmp_path, "caller", """
+    calls = pipeline(
+        tmp_path,
+        "caller",
+        """
         import porch
         n = 0
         def step():
@@ -136,8 +172,13 @@ def test_end_of_stream_stop_call_and_stop_exception(tmp_path: Path, porch_cli: S
             if n == 3:
                 porch.stop()
             return n
-    """, targets=("joiner",))
-    raiser = pipeline(tmp_path, "raiser", """
+    """,
+        targets=("joiner",),
+    )
+    raiser = pipeline(
+        tmp_path,
+        "raiser",
+        """
         import porch
         n = 0
         def step():
@@ -146,21 +187,31 @@ def test_end_of_stream_stop_call_and_stop_exception(tmp_path: Path, porch_cli: S
             if n == 4:
                 raise porch.Stop
             return n * 10
-    """, targets=("joiner",))
-    joiner = pipeline(tmp_path, "joiner", """
+    """,
+        targets=("joiner",),
+    )
+    joiner = pipeline(
+        tmp_path,
+        "joiner",
+        """
         seen = []
         def step(input_data):
             seen.append((input_data["caller"], input_data["raiser"]))
         def end():
             print("seen", seen)
-    """, sources=2)
+    """,
+        sources=2,
+    )
     run = porch_cli("run", calls, raiser, joiner)
     assert run.wait_exit(30) == 0, run.report()
     assert run.lines_of("joiner") == ["seen [(1, 10), (2, 20), (3, 30)]"], run.report()
 
 
 def test_skip_filters_and_none_is_a_value(tmp_path: Path, porch_cli: Start):
-    src = pipeline(tmp_path, "numbers", """
+    src = pipeline(
+        tmp_path,
+        "numbers",
+        """
         import porch
         n = 0
         def step():
@@ -169,16 +220,23 @@ def test_skip_filters_and_none_is_a_value(tmp_path: Path, porch_cli: Start):
             if n % 2:
                 return porch.SKIP
             return None if n == 4 else n
-    """, targets=("printer",))
-    sink = pipeline(tmp_path, "printer", """
+    """,
+        targets=("printer",),
+    )
+    sink = pipeline(
+        tmp_path,
+        "printer",
+        """
         def step(input_data):
             print(repr(input_data))
-    """, sources=1)
+    """,
+        sources=1,
+    )
     run = porch_cli("run", src, sink, "--iterations", "6")
     assert run.wait_exit(30) == 0, run.report()
-    assert run.lines_of("printer") == [
-        "{'numbers': 2}", "{'numbers': None}", "{'numbers': 6}"
-    ], run.report()
+    assert run.lines_of("printer") == ["{'numbers': 2}", "{'numbers': None}", "{'numbers': 6}"], (
+        run.report()
+    )
 
 
 def test_invalid_config_is_refused_with_file_and_field(tmp_path: Path, porch_cli: Start):
@@ -194,12 +252,16 @@ def test_invalid_config_is_refused_with_file_and_field(tmp_path: Path, porch_cli
 
 
 def test_top_level_error_names_user_file_and_line(tmp_path: Path, porch_cli: Start):
-    bad = pipeline(tmp_path, "broken", """
+    bad = pipeline(
+        tmp_path,
+        "broken",
+        """
         import json
         settings = json.loads("{not json")
         def step():
             return 1
-    """)
+    """,
+    )
     run = porch_cli("run", bad)
     assert run.wait_exit(30) == 1, run.report()
     err = "\n".join(run.stderr)
