@@ -76,7 +76,7 @@ def name_problem(name: str) -> str | None:
     """Why `name` is not a valid pipeline name, or None when it is."""
     if len(name) < 3:
         return f"must be at least 3 characters, got {name!r}"
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         return f"must start with a letter, then letters, digits, '_' or '-', got {name!r}"
     return None
 
@@ -152,7 +152,11 @@ class _Checker:
             if not isinstance(item, str) or not item.strip():
                 self.error(fld, f"must be a path to a .py file, got {json.dumps(item)}")
                 continue
-            path = script_path(self.path.parent, item)
+            try:
+                path = script_path(self.path.parent, item)
+            except (ValueError, UnicodeError) as exc:
+                self.error(fld, f"is not a usable file path ({exc}); fix the path")
+                continue
             paths.append(path)
             for message in script_problems(path):
                 self.error(fld, message)

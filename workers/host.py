@@ -104,6 +104,7 @@ def load_script(path: Path, index: int, pipeline: str) -> Script:
         raise ScriptError(f"{path}: cannot be read: {exc.strerror}") from None
     module = types.ModuleType(f"porch_script_{pipeline}_{index}_{path.stem}")
     module.__file__ = str(path)
+    sys.modules[module.__name__] = module  # dataclasses, pickle and typing look modules up here
     try:
         exec(code, module.__dict__)
     except Exception as exc:

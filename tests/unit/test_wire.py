@@ -1,0 +1,224 @@
+"""The data-plane header codec and the payload serializers."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from porch import serializers
+from porch.errors import PorchError, WireError
+from porch.serializers import SerializationError
+from porch.wire import (
+    HEADER_SIZE,
+    MAX_NAME_BYTES,
+    VERSION,
+    FrameKind,
+    Header,
+    HeaderEncoder,
+    decode_header,
+    encode_header,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+U64 = st.integers(min_value=0, max_value=2**64 - 1)
+U8 = st.integers(min_value=0, max_value=255)
+SENDERS = st.text(max_size=60).filter(lambda s: len(s.encode("utf-8", "surrogatepass")) <= 255)
+VALID_SENDERS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60).filter(
+    lambda s: len(s.encode("utf-8")) <= MAX_NAME_BYTES
+)
+
+
+# --- header ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(FrameKind))
+def test_header_round_trips_for_every_kind(kind: FrameKind) -> None:
+    frame = encode_header(kind, 1, 0xDEADBEEF, 42, "pipeline_a")
+
+    assert decode_header(frame) == Header(kind, 1, 0xDEADBEEF, 42, "pipeline_a")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(list(FrameKind)),
+    serializer=U8,
+    instance=U64,
+    seq=U64,
+    sender=VALID_SENDERS,
+)
+def test_header_round_trips_for_any_values(
+    kind: FrameKind, serializer: int, instance: int, seq: int, sender: str
+) -> None:
+    frame = encode_header(kind, serializer, instance, seq, sender)
+
+    header = decode_header(frame)
+
+    assert header == Header(kind, serializer, instance, seq, sender)
+    assert isinstance(header.kind, FrameKind)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    kind=st.sampled_from(list(FrameKind)),
+    serializer=U8,
+    instance=U64,
+    seq=U64,
+    sender=VALID_SENDERS,
+)
+def test_header_encoder_matches_encode_header(
+    kind: FrameKind, serializer: int, instance: int, seq: int, sender: str
+) -> None:
+    encoder = HeaderEncoder(serializer, instance, sender)
+
+    assert encoder.encode(kind, seq) == encode_header(kind, serializer, instance, seq, sender)
+
+
+def test_sender_name_longer_than_255_bytes_is_refused() -> None:
+    with pytest.raises(WireError):
+        encode_header(FrameKind.DATA, 1, 0, 0, "é" * 128)
+    with pytest.raises(WireError):
+        HeaderEncoder(1, 0, "x" * 256)
+    assert decode_header(encode_header(FrameKind.DATA, 1, 0, 0, "x" * 255)).sender == "x" * 255
+
+
+def valid_frame(sender: str = "pipeline_a") -> bytes:
+    return encode_header(FrameKind.DATA, 1, 7, 9, sender)
+
+
+@pytest.mark.parametrize("length", [0, 1, HEADER_SIZE - 1])
+def test_truncated_header_is_a_wire_error(length: int) -> None:
+    with pytest.raises(WireError, match="too short"):
+        decode_header(valid_frame()[:length])
+
+
+def test_header_cut_inside_the_name_is_a_wire_error() -> None:
+    with pytest.raises(WireError):
+        decode_header(valid_frame()[:-1])
+
+
+def test_header_with_trailing_bytes_is_a_wire_error() -> None:
+    with pytest.raises(WireError):
+        decode_header(valid_frame() + b"x")
+
+
+def test_wrong_version_is_a_wire_error() -> None:
+    frame = bytes([VERSION + 1]) + valid_frame()[1:]
+    with pytest.raises(WireError, match="version"):
+        decode_header(frame)
+
+
+@pytest.mark.parametrize("kind", [0, 4, 255])
+def test_unknown_kind_is_a_wire_error(kind: int) -> None:
+    frame = bytearray(valid_frame())
+    frame[1] = kind
+    with pytest.raises(WireError):
+        decode_header(bytes(frame))
+
+
+def test_name_that_is_not_utf8_is_a_wire_error() -> None:
+    frame = struct.pack("!BBBBQQ", VERSION, FrameKind.DATA, 1, 2, 0, 0) + b"\xff\xfe"
+    with pytest.raises(WireError):
+        decode_header(frame)
+
+
+def test_wire_error_is_a_porch_error() -> None:
+    assert issubclass(WireError, PorchError)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_decode_header_only_ever_raises_wire_error(frame: bytes) -> None:
+    try:
+        header = decode_header(frame)
+    except WireError:
+        return
+    assert isinstance(header, Header)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=U8, serializer=U8, name_len=U8, instance=U64, seq=U64, name=st.binary(max_size=300))
+def test_decode_header_only_ever_raises_wire_error_with_a_valid_prefix(
+    kind: int, serializer: int, name_len: int, instance: int, seq: int, name: bytes
+) -> None:
+    frame = struct.pack("!BBBBQQ", VERSION, kind, serializer, name_len, instance, seq) + name
+    try:
+        header = decode_header(frame)
+    except WireError:
+        return
+    assert header.kind == kind
+    assert header.sender.encode("utf-8") == name
+
+
+# --- serializers ----------------------------------------------------------------------------
+
+VALUES = [None, 0, -1.5, "text", b"bytes", [1, [2, 3]], {"a": {"b": [None, True]}}]
+
+
+@pytest.mark.parametrize("name", ["pickle", "dill", "json"])
+@pytest.mark.parametrize("value", VALUES[:2] + VALUES[2:4] + VALUES[5:])
+def test_serializers_round_trip_json_values(name: str, value: object) -> None:
+    serializer = serializers.get(name)
+
+    assert serializer.loads(serializer.dumps(value)) == value
+
+
+@pytest.mark.parametrize("name", ["pickle", "dill"])
+def test_python_serializers_round_trip_python_values(name: str) -> None:
+    serializer = serializers.get(name)
+    value = {"bytes": b"\x00\xff", "tuple": (1, 2), "set": {3, 4}, "complex": 1 + 2j}
+
+    assert serializer.loads(serializer.dumps(value)) == value
+
+
+def test_serializer_ids_are_distinct_and_looked_up() -> None:
+    ids = {s.id for s in serializers.SERIALIZERS.values()}
+    assert len(ids) == len(serializers.SERIALIZERS)
+    for serializer in serializers.SERIALIZERS.values():
+        assert serializers.BY_ID[serializer.id] is serializer
+        assert serializers.get(serializer.name) is serializer
+
+
+def test_pickle_sends_large_buffers_out_of_band() -> None:
+    pickler = serializers.get("pickle")
+    payload = bytearray(b"x" * 10**6)
+
+    frames = pickler.dumps(pickle.PickleBuffer(payload))
+
+    assert len(frames) > 1
+    assert len(frames[0]) < 1000  # the big buffer is not copied into the pickle stream
+    assert bytes(pickler.loads(frames)) == bytes(payload)
+
+
+def test_pickle_round_trips_frames_received_as_bytes() -> None:
+    pickler = serializers.get("pickle")
+    value = {"blob": pickle.PickleBuffer(bytearray(b"y" * 10**5)), "meta": 1}
+
+    frames = pickler.dumps(value)
+    received = pickler.loads([bytes(f) for f in frames])  # as copied off a socket
+
+    assert bytes(received["blob"]) == b"y" * 10**5
+    assert received["meta"] == 1
+
+
+def test_json_serializer_rejects_a_set_with_a_clear_message() -> None:
+    with pytest.raises(SerializationError) as info:
+        serializers.get("json").dumps({1, 2})
+
+    message = str(info.value)
+    assert "set" in message
+    assert "json" in message
+    assert "pickle" in message  # tells the user the way out
+    assert isinstance(info.value, PorchError)
+
+
+def test_dill_round_trips_a_lambda() -> None:
+    dill = serializers.get("dill")
+
+    double = dill.loads(dill.dumps(lambda x: x * 2))
+
+    assert double(21) == 42
