@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import PorchRun
+    from tests.integration.conftest import PorchRun
 
     StartPorch = Callable[..., PorchRun]
 
