@@ -159,22 +159,3 @@ def run(configs: Sequence[str], iterations: int | None, stop_timeout: float) -> 
 def main() -> None:
     """Entry point of `porch`."""
     porch(prog_name="porch")
-
-
-def _reserved(prog: str) -> None:
-    click.echo(
-        f"{prog}: the long-lived supervisor is not in this release yet; "
-        "use `porch run CONFIG...` to run pipelines in the foreground",
-        err=True,
-    )
-    sys.exit(EXIT_USAGE)
-
-
-def porchd_main() -> None:
-    """Entry point of `porchd` (reserved; the daemon comes with the supervisor release)."""
-    _reserved("porchd")
-
-
-def porchctl_main() -> None:
-    """Entry point of `porchctl` (reserved; the daemon comes with the supervisor release)."""
-    _reserved("porchctl")

@@ -19,7 +19,9 @@ from porch.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,}$")
 SERIALIZERS = ("pickle", "dill", "json")
+RESTART_POLICIES = ("always", "on-failure", "never")
 DEFAULT_QUEUE_LIMIT = 1000
+DEFAULT_HEARTBEAT_TIMEOUT_S = 30.0
 
 
 class Severity(enum.Enum):
@@ -53,6 +55,8 @@ class PipelineConfig:
     target_pipeline_names: tuple[str, ...] = ()
     serializer: str = "pickle"
     queue_limit: int = DEFAULT_QUEUE_LIMIT
+    restart: str = "on-failure"
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
     path: Path = field(default=Path("config.json"), compare=False)
 
     @property
@@ -69,6 +73,8 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
     "target_pipeline_names": (False, (list,), "a list of pipeline names"),
     "serializer": (False, (str,), f"one of {', '.join(SERIALIZERS)}"),
     "queue_limit": (False, (int,), "a whole number >= 1"),
+    "restart": (False, (str,), f"one of {', '.join(RESTART_POLICIES)}"),
+    "heartbeat_timeout_s": (False, (int, float), "a number of seconds > 0"),
 }
 
 
@@ -169,6 +175,12 @@ class _Checker:
         limit = data.get("queue_limit", DEFAULT_QUEUE_LIMIT)
         if isinstance(limit, int) and limit < 1:
             self.error("queue_limit", f"must be >= 1, got {limit}")
+        restart = data.get("restart", "on-failure")
+        if isinstance(restart, str) and restart not in RESTART_POLICIES:
+            self.error("restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
+        timeout = data.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S)
+        if isinstance(timeout, int | float) and not timeout > 0:
+            self.error("heartbeat_timeout_s", f"must be > 0, got {timeout}")
         serializer = data.get("serializer", "pickle")
         if isinstance(serializer, str) and serializer not in SERIALIZERS:
             self.error("serializer", f"must be one of {', '.join(SERIALIZERS)}, got {serializer!r}")
@@ -210,6 +222,8 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
         target_pipeline_names=targets,
         serializer=data.get("serializer", "pickle"),
         queue_limit=data.get("queue_limit", DEFAULT_QUEUE_LIMIT),
+        restart=data.get("restart", "on-failure"),
+        heartbeat_timeout_s=float(data.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S)),
         path=Path(path).resolve(),
     )
     return config, checker.problems

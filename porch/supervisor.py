@@ -1,12 +1,16 @@
 """The supervisor: spawns one worker process per pipeline, relays their output, brokers the
-directory of endpoints, and stops them all on one path (signals and commands alike).
+directory of endpoints, watches heartbeats, restarts or stops workers on one path.
 
-`porch run` is a foreground use of this class; `porchd` grows from it.
+Two modes share this code: `porch run` (FailureMode.STOP_ALL: a failure stops everything, the
+run ends when every pipeline has ended) and `porchd` (FailureMode.RESTART: each pipeline's
+restart policy decides, and the daemon runs until it is told to stop).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import hashlib
 import os
 import shutil
 import signal
@@ -15,23 +19,34 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+import psutil
 import zmq
 
 from porch import logs
 from porch.config import PipelineConfig
 from porch.control import MessageType, WorkerState, decode, encode
 from porch.errors import ControlError
+from porch.restart import Action, RestartPolicy, RestartTracker
 
 log = logs.get("porch.supervisor")
 
 STOP_TIMEOUT_S = 10.0
 POLL_MS = 250
+OUTPUT_DRAIN_S = 2.0  # after a worker exits, how long its pipes may still deliver output
+LIVE_STATES = (WorkerState.WAITING_FOR_SOURCES, WorkerState.RUNNING)
+
+
+class FailureMode(enum.Enum):
+    """What a worker failure does."""
+
+    STOP_ALL = "stop-all"  # porch run: stop every pipeline, exit 1
+    RESTART = "restart"  # porchd: the pipeline's restart policy decides
 
 
 class LineSink(Protocol):
@@ -62,19 +77,39 @@ class ConsoleSink:
         out.flush()
 
 
+def fingerprint(config: PipelineConfig) -> str:
+    """A digest of a config and its scripts' bytes: reload restarts what changed."""
+    digest = hashlib.sha256(repr(config).encode())
+    for script in config.scripts:
+        with contextlib.suppress(OSError):
+            digest.update(script.read_bytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class WorkerHandle:
-    """The supervisor's view of one worker."""
+    """The supervisor's view of one pipeline and its current worker process."""
 
     config: PipelineConfig
+    tracker: RestartTracker
     process: subprocess.Popen[bytes] | None = None
     state: WorkerState = WorkerState.STARTING
     endpoint: str | None = None
     last_error: str = ""
+    wanted: bool = True  # False after a commanded stop: never restarted
+    respawn: bool = False  # a commanded restart: start again as soon as it exits
     started_s: float = 0.0
+    exited_s: float | None = None
     exit_code: int | None = None
+    restart_at: float | None = None
+    kill_at: float | None = None
+    heartbeat_s: float = 0.0
+    watchdog_fired: bool = False
     health: dict[str, Any] = field(default_factory=dict)
+    rate_per_s: float = 0.0
     streams: dict[int, tuple[str, bytearray]] = field(default_factory=dict)
+    digest: str = ""
+    ps: psutil.Process | None = None
 
     @property
     def name(self) -> str:
@@ -82,42 +117,61 @@ class WorkerHandle:
         return self.config.name
 
     @property
-    def pid(self) -> int | None:
-        """The worker's pid while it has one."""
-        return self.process.pid if self.process is not None else None
+    def alive(self) -> bool:
+        """Whether a worker process exists that has not been reaped yet."""
+        return self.process is not None and self.exit_code is None
 
 
 class Supervisor:
-    """Runs a set of pipelines as child processes until they end or are stopped."""
+    """Runs a set of pipelines as child processes."""
 
     def __init__(
         self,
         configs: Sequence[PipelineConfig],
         sink: LineSink,
         *,
+        mode: FailureMode = FailureMode.STOP_ALL,
         iterations: int | None = None,
         bind_host: str = "127.0.0.1",
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
-        self.workers = {c.name: WorkerHandle(c) for c in configs}
         self.sink = sink
+        self.mode = mode
         self.iterations = iterations
         self.bind_host = bind_host
         self.stop_timeout_s = stop_timeout_s
+        self.workers: dict[str, WorkerHandle] = {}
+        for config in configs:
+            self.workers[config.name] = self._handle(config)
         self.stopping = False
         self.forced = False
         self.failed: list[str] = []
-        self._kill_deadline = 0.0
+        self.started_s = time.monotonic()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="porch-"))
-        self.control_endpoint = f"ipc://{self.runtime_dir}/control"
+        self.worker_endpoint = f"ipc://{self.runtime_dir}/workers"
         self.router: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
-        self.router.bind(self.control_endpoint)
+        self.router.bind(self.worker_endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self._wake_r, self._wake_w = socket.socketpair()
         self.poller.register(self._wake_r, zmq.POLLIN)
+        self._handlers: dict[Any, Callable[[], None]] = {}
+        self._removed: set[str] = set()
+
+    def _handle(self, config: PipelineConfig) -> WorkerHandle:
+        policy = (
+            RestartPolicy.NEVER
+            if self.mode is FailureMode.STOP_ALL
+            else RestartPolicy(config.restart)
+        )
+        return WorkerHandle(config, RestartTracker(policy))
+
+    def add_handler(self, sock: zmq.Socket[bytes], on_readable: Callable[[], None]) -> None:
+        """Also poll `sock` in the loop and call `on_readable` when it has input (porchd)."""
+        self.poller.register(sock, zmq.POLLIN)
+        self._handlers[sock] = on_readable
 
     # ---- signals: one stop path ----------------------------------------------------------
 
@@ -136,20 +190,71 @@ class Supervisor:
             self.request_stop(signal.Signals(signum).name)
 
     def request_stop(self, reason: str) -> None:
-        """Stop every worker gracefully (SIGTERM to its group); kill them after the timeout."""
+        """Stop every pipeline gracefully, then end the loop (porchctl stop, signals, failure)."""
         if self.stopping:
             return
         self.stopping = True
-        self._kill_deadline = time.monotonic() + self.stop_timeout_s
         log.info("stopping", reason=reason)
         for handle in self.workers.values():
-            self._signal(handle, signal.SIGTERM)
+            self.stop_worker(handle)
+
+    def stop_worker(self, handle: WorkerHandle) -> None:
+        """Commanded stop of one pipeline: SIGTERM its group, SIGKILL after the stop timeout."""
+        handle.wanted = False
+        handle.restart_at = None
+        if not handle.alive:
+            if handle.state in (WorkerState.BACKOFF, WorkerState.STARTING):
+                handle.state = WorkerState.STOPPED
+            return
+        handle.kill_at = time.monotonic() + self.stop_timeout_s
+        self._signal(handle, signal.SIGTERM)
 
     def _signal(self, handle: WorkerHandle, signum: int) -> None:
-        if handle.process is None or handle.exit_code is not None:
+        if handle.process is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(handle.process.pid, signum)
+
+    # ---- commands (porchd) ---------------------------------------------------------------
+
+    def start_pipeline(self, handle: WorkerHandle) -> None:
+        """Start a pipeline that is not running (after a stop, or from `failed`)."""
+        handle.wanted = True
+        handle.tracker.reset()
+        if not handle.alive:
+            self.spawn(handle)
+
+    def restart_pipeline(self, handle: WorkerHandle) -> None:
+        """Graceful restart: stop it, then start it again as soon as it has exited."""
+        if handle.alive:
+            self.stop_worker(handle)
+            handle.respawn = True
+        else:
+            self.start_pipeline(handle)
+
+    def add_pipeline(self, config: PipelineConfig) -> None:
+        """Add a pipeline (reload) and start it."""
+        handle = self._handle(config)
+        self.workers[config.name] = handle
+        self.spawn(handle)
+
+    def remove_pipeline(self, name: str) -> None:
+        """Stop a pipeline and forget it once it has exited (reload)."""
+        handle = self.workers[name]
+        handle.respawn = False
+        self.stop_worker(handle)
+        if handle.alive:
+            self._removed.add(name)  # forgotten once it has exited, see _after_exit
+        else:
+            del self.workers[name]
+            self._publish_directory()
+
+    def replace_config(self, config: PipelineConfig) -> None:
+        """A pipeline's config or scripts changed (reload): restart it with the new ones."""
+        handle = self.workers[config.name]
+        handle.config = config
+        handle.tracker = self._handle(config).tracker
+        self.restart_pipeline(handle)
 
     # ---- spawning ------------------------------------------------------------------------
 
@@ -157,7 +262,7 @@ class Supervisor:
         cmd = [
             sys.executable, "-m", "workers",
             "--config", str(handle.config.path),
-            "--control", self.control_endpoint,
+            "--control", self.worker_endpoint,
             "--bind-host", self.bind_host,
             "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
@@ -178,8 +283,13 @@ class Supervisor:
             env=env,
             start_new_session=True,
         )
-        handle.process, handle.exit_code = process, None
-        handle.state, handle.started_s = WorkerState.STARTING, time.monotonic()
+        now = time.monotonic()
+        handle.process, handle.exit_code, handle.exited_s = process, None, None
+        handle.state, handle.started_s, handle.heartbeat_s = WorkerState.STARTING, now, now
+        handle.kill_at = handle.restart_at = None
+        handle.watchdog_fired, handle.respawn, handle.endpoint = False, False, None
+        handle.digest = fingerprint(handle.config)
+        handle.ps = None
         for stream_name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
             assert pipe is not None
             os.set_blocking(pipe.fileno(), False)
@@ -190,39 +300,67 @@ class Supervisor:
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Spawn every worker and supervise until all have ended; return porch run's exit code."""
+        """Spawn every worker and supervise until done; return porch run's exit code."""
         try:
-            for handle in self.workers.values():
+            for handle in list(self.workers.values()):
                 self.spawn(handle)
-            while not all(h.exit_code is not None for h in self.workers.values()):
+            while not self._done():
                 if self.forced:
-                    self._kill_all()
                     return 130
-                self._poll_once()
+                self.poll_once()
             return 1 if self.failed else 0
         finally:
             self._kill_all()
             self.close()
 
-    def _poll_once(self) -> None:
+    def _done(self) -> bool:
+        settled = all(
+            not h.alive and h.restart_at is None and not h.respawn for h in self.workers.values()
+        )
+        if self.mode is FailureMode.STOP_ALL:
+            return settled
+        return self.stopping and settled
+
+    def poll_once(self) -> None:
+        """Wait for one batch of events (or POLL_MS) and handle them, then the timers."""
         events = dict(self.poller.poll(POLL_MS))
         for key in events:
             if key is self.router:
                 self._on_control()
             elif key is self._wake_r or key == self._wake_r.fileno():
-                self._drain_wakeups()
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_r.recv(4096)
+            elif key in self._handlers:
+                self._handlers[key]()
             elif isinstance(key, int):
                 self._read_stream(key)
-        self._reap()
-        if self.stopping and time.monotonic() > self._kill_deadline:
-            for handle in self.workers.values():
-                if handle.exit_code is None:
-                    self._fail(handle, f"did not stop within {self.stop_timeout_s:g} s; killed")
-                    self._signal(handle, signal.SIGKILL)
+        now = time.monotonic()
+        for handle in list(self.workers.values()):
+            self._check_timers(handle, now)
+            self._reap(handle, now)
 
-    def _drain_wakeups(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            self._wake_r.recv(4096)
+    def _check_timers(self, handle: WorkerHandle, now: float) -> None:
+        if handle.restart_at is not None and now >= handle.restart_at and not self.stopping:
+            log.info("worker_restarting", pipeline=handle.name, restarts=handle.tracker.restarts)
+            self.spawn(handle)
+            return
+        if not handle.alive:
+            return
+        if handle.kill_at is not None and now > handle.kill_at:
+            handle.kill_at = None
+            message = f"did not stop within {self.stop_timeout_s:g} s; killed"
+            log.warning("worker_killed", pipeline=handle.name, reason=message)
+            handle.last_error = message
+            if self.mode is FailureMode.STOP_ALL:
+                self._record_failure(handle, message)
+            self._signal(handle, signal.SIGKILL)
+        timeout = handle.config.heartbeat_timeout_s
+        silent = now - handle.heartbeat_s
+        if handle.state in LIVE_STATES and silent > timeout and not handle.watchdog_fired:
+            handle.watchdog_fired = True
+            handle.last_error = f"no heartbeat for {silent:.0f} s (timeout {timeout:g} s); killed"
+            log.warning("worker_unresponsive", pipeline=handle.name, silent_s=round(silent, 1))
+            self._signal(handle, signal.SIGKILL)
 
     def _read_stream(self, fd: int) -> None:
         handle = next((h for h in self.workers.values() if fd in h.streams), None)
@@ -241,8 +379,15 @@ class Supervisor:
         if not data:  # EOF: the worker (and every child holding the pipe) is gone
             if rest:
                 self.sink.line(handle.name, stream_name, rest.decode("utf-8", "replace"))
-            self.poller.unregister(fd)
-            del handle.streams[fd]
+            self._close_stream(handle, fd)
+
+    def _close_stream(self, handle: WorkerHandle, fd: int) -> None:
+        self.poller.unregister(fd)
+        del handle.streams[fd]
+        assert handle.process is not None
+        for pipe in (handle.process.stdout, handle.process.stderr):
+            if pipe is not None and not pipe.closed and pipe.fileno() == fd:
+                pipe.close()
 
     def _on_control(self) -> None:
         while True:
@@ -253,7 +398,7 @@ class Supervisor:
             except ValueError:
                 continue
             handle = self.workers.get(identity.decode("utf-8", "replace"))
-            if handle is None:
+            if handle is None or not handle.alive:
                 continue
             try:
                 kind, message = decode(data)
@@ -263,6 +408,7 @@ class Supervisor:
             self._on_report(handle, kind, message)
 
     def _on_report(self, handle: WorkerHandle, kind: MessageType, message: dict[str, Any]) -> None:
+        handle.heartbeat_s = time.monotonic()
         if kind is MessageType.HELLO:
             endpoint = message.get("endpoint")
             handle.endpoint = endpoint if isinstance(endpoint, str) else None
@@ -270,7 +416,18 @@ class Supervisor:
         elif kind is MessageType.STATE:
             self._set_state(handle, message)
         elif kind is MessageType.HEALTH:
-            handle.health = {k: v for k, v in message.items() if k != "type"}
+            self._on_health(handle, message)
+
+    def _on_health(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        previous = handle.health
+        now = time.monotonic()
+        if previous.get("_at") is not None:
+            elapsed = now - previous["_at"]
+            done = message.get("iterations", 0) - previous.get("iterations", 0)
+            if elapsed > 0:
+                handle.rate_per_s = max(0.0, done / elapsed)
+        handle.health = {k: v for k, v in message.items() if k not in ("type", "state")}
+        handle.health["_at"] = now
 
     def _set_state(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         try:
@@ -290,65 +447,140 @@ class Supervisor:
         }
         message = encode(MessageType.DIRECTORY, pipelines=pipelines)
         for handle in self.workers.values():
-            if handle.exit_code is None:
+            if handle.alive:
                 self.router.send_multipart([handle.name.encode("utf-8"), message])
 
-    def _reap(self) -> None:
-        for handle in self.workers.values():
-            if handle.process is None or handle.exit_code is not None or handle.streams:
-                continue
-            code = handle.process.poll()
-            if code is None:
-                continue
-            handle.exit_code = code
-            self._signal_group_gone(handle)
-            self._on_exit(handle, code)
+    # ---- exits ---------------------------------------------------------------------------
 
-    def _signal_group_gone(self, handle: WorkerHandle) -> None:
-        """Kill what the worker's scripts left behind in its process group."""
+    def _reap(self, handle: WorkerHandle, now: float) -> None:
+        if not handle.alive:
+            return
         assert handle.process is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(handle.process.pid, signal.SIGKILL)
+        code = handle.process.poll()
+        if code is None:
+            return
+        if handle.exited_s is None:
+            handle.exited_s = now
+            self._signal(handle, signal.SIGKILL)  # what its scripts left in its group dies too
+        if handle.streams and now - handle.exited_s < OUTPUT_DRAIN_S:
+            return  # let the last output arrive first
+        for fd in list(handle.streams):
+            self._close_stream(handle, fd)
+        handle.exit_code = code
+        handle.endpoint = None
+        self._after_exit(handle, code, now)
 
-    def _on_exit(self, handle: WorkerHandle, code: int) -> None:
-        stopped_by_us = self.stopping and code in (0, -signal.SIGTERM, -signal.SIGKILL)
-        if code == 0:
+    def _after_exit(self, handle: WorkerHandle, code: int, now: float) -> None:
+        clean = code == 0 and not handle.watchdog_fired
+        commanded = not handle.wanted or self.stopping
+        if commanded and (clean or code in (-signal.SIGTERM, -signal.SIGKILL)):
+            if not (clean and handle.state is WorkerState.FINISHED):
+                handle.state = WorkerState.STOPPED
+        elif clean:
             if not handle.state.ended:
-                handle.state = WorkerState.STOPPED if self.stopping else WorkerState.FINISHED
-        elif stopped_by_us and handle.name not in self.failed:
-            handle.state = WorkerState.STOPPED
+                handle.state = WorkerState.FINISHED
         else:
-            reason = handle.last_error or f"exited with code {code}"
-            self._fail(handle, reason)
+            handle.state = WorkerState.FAILED
+            handle.last_error = handle.last_error or f"exited with code {code}"
         log.info("worker_exited", pipeline=handle.name, code=code, state=handle.state.value)
+        if handle.name in self._removed:
+            self._removed.discard(handle.name)
+            del self.workers[handle.name]
+        elif handle.respawn and not self.stopping:
+            handle.wanted = True
+            handle.tracker.reset()
+            self.spawn(handle)
+        elif not commanded:
+            self._apply_policy(handle, clean, now)
         self._publish_directory()
 
-    def _fail(self, handle: WorkerHandle, reason: str) -> None:
+    def _apply_policy(self, handle: WorkerHandle, clean: bool, now: float) -> None:
+        if not clean and self.mode is FailureMode.STOP_ALL:
+            self._record_failure(handle, handle.last_error)
+            return
+        decision = handle.tracker.on_exit(now, failed=not clean)
+        if decision.action is Action.RESTART:
+            handle.state = WorkerState.BACKOFF
+            handle.restart_at = now + decision.delay_s
+            log.warning("worker_backoff", pipeline=handle.name, delay_s=decision.delay_s,
+                        error=handle.last_error)  # fmt: skip
+        elif decision.action is Action.GIVE_UP:
+            handle.state = WorkerState.FAILED
+            log.error("worker_gave_up", pipeline=handle.name, error=handle.last_error)
+
+    def _record_failure(self, handle: WorkerHandle, reason: str) -> None:
         if handle.name in self.failed:
             return
         handle.state = WorkerState.FAILED
-        handle.last_error = reason
         self.failed.append(handle.name)
         sys.stderr.write(f"porch: pipeline {handle.name} failed: {reason}\n")
         sys.stderr.flush()
         self.request_stop(f"pipeline {handle.name} failed")
 
+    # ---- status --------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        """One dict per pipeline, the fields of `porchctl status`."""
+        return [self._status_of(h) for h in self.workers.values()]
+
+    def _status_of(self, handle: WorkerHandle) -> dict[str, Any]:
+        now = time.monotonic()
+        cpu, rss = self._usage(handle)
+        health = handle.health
+        return {
+            "name": handle.name,
+            "pid": handle.process.pid if handle.alive and handle.process else None,
+            "state": handle.state.value,
+            "uptime_s": round(now - handle.started_s, 1) if handle.alive else None,
+            "iterations": health.get("iterations", 0),
+            "msgs_in": health.get("msgs_in", 0),
+            "msgs_out": health.get("msgs_out", 0),
+            "queue_depth": health.get("queue_depth", 0),
+            "dropped": health.get("dropped", 0),
+            "bad_frames": health.get("bad_frames", 0),
+            "rate_per_s": round(handle.rate_per_s, 1),
+            "cpu_percent": cpu,
+            "rss_bytes": rss,
+            "restarts": handle.tracker.restarts,
+            "last_error": handle.last_error.splitlines()[0] if handle.last_error else "",
+            "restart_policy": handle.tracker.policy.value,
+            "config": str(handle.config.path),
+        }
+
+    def _usage(self, handle: WorkerHandle) -> tuple[float | None, int | None]:
+        if not handle.alive or handle.process is None:
+            return None, None
+        try:
+            if handle.ps is None:
+                handle.ps = psutil.Process(handle.process.pid)
+                handle.ps.cpu_percent(None)
+            with handle.ps.oneshot():
+                return handle.ps.cpu_percent(None), handle.ps.memory_info().rss
+        except psutil.Error:
+            return None, None
+
+    # ---- teardown ------------------------------------------------------------------------
+
     def _kill_all(self) -> None:
         for handle in self.workers.values():
-            if handle.process is not None and handle.exit_code is None:
+            if handle.alive and handle.process is not None:
                 self._signal(handle, signal.SIGKILL)
-                handle.process.wait(timeout=5)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    handle.process.wait(timeout=5)
                 handle.exit_code = handle.process.returncode
 
     def close(self) -> None:
         """Release sockets, pipes and the runtime folder."""
         for handle in self.workers.values():
-            if handle.process is not None:
-                for pipe in (handle.process.stdout, handle.process.stderr):
-                    if pipe is not None:
-                        pipe.close()
+            for fd in list(handle.streams):
+                self._close_stream(handle, fd)
         self.router.close(linger=0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
         self._wake_r.close()
         self._wake_w.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def names_unknown(supervisor: Supervisor, names: Iterable[str]) -> list[str]:
+    """The names among `names` that the supervisor does not know."""
+    return [n for n in names if n not in supervisor.workers]

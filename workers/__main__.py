@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(config, options)
     worker.install_signals()
     _die_with_parent(args.parent_pid)
-    return worker.run()
+    code = worker.run()
+    if args.parent_pid is not None and os.getppid() != args.parent_pid:
+        # Orphaned: nobody will reap our process group, so take the scripts' children with us.
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    return code
 
 
 if __name__ == "__main__":

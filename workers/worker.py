@@ -139,7 +139,7 @@ class Worker:
             entry = pipelines.get(link.target)
             if not isinstance(entry, dict):
                 continue
-            if entry.get("state") in ("finished", "failed", "stopped"):
+            if entry.get("state") == "finished":  # stopped or failed ones may come back
                 if not link.gone:
                     log.warning(
                         "target_gone",

@@ -1,0 +1,267 @@
+"""porchd: the long-lived supervisor of one host, answering porchctl on an owner-only socket.
+
+It validates every config before starting anything, then runs the shared Supervisor in
+FailureMode.RESTART and serves the control protocol of docs/supervisor-contract.md.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from porch import __version__, logs
+from porch.config import PipelineConfig, Problem, has_errors, validate
+from porch.errors import ConfigError, PorchError
+from porch.logfiles import LogFileSink
+from porch.supervisor import FailureMode, Supervisor, WorkerHandle, fingerprint
+
+log = logs.get("porch.daemon")
+
+Result = dict[str, Any]
+
+
+class CommandError(PorchError):
+    """A porchctl request that cannot be carried out; becomes an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def expand_sources(sources: Sequence[str]) -> list[Path]:
+    """Config files named by the arguments: files, folders (their *.json), or glob patterns."""
+    paths: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            paths.extend(sorted(path.glob("*.json")))
+        elif glob.has_magic(source):
+            paths.extend(Path(p) for p in sorted(glob.glob(source)))
+        else:
+            paths.append(path)
+    return paths
+
+
+def load_all(sources: Sequence[str]) -> tuple[list[PipelineConfig], list[Problem]]:
+    """Validate every config the sources name; raise ConfigError when any has an error."""
+    paths = expand_sources(sources)
+    if not paths:
+        raise ConfigError([f"{', '.join(sources)}: no config files found"])
+    configs, problems = validate(paths)
+    if has_errors(problems):
+        raise ConfigError([str(p) for p in problems])
+    return configs, problems
+
+
+class Daemon:
+    """porchd: a Supervisor plus the porchctl control socket."""
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        control_path: Path,
+        state_dir: Path,
+        *,
+        stop_timeout_s: float,
+    ) -> None:
+        self.sources = list(sources)
+        self.control_path = control_path
+        self.state_dir = state_dir
+        configs, self.warnings = load_all(self.sources)
+        self.sink = LogFileSink(state_dir / "logs")
+        self.supervisor = Supervisor(
+            configs, self.sink, mode=FailureMode.RESTART, stop_timeout_s=stop_timeout_s
+        )
+        self.started_s = time.monotonic()
+        self.socket: zmq.Socket[bytes] = self.supervisor.ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "ping": self._ping,
+            "status": self._status,
+            "stop": self._stop,
+            "start": self._start,
+            "restart": self._restart,
+            "reload": self._reload,
+            "graph": self._graph,
+            "logs": self._logs,
+        }
+
+    # ---- socket --------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind the control socket (owner-only); refuse when another porchd answers there."""
+        if self.control_path.exists():
+            if _answers(self.supervisor.ctx, self.control_path):
+                raise PorchError(
+                    f"another porchd is already running at {self.control_path}; stop it with "
+                    "`porchctl stop`, or start this one with --control OTHER_PATH"
+                )
+            self.control_path.unlink()  # stale socket of a porchd that died
+        old_umask = os.umask(0o077)
+        try:
+            self.socket.bind(f"ipc://{self.control_path}")
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.control_path, 0o600)
+        self.supervisor.add_handler(self.socket, self._on_requests)
+
+    def serve(self) -> int:
+        """Run until stopped (porchctl stop, SIGTERM, SIGINT); exit code 0 (130 if forced)."""
+        self.bind()
+        self.supervisor.install_signals()
+        log.info("porchd_started", pid=os.getpid(), control=str(self.control_path),
+                 pipelines=len(self.supervisor.workers))  # fmt: skip
+        try:
+            code = self.supervisor.run()
+        finally:
+            self.socket.close(linger=0)
+            self.control_path.unlink(missing_ok=True)
+            self.sink.close()
+        log.info("porchd_stopped", code=code)
+        return 130 if code == 130 else 0
+
+    def _on_requests(self) -> None:
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue
+            reply = self.handle(frames[-1])
+            # the envelope (routing id, and a delimiter if the client sent one) goes back as is
+            self.socket.send_multipart([*frames[:-1], json.dumps(reply).encode("utf-8")])
+
+    def handle(self, data: bytes) -> Result:
+        """Answer one request: `{"id", "ok": true, "result"}` or an error with a code."""
+        request_id: Any = None
+        try:
+            request = json.loads(data)
+            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+                raise CommandError("bad_request", "a request is {id, command, args}")
+            request_id = request.get("id")
+            command = self.commands.get(request["command"])
+            if command is None:
+                raise CommandError("unknown_command", f"unknown command {request['command']!r}")
+            args = request.get("args") or {}
+            if not isinstance(args, dict):
+                raise CommandError("bad_request", "args must be an object")
+            return {"id": request_id, "ok": True, "result": command(args)}
+        except ValueError:
+            return _error(request_id, "bad_request", "request is not JSON")
+        except CommandError as exc:
+            return _error(request_id, exc.code, str(exc))
+        except ConfigError as exc:
+            return _error(request_id, "invalid_config", "; ".join(exc.problems))
+        except Exception as exc:  # the one catch-all of this loop: the daemon keeps answering
+            log.exception("command_failed")
+            return _error(request_id, "internal", f"{type(exc).__name__}: {exc}")
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def _handles(self, args: dict[str, Any], allow_empty: bool = False) -> list[WorkerHandle]:
+        names = args.get("names", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CommandError("bad_request", "names must be a list of pipeline names")
+        if not names and not allow_empty:
+            raise CommandError("bad_request", "name at least one pipeline")
+        unknown = [n for n in names if n not in self.supervisor.workers]
+        if unknown:
+            known = ", ".join(sorted(self.supervisor.workers)) or "none"
+            raise CommandError("unknown_pipeline", f"no pipeline {unknown[0]!r} (known: {known})")
+        return [self.supervisor.workers[n] for n in names]
+
+    def _ping(self, args: dict[str, Any]) -> Result:
+        return {"pid": os.getpid(), "version": __version__}
+
+    def _status(self, args: dict[str, Any]) -> Result:
+        daemon = {
+            "pid": os.getpid(),
+            "control": str(self.control_path),
+            "state_dir": str(self.state_dir),
+            "uptime_s": round(time.monotonic() - self.started_s, 1),
+            "version": __version__,
+        }
+        return {"daemon": daemon, "pipelines": self.supervisor.status()}
+
+    def _stop(self, args: dict[str, Any]) -> Result:
+        handles = self._handles(args, allow_empty=True)
+        if not handles:
+            self.supervisor.request_stop("porchctl stop")
+            return {"stopping": sorted(self.supervisor.workers)}
+        for handle in handles:
+            self.supervisor.stop_worker(handle)
+        return {"stopping": [h.name for h in handles]}
+
+    def _start(self, args: dict[str, Any]) -> Result:
+        handles = self._handles(args)
+        for handle in handles:
+            self.supervisor.start_pipeline(handle)
+        return {"started": [h.name for h in handles]}
+
+    def _restart(self, args: dict[str, Any]) -> Result:
+        handles = self._handles(args)
+        for handle in handles:
+            self.supervisor.restart_pipeline(handle)
+        return {"restarting": [h.name for h in handles]}
+
+    def _reload(self, args: dict[str, Any]) -> Result:
+        configs, self.warnings = load_all(self.sources)
+        new = {c.name: c for c in configs}
+        current = self.supervisor.workers
+        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        for name in sorted(set(current) - set(new)):
+            self.supervisor.remove_pipeline(name)
+            diff["removed"].append(name)
+        for name, config in sorted(new.items()):
+            if name not in current:
+                self.supervisor.add_pipeline(config)
+                diff["added"].append(name)
+            elif fingerprint(config) != current[name].digest or config != current[name].config:
+                self.supervisor.replace_config(config)
+                diff["changed"].append(name)
+            else:
+                diff["unchanged"].append(name)
+        log.info("reloaded", **{k: v for k, v in diff.items() if k != "unchanged"})
+        return diff
+
+    def _graph(self, args: dict[str, Any]) -> Result:
+        nodes = [
+            {
+                "name": h.name,
+                "state": h.state.value,
+                "targets": list(h.config.target_pipeline_names),
+                "host": "local",
+            }
+            for h in self.supervisor.workers.values()
+        ]
+        return {"nodes": nodes}
+
+    def _logs(self, args: dict[str, Any]) -> Result:
+        name = args.get("name")
+        if not isinstance(name, str) or name not in self.supervisor.workers:
+            raise CommandError("unknown_pipeline", f"no pipeline {name!r}")
+        return {"path": str(self.sink.path_of(name))}
+
+
+def _error(request_id: Any, code: str, message: str) -> Result:
+    return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def _answers(ctx: zmq.Context[zmq.Socket[bytes]], path: Path, timeout_ms: int = 1000) -> bool:
+    """Whether a porchd answers a ping on the socket at `path`."""
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"ipc://{path}")
+        sock.send_multipart([b"", json.dumps({"id": "probe", "command": "ping"}).encode()])
+        return bool(sock.poll(timeout_ms))
+    finally:
+        sock.close()

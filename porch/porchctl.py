@@ -1,0 +1,426 @@
+"""`porchctl`: the command-line client of porchd's control socket.
+
+Requests and replies are JSON over ZeroMQ (porchctl DEALER -> porchd ROUTER), as in
+docs/supervisor-contract.md. Only this layer turns errors into output: one line on stderr and
+exit code 1; tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import zmq
+
+from porch import __version__, graph, logfiles, paths
+from porch.errors import ControlError, PorchError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TIMEOUT_S = 5.0
+STOP_WAIT_TIMEOUT_S = 30.0
+STOP_PING_TIMEOUT_S = 0.5
+STOP_POLL_INTERVAL_S = 0.1
+MIN_ERROR_WIDTH = 20
+
+HEADERS = (
+    "PIPELINE",
+    "PID",
+    "STATE",
+    "UPTIME",
+    "ITER",
+    "IN",
+    "OUT",
+    "QUEUE",
+    "MSG/S",
+    "CPU%",
+    "RSS",
+    "RESTARTS",
+    "LAST ERROR",
+)
+LEFT_ALIGNED = {"PIPELINE", "STATE", "LAST ERROR"}
+
+
+class DaemonUnreachable(ControlError):
+    """porchd does not answer on its control socket (no socket file, or no reply in time).
+
+    `listening` is true when something accepted the connection but did not reply in time.
+    """
+
+    def __init__(self, path: Path, why: str, listening: bool = False) -> None:
+        super().__init__(
+            f"cannot reach porchd at {path} ({why}); is porchd running? start it with "
+            "'porchd start CONFIG...', or point at another with --control PATH or PORCH_CONTROL"
+        )
+        self.path = path
+        self.why = why
+        self.listening = listening
+
+
+class CommandFailed(ControlError):
+    """porchd answered a request with `ok: false`; `code` is one of the contract's codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Client:
+    """Sends one request at a time to porchd and waits for the reply with its id."""
+
+    def __init__(self, address: str, path: Path, timeout_s: float) -> None:
+        self.address = address
+        self.path = path
+        self.timeout_s = timeout_s
+
+    def call(self, command: str, **args: Any) -> Any:
+        """Run `command` on porchd; return its result or raise a ControlError."""
+        self._probe()
+        request_id = uuid.uuid4().hex
+        request = {"id": request_id, "command": command, "args": args}
+        reply = self._exchange(json.dumps(request).encode("utf-8"), request_id)
+        if reply.get("ok") is True:
+            return reply.get("result")
+        error = reply.get("error")
+        if not isinstance(error, dict):
+            raise ControlError(f"malformed reply from porchd: {reply!r:.120}")
+        raise CommandFailed(str(error.get("code", "internal")), str(error.get("message", "")))
+
+    def _probe(self) -> None:
+        # ZeroMQ retries a connect forever in silence, so a missing or stale socket file, or
+        # one we may not open, would only show as a timeout: a plain connect tells them apart.
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(self.timeout_s)
+        try:
+            probe.connect(str(self.path))
+        except FileNotFoundError:
+            raise DaemonUnreachable(self.path, "no such socket") from None
+        except ConnectionRefusedError:
+            raise DaemonUnreachable(self.path, "nothing listening: stale socket") from None
+        except PermissionError:
+            raise DaemonUnreachable(self.path, "permission denied") from None
+        except OSError as exc:
+            raise ControlError(f"cannot use control socket {self.path}: {exc}") from exc
+        finally:
+            probe.close()
+
+    def _exchange(self, request: bytes, request_id: str) -> dict[str, Any]:
+        dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        try:
+            dealer.connect(self.address)
+            dealer.send(request, zmq.NOBLOCK)
+            return self._receive(dealer, request_id)
+        except zmq.Again:
+            raise self._no_answer() from None
+        except zmq.ZMQError as exc:
+            raise ControlError(f"cannot use control socket {self.path}: {exc}") from exc
+        finally:
+            dealer.close()
+
+    def _receive(self, dealer: zmq.Socket[bytes], request_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0 or not dealer.poll(max(1, int(remaining_ms)), zmq.POLLIN):
+                raise self._no_answer()
+            reply = _decode_reply(dealer.recv_multipart()[-1])
+            if reply.get("id") == request_id:
+                return reply
+
+    def _no_answer(self) -> DaemonUnreachable:
+        why = f"no answer within {self.timeout_s:g}s"
+        return DaemonUnreachable(self.path, why, listening=True)
+
+
+def _decode_reply(data: bytes) -> dict[str, Any]:
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise ControlError(f"malformed reply from porchd: {data[:120]!r}")
+    return reply
+
+
+# --- formatting (pure) ---
+
+
+def human_duration(seconds: float | None) -> str:
+    """5s, 3m12s, 2h04m, 3d05h; "-" when unknown."""
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    if total < 86400:
+        return f"{total // 3600}h{total % 3600 // 60:02d}m"
+    return f"{total // 86400}d{total % 86400 // 3600:02d}h"
+
+
+def human_mib(size_bytes: int | None) -> str:
+    """A size in MiB with one decimal; "-" when unknown."""
+    return "-" if size_bytes is None else f"{size_bytes / 2**20:.1f}MiB"
+
+
+def _number(value: Any, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "-"
+
+
+def _row(pipeline: dict[str, Any]) -> list[str]:
+    get = pipeline.get
+    return [
+        str(get("name", "?")),
+        _number(get("pid")),
+        str(get("state", "?")),
+        human_duration(get("uptime_s")),
+        _number(get("iterations")),
+        _number(get("msgs_in")),
+        _number(get("msgs_out")),
+        _number(get("queue_depth")),
+        _number(get("rate_per_s"), ".1f"),
+        _number(get("cpu_percent"), ".1f"),
+        human_mib(get("rss_bytes")),
+        _number(get("restarts")),
+        _one_line(get("last_error") or ""),
+    ]
+
+
+def _truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 3)] + "..."
+
+
+def format_status(result: dict[str, Any], width: int | None = None) -> str:
+    """The `status` result as a table sized to its content; LAST ERROR is cut to `width`."""
+    rows = [list(HEADERS), *(_row(p) for p in result.get("pipelines", []))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS) - 1)]
+    if width is not None:
+        room = max(MIN_ERROR_WIDTH, width - sum(widths) - 2 * len(widths))
+        rows = [[*row[:-1], _truncate(row[-1], room)] for row in rows]
+    return "\n".join(_join(row, widths) for row in rows)
+
+
+def _join(row: Sequence[str], widths: Sequence[int]) -> str:
+    cells = [
+        cell.ljust(size) if HEADERS[i] in LEFT_ALIGNED else cell.rjust(size)
+        for i, (cell, size) in enumerate(zip(row[:-1], widths, strict=True))
+    ]
+    return "  ".join([*cells, row[-1]])
+
+
+def format_reload(result: dict[str, Any]) -> str:
+    """One line per kind of change: `added: a, b` ... `unchanged: (none)`."""
+    kinds = ("added", "removed", "changed", "unchanged")
+    return "\n".join(f"{kind}: {_names(result.get(kind, []))}" for kind in kinds)
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "(none)"
+
+
+# --- CLI ---
+
+
+def handle_errors(fn: F) -> F:
+    """Turn PorchError into one line on stderr and its exit code (traceback with --debug)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PorchError as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            click.echo(f"porchctl: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+pass_client = click.make_pass_decorator(Client)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="porchctl")
+@click.option(
+    "--control",
+    envvar="PORCH_CONTROL",
+    metavar="PATH",
+    help="porchd's control socket: a path or an ipc:// address [env PORCH_CONTROL; "
+    "default: porchd.sock in the runtime folder].",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for porchd's reply.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks of porchctl's own errors.")
+@click.pass_context
+@handle_errors
+def porchctl(ctx: click.Context, control: str | None, timeout_s: float, debug: bool) -> None:
+    """Control porchd, the Porch supervisor: status, start, stop, restart, reload, logs."""
+    path, address = paths.control_address(control)
+    ctx.obj = Client(address, path, timeout_s)
+
+
+@porchctl.command()
+@click.option("--json", "as_json", is_flag=True, help="Print porchd's reply as JSON.")
+@pass_client
+@handle_errors
+def status(client: Client, as_json: bool) -> None:
+    """Show each pipeline: pid, state, uptime, counters, resources, restarts, last error."""
+    result = client.call("status")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    click.echo(format_status(result, width))
+
+
+@porchctl.command()
+@click.argument("names", nargs=-1)
+@click.option(
+    "--wait-timeout",
+    "wait_timeout_s",
+    type=click.FloatRange(min=0),
+    default=STOP_WAIT_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Without NAMEs: how long to wait for porchd to exit.",
+)
+@pass_client
+@handle_errors
+def stop(client: Client, names: Sequence[str], wait_timeout_s: float) -> None:
+    """Stop the named pipelines, or without NAMEs porchd and all its pipelines."""
+    if names:
+        result = client.call("stop", names=list(names))
+        click.echo(f"stopping: {_names(result.get('stopping', names))}")
+        return
+    client.call("stop", names=[])
+    _wait_stopped(client, wait_timeout_s)
+    click.echo("porchd stopped")
+
+
+def _wait_stopped(client: Client, timeout_s: float) -> None:
+    prober = Client(client.address, client.path, min(client.timeout_s, STOP_PING_TIMEOUT_S))
+    deadline = time.monotonic() + timeout_s
+    while not _is_gone(prober):
+        if time.monotonic() > deadline:
+            raise ControlError(f"porchd at {client.path} is still running after {timeout_s:g}s")
+        time.sleep(STOP_POLL_INTERVAL_S)
+
+
+def _is_gone(prober: Client) -> bool:
+    # A porchd busy stopping its pipelines may answer late, but it still accepts connections.
+    try:
+        prober.call("ping")
+    except DaemonUnreachable as exc:
+        return not exc.listening
+    return False
+
+
+@porchctl.command()
+@click.argument("names", nargs=-1, required=True)
+@pass_client
+@handle_errors
+def start(client: Client, names: Sequence[str]) -> None:
+    """Start the named pipelines (stopped or failed ones)."""
+    result = client.call("start", names=list(names))
+    click.echo(f"starting: {_names(result.get('started', names))}")
+
+
+@porchctl.command()
+@click.argument("names", nargs=-1, required=True)
+@pass_client
+@handle_errors
+def restart(client: Client, names: Sequence[str]) -> None:
+    """Restart the named pipelines (also resets a failed pipeline's failure count)."""
+    result = client.call("restart", names=list(names))
+    click.echo(f"restarting: {_names(result.get('restarting', names))}")
+
+
+@porchctl.command()
+@pass_client
+@handle_errors
+def reload(client: Client) -> None:
+    """Re-read the configs: start added pipelines, stop removed ones, restart changed ones."""
+    click.echo(format_reload(client.call("reload")))
+
+
+@porchctl.command(name="graph")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(graph.FORMATS),
+    default="mermaid",
+    show_default=True,
+    help="Output format.",
+)
+@pass_client
+@handle_errors
+def graph_cmd(client: Client, fmt: str) -> None:
+    """Print the pipeline graph with each pipeline's state."""
+    nodes = [_node(node) for node in client.call("graph").get("nodes", [])]
+    click.echo(graph.render(nodes, fmt), nl=False)
+
+
+def _node(node: dict[str, Any]) -> graph.Node:
+    return graph.Node(
+        name=str(node["name"]),
+        state=str(node.get("state", "")),
+        targets=tuple(node.get("targets", ())),
+        host=str(node.get("host", "local")),
+    )
+
+
+@porchctl.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl+C.")
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="How many of the last lines to print first.",
+)
+@pass_client
+@handle_errors
+def logs(client: Client, name: str, follow: bool, lines: int) -> None:
+    """Print a pipeline's output (stdout and stderr) from its log file."""
+    path = Path(client.call("logs", name=name)["path"])
+    if not follow:
+        for line in logfiles.tail(path, lines):
+            click.echo(line)
+        return
+    # One reader for the backlog and what follows, so no line written in between is lost.
+    try:
+        for line in logfiles.follow(path, backlog=lines):
+            click.echo(line)
+    except KeyboardInterrupt:
+        return
+
+
+def main() -> None:
+    """Entry point of `porchctl`."""
+    porchctl(prog_name="porchctl")

@@ -1,0 +1,80 @@
+"""`porchd`: the long-lived supervisor of one host (run it under systemd, one per host)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from porch import __version__, logs
+from porch.errors import ConfigError, PorchError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="porchd")
+@click.option("--debug", is_flag=True, help="Debug logs and Porch's own tracebacks.")
+def porchd(debug: bool) -> None:
+    """porchd: supervise this host's pipelines (see `porchd start --help`)."""
+    logs.configure(level="debug" if debug else "info")
+
+
+@porchd.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--control",
+    envvar="PORCH_CONTROL",
+    default=None,
+    help="Control socket: a path or ipc:// address (default: runtime dir).",
+)
+@click.option(
+    "--state-dir",
+    default=None,
+    help="This daemon's folder for pipeline logs (default: $PORCH_STATE_DIR, "
+    "/var/lib/porch or ~/.local/state/porch, plus a per-daemon subfolder).",
+)
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a pipeline gets to stop gracefully before it is killed.",
+)
+@click.pass_context
+def start(
+    ctx: click.Context,
+    sources: Sequence[str],
+    control: str | None,
+    state_dir: str | None,
+    stop_timeout: float,
+) -> None:
+    """Validate the configs (files, folders or glob patterns), then run them until stopped."""
+    from pathlib import Path
+
+    from porch.daemon import Daemon
+    from porch.paths import control_address, ensure_private_dir
+    from porch.paths import state_dir as default_state_dir
+
+    control_path, _ = control_address(control)
+    ensure_private_dir(control_path.parent)
+    state = ensure_private_dir(Path(state_dir) if state_dir else default_state_dir(control_path))
+    try:
+        daemon = Daemon(sources, control_path, state, stop_timeout_s=stop_timeout)
+        for warning in daemon.warnings:
+            click.echo(str(warning), err=True)
+        sys.exit(daemon.serve())
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        click.echo("porchd: not starting: fix the errors above (see `porch validate`)", err=True)
+        sys.exit(2)
+    except PorchError as exc:
+        if ctx.find_root().params.get("debug"):
+            raise
+        click.echo(f"porchd: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def main() -> None:
+    """Entry point of `porchd`."""
+    porchd(prog_name="porchd")
