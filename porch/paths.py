@@ -41,6 +41,9 @@ def runtime_dir() -> Path:
     return Path(f"/tmp/porch-{os.getuid()}")
 
 
+MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes on Linux, one of them the NUL
+
+
 def default_control() -> Path:
     """The default control socket: <runtime>/porchd.sock."""
     return runtime_dir() / SOCKET_NAME
@@ -51,6 +54,11 @@ def control_address(value: str | None = None) -> tuple[Path, str]:
     if value is None:
         value = os.environ.get("PORCH_CONTROL") or None
     path = default_control() if value is None else _control_path(value)
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        raise UsageError(
+            f"control: socket path is {len(os.fsencode(path))} bytes, over the "
+            f"{MAX_SOCKET_PATH_BYTES}-byte limit of Unix sockets: {path}; choose a shorter one"
+        )
     return path, f"{IPC_PREFIX}{path}"
 
 

@@ -55,10 +55,12 @@ def start(
     from porch.paths import control_address, ensure_private_dir
     from porch.paths import state_dir as default_state_dir
 
-    control_path, _ = control_address(control)
-    ensure_private_dir(control_path.parent)
-    state = ensure_private_dir(Path(state_dir) if state_dir else default_state_dir(control_path))
     try:
+        control_path, _ = control_address(control)
+        ensure_private_dir(control_path.parent)
+        state = ensure_private_dir(
+            Path(state_dir) if state_dir else default_state_dir(control_path)
+        )
         daemon = Daemon(sources, control_path, state, stop_timeout_s=stop_timeout)
         for warning in daemon.warnings:
             click.echo(str(warning), err=True)
@@ -68,11 +70,11 @@ def start(
             click.echo(problem, err=True)
         click.echo("porchd: not starting: fix the errors above (see `porch validate`)", err=True)
         sys.exit(2)
-    except PorchError as exc:
+    except (PorchError, OSError) as exc:
         if ctx.find_root().params.get("debug"):
             raise
         click.echo(f"porchd: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(getattr(exc, "exit_code", 1))
 
 
 def main() -> None:

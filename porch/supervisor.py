@@ -207,6 +207,7 @@ class Supervisor:
                 handle.state = WorkerState.STOPPED
             return
         handle.kill_at = time.monotonic() + self.stop_timeout_s
+        handle.state = WorkerState.STOPPING
         self._signal(handle, signal.SIGTERM)
 
     def _signal(self, handle: WorkerHandle, signum: int) -> None:

@@ -27,6 +27,7 @@ class FrameKind(enum.IntEnum):
     HELLO = 1  # a source announces itself to a target (DPorch's handshake)
     DATA = 2  # one serialized value
     EOS = 3  # end of stream: the sender will send nothing more
+    BYE = 4  # the sender stopped (commanded stop or failure) but may come back: not an EOS
 
 
 @dataclass(frozen=True, slots=True)

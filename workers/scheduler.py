@@ -48,6 +48,10 @@ class FanIn:
         if source in self._queues:
             self._ended.add(source)
 
+    def has_ended(self, source: str) -> bool:
+        """Whether `source` sent end of stream."""
+        return source in self._ended
+
     def ready(self) -> bool:
         """Whether a complete set (one value from every expected source) is queued."""
         return len(self._queues) >= self.expected and all(self._queues.values())

@@ -90,6 +90,7 @@ class Worker:
         ]
         self.stopping = False
         self.ended = False
+        self._departed: set[str] = set()  # sources that said BYE (stopped, may come back)
         self._drain_deadline = 0.0
         self._next_tick = 0.0
         self._next_heartbeat = 0.0
@@ -215,6 +216,11 @@ class Worker:
                     f"{self.fanin.expected} and {self.fanin.sources} already connected"
                 ) from None
             log.info("source_connected", pipeline=self.name, source=header.sender)
+        if header.kind is FrameKind.BYE:
+            log.info("source_departed", pipeline=self.name, source=header.sender)
+            self._departed.add(header.sender)
+            return
+        self._departed.discard(header.sender)
         if header.kind is FrameKind.DATA:
             self.fanin.push(header.sender, self._decode(header.serializer, message[2:]))
             self.counters.msgs_in += 1
@@ -273,10 +279,10 @@ class Worker:
             self._wait(POLL_MS, poller)
             link.flush()
 
-    def _close_outputs(self) -> None:
-        """Send EOS on every link, wait (bounded) for unconnected targets, then close."""
+    def _close_outputs(self, kind: FrameKind) -> None:
+        """Send EOS (stream ended) or BYE (stopped, failed) on every link, then close them."""
         for link in self.outputs:
-            self._hand_over(link, link.frame(FrameKind.EOS, []))
+            self._hand_over(link, link.frame(kind, []))
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
         while not all(link.settled for link in self.outputs) and time.monotonic() < deadline:
             self._wait(POLL_MS)
@@ -342,15 +348,21 @@ class Worker:
     def _sink_loop(self) -> None:
         fanin = self.fanin
         while not self.ended:
+            if self.stopping and time.monotonic() > self._drain_deadline:
+                return  # a live upstream keeps sending: the drain is bounded in time
             if fanin.ready():
                 self._iterate(fanin.pop())
                 self._tick()
-                continue
-            if fanin.exhausted():
+            elif fanin.exhausted():
                 return
-            if self.stopping and time.monotonic() > self._drain_deadline:
-                return
-            self._wait(POLL_MS)
+            elif self.stopping and self._upstream_quiet():
+                return  # everything that was sent has been processed
+            else:
+                self._wait(POLL_MS)
+
+    def _upstream_quiet(self) -> bool:
+        """Whether every source has ended its stream or said it stopped."""
+        return all(s in self._departed or self.fanin.has_ended(s) for s in self.fanin.sources)
 
     def _run_scripts(self) -> WorkerState:
         if not self._wait_for_sources():
@@ -388,7 +400,7 @@ class Worker:
 
     def _finish(self, outcome: WorkerState) -> None:
         try:
-            self._close_outputs()
+            self._close_outputs(FrameKind.EOS if outcome is WorkerState.FINISHED else FrameKind.BYE)
         except PorchError as exc:
             outcome = self._fail(exc)
         for error in self.host.end():

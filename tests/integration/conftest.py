@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 import pytest
@@ -159,3 +160,198 @@ def porch_cli(out_dir: Path) -> Iterator[Callable[..., PorchRun]]:
     yield start
     for run in started:
         run.kill()
+
+
+# ---- porchd / porchctl -------------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+PORCHD = BIN / "porchd"
+PORCHCTL = BIN / "porchctl"
+CTL_TIMEOUT_S = 15.0
+READY_TIMEOUT_S = 15.0
+
+
+def _read_lines(pipe: IO[str], sink: list[str]) -> threading.Thread:
+    def read() -> None:
+        for line in pipe:
+            sink.append(line.rstrip("\n"))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+class Porchd:
+    """One `porchd start` process with its own socket and state folder under `home`."""
+
+    def __init__(self, home: Path, sources: list[str], stop_timeout_s: float) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.home = home
+        self.control = home / "ctl.sock"
+        self.state_dir = home / "state"
+        self.sources = sources
+        env = {k: v for k, v in os.environ.items() if k != "PORCH_CONTROL"}
+        self.env = {
+            **env,
+            "PORCH_RUNTIME_DIR": str(home / "runtime"),
+            "PORCH_STATE_DIR": str(home / "state-base"),
+            "TMPDIR": str(home),  # the supervisor's worker socket folder lands here, not in /tmp
+            RUN_MARKER: uuid.uuid4().hex,
+        }
+        self.args = [
+            "start",
+            *sources,
+            "--control",
+            str(self.control),
+            "--state-dir",
+            str(self.state_dir),
+            "--stop-timeout",
+            str(stop_timeout_s),
+        ]
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.proc = subprocess.Popen(
+            [str(PORCHD), *self.args],
+            cwd=home,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [
+            _read_lines(self.proc.stdout, self.stdout),
+            _read_lines(self.proc.stderr, self.stderr),
+        ]
+
+    # ---- porchctl ------------------------------------------------------------------------
+
+    def ctl(self, *args: str, timeout_s: float = CTL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        """Run `porchctl --control <this socket> ARGS...` and return what it did."""
+        return subprocess.run(
+            [str(PORCHCTL), "--control", str(self.control), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """`porchctl status --json`, parsed; fails the test when porchctl fails."""
+        done = self.ctl("status", "--json")
+        assert done.returncode == 0, f"porchctl status failed: {done.stderr}\n{self.report()}"
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def pipeline(self, name: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The status entry of pipeline `name` (from `status`, or a fresh one)."""
+        pipelines = (status or self.status())["pipelines"]
+        found = [p for p in pipelines if p["name"] == name]
+        assert found, f"no pipeline {name!r} in status: {[p['name'] for p in pipelines]}"
+        return found[0]
+
+    def log_path(self, name: str) -> Path:
+        """The log file of pipeline `name`."""
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def output(self, name: str) -> list[str]:
+        """What pipeline `name` printed to stdout so far (log lines without time and stream)."""
+        try:
+            text = self.log_path(name).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        lines = []
+        for line in text.splitlines():
+            parts = line.split(" ", 2)
+            if len(parts) >= 2 and parts[1] == "stdout":
+                lines.append(parts[2] if len(parts) == 3 else "")
+        return lines
+
+    # ---- waiting -------------------------------------------------------------------------
+
+    def report(self) -> str:
+        """porchd's command line and captured output, for assertion messages."""
+        out = "\n".join(self.stdout)
+        err = "\n".join(self.stderr)
+        return f"command: porchd {' '.join(self.args)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+
+    def wait_until(self, predicate: Callable[[], Any], timeout_s: float, what: str = "") -> Any:
+        """Poll `predicate` until it returns something truthy (returned); fail at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout_s}s waiting for {what}\n{self.report()}"
+                )
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"porchd exited ({self.proc.returncode}) before {what}\n{self.report()}"
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+    def wait_running(self, *names: str, timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
+        """Wait until porchd answers and each named pipeline is running; return that status."""
+
+        def ready() -> dict[str, Any] | None:
+            if not self.control.exists():
+                return None
+            done = self.ctl("status", "--json")
+            if done.returncode != 0:
+                return None
+            status: dict[str, Any] = json.loads(done.stdout)
+            states = {p["name"]: p["state"] for p in status["pipelines"]}
+            return status if all(states.get(n) == "running" for n in names) else None
+
+        result: dict[str, Any] = self.wait_until(ready, timeout_s, f"{', '.join(names)} running")
+        return result
+
+    def wait_exit(self, timeout_s: float) -> int:
+        """Wait for porchd to exit; return its exit code."""
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"porchd still running after {timeout_s}s\n{self.report()}"
+            ) from None
+
+    def kill(self) -> None:
+        """SIGKILL porchd and every process it started (found by the run marker)."""
+        marked = _processes_marked(self.env[RUN_MARKER])
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        for proc in marked + _processes_marked(self.env[RUN_MARKER]):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        self.proc.wait()
+        for reader in self._readers:
+            reader.join(READER_DRAIN_TIMEOUT_S)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def porchd(tmp_path: Path) -> Iterator[Callable[..., Porchd]]:
+    """Start `porchd start SOURCES...` in its own folder; everything it started dies at teardown.
+
+    Call it as `porchd(*sources, stop_timeout_s=5.0, home=None)`; `home` defaults to
+    `tmp_path` (pass another folder to run a second daemon).
+    """
+    started: list[Porchd] = []
+
+    def start(*sources: str | Path, stop_timeout_s: float = 5.0, home: Path | None = None) -> Porchd:
+        daemon = Porchd(home or tmp_path, [str(s) for s in sources], stop_timeout_s)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
