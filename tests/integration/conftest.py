@@ -314,13 +314,16 @@ class Porchd:
         return result
 
     def wait_exit(self, timeout_s: float) -> int:
-        """Wait for porchd to exit; return its exit code."""
+        """Wait for porchd to exit and for its output to be read; return its exit code."""
         try:
-            return self.proc.wait(timeout=timeout_s)
+            code = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise AssertionError(
                 f"porchd still running after {timeout_s}s\n{self.report()}"
             ) from None
+        for reader in self._readers:
+            reader.join(READER_DRAIN_TIMEOUT_S)
+        return code
 
     def kill(self) -> None:
         """SIGKILL porchd and every process it started (found by the run marker)."""
