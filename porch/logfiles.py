@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -87,12 +87,12 @@ class RotatingFile:
 
 def utc_now() -> datetime:
     """The current time in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def timestamp(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds: 2024-05-01T12:00:00.123Z."""
-    text = moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
 
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -409,7 +409,7 @@ def write_json(path: Path, outcomes: Sequence[Outcome], settings: Settings, repe
     """Write every result, with the machine it ran on, to `path`."""
     baseline = baseline_median(outcomes)
     report = {
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "n": settings.n,
         "repeats": repeats,
         "baseline": BASELINE,

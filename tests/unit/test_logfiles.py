@@ -8,7 +8,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,7 @@ def test_bad_rotation_settings_are_rejected(tmp_path: Path, max_bytes: int, back
 
 
 def fixed_clock() -> datetime:
-    return datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    return datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 def test_timestamp_is_utc_iso_with_milliseconds() -> None:

@@ -1,0 +1,315 @@
+"""Discovery beacons and the table of remote pipelines: pure logic, no sockets.
+
+A beacon is what one supervisor (porchd, or `porch run`'s embedded one) announces about the
+pipelines it hosts. On the wire it is a 6-byte header (magic, version, flags) and a compact
+JSON body. Flags are 0 today; the security release adds a signed form (flag bit 0: a key id
+and an HMAC over header and body follow), wrapping `encode`/`decode` without changing them.
+
+The table merges the beacons of other supervisors into `name -> endpoint, host, daemon,
+state, last seen`, withdraws what is no longer announced, and detects two live pipelines with
+the same name (a conflict: neither remote is handed to workers, a local pipeline wins locally).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from porch.config import name_problem
+from porch.errors import PorchError
+
+MAGIC = b"PRCH"
+VERSION = 1
+FLAGS_UNSIGNED = 0
+HEADER_BYTES = len(MAGIC) + 2
+MAX_BEACON_BYTES = 60_000
+MAX_ENTRIES = 500
+MAX_TEXT = 255
+MIN_EXPIRY_S = 3.0
+EXPIRY_BEACONS = 3
+# Workers' states that mean "gone for now or for good": such a pipeline is not live.
+ENDED_STATES = frozenset({"finished", "stopped", "failed"})
+STATES = ENDED_STATES | {"starting", "waiting for sources", "running", "stopping", "backoff"}
+
+
+class DiscoveryError(PorchError):
+    """A beacon could not be decoded or is not valid; it is dropped and counted."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One pipeline a beacon announces."""
+
+    name: str
+    endpoint: str | None
+    state: str
+    instance: int | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether the pipeline is up or coming back (not finished, stopped or failed)."""
+        return self.state not in ENDED_STATES
+
+
+@dataclass(frozen=True)
+class Beacon:
+    """What one supervisor announces: who it is, where its data interface is, its pipelines.
+
+    `daemon_id` is random per start; `origin` is stable across restarts of one daemon (its
+    host name and control socket), so a restarted daemon replaces its previous self at once.
+    """
+
+    daemon_id: str
+    origin: str
+    host: str
+    hostname: str
+    sent_at: float
+    nonce: str
+    seq: int
+    entries: tuple[Entry, ...] = ()
+    version: int = VERSION
+
+
+def encode(beacon: Beacon) -> bytes:
+    """The bytes of a beacon: header, then compact JSON."""
+    body = {
+        "v": beacon.version,
+        "daemon": beacon.daemon_id,
+        "origin": beacon.origin,
+        "host": beacon.host,
+        "hostname": beacon.hostname,
+        "sent_at": beacon.sent_at,
+        "nonce": beacon.nonce,
+        "seq": beacon.seq,
+        "entries": [_entry_json(e) for e in beacon.entries],
+    }
+    data = (
+        MAGIC + bytes((VERSION, FLAGS_UNSIGNED)) + json.dumps(body, separators=(",", ":")).encode()
+    )
+    if len(data) > MAX_BEACON_BYTES:
+        raise DiscoveryError(f"beacon is {len(data)} bytes, over {MAX_BEACON_BYTES}")
+    return data
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": entry.name, "endpoint": entry.endpoint, "state": entry.state}
+    if entry.instance is not None:
+        out["instance"] = entry.instance
+    return out
+
+
+def decode(data: bytes) -> Beacon:
+    """Parse a beacon; raise DiscoveryError (and nothing else) when it is not a valid one."""
+    if len(data) > MAX_BEACON_BYTES:
+        raise DiscoveryError(f"beacon too large: {len(data)} bytes")
+    if len(data) < HEADER_BYTES or data[: len(MAGIC)] != MAGIC:
+        raise DiscoveryError("not a porch beacon (bad magic)")
+    version, flags = data[len(MAGIC)], data[len(MAGIC) + 1]
+    if version != VERSION:
+        raise DiscoveryError(f"unsupported beacon version {version}")
+    if flags != FLAGS_UNSIGNED:
+        raise DiscoveryError(f"unsupported beacon flags {flags:#x} (signed beacons need a key)")
+    try:
+        body = json.loads(data[HEADER_BYTES:])
+    except (ValueError, RecursionError) as exc:
+        raise DiscoveryError(f"beacon body is not JSON: {exc}") from None
+    return _beacon(_mapping(body, "beacon"))
+
+
+def _beacon(body: Mapping[str, Any]) -> Beacon:
+    if body.get("v") != VERSION:
+        raise DiscoveryError("beacon body version does not match its header")
+    entries = body.get("entries")
+    if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+        raise DiscoveryError(f"entries: must be a list of at most {MAX_ENTRIES}")
+    parsed = tuple(_entry(_mapping(e, "entry")) for e in entries)
+    if len({e.name for e in parsed}) != len(parsed):
+        raise DiscoveryError("entries: a name appears twice")
+    return Beacon(
+        daemon_id=_text(body, "daemon"),
+        origin=_text(body, "origin"),
+        host=_text(body, "host"),
+        hostname=_text(body, "hostname", allow_empty=True),
+        sent_at=_number(body, "sent_at"),
+        nonce=_text(body, "nonce"),
+        seq=_count(body, "seq"),
+        entries=parsed,
+    )
+
+
+def _entry(raw: Mapping[str, Any]) -> Entry:
+    name = _text(raw, "name")
+    if name_problem(name):
+        raise DiscoveryError(f"entry name {name[:40]!r} is not a pipeline name")
+    endpoint = raw.get("endpoint")
+    if endpoint is not None:
+        endpoint = _text(raw, "endpoint")
+        if not endpoint.startswith("tcp://"):
+            raise DiscoveryError("entry endpoint must be a tcp:// address")
+    state = _text(raw, "state")
+    if state not in STATES:
+        raise DiscoveryError(f"entry state {state[:40]!r} is unknown")
+    instance = raw.get("instance")
+    if instance is not None:
+        instance = _count(raw, "instance")
+    return Entry(name=name, endpoint=endpoint, state=state, instance=instance)
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise DiscoveryError(f"{what} must be a JSON object")
+    return value
+
+
+def _text(raw: Mapping[str, Any], key: str, allow_empty: bool = False) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or len(value) > MAX_TEXT or (not value and not allow_empty):
+        raise DiscoveryError(f"{key}: must be a string of 1 to {MAX_TEXT} characters")
+    if any(not ch.isprintable() for ch in value):
+        raise DiscoveryError(f"{key}: must be printable")
+    return value
+
+
+def _number(raw: Mapping[str, Any], key: str) -> float:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DiscoveryError(f"{key}: must be a finite number")
+    return float(value)
+
+
+def _count(raw: Mapping[str, Any], key: str) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise DiscoveryError(f"{key}: must be a whole number >= 0")
+    return value
+
+
+# ---- the table ---------------------------------------------------------------------------
+
+
+def expiry_s(beacon_interval_s: float) -> float:
+    """How long an entry lives without a fresh beacon: 3 intervals, at least 3 s."""
+    return max(EXPIRY_BEACONS * beacon_interval_s, MIN_EXPIRY_S)
+
+
+@dataclass
+class Peer:
+    """What the table knows about one remote supervisor: its latest beacon and when it came."""
+
+    beacon: Beacon
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A remote pipeline as the table resolved it."""
+
+    name: str
+    endpoint: str | None
+    state: str
+    host: str
+    hostname: str
+    daemon_id: str
+    last_seen: float
+    instance: int | None = None
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two or more live pipelines with one name: `hosts` names every side, local first."""
+
+    name: str
+    hosts: tuple[str, ...]
+    local: bool
+
+
+@dataclass
+class Table:
+    """Remote pipelines by name, from the beacons of other supervisors."""
+
+    daemon_id: str
+    expiry_s: float
+    peers: dict[str, Peer] = field(default_factory=dict)
+
+    def merge(self, beacon: Beacon, now: float) -> bool:
+        """Take in one beacon; True when it changed what the table resolves (not just times)."""
+        if beacon.daemon_id == self.daemon_id:
+            return False
+        known = self.peers.get(beacon.daemon_id)
+        if known is not None and beacon.seq <= known.beacon.seq:
+            return False  # late or replayed
+        changed = self._drop_previous_self(beacon)
+        self.peers[beacon.daemon_id] = Peer(beacon, now)
+        return changed or known is None or _view(known.beacon) != _view(beacon)
+
+    def _drop_previous_self(self, beacon: Beacon) -> bool:
+        """A restarted daemon (same origin, new id, newer clock) replaces its previous self."""
+        stale = [
+            daemon_id
+            for daemon_id, peer in self.peers.items()
+            if peer.beacon.origin == beacon.origin
+            and daemon_id != beacon.daemon_id
+            and peer.beacon.sent_at <= beacon.sent_at
+        ]
+        for daemon_id in stale:
+            del self.peers[daemon_id]
+        return bool(stale)
+
+    def expire(self, now: float) -> list[Beacon]:
+        """Forget supervisors silent for longer than the expiry; return their last beacons."""
+        gone = [d for d, p in self.peers.items() if now - p.last_seen > self.expiry_s]
+        return [self.peers.pop(d).beacon for d in gone]
+
+    def remotes(self) -> list[Remote]:
+        """Every remote pipeline entry, by name then host."""
+        found = [
+            Remote(e.name, e.endpoint, e.state, p.beacon.host, p.beacon.hostname,
+                   p.beacon.daemon_id, p.last_seen, e.instance)
+            for p in self.peers.values()
+            for e in p.beacon.entries
+        ]  # fmt: skip
+        return sorted(found, key=lambda r: (r.name, r.host, r.daemon_id))
+
+    def conflicts(self, local: Mapping[str, str], here: str = "local") -> list[Conflict]:
+        """Names announced live by two supervisors; `local` maps our names to their states,
+        `here` names this supervisor in the conflict's list of hosts."""
+        live: dict[str, list[str]] = {}
+        for remote in self.remotes():
+            if remote.state not in ENDED_STATES:
+                live.setdefault(remote.name, []).append(_label(remote))
+        found = []
+        for name, hosts in sorted(live.items()):
+            ours = name in local and local[name] not in ENDED_STATES
+            if ours or len(hosts) > 1:
+                found.append(Conflict(name, ((here,) if ours else ()) + tuple(hosts), ours))
+        return found
+
+    def resolve(self, local_names: Iterable[str]) -> dict[str, Remote]:
+        """The remote entry to hand to workers for each name that is not local and not in
+        conflict: the one live announcer, else (all ended) the most recently seen."""
+        skip = set(local_names)
+        by_name: dict[str, list[Remote]] = {}
+        for remote in self.remotes():
+            if remote.name not in skip:
+                by_name.setdefault(remote.name, []).append(remote)
+        resolved = {}
+        for name, candidates in by_name.items():
+            live = [r for r in candidates if r.state not in ENDED_STATES]
+            if len(live) == 1:
+                resolved[name] = live[0]
+            elif not live:
+                resolved[name] = max(candidates, key=lambda r: r.last_seen)
+        return resolved
+
+
+def _view(beacon: Beacon) -> tuple[Any, ...]:
+    """What of a beacon matters to workers and conflicts (not its times or nonce)."""
+    return (beacon.host, beacon.hostname, beacon.entries)
+
+
+def _label(remote: Remote) -> str:
+    name = f"{remote.hostname} " if remote.hostname else ""
+    return f"{name}{remote.host} (daemon {remote.daemon_id[:8]})"
