@@ -1,4 +1,5 @@
-"""Command-line interfaces: `porch` (init, validate, run), and the reserved `porchd`, `porchctl`.
+"""Command-line interfaces: `porch` (init, validate, run, prefs), and the network options that
+`porch run` and `porchd start` share.
 
 Only this layer turns errors into output: one clear line on stderr and a documented exit code;
 tracebacks only with --debug.
@@ -19,6 +20,7 @@ import click
 from porch import __version__, logs
 from porch.config import Problem, Severity, has_errors, name_problem, validate
 from porch.errors import PorchError
+from porch.prefs import KEYS, Effective, resolve, write_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -126,6 +128,50 @@ def validate_cmd(configs: Sequence[str]) -> None:
     click.echo(f"ok: {len(configs)} file(s), {warnings} warning(s)", err=True)
 
 
+# ---- network options (porch run, porchd start) ---------------------------------------------
+
+NETWORK_OPTIONS = (
+    click.option("--interface", "interfaces", multiple=True, metavar="NAME|ADDRESS",
+                 help="Data interface (repeatable); workers bind on the first one's address "
+                 "[env PORCH_INTERFACE; default: loopback]."),
+    click.option("--discovery-port", type=click.IntRange(1, 65535), default=None,
+                 help="UDP port of discovery beacons [env PORCH_DISCOVERY_PORT; default 5557]."),
+    click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
+                 help="A static peer that gets our beacons by unicast (repeatable) "
+                 "[env PORCH_PEERS, comma-separated]."),
+    click.option("--beacon-interval", "beacon_interval_s", type=float, default=None,
+                 metavar="SECONDS",
+                 help="Seconds between beacons [env PORCH_BEACON_INTERVAL; default 1]."),
+    click.option("--key-file", default=None, metavar="PATH",
+                 help="Cluster key file [env PORCH_KEY_FILE] (stored; used from the "
+                 "security release on)."),
+    click.option("--insecure", is_flag=True, default=None,
+                 help="Allow non-loopback interfaces and peers without a cluster key "
+                 "(unsigned beacons, unencrypted links)."),
+    click.option("--no-broadcast", "broadcast", flag_value=False, default=None,
+                 help="Send beacons to static peers only, not to broadcast addresses."),
+)  # fmt: skip
+
+
+def network_options(fn: F) -> F:
+    """Add the network options to a command; they arrive as keyword arguments."""
+    for option in reversed(NETWORK_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def network_prefs(options: dict[str, Any]) -> Effective:
+    """Preferences with these flags on top of environment, file and defaults."""
+    return resolve({key: options.get(key) for key in KEYS})
+
+
+def network_plan(options: dict[str, Any]) -> Any:
+    """Where to bind and beacon (a broker.NetworkPlan); UsageError when it is not allowed."""
+    from porch.broker import plan  # psutil and sockets are only needed here
+
+    return plan(network_prefs(options).prefs)
+
+
 @porch.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(
@@ -141,9 +187,15 @@ def validate_cmd(configs: Sequence[str]) -> None:
     show_default=True,
     help="Seconds a pipeline gets to stop gracefully before it is killed.",
 )
+@network_options
 @handle_errors
-def run(configs: Sequence[str], iterations: int | None, stop_timeout: float) -> None:
-    """Run pipelines in the foreground, one process each; Ctrl+C stops them gracefully."""
+def run(configs: Sequence[str], iterations: int | None, stop_timeout: float, **net: Any) -> None:
+    """Run pipelines in the foreground, one process each; Ctrl+C stops them gracefully.
+
+    Pipelines find targets run elsewhere (another `porch run`, a porchd, another host) by UDP
+    discovery; see `porch prefs`.
+    """
+    from porch.broker import run_origin
     from porch.supervisor import ConsoleSink, Supervisor  # zmq is only needed here
 
     good, problems = validate(configs)
@@ -151,9 +203,94 @@ def run(configs: Sequence[str], iterations: int | None, stop_timeout: float) -> 
     if has_errors(problems):
         click.echo("porch: not starting: fix the errors above (see `porch validate`)", err=True)
         sys.exit(EXIT_USAGE)
-    supervisor = Supervisor(good, ConsoleSink(), iterations=iterations, stop_timeout_s=stop_timeout)
+    network = network_plan(net)
+    supervisor = Supervisor(good, ConsoleSink(), iterations=iterations, stop_timeout_s=stop_timeout,
+                            network=network, origin=run_origin())  # fmt: skip
     supervisor.install_signals()
     sys.exit(supervisor.run())
+
+
+# ---- porch prefs -----------------------------------------------------------------------------
+
+
+@porch.command(name="prefs")
+@click.option(
+    "--interface",
+    "interfaces",
+    multiple=True,
+    metavar="NAME|ADDRESS",
+    help="Set the data interface(s) (repeatable; replaces the list).",
+)
+@click.option("--discovery-port", type=int, default=None, help="Set the discovery UDP port.")
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Set the static peers (repeatable; replaces the list).",
+)
+@click.option(
+    "--beacon-interval",
+    "beacon_interval_s",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Set the seconds between beacons.",
+)
+@click.option("--key-file", default=None, metavar="PATH", help="Set the cluster key file.")
+@click.option(
+    "--insecure/--no-insecure",
+    default=None,
+    help="Allow (or forbid) non-loopback networking without a cluster key.",
+)
+@click.option(
+    "--broadcast/--no-broadcast",
+    default=None,
+    help="Send beacons to broadcast addresses (or to static peers only).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the effective values as JSON.")
+@handle_errors
+def prefs_cmd(as_json: bool, **updates: Any) -> None:  # fmt: skip
+    """Show the network preferences and where each comes from; with options, set them.
+
+    The file is $PORCH_PREFS, else /etc/porch/prefs.toml for root, else
+    ~/.config/porch/prefs.toml. Flags of `porch run`/`porchd start` beat PORCH_* environment
+    variables, which beat the file.
+    """
+    changes = {k: list(v) if isinstance(v, tuple) else v for k, v in updates.items()
+               if v is not None and v != ()}  # fmt: skip
+    effective = resolve({})
+    if changes:
+        write_file(effective.path, changes)
+        click.echo(f"saved: {effective.path}", err=True)
+        effective = resolve({})
+    click.echo(_format_prefs(effective, as_json))
+
+
+def _format_prefs(effective: Effective, as_json: bool) -> str:
+    values = {key: _shown(getattr(effective.prefs, key)) for key in KEYS}
+    if not effective.prefs.interfaces:
+        values["interfaces"] = "(loopback)"
+    if as_json:
+        found = {k: {"value": getattr(effective.prefs, k), "source": effective.sources[k]}
+                 for k in KEYS}  # fmt: skip
+        return json.dumps({"path": str(effective.path), "prefs": found}, indent=2, default=list)
+    width = max(len(k) for k in KEYS)
+    value_width = max(len(v) for v in values.values())
+    lines = [f"# {effective.path}"]
+    lines += [f"{k.ljust(width)}  {values[k].ljust(value_width)}  ({effective.sources[k]})"
+              for k in KEYS]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(value) if value else "(none)"
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def main() -> None:

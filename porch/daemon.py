@@ -17,7 +17,9 @@ from typing import Any
 import zmq
 
 from porch import __version__, logs
+from porch.broker import NetworkPlan, default_origin
 from porch.config import PipelineConfig, Problem, has_errors, validate
+from porch.discovery import Remote
 from porch.errors import ConfigError, PorchError
 from porch.logfiles import LogFileSink
 from porch.supervisor import FailureMode, Supervisor, WorkerHandle, fingerprint
@@ -70,6 +72,7 @@ class Daemon:
         state_dir: Path,
         *,
         stop_timeout_s: float,
+        network: NetworkPlan | None = None,
     ) -> None:
         self.sources = list(sources)
         self.control_path = control_path
@@ -77,7 +80,12 @@ class Daemon:
         configs, self.warnings = load_all(self.sources)
         self.sink = LogFileSink(state_dir / "logs")
         self.supervisor = Supervisor(
-            configs, self.sink, mode=FailureMode.RESTART, stop_timeout_s=stop_timeout_s
+            configs,
+            self.sink,
+            mode=FailureMode.RESTART,
+            stop_timeout_s=stop_timeout_s,
+            network=network,
+            origin=default_origin(f"porchd:{control_path}"),
         )
         self.started_s = time.monotonic()
         self.socket: zmq.Socket[bytes] = self.supervisor.ctx.socket(zmq.ROUTER)
@@ -189,7 +197,18 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started_s, 1),
             "version": __version__,
         }
-        return {"daemon": daemon, "pipelines": self.supervisor.status()}
+        broker = self.supervisor.broker
+        if broker is not None:
+            daemon["discovery"] = broker.status()
+        return {"daemon": daemon, "pipelines": self.supervisor.status(), "remote": self._remote()}
+
+    def _remote(self) -> list[Result]:
+        broker = self.supervisor.broker
+        if broker is None:
+            return []
+        now = time.monotonic()
+        chosen = broker.table.resolve(list(self.supervisor.workers))
+        return [_remote_row(r, now, chosen.get(r.name) == r) for r in broker.remotes()]
 
     def _stop(self, args: dict[str, Any]) -> Result:
         handles = self._handles(args, allow_empty=True)
@@ -242,13 +261,41 @@ class Daemon:
             }
             for h in self.supervisor.workers.values()
         ]
-        return {"nodes": nodes}
+        return {"nodes": nodes + self._remote_nodes()}
+
+    def _remote_nodes(self) -> list[Result]:
+        """One node per remote name that is not local (hosts joined when several claim it)."""
+        hosts: dict[str, list[str]] = {}
+        states: dict[str, str] = {}
+        for remote in self.supervisor.broker.remotes() if self.supervisor.broker else []:
+            if remote.name not in self.supervisor.workers:
+                hosts.setdefault(remote.name, []).append(remote.host)
+                states[remote.name] = remote.state
+        return [
+            {"name": name, "state": states[name] if len(where) == 1 else "conflict",
+             "targets": [], "host": ", ".join(where)}
+            for name, where in hosts.items()
+        ]  # fmt: skip
 
     def _logs(self, args: dict[str, Any]) -> Result:
         name = args.get("name")
         if not isinstance(name, str) or name not in self.supervisor.workers:
             raise CommandError("unknown_pipeline", f"no pipeline {name!r}")
         return {"path": str(self.sink.path_of(name))}
+
+
+def _remote_row(remote: Remote, now: float, used: bool) -> Result:
+    """A remote pipeline in `status`: `used` when this host's workers are given its endpoint."""
+    return {
+        "name": remote.name,
+        "host": remote.host,
+        "hostname": remote.hostname,
+        "daemon_id": remote.daemon_id,
+        "endpoint": remote.endpoint,
+        "state": remote.state,
+        "last_seen_s": round(now - remote.last_seen, 1),
+        "used": used,
+    }
 
 
 def _error(request_id: Any, code: str, message: str) -> Result:

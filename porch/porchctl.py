@@ -216,6 +216,25 @@ def format_status(result: dict[str, Any], width: int | None = None) -> str:
     return "\n".join(_join(row, widths) for row in rows)
 
 
+REMOTE_HEADERS = ("REMOTE", "HOST", "STATE", "ENDPOINT", "LAST SEEN", "USED")
+
+
+def format_remote(result: dict[str, Any]) -> str:
+    """Remote pipelines (from discovery) as a second table; "" when there are none."""
+    remote = result.get("remote") or []
+    if not remote:
+        return ""
+    rows = [list(REMOTE_HEADERS)] + [
+        [str(r.get("name", "?")), str(r.get("host", "?")), str(r.get("state", "?")),
+         str(r.get("endpoint") or "-"), f"{_number(r.get('last_seen_s'), '.1f')}s ago",
+         "yes" if r.get("used") else "no"]
+        for r in remote
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(REMOTE_HEADERS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)  # fmt: skip
+
+
 def _join(row: Sequence[str], widths: Sequence[int]) -> str:
     cells = [
         cell.ljust(size) if HEADERS[i] in LEFT_ALIGNED else cell.rjust(size)
@@ -295,6 +314,9 @@ def status(client: Client, as_json: bool) -> None:
         return
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     click.echo(format_status(result, width))
+    remote = format_remote(result)
+    if remote:
+        click.echo("\n" + remote)
 
 
 @porchctl.command()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from porch import __version__, logs
+from porch.cli import network_options, network_plan
 from porch.errors import ConfigError, PorchError
 
 
@@ -40,15 +42,22 @@ def porchd(debug: bool) -> None:
     show_default=True,
     help="Seconds a pipeline gets to stop gracefully before it is killed.",
 )
+@network_options
 @click.pass_context
 def start(
     ctx: click.Context,
+    /,
     sources: Sequence[str],
     control: str | None,
     state_dir: str | None,
     stop_timeout: float,
+    **net: Any,
 ) -> None:
-    """Validate the configs (files, folders or glob patterns), then run them until stopped."""
+    """Validate the configs (files, folders or glob patterns), then run them until stopped.
+
+    porchd is this host's discovery broker: it announces its pipelines by UDP beacons and tells
+    its workers where the others' pipelines live (see `porch prefs`).
+    """
     from pathlib import Path
 
     from porch.daemon import Daemon
@@ -61,7 +70,8 @@ def start(
         state = ensure_private_dir(
             Path(state_dir) if state_dir else default_state_dir(control_path)
         )
-        daemon = Daemon(sources, control_path, state, stop_timeout_s=stop_timeout)
+        network = network_plan(dict(net))
+        daemon = Daemon(sources, control_path, state, stop_timeout_s=stop_timeout, network=network)
         for warning in daemon.warnings:
             click.echo(str(warning), err=True)
         sys.exit(daemon.serve())

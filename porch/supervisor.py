@@ -29,8 +29,10 @@ import psutil
 import zmq
 
 from porch import logs
+from porch.broker import Broker, NetworkPlan
 from porch.config import PipelineConfig
 from porch.control import MessageType, WorkerState, decode, encode
+from porch.discovery import Entry
 from porch.errors import ControlError
 from porch.restart import Action, RestartPolicy, RestartTracker
 
@@ -95,6 +97,7 @@ class WorkerHandle:
     process: subprocess.Popen[bytes] | None = None
     state: WorkerState = WorkerState.STARTING
     endpoint: str | None = None
+    instance: int | None = None  # the worker's data-plane instance id (changes on restart)
     last_error: str = ""
     wanted: bool = True  # False after a commanded stop: never restarted
     respawn: bool = False  # a commanded restart: start again as soon as it exits
@@ -134,6 +137,8 @@ class Supervisor:
         iterations: int | None = None,
         bind_host: str = "127.0.0.1",
         stop_timeout_s: float = STOP_TIMEOUT_S,
+        network: NetworkPlan | None = None,
+        origin: str = "",
     ) -> None:
         self.sink = sink
         self.mode = mode
@@ -159,6 +164,16 @@ class Supervisor:
         self.poller.register(self._wake_r, zmq.POLLIN)
         self._handlers: dict[Any, Callable[[], None]] = {}
         self._removed: set[str] = set()
+        self.broker: Broker | None = None
+        if network is not None:
+            self._start_broker(network, origin)
+
+    def _start_broker(self, network: NetworkPlan, origin: str) -> None:
+        """Discovery: workers bind on the data interface; remote pipelines join the directory."""
+        self.bind_host = network.data_host
+        self.broker = Broker(network, origin, self._local_entries, self._send_directory)
+        self.poller.register(self.broker.fileno(), zmq.POLLIN)
+        self._handlers[self.broker.fileno()] = self.broker.on_readable
 
     def _handle(self, config: PipelineConfig) -> WorkerHandle:
         policy = (
@@ -324,7 +339,7 @@ class Supervisor:
 
     def poll_once(self) -> None:
         """Wait for one batch of events (or POLL_MS) and handle them, then the timers."""
-        events = dict(self.poller.poll(POLL_MS))
+        events = dict(self.poller.poll(self._poll_timeout_ms()))
         for key in events:
             if key is self.router:
                 self._on_control()
@@ -339,6 +354,14 @@ class Supervisor:
         for handle in list(self.workers.values()):
             self._check_timers(handle, now)
             self._reap(handle, now)
+        if self.broker is not None:
+            self.broker.tick(now)
+
+    def _poll_timeout_ms(self) -> int:
+        if self.broker is None:
+            return POLL_MS
+        due_ms = (self.broker.tick(time.monotonic()) - time.monotonic()) * 1000
+        return max(0, min(POLL_MS, int(due_ms) + 1))
 
     def _check_timers(self, handle: WorkerHandle, now: float) -> None:
         if handle.restart_at is not None and now >= handle.restart_at and not self.stopping:
@@ -413,6 +436,9 @@ class Supervisor:
         if kind is MessageType.HELLO:
             endpoint = message.get("endpoint")
             handle.endpoint = endpoint if isinstance(endpoint, str) else None
+            instance = message.get("instance")
+            handle.instance = instance if isinstance(instance, int) else None
+            log.info("worker_endpoint", pipeline=handle.name, endpoint=handle.endpoint)
             self._publish_directory()
         elif kind is MessageType.STATE:
             self._set_state(handle, message)
@@ -443,10 +469,26 @@ class Supervisor:
             self._publish_directory()
 
     def _publish_directory(self) -> None:
-        pipelines = {
-            h.name: {"endpoint": h.endpoint, "state": h.state.value} for h in self.workers.values()
-        }
-        message = encode(MessageType.DIRECTORY, pipelines=pipelines)
+        """The local pipelines changed: tell the workers, and the other hosts at once."""
+        self._send_directory()
+        if self.broker is not None:
+            self.broker.announce_soon()
+
+    def _local_entries(self) -> list[Entry]:
+        return [Entry(h.name, h.endpoint, h.state.value, h.instance) for h in self.workers.values()]
+
+    def directory(self) -> dict[str, dict[str, Any]]:
+        """Where every pipeline lives: local ones, then the remote ones discovery resolved."""
+        pipelines: dict[str, dict[str, Any]] = {}
+        if self.broker is not None:
+            pipelines.update(self.broker.directory(list(self.workers)))
+        for h in self.workers.values():
+            pipelines[h.name] = {"endpoint": h.endpoint, "state": h.state.value,
+                                 "instance": h.instance, "host": "local"}  # fmt: skip
+        return pipelines
+
+    def _send_directory(self) -> None:
+        message = encode(MessageType.DIRECTORY, pipelines=self.directory())
         for handle in self.workers.values():
             if handle.alive:
                 self.router.send_multipart([handle.name.encode("utf-8"), message])
@@ -575,6 +617,8 @@ class Supervisor:
         for handle in self.workers.values():
             for fd in list(handle.streams):
                 self._close_stream(handle, fd)
+        if self.broker is not None:
+            self.broker.close()
         self.router.close(linger=0)
         self.ctx.destroy(linger=0)
         self._wake_r.close()

@@ -1,0 +1,383 @@
+"""The UDP side of discovery: one socket per supervisor that sends this host's beacons and
+merges the others' into a table (porch/discovery.py) the supervisor hands to its workers.
+
+Every supervisor (porchd, and `porch run`'s embedded one) is a broker. Its socket is bound to
+("", discovery port) with SO_REUSEADDR, SO_REUSEPORT and SO_BROADCAST, so several brokers on one
+host all receive the broadcasts. Beacons go to the broadcast address of each data interface
+(loopback: 127.255.255.255) and by unicast to each static peer, every beacon interval and at
+once when the local pipelines change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from porch import logs
+from porch.discovery import (
+    Beacon,
+    Conflict,
+    DiscoveryError,
+    Entry,
+    Remote,
+    Table,
+    decode,
+    encode,
+    expiry_s,
+)
+from porch.errors import UsageError
+from porch.prefs import Prefs, parse_peer
+
+log = logs.get("porch.discovery")
+
+LOOPBACK_HOST = "127.0.0.1"
+LOOPBACK_BROADCAST = "127.255.255.255"
+MIN_GAP_S = 0.05  # between two beacons sent "at once": a burst of changes makes one beacon
+# After start, remote pipelines are held back this long (at most one beacon interval): every
+# peer answers a new daemon's first beacon at once, so by then all copies of a name are known
+# and a worker is never linked to the first of two duplicates just because it was heard first.
+WARMUP_S = 0.5
+RECV_BATCH = 64
+RECV_BYTES = 65_535
+PEER_RESOLVE_S = 30.0
+
+NO_KEY_HINT = (
+    "without a cluster key Porch listens and discovers on loopback only. Cluster keys (signed "
+    "beacons, encrypted links) come with the security release; until then, on a network you "
+    "trust, pass --insecure (or set `insecure = true` with `porch prefs --insecure`)"
+)
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """Where this supervisor's workers bind and where its beacons go."""
+
+    data_host: str
+    broadcasts: tuple[str, ...]
+    peers: tuple[tuple[str, int], ...]
+    port: int
+    interval_s: float
+    loopback_only: bool
+    insecure: bool = False
+
+    @property
+    def expiry_s(self) -> float:
+        """How long a silent remote pipeline stays in the table."""
+        return expiry_s(self.interval_s)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _interface_address(spec: str) -> tuple[str, str]:
+    """An interface name or IPv4 address as (address, broadcast address)."""
+    if spec in ("lo", "localhost") or _is_loopback(spec):
+        return (LOOPBACK_HOST if spec in ("lo", "localhost") else spec), LOOPBACK_BROADCAST
+    for name, addrs in psutil.net_if_addrs().items():
+        for addr in addrs:
+            if addr.family == socket.AF_INET and spec in (name, addr.address):
+                return addr.address, _broadcast_of(addr.address, addr.netmask, addr.broadcast)
+    known = ", ".join(sorted(psutil.net_if_addrs())) or "none"
+    raise UsageError(f"interface: no IPv4 interface named or addressed {spec!r} (have: {known})")
+
+
+def _broadcast_of(address: str, netmask: str | None, broadcast: str | None) -> str:
+    if broadcast:
+        return broadcast
+    network = ipaddress.IPv4Network(f"{address}/{netmask or '255.255.255.255'}", strict=False)
+    return str(network.broadcast_address)
+
+
+def _resolve_host(host: str) -> str:
+    try:
+        return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0])
+    except (OSError, IndexError, UnicodeError) as exc:
+        raise UsageError(f"peer: cannot resolve {host!r}: {exc}") from None
+
+
+def plan(prefs: Prefs) -> NetworkPlan:
+    """Turn preferences into addresses; refuse to leave loopback without a key or --insecure."""
+    specs = prefs.interfaces or ("lo",)
+    interfaces = [_interface_address(spec) for spec in specs]
+    peers = tuple(parse_peer(p) for p in prefs.peers)
+    exposed = [f"interface {s} ({a})" for s, (a, _) in zip(specs, interfaces, strict=True)
+               if not _is_loopback(a)]  # fmt: skip
+    exposed += [f"peer {h}:{p}" for h, p in peers if not _is_loopback(_resolve_host(h))]
+    if exposed and not prefs.insecure:
+        raise UsageError(f"refusing to use {exposed[0]}: {NO_KEY_HINT}")
+    return NetworkPlan(
+        data_host=interfaces[0][0],
+        broadcasts=tuple(dict.fromkeys(b for _, b in interfaces)) if prefs.broadcast else (),
+        peers=peers,
+        port=prefs.discovery_port,
+        interval_s=prefs.beacon_interval_s,
+        loopback_only=not exposed,
+        insecure=prefs.insecure,
+    )
+
+
+def open_socket(port: int) -> socket.socket:
+    """The broker's UDP socket: shared port, broadcast allowed, non-blocking."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    try:
+        sock.bind(("", port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"discovery: cannot bind UDP port {port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+LocalEntries = Callable[[], list[Entry]]
+
+
+class Broker:
+    """Sends this supervisor's beacons, receives the others', keeps the table."""
+
+    def __init__(self, network: NetworkPlan, origin: str, local: LocalEntries,
+                 on_change: Callable[[], None]) -> None:  # fmt: skip
+        self.plan = network
+        self.origin = origin
+        self.hostname = socket.gethostname()[:255]
+        self.daemon_id = secrets.token_hex(8)
+        self.local = local
+        self.on_change = on_change
+        self.table = Table(self.daemon_id, network.expiry_s)
+        self.counters = dict.fromkeys(("sent", "received", "rejected", "send_errors"), 0)
+        self.sock = open_socket(network.port)
+        self._seq = 0
+        self._next_send = 0.0
+        self._last_send = 0.0
+        self._conflicts: dict[str, tuple[str, ...]] = {}
+        self._peer_addrs: dict[str, tuple[str, float]] = {}
+        self._resolved: dict[str, Remote] = {}
+        self._warm_at: float | None = time.monotonic() + min(WARMUP_S, network.interval_s)
+        if network.insecure and not network.loopback_only:
+            log.warning("insecure_network", data_host=network.data_host, port=network.port,
+                        detail="beacons are unsigned and data links unencrypted")  # fmt: skip
+        log.info("discovery_started", daemon=self.daemon_id, port=network.port,
+                 data_host=network.data_host, broadcasts=list(network.broadcasts),
+                 peers=[f"{h}:{p}" for h, p in network.peers])  # fmt: skip
+
+    def fileno(self) -> int:
+        """The socket's fd, for the supervisor's poller."""
+        return self.sock.fileno()
+
+    @property
+    def label(self) -> str:
+        """How this broker names itself in logs: host name, data address, daemon id."""
+        return f"{self.hostname} {self.plan.data_host} (daemon {self.daemon_id[:8]})"
+
+    # ---- sending -------------------------------------------------------------------------
+
+    def announce_soon(self) -> None:
+        """The local pipelines changed: send a beacon now (at most one per MIN_GAP_S)."""
+        self._next_send = min(self._next_send, self._last_send + MIN_GAP_S)
+
+    def tick(self, now: float) -> float:
+        """Expire silent peers and send a beacon when due; return when to call again."""
+        if self._warm_at is not None and now >= self._warm_at:
+            self._warm_at = None
+            self._changed()
+        if self.table.expire(now):
+            self._changed()
+        if now >= self._next_send:
+            self.send(now)
+        return min(self._next_send, self._warm_at or self._next_send)
+
+    def beacon(self) -> Beacon:
+        """The next beacon of this broker."""
+        self._seq += 1
+        return Beacon(
+            daemon_id=self.daemon_id,
+            origin=self.origin[:255],
+            host=self.plan.data_host,
+            hostname=self.hostname,
+            sent_at=time.time(),
+            nonce=secrets.token_hex(8),
+            seq=self._seq,
+            entries=tuple(self.local()),
+        )
+
+    def send(self, now: float) -> None:
+        """Send one beacon to every broadcast address and peer."""
+        self._last_send = now
+        self._next_send = now + self.plan.interval_s
+        try:
+            data = encode(self.beacon())
+        except DiscoveryError as exc:
+            log.error("beacon_not_sent", reason=str(exc))
+            return
+        for address in self._destinations():
+            self._send_to(data, address)
+
+    def _destinations(self) -> list[tuple[str, int]]:
+        found = [(b, self.plan.port) for b in self.plan.broadcasts]
+        for host, port in self.plan.peers:
+            address = self._peer_address(host)
+            if address is not None:
+                found.append((address, port))
+        return found
+
+    def _peer_address(self, host: str) -> str | None:
+        cached = self._peer_addrs.get(host)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        try:
+            address = _resolve_host(host)
+        except UsageError as exc:
+            log.debug("peer_unresolved", peer=host, reason=str(exc))
+            return cached[0] if cached else None
+        self._peer_addrs[host] = (address, time.monotonic() + PEER_RESOLVE_S)
+        return address
+
+    def _send_to(self, data: bytes, address: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, address)
+            self.counters["sent"] += 1
+        except OSError as exc:  # a peer that is down or unreachable: try again next time
+            self.counters["send_errors"] += 1
+            log.debug("beacon_send_failed", to=f"{address[0]}:{address[1]}", reason=str(exc))
+
+    # ---- receiving -----------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        """Take in every datagram waiting now."""
+        changed = False
+        for _ in range(RECV_BATCH):
+            try:
+                data, source = self.sock.recvfrom(RECV_BYTES)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # e.g. ECONNREFUSED from an earlier send to a down peer
+                if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    log.debug("beacon_receive_failed", reason=str(exc))
+                continue
+            changed = self._take(data, source[0]) or changed
+        if changed:
+            self._changed()
+
+    def _take(self, data: bytes, source: str) -> bool:
+        if self.plan.loopback_only and not _is_loopback(source):
+            return self._reject(source, "not from loopback (no cluster key)")
+        try:
+            beacon = decode(data)
+        except DiscoveryError as exc:
+            return self._reject(source, str(exc))
+        if beacon.daemon_id == self.daemon_id:
+            return False
+        if beacon.daemon_id not in self.table.peers:
+            self.announce_soon()  # a newcomer learns about us at once, not an interval later
+        self.counters["received"] += 1
+        return self.table.merge(beacon, time.monotonic())
+
+    def _reject(self, source: str, reason: str) -> bool:
+        self.counters["rejected"] += 1
+        log.debug("beacon_rejected", source=source, reason=reason,
+                  total=self.counters["rejected"])  # fmt: skip
+        return False
+
+    def _changed(self) -> None:
+        self.check_conflicts()
+        self._log_resolved()
+        self.on_change()
+
+    def _log_resolved(self) -> None:
+        """Say which remote pipelines workers may now use, and which were withdrawn."""
+        if self._warm_at is not None:
+            return
+        resolved = self.table.resolve([e.name for e in self.local()])
+        for name, remote in resolved.items():
+            before = self._resolved.get(name)
+            if before is None or (before.endpoint, before.daemon_id) != (
+                remote.endpoint,
+                remote.daemon_id,
+            ):
+                log.info("remote_pipeline", pipeline=name, host=remote.host,
+                         endpoint=remote.endpoint, state=remote.state)  # fmt: skip
+        for name in set(self._resolved) - set(resolved):
+            log.info("remote_pipeline_withdrawn", pipeline=name, host=self._resolved[name].host)
+        self._resolved = resolved
+
+    # ---- conflicts -----------------------------------------------------------------------
+
+    def conflicts(self) -> list[Conflict]:
+        """Names that two live supervisors announce, this one included."""
+        local = {e.name: e.state for e in self.local()}
+        return self.table.conflicts(local, here=self.label)
+
+    def check_conflicts(self) -> None:
+        """Log each new conflict once, loudly, naming every host; and when it is resolved."""
+        current = {c.name: c.hosts for c in self.conflicts()}
+        for name, hosts in current.items():
+            if self._conflicts.get(name) != hosts:
+                log.error("duplicate_pipeline", pipeline=name, hosts=list(hosts),
+                          detail=f"pipeline {name!r} runs on {' and '.join(hosts)}; no data "
+                          "goes to a remote copy until only one is left")  # fmt: skip
+        for name in set(self._conflicts) - set(current):
+            log.warning("duplicate_pipeline_resolved", pipeline=name)
+        self._conflicts = current
+
+    # ---- what the supervisor reads -------------------------------------------------------
+
+    def directory(self, local_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Remote entries for the workers' directory: not local, not in conflict."""
+        if self._warm_at is not None:
+            return {}
+        return {
+            name: {"endpoint": r.endpoint, "state": r.state, "instance": r.instance, "host": r.host}
+            for name, r in self.table.resolve(local_names).items()
+        }
+
+    def remotes(self) -> list[Remote]:
+        """Every remote pipeline the table holds."""
+        return self.table.remotes()
+
+    def status(self) -> dict[str, Any]:
+        """The broker's settings and counters, for `porchctl status --json`."""
+        return {
+            "daemon_id": self.daemon_id,
+            "data_host": self.plan.data_host,
+            "port": self.plan.port,
+            "beacon_interval_s": self.plan.interval_s,
+            "broadcasts": list(self.plan.broadcasts),
+            "peers": [f"{h}:{p}" for h, p in self.plan.peers],
+            "beacons_sent": self.counters["sent"],
+            "beacons_received": self.counters["received"],
+            "beacons_rejected": self.counters["rejected"],
+            "send_errors": self.counters["send_errors"],
+            "conflicts": [{"name": c.name, "hosts": list(c.hosts)} for c in self.conflicts()],
+        }
+
+    def close(self) -> None:
+        """Send a last beacon (final states reach the peers at once), then close the socket."""
+        with contextlib.suppress(OSError):
+            self.send(time.monotonic())
+        self.sock.close()
+
+
+def default_origin(kind: str) -> str:
+    """A stable name for a supervisor: host name plus what identifies it on the host."""
+    return f"{socket.gethostname()}:{kind}"
+
+
+def run_origin() -> str:
+    """`porch run` is never restarted: its pid makes it unique."""
+    return default_origin(f"run:{os.getpid()}")
