@@ -1,0 +1,146 @@
+"""A cluster of network namespaces for multi-host tests (scripts/netns-cluster), and porchd
+processes that run inside them.
+
+Traffic stays inside namespaces this fixture creates: the hosts' eth0 are veths into a bridge
+that lives in its own switch namespace, on a 10.213.x.0/24 chosen from the prefix. Needs root
+and iproute2: elsewhere the tests skip, but under CI=true they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import PORCHD, REPO_ROOT, RUN_MARKER, Porchd, _read_lines
+
+SCRIPT = REPO_ROOT / "scripts" / "netns-cluster"
+COMMAND_TIMEOUT_S = 30.0
+
+
+def require_netns() -> None:
+    """Skip (or under CI=true fail) unless we may create network namespaces."""
+    why = None
+    if os.geteuid() != 0:
+        why = "netns cluster tests need root (network namespaces)"
+    elif shutil.which("ip") is None:
+        why = "netns cluster tests need iproute2 (`ip`)"
+    if why is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why}; CI=true requires them to run")
+    pytest.skip(why)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One namespace of the cluster."""
+
+    ns: str
+    address: str
+    interface: str
+
+
+class Cluster:
+    """The hosts of one `netns-cluster up`; `cut`/`restore` take a host's link down and up."""
+
+    def __init__(self, prefix: str, count: int) -> None:
+        self.prefix = prefix
+        out = _script("up", str(count), "--prefix", prefix)
+        self.hosts = [Host(*line.split()) for line in out.splitlines() if line.strip()]
+
+    def ip(self, host: Host, *args: str) -> None:
+        """Run `ip -n NS ARGS...` for a host."""
+        subprocess.run(["ip", "-n", host.ns, *args], check=True, timeout=COMMAND_TIMEOUT_S)
+
+    def cut(self, host: Host) -> None:
+        """Take the host's link down (inside its namespace)."""
+        self.ip(host, "link", "set", host.interface, "down")
+
+    def restore(self, host: Host) -> None:
+        """Bring the host's link up again."""
+        self.ip(host, "link", "set", host.interface, "up")
+
+    def down(self) -> None:
+        """Kill what runs inside and delete every namespace of the cluster."""
+        _script("down", "--prefix", self.prefix)
+
+
+def _script(*args: str) -> str:
+    done = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT_S, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise AssertionError(f"netns-cluster {' '.join(args)} failed: {done.stderr}")
+    return done.stdout
+
+
+class NetnsPorchd(Porchd):
+    """`porchd start` inside a host's namespace, on its eth0 (insecure: no key yet)."""
+
+    def __init__(self, host: Host, home: Path, sources: list[str], extra: list[str]) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.host, self.home = host, home
+        self.control = home / "ctl.sock"
+        self.state_dir = home / "state"
+        self.sources = sources
+        env = {k: v for k, v in os.environ.items() if k != "PORCH_CONTROL"}
+        self.env = {**env, "PORCH_RUNTIME_DIR": str(home / "runtime"),
+                    "PORCH_STATE_DIR": str(home / "state-base"), "TMPDIR": str(home),
+                    RUN_MARKER: uuid.uuid4().hex}  # fmt: skip
+        self.args = ["start", *sources, "--control", str(self.control), "--state-dir",
+                     str(self.state_dir), "--stop-timeout", "5", "--interface", host.interface,
+                     "--insecure", *extra]  # fmt: skip
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", host.ns, str(PORCHD), *self.args],
+            cwd=home, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
+        )  # fmt: skip
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [_read_lines(self.proc.stdout, self.stdout),
+                         _read_lines(self.proc.stderr, self.stderr)]  # fmt: skip
+
+
+StartIn = Callable[..., NetnsPorchd]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Callable[[int], Cluster]]:
+    """`cluster(n)`: n fresh hosts; deleted at teardown even when the test failed."""
+    require_netns()
+    made: list[Cluster] = []
+
+    def make(count: int) -> Cluster:
+        prefix = f"pt{uuid.uuid4().hex[:6]}"
+        made.append(Cluster(prefix, count))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.down()
+
+
+@pytest.fixture
+def porchd_in(tmp_path: Path) -> Iterator[StartIn]:
+    """`porchd_in(host, *configs, name=..., extra=[...])`: a porchd inside a host; killed at
+    teardown."""
+    started: list[NetnsPorchd] = []
+
+    def start(
+        host: Host, *sources: str, name: str = "", extra: tuple[str, ...] = ()
+    ) -> NetnsPorchd:
+        home = tmp_path / (name or host.ns)
+        daemon = NetnsPorchd(host, home, list(sources), list(extra))
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
