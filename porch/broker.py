@@ -109,6 +109,17 @@ def _resolve_host(host: str) -> str:
         raise UsageError(f"peer: cannot resolve {host!r}: {exc}") from None
 
 
+def _peer_is_loopback(host: str, insecure: bool) -> bool:
+    """Whether a peer is on this host; one we cannot resolve counts as remote (refused without
+    --insecure, and retried at every beacon with it)."""
+    try:
+        return _is_loopback(_resolve_host(host))
+    except UsageError:
+        if insecure:
+            log.warning("peer_unresolved", peer=host)
+        return False
+
+
 def plan(prefs: Prefs) -> NetworkPlan:
     """Turn preferences into addresses; refuse to leave loopback without a key or --insecure."""
     specs = prefs.interfaces or ("lo",)
@@ -116,7 +127,7 @@ def plan(prefs: Prefs) -> NetworkPlan:
     peers = tuple(parse_peer(p) for p in prefs.peers)
     exposed = [f"interface {s} ({a})" for s, (a, _) in zip(specs, interfaces, strict=True)
                if not _is_loopback(a)]  # fmt: skip
-    exposed += [f"peer {h}:{p}" for h, p in peers if not _is_loopback(_resolve_host(h))]
+    exposed += [f"peer {h}:{p}" for h, p in peers if not _peer_is_loopback(h, prefs.insecure)]
     if exposed and not prefs.insecure:
         raise UsageError(f"refusing to use {exposed[0]}: {NO_KEY_HINT}")
     return NetworkPlan(

@@ -109,3 +109,33 @@ def test_prefs_path(tmp_path: Path) -> None:
     else:
         expected = tmp_path / "porch" / "prefs.toml"
         assert prefs_path({"XDG_CONFIG_HOME": str(tmp_path)}) == expected
+
+
+# ---- from prefs to addresses (no socket is opened) ----------------------------------------
+
+
+def test_default_plan_is_loopback() -> None:
+    from porch.broker import plan
+
+    network = plan(Prefs())
+    assert network.data_host == "127.0.0.1" and network.broadcasts == ("127.255.255.255",)
+    assert network.loopback_only and network.port == 5557 and network.expiry_s == 3.0
+
+
+def test_leaving_loopback_needs_insecure() -> None:
+    from porch.broker import plan
+    from porch.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"loopback only.*--insecure"):
+        plan(Prefs(peers=("198.51.100.7:5557",)))
+    network = plan(Prefs(peers=("198.51.100.7:5557",), insecure=True, broadcast=False))
+    assert not network.loopback_only and network.broadcasts == ()
+    assert network.peers == (("198.51.100.7", 5557),)
+
+
+def test_unknown_interface_is_named() -> None:
+    from porch.broker import plan
+    from porch.errors import UsageError
+
+    with pytest.raises(UsageError, match="no IPv4 interface named or addressed 'nope0'"):
+        plan(Prefs(interfaces=("nope0",)))
