@@ -20,6 +20,7 @@ import click
 from porch import __version__, logs
 from porch.config import Problem, Severity, has_errors, name_problem, validate
 from porch.errors import PorchError
+from porch.paths import state_base
 from porch.prefs import KEYS, Effective, resolve, write_file
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -204,8 +205,15 @@ def run(configs: Sequence[str], iterations: int | None, stop_timeout: float, **n
         click.echo("porch: not starting: fix the errors above (see `porch validate`)", err=True)
         sys.exit(EXIT_USAGE)
     network = network_plan(net)
-    supervisor = Supervisor(good, ConsoleSink(), iterations=iterations, stop_timeout_s=stop_timeout,
-                            network=network, origin=run_origin())  # fmt: skip
+    supervisor = Supervisor(
+        good,
+        ConsoleSink(),
+        iterations=iterations,
+        stop_timeout_s=stop_timeout,
+        state_dir=state_base() / "run",
+        network=network,
+        origin=run_origin(),
+    )
     supervisor.install_signals()
     sys.exit(supervisor.run())
 

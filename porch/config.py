@@ -20,7 +20,18 @@ from porch.errors import ConfigError
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,}$")
 SERIALIZERS = ("pickle", "dill", "json")
 RESTART_POLICIES = ("always", "on-failure", "never")
+# optional fields whose value is one of a few words: field -> (allowed, default)
+CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
+    "serializer": (SERIALIZERS, "pickle"),
+    "restart": (RESTART_POLICIES, "on-failure"),
+    "on_error": (("stop", "skip", "dead-letter"), "stop"),
+    "fan_in": (("all", "any"), "all"),
+    "overflow": (("block", "drop_oldest"), "block"),
+    "delivery": (("at-least-once", "at-most-once"), "at-least-once"),
+    "outbox": (("memory", "durable"), "memory"),
+}
 DEFAULT_QUEUE_LIMIT = 1000
+DEFAULT_QUEUE_LIMIT_BYTES = 64 * 1024 * 1024
 DEFAULT_HEARTBEAT_TIMEOUT_S = 30.0
 
 
@@ -55,8 +66,14 @@ class PipelineConfig:
     target_pipeline_names: tuple[str, ...] = ()
     serializer: str = "pickle"
     queue_limit: int = DEFAULT_QUEUE_LIMIT
+    queue_limit_bytes: int = DEFAULT_QUEUE_LIMIT_BYTES
     restart: str = "on-failure"
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    on_error: str = "stop"
+    fan_in: str = "all"
+    overflow: str = "block"
+    delivery: str = "at-least-once"
+    outbox: str = "memory"
     path: Path = field(default=Path("config.json"), compare=False)
 
     @property
@@ -71,10 +88,13 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
     "scripts": (True, (list,), "a list of .py paths"),
     "source_pipeline_count": (False, (int,), "a whole number"),
     "target_pipeline_names": (False, (list,), "a list of pipeline names"),
-    "serializer": (False, (str,), f"one of {', '.join(SERIALIZERS)}"),
     "queue_limit": (False, (int,), "a whole number >= 1"),
-    "restart": (False, (str,), f"one of {', '.join(RESTART_POLICIES)}"),
+    "queue_limit_bytes": (False, (int,), "a whole number of bytes >= 1024"),
     "heartbeat_timeout_s": (False, (int, float), "a number of seconds > 0"),
+    **{
+        key: (False, (str,), f"one of {', '.join(allowed)}")
+        for key, (allowed, _) in CHOICES.items()
+    },
 }
 
 
@@ -175,15 +195,16 @@ class _Checker:
         limit = data.get("queue_limit", DEFAULT_QUEUE_LIMIT)
         if isinstance(limit, int) and limit < 1:
             self.error("queue_limit", f"must be >= 1, got {limit}")
-        restart = data.get("restart", "on-failure")
-        if isinstance(restart, str) and restart not in RESTART_POLICIES:
-            self.error("restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
+        limit_bytes = data.get("queue_limit_bytes", DEFAULT_QUEUE_LIMIT_BYTES)
+        if isinstance(limit_bytes, int) and limit_bytes < 1024:
+            self.error("queue_limit_bytes", f"must be >= 1024, got {limit_bytes}")
         timeout = data.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S)
         if isinstance(timeout, int | float) and not timeout > 0:
             self.error("heartbeat_timeout_s", f"must be > 0, got {timeout}")
-        serializer = data.get("serializer", "pickle")
-        if isinstance(serializer, str) and serializer not in SERIALIZERS:
-            self.error("serializer", f"must be one of {', '.join(SERIALIZERS)}, got {serializer!r}")
+        for key, (allowed, default) in CHOICES.items():
+            value = data.get(key, default)
+            if isinstance(value, str) and value not in allowed:
+                self.error(key, f"must be one of {', '.join(allowed)}, got {value!r}")
 
     def check_targets(self, raw: list[Any], own_name: str) -> tuple[str, ...]:
         names: list[str] = []
@@ -220,10 +241,10 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
         scripts=scripts,
         source_pipeline_count=data.get("source_pipeline_count", 0),
         target_pipeline_names=targets,
-        serializer=data.get("serializer", "pickle"),
         queue_limit=data.get("queue_limit", DEFAULT_QUEUE_LIMIT),
-        restart=data.get("restart", "on-failure"),
+        queue_limit_bytes=data.get("queue_limit_bytes", DEFAULT_QUEUE_LIMIT_BYTES),
         heartbeat_timeout_s=float(data.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S)),
+        **{key: data.get(key, default) for key, (_, default) in CHOICES.items()},
         path=Path(path).resolve(),
     )
     return config, checker.problems

@@ -84,6 +84,7 @@ class Daemon:
             self.sink,
             mode=FailureMode.RESTART,
             stop_timeout_s=stop_timeout_s,
+            state_dir=state_dir,
             network=network,
             origin=default_origin(f"porchd:{control_path}"),
         )

@@ -137,6 +137,7 @@ class Supervisor:
         iterations: int | None = None,
         bind_host: str = "127.0.0.1",
         stop_timeout_s: float = STOP_TIMEOUT_S,
+        state_dir: Path | None = None,
         network: NetworkPlan | None = None,
         origin: str = "",
     ) -> None:
@@ -145,6 +146,7 @@ class Supervisor:
         self.iterations = iterations
         self.bind_host = bind_host
         self.stop_timeout_s = stop_timeout_s
+        self.state_dir = state_dir  # dead letters and durable outboxes live under it
         self.workers: dict[str, WorkerHandle] = {}
         for config in configs:
             self.workers[config.name] = self._handle(config)
@@ -282,6 +284,8 @@ class Supervisor:
             "--bind-host", self.bind_host,
             "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
+        if self.state_dir is not None:
+            cmd += ["--state-dir", str(self.state_dir)]
         if self.iterations is not None and handle.config.source_pipeline_count == 0:
             cmd += ["--iterations", str(self.iterations)]
         return cmd

@@ -21,6 +21,10 @@ HEADER_SIZE = _HEADER.size
 MAX_NAME_BYTES = 255
 
 
+INLINE_MAX = 64 * 1024  # payload frames up to this size travel in the header's frame
+HELLO_NO_ACKS = 1  # HELLO's seq field carries flags; this one: the sender wants no acks
+
+
 class FrameKind(enum.IntEnum):
     """What a data-plane message is."""
 
@@ -28,6 +32,10 @@ class FrameKind(enum.IntEnum):
     DATA = 2  # one serialized value
     EOS = 3  # end of stream: the sender will send nothing more
     BYE = 4  # the sender stopped (commanded stop or failure) but may come back: not an EOS
+    ACK = 5  # receiver -> sender: everything up to `seq` has been processed (cumulative)
+
+
+_KINDS = {kind.value: kind for kind in FrameKind}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +58,46 @@ def encode_header(kind: FrameKind, serializer: int, instance: int, seq: int, sen
 
 
 def decode_header(frame: bytes) -> Header:
-    """Decode one header frame; raise WireError on anything malformed."""
+    """Decode a frame that is exactly one header; raise WireError on anything malformed."""
+    header, end = decode_prefix(frame)
+    if end != len(frame):
+        raise WireError(
+            f"header length {len(frame)} does not match name length {end - HEADER_SIZE}"
+        )
+    return header
+
+
+def decode_prefix(frame: bytes) -> tuple[Header, int]:
+    """Decode the header at the start of a frame; return it and where the rest begins.
+
+    A DATA message carries its first payload frame right after the header in the same
+    frame when it is small (one frame per message instead of two).
+    """
     if len(frame) < HEADER_SIZE:
         raise WireError(f"header too short: {len(frame)} bytes")
     version, kind, serializer, name_len, instance, seq = _HEADER.unpack_from(frame)
     if version != VERSION:
         raise WireError(f"unsupported wire version {version}")
-    if len(frame) != HEADER_SIZE + name_len:
-        raise WireError(f"header length {len(frame)} does not match name length {name_len}")
+    end = HEADER_SIZE + name_len
+    if len(frame) < end:
+        raise WireError(f"header length {len(frame)} is shorter than its name length {name_len}")
+    frame_kind = _KINDS.get(kind)
+    if frame_kind is None:
+        raise WireError(f"unknown frame kind {kind}")
     try:
-        sender = frame[HEADER_SIZE:].decode("utf-8")
-        return Header(FrameKind(kind), serializer, instance, seq, sender)
-    except (UnicodeDecodeError, ValueError) as exc:
+        sender = bytes(frame[HEADER_SIZE:end]).decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise WireError(f"malformed header: {exc}") from exc
+    return Header(frame_kind, serializer, instance, seq, sender), end
+
+
+def decode_ack(frame: bytes) -> int | None:
+    """The acknowledged sequence number of an ACK frame, or None for anything else."""
+    try:
+        header = decode_header(frame)
+    except WireError:
+        return None
+    return header.seq if header.kind is FrameKind.ACK else None
 
 
 class HeaderEncoder:

@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import sys
+from pathlib import Path
 
 from porch import logs
 from porch.config import load_config
@@ -37,6 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--bind-host", default="127.0.0.1")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--state-dir", type=Path, default=None)
     return parser.parse_args(argv)
 
 
@@ -54,15 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         bind_host=args.bind_host,
         iterations=args.iterations,
         parent_pid=args.parent_pid,
+        state_dir=args.state_dir,
     )
     worker = Worker(config, options)
     worker.install_signals()
     _die_with_parent(args.parent_pid)
-    code = worker.run()
-    if args.parent_pid is not None and os.getppid() != args.parent_pid:
-        # Orphaned: nobody will reap our process group, so take the scripts' children with us.
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-    return code
+    try:
+        return worker.run()
+    finally:
+        if args.parent_pid is not None and os.getppid() != args.parent_pid:
+            # Orphaned: nobody will reap our process group; take the scripts' children along.
+            os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 if __name__ == "__main__":

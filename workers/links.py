@@ -2,20 +2,29 @@
 
 Every target gets its own DEALER socket, so every target gets every message and a slow or
 dead target never makes another one receive duplicates (DPorch's round-robin PUSH did).
+
+An output link is reliable: each message has a per-link sequence number and stays in the link's
+outbox until the target acknowledges that it has processed it (cumulative acks). The outbox is
+bounded in messages and bytes (backpressure); when the target comes back as a new instance, the
+whole outbox is replayed in order. The receiver drops what it has already seen.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from porch.wire import FrameKind, HeaderEncoder
+from porch.wire import HELLO_NO_ACKS, INLINE_MAX, FrameKind, HeaderEncoder
 
 Context = zmq.Context[zmq.Socket[bytes]]
 Socket = zmq.Socket[bytes]
 LINGER_MS = 2000
+MAX_DELIVERY_ATTEMPTS = 3  # a message its target crashed on this often is dead-lettered
 
 
 class InputLink:
@@ -39,83 +48,219 @@ class InputLink:
                 break
         return out
 
+    def ack(self, route: bytes, header: bytes) -> None:
+        """Send an acknowledgement back to the sender on `route`; never block."""
+        # a lost ack is repaired by the next cumulative one
+        with contextlib.suppress(zmq.ZMQError):
+            self.socket.send_multipart([route, header], zmq.NOBLOCK)
+
     def close(self) -> None:
         """Close without waiting."""
         self.socket.close(linger=0)
 
 
+@dataclass(frozen=True)
+class LinkSettings:
+    """How one pipeline's output links behave (from its config)."""
+
+    limit: int = 1000  # messages held per link until acknowledged
+    limit_bytes: int = 64 * 1024 * 1024
+    drop_oldest: bool = False  # when full: drop the oldest held message instead of blocking
+    acked: bool = True  # at-least-once; False: a message is done once ZeroMQ has it
+
+
+@dataclass
+class Outgoing:
+    """One message held by a link until it is acknowledged."""
+
+    seq: int
+    frames: list[Any]
+    size: int
+    kind: FrameKind
+
+
+def _size(frames: list[Any]) -> int:
+    return sum(len(f) if isinstance(f, bytes) else memoryview(f).nbytes for f in frames)
+
+
 class OutputLink:
     """The link to one target: a DEALER once the target's endpoint is known, a queue before."""
 
-    def __init__(self, ctx: Context, target: str, headers: HeaderEncoder, limit: int) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        target: str,
+        headers: HeaderEncoder,
+        settings: LinkSettings,
+        on_dead_letter: Callable[[str, Outgoing, str], None] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.target = target
         self.headers = headers
-        self.limit = limit
+        self.settings = settings
+        self.on_dead_letter = on_dead_letter
         self.endpoint: str | None = None
+        self.instance: int | None = None
         self.socket: Socket | None = None
-        self.pending: deque[list[Any]] = deque()
+        self.outbox: deque[Outgoing] = deque()
+        self.unsent = 0  # how many of the newest outbox messages ZeroMQ has not been given
+        self.bytes_held = 0
         self.seq = 0
-        self.gone = False
+        self.acked_seq = 0
+        self.gone = False  # the target finished its stream: nothing more will be accepted
+        self.down = False  # the directory says the target is not running now
         self.dropped = 0
+        self.replayed = 0
+        self._attempts: dict[int, int] = {}
 
-    def connect(self, endpoint: str) -> None:
-        """(Re)connect to the target's endpoint, say hello, and hand over what was queued."""
-        if endpoint == self.endpoint:
+    # ---- connection ----------------------------------------------------------------------
+
+    def connect(self, endpoint: str, instance: int | None = None) -> None:
+        """(Re)connect to the target, say hello, and replay everything not yet acknowledged."""
+        if endpoint == self.endpoint and instance == self.instance and self.socket is not None:
             return
         if self.socket is not None:
             self.socket.close(linger=0)
         sock: Socket = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.SNDHWM, self.limit)
+        sock.setsockopt(zmq.SNDHWM, self.settings.limit + 16)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         sock.connect(endpoint)
-        sock.send(self.headers.encode(FrameKind.HELLO, 0))
-        self.socket, self.endpoint, self.gone = sock, endpoint, False
-        self.flush()
+        # an at-most-once sender must not be acked: unread acks in its TCP receive buffer
+        # would make the kernel reset the connection (losing the tail) when it exits
+        sock.send(self.headers.encode(FrameKind.HELLO, 0 if self.settings.acked else HELLO_NO_ACKS))
+        replaying = self.instance is not None and len(self.outbox) > self.unsent
+        self.socket, self.endpoint, self.instance = sock, endpoint, instance
+        self.gone = self.down = False
+        if replaying:
+            self._count_attempt()
+            self.replayed += len(self.outbox) - self.unsent
+        self.unsent = len(self.outbox)
+        self.pump()
 
-    def frame(self, kind: FrameKind, payload: list[Any]) -> list[Any]:
-        """The next message of this link: a header with the next sequence number, then payload."""
-        self.seq += 1
-        return [self.headers.encode(kind, self.seq), *payload]
+    def _count_attempt(self) -> None:
+        """The target came back while our oldest message was unacknowledged: count it."""
+        head = self.outbox[0]
+        attempts = self._attempts.get(head.seq, 0) + 1
+        self._attempts = {head.seq: attempts}
+        if attempts >= MAX_DELIVERY_ATTEMPTS and head.kind is FrameKind.DATA:
+            self._drop_head(f"{self.target} crashed {attempts} times while it was delivered")
 
-    def offer(self, message: list[Any]) -> bool:
-        """Hand over one message without blocking; False when the caller must wait and retry."""
-        if self.gone:
-            self.dropped += 1
-            return True
-        if self.socket is None or self.pending:
-            if len(self.pending) < self.limit:
-                self.pending.append(message)
-                return True
-            self.flush()
-            return False
-        try:
-            self.socket.send_multipart(message, zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            return False
-
-    def flush(self) -> None:
-        """Move queued messages into the socket for as long as it takes them."""
-        while self.pending and self.socket is not None:
-            try:
-                self.socket.send_multipart(self.pending[0], zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.pending.popleft()
+    def _drop_head(self, reason: str) -> None:
+        head = self.outbox.popleft()
+        self.bytes_held -= head.size
+        self.unsent = min(self.unsent, len(self.outbox))
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(self.target, head, reason)
 
     def retire(self) -> None:
-        """The target is gone for good: drop what is queued and whatever comes later."""
+        """The target finished for good: drop what is held and whatever comes later."""
         self.gone = True
-        self.dropped += len(self.pending)
-        self.pending.clear()
-        self.close(linger_ms=0)  # what ZeroMQ still holds for it can never be delivered
-        self.endpoint = None
+        self.dropped += sum(1 for m in self.outbox if m.kind is FrameKind.DATA)
+        self.outbox.clear()
+        self.unsent = self.bytes_held = 0
+        self.close(linger_ms=0)
+        self.endpoint = self.instance = None
+
+    # ---- sending -------------------------------------------------------------------------
+
+    def full(self) -> bool:
+        """Whether the outbox is at its message or byte limit."""
+        return (
+            len(self.outbox) >= self.settings.limit or self.bytes_held >= self.settings.limit_bytes
+        )
+
+    def offer(self, kind: FrameKind, payload: list[Any]) -> bool:
+        """Take one message if there is room (or make room under drop_oldest); else False."""
+        if self.gone:
+            self.dropped += kind is FrameKind.DATA
+            return True
+        if self.full():
+            if not self.settings.drop_oldest or not self.outbox:
+                self.pump()
+                return False
+            self._drop_oldest()
+        self.seq += 1
+        message = Outgoing(self.seq, self._frames(kind, payload), _size(payload), kind)
+        self.outbox.append(message)
+        self.bytes_held += message.size
+        self.unsent += 1
+        self.pump()
+        return True
+
+    def outbox_restore(self, kind: FrameKind, payload: list[Any]) -> None:
+        """Queue a message recovered from the durable outbox, past the usual limits."""
+        self.seq += 1
+        self.outbox.append(Outgoing(self.seq, self._frames(kind, payload), _size(payload), kind))
+        self.bytes_held += self.outbox[-1].size
+        self.unsent += 1
+
+    def _frames(self, kind: FrameKind, payload: list[Any]) -> list[Any]:
+        """The wire frames: a small first payload frame rides in the header's frame."""
+        header = self.headers.encode(kind, self.seq)
+        if payload and isinstance(payload[0], bytes) and len(payload[0]) <= INLINE_MAX:
+            return [header + payload[0], *payload[1:]]
+        return [header, *payload]
+
+    def _drop_oldest(self) -> None:
+        head = self.outbox.popleft()
+        self.bytes_held -= head.size
+        self.unsent = min(self.unsent, len(self.outbox))
+        self.dropped += 1
+
+    def pump(self) -> None:
+        """Give ZeroMQ the messages it has not had yet, for as long as it takes them."""
+        sock = self.socket
+        if sock is None:
+            return
+        outbox = self.outbox
+        while self.unsent:
+            message = outbox[len(outbox) - self.unsent]
+            try:
+                sock.send_multipart(message.frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.unsent -= 1
+        if not self.settings.acked:
+            self._forget_sent()
+
+    def _forget_sent(self) -> None:
+        """At-most-once: once ZeroMQ has a message, it is no longer ours to replay."""
+        while len(self.outbox) > self.unsent:
+            self.bytes_held -= self.outbox.popleft().size
+
+    # ---- acknowledgements ----------------------------------------------------------------
+
+    def read_acks(self, decode: Callable[[bytes], int | None]) -> None:
+        """Apply every acknowledgement waiting on the socket (`decode` gives the acked seq)."""
+        sock = self.socket
+        if sock is None:
+            return
+        newest = self.acked_seq
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            seq = decode(frame)
+            if seq is not None and seq > newest:
+                newest = seq
+        if newest > self.acked_seq:
+            self.ack(newest)
+
+    def ack(self, seq: int) -> None:
+        """The target has processed everything up to `seq`: forget it."""
+        self.acked_seq = max(self.acked_seq, seq)
+        outbox = self.outbox
+        sent = len(outbox) - self.unsent
+        while sent and outbox[0].seq <= seq:
+            self.bytes_held -= outbox.popleft().size
+            sent -= 1
+        self.pump()
 
     @property
     def settled(self) -> bool:
-        """Whether nothing is left queued outside ZeroMQ."""
-        return self.gone or not self.pending
+        """Whether nothing is left that the target still has to acknowledge (or can't)."""
+        return self.gone or self.down or not self.outbox
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close the socket; ZeroMQ keeps delivering what it holds for up to `linger_ms`."""

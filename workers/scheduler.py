@@ -11,10 +11,15 @@ class TooManySources(Exception):
 
 
 class FanIn:
-    """Collects values per source and releases one complete set (one value from each) at a time."""
+    """Collects values per source and releases them as one input set per iteration.
 
-    def __init__(self, expected: int) -> None:
+    Wait-for-all (DPorch's default): a set is one value from every source. `any_input`: a set
+    is ready as soon as one source has a value; the missing ones are None (for feedback loops).
+    """
+
+    def __init__(self, expected: int, any_input: bool = False) -> None:
         self.expected = expected
+        self.any_input = any_input
         self._queues: dict[str, deque[Any]] = {}
         self._ended: set[str] = set()
 
@@ -53,16 +58,25 @@ class FanIn:
         return source in self._ended
 
     def ready(self) -> bool:
-        """Whether a complete set (one value from every expected source) is queued."""
+        """Whether an input set can be taken now."""
+        if self.any_input:
+            return any(self._queues.values())
         return len(self._queues) >= self.expected and all(self._queues.values())
 
-    def pop(self) -> dict[str, Any]:
-        """Take the oldest value of each source as a dict keyed by source name."""
-        return {name: queue.popleft() for name, queue in self._queues.items()}
+    def pop(self, missing: Any = None) -> dict[str, Any]:
+        """Take the oldest value of each source (`missing` for an empty queue in any-input mode)."""
+        return {name: (q.popleft() if q else missing) for name, q in self._queues.items()}
 
     def exhausted(self) -> bool:
-        """Whether no complete set can ever form again: some source ended and its queue is empty."""
+        """Whether no input set can ever form again."""
+        if self.any_input:
+            return len(self._ended) >= self.expected and not any(self._queues.values())
         return any(not self._queues[name] for name in self._ended)
+
+    def queued(self, source: str) -> int:
+        """How many values of `source` wait."""
+        queue = self._queues.get(source)
+        return len(queue) if queue is not None else 0
 
     def depth(self) -> int:
         """How many values are queued across all sources."""

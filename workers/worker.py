@@ -2,7 +2,8 @@
 
 Life of a worker: bind the input socket and say hello to the supervisor; wait until every
 source has connected (DPorch's handshake rule); run the scripts' top level; loop; on end of
-stream, stop or failure: send EOS to every target, run the `end()` hooks, flush, exit.
+stream, stop or failure: send EOS (or BYE) to every target, run the `end()` hooks, wait
+(bounded) for the targets to acknowledge what they were sent, exit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -23,33 +25,37 @@ import zmq
 from porch import logs
 from porch.config import PipelineConfig
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
-from porch.errors import PorchError, ScriptError, WireError
-from porch.serializers import BY_ID, SerializationError, Serializer, get
+from porch.errors import PorchError, ScriptError
+from porch.serializers import Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
-from porch.wire import FrameKind, HeaderEncoder, decode_header
+from porch.wire import FrameKind, HeaderEncoder, decode_ack
+from workers.deadletter import DeadLetters, summary
 from workers.host import ScriptHost
-from workers.links import InputLink, OutputLink
-from workers.scheduler import FanIn, TooManySources
+from workers.inbox import Inbox
+from workers.links import LinkSettings, Outgoing, OutputLink
+from workers.outbox import DurableOutbox
 
 log = logs.get("porch.worker")
 
 DRAIN_TIMEOUT_S = 2.0  # after a stop, how long a pipeline keeps processing what was sent to it
-FLUSH_TIMEOUT_S = 5.0  # at exit, how long to wait for targets that have no endpoint yet
+FLUSH_TIMEOUT_S = 5.0  # at the end of a stream, how long to wait for targets to acknowledge
 POLL_MS = 200
-RECV_BATCH = 256
-TICK_S = 0.05  # how often a busy loop looks at the control channel
+TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
 STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
+DOWN_STATES = ("stopping", "stopped", "failed", "backoff")
+POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
 
 
 @dataclass
 class Counters:
-    """What a worker reports as its health."""
+    """What a worker reports as its health (with the inbox's counters)."""
 
     iterations: int = 0
-    msgs_in: int = 0
     msgs_out: int = 0
     dropped: int = 0
-    bad_frames: int = 0
+    skipped: int = 0
+    dead_letters: int = 0
+    replayed: int = 0
     queue_depth: int = 0
 
 
@@ -61,6 +67,17 @@ class WorkerOptions:
     bind_host: str = "127.0.0.1"
     iterations: int | None = None
     parent_pid: int | None = None
+    state_dir: Path | None = None
+
+
+def link_settings(config: PipelineConfig) -> LinkSettings:
+    """The output link behaviour a config asks for."""
+    return LinkSettings(
+        limit=config.queue_limit,
+        limit_bytes=config.queue_limit_bytes,
+        drop_oldest=config.overflow == "drop_oldest",
+        acked=config.delivery == "at-least-once",
+    )
 
 
 class Worker:
@@ -74,29 +91,51 @@ class Worker:
         self.instance = random.getrandbits(63)
         self.serializer: Serializer = get(config.serializer)
         self.host = ScriptHost(config.scripts, config.name)
-        self.fanin = FanIn(config.source_pipeline_count)
         self.counters = Counters()
         self.state = WorkerState.STARTING
         self.control = ControlClient(self.ctx, options.control, config.name)
-        self.inputs = (
-            InputLink(self.ctx, options.bind_host, config.queue_limit)
+        state_dir = options.state_dir or Path(".porch")
+        self.dead_letters = DeadLetters(state_dir / "dead-letter", config.name)
+        self.inbox = (
+            Inbox(
+                self.ctx,
+                options.bind_host,
+                name=config.name,
+                instance=self.instance,
+                expected=config.source_pipeline_count,
+                any_input=config.fan_in == "any",
+                serializer=self.serializer,
+                limit=config.queue_limit,
+            )
             if config.source_pipeline_count
             else None
         )
-        headers = HeaderEncoder(self.serializer.id, self.instance, config.name)
-        self.outputs = [
-            OutputLink(self.ctx, target, headers, config.queue_limit)
-            for target in config.target_pipeline_names
-        ]
+        self.outputs = self._make_outputs()
+        self.durable = (
+            DurableOutbox(state_dir / "outbox" / f"{config.name}.sqlite", self.outputs)
+            if config.outbox == "durable"
+            else None
+        )
         self.stopping = False
         self.ended = False
-        self._departed: set[str] = set()  # sources that said BYE (stopped, may come back)
+        self._orphaned = False
+        self._first_signal_s = 0.0
         self._drain_deadline = 0.0
+        # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
+        self._finished_sources: dict[str, tuple[float, int]] = {}
         self._next_tick = 0.0
         self._next_heartbeat = 0.0
         self._last_error = ""
         self._wake_r, self._wake_w = socket.socketpair()
         self._poller = self._make_poller()
+
+    def _make_outputs(self) -> list[OutputLink]:
+        headers = HeaderEncoder(self.serializer.id, self.instance, self.name)
+        settings = link_settings(self.config)
+        return [
+            OutputLink(self.ctx, target, headers, settings, self._on_link_dead_letter)
+            for target in self.config.target_pipeline_names
+        ]
 
     # ---- signals and control -------------------------------------------------------------
 
@@ -104,8 +143,8 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.control.socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        if self.inputs is not None:
-            poller.register(self.inputs.socket, zmq.POLLIN)
+        if self.inbox is not None:
+            poller.register(self.inbox.link.socket, zmq.POLLIN)
         return poller
 
     def install_signals(self) -> None:
@@ -117,9 +156,29 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.stopping:
+            if self._orphaned and now - self._first_signal_s < 1.0:
+                return  # the parent-death signal can arrive more than once
+            if self._orphaned:  # nobody else will clean up our group
+                os.killpg(os.getpgrp(), signal.SIGKILL)
             os._exit(130)
+        self._first_signal_s = now
+        self._check_parent()
         self.request_stop(signal.Signals(signum).name)
+
+    def _check_parent(self) -> None:
+        """If the supervisor died, its end of our stdout/stderr pipes is gone: writing there
+        would raise BrokenPipeError, so send our output (and the scripts') to /dev/null."""
+        parent = self.options.parent_pid
+        if parent is None or os.getppid() == parent or self._orphaned:
+            return
+        self._orphaned = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        self.request_stop("supervisor_gone")
 
     def request_stop(self, reason: str) -> None:
         """Begin a graceful stop: sources stop now, the rest drain what was sent for a while."""
@@ -134,114 +193,102 @@ class Worker:
                 self.request_stop("supervisor")
             elif kind is MessageType.DIRECTORY:
                 self._apply_directory(message.get("pipelines", {}))
+                self._note_finished_sources(message.get("pipelines", {}))
 
     def _apply_directory(self, pipelines: dict[str, Any]) -> None:
         for link in self.outputs:
             entry = pipelines.get(link.target)
             if not isinstance(entry, dict):
                 continue
-            if entry.get("state") == "finished":  # stopped or failed ones may come back
-                if not link.gone:
-                    log.warning(
-                        "target_gone",
-                        pipeline=self.name,
-                        target=link.target,
-                        state=entry.get("state"),
-                    )
-                    link.retire()
-            elif isinstance(entry.get("endpoint"), str):
-                link.connect(entry["endpoint"])
+            state, endpoint = entry.get("state"), entry.get("endpoint")
+            if state == "finished":  # its stream is over; stopped or failed ones may come back
+                self._retire(link)
+                continue
+            if isinstance(endpoint, str):
+                instance = entry.get("instance")
+                link.connect(endpoint, instance if isinstance(instance, int) else None)
+            link.down = state in DOWN_STATES
+
+    def _retire(self, link: OutputLink) -> None:
+        if link.gone:
+            return
+        held = sum(1 for m in link.outbox if m.kind is FrameKind.DATA)
+        if held:
+            log.warning("target_finished", pipeline=self.name, target=link.target, dropped=held)
+        link.retire()
+
+    def _note_finished_sources(self, pipelines: dict[str, Any]) -> None:
+        """A source the directory calls finished ends its stream here too, after a grace period
+        for its last messages (its EOS may have been lost if it never had our acks)."""
+        if self.inbox is None:
+            return
+        for name in self.inbox.fanin.sources:
+            entry = pipelines.get(name)
+            if isinstance(entry, dict) and entry.get("state") == "finished":
+                self._finished_sources.setdefault(name, (0.0, -1))
+
+    def _end_overdue_sources(self) -> None:
+        if self.inbox is None:
+            return
+        now = time.monotonic()
+        for name, (due, seen) in list(self._finished_sources.items()):
+            received = self.inbox.sources[name].received
+            if received != seen:  # still arriving: its last messages are in flight
+                self._finished_sources[name] = (now + DRAIN_TIMEOUT_S, received)
+            elif now >= due:
+                del self._finished_sources[name]
+                if not self.inbox.fanin.has_ended(name):
+                    log.warning("source_finished_without_eos", pipeline=self.name, source=name)
+                    self.inbox.fanin.end(name)
 
     def _report_state(self, state: WorkerState, error: str = "") -> None:
         self.state = state
         self.control.send(MessageType.STATE, state=state.value, error=error)
 
     def _heartbeat(self) -> None:
-        self.counters.queue_depth = self.fanin.depth()
-        self.counters.dropped = sum(link.dropped for link in self.outputs)
-        self.control.send(MessageType.HEALTH, state=self.state.value, **asdict(self.counters))
+        counters = self.counters
+        counters.dropped = sum(link.dropped for link in self.outputs)
+        counters.replayed = sum(link.replayed for link in self.outputs)
+        inbox = asdict(self.inbox.counters) if self.inbox is not None else {}
+        counters.queue_depth = self.inbox.fanin.depth() if self.inbox is not None else 0
+        counters.dead_letters = self.dead_letters.count
+        self.control.send(MessageType.HEALTH, state=self.state.value, **asdict(counters), **inbox)
 
     def _tick(self) -> None:
-        """Housekeeping between iterations, at most every TICK_S: control, heartbeat, parent."""
+        """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat."""
         now = time.monotonic()
         if now < self._next_tick:
             return
         self._next_tick = now + TICK_S
         self._on_control()
+        self._read_acks()
+        self._end_overdue_sources()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
             self._heartbeat()
-            parent = self.options.parent_pid
-            if parent is not None and os.getppid() != parent:
-                self.request_stop("supervisor_gone")
+            self._check_parent()
+
+    def _read_acks(self) -> None:
+        for link in self.outputs:
+            before = link.acked_seq
+            link.read_acks(decode_ack)
+            if self.durable is not None and link.acked_seq > before:
+                self.durable.forget(link.target, link.acked_seq)
 
     def _wait(self, timeout_ms: int, poller: zmq.Poller | None = None) -> None:
-        """Block until input, a control message or a signal arrives, or the timeout passes."""
+        """Block until input, a control message, an ack or a signal arrives, or the timeout."""
+        if self.inbox is not None:
+            self.inbox.flush_acks()  # about to idle: tell our sources what we have done
         events = dict((poller or self._poller).poll(timeout_ms))
         if self._wake_r in events or self._wake_r.fileno() in events:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)
         if self.control.socket in events:
             self._on_control()
-        if self.inputs is not None and self.inputs.socket in events:
-            self._receive()
+        if self.inbox is not None and self.inbox.link.socket in events:
+            self.inbox.receive()
+        self._read_acks()
         self._tick()
-
-    # ---- input ---------------------------------------------------------------------------
-
-    def _receive(self) -> None:
-        assert self.inputs is not None
-        for message in self.inputs.receive(RECV_BATCH):
-            try:
-                self._accept(message)
-            except (WireError, SerializationError) as exc:
-                self.counters.bad_frames += 1
-                log.warning(
-                    "bad_frame_dropped",
-                    pipeline=self.name,
-                    reason=str(exc),
-                    total=self.counters.bad_frames,
-                )
-
-    def _accept(self, message: list[bytes]) -> None:
-        if len(message) < 2:
-            raise WireError("message without a header frame")
-        header = decode_header(message[1])
-        if header.sender not in self.fanin:
-            try:
-                self.fanin.connect(header.sender)
-            except TooManySources:
-                raise WireError(
-                    f"unexpected source {header.sender!r}: source_pipeline_count is "
-                    f"{self.fanin.expected} and {self.fanin.sources} already connected"
-                ) from None
-            log.info("source_connected", pipeline=self.name, source=header.sender)
-        if header.kind is FrameKind.BYE:
-            log.info("source_departed", pipeline=self.name, source=header.sender)
-            self._departed.add(header.sender)
-            return
-        self._departed.discard(header.sender)
-        if header.kind is FrameKind.DATA:
-            self.fanin.push(header.sender, self._decode(header.serializer, message[2:]))
-            self.counters.msgs_in += 1
-        elif header.kind is FrameKind.EOS:
-            log.info("source_ended", pipeline=self.name, source=header.sender)
-            self.fanin.end(header.sender)
-
-    def _decode(self, serializer_id: int, frames: list[bytes]) -> Any:
-        serializer = BY_ID.get(serializer_id)
-        if serializer is None:
-            raise WireError(f"unknown serializer id {serializer_id}")
-        if self.serializer.name == "json" and serializer.name != "json":
-            raise WireError(f"refusing {serializer.name} data: this pipeline accepts json only")
-        if not frames:
-            raise WireError("data message without payload")
-        try:
-            return serializer.loads(frames)
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot deserialize {serializer.name} payload: {exc}"
-            ) from exc
 
     # ---- output --------------------------------------------------------------------------
 
@@ -249,79 +296,77 @@ class Worker:
         if not self.outputs:
             return
         payload = self.serializer.dumps(value)
+        if self.durable is not None:
+            self.durable.store(payload)
         for link in self.outputs:
-            self._hand_over(link, link.frame(FrameKind.DATA, payload))
+            self._hand_over(link, FrameKind.DATA, payload)
         self.counters.msgs_out += 1
 
-    def _hand_over(self, link: OutputLink, message: list[Any]) -> None:
+    def _hand_over(self, link: OutputLink, kind: FrameKind, payload: list[Any]) -> None:
         """Give one message to a link, waiting (while serving control) as long as it is full."""
         next_warning = time.monotonic() + STALL_WARNING_S
-        while not link.offer(message):
+        while not link.offer(kind, payload):
             now = time.monotonic()
             if self.stopping and now > self._drain_deadline:
-                link.dropped += 1
+                link.dropped += kind is FrameKind.DATA
                 return
             if now > next_warning:
                 next_warning = now + STALL_WARNING_S
                 reason = "target not found yet" if link.socket is None else "target is slow"
-                log.warning(
-                    "output_blocked",
-                    pipeline=self.name,
-                    target=link.target,
-                    reason=reason,
-                    held=len(link.pending),
-                )
+                log.warning("output_blocked", pipeline=self.name, target=link.target,
+                            reason=reason, held=len(link.outbox))  # fmt: skip
             poller = zmq.Poller()
             poller.register(self.control.socket, zmq.POLLIN)
             poller.register(self._wake_r, zmq.POLLIN)
             if link.socket is not None:
-                poller.register(link.socket, zmq.POLLOUT)
+                poller.register(link.socket, POLL_BOTH)
             self._wait(POLL_MS, poller)
-            link.flush()
 
-    def _close_outputs(self, kind: FrameKind) -> None:
-        """Send EOS (stream ended) or BYE (stopped, failed) on every link, then close them."""
+    def _on_link_dead_letter(self, target: str, message: Outgoing, reason: str) -> None:
+        path = self.dead_letters.write(reason, payload=message.frames[1:])
+        log.error("dead_lettered", pipeline=self.name, target=target, seq=message.seq,
+                  reason=reason, file=str(path))  # fmt: skip
+
+    def _close_outputs(self, finished: bool) -> None:
+        """End every link (EOS if the stream finished, else BYE) and wait for acknowledgements."""
         for link in self.outputs:
-            self._hand_over(link, link.frame(kind, []))
-        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+            if finished:
+                self._hand_over(link, FrameKind.EOS, [])
+            elif link.socket is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    link.socket.send(link.headers.encode(FrameKind.BYE, 0), zmq.NOBLOCK)
+        timeout_s = FLUSH_TIMEOUT_S if finished else DRAIN_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while not all(link.settled for link in self.outputs) and time.monotonic() < deadline:
-            self._wait(POLL_MS)
-            for link in self.outputs:
-                link.flush()
+            self._wait(50)
         for link in self.outputs:
-            if not link.settled:
-                log.warning(
-                    "output_discarded",
-                    pipeline=self.name,
-                    target=link.target,
-                    messages=len(link.pending),
-                    reason="target never appeared",
-                )
-            link.close()
+            held = sum(1 for m in link.outbox if m.kind is FrameKind.DATA)
+            if held and not link.gone:
+                log.warning("output_unacknowledged", pipeline=self.name, target=link.target,
+                            messages=held, kept=self.durable is not None)  # fmt: skip
+            # at-most-once has nothing to wait for but ZeroMQ's own queue: give it time
+            link.close(linger_ms=300 if link.settings.acked else int(FLUSH_TIMEOUT_S * 1000))
 
     # ---- the loop ------------------------------------------------------------------------
 
     def _wait_for_sources(self) -> bool:
         """Wait until every source said hello; False when a stop came first."""
-        if self.fanin.all_connected():
+        inbox = self.inbox
+        if inbox is None or inbox.fanin.all_connected():
             return True
         self._report_state(WorkerState.WAITING_FOR_SOURCES)
-        log.info(
-            "waiting_for_sources", pipeline=self.name, expected=self.config.source_pipeline_count
-        )
+        log.info("waiting_for_sources", pipeline=self.name,
+                 expected=self.config.source_pipeline_count)  # fmt: skip
         next_warning = time.monotonic() + STALL_WARNING_S
-        while not self.fanin.all_connected():
+        while not inbox.fanin.all_connected():
             if self.stopping:
                 return False
             self._wait(POLL_MS)
             if time.monotonic() > next_warning:
                 next_warning += STALL_WARNING_S
-                log.warning(
-                    "still_waiting_for_sources",
-                    pipeline=self.name,
-                    expected=self.config.source_pipeline_count,
-                    connected=self.fanin.sources,
-                )
+                log.warning("still_waiting_for_sources", pipeline=self.name,
+                            expected=self.config.source_pipeline_count,
+                            connected=inbox.fanin.sources)  # fmt: skip
         return True
 
     def _iterate(self, inputs: Any) -> None:
@@ -330,12 +375,27 @@ class Worker:
         except Stop:
             self.ended = True
             return
+        except ScriptError as exc:
+            if self.config.on_error == "stop":
+                raise
+            self._on_poison(exc, inputs)
+            return
         self.counters.iterations += 1
         if value is not SKIP:
             self._emit(value)
         if stop_requested():
             clear_stop_request()
             self.ended = True
+
+    def _on_poison(self, exc: ScriptError, inputs: Any) -> None:
+        """on_error skip / dead-letter: record the input that made step() raise, and go on."""
+        self.counters.skipped += 1
+        if self.config.on_error == "dead-letter":
+            path = self.dead_letters.write(str(exc), value=inputs, traceback=exc.user_traceback)
+            log.error("dead_lettered", pipeline=self.name, error=str(exc), file=str(path))
+        else:
+            log.warning("input_skipped", pipeline=self.name, error=str(exc),
+                        input=summary(inputs)[:200])  # fmt: skip
 
     def _source_loop(self) -> None:
         limit = self.options.iterations
@@ -345,34 +405,36 @@ class Worker:
                 self.ended = True
             self._tick()
 
-    def _sink_loop(self) -> None:
-        fanin = self.fanin
+    def _sink_loop(self, inbox: Inbox) -> None:
+        fanin = inbox.fanin
+        if fanin.any_input:  # a feedback loop needs one member to go first
+            self._iterate(dict.fromkeys(fanin.sources))
         while not self.ended:
             if self.stopping and time.monotonic() > self._drain_deadline:
                 return  # a live upstream keeps sending: the drain is bounded in time
             if fanin.ready():
-                self._iterate(fanin.pop())
+                values, seqs = inbox.take()
+                self._iterate(values)
+                inbox.commit(seqs)
                 self._tick()
             elif fanin.exhausted():
                 return
-            elif self.stopping and self._upstream_quiet():
+            elif self.stopping and inbox.quiet():
                 return  # everything that was sent has been processed
             else:
                 self._wait(POLL_MS)
 
-    def _upstream_quiet(self) -> bool:
-        """Whether every source has ended its stream or said it stopped."""
-        return all(s in self._departed or self.fanin.has_ended(s) for s in self.fanin.sources)
-
     def _run_scripts(self) -> WorkerState:
+        if self.durable is not None:
+            self.durable.restore()
         if not self._wait_for_sources():
             return WorkerState.STOPPED
         self.host.load()
         self._report_state(WorkerState.RUNNING)
-        if self.inputs is None:
+        if self.inbox is None:
             self._source_loop()
         else:
-            self._sink_loop()
+            self._sink_loop(self.inbox)
         return WorkerState.STOPPED if self.stopping and not self.ended else WorkerState.FINISHED
 
     def _fail(self, exc: PorchError) -> WorkerState:
@@ -385,10 +447,9 @@ class Worker:
 
     def run(self) -> int:
         """Run the pipeline to its end; the exit code is 0 unless it failed."""
-        endpoint = self.inputs.endpoint if self.inputs is not None else None
-        self.control.send(
-            MessageType.HELLO, pid=os.getpid(), endpoint=endpoint, instance=self.instance
-        )
+        endpoint = self.inbox.endpoint if self.inbox is not None else None
+        self.control.send(MessageType.HELLO, pid=os.getpid(), endpoint=endpoint,
+                          instance=self.instance)  # fmt: skip
         self._report_state(WorkerState.STARTING)
         try:
             outcome = self._run_scripts()
@@ -399,23 +460,27 @@ class Worker:
         return 1 if self.state is WorkerState.FAILED else 0
 
     def _finish(self, outcome: WorkerState) -> None:
+        finished = outcome is WorkerState.FINISHED
+        if self.inbox is not None:
+            if finished:
+                left = self.inbox.discard_rest()
+                if left:
+                    log.info("input_not_processed", pipeline=self.name, messages=left)
+            else:
+                self.inbox.flush_acks()
         try:
-            self._close_outputs(FrameKind.EOS if outcome is WorkerState.FINISHED else FrameKind.BYE)
+            self._close_outputs(finished)
         except PorchError as exc:
             outcome = self._fail(exc)
         for error in self.host.end():
             outcome = self._fail(error)
-        if self.fanin.depth():
-            log.info("input_not_processed", pipeline=self.name, messages=self.fanin.depth())
         self._heartbeat()
         self._report_state(outcome, self._last_error)
-        log.info(
-            "worker_exit",
-            pipeline=self.name,
-            state=outcome.value,
-            iterations=self.counters.iterations,
-        )
-        if self.inputs is not None:
-            self.inputs.close()
+        log.info("worker_exit", pipeline=self.name, state=outcome.value,
+                 iterations=self.counters.iterations)  # fmt: skip
+        if self.durable is not None:
+            self.durable.close()
+        if self.inbox is not None:
+            self.inbox.close()
         self.control.close()
         self.ctx.term()

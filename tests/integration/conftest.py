@@ -278,7 +278,9 @@ class Porchd:
         """porchd's command line and captured output, for assertion messages."""
         out = "\n".join(self.stdout)
         err = "\n".join(self.stderr)
-        return f"command: porchd {' '.join(self.args)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+        return (
+            f"command: porchd {' '.join(self.args)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+        )
 
     def wait_until(self, predicate: Callable[[], Any], timeout_s: float, what: str = "") -> Any:
         """Poll `predicate` until it returns something truthy (returned); fail at the deadline."""
@@ -350,7 +352,9 @@ def porchd(tmp_path: Path) -> Iterator[Callable[..., Porchd]]:
     """
     started: list[Porchd] = []
 
-    def start(*sources: str | Path, stop_timeout_s: float = 5.0, home: Path | None = None) -> Porchd:
+    def start(
+        *sources: str | Path, stop_timeout_s: float = 5.0, home: Path | None = None
+    ) -> Porchd:
         daemon = Porchd(home or tmp_path, [str(s) for s in sources], stop_timeout_s)
         started.append(daemon)
         return daemon

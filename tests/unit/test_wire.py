@@ -112,7 +112,7 @@ def test_wrong_version_is_a_wire_error() -> None:
         decode_header(frame)
 
 
-@pytest.mark.parametrize("kind", [0, 5, 255])
+@pytest.mark.parametrize("kind", [0, 6, 255])
 def test_unknown_kind_is_a_wire_error(kind: int) -> None:
     frame = bytearray(valid_frame())
     frame[1] = kind

@@ -1,0 +1,57 @@
+"""Dead letters: inputs that a pipeline could not process, kept as JSON lines for a human."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_REPR = 2000
+
+
+class DeadLetters:
+    """Appends one JSON line per dead letter to `<folder>/<pipeline>.jsonl`."""
+
+    def __init__(self, folder: Path, pipeline: str) -> None:
+        self.path = folder / f"{pipeline}.jsonl"
+        self.pipeline = pipeline
+        self.count = 0
+
+    def write(
+        self,
+        reason: str,
+        *,
+        value: Any = None,
+        payload: list[Any] | None = None,
+        traceback: str = "",
+        source: str = "",
+    ) -> Path:
+        """Record one dead letter: a summary of the value, its wire bytes if any, and why."""
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "pipeline": self.pipeline,
+            "source": source,
+            "reason": reason,
+            "input": summary(value),
+            "payload_b64": [base64.b64encode(bytes(f)).decode() for f in payload or []],
+            "traceback": traceback,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as out:
+            out.write(json.dumps(entry) + "\n")
+        self.count += 1
+        return self.path
+
+
+def summary(value: Any) -> str:
+    """A bounded one-line repr of a value, for logs and dead letters."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # a user's __repr__ may raise; the summary must not
+        text = f"<unrepresentable {type(value).__name__}: {exc}>"
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REPR else text[:MAX_REPR] + "..."

@@ -1,0 +1,220 @@
+"""The input side of a worker: the bound socket, per-source dedup, fan-in and acknowledgements.
+
+A source's messages are acknowledged once an iteration has consumed them (cumulative acks,
+batched: every `ack_every` messages, and whenever the worker goes idle). Right after a worker
+starts it acknowledges each message on its own, so that if it crashes on one, the sender's
+oldest unacknowledged message is exactly that one (and is dead-lettered after a few crashes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from porch import logs
+from porch.errors import WireError
+from porch.serializers import BY_ID, SerializationError, Serializer
+from porch.wire import HELLO_NO_ACKS, FrameKind, Header, HeaderEncoder, decode_prefix
+from workers.links import Context, InputLink
+from workers.scheduler import FanIn, TooManySources
+
+log = logs.get("porch.worker")
+
+RECV_BATCH = 256
+
+
+@dataclass
+class SourceState:
+    """What the inbox knows of one source's stream."""
+
+    careful: int  # messages still to acknowledge one by one after our start
+    instance: int = -1
+    received: int = 0  # highest seq taken off the wire (duplicates are at or below it)
+    processed: int = 0  # highest seq an iteration has consumed
+    acked: int = 0
+    eos_seq: int = 0
+    route: bytes = b""
+    wants_acks: bool = True
+
+
+@dataclass
+class InboxCounters:
+    """What the inbox counts for health reports."""
+
+    msgs_in: int = 0
+    duplicates: int = 0
+    bad_frames: int = 0
+
+
+class Inbox:
+    """Receives, deduplicates, queues and acknowledges a pipeline's input."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        host: str,
+        *,
+        name: str,
+        instance: int,
+        expected: int,
+        any_input: bool,
+        serializer: Serializer,
+        limit: int,
+    ) -> None:
+        self.link = InputLink(ctx, host, limit)
+        self.fanin = FanIn(expected, any_input)
+        self.serializer = serializer
+        self.name = name
+        self.sources: dict[str, SourceState] = {}
+        self.departed: set[str] = set()
+        self.counters = InboxCounters()
+        self._careful = limit
+        self._ack_every = max(1, limit // 4)
+        self._acks = HeaderEncoder(0, instance, name)
+
+    @property
+    def endpoint(self) -> str:
+        """Where sources connect."""
+        return self.link.endpoint
+
+    # ---- receiving -----------------------------------------------------------------------
+
+    def receive(self) -> None:
+        """Take every waiting message off the socket; bad ones are dropped and counted."""
+        for message in self.link.receive(RECV_BATCH):
+            try:
+                self._accept(message)
+            except (WireError, SerializationError) as exc:
+                self.counters.bad_frames += 1
+                log.warning("bad_frame_dropped", pipeline=self.name, reason=str(exc),
+                            total=self.counters.bad_frames)  # fmt: skip
+
+    def _accept(self, message: list[bytes]) -> None:
+        if len(message) < 2:
+            raise WireError("message without a header frame")
+        header, end = decode_prefix(message[1])
+        source = self.sources.get(header.sender) or self._new_source(header.sender)
+        kind = header.kind
+        if kind is FrameKind.HELLO or kind is FrameKind.BYE:
+            self._on_presence(header, source)
+            return
+        if kind is FrameKind.ACK:
+            raise WireError("an ACK on an input socket")
+        if header.instance != source.instance:
+            self._on_new_instance(header, source)
+        if header.seq <= source.received:
+            self.counters.duplicates += 1
+            return
+        source.route = message[0]
+        self.departed.discard(header.sender)
+        if kind is FrameKind.DATA:
+            first = message[1]
+            payload = [memoryview(first)[end:], *message[2:]] if len(first) > end else message[2:]
+            value = self._decode(header.serializer, payload)
+            source.received = header.seq
+            self.fanin.push(header.sender, (header.seq, value))
+            self.counters.msgs_in += 1
+        else:  # EOS
+            source.received = source.eos_seq = header.seq
+            log.info("source_ended", pipeline=self.name, source=header.sender)
+            self.fanin.end(header.sender)
+
+    def _new_source(self, name: str) -> SourceState:
+        try:
+            self.fanin.connect(name)
+        except TooManySources:
+            raise WireError(
+                f"unexpected source {name!r}: source_pipeline_count is "
+                f"{self.fanin.expected} and {self.fanin.sources} already connected"
+            ) from None
+        log.info("source_connected", pipeline=self.name, source=name)
+        self.sources[name] = SourceState(careful=self._careful)
+        return self.sources[name]
+
+    def _on_presence(self, header: Header, source: SourceState) -> None:
+        if header.kind is FrameKind.BYE:
+            log.info("source_departed", pipeline=self.name, source=header.sender)
+            self.departed.add(header.sender)
+        else:
+            self.departed.discard(header.sender)
+            source.wants_acks = not header.seq & HELLO_NO_ACKS
+
+    def _on_new_instance(self, header: Header, source: SourceState) -> None:
+        """The source restarted: its sequence numbers start again."""
+        if source.instance != -1:
+            log.info("source_restarted", pipeline=self.name, source=header.sender)
+        source.instance = header.instance
+        source.received = source.processed = source.acked = source.eos_seq = 0
+        self.fanin.connect(header.sender)  # a new stream: forget an earlier end
+
+    def _decode(self, serializer_id: int, frames: Sequence[Any]) -> Any:
+        serializer = BY_ID.get(serializer_id)
+        if serializer is None:
+            raise WireError(f"unknown serializer id {serializer_id}")
+        if self.serializer.name == "json" and serializer.name != "json":
+            raise WireError(f"refusing {serializer.name} data: this pipeline accepts json only")
+        if not frames:
+            raise WireError("data message without payload")
+        try:
+            return serializer.loads(frames)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot deserialize {serializer.name} payload: {exc}"
+            ) from exc
+
+    # ---- taking input --------------------------------------------------------------------
+
+    def take(self) -> tuple[dict[str, Any], dict[str, int]]:
+        """One input set: the values by source name, and the seq of each value taken."""
+        taken = self.fanin.pop(missing=None)
+        values: dict[str, Any] = {}
+        seqs: dict[str, int] = {}
+        for name, item in taken.items():
+            if item is None:
+                values[name] = None
+            else:
+                seqs[name], values[name] = item
+        return values, seqs
+
+    def commit(self, seqs: dict[str, int]) -> None:
+        """An iteration consumed these: acknowledge them (at once, or batched)."""
+        for name, seq in seqs.items():
+            source = self.sources[name]
+            source.processed = seq
+            if source.careful:
+                source.careful -= 1
+                self._ack(source)
+            elif seq - source.acked >= self._ack_every:
+                self._ack(source)
+
+    def flush_acks(self) -> None:
+        """Acknowledge everything consumed (and ends whose data is all consumed)."""
+        for name, source in self.sources.items():
+            if source.eos_seq and not self.fanin.queued(name):
+                source.processed = max(source.processed, source.eos_seq)
+            if source.processed > source.acked:
+                self._ack(source)
+
+    def discard_rest(self) -> int:
+        """The stream is over: acknowledge what will never be processed; return how much."""
+        left = self.fanin.depth()
+        for source in self.sources.values():
+            source.processed = max(source.processed, source.received)
+        self.flush_acks()
+        return left
+
+    def _ack(self, source: SourceState) -> None:
+        if source.route and source.wants_acks:
+            self.link.ack(source.route, self._acks.encode(FrameKind.ACK, source.processed))
+            source.acked = source.processed
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def quiet(self) -> bool:
+        """Whether every source has ended its stream or said it stopped."""
+        return all(s in self.departed or self.fanin.has_ended(s) for s in self.fanin.sources)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.link.close()
