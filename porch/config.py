@@ -352,6 +352,51 @@ def check_graph(configs: Sequence[PipelineConfig]) -> list[Problem]:
                     Severity.WARNING,
                 )
             )
+    problems.extend(_cycle_problems(by_name))
+    return problems
+
+
+def _reachable(start: str, by_name: dict[str, PipelineConfig]) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for target in by_name[todo.pop()].target_pipeline_names:
+            if target in by_name and target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def _cycles(by_name: dict[str, PipelineConfig]) -> list[list[str]]:
+    """The strongly connected groups of two or more pipelines (each a cycle or several)."""
+    reach = {name: _reachable(name, by_name) for name in by_name}
+    groups: list[list[str]] = []
+    placed: set[str] = set()
+    for name in sorted(by_name):
+        if name in placed or name not in reach[name]:
+            continue
+        group = sorted(n for n in reach[name] if name in reach[n])
+        placed.update(group)
+        groups.append(group)
+    return groups
+
+
+def _cycle_problems(by_name: dict[str, PipelineConfig]) -> list[Problem]:
+    """A cycle in which every member waits for all its inputs can never start."""
+    problems = []
+    for group in _cycles(by_name):
+        if any(by_name[name].fan_in == "any" for name in group):
+            continue
+        for name in group:
+            problems.append(
+                Problem(
+                    str(by_name[name].path),
+                    "fan_in",
+                    f"{name} is in a cycle among {', '.join(group)} where every member waits "
+                    'for all its inputs, so none can ever start; set "fan_in": "any" on one',
+                    Severity.WARNING,
+                )
+            )
     return problems
 
 
