@@ -33,6 +33,7 @@ class FrameKind(enum.IntEnum):
     EOS = 3  # end of stream: the sender will send nothing more
     BYE = 4  # the sender stopped (commanded stop or failure) but may come back: not an EOS
     ACK = 5  # receiver -> sender: everything up to `seq` has been processed (cumulative)
+    DATA_BATCH = 6  # several small values: seq is the first one's; see encode_batch
 
 
 _KINDS = {kind.value: kind for kind in FrameKind}
@@ -89,6 +90,36 @@ def decode_prefix(frame: bytes) -> tuple[Header, int]:
     except UnicodeDecodeError as exc:
         raise WireError(f"malformed header: {exc}") from exc
     return Header(frame_kind, serializer, instance, seq, sender), end
+
+
+_COUNT = struct.Struct("!I")
+MAX_BATCH_COUNT = 65536
+
+
+def encode_batch(header: bytes, payloads: list[bytes]) -> bytes:
+    """One DATA_BATCH frame: header, count (u32), every length (u32 each), every payload."""
+    count = len(payloads)
+    lengths = struct.pack(f"!{count}I", *map(len, payloads))
+    return b"".join((header, _COUNT.pack(count), lengths, *payloads))
+
+
+def decode_batch(frame: bytes, start: int) -> list[memoryview]:
+    """The payloads of a DATA_BATCH frame whose header ends at `start`; WireError if malformed."""
+    if len(frame) < start + 4:
+        raise WireError("batch without a count")
+    (count,) = _COUNT.unpack_from(frame, start)
+    offset = start + 4 + 4 * count
+    if count == 0 or count > MAX_BATCH_COUNT or len(frame) < offset:
+        raise WireError(f"batch count {count} does not fit a {len(frame)}-byte frame")
+    lengths = struct.unpack_from(f"!{count}I", frame, start + 4)
+    if offset + sum(lengths) != len(frame):
+        raise WireError("batch lengths do not add up to the frame's size")
+    view = memoryview(frame)
+    parts = []
+    for length in lengths:
+        parts.append(view[offset : offset + length])
+        offset += length
+    return parts
 
 
 def decode_ack(frame: bytes) -> int | None:

@@ -12,22 +12,22 @@ from pathlib import Path
 from porch import logs
 from porch.config import load_config
 from porch.errors import PorchError
-from workers.worker import Worker, WorkerOptions
+from workers.worker import PARENT_DEATH_SIGNAL, Worker, WorkerOptions
 
 _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
-    """Ask Linux to SIGTERM us when the supervisor dies, so no worker is left orphaned."""
+    """Ask Linux to signal us when the supervisor dies, so no worker is left orphaned."""
     if parent_pid is None or not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL)
     except OSError:
         return
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), PARENT_DEATH_SIGNAL)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,6 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--key-file", type=Path, default=None)  # a path, never the key itself
     return parser.parse_args(argv)
 
 
@@ -57,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         iterations=args.iterations,
         parent_pid=args.parent_pid,
         state_dir=args.state_dir,
+        key_file=args.key_file,
     )
-    worker = Worker(config, options)
+    try:
+        worker = Worker(config, options)
+    except PorchError as exc:  # e.g. an unreadable key file
+        sys.stderr.write(f"{exc}\n")
+        return 2
     worker.install_signals()
     _die_with_parent(args.parent_pid)
     try:

@@ -14,8 +14,16 @@ from typing import Any
 
 from porch import logs
 from porch.errors import WireError
+from porch.security import LinkSecurity
 from porch.serializers import BY_ID, SerializationError, Serializer
-from porch.wire import HELLO_NO_ACKS, FrameKind, Header, HeaderEncoder, decode_prefix
+from porch.wire import (
+    HELLO_NO_ACKS,
+    FrameKind,
+    Header,
+    HeaderEncoder,
+    decode_batch,
+    decode_prefix,
+)
 from workers.links import Context, InputLink
 from workers.scheduler import FanIn, TooManySources
 
@@ -61,8 +69,9 @@ class Inbox:
         any_input: bool,
         serializer: Serializer,
         limit: int,
+        security: LinkSecurity | None = None,
     ) -> None:
-        self.link = InputLink(ctx, host, limit)
+        self.link = InputLink(ctx, host, limit, security)
         self.fanin = FanIn(expected, any_input)
         self.serializer = serializer
         self.name = name
@@ -108,7 +117,9 @@ class Inbox:
             return
         source.route = message[0]
         self.departed.discard(header.sender)
-        if kind is FrameKind.DATA:
+        if kind is FrameKind.DATA_BATCH:
+            self._accept_batch(header, source, message[1], end)
+        elif kind is FrameKind.DATA:
             first = message[1]
             payload = [memoryview(first)[end:], *message[2:]] if len(first) > end else message[2:]
             value = self._decode(header.serializer, payload)
@@ -119,6 +130,35 @@ class Inbox:
             source.received = source.eos_seq = header.seq
             log.info("source_ended", pipeline=self.name, source=header.sender)
             self.fanin.end(header.sender)
+
+    def _accept_batch(self, header: Header, source: SourceState, frame: bytes, end: int) -> None:
+        parts = decode_batch(frame, end)
+        serializer = BY_ID.get(header.serializer)
+        if serializer is None:
+            raise WireError(f"unknown serializer id {header.serializer}")
+        self._check_allowed(serializer)
+        loads = serializer.loads
+        push = self.fanin.push
+        name = header.sender
+        seq = header.seq
+        received = source.received
+        for part in parts:
+            if seq > received:
+                try:
+                    value = loads([part])
+                except Exception as exc:
+                    raise SerializationError(f"cannot deserialize batch item: {exc}") from exc
+                push(name, (seq, value))
+                received = seq
+            else:
+                self.counters.duplicates += 1
+            seq += 1
+        self.counters.msgs_in += received - source.received
+        source.received = received
+
+    def _check_allowed(self, serializer: Serializer) -> None:
+        if self.serializer.name == "json" and serializer.name != "json":
+            raise WireError(f"refusing {serializer.name} data: this pipeline accepts json only")
 
     def _new_source(self, name: str) -> SourceState:
         try:
@@ -152,8 +192,7 @@ class Inbox:
         serializer = BY_ID.get(serializer_id)
         if serializer is None:
             raise WireError(f"unknown serializer id {serializer_id}")
-        if self.serializer.name == "json" and serializer.name != "json":
-            raise WireError(f"refusing {serializer.name} data: this pipeline accepts json only")
+        self._check_allowed(serializer)
         if not frames:
             raise WireError("data message without payload")
         try:

@@ -19,21 +19,31 @@ from typing import Any
 
 import zmq
 
-from porch.wire import HELLO_NO_ACKS, INLINE_MAX, FrameKind, HeaderEncoder
+from porch.security import LinkSecurity
+from porch.wire import HELLO_NO_ACKS, INLINE_MAX, FrameKind, HeaderEncoder, encode_batch
 
 Context = zmq.Context[zmq.Socket[bytes]]
 Socket = zmq.Socket[bytes]
 LINGER_MS = 2000
-MAX_DELIVERY_ATTEMPTS = 3  # a message its target crashed on this often is dead-lettered
+MAX_DELIVERY_ATTEMPTS = 3
+MAX_BATCH = 256  # messages coalesced into one frame while the worker is busy
+MAX_BATCH_BYTES = 256 * 1024
+BATCH_ITEM_MAX = (
+    16 * 1024
+)  # larger payloads travel alone  # a message its target crashed on this often is dead-lettered
 
 
 class InputLink:
     """The worker's one input socket: a ROUTER bound on an ephemeral TCP port."""
 
-    def __init__(self, ctx: Context, host: str, hwm: int) -> None:
+    def __init__(
+        self, ctx: Context, host: str, hwm: int, security: LinkSecurity | None = None
+    ) -> None:
         self.socket: Socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
+        if security is not None:
+            security.serve(self.socket)  # CURVE server behind ZAP, set before the bind
         self.socket.bind(f"tcp://{host}:0")
         self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -71,12 +81,19 @@ class LinkSettings:
 
 @dataclass
 class Outgoing:
-    """One message held by a link until it is acknowledged."""
+    """One message (or one batch of small messages) held until it is acknowledged."""
 
-    seq: int
+    seq: int  # the last sequence number it carries
     frames: list[Any]
     size: int
     kind: FrameKind
+    first: int = 0  # a batch: the first sequence number it carries
+    parts: list[bytes] | None = None  # a batch: its messages' payloads, to split for a replay
+
+    @property
+    def count(self) -> int:
+        """How many messages it carries."""
+        return self.seq - self.first + 1 if self.parts is not None else 1
 
 
 def _size(frames: list[Any]) -> int:
@@ -93,8 +110,11 @@ class OutputLink:
         headers: HeaderEncoder,
         settings: LinkSettings,
         on_dead_letter: Callable[[str, Outgoing, str], None] | None = None,
+        *,
+        security: LinkSecurity | None = None,
     ) -> None:
         self.ctx = ctx
+        self.security = security
         self.target = target
         self.headers = headers
         self.settings = settings
@@ -103,8 +123,11 @@ class OutputLink:
         self.instance: int | None = None
         self.socket: Socket | None = None
         self.outbox: deque[Outgoing] = deque()
-        self.unsent = 0  # how many of the newest outbox messages ZeroMQ has not been given
+        self.unsent = 0  # how many of the newest outbox entries ZeroMQ has not been given
+        self.held = 0  # messages in the outbox (a batch counts as its messages)
         self.bytes_held = 0
+        self.batch: list[bytes] = []  # small payloads waiting to go out as one frame
+        self.batch_bytes = 0
         self.seq = 0
         self.acked_seq = 0
         self.gone = False  # the target finished its stream: nothing more will be accepted
@@ -115,7 +138,9 @@ class OutputLink:
 
     # ---- connection ----------------------------------------------------------------------
 
-    def connect(self, endpoint: str, instance: int | None = None) -> None:
+    def connect(
+        self, endpoint: str, instance: int | None = None, key_id: str | None = None
+    ) -> None:
         """(Re)connect to the target, say hello, and replay everything not yet acknowledged."""
         if endpoint == self.endpoint and instance == self.instance and self.socket is not None:
             return
@@ -124,6 +149,8 @@ class OutputLink:
         sock: Socket = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.SNDHWM, self.settings.limit + 16)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
+        if self.security is not None:
+            self.security.client(sock, key_id)  # CURVE client of the target's key
         sock.connect(endpoint)
         # an at-most-once sender must not be acked: unread acks in its TCP receive buffer
         # would make the kernel reset the connection (losing the tail) when it exits
@@ -132,8 +159,9 @@ class OutputLink:
         self.socket, self.endpoint, self.instance = sock, endpoint, instance
         self.gone = self.down = False
         if replaying:
+            self._split_batches()  # the target acks one by one after a restart: keep it exact
+            self.replayed += self.held
             self._count_attempt()
-            self.replayed += len(self.outbox) - self.unsent
         self.unsent = len(self.outbox)
         self.pump()
 
@@ -145,54 +173,121 @@ class OutputLink:
         if attempts >= MAX_DELIVERY_ATTEMPTS and head.kind is FrameKind.DATA:
             self._drop_head(f"{self.target} crashed {attempts} times while it was delivered")
 
-    def _drop_head(self, reason: str) -> None:
+    def _split_batches(self) -> None:
+        split: deque[Outgoing] = deque()
+        for message in self.outbox:
+            if message.parts is None:
+                split.append(message)
+                continue
+            for seq, part in enumerate(message.parts, start=message.first):
+                frame = self.headers.encode(FrameKind.DATA, seq) + part
+                split.append(Outgoing(seq, [frame], len(part), FrameKind.DATA))
+        self.outbox = split
+
+    def _pop_head(self) -> Outgoing:
         head = self.outbox.popleft()
         self.bytes_held -= head.size
+        self.held -= head.count
         self.unsent = min(self.unsent, len(self.outbox))
+        return head
+
+    def _drop_head(self, reason: str) -> None:
+        head = self._pop_head()
         if self.on_dead_letter is not None:
             self.on_dead_letter(self.target, head, reason)
 
     def retire(self) -> None:
         """The target finished for good: drop what is held and whatever comes later."""
         self.gone = True
-        self.dropped += sum(1 for m in self.outbox if m.kind is FrameKind.DATA)
+        self.dropped += self.data_held()
         self.outbox.clear()
-        self.unsent = self.bytes_held = 0
+        self.batch.clear()
+        self.unsent = self.bytes_held = self.held = self.batch_bytes = 0
         self.close(linger_ms=0)
         self.endpoint = self.instance = None
 
     # ---- sending -------------------------------------------------------------------------
 
     def full(self) -> bool:
-        """Whether the outbox is at its message or byte limit."""
+        """Whether the link holds as many messages or bytes as it may."""
         return (
-            len(self.outbox) >= self.settings.limit or self.bytes_held >= self.settings.limit_bytes
+            self.held + len(self.batch) >= self.settings.limit
+            or self.bytes_held + self.batch_bytes >= self.settings.limit_bytes
         )
 
+    def data_held(self) -> int:
+        """How many data messages the link still holds."""
+        batched = len(self.batch)
+        return batched + sum(m.count for m in self.outbox if m.kind is FrameKind.DATA)
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next offered message will get."""
+        return self.seq + len(self.batch) + 1
+
     def offer(self, kind: FrameKind, payload: list[Any]) -> bool:
-        """Take one message if there is room (or make room under drop_oldest); else False."""
+        """Take one message if there is room (or make room under drop_oldest); else False.
+
+        Small single-frame data joins the batch; the batch goes out when it is full or when the
+        worker calls flush() (after a slow iteration, before it idles, at the end).
+        """
         if self.gone:
             self.dropped += kind is FrameKind.DATA
             return True
         if self.full():
-            if not self.settings.drop_oldest or not self.outbox:
-                self.pump()
+            if not self.settings.drop_oldest or not (self.outbox or self.batch):
+                self.flush()
                 return False
             self._drop_oldest()
+        if kind is FrameKind.DATA and len(payload) == 1 and type(payload[0]) is bytes:
+            item = payload[0]
+            if len(item) <= BATCH_ITEM_MAX:
+                self.batch.append(item)
+                self.batch_bytes += len(item)
+                if len(self.batch) >= MAX_BATCH or self.batch_bytes >= MAX_BATCH_BYTES:
+                    self.flush()
+                return True
+        self._close_batch()
         self.seq += 1
-        message = Outgoing(self.seq, self._frames(kind, payload), _size(payload), kind)
-        self.outbox.append(message)
-        self.bytes_held += message.size
-        self.unsent += 1
+        self._append(Outgoing(self.seq, self._frames(kind, payload), _size(payload), kind))
         self.pump()
         return True
+
+    def _append(self, message: Outgoing) -> None:
+        self.outbox.append(message)
+        self.bytes_held += message.size
+        self.held += message.count
+        self.unsent += 1
+
+    def flush(self) -> None:
+        """Send the batch now, and whatever else ZeroMQ will take."""
+        self._close_batch()
+        self.pump()
+
+    def _close_batch(self) -> None:
+        """Turn the batch into one outbox entry: one frame carrying every payload."""
+        batch = self.batch
+        count = len(batch)
+        if not count:
+            return
+        if count == 1:
+            self.seq += 1
+            frames = self._frames(FrameKind.DATA, batch)
+            self._append(Outgoing(self.seq, frames, self.batch_bytes, FrameKind.DATA))
+        else:
+            first = self.seq + 1
+            self.seq += count
+            frame = encode_batch(self.headers.encode(FrameKind.DATA_BATCH, first), batch)
+            self._append(
+                Outgoing(self.seq, [frame], self.batch_bytes, FrameKind.DATA, first, batch)
+            )
+        self.batch = []
+        self.batch_bytes = 0
 
     def outbox_restore(self, kind: FrameKind, payload: list[Any]) -> None:
         """Queue a message recovered from the durable outbox, past the usual limits."""
         self.seq += 1
-        self.outbox.append(Outgoing(self.seq, self._frames(kind, payload), _size(payload), kind))
-        self.bytes_held += self.outbox[-1].size
-        self.unsent += 1
+        self._append(Outgoing(self.seq, self._frames(kind, payload), _size(payload), kind))
 
     def _frames(self, kind: FrameKind, payload: list[Any]) -> list[Any]:
         """The wire frames: a small first payload frame rides in the header's frame."""
@@ -202,10 +297,11 @@ class OutputLink:
         return [header, *payload]
 
     def _drop_oldest(self) -> None:
-        head = self.outbox.popleft()
-        self.bytes_held -= head.size
-        self.unsent = min(self.unsent, len(self.outbox))
-        self.dropped += 1
+        if self.outbox:
+            self.dropped += self._pop_head().count
+        else:
+            self.batch_bytes -= len(self.batch.pop(0))
+            self.dropped += 1
 
     def pump(self) -> None:
         """Give ZeroMQ the messages it has not had yet, for as long as it takes them."""
@@ -226,7 +322,7 @@ class OutputLink:
     def _forget_sent(self) -> None:
         """At-most-once: once ZeroMQ has a message, it is no longer ours to replay."""
         while len(self.outbox) > self.unsent:
-            self.bytes_held -= self.outbox.popleft().size
+            self._pop_head()
 
     # ---- acknowledgements ----------------------------------------------------------------
 
@@ -253,14 +349,14 @@ class OutputLink:
         outbox = self.outbox
         sent = len(outbox) - self.unsent
         while sent and outbox[0].seq <= seq:
-            self.bytes_held -= outbox.popleft().size
+            self._pop_head()
             sent -= 1
         self.pump()
 
     @property
     def settled(self) -> bool:
         """Whether nothing is left that the target still has to acknowledge (or can't)."""
-        return self.gone or self.down or not self.outbox
+        return self.gone or self.down or not (self.outbox or self.batch)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close the socket; ZeroMQ keeps delivering what it holds for up to `linger_ms`."""

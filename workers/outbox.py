@@ -40,7 +40,7 @@ class DurableOutbox:
     def store(self, payload: list[Any]) -> None:
         """Write one value for every link, under the seq each link will give it, and commit."""
         blob = pickle.dumps([bytes(f) for f in payload], protocol=5)
-        rows = [(t, link.seq + 1, blob) for t, link in self.links.items() if not link.gone]
+        rows = [(t, link.next_seq, blob) for t, link in self.links.items() if not link.gone]
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?)", rows)
 

@@ -26,6 +26,7 @@ from porch import logs
 from porch.config import PipelineConfig
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
 from porch.errors import PorchError, ScriptError
+from porch.security import LinkSecurity
 from porch.serializers import Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
 from porch.wire import FrameKind, HeaderEncoder, decode_ack
@@ -42,8 +43,12 @@ FLUSH_TIMEOUT_S = 5.0  # at the end of a stream, how long to wait for targets to
 POLL_MS = 200
 TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
 STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
+FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
 DOWN_STATES = ("stopping", "stopped", "failed", "backoff")
 POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
+# Linux sends this when the supervisor dies (prctl PR_SET_PDEATHSIG): a signal of our own,
+# so it can't be mistaken for a user's SIGTERM or a second Ctrl+C.
+PARENT_DEATH_SIGNAL = signal.SIGRTMIN + 1
 
 
 @dataclass
@@ -68,6 +73,7 @@ class WorkerOptions:
     iterations: int | None = None
     parent_pid: int | None = None
     state_dir: Path | None = None
+    key_file: Path | None = None  # cluster key: CURVE on every data link
 
 
 def link_settings(config: PipelineConfig) -> LinkSettings:
@@ -89,6 +95,8 @@ class Worker:
         self.name = config.name
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.instance = random.getrandbits(63)
+        # the ZAP authenticator must run on this context before the input socket binds
+        self.security = LinkSecurity.start(self.ctx, options.key_file) if options.key_file else None
         self.serializer: Serializer = get(config.serializer)
         self.host = ScriptHost(config.scripts, config.name)
         self.counters = Counters()
@@ -106,6 +114,7 @@ class Worker:
                 any_input=config.fan_in == "any",
                 serializer=self.serializer,
                 limit=config.queue_limit,
+                security=self.security,
             )
             if config.source_pipeline_count
             else None
@@ -119,11 +128,11 @@ class Worker:
         self.stopping = False
         self.ended = False
         self._orphaned = False
-        self._first_signal_s = 0.0
         self._drain_deadline = 0.0
         # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
         self._finished_sources: dict[str, tuple[float, int]] = {}
         self._next_tick = 0.0
+        self._last_flush = 0.0
         self._next_heartbeat = 0.0
         self._last_error = ""
         self._wake_r, self._wake_w = socket.socketpair()
@@ -133,7 +142,14 @@ class Worker:
         headers = HeaderEncoder(self.serializer.id, self.instance, self.name)
         settings = link_settings(self.config)
         return [
-            OutputLink(self.ctx, target, headers, settings, self._on_link_dead_letter)
+            OutputLink(
+                self.ctx,
+                target,
+                headers,
+                settings,
+                self._on_link_dead_letter,
+                security=self.security,
+            )
             for target in self.config.target_pipeline_names
         ]
 
@@ -154,26 +170,20 @@ class Worker:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(PARENT_DEATH_SIGNAL, self._on_parent_death)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        now = time.monotonic()
         if self.stopping:
-            if self._orphaned and now - self._first_signal_s < 1.0:
-                return  # the parent-death signal can arrive more than once
-            if self._orphaned:  # nobody else will clean up our group
-                os.killpg(os.getpgrp(), signal.SIGKILL)
             os._exit(130)
-        self._first_signal_s = now
-        self._check_parent()
         self.request_stop(signal.Signals(signum).name)
 
-    def _check_parent(self) -> None:
-        """If the supervisor died, its end of our stdout/stderr pipes is gone: writing there
-        would raise BrokenPipeError, so send our output (and the scripts') to /dev/null."""
-        parent = self.options.parent_pid
-        if parent is None or os.getppid() == parent or self._orphaned:
+    def _on_parent_death(self, signum: int, frame: FrameType | None) -> None:
+        """The supervisor died (Linux parent-death signal; it may arrive more than once)."""
+        if self._orphaned:
             return
         self._orphaned = True
+        # Its end of our stdout/stderr pipes is gone: writing there would raise
+        # BrokenPipeError, so our output (and the scripts') goes to /dev/null from now on.
         devnull = os.open(os.devnull, os.O_WRONLY)
         for fd in (1, 2):
             os.dup2(devnull, fd)
@@ -206,13 +216,18 @@ class Worker:
                 continue
             if isinstance(endpoint, str):
                 instance = entry.get("instance")
-                link.connect(endpoint, instance if isinstance(instance, int) else None)
+                key_id = entry.get("key")
+                link.connect(
+                    endpoint,
+                    instance if isinstance(instance, int) else None,
+                    key_id if isinstance(key_id, str) else None,
+                )
             link.down = state in DOWN_STATES
 
     def _retire(self, link: OutputLink) -> None:
         if link.gone:
             return
-        held = sum(1 for m in link.outbox if m.kind is FrameKind.DATA)
+        held = link.data_held()
         if held:
             log.warning("target_finished", pipeline=self.name, target=link.target, dropped=held)
         link.retire()
@@ -266,7 +281,9 @@ class Worker:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
             self._heartbeat()
-            self._check_parent()
+            parent = self.options.parent_pid
+            if parent is not None and os.getppid() != parent:
+                self._on_parent_death(PARENT_DEATH_SIGNAL, None)
 
     def _read_acks(self) -> None:
         for link in self.outputs:
@@ -275,8 +292,21 @@ class Worker:
             if self.durable is not None and link.acked_seq > before:
                 self.durable.forget(link.target, link.acked_seq)
 
+    def _flush_outputs(self) -> None:
+        """Send what the links have batched (adaptive batching: only busy loops batch)."""
+        for link in self.outputs:
+            link.flush()
+        self._last_flush = time.perf_counter()
+
+    def _after_iteration(self) -> None:
+        """Flush if the loop is slow; a fast loop coalesces for up to FLUSH_INTERVAL_S."""
+        if time.perf_counter() - self._last_flush >= FLUSH_INTERVAL_S:
+            self._flush_outputs()
+        self._tick()
+
     def _wait(self, timeout_ms: int, poller: zmq.Poller | None = None) -> None:
         """Block until input, a control message, an ack or a signal arrives, or the timeout."""
+        self._flush_outputs()  # about to idle: nothing may wait in a batch
         if self.inbox is not None:
             self.inbox.flush_acks()  # about to idle: tell our sources what we have done
         events = dict((poller or self._poller).poll(timeout_ms))
@@ -329,6 +359,7 @@ class Worker:
 
     def _close_outputs(self, finished: bool) -> None:
         """End every link (EOS if the stream finished, else BYE) and wait for acknowledgements."""
+        self._flush_outputs()
         for link in self.outputs:
             if finished:
                 self._hand_over(link, FrameKind.EOS, [])
@@ -340,7 +371,7 @@ class Worker:
         while not all(link.settled for link in self.outputs) and time.monotonic() < deadline:
             self._wait(50)
         for link in self.outputs:
-            held = sum(1 for m in link.outbox if m.kind is FrameKind.DATA)
+            held = link.data_held()
             if held and not link.gone:
                 log.warning("output_unacknowledged", pipeline=self.name, target=link.target,
                             messages=held, kept=self.durable is not None)  # fmt: skip
@@ -403,7 +434,7 @@ class Worker:
             self._iterate(None)
             if limit is not None and self.counters.iterations >= limit:
                 self.ended = True
-            self._tick()
+            self._after_iteration()
 
     def _sink_loop(self, inbox: Inbox) -> None:
         fanin = inbox.fanin
@@ -416,7 +447,11 @@ class Worker:
                 values, seqs = inbox.take()
                 self._iterate(values)
                 inbox.commit(seqs)
-                self._tick()
+                if fanin.ready():
+                    self._after_iteration()
+                else:
+                    self._flush_outputs()  # no more input queued: don't hold output back
+                    self._tick()
             elif fanin.exhausted():
                 return
             elif self.stopping and inbox.quiet():
@@ -483,4 +518,6 @@ class Worker:
         if self.inbox is not None:
             self.inbox.close()
         self.control.close()
+        if self.security is not None:
+            self.security.stop()
         self.ctx.term()

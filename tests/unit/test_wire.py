@@ -20,6 +20,7 @@ from porch.wire import (
     Header,
     HeaderEncoder,
     decode_header,
+    decode_prefix,
     encode_header,
 )
 
@@ -112,7 +113,7 @@ def test_wrong_version_is_a_wire_error() -> None:
         decode_header(frame)
 
 
-@pytest.mark.parametrize("kind", [0, 6, 255])
+@pytest.mark.parametrize("kind", [0, 7, 255])
 def test_unknown_kind_is_a_wire_error(kind: int) -> None:
     frame = bytearray(valid_frame())
     frame[1] = kind
@@ -222,3 +223,16 @@ def test_dill_round_trips_a_lambda() -> None:
     double = dill.loads(dill.dumps(lambda x: x * 2))
 
     assert double(21) == 42
+
+
+def test_batch_round_trip_and_malformed_batches_are_wire_errors() -> None:
+    from porch.wire import decode_batch, encode_batch
+
+    header = encode_header(FrameKind.DATA_BATCH, 1, 7, 10, "sender")
+    payloads = [b"a", b"", b"xyz" * 100]
+    frame = encode_batch(header, payloads)
+    _, end = decode_prefix(frame)
+    assert [bytes(p) for p in decode_batch(frame, end)] == payloads
+    for broken in (frame[:-1], frame + b"!", frame[: end + 2], header + b"\0\0\0\0"):
+        with pytest.raises(WireError):
+            decode_batch(broken, end)
