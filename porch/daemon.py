@@ -22,11 +22,15 @@ from porch.config import PipelineConfig, Problem, has_errors, validate
 from porch.discovery import Remote
 from porch.errors import ConfigError, PorchError
 from porch.logfiles import LogFileSink
+from porch.rates import RateMeter
 from porch.supervisor import FailureMode, Supervisor, WorkerHandle, fingerprint
+from porch.web import DashboardServer, HttpPlan, graph_data
 
 log = logs.get("porch.daemon")
 
 Result = dict[str, Any]
+SNAPSHOT_INTERVAL_S = 0.5  # how often the loop samples rates and publishes the HTTP snapshot
+RATE_COUNTERS = ("msgs_in", "msgs_out")
 
 
 class CommandError(PorchError):
@@ -73,11 +77,17 @@ class Daemon:
         *,
         stop_timeout_s: float,
         network: NetworkPlan | None = None,
+        http: HttpPlan | None = None,
     ) -> None:
         self.sources = list(sources)
         self.control_path = control_path
         self.state_dir = state_dir
         configs, self.warnings = load_all(self.sources)
+        # The HTTP snapshot: replaced whole by the loop, read by the HTTP thread; never mutated.
+        self.snapshot: Result | None = None
+        self.rates = RateMeter(RATE_COUNTERS)
+        self._next_snapshot_s = 0.0
+        self.web = DashboardServer(http, lambda: self.snapshot) if http is not None else None
         self.sink = LogFileSink(state_dir / "logs")
         self.supervisor = Supervisor(
             configs,
@@ -120,16 +130,21 @@ class Daemon:
             os.umask(old_umask)
         os.chmod(self.control_path, 0o600)
         self.supervisor.add_handler(self.socket, self._on_requests)
+        self.supervisor.add_ticker(self._on_tick)
 
     def serve(self) -> int:
         """Run until stopped (porchctl stop, SIGTERM, SIGINT); exit code 0 (130 if forced)."""
         self.bind()
         self.supervisor.install_signals()
+        if self.web is not None:
+            self.web.start()
         log.info("porchd_started", pid=os.getpid(), control=str(self.control_path),
                  pipelines=len(self.supervisor.workers))  # fmt: skip
         try:
             code = self.supervisor.run()
         finally:
+            if self.web is not None:
+                self.web.close()
             self.socket.close(linger=0)
             self.control_path.unlink(missing_ok=True)
             self.sink.close()
@@ -201,7 +216,29 @@ class Daemon:
         broker = self.supervisor.broker
         if broker is not None:
             daemon["discovery"] = broker.status()
-        return {"daemon": daemon, "pipelines": self.supervisor.status(), "remote": self._remote()}
+        pipelines = self.supervisor.status()
+        for pipeline in pipelines:
+            for counter in RATE_COUNTERS:
+                rate = self.rates.per_s(pipeline["name"], counter)
+                pipeline[f"{counter}_per_s"] = round(rate, 1)
+        return {"daemon": daemon, "pipelines": pipelines, "remote": self._remote()}
+
+    # ---- rates and the HTTP snapshot -----------------------------------------------------
+
+    def _on_tick(self, now: float) -> None:
+        if now < self._next_snapshot_s:
+            return
+        self._next_snapshot_s = now + SNAPSHOT_INTERVAL_S
+        for handle in self.supervisor.workers.values():
+            self.rates.add(now, handle.name, handle.health)
+        self.rates.forget(self.supervisor.workers)
+        if self.web is not None:
+            self.snapshot = self._snapshot()
+
+    def _snapshot(self) -> Result:
+        steps = {h.name: h.health["step_seconds"] for h in self.supervisor.workers.values()
+                 if isinstance(h.health.get("step_seconds"), dict)}  # fmt: skip
+        return {"status": self._status({}), "graph": graph_data(self._graph({})), "steps": steps}
 
     def _remote(self) -> list[Result]:
         broker = self.supervisor.broker

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 FORMATS = ("mermaid", "dot", "json")
 UNKNOWN = "unknown"
@@ -39,6 +40,19 @@ class Node:
     state: str
     targets: tuple[str, ...]
     host: str = "local"
+
+
+def from_result(result: Mapping[str, Any]) -> list[Node]:
+    """The nodes of porchd's `graph` reply."""
+    return [
+        Node(
+            name=str(node["name"]),
+            state=str(node.get("state", "")),
+            targets=tuple(node.get("targets", ())),
+            host=str(node.get("host", "local")),
+        )
+        for node in result.get("nodes", [])
+    ]
 
 
 def state_class(state: str) -> str:
@@ -145,16 +159,25 @@ def _dot(real: Sequence[Node], missing: Sequence[Node]) -> str:
 # JSON
 
 
-def _json(real: Sequence[Node], missing: Sequence[Node]) -> str:
+def to_dict(nodes: Sequence[Node]) -> dict[str, Any]:
+    """The graph as `--format json` data (also the dashboard's /api/graph)."""
+    _missing(nodes)  # the same duplicate check as every format
+    return _data(nodes)
+
+
+def _data(real: Sequence[Node]) -> dict[str, Any]:
     # Only real pipelines are nodes (so the JSON round-trips); an edge may point at a missing one.
-    data = {
+    return {
         "nodes": [
             {"name": n.name, "state": n.state, "host": n.host, "targets": list(n.targets)}
             for n in real
         ],
         "edges": [{"from": a, "to": b} for a, b in _edges(real)],
     }
-    return json.dumps(data, indent=2) + "\n"
+
+
+def _json(real: Sequence[Node], missing: Sequence[Node]) -> str:
+    return json.dumps(_data(real), indent=2) + "\n"
 
 
 RENDERERS: dict[str, Callable[[Sequence[Node], Sequence[Node]], str]] = {

@@ -402,17 +402,8 @@ def reload(client: Client) -> None:
 @handle_errors
 def graph_cmd(client: Client, fmt: str) -> None:
     """Print the pipeline graph with each pipeline's state."""
-    nodes = [_node(node) for node in client.call("graph").get("nodes", [])]
+    nodes = graph.from_result(client.call("graph"))
     click.echo(graph.render(nodes, fmt), nl=False)
-
-
-def _node(node: dict[str, Any]) -> graph.Node:
-    return graph.Node(
-        name=str(node["name"]),
-        state=str(node.get("state", "")),
-        targets=tuple(node.get("targets", ())),
-        host=str(node.get("host", "local")),
-    )
 
 
 @porchctl.command()

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from porch import __version__, logs
-from porch.cli import network_options, network_plan
+from porch.cli import network_options, network_plan, network_prefs
 from porch.errors import ConfigError, PorchError
 
 
@@ -42,6 +42,23 @@ def porchd(debug: bool) -> None:
     show_default=True,
     help="Seconds a pipeline gets to stop gracefully before it is killed.",
 )
+@click.option(
+    "--http",
+    "http_address",
+    envvar="PORCH_HTTP",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the dashboard, /api/status, /api/graph and /metrics here (e.g. "
+    "127.0.0.1:8765) [env PORCH_HTTP]. Loopback unless a cluster key is configured.",
+)
+@click.option(
+    "--http-token",
+    envvar="PORCH_HTTP_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="Token the HTTP API asks for (Bearer or ?token=) [env PORCH_HTTP_TOKEN; "
+    "generated and printed when serving beyond loopback without one].",
+)
 @network_options
 @click.pass_context
 def start(
@@ -51,6 +68,8 @@ def start(
     control: str | None,
     state_dir: str | None,
     stop_timeout: float,
+    http_address: str | None,
+    http_token: str | None,
     **net: Any,
 ) -> None:
     """Validate the configs (files, folders or glob patterns), then run them until stopped.
@@ -71,9 +90,13 @@ def start(
             Path(state_dir) if state_dir else default_state_dir(control_path)
         )
         network = network_plan(dict(net))
-        daemon = Daemon(sources, control_path, state, stop_timeout_s=stop_timeout, network=network)
+        http = _http_plan(http_address, http_token, net)
+        daemon = Daemon(sources, control_path, state, stop_timeout_s=stop_timeout,
+                        network=network, http=http)  # fmt: skip
         for warning in daemon.warnings:
             click.echo(str(warning), err=True)
+        if daemon.web is not None:
+            click.echo(f"porchd: dashboard at {daemon.web.url}", err=True)
         sys.exit(daemon.serve())
     except ConfigError as exc:
         for problem in exc.problems:
@@ -85,6 +108,15 @@ def start(
             raise
         click.echo(f"porchd: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 1))
+
+
+def _http_plan(address: str | None, token: str | None, net: dict[str, Any]) -> Any:
+    """The dashboard's address and token (a web.HttpPlan), or None without --http."""
+    if address is None:
+        return None
+    from porch import web
+
+    return web.plan(address, network_prefs(dict(net)).prefs.key_file, token)
 
 
 def main() -> None:

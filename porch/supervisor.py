@@ -42,6 +42,8 @@ STOP_TIMEOUT_S = 10.0
 POLL_MS = 250
 OUTPUT_DRAIN_S = 2.0  # after a worker exits, how long its pipes may still deliver output
 LIVE_STATES = (WorkerState.WAITING_FOR_SOURCES, WorkerState.RUNNING)
+# Health counters that status() passes on as they are (0 until a worker reports them).
+EXTRA_COUNTERS = ("duplicates", "dead_letters", "skipped", "replayed", "handshakes_rejected")
 
 
 class FailureMode(enum.Enum):
@@ -165,6 +167,7 @@ class Supervisor:
         self._wake_r, self._wake_w = socket.socketpair()
         self.poller.register(self._wake_r, zmq.POLLIN)
         self._handlers: dict[Any, Callable[[], None]] = {}
+        self._tickers: list[Callable[[float], None]] = []
         self._removed: set[str] = set()
         self.broker: Broker | None = None
         if network is not None:
@@ -189,6 +192,10 @@ class Supervisor:
         """Also poll `sock` in the loop and call `on_readable` when it has input (porchd)."""
         self.poller.register(sock, zmq.POLLIN)
         self._handlers[sock] = on_readable
+
+    def add_ticker(self, on_tick: Callable[[float], None]) -> None:
+        """Also call `on_tick(now)` after every poll, at least every POLL_MS (status snapshots)."""
+        self._tickers.append(on_tick)
 
     # ---- signals: one stop path ----------------------------------------------------------
 
@@ -360,6 +367,8 @@ class Supervisor:
             self._reap(handle, now)
         if self.broker is not None:
             self.broker.tick(now)
+        for on_tick in self._tickers:
+            on_tick(now)
 
     def _poll_timeout_ms(self) -> int:
         if self.broker is None:
@@ -585,6 +594,7 @@ class Supervisor:
             "queue_depth": health.get("queue_depth", 0),
             "dropped": health.get("dropped", 0),
             "bad_frames": health.get("bad_frames", 0),
+            **{key: health.get(key, 0) for key in EXTRA_COUNTERS},
             "rate_per_s": round(handle.rate_per_s, 1),
             "cpu_percent": cpu,
             "rss_bytes": rss,

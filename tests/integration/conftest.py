@@ -184,7 +184,9 @@ def _read_lines(pipe: IO[str], sink: list[str]) -> threading.Thread:
 class Porchd:
     """One `porchd start` process with its own socket and state folder under `home`."""
 
-    def __init__(self, home: Path, sources: list[str], stop_timeout_s: float) -> None:
+    def __init__(
+        self, home: Path, sources: list[str], stop_timeout_s: float, extra: tuple[str, ...] = ()
+    ) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.home = home
         self.control = home / "ctl.sock"
@@ -207,6 +209,7 @@ class Porchd:
             str(self.state_dir),
             "--stop-timeout",
             str(stop_timeout_s),
+            *extra,
         ]
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -347,15 +350,18 @@ class Porchd:
 def porchd(tmp_path: Path) -> Iterator[Callable[..., Porchd]]:
     """Start `porchd start SOURCES...` in its own folder; everything it started dies at teardown.
 
-    Call it as `porchd(*sources, stop_timeout_s=5.0, home=None)`; `home` defaults to
-    `tmp_path` (pass another folder to run a second daemon).
+    Call it as `porchd(*sources, stop_timeout_s=5.0, home=None, extra=())`; `home` defaults to
+    `tmp_path` (pass another folder to run a second daemon); `extra` are more options.
     """
     started: list[Porchd] = []
 
     def start(
-        *sources: str | Path, stop_timeout_s: float = 5.0, home: Path | None = None
+        *sources: str | Path,
+        stop_timeout_s: float = 5.0,
+        home: Path | None = None,
+        extra: tuple[str, ...] = (),
     ) -> Porchd:
-        daemon = Porchd(home or tmp_path, [str(s) for s in sources], stop_timeout_s)
+        daemon = Porchd(home or tmp_path, [str(s) for s in sources], stop_timeout_s, extra)
         started.append(daemon)
         return daemon
 

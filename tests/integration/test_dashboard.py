@@ -1,0 +1,157 @@
+"""porchd --http: /metrics (parsed by prometheus-client's own parser), /api/status and
+/api/graph (the same data as porchctl), the token, and the exposure rules."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import Porchd
+from tests.integration.test_porchd import chain
+
+pytestmark = [pytest.mark.integration]
+
+Start = Callable[..., Porchd]
+HTTP_TIMEOUT_S = 5.0
+URL_LINE = re.compile(r"porchd: dashboard at (http://\S+)")
+
+
+def dashboard_url(daemon: Porchd) -> str:
+    """The page's address porchd printed at start (it listens on a port the OS chose)."""
+
+    def printed() -> str | None:
+        found = [URL_LINE.search(line) for line in daemon.stderr]
+        return next((m.group(1) for m in found if m), None)
+
+    url: str = daemon.wait_until(printed, 15.0, "the dashboard address")
+    return url
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET `url`; (status, body) for any HTTP answer."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text page: (name, sorted labels) -> value."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def metric(values: dict[Any, float], name: str, pipeline: str) -> float:
+    """One pipeline's sample of `name`."""
+    return values[(name, (("pipeline", pipeline),))]
+
+
+@pytest.mark.timeout(90)
+def test_metrics_parse_and_move_as_messages_flow(tmp_path: Path, porchd: Start) -> None:
+    daemon = porchd(*chain(tmp_path), extra=("--http", "127.0.0.1:0"))
+    base = dashboard_url(daemon).rstrip("/")
+    daemon.wait_running("ticker", "printer")
+
+    def scrape() -> dict[Any, float]:
+        status, body = fetch(base + "/metrics")
+        assert status == 200, body
+        return samples(body)
+
+    first = daemon.wait_until(
+        lambda: (v := scrape()) and metric(v, "porch_messages_in_total", "printer") > 0 and v,
+        20.0, "printer messages in /metrics",
+    )  # fmt: skip
+    later = daemon.wait_until(
+        lambda: (v := scrape())
+        and metric(v, "porch_messages_in_total", "printer")
+        > metric(first, "porch_messages_in_total", "printer") + 5
+        and v,
+        20.0, "the printer's counter to grow",
+    )  # fmt: skip
+    assert metric(later, "porch_messages_out_total", "ticker") > metric(
+        first, "porch_messages_out_total", "ticker"
+    )
+    assert metric(later, "porch_iterations_total", "ticker") >= 5
+    assert metric(later, "porch_rss_bytes", "printer") > 0
+    assert metric(later, "porch_queue_depth", "printer") >= 0
+    assert metric(later, "porch_restarts_total", "printer") == 0
+    for name in ("porch_dropped_total", "porch_dead_letters_total", "porch_duplicates_total",
+                 "porch_bad_frames_total", "porch_handshakes_rejected_total"):  # fmt: skip
+        assert metric(later, name, "printer") == 0, name
+    assert later[("porch_pipeline_state", (("pipeline", "ticker"), ("state", "running")))] == 1
+    assert later[("porch_pipeline_state", (("pipeline", "ticker"), ("state", "failed")))] == 0
+    assert ("porch_beacons_rejected_total", ()) in later
+    assert later[("porch_beacons_sent_total", ())] > 0
+    assert ("process_resident_memory_bytes", ()) in later  # porchd's own
+    rate = daemon.wait_until(
+        lambda: metric(scrape(), "porch_messages_out_per_second", "ticker"), 20.0, "a rate"
+    )
+    assert 2 < rate < 40  # the ticker sends every ~0.05 s
+
+
+@pytest.mark.timeout(60)
+def test_api_is_what_porchctl_prints(tmp_path: Path, porchd: Start) -> None:
+    daemon = porchd(*chain(tmp_path), extra=("--http", "127.0.0.1:0"))
+    base = dashboard_url(daemon).rstrip("/")
+    daemon.wait_running("ticker", "printer")
+
+    graph_status, graph_body = fetch(base + "/api/graph")
+    assert graph_status == 200
+    printed = daemon.ctl("graph", "--format", "json")
+    assert json.loads(graph_body) == json.loads(printed.stdout)
+
+    status_code, status_body = fetch(base + "/api/status")
+    assert status_code == 200
+    api = json.loads(status_body)
+    cli = daemon.status()
+    assert api["daemon"]["pid"] == cli["daemon"]["pid"] == daemon.proc.pid
+    assert [p["name"] for p in api["pipelines"]] == [p["name"] for p in cli["pipelines"]]
+    for served, printed_entry in zip(api["pipelines"], cli["pipelines"], strict=True):
+        assert set(served) == set(printed_entry)
+        assert {"msgs_in_per_s", "msgs_out_per_s", "dead_letters", "duplicates"} <= set(served)
+
+    page_status, page = fetch(base + "/")
+    assert page_status == 200 and "dashboard.js" in page and "__PORCH_COLORS__" not in page
+    assert fetch(base + "/dashboard.js")[0] == 200
+    assert fetch(base + "/nope")[0] == 404
+    # a web page elsewhere must not read the API through a name it points at 127.0.0.1
+    assert fetch(base + "/api/status", {"Host": "attacker.example"})[0] == 403
+
+
+@pytest.mark.timeout(60)
+def test_token_is_required_when_given(tmp_path: Path, porchd: Start) -> None:
+    extra = ("--http", "127.0.0.1:0", "--http-token", "s3cret")
+    daemon = porchd(*chain(tmp_path), extra=extra)
+    url = dashboard_url(daemon)
+    assert url.endswith("/?token=s3cret")
+    base = url.split("/?")[0]
+    daemon.wait_running("ticker")
+    for path in ("/api/status", "/api/graph", "/metrics"):
+        assert fetch(base + path)[0] == 401, path
+        assert fetch(base + path, {"Authorization": "Bearer wrong"})[0] == 401, path
+        assert fetch(base + path, {"Authorization": "Bearer s3cret"})[0] == 200, path
+        assert fetch(base + path + "?token=s3cret")[0] == 200, path
+    assert fetch(base + "/")[0] == 200  # the page itself carries no data
+
+
+@pytest.mark.timeout(60)
+def test_non_loopback_without_a_key_is_refused(tmp_path: Path, porchd: Start) -> None:
+    daemon = porchd(*chain(tmp_path), extra=("--http", "0.0.0.0:0"))
+    assert daemon.wait_exit(30.0) == 2
+    err = "\n".join(daemon.stderr)
+    assert "refusing to serve the dashboard on 0.0.0.0:0" in err, daemon.report()
+    assert "cluster key" in err
+    assert not daemon.control.exists()
