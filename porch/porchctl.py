@@ -407,6 +407,35 @@ def graph_cmd(client: Client, fmt: str) -> None:
 
 
 @porchctl.command()
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between refreshes.",
+)
+@pass_client
+@handle_errors
+def top(client: Client, interval_s: float) -> None:
+    """Live view of the pipelines (rates, queues, CPU/RSS, state); q or Ctrl+C quits.
+
+    Without a terminal, prints one frame and exits.
+    """
+    from porch import top as live
+
+    def fetch() -> dict[str, Any]:
+        result: dict[str, Any] = client.call("status")
+        return result
+
+    if not sys.stdout.isatty():
+        click.echo(live.print_once(fetch()))
+        return
+    live.run(fetch, interval_s)
+
+
+@porchctl.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl+C.")
 @click.option(

@@ -77,6 +77,7 @@ class Inbox:
         self.name = name
         self.sources: dict[str, SourceState] = {}
         self.departed: set[str] = set()
+        self._rejected: set[tuple[str, int]] = set()
         self.counters = InboxCounters()
         self._careful = limit
         self._ack_every = max(1, limit // 4)
@@ -111,6 +112,8 @@ class Inbox:
         if kind is FrameKind.ACK:
             raise WireError("an ACK on an input socket")
         if header.instance != source.instance:
+            if source.instance != -1:
+                self._reject_instance(header)
             self._on_new_instance(header, source)
         if header.seq <= source.received:
             self.counters.duplicates += 1
@@ -172,7 +175,22 @@ class Inbox:
         self.sources[name] = SourceState(careful=self._careful)
         return self.sources[name]
 
+    def _reject_instance(self, header: Header) -> None:
+        """Every connection starts with HELLO, which switches to a restarted source's new
+        instance; data from another instance means two live pipelines share the name."""
+        key = (header.sender, header.instance)
+        if key not in self._rejected:
+            self._rejected.add(key)
+            log.error("duplicate_source", pipeline=self.name, source=header.sender,
+                      instance=header.instance,
+                      hint="two live pipelines with this name? their data is dropped")  # fmt: skip
+        raise WireError(f"data from a second instance of source {header.sender!r}")
+
     def _on_presence(self, header: Header, source: SourceState) -> None:
+        if header.instance != source.instance and header.kind is FrameKind.HELLO:
+            self._on_new_instance(header, source)
+        elif header.instance != source.instance:
+            return  # a BYE from an instance that is no longer the current one
         if header.kind is FrameKind.BYE:
             log.info("source_departed", pipeline=self.name, source=header.sender)
             self.departed.add(header.sender)

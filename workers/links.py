@@ -47,15 +47,23 @@ class InputLink:
         self.socket.bind(f"tcp://{host}:0")
         self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def receive(self, max_messages: int) -> list[list[bytes]]:
-        """Up to `max_messages` waiting messages (non-blocking), routing id first."""
-        out = []
-        recv = self.socket.recv_multipart
+    def receive(self, max_messages: int) -> list[list[Any]]:
+        """Up to `max_messages` waiting messages (non-blocking), routing id first.
+
+        Frames after the header frame (large payloads, pickle's out-of-band buffers) are not
+        copied: they arrive as memoryviews of ZeroMQ's own message buffers.
+        """
+        out: list[list[Any]] = []
+        sock = self.socket
         for _ in range(max_messages):
             try:
-                out.append(recv(zmq.NOBLOCK))
+                route = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            message: list[Any] = [route]
+            while sock.getsockopt(zmq.RCVMORE):
+                message.append(sock.recv() if len(message) < 2 else sock.recv(copy=False).buffer)
+            out.append(message)
         return out
 
     def ack(self, route: bytes, header: bytes) -> None:

@@ -1,0 +1,180 @@
+"""`porchctl top`: a live view of porchd's pipelines, like htop: rates, queues, CPU/RSS, state.
+
+The frame is built by pure functions (tested without a terminal); curses draws it every
+interval and restores the terminal on `q`, Ctrl+C or an error. Without a terminal, one frame is
+printed (like `top -b -n 1`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import curses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from porch.errors import ControlError
+from porch.graph import state_class
+
+INTERVAL_S = 1.0
+KEY_POLL_MS = 100
+
+COLUMNS = (  # (header, width, status field, format); the last column takes what is left
+    ("PIPELINE", -16, "name", "s"),
+    ("STATE", -19, "state", "s"),
+    ("PID", 7, "pid", "d"),
+    ("CPU%", 6, "cpu_percent", ".1f"),
+    ("RSS", 9, "rss_bytes", "mib"),
+    ("ITER/S", 8, "rate_per_s", ".1f"),
+    ("IN/S", 8, "msgs_in_per_s", ".1f"),
+    ("OUT/S", 8, "msgs_out_per_s", ".1f"),
+    ("QUEUE", 6, "queue_depth", "d"),
+    ("ITER", 9, "iterations", "d"),
+    ("RESTARTS", 8, "restarts", "d"),
+    ("LAST ERROR", 0, "last_error", "s"),
+)
+
+Fetch = Callable[[], dict[str, Any]]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or value == "":
+        return "-"
+    if fmt == "mib":
+        return f"{value / 2**20:.1f}M"
+    try:
+        return format(value, fmt)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _fit(text: str, width: int) -> str:
+    size = abs(width)
+    text = text if len(text) <= size else text[: max(0, size - 1)] + "~"
+    return text.ljust(size) if width < 0 else text.rjust(size)
+
+
+def format_row(values: Sequence[str], width: int) -> str:
+    """One line of the table, cut to `width` columns."""
+    fixed = [_fit(v, w) for v, (_, w, _, _) in zip(values, COLUMNS, strict=True) if w]
+    line = " ".join([*fixed, values[-1]])
+    return line[:width]
+
+
+def header_line(result: dict[str, Any], now: str) -> str:
+    """porchd, its uptime, pipeline counts, total rates, beacons refused, the time."""
+    daemon = result.get("daemon") or {}
+    pipelines = result.get("pipelines") or []
+    running = sum(p.get("state") == "running" for p in pipelines)
+    failed = sum(p.get("state") == "failed" for p in pipelines)
+    rate_in = sum(p.get("msgs_in_per_s") or 0 for p in pipelines)
+    rate_out = sum(p.get("msgs_out_per_s") or 0 for p in pipelines)
+    discovery = daemon.get("discovery") or {}
+    remote = len(result.get("remote") or [])
+    return (
+        f"porchd pid {daemon.get('pid', '?')}  up {_uptime(daemon.get('uptime_s'))}  "
+        f"pipelines {len(pipelines)} ({running} running, {failed} failed, {remote} remote)  "
+        f"in {rate_in:.1f}/s  out {rate_out:.1f}/s  "
+        f"beacons refused {discovery.get('beacons_rejected', 0)}  {now}"
+    )
+
+
+def _uptime(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def frame(result: dict[str, Any], width: int, now: str) -> list[tuple[str, str]]:
+    """The screen as (line, style) pairs; style is "header", "title" or a state class."""
+    lines = [(header_line(result, now)[:width], "header"), ("", "")]
+    lines.append((format_row([c[0] for c in COLUMNS], width), "title"))
+    for p in result.get("pipelines") or []:
+        values = [_cell(p.get(field), fmt) for _, _, field, fmt in COLUMNS]
+        values[-1] = " ".join(str(p.get("last_error") or "").split())
+        lines.append((format_row(values, width), state_class(str(p.get("state", "")))))
+    for r in result.get("remote") or []:
+        values = ["-"] * len(COLUMNS)
+        values[0], values[1] = str(r.get("name", "?")), str(r.get("state", "?"))
+        values[-1] = f"remote: {r.get('hostname') or r.get('host', '?')}"
+        lines.append((format_row(values, width), "remote"))
+    return lines
+
+
+# ---- the terminal --------------------------------------------------------------------------
+
+STYLE_COLORS = {"running": curses.COLOR_GREEN, "waiting": curses.COLOR_YELLOW,
+                "failed": curses.COLOR_RED, "remote": curses.COLOR_CYAN}  # fmt: skip
+
+
+def run(fetch: Fetch, interval_s: float = INTERVAL_S) -> None:
+    """Show the live view until `q` or Ctrl+C; the first fetch's errors are raised as usual."""
+    first = fetch()
+    with contextlib.suppress(KeyboardInterrupt):  # curses.wrapper restores the terminal first
+        curses.wrapper(_Screen(fetch, interval_s, first).loop)
+
+
+def print_once(result: dict[str, Any], width: int = 160) -> str:
+    """One frame as plain text (no terminal)."""
+    return "\n".join(line for line, _ in frame(result, width, time.strftime("%H:%M:%S")))
+
+
+class _Screen:
+    """The curses side: draw every interval, read keys in between."""
+
+    def __init__(self, fetch: Fetch, interval_s: float, first: dict[str, Any]) -> None:
+        self.fetch = fetch
+        self.interval_s = interval_s
+        self.result = first
+        self.problem = ""
+        self.styles: dict[str, int] = {}
+
+    def loop(self, screen: Any) -> None:
+        self._setup(screen)
+        next_fetch_s = time.monotonic() + interval_s_floor(self.interval_s)
+        self.draw(screen)
+        while True:
+            key = screen.getch()
+            if key in (ord("q"), ord("Q"), 27):
+                return
+            if time.monotonic() >= next_fetch_s:
+                next_fetch_s = time.monotonic() + interval_s_floor(self.interval_s)
+                self.refresh()
+                self.draw(screen)
+            elif key == curses.KEY_RESIZE:
+                self.draw(screen)
+
+    def _setup(self, screen: Any) -> None:
+        with contextlib.suppress(curses.error):  # a terminal that cannot hide the cursor
+            curses.curs_set(0)
+        screen.timeout(KEY_POLL_MS)
+        self.styles = {"header": curses.A_BOLD, "title": curses.A_REVERSE}
+        if curses.has_colors():
+            curses.use_default_colors()
+            for i, (style, color) in enumerate(STYLE_COLORS.items(), start=1):
+                curses.init_pair(i, color, -1)
+                self.styles[style] = curses.color_pair(i)
+
+    def refresh(self) -> None:
+        try:
+            self.result = self.fetch()
+            self.problem = ""
+        except ControlError as exc:  # porchd went away: keep the last figures, say so
+            self.problem = f"not updated: {exc}"
+
+    def draw(self, screen: Any) -> None:
+        rows, cols = screen.getmaxyx()
+        screen.erase()
+        lines = frame(self.result, cols - 1, time.strftime("%H:%M:%S"))
+        footer = self.problem or "q: quit"
+        for y, (text, style) in enumerate(lines[: max(0, rows - 2)]):
+            screen.addnstr(y, 0, text, cols - 1, self.styles.get(style, curses.A_NORMAL))
+        screen.addnstr(rows - 1, 0, footer, cols - 1, curses.A_DIM)
+        screen.refresh()
+
+
+def interval_s_floor(interval_s: float) -> float:
+    """Never refresh faster than ten times a second."""
+    return max(0.1, interval_s)
