@@ -197,6 +197,7 @@ def run(configs: Sequence[str], iterations: int | None, stop_timeout: float, **n
     discovery; see `porch prefs`.
     """
     from porch.broker import run_origin
+    from porch.progress import Progress
     from porch.supervisor import ConsoleSink, Supervisor  # zmq is only needed here
 
     good, problems = validate(configs)
@@ -214,8 +215,19 @@ def run(configs: Sequence[str], iterations: int | None, stop_timeout: float, **n
         network=network,
         origin=run_origin(),
     )
+    progress = Progress(sys.stderr, live=_live_terminal())
+    progress.attach(supervisor)
     supervisor.install_signals()
-    sys.exit(supervisor.run())
+    try:
+        code = supervisor.run()
+    finally:
+        progress.finish()
+    sys.exit(code)
+
+
+def _live_terminal() -> bool:
+    """Whether `porch run` draws a progress footer: stdout and stderr on a real terminal."""
+    return sys.stdout.isatty() and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
 
 
 # ---- porch prefs -----------------------------------------------------------------------------
