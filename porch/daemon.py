@@ -217,9 +217,10 @@ class Daemon:
         if broker is not None:
             daemon["discovery"] = broker.status()
         pipelines = self.supervisor.status()
+        now = time.monotonic()
         for pipeline in pipelines:
             for counter in RATE_COUNTERS:
-                rate = self.rates.per_s(pipeline["name"], counter)
+                rate = self.rates.per_s(pipeline["name"], counter, now)
                 pipeline[f"{counter}_per_s"] = round(rate, 1)
         return {"daemon": daemon, "pipelines": pipelines, "remote": self._remote()}
 
@@ -230,7 +231,8 @@ class Daemon:
             return
         self._next_snapshot_s = now + SNAPSHOT_INTERVAL_S
         for handle in self.supervisor.workers.values():
-            self.rates.add(now, handle.name, handle.health)
+            # timed by the heartbeat's arrival, not by this sampling, so rates don't jitter
+            self.rates.add(handle.health.get("_at", now), handle.name, handle.health)
         self.rates.forget(self.supervisor.workers)
         if self.web is not None:
             self.snapshot = self._snapshot()

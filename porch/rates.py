@@ -23,18 +23,23 @@ class CounterRate:
     samples: deque[tuple[float, float]] = field(default_factory=deque)
 
     def add(self, now_s: float, value: float) -> None:
-        """Record the counter's value at `now_s` (monotonic seconds)."""
+        """Record the counter's value at `now_s` (monotonic seconds; a repeat is ignored)."""
+        if self.samples and now_s <= self.samples[-1][0]:
+            return
         if self.samples and value < self.samples[-1][1]:
             self.samples.clear()  # the counter restarted with its worker
         self.samples.append((now_s, value))
         while len(self.samples) > 2 and now_s - self.samples[1][0] >= self.window_s:
             self.samples.popleft()
 
-    def per_s(self) -> float:
-        """Growth per second over the window (0.0 until two samples are far enough apart)."""
+    def per_s(self, now_s: float | None = None) -> float:
+        """Growth per second over the window (0.0 until two samples are far enough apart, and
+        once the newest sample is older than the window at `now_s`: its source went quiet)."""
         if len(self.samples) < 2:
             return 0.0
         (t0, v0), (t1, v1) = self.samples[0], self.samples[-1]
+        if now_s is not None and now_s - t1 > self.window_s:
+            return 0.0
         span = t1 - t0
         return (v1 - v0) / span if span >= MIN_SPAN_S else 0.0
 
@@ -56,10 +61,10 @@ class RateMeter:
                 rate = self._rates.setdefault(key, CounterRate(self.window_s))
                 rate.add(now_s, float(value))
 
-    def per_s(self, name: str, counter: str) -> float:
-        """The rate of one counter of `name`; 0.0 when unknown."""
+    def per_s(self, name: str, counter: str, now_s: float | None = None) -> float:
+        """The rate of one counter of `name`; 0.0 when unknown or quiet at `now_s`."""
         rate = self._rates.get((name, counter))
-        return rate.per_s() if rate is not None else 0.0
+        return rate.per_s(now_s) if rate is not None else 0.0
 
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the rates of every name not in `keep` (pipelines that were removed)."""

@@ -48,6 +48,15 @@ def test_a_counter_that_went_down_restarts_the_window() -> None:
     assert rate.per_s() == pytest.approx(10.0)
 
 
+def test_repeated_samples_are_ignored_and_a_quiet_counter_has_no_rate() -> None:
+    rate = CounterRate(window_s=3.0)
+    rate.add(0.0, 0.0)
+    rate.add(1.0, 10.0)
+    rate.add(1.0, 10.0)
+    assert rate.per_s(now_s=2.0) == pytest.approx(10.0)
+    assert rate.per_s(now_s=5.0) == 0.0
+
+
 def test_meter_skips_missing_values_and_forgets_removed_names() -> None:
     meter = RateMeter(("msgs_in",))
     meter.add(0.0, "a", {"msgs_in": 0})
