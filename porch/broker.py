@@ -6,6 +6,10 @@ Every supervisor (porchd, and `porch run`'s embedded one) is a broker. Its socke
 host all receive the broadcasts. Beacons go to the broadcast address of each data interface
 (loopback: 127.255.255.255) and by unicast to each static peer, every beacon interval and at
 once when the local pipelines change.
+
+With a cluster key every beacon is signed (porch/security.py) and only verified beacons reach
+the table; without one the broker stays on loopback unless --insecure. Dropped beacons are
+counted by reason (`porchctl status`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -37,6 +42,7 @@ from porch.discovery import (
 )
 from porch.errors import UsageError
 from porch.prefs import Prefs, parse_peer
+from porch.security import NO_KEY_HINT, BeaconRejected, BeaconVerifier, KeyRing, read_keyring, sign
 
 log = logs.get("porch.discovery")
 
@@ -50,12 +56,9 @@ WARMUP_S = 0.5
 RECV_BATCH = 64
 RECV_BYTES = 65_535
 PEER_RESOLVE_S = 30.0
-
-NO_KEY_HINT = (
-    "without a cluster key Porch listens and discovers on loopback only. Cluster keys (signed "
-    "beacons, encrypted links) come with the security release; until then, on a network you "
-    "trust, pass --insecure (or set `insecure = true` with `porch prefs --insecure`)"
-)
+MAX_WARNED = 256  # (source, reason) pairs a broker warns about once each
+REJECT_REASONS = ("not_loopback", "malformed", "unsigned", "bad_signature", "unknown_key",
+                  "stale", "replayed")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class NetworkPlan:
     interval_s: float
     loopback_only: bool
     insecure: bool = False
+    key_file: str | None = None  # absolute: workers run in their config's folder
+    keys: KeyRing | None = None
 
     @property
     def expiry_s(self) -> float:
@@ -122,13 +127,16 @@ def _peer_is_loopback(host: str, insecure: bool) -> bool:
 
 def plan(prefs: Prefs) -> NetworkPlan:
     """Turn preferences into addresses; refuse to leave loopback without a key or --insecure."""
+    key_file = str(Path(prefs.key_file).expanduser().resolve()) if prefs.key_file else None
+    keys = read_keyring(key_file) if key_file else None
     specs = prefs.interfaces or ("lo",)
     interfaces = [_interface_address(spec) for spec in specs]
     peers = tuple(parse_peer(p) for p in prefs.peers)
     exposed = [f"interface {s} ({a})" for s, (a, _) in zip(specs, interfaces, strict=True)
                if not _is_loopback(a)]  # fmt: skip
-    exposed += [f"peer {h}:{p}" for h, p in peers if not _peer_is_loopback(h, prefs.insecure)]
-    if exposed and not prefs.insecure:
+    allowed = prefs.insecure or keys is not None
+    exposed += [f"peer {h}:{p}" for h, p in peers if not _peer_is_loopback(h, allowed)]
+    if exposed and not allowed:
         raise UsageError(f"refusing to use {exposed[0]}: {NO_KEY_HINT}")
     return NetworkPlan(
         data_host=interfaces[0][0],
@@ -138,6 +146,8 @@ def plan(prefs: Prefs) -> NetworkPlan:
         interval_s=prefs.beacon_interval_s,
         loopback_only=not exposed,
         insecure=prefs.insecure,
+        key_file=key_file,
+        keys=keys,
     )
 
 
@@ -172,6 +182,9 @@ class Broker:
         self.on_change = on_change
         self.table = Table(self.daemon_id, network.expiry_s)
         self.counters = dict.fromkeys(("sent", "received", "rejected", "send_errors"), 0)
+        self.rejected = dict.fromkeys(REJECT_REASONS, 0)
+        self.verifier = BeaconVerifier(network.keys) if network.keys is not None else None
+        self._warned: set[tuple[str, str]] = set()
         self.sock = open_socket(network.port)
         self._seq = 0
         self._next_send = 0.0
@@ -180,12 +193,13 @@ class Broker:
         self._peer_addrs: dict[str, tuple[str, float]] = {}
         self._resolved: dict[str, Remote] = {}
         self._warm_at: float | None = time.monotonic() + min(WARMUP_S, network.interval_s)
-        if network.insecure and not network.loopback_only:
+        if network.insecure and not network.loopback_only and network.keys is None:
             log.warning("insecure_network", data_host=network.data_host, port=network.port,
                         detail="beacons are unsigned and data links unencrypted")  # fmt: skip
         log.info("discovery_started", daemon=self.daemon_id, port=network.port,
                  data_host=network.data_host, broadcasts=list(network.broadcasts),
-                 peers=[f"{h}:{p}" for h, p in network.peers])  # fmt: skip
+                 peers=[f"{h}:{p}" for h, p in network.peers],
+                 signed=network.keys is not None)  # fmt: skip
 
     def fileno(self) -> int:
         """The socket's fd, for the supervisor's poller."""
@@ -236,8 +250,9 @@ class Broker:
         except DiscoveryError as exc:
             log.error("beacon_not_sent", reason=str(exc))
             return
-        for address in self._destinations():
-            self._send_to(data, address)
+        keys = self.plan.keys
+        for address in self._destinations():  # signed one by one: each datagram a fresh nonce
+            self._send_to(data if keys is None else sign(data, keys), address)
 
     def _destinations(self) -> list[tuple[str, int]]:
         found = [(b, self.plan.port) for b in self.plan.broadcasts]
@@ -286,12 +301,20 @@ class Broker:
             self._changed()
 
     def _take(self, data: bytes, source: str) -> bool:
-        if self.plan.loopback_only and not _is_loopback(source):
-            return self._reject(source, "not from loopback (no cluster key)")
+        if self.plan.loopback_only and self.verifier is None and not _is_loopback(source):
+            return self._reject(source, "not_loopback", "not from loopback (no cluster key)")
+        key_id = None
+        if self.verifier is not None:
+            try:
+                data, key_id = self.verifier.verify(data)
+            except BeaconRejected as exc:
+                return self._reject(source, exc.reason, str(exc))
         try:
             beacon = decode(data)
         except DiscoveryError as exc:
-            return self._reject(source, str(exc))
+            return self._reject(source, "malformed", str(exc))
+        if key_id is not None:
+            beacon = replace(beacon, key_id=key_id)
         if beacon.daemon_id == self.daemon_id:
             return False
         if beacon.daemon_id not in self.table.peers:
@@ -299,10 +322,16 @@ class Broker:
         self.counters["received"] += 1
         return self.table.merge(beacon, time.monotonic())
 
-    def _reject(self, source: str, reason: str) -> bool:
+    def _reject(self, source: str, reason: str, detail: str) -> bool:
         self.counters["rejected"] += 1
-        log.debug("beacon_rejected", source=source, reason=reason,
-                  total=self.counters["rejected"])  # fmt: skip
+        self.rejected[reason] += 1
+        first = (source, reason) not in self._warned and len(self._warned) < MAX_WARNED
+        if first and reason not in ("not_loopback", "replayed"):
+            self._warned.add((source, reason))  # a key mismatch is worth one warning per host
+            log.warning("beacon_rejected", source=source, reason=reason, detail=detail)
+        else:
+            log.debug("beacon_rejected", source=source, reason=reason, detail=detail,
+                      total=self.counters["rejected"])  # fmt: skip
         return False
 
     def _changed(self) -> None:
@@ -353,7 +382,13 @@ class Broker:
         if self._warm_at is not None:
             return {}
         return {
-            name: {"endpoint": r.endpoint, "state": r.state, "instance": r.instance, "host": r.host}
+            name: {
+                "endpoint": r.endpoint,
+                "state": r.state,
+                "instance": r.instance,
+                "host": r.host,
+                "key": r.key_id,
+            }
             for name, r in self.table.resolve(local_names).items()
         }
 
@@ -373,6 +408,9 @@ class Broker:
             "beacons_sent": self.counters["sent"],
             "beacons_received": self.counters["received"],
             "beacons_rejected": self.counters["rejected"],
+            "rejected": dict(self.rejected),
+            "signed": self.plan.keys is not None,
+            "key_ids": list(self.plan.keys.ids) if self.plan.keys is not None else [],
             "send_errors": self.counters["send_errors"],
             "conflicts": [{"name": c.name, "hosts": list(c.hosts)} for c in self.conflicts()],
         }

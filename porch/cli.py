@@ -1,5 +1,5 @@
-"""Command-line interfaces: `porch` (init, validate, run, prefs), and the network options that
-`porch run` and `porchd start` share.
+"""Command-line interfaces: `porch` (init, validate, run, prefs, keygen), and the network
+options that `porch run` and `porchd start` share.
 
 Only this layer turns errors into output: one clear line on stderr and a documented exit code;
 tracebacks only with --debug.
@@ -21,7 +21,7 @@ from porch import __version__, logs
 from porch.config import Problem, Severity, has_errors, name_problem, validate
 from porch.errors import PorchError
 from porch.paths import state_base
-from porch.prefs import KEYS, Effective, resolve, write_file
+from porch.prefs import KEYS, Effective, prefs_path, resolve, write_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,8 +144,8 @@ NETWORK_OPTIONS = (
                  metavar="SECONDS",
                  help="Seconds between beacons [env PORCH_BEACON_INTERVAL; default 1]."),
     click.option("--key-file", default=None, metavar="PATH",
-                 help="Cluster key file [env PORCH_KEY_FILE] (stored; used from the "
-                 "security release on)."),
+                 help="Cluster key file from `porch keygen` [env PORCH_KEY_FILE]: signed "
+                 "beacons, CURVE-encrypted links, and interfaces other than loopback."),
     click.option("--insecure", is_flag=True, default=None,
                  help="Allow non-loopback interfaces and peers without a cluster key "
                  "(unsigned beacons, unencrypted links)."),
@@ -311,6 +311,47 @@ def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+# ---- porch keygen ----------------------------------------------------------------------------
+
+ROTATIONS = {
+    "add": "rotation step 1: add a new key, accepted but not used yet",
+    "promote": "rotation step 2: the newest key signs and serves; the old one is still accepted",
+    "retire": "rotation step 3: drop every key but the current one",
+}
+
+
+@porch.command()
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing key file with a new key.")
+@click.option("--add", "step", flag_value="add", help=ROTATIONS["add"].capitalize() + ".")
+@click.option("--promote", "step", flag_value="promote",
+              help=ROTATIONS["promote"].capitalize() + ".")  # fmt: skip
+@click.option("--retire", "step", flag_value="retire", help=ROTATIONS["retire"].capitalize() + ".")
+@handle_errors
+def keygen(path: str | None, force: bool, step: str | None) -> None:
+    """Write a new cluster key file (mode 0600), or rotate the keys of one.
+
+    PATH defaults to cluster.key next to the prefs file. Copy the file to every host and pass
+    it to `porch run`/`porchd start` with --key-file (or PORCH_KEY_FILE, or `porch prefs
+    --key-file`). Rotate without downtime: --add, copy everywhere and restart each porchd;
+    --promote, copy and restart; --retire, copy and restart.
+    """
+    from porch import security
+
+    target = Path(path).expanduser() if path else security.default_key_path(prefs_path())
+    if step is None:
+        ring = security.KeyRing((security.new_key(),))
+        security.write_keyring(target, ring, replace=force)
+        what = f"new cluster key {ring.current.id}"
+    else:
+        old = security.read_keyring(target)
+        ring = getattr(old, step)()
+        security.write_keyring(target, ring, replace=True)
+        what = f"{ROTATIONS[step]}; current key {ring.current.id}, accepted {', '.join(ring.ids)}"
+    click.echo(f"wrote {target} (mode 0600): {what}")
+    click.echo(f"use it on every host: --key-file {target} (or PORCH_KEY_FILE)", err=True)
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 A beacon is what one supervisor (porchd, or `porch run`'s embedded one) announces about the
 pipelines it hosts. On the wire it is a 6-byte header (magic, version, flags) and a compact
-JSON body. Flags are 0 today; the security release adds a signed form (flag bit 0: a key id
-and an HMAC over header and body follow), wrapping `encode`/`decode` without changing them.
+JSON body, flags 0. With a cluster key, porch/security.py wraps these bytes in a signed
+envelope (flag bit 0) and unwraps verified ones before `decode`, which never sees a signature.
 
 The table merges the beacons of other supervisors into `name -> endpoint, host, daemon,
 state, last seen`, withdraws what is no longer announced, and detects two live pipelines with
@@ -71,6 +71,7 @@ class Beacon:
     seq: int
     entries: tuple[Entry, ...] = ()
     version: int = VERSION
+    key_id: str | None = None  # the cluster key that signed it (set on receipt, not encoded)
 
 
 def encode(beacon: Beacon) -> bytes:
@@ -215,6 +216,7 @@ class Remote:
     daemon_id: str
     last_seen: float
     instance: int | None = None
+    key_id: str | None = None  # the key its daemon signs with: its workers serve with it too
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ class Table:
         """Every remote pipeline entry, by name then host."""
         found = [
             Remote(e.name, e.endpoint, e.state, p.beacon.host, p.beacon.hostname,
-                   p.beacon.daemon_id, p.last_seen, e.instance)
+                   p.beacon.daemon_id, p.last_seen, e.instance, p.beacon.key_id)
             for p in self.peers.values()
             for e in p.beacon.entries
         ]  # fmt: skip
@@ -307,7 +309,7 @@ class Table:
 
 def _view(beacon: Beacon) -> tuple[Any, ...]:
     """What of a beacon matters to workers and conflicts (not its times or nonce)."""
-    return (beacon.host, beacon.hostname, beacon.entries)
+    return (beacon.host, beacon.hostname, beacon.entries, beacon.key_id)
 
 
 def _label(remote: Remote) -> str:

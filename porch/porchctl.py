@@ -8,6 +8,7 @@ exit code 1; tracebacks only with --debug.
 from __future__ import annotations
 
 import json
+import pwd
 import shutil
 import socket
 import sys
@@ -108,7 +109,7 @@ class Client:
         except ConnectionRefusedError:
             raise DaemonUnreachable(self.path, "nothing listening: stale socket") from None
         except PermissionError:
-            raise DaemonUnreachable(self.path, "permission denied") from None
+            raise ControlError(_permission_denied(self.path)) from None
         except OSError as exc:
             raise ControlError(f"cannot use control socket {self.path}: {exc}") from exc
         finally:
@@ -235,6 +236,33 @@ def format_remote(result: dict[str, Any]) -> str:
                      for row in rows)  # fmt: skip
 
 
+def format_discovery(result: dict[str, Any]) -> str:
+    """One line about beacons: counts, and what was dropped for which reason."""
+    found = (result.get("daemon") or {}).get("discovery")
+    if not isinstance(found, dict):
+        return ""
+    reasons = found.get("rejected") or {}
+    dropped = ", ".join(f"{n} {why}" for why, n in reasons.items() if n) or "none"
+    keys = found.get("key_ids") or []
+    signed = f"signed, key {keys[0]}" if found.get("signed") and keys else "unsigned (no key)"
+    return (f"discovery: beacons {signed}; sent {found.get('beacons_sent', 0)}, received "
+            f"{found.get('beacons_received', 0)}, dropped {found.get('beacons_rejected', 0)} "
+            f"({dropped})")  # fmt: skip
+
+
+def _permission_denied(path: Path) -> str:
+    """Another user's control socket: say whose, and how to reach it legitimately."""
+    try:
+        owner = path.parent.stat().st_uid
+        who = f"user {pwd.getpwuid(owner).pw_name} (uid {owner})"
+    except (OSError, KeyError):
+        who = "another user"
+    return (
+        f"permission denied: the control socket {path} belongs to {who}, and only its "
+        "owner may use it; run porchctl as that user"
+    )
+
+
 def _join(row: Sequence[str], widths: Sequence[int]) -> str:
     cells = [
         cell.ljust(size) if HEADERS[i] in LEFT_ALIGNED else cell.rjust(size)
@@ -314,6 +342,9 @@ def status(client: Client, as_json: bool) -> None:
         return
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     click.echo(format_status(result, width))
+    discovery = format_discovery(result)
+    if discovery:
+        click.echo("\n" + discovery)
     remote = format_remote(result)
     if remote:
         click.echo("\n" + remote)

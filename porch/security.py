@@ -2,7 +2,8 @@
 
 One key file is the single secret of a deployment. It holds one or more 32-byte keys, each with
 a key id; the first key is the current one (it signs beacons and serves data links), the others
-are still accepted (key rotation: old and new work side by side for a window).
+are still accepted (key rotation: old and new work side by side for a window). At most one of
+them is marked `next`: added by rotation step 1, accepted, made current by step 2.
 
 Beacons: `sign` wraps the bytes of `discovery.encode` (flags 0) in an envelope with flag bit 0
 set: header | key id | timestamp | nonce | beacon body | HMAC-SHA256 over everything before
@@ -108,6 +109,7 @@ class KeyRing:
     """The keys of one key file: the first is current, the others are accepted."""
 
     keys: tuple[Key, ...]
+    next_id: str | None = None  # a key added for rotation, not used yet
 
     @property
     def current(self) -> Key:
@@ -125,18 +127,24 @@ class KeyRing:
 
     def add(self) -> KeyRing:
         """Rotation step 1: a new key that is accepted but not yet used."""
+        if self.next_id is not None:
+            raise SecurityError(f"key {self.next_id} is already waiting; promote it first")
         if len(self.keys) >= MAX_KEYS:
             raise SecurityError(f"a key file holds at most {MAX_KEYS} keys; retire old ones")
-        return KeyRing((*self.keys, new_key()))
+        key = new_key()
+        return KeyRing((*self.keys, key), key.id)
 
     def promote(self) -> KeyRing:
-        """Rotation step 2: the newest key becomes current; the others stay accepted."""
-        newest = self.keys[-1]
-        return KeyRing((newest, *(k for k in self.keys if k is not newest)))
+        """Rotation step 2: the added key becomes current; the others stay accepted."""
+        following = self.get(self.next_id or "")
+        if following is None:
+            raise SecurityError("no key waiting to be promoted; add one first (--add)")
+        return KeyRing((following, *(k for k in self.keys if k is not following)))
 
     def retire(self) -> KeyRing:
-        """Rotation step 3: only the current key is left; the others stop working."""
-        return KeyRing((self.current,))
+        """Rotation step 3: only the current key (and a waiting one) is left."""
+        return KeyRing(tuple(k for k in self.keys if k.id in (self.current.id, self.next_id)),
+                       self.next_id)  # fmt: skip
 
 
 def format_keyring(ring: KeyRing) -> str:
@@ -146,7 +154,8 @@ def format_keyring(ring: KeyRing) -> str:
         "# Porch cluster key: the one secret of this deployment. Keep it mode 0600 and copy it",
         "# to every host. The first key is current; the others are still accepted (rotation).",
     ]
-    lines += [f"key {k.id} {base64.b64encode(k.secret).decode()}" for k in ring.keys]
+    lines += [f"{'next' if k.id == ring.next_id else 'key'} {k.id} "
+              f"{base64.b64encode(k.secret).decode()}" for k in ring.keys]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -156,17 +165,20 @@ def parse_keyring(text: str, where: str) -> KeyRing:
     lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
     if not lines or lines[0][1] != FILE_MAGIC:
         raise SecurityError(f"{where}: not a Porch key file (make one with `porch keygen`)")
-    keys = [_parse_key_line(line, f"{where}:{n}") for n, line in lines[1:]]
-    if not keys:
-        raise SecurityError(f"{where}: no key in the file")
-    if len(keys) > MAX_KEYS or len({k.id for k in keys}) != len(keys):
-        raise SecurityError(f"{where}: at most {MAX_KEYS} keys, each once")
-    return KeyRing(tuple(keys))
+    parsed = [_parse_key_line(line, f"{where}:{n}") for n, line in lines[1:]]
+    keys = [k for k, waiting in parsed if not waiting] + [k for k, waiting in parsed if waiting]
+    waiting = [k.id for k, is_next in parsed if is_next]
+    if len(waiting) == len(keys):  # also: no key at all
+        raise SecurityError(f"{where}: no current key (a `key` line) in the file")
+    if len(keys) > MAX_KEYS or len({k.id for k in keys}) != len(keys) or len(waiting) > 1:
+        raise SecurityError(f"{where}: at most {MAX_KEYS} keys, each once, one of them `next`")
+    return KeyRing(tuple(keys), waiting[0] if waiting else None)
 
 
-def _parse_key_line(line: str, where: str) -> Key:
+def _parse_key_line(line: str, where: str) -> tuple[Key, bool]:
+    """One `key ID BASE64` (or `next ID BASE64`) line: the key, and whether it is `next`."""
     parts = line.split()
-    if len(parts) != 3 or parts[0] != "key":
+    if len(parts) != 3 or parts[0] not in ("key", "next"):
         raise SecurityError(f"{where}: expected `key ID BASE64`")
     try:
         secret = base64.b64decode(parts[2], validate=True)
@@ -176,7 +188,7 @@ def _parse_key_line(line: str, where: str) -> Key:
         raise SecurityError(f"{where}: a key is {KEY_BYTES} bytes, got {len(secret)}")
     if key_id(secret) != parts[1]:
         raise SecurityError(f"{where}: key id {parts[1]!r} does not match its key (edited?)")
-    return Key(parts[1], secret)
+    return Key(parts[1], secret), parts[0] == "next"
 
 
 def read_keyring(path: str | Path) -> KeyRing:

@@ -170,12 +170,16 @@ class Supervisor:
         self._tickers: list[Callable[[float], None]] = []
         self._removed: set[str] = set()
         self.broker: Broker | None = None
+        self.key_file: str | None = None  # workers get its path, never the key itself
+        self.key_id: str | None = None
         if network is not None:
             self._start_broker(network, origin)
 
     def _start_broker(self, network: NetworkPlan, origin: str) -> None:
         """Discovery: workers bind on the data interface; remote pipelines join the directory."""
         self.bind_host = network.data_host
+        self.key_file = network.key_file
+        self.key_id = network.keys.current.id if network.keys is not None else None
         self.broker = Broker(network, origin, self._local_entries, self._send_directory)
         self.poller.register(self.broker.fileno(), zmq.POLLIN)
         self._handlers[self.broker.fileno()] = self.broker.on_readable
@@ -293,6 +297,8 @@ class Supervisor:
         ]  # fmt: skip
         if self.state_dir is not None:
             cmd += ["--state-dir", str(self.state_dir)]
+        if self.key_file is not None:
+            cmd += ["--key-file", self.key_file]
         if self.iterations is not None and handle.config.source_pipeline_count == 0:
             cmd += ["--iterations", str(self.iterations)]
         return cmd
@@ -497,7 +503,8 @@ class Supervisor:
             pipelines.update(self.broker.directory(list(self.workers)))
         for h in self.workers.values():
             pipelines[h.name] = {"endpoint": h.endpoint, "state": h.state.value,
-                                 "instance": h.instance, "host": "local"}  # fmt: skip
+                                 "instance": h.instance, "host": "local",
+                                 "key": self.key_id}  # fmt: skip
         return pipelines
 
     def _send_directory(self) -> None:

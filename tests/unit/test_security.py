@@ -75,7 +75,7 @@ def test_read_refuses_an_open_or_missing_file(tmp_path: Path) -> None:
     ("text", "problem"),
     [
         ("", "not a Porch key file"),
-        ("porch-cluster-key 1\n", "no key"),
+        ("porch-cluster-key 1\n", "no current key"),
         ("porch-cluster-key 1\nkey abc !!!\n", "not base64"),
         ("porch-cluster-key 1\nkey abc AAAA\n", "32 bytes"),
         ("porch-cluster-key 1\nkey 00000000 " + "A" * 43 + "=\n", "does not match"),
@@ -101,9 +101,15 @@ def test_any_key_file_text_is_a_key_ring_or_a_clear_error(text: str) -> None:
 def test_rotation_add_promote_retire() -> None:
     old = RING.current
     added = RING.add()
-    assert added.current == old and len(added.keys) == 2
+    assert added.current == old and len(added.keys) == 2 and added.next_id == added.keys[1].id
+    assert parse_keyring(format_keyring(added), "k") == added
+    with pytest.raises(SecurityError, match="promote it first"):
+        added.add()
     promoted = added.promote()
     assert promoted.current == added.keys[1] and promoted.get(old.id) == old
+    assert promoted.next_id is None
+    with pytest.raises(SecurityError, match="add one first"):
+        promoted.promote()  # a second promote must not swap back to the old key
     assert promoted.retire().keys == (promoted.current,)
 
 

@@ -1,0 +1,136 @@
+"""The cluster key end to end: `porch keygen`, keyed runs and daemons that link over CURVE,
+a daemon with another key that can neither be heard nor connect, key rotation, the refusal to
+leave loopback without a key, and porchctl from another unix user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from porch.security import KeyRing, new_key, read_keyring, write_keyring
+from tests.integration.conftest import PORCH, PORCHCTL, Porchd, PorchRun
+from tests.integration.test_discovery import counter, printer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+StartRun = Callable[..., PorchRun]
+StartDaemon = Callable[..., Porchd]
+WAIT_S = 20.0
+
+
+def keyfile(path: Path, ring: KeyRing | None = None) -> str:
+    write_keyring(path, ring or KeyRing((new_key(),)), replace=True)
+    return str(path)
+
+
+def discovery(daemon: Porchd) -> dict[str, object]:
+    found: dict[str, object] = daemon.status()["daemon"]["discovery"]
+    return found
+
+
+def test_keygen_writes_a_private_key_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.key"
+
+    def keygen(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(PORCH), "keygen", str(path), *args], capture_output=True,
+                              text=True, timeout=30, check=False)  # fmt: skip
+
+    assert keygen().returncode == 0 and (path.stat().st_mode & 0o777) == 0o600
+    first = read_keyring(path)
+    again = keygen()
+    assert again.returncode != 0 and "--force" in again.stderr
+    assert read_keyring(path) == first
+    assert keygen("--add").returncode == 0 and len(read_keyring(path).keys) == 2
+    assert keygen("--promote").returncode == 0
+    assert read_keyring(path).current.id != first.current.id
+    assert keygen("--force").returncode == 0 and read_keyring(path).current.id != first.current.id
+
+
+def test_keyed_runs_link_over_curve(tmp_path: Path, porch_cli: StartRun) -> None:
+    key = keyfile(tmp_path / "k.key")
+    sink = porch_cli("run", printer(tmp_path / "b", "keyed_sink", "keyed_src"), "--key-file", key)
+    source = porch_cli("run", counter(tmp_path / "a", "keyed_src", "keyed_sink"),
+                       "--iterations", "5", "--key-file", key)  # fmt: skip
+    assert source.wait_exit(WAIT_S) == 0, source.report()
+    assert sink.wait_exit(WAIT_S) == 0, sink.report()
+    assert sink.lines_of("keyed_sink") == [f"got {n}" for n in range(1, 6)]
+
+
+def test_a_daemon_with_another_key_is_not_heard_and_cannot_send(
+    tmp_path: Path, porchd: StartDaemon
+) -> None:
+    good = porchd(printer(tmp_path / "c1", "vault", "thief"), home=tmp_path / "d1",
+                  extra=("--key-file", keyfile(tmp_path / "good.key")))  # fmt: skip
+    bad = porchd(counter(tmp_path / "c2", "thief", "vault"), home=tmp_path / "d2",
+                 extra=("--key-file", keyfile(tmp_path / "bad.key")))  # fmt: skip
+    good.wait_running()
+    good.wait_until(lambda: discovery(good)["rejected"]["unknown_key"] >= 2,  # type: ignore[index]
+                    WAIT_S, "the other key's beacons rejected")  # fmt: skip
+    bad.wait_until(lambda: bad.pipeline("thief")["iterations"] >= 20, WAIT_S, "thief running")
+    status = good.status()
+    assert [r for r in status["remote"] if r["name"] == "thief"] == []
+    assert good.pipeline("vault", status)["msgs_in"] == 0 and good.output("vault") == []
+    assert "unknown_key" in good.ctl("status").stdout  # the table's discovery line says why
+
+
+def test_rotation_window_old_and_new_key_work_together(tmp_path: Path, porchd: StartDaemon) -> None:
+    """Step 1 on one host (new key accepted), step 2 on the other (new key current)."""
+    added = KeyRing((new_key(),)).add()
+    promoted = added.promote()
+    d1 = porchd(printer(tmp_path / "c1", "rot_sink", "rot_src"), home=tmp_path / "d1",
+                extra=("--key-file", keyfile(tmp_path / "added.key", added)))  # fmt: skip
+    porchd(counter(tmp_path / "c2", "rot_src", "rot_sink"), home=tmp_path / "d2",
+           extra=("--key-file", keyfile(tmp_path / "promoted.key", promoted)))  # fmt: skip
+    d1.wait_running()
+    d1.wait_until(lambda: len(d1.output("rot_sink")) >= 5, WAIT_S, "data across the rotation")
+    assert d1.output("rot_sink")[:5] == [f"got {n}" for n in range(1, 6)]
+    assert discovery(d1)["key_ids"] == list(added.ids)
+
+
+def test_leaving_loopback_without_a_key_says_how_to_make_one(
+    tmp_path: Path, porch_cli: StartRun
+) -> None:
+    config = counter(tmp_path, "lonely", "nobody", sleep_s=0.2)
+    run = porch_cli("run", config, "--peer", "198.51.100.7:5557")
+    assert run.wait_exit(WAIT_S) == 2, run.report()
+    text = "\n".join(run.stderr)
+    assert "porch keygen" in text and "--key-file" in text and "--insecure" in text, text
+    # with a key the same peer is allowed, no --insecure needed
+    keyed = porch_cli("run", config, "--peer", "198.51.100.7:5557", "--no-broadcast",
+                      "--key-file", keyfile(tmp_path / "k.key"), "--iterations", "2")  # fmt: skip
+    assert keyed.wait_exit(WAIT_S) == 0, keyed.report()
+
+
+def test_an_open_key_file_is_refused(tmp_path: Path, porch_cli: StartRun) -> None:
+    key = keyfile(tmp_path / "k.key")
+    os.chmod(key, 0o644)
+    run = porch_cli("run", counter(tmp_path, "opened", "nobody"), "--key-file", key)
+    assert run.wait_exit(WAIT_S) == 2, run.report()
+    assert any("chmod 600" in line for line in run.stderr), run.report()
+
+
+def _as_nobody() -> list[str]:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("checking porchctl as another user needs root; CI=true requires it")
+        pytest.skip("checking porchctl as another user needs root")
+    if shutil.which("setpriv"):
+        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    return ["runuser", "-u", "nobody", "--"]
+
+
+def test_porchctl_of_another_user_is_refused(tmp_path: Path, porchd: StartDaemon) -> None:
+    prefix = _as_nobody()
+    daemon = porchd(printer(tmp_path / "c", "private_sink", "nobody_src"))
+    daemon.wait_running()
+    done = subprocess.run([*prefix, str(PORCHCTL), "--control", str(daemon.control), "status"],
+                          capture_output=True, text=True, timeout=30, check=False,
+                          env={**daemon.env, "HOME": "/"})  # fmt: skip
+    assert done.returncode != 0, done
+    assert "permission denied" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert daemon.ctl("status").returncode == 0  # its owner still gets in
