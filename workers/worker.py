@@ -8,6 +8,7 @@ stream, stop or failure: send EOS (or BYE) to every target, run the `end()` hook
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import random
@@ -43,6 +44,8 @@ FLUSH_TIMEOUT_S = 5.0  # at the end of a stream, how long to wait for targets to
 POLL_MS = 200
 TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
 STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
+# upper bounds of the step() duration histogram (seconds), as Prometheus buckets
+STEP_BOUNDS_S = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]
 FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
 DOWN_STATES = ("stopping", "stopped", "failed", "backoff")
 POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
@@ -133,6 +136,8 @@ class Worker:
         self._finished_sources: dict[str, tuple[float, int]] = {}
         self._next_tick = 0.0
         self._last_flush = 0.0
+        self._step_counts = [0] * (len(STEP_BOUNDS_S) + 1)  # the last one is +Inf
+        self._step_sum_s = 0.0
         self._next_heartbeat = 0.0
         self._last_error = ""
         self._wake_r, self._wake_w = socket.socketpair()
@@ -267,7 +272,9 @@ class Worker:
         inbox = asdict(self.inbox.counters) if self.inbox is not None else {}
         counters.queue_depth = self.inbox.fanin.depth() if self.inbox is not None else 0
         counters.dead_letters = self.dead_letters.count
-        self.control.send(MessageType.HEALTH, state=self.state.value, **asdict(counters), **inbox)
+        steps = {"bounds": STEP_BOUNDS_S, "counts": self._step_counts, "sum": self._step_sum_s}
+        self.control.send(MessageType.HEALTH, state=self.state.value, step_seconds=steps,
+                          **asdict(counters), **inbox)  # fmt: skip
 
     def _tick(self) -> None:
         """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat."""
@@ -401,8 +408,10 @@ class Worker:
         return True
 
     def _iterate(self, inputs: Any) -> None:
+        started = time.perf_counter()
         try:
             value = self.host.step(inputs)
+            self._step_time(time.perf_counter() - started)
         except Stop:
             self.ended = True
             return
@@ -417,6 +426,11 @@ class Worker:
         if stop_requested():
             clear_stop_request()
             self.ended = True
+
+    def _step_time(self, seconds: float) -> None:
+        """Count one step() duration in the histogram the health report carries."""
+        self._step_counts[bisect.bisect_left(STEP_BOUNDS_S, seconds)] += 1
+        self._step_sum_s += seconds
 
     def _on_poison(self, exc: ScriptError, inputs: Any) -> None:
         """on_error skip / dead-letter: record the input that made step() raise, and go on."""
