@@ -81,7 +81,7 @@ def _script(*args: str) -> str:
 
 
 class NetnsPorchd(Porchd):
-    """`porchd start` inside a host's namespace, on its eth0 (insecure: no key yet)."""
+    """`porchd start` inside a host's namespace, on its eth0 (--insecure unless given a key)."""
 
     def __init__(self, host: Host, home: Path, sources: list[str], extra: list[str]) -> None:
         home.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ class NetnsPorchd(Porchd):
                     RUN_MARKER: uuid.uuid4().hex}  # fmt: skip
         self.args = ["start", *sources, "--control", str(self.control), "--state-dir",
                      str(self.state_dir), "--stop-timeout", "5", "--interface", host.interface,
-                     "--insecure", *extra]  # fmt: skip
+                     *([] if "--key-file" in extra else ["--insecure"]), *extra]  # fmt: skip
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.proc = subprocess.Popen(

@@ -1,0 +1,96 @@
+"""Fuzz targets for everything that parses bytes from the network, run for a bounded time.
+
+Beacons (signed envelope, then the codec) and data-plane frames (header prefix, batches, acks):
+random and mutated input may only ever produce the module's own error, never another exception.
+PORCH_FUZZ_EXAMPLES scales the run (default 300 per target: a few seconds in all).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from porch.discovery import Beacon, DiscoveryError, Entry, decode, encode
+from porch.errors import PorchError, WireError
+from porch.security import BeaconRejected, BeaconVerifier, KeyRing, new_key, sign
+from porch.wire import FrameKind, decode_ack, decode_batch, decode_prefix, encode_batch
+
+pytestmark = pytest.mark.timeout(120)
+
+EXAMPLES = int(os.environ.get("PORCH_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RING = KeyRing((new_key(),))
+NOW = 1_700_000_000.0
+
+
+def _signed_beacon() -> bytes:
+    entries = (Entry("pipeline_a", "tcp://10.0.0.1:4000", "running", 7),)
+    return sign(encode(Beacon("d1", "o", "10.0.0.1", "h", NOW, "n", 1, entries)), RING, now=NOW)
+
+
+SIGNED = _signed_beacon()
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None, tail: bytes) -> bytes:
+    buf = bytearray(data)
+    for position, value in edits:
+        buf[position % len(buf)] = value
+    if cut is not None:
+        del buf[cut % (len(buf) + 1) :]
+    return bytes(buf) + tail
+
+
+EDITS = st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4)
+CUTS = st.none() | st.integers(min_value=0)
+
+
+@FUZZ
+@given(EDITS, CUTS, st.binary(max_size=64))
+def test_beacon_receive_path_only_raises_its_own_errors(
+    edits: list[tuple[int, int]], cut: int | None, tail: bytes
+) -> None:
+    """verify() then decode(), as the broker does, on mutations of a genuine signed beacon."""
+    data = _mutate(SIGNED, edits, cut, tail)
+    try:
+        inner, _ = BeaconVerifier(RING).verify(data, now=NOW)
+        decode(inner)
+    except (BeaconRejected, DiscoveryError):
+        return
+    assert data == SIGNED or not edits  # only the genuine bytes (or no edit at all) get through
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_frame_prefix_decoder(frame: bytes) -> None:
+    try:
+        header, end = decode_prefix(frame)
+    except WireError:
+        return
+    assert 0 < end <= len(frame) and isinstance(header.kind, FrameKind)
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=40), max_size=8), EDITS, CUTS, st.binary(max_size=16))
+def test_batch_decoder(
+    payloads: list[bytes], edits: list[tuple[int, int]], cut: int | None, tail: bytes
+) -> None:
+    frame = encode_batch(b"H" * 8, payloads)
+    data = _mutate(frame, edits, cut, tail) if frame else tail
+    try:
+        parts = decode_batch(data, 8)
+    except WireError:
+        return
+    assert sum(len(p) for p in parts) <= len(data)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_ack_decoder(frame: bytes) -> None:
+    try:
+        seq = decode_ack(frame)
+    except PorchError:
+        return
+    assert seq is None or seq >= 0
