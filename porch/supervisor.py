@@ -44,6 +44,8 @@ OUTPUT_DRAIN_S = 2.0  # after a worker exits, how long its pipes may still deliv
 LIVE_STATES = (WorkerState.WAITING_FOR_SOURCES, WorkerState.RUNNING)
 # Health counters that status() passes on as they are (0 until a worker reports them).
 EXTRA_COUNTERS = ("duplicates", "dead_letters", "skipped", "replayed", "handshakes_rejected")
+# counters status reports as totals over every worker instance a pipeline has had
+COUNTERS = ("iterations", "msgs_in", "msgs_out", "dropped", "bad_frames", *EXTRA_COUNTERS)
 
 
 class FailureMode(enum.Enum):
@@ -111,6 +113,7 @@ class WorkerHandle:
     heartbeat_s: float = 0.0
     watchdog_fired: bool = False
     health: dict[str, Any] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)  # counters of earlier instances
     rate_per_s: float = 0.0
     streams: dict[int, tuple[str, bytearray]] = field(default_factory=dict)
     digest: str = ""
@@ -323,6 +326,9 @@ class Supervisor:
         handle.watchdog_fired, handle.respawn, handle.endpoint = False, False, None
         handle.digest = fingerprint(handle.config)
         handle.ps = None
+        for key in COUNTERS:  # the last instance's counts become part of the totals
+            handle.totals[key] = handle.totals.get(key, 0) + int(handle.health.get(key, 0) or 0)
+        handle.health = {}
         for stream_name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
             assert pipe is not None
             os.set_blocking(pipe.fileno(), False)
@@ -595,13 +601,8 @@ class Supervisor:
             "pid": handle.process.pid if handle.alive and handle.process else None,
             "state": handle.state.value,
             "uptime_s": round(now - handle.started_s, 1) if handle.alive else None,
-            "iterations": health.get("iterations", 0),
-            "msgs_in": health.get("msgs_in", 0),
-            "msgs_out": health.get("msgs_out", 0),
+            **{key: handle.totals.get(key, 0) + health.get(key, 0) for key in COUNTERS},
             "queue_depth": health.get("queue_depth", 0),
-            "dropped": health.get("dropped", 0),
-            "bad_frames": health.get("bad_frames", 0),
-            **{key: health.get(key, 0) for key in EXTRA_COUNTERS},
             "rate_per_s": round(handle.rate_per_s, 1),
             "cpu_percent": cpu,
             "rss_bytes": rss,

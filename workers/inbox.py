@@ -44,6 +44,7 @@ class SourceState:
     eos_seq: int = 0
     route: bytes = b""
     wants_acks: bool = True
+    stale: int = 0  # queued values of a previous instance, not to be acknowledged
 
 
 @dataclass
@@ -204,6 +205,9 @@ class Inbox:
             log.info("source_restarted", pipeline=self.name, source=header.sender)
         source.instance = header.instance
         source.received = source.processed = source.acked = source.eos_seq = 0
+        # what the old instance left queued is still processed, but its sequence numbers
+        # mean nothing to the new instance: they must never be acknowledged to it
+        source.stale = self.fanin.queued(header.sender)
         self.fanin.connect(header.sender)  # a new stream: forget an earlier end
 
     def _decode(self, serializer_id: int, frames: Sequence[Any]) -> Any:
@@ -238,6 +242,9 @@ class Inbox:
         """An iteration consumed these: acknowledge them (at once, or batched)."""
         for name, seq in seqs.items():
             source = self.sources[name]
+            if source.stale:
+                source.stale -= 1
+                continue
             source.processed = seq
             if source.careful:
                 source.careful -= 1

@@ -30,7 +30,7 @@ from porch.errors import PorchError, ScriptError
 from porch.security import LinkSecurity
 from porch.serializers import Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
-from porch.wire import FrameKind, HeaderEncoder, decode_ack
+from porch.wire import FrameKind, HeaderEncoder, decode_ack, decode_prefix
 from workers.deadletter import DeadLetters, summary
 from workers.host import ScriptHost
 from workers.inbox import Inbox
@@ -360,7 +360,14 @@ class Worker:
             self._wait(POLL_MS, poller)
 
     def _on_link_dead_letter(self, target: str, message: Outgoing, reason: str) -> None:
-        path = self.dead_letters.write(reason, payload=message.frames[1:])
+        head = bytes(message.frames[0])
+        _, end = decode_prefix(head)
+        payload = [head[end:], *message.frames[1:]] if len(head) > end else message.frames[1:]
+        try:
+            value = self.serializer.loads(payload)
+        except Exception:  # our own bytes; if they don't load, the raw payload still helps
+            value = None
+        path = self.dead_letters.write(reason, value=value, payload=payload, source=self.name)
         log.error("dead_lettered", pipeline=self.name, target=target, seq=message.seq,
                   reason=reason, file=str(path))  # fmt: skip
 

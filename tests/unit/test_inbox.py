@@ -1,0 +1,89 @@
+"""The inbox's dedup and acknowledgements, driven by a DEALER peer on loopback in-process."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from porch.serializers import get
+from porch.wire import FrameKind, decode_ack, encode_header
+from workers.inbox import Inbox
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def wired() -> Iterator[tuple[Inbox, zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    inbox = Inbox(ctx, "127.0.0.1", name="sink", instance=99, expected=1, any_input=False,
+                  serializer=get("pickle"), limit=8)  # fmt: skip
+    peer = ctx.socket(zmq.DEALER)
+    peer.linger = 0
+    peer.connect(inbox.endpoint)
+    yield inbox, peer
+    peer.close()
+    inbox.close()
+    ctx.term()
+
+
+def send(
+    peer: zmq.Socket[bytes], kind: FrameKind, instance: int, seq: int, value: object = None
+) -> None:
+    header = encode_header(kind, 1, instance, seq, "source")
+    peer.send(header + pickle.dumps(value) if kind is FrameKind.DATA else header)
+
+
+def pump(inbox: Inbox, expected_depth: int) -> None:
+    for _ in range(200):
+        if inbox.link.socket.poll(50):
+            inbox.receive()
+        if inbox.fanin.depth() >= expected_depth:
+            return
+    raise AssertionError(f"queue depth {inbox.fanin.depth()}, expected {expected_depth}")
+
+
+def acks(peer: zmq.Socket[bytes]) -> list[int]:
+    found = []
+    while peer.poll(100):
+        seq = decode_ack(peer.recv())
+        assert seq is not None
+        found.append(seq)
+    return found
+
+
+def test_a_restarted_source_never_gets_acks_for_its_old_instance(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    inbox, peer = wired
+    send(peer, FrameKind.HELLO, 1, 0)
+    for seq in range(1, 6):
+        send(peer, FrameKind.DATA, 1, seq, f"old {seq}")
+    pump(inbox, 5)
+    send(peer, FrameKind.HELLO, 2, 0)  # the source restarted with a new instance
+    send(peer, FrameKind.DATA, 2, 1, "new 1")
+    pump(inbox, 6)
+    for expected in ("old 1", "old 2", "old 3", "old 4", "old 5"):
+        values, seqs = inbox.take()
+        assert values == {"source": expected}
+        inbox.commit(seqs)
+    inbox.flush_acks()
+    # Acks for the old instance's seqs would make the new instance forget unprocessed output.
+    assert acks(peer) == []
+    values, seqs = inbox.take()
+    assert values == {"source": "new 1"}
+    inbox.commit(seqs)
+    inbox.flush_acks()
+    assert acks(peer) == [1]
+
+
+def test_duplicates_are_dropped_and_counted(wired: tuple[Inbox, zmq.Socket[bytes]]) -> None:
+    inbox, peer = wired
+    send(peer, FrameKind.HELLO, 1, 0)
+    for seq in (1, 2, 2, 1, 3):
+        send(peer, FrameKind.DATA, 1, seq, seq)
+    pump(inbox, 3)
+    assert [inbox.take()[0]["source"] for _ in range(3)] == [1, 2, 3]
+    assert inbox.counters.duplicates == 2
