@@ -65,6 +65,7 @@ class Counters:
     dead_letters: int = 0
     replayed: int = 0
     queue_depth: int = 0
+    handshakes_rejected: int = 0  # CURVE peers the ZAP authenticator turned away
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,7 @@ class Worker:
         inbox = asdict(self.inbox.counters) if self.inbox is not None else {}
         counters.queue_depth = self.inbox.fanin.depth() if self.inbox is not None else 0
         counters.dead_letters = self.dead_letters.count
+        counters.handshakes_rejected = self.security.denied if self.security is not None else 0
         steps = {"bounds": STEP_BOUNDS_S, "counts": self._step_counts, "sum": self._step_sum_s}
         self.control.send(MessageType.HEALTH, state=self.state.value, step_seconds=steps,
                           **asdict(counters), **inbox)  # fmt: skip

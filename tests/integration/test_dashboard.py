@@ -114,10 +114,13 @@ def test_api_is_what_porchctl_prints(tmp_path: Path, porchd: Start) -> None:
     base = dashboard_url(daemon).rstrip("/")
     daemon.wait_running("ticker", "printer")
 
-    graph_status, graph_body = fetch(base + "/api/graph")
-    assert graph_status == 200
-    printed = daemon.ctl("graph", "--format", "json")
-    assert json.loads(graph_body) == json.loads(printed.stdout)
+    def same_graph() -> bool:  # the served snapshot is up to 0.5 s old: wait until they agree
+        graph_status, graph_body = fetch(base + "/api/graph")
+        assert graph_status == 200
+        printed = daemon.ctl("graph", "--format", "json")
+        return bool(json.loads(graph_body) == json.loads(printed.stdout))
+
+    daemon.wait_until(same_graph, 10, "/api/graph to match porchctl graph")
 
     status_code, status_body = fetch(base + "/api/status")
     assert status_code == 200

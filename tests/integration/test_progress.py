@@ -55,6 +55,9 @@ def test_summary_names_the_error(tmp_path: Path, porch_cli: Callable[..., PorchR
     assert summary and "error: step() raised ValueError: third time" in summary[0], run.report()
 
 
+FOOTER_DRAW = re.compile(r"\x1b7.*?\x1b8", re.S)
+
+
 @pytest.mark.timeout(60)
 def test_live_footer_on_a_terminal(tmp_path: Path) -> None:
     env = {**os.environ, "TERM": "xterm", "PORCH_EXAMPLE_OUT": str(tmp_path)}
@@ -71,7 +74,9 @@ def test_live_footer_on_a_terminal(tmp_path: Path) -> None:
     assert re.search(r"pipeline_d +running +\d+ items +[\d.]+/s", out), out[-2000:]
     assert RESET_SCROLL_REGION in out, "the terminal's scroll region was not given back"
     # pipeline output stays whole lines: the footer is drawn between them, never inside one
-    lines = ANSI.sub("", out.split(RESET_SCROLL_REGION)[0]).split("\r\n")
+    # a footer redraw is "save cursor, draw at the bottom, restore": not part of any line
+    scrolled = FOOTER_DRAW.sub("", out.split(RESET_SCROLL_REGION)[0])
+    lines = ANSI.sub("", scrolled).split("\r\n")
     sums = [line for line in lines if "pipeline_d | pipeline_d: Received" in line]
     assert len(sums) == 8 and all(line.startswith("pipeline_d | ") for line in sums), sums
     tail = ANSI.sub("", out.split(RESET_SCROLL_REGION)[-1]).splitlines()
