@@ -224,3 +224,20 @@ def test_examples_validate_clean(configs: list[str]) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warning" not in done.stdout, done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_feedback_loop_runs_1000_iterations_and_finishes(porch_cli: StartPorch) -> None:
+    run = porch_cli("run", *example_configs("feedback_loop"))
+
+    assert run.wait_exit(EXIT_S) == 0, run.report()
+    lines = run.lines_of("controller")
+    progress = numbers(lines, r"iteration (\d+): .* C, heater at .*")
+    assert progress == list(range(100, 1001, 100)), run.report()
+    summary = re.fullmatch(
+        r"done: 1000 iterations, room at (\d+\.\d\d) C \(setpoint 21\.0 C\)", lines[-1]
+    )
+    assert summary, run.report()
+    assert abs(float(summary.group(1)) - 21.0) < 1.0  # the thermostat holds the setpoint
+    assert run.lines_of("plant") == []
+    assert_no_traceback(run)
