@@ -34,6 +34,7 @@ type: install
 	$(BIN)/mypy porch workers
 
 bench: install
+	$(BIN)/python -c 'import numpy, matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python scripts/bench.py
 
 clean:
