@@ -39,7 +39,7 @@ from porch.restart import Action, RestartPolicy, RestartTracker
 log = logs.get("porch.supervisor")
 
 STOP_TIMEOUT_S = 10.0
-POLL_MS = 250
+POLL_MS = 500  # timer granularity; worker messages and signals wake the loop at once
 OUTPUT_DRAIN_S = 2.0  # after a worker exits, how long its pipes may still deliver output
 LIVE_STATES = (WorkerState.WAITING_FOR_SOURCES, WorkerState.RUNNING)
 # Health counters that status() passes on as they are (0 until a worker reports them).

@@ -25,6 +25,7 @@ from porch.wire import HELLO_NO_ACKS, INLINE_MAX, FrameKind, HeaderEncoder, enco
 Context = zmq.Context[zmq.Socket[bytes]]
 Socket = zmq.Socket[bytes]
 LINGER_MS = 2000
+ACK_LINGER_MS = 500
 MAX_DELIVERY_ATTEMPTS = 3
 MAX_BATCH = 256  # messages coalesced into one frame while the worker is busy
 MAX_BATCH_BYTES = 256 * 1024
@@ -73,8 +74,9 @@ class InputLink:
             self.socket.send_multipart([route, header], zmq.NOBLOCK)
 
     def close(self) -> None:
-        """Close without waiting."""
-        self.socket.close(linger=0)
+        """Close, giving the last acknowledgements a moment to leave (a lost final ack would
+        make the sender believe delivered messages were dropped)."""
+        self.socket.close(linger=ACK_LINGER_MS)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class OutputLink:
         self.acked_seq = 0
         self.gone = False  # the target finished its stream: nothing more will be accepted
         self.down = False  # the directory says the target is not running now
+        self.restarting = False  # ...and that its supervisor is starting it again
         self.dropped = 0
         self.replayed = 0
         self._attempts: dict[int, int] = {}
@@ -365,6 +368,11 @@ class OutputLink:
     def settled(self) -> bool:
         """Whether nothing is left that the target still has to acknowledge (or can't)."""
         return self.gone or self.down or not (self.outbox or self.batch)
+
+    @property
+    def coming_back(self) -> bool:
+        """Whether the target is down but being restarted (worth waiting for at the end)."""
+        return self.restarting and not self.gone
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close the socket; ZeroMQ keeps delivering what it holds for up to `linger_ms`."""

@@ -50,23 +50,26 @@ class DurableOutbox:
             self.db.execute("DELETE FROM outbox WHERE target = ? AND seq <= ?", (target, seq))
 
     def restore(self) -> int:
-        """Queue what an earlier instance left unacknowledged; return how many messages."""
+        """Queue what an earlier instance left unacknowledged; return how many messages.
+
+        The rows are re-keyed to the sequence numbers this instance's links will use, in one
+        transaction, so a kill during the restore loses nothing either.
+        """
         rows = self.db.execute("SELECT target, payload FROM outbox ORDER BY target, seq").fetchall()
+        keyed: list[tuple[str, int, bytes]] = []
+        next_seq = {target: link.seq + 1 for target, link in self.links.items()}
+        for target, blob in rows:
+            if target in next_seq:  # else the config no longer targets it
+                keyed.append((target, next_seq[target], blob))
+                next_seq[target] += 1
         with self.db:
             self.db.execute("DELETE FROM outbox")
-        restored = 0
-        for target, blob in rows:
-            link = self.links.get(target)
-            if link is None:
-                continue  # the config no longer targets it
-            payload = pickle.loads(blob)
-            with self.db:
-                self.db.execute("INSERT INTO outbox VALUES (?, ?, ?)", (target, link.seq + 1, blob))
-            link.outbox_restore(FrameKind.DATA, payload)
-            restored += 1
-        if restored:
-            log.warning("outbox_restored", file=str(self.path), messages=restored)
-        return restored
+            self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?)", keyed)
+        for target, _, blob in keyed:
+            self.links[target].outbox_restore(FrameKind.DATA, pickle.loads(blob))
+        if keyed:
+            log.warning("outbox_restored", file=str(self.path), messages=len(keyed))
+        return len(keyed)
 
     def close(self) -> None:
         """Close the database."""

@@ -841,13 +841,6 @@ def test_healthy_run_delivers_every_value_exactly_once_in_order(
     ], run.report()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a sender whose stream ended exits with unacknowledged output as soon as its "
-    "target is down (OutputLink.settled counts a down target as settled; else after "
-    "FLUSH_TIMEOUT_S), and the restarted target then waits for its finished source forever "
-    "(state 'waiting for sources'): everything the killed target had not processed is lost",
-)
 @pytest.mark.timeout(90)
 def test_sender_whose_stream_ended_still_replays_to_a_restarted_target(
     tmp_path: Path, porchd: StartDaemon
