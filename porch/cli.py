@@ -11,15 +11,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from porch import __version__, logs
+from porch.clierrors import reporting
 from porch.config import Problem, Severity, has_errors, name_problem, validate
-from porch.errors import PorchError
 from porch.paths import state_base
 from porch.prefs import KEYS, Effective, prefs_path, resolve, write_file
 
@@ -38,20 +37,7 @@ def step(input_data):
 '''
 
 
-def handle_errors(fn: F) -> F:
-    """Turn PorchError into one line on stderr and its exit code (traceback with --debug)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PorchError as exc:
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            click.echo(f"porch: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
+handle_errors = reporting("porch")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,18 +14,16 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from functools import wraps
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import zmq
 
 from porch import __version__, graph, logfiles, paths
-from porch.errors import ControlError, PorchError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from porch.clierrors import reporting
+from porch.errors import ControlError
 
 TIMEOUT_S = 5.0
 STOP_WAIT_TIMEOUT_S = 30.0
@@ -284,20 +282,7 @@ def _names(names: Sequence[str]) -> str:
 # --- CLI ---
 
 
-def handle_errors(fn: F) -> F:
-    """Turn PorchError into one line on stderr and its exit code (traceback with --debug)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PorchError as exc:
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            click.echo(f"porchctl: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
+handle_errors = reporting("porchctl")
 
 
 pass_client = click.make_pass_decorator(Client)
