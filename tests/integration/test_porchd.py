@@ -128,9 +128,13 @@ def chain(folder: Path) -> list[Path]:
     ]
 
 
+GOT = re.compile(r"got (\d+)")
+
+
 def got_values(daemon: Porchd) -> list[int]:
-    """The values the printer has printed so far, in order."""
-    return [int(line.split()[1]) for line in daemon.output("printer") if line.startswith("got ")]
+    """The values the printer has printed so far, in order. A printer killed mid-print can
+    leave a partial line ("got "): only whole ones count."""
+    return [int(m[1]) for line in daemon.output("printer") if (m := GOT.fullmatch(line))]
 
 
 def gone(pid: int) -> bool:
