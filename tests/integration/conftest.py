@@ -31,35 +31,9 @@ class PorchRun:
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.args = args
         self.env = {**env, RUN_MARKER: uuid.uuid4().hex}
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.proc = subprocess.Popen(
-            [str(PORCH), *args],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
+        self.proc, self.stdout, self.stderr, self._readers = spawn_captured(
+            [str(PORCH), *args], REPO_ROOT, self.env
         )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            self._start_reader(self.proc.stdout, self.stdout),
-            self._start_reader(self.proc.stderr, self.stderr),
-        ]
-
-    @staticmethod
-    def _start_reader(pipe: IO[str], sink: list[str]) -> threading.Thread:
-        def read() -> None:
-            for line in pipe:
-                sink.append(line.rstrip("\n"))
-
-        thread = threading.Thread(target=read, daemon=True)
-        thread.start()
-        return thread
 
     def lines_of(self, pipeline: str) -> list[str]:
         """What `pipeline` printed to stdout so far, without its `NAME | ` prefix."""
@@ -181,6 +155,21 @@ def _read_lines(pipe: IO[str], sink: list[str]) -> threading.Thread:
     return thread
 
 
+def spawn_captured(
+    cmd: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], list[str], list[str], list[threading.Thread]]:
+    """Start `cmd` with its stdout and stderr read line by line into lists by threads."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout: list[str] = []
+    stderr: list[str] = []
+    readers = [_read_lines(proc.stdout, stdout), _read_lines(proc.stderr, stderr)]
+    return proc, stdout, stderr, readers
+
+
 class Porchd:
     """One `porchd start` process with its own socket and state folder under `home`."""
 
@@ -211,25 +200,9 @@ class Porchd:
             str(stop_timeout_s),
             *extra,
         ]
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.proc = subprocess.Popen(
-            [str(PORCHD), *self.args],
-            cwd=home,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
+        self.proc, self.stdout, self.stderr, self._readers = spawn_captured(
+            [str(PORCHD), *self.args], home, self.env
         )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            _read_lines(self.proc.stdout, self.stdout),
-            _read_lines(self.proc.stderr, self.stderr),
-        ]
 
     # ---- porchctl ------------------------------------------------------------------------
 

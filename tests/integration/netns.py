@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PORCHD, REPO_ROOT, RUN_MARKER, Porchd, _read_lines
+from tests.integration.conftest import PORCHD, REPO_ROOT, RUN_MARKER, Porchd, spawn_captured
 
 SCRIPT = REPO_ROOT / "scripts" / "netns-cluster"
 COMMAND_TIMEOUT_S = 30.0
@@ -96,16 +96,9 @@ class NetnsPorchd(Porchd):
         self.args = ["start", *sources, "--control", str(self.control), "--state-dir",
                      str(self.state_dir), "--stop-timeout", "5", "--interface", host.interface,
                      *([] if "--key-file" in extra else ["--insecure"]), *extra]  # fmt: skip
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", host.ns, str(PORCHD), *self.args],
-            cwd=home, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
-        )  # fmt: skip
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [_read_lines(self.proc.stdout, self.stdout),
-                         _read_lines(self.proc.stderr, self.stderr)]  # fmt: skip
+        self.proc, self.stdout, self.stderr, self._readers = spawn_captured(
+            ["ip", "netns", "exec", host.ns, str(PORCHD), *self.args], home, self.env
+        )
 
 
 StartIn = Callable[..., NetnsPorchd]
