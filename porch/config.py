@@ -7,8 +7,10 @@ Every problem names the file, the field and the fix, as `file: field: problem`.
 from __future__ import annotations
 
 import ast
+import codecs
 import enum
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,15 @@ from typing import Any
 
 from porch.errors import ConfigError
 
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,}$")
+# Names: DPorch asks only for 3 characters or more; Porch refuses what it cannot carry.
+MIN_NAME_CHARS = 3
+# 128 bytes of UTF-8: a name is a ZeroMQ routing id (at most 255 bytes), a beacon entry (at most
+# 255 characters) and part of file names (<name>.sqlite-journal, <name>.log.N); 128 + the
+# longest suffix (15 bytes) still fits the tightest common file-name limit, eCryptfs's 143 bytes
+# (ext4 and most others allow 255).
+MAX_NAME_BYTES = 128
+# Names of this shape are plain everywhere: in file names, shells, URLs and Prometheus labels.
+PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SERIALIZERS = ("pickle", "dill", "json")
 RESTART_POLICIES = ("always", "on-failure", "never")
 # optional fields whose value is one of a few words: field -> (allowed, default)
@@ -33,6 +43,16 @@ CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
 DEFAULT_QUEUE_LIMIT = 1000
 DEFAULT_QUEUE_LIMIT_BYTES = 64 * 1024 * 1024
 DEFAULT_HEARTBEAT_TIMEOUT_S = 30.0
+# Bounds of the numbers the runtime uses. A ZeroMQ high-water mark is a C int (int32) and
+# links set queue_limit plus a margin as one, so queue_limit stays far below 2**31.
+MAX_QUEUE_LIMIT = 1_000_000_000
+MIN_QUEUE_LIMIT_BYTES = 1024
+MAX_QUEUE_LIMIT_BYTES = 2**40  # 1 TiB held per link: beyond any host's memory
+MAX_SOURCE_PIPELINE_COUNT = 10_000  # each source is a connection (a file descriptor) of its own
+# Workers report every second (porch.control.HEARTBEAT_INTERVAL_S): below two missed reports a
+# healthy worker would be killed; beyond a day the watchdog is as good as off.
+MIN_HEARTBEAT_TIMEOUT_S = 2.0
+MAX_HEARTBEAT_TIMEOUT_S = 86_400.0
 
 
 class Severity(enum.Enum):
@@ -88,9 +108,17 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
     "scripts": (True, (list,), "a list of .py paths"),
     "source_pipeline_count": (False, (int,), "a whole number"),
     "target_pipeline_names": (False, (list,), "a list of pipeline names"),
-    "queue_limit": (False, (int,), "a whole number >= 1"),
-    "queue_limit_bytes": (False, (int,), "a whole number of bytes >= 1024"),
-    "heartbeat_timeout_s": (False, (int, float), "a number of seconds > 0"),
+    "queue_limit": (False, (int,), f"a whole number from 1 to {MAX_QUEUE_LIMIT:,}"),
+    "queue_limit_bytes": (
+        False,
+        (int,),
+        f"a whole number of bytes from {MIN_QUEUE_LIMIT_BYTES} to {MAX_QUEUE_LIMIT_BYTES:,}",
+    ),
+    "heartbeat_timeout_s": (
+        False,
+        (int, float),
+        f"a number of seconds from {MIN_HEARTBEAT_TIMEOUT_S:g} to {MAX_HEARTBEAT_TIMEOUT_S:g}",
+    ),
     **{
         key: (False, (str,), f"one of {', '.join(allowed)}")
         for key, (allowed, _) in CHOICES.items()
@@ -99,12 +127,90 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
 
 
 def name_problem(name: str) -> str | None:
-    """Why `name` is not a valid pipeline name, or None when it is."""
-    if len(name) < 3:
-        return f"must be at least 3 characters, got {name!r}"
-    if not NAME_RE.fullmatch(name):
-        return f"must start with a letter, then letters, digits, '_' or '-', got {name!r}"
+    """Why `name` cannot be a pipeline name, with the fix; None when it can be one."""
+    if len(name) < MIN_NAME_CHARS:
+        return f"must be at least {MIN_NAME_CHARS} characters, got {name!r}; make it longer"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        return (
+            f"is {size} bytes long in UTF-8, over {MAX_NAME_BYTES} (names are ZeroMQ routing "
+            f"ids, beacon entries and file names); shorten it, got {name[:40]!r}..."
+        )
+    for char in name:
+        if char.isspace():
+            return f"must not contain whitespace, got {name!r}; use '_' or '-' instead"
+        if not char.isprintable() or "\ud800" <= char <= "\udfff":
+            return (
+                f"must not contain control or invisible characters ({_codepoint(char)}), "
+                f"got {name!r}; remove it"
+            )
+        if char == "/":
+            return f"must not contain '/' (names are file names), got {name!r}; use '_' or '-'"
     return None
+
+
+def name_warning(name: str) -> str | None:
+    """Why a valid `name` will be awkward (file names, shells, Prometheus labels), or None."""
+    if PLAIN_NAME_RE.fullmatch(name):
+        return None
+    if name.startswith("."):
+        why = "starts with '.', so its log and state files are hidden"
+    elif name.startswith("-"):
+        why = "starts with '-', so commands read it as an option (write `porchctl stop -- NAME`)"
+    else:
+        odd = sorted({c for c in name if not PLAIN_NAME_RE.fullmatch(f"a{c}")})
+        why = "has " + " ".join(repr(c) for c in odd) + ", awkward in file names and shells"
+    return (
+        f"{name!r} {why} (Porch escapes it in metrics labels, dashboards and graphs); "
+        "letters, digits, '_', '-' and '.' are plain everywhere"
+    )
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _codepoint(char: str) -> str:
+    return f"U+{ord(char):04X}"
+
+
+# Byte order marks Porch reads (UTF-32 first: its little-endian mark starts like UTF-16's).
+BOMS = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+SAVE_AS_UTF8 = (
+    "save it as UTF-8 (in an editor: Save As, encoding UTF-8; in PowerShell: "
+    "Set-Content -Encoding utf8; on Linux: iconv -f latin1 -t utf-8)"
+)
+
+
+def decode_text(data: bytes) -> str:
+    """A config file's text: UTF-8 with or without a BOM, or UTF-16/32 with a BOM (what Windows
+    PowerShell's `>` writes). Anything else raises UnicodeError with one line saying what to do.
+    """
+    for bom, codec in BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec)
+            except UnicodeDecodeError as exc:
+                raise UnicodeError(
+                    f"starts with a {codec} byte order mark but is not valid {codec} "
+                    f"(byte {exc.start}); {SAVE_AS_UTF8}"
+                ) from None
+    if b"\0" in data:  # no JSON text holds a NUL byte; UTF-16 text is full of them
+        raise UnicodeError(f"looks like UTF-16 without a byte order mark; {SAVE_AS_UTF8}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UnicodeError(
+            f"is not UTF-8 (byte 0x{data[exc.start]:02X} on line {line}: Latin-1 or another "
+            f"legacy encoding?); {SAVE_AS_UTF8}"
+        ) from None
 
 
 def script_path(folder: Path, raw: str) -> Path:
@@ -128,7 +234,10 @@ class _Checker:
 
     def read(self) -> dict[str, Any] | None:
         try:
-            text = self.path.read_text(encoding="utf-8-sig")
+            text = decode_text(self.path.read_bytes())
+        except UnicodeError as exc:
+            self.error("file", str(exc))
+            return None
         except FileNotFoundError:
             self.error("file", "does not exist; check the path or create it with `porch init`")
             return None
@@ -168,6 +277,10 @@ class _Checker:
         why = name_problem(name)
         if why:
             self.error("name", why)
+            return
+        awkward = name_warning(name)
+        if awkward:
+            self.warn("name", awkward)
 
     def check_scripts(self, raw: list[Any]) -> tuple[Path, ...]:
         if not raw:
@@ -189,22 +302,25 @@ class _Checker:
         return tuple(paths)
 
     def check_numbers(self, data: dict[str, Any]) -> None:
-        count = data.get("source_pipeline_count", 0)
-        if isinstance(count, int) and count < 0:
-            self.error("source_pipeline_count", f"must be >= 0, got {count}")
-        limit = data.get("queue_limit", DEFAULT_QUEUE_LIMIT)
-        if isinstance(limit, int) and limit < 1:
-            self.error("queue_limit", f"must be >= 1, got {limit}")
-        limit_bytes = data.get("queue_limit_bytes", DEFAULT_QUEUE_LIMIT_BYTES)
-        if isinstance(limit_bytes, int) and limit_bytes < 1024:
-            self.error("queue_limit_bytes", f"must be >= 1024, got {limit_bytes}")
-        timeout = data.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S)
-        if isinstance(timeout, int | float) and not timeout > 0:
-            self.error("heartbeat_timeout_s", f"must be > 0, got {timeout}")
+        self.check_range(data, "source_pipeline_count", 0, MAX_SOURCE_PIPELINE_COUNT)
+        self.check_range(data, "queue_limit", 1, MAX_QUEUE_LIMIT)
+        self.check_range(data, "queue_limit_bytes", MIN_QUEUE_LIMIT_BYTES, MAX_QUEUE_LIMIT_BYTES)
+        self.check_range(
+            data, "heartbeat_timeout_s", MIN_HEARTBEAT_TIMEOUT_S, MAX_HEARTBEAT_TIMEOUT_S
+        )
         for key, (allowed, default) in CHOICES.items():
             value = data.get(key, default)
             if isinstance(value, str) and value not in allowed:
                 self.error(key, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+    def check_range(self, data: dict[str, Any], key: str, low: float, high: float) -> None:
+        """A number field must lie in [low, high] (and be finite: JSON's NaN and Infinity)."""
+        value = data.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        if not (math.isfinite(value) and low <= value <= high):
+            self.error(key, f"must be from {_number(low)} to {_number(high)}, got {value!r}; "
+                       f"set a value in that range or remove the key for the default")  # fmt: skip
 
     def check_targets(self, raw: list[Any], own_name: str) -> tuple[str, ...]:
         names: list[str] = []
@@ -263,17 +379,24 @@ def script_problems(path: Path) -> list[str]:
     if path.suffix != ".py":
         return [f"{path}: must be a .py file"]
     try:
-        source = path.read_text(encoding="utf-8")
+        source = path.read_bytes()  # as Python reads it: a BOM or a coding line decides
     except FileNotFoundError:
         return [f"{path}: script does not exist; create it or fix the path"]
-    except (OSError, UnicodeDecodeError) as exc:
-        return [f"{path}: cannot be read: {exc}"]
-    if not source.strip():
+    except OSError as exc:
+        return [f"{path}: cannot be read: {exc.strerror or exc}"]
+    if not source.strip() or source.strip() == codecs.BOM_UTF8:
         return [f"{path}: script is empty; it needs a step() function"]
+    if b"\0" in source:
+        return [f"{path}: looks like UTF-16 (it holds NUL bytes), but Python reads scripts as "
+                f"UTF-8; {SAVE_AS_UTF8}"]  # fmt: skip
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
+        if exc.lineno is None or "codec" in str(exc.msg):
+            return [f"{path}: cannot be decoded: {exc.msg}; {SAVE_AS_UTF8}, or declare its "
+                    "encoding on its first line (# -*- coding: latin-1 -*-)"]  # fmt: skip
         return [f"{path}:{exc.lineno}: syntax error: {exc.msg}"]
+
     return _hook_problems(path, tree)
 
 

@@ -7,6 +7,7 @@ line), with Porch's internal frames removed.
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import time
 import traceback
@@ -94,7 +95,7 @@ def _accepts_input(step: Callable[..., Any], path: Path) -> bool:
 def load_script(path: Path, index: int, pipeline: str) -> Script:
     """Compile and run one script's top level in a fresh module; raise ScriptError on failure."""
     try:
-        source = path.read_text(encoding="utf-8")
+        source = path.read_bytes()  # decoded as Python does: a BOM or a coding line decides
         code = compile(source, str(path), "exec")
     except SyntaxError as exc:
         raise ScriptError(
@@ -102,7 +103,9 @@ def load_script(path: Path, index: int, pipeline: str) -> Script:
         ) from None
     except OSError as exc:
         raise ScriptError(f"{path}: cannot be read: {exc.strerror}") from None
-    module = types.ModuleType(f"porch_script_{pipeline}_{index}_{path.stem}")
+    # a dot in a module name means a package to importlib and pickle: keep names identifiers
+    module_name = re.sub(r"\W", "_", f"porch_script_{pipeline}_{index}_{path.stem}")
+    module = types.ModuleType(module_name)
     module.__file__ = str(path)
     sys.modules[module.__name__] = module  # dataclasses, pickle and typing look modules up here
     try:

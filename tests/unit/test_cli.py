@@ -146,7 +146,15 @@ def test_init_overwrites_with_force(in_tmp: Path) -> None:
     assert json.loads(existing.read_text(encoding="utf-8"))["name"] == "pipeline_a"
 
 
-@pytest.mark.parametrize("name", ["ab", "1abc", "bad name", "bad.name"])
+@pytest.mark.parametrize("name", ["1st_stage", "stage.one"])
+def test_init_accepts_the_names_dporch_accepts(in_tmp: Path, name: str) -> None:
+    result = run("init", "-n", name)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads((in_tmp / f"{name}.json").read_text(encoding="utf-8"))["name"] == name
+
+
+@pytest.mark.parametrize("name", ["ab", "bad name", "bad/name", "x" * 129])
 def test_init_rejects_a_bad_name(in_tmp: Path, name: str) -> None:
     result = run("init", "-n", name)
 

@@ -207,7 +207,7 @@ def test_sink_rotates_with_its_settings(tmp_path: Path) -> None:
     assert read_lines(tmp_path / "busy.log")[-1].endswith("stdout line-0099")
 
 
-@pytest.mark.parametrize("name", ["", "../escape", ".hidden", "a/b"])
+@pytest.mark.parametrize("name", ["", ".", "..", "../escape", "a/b", "a\0b"])
 def test_sink_refuses_names_that_are_not_file_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError):
         LogFileSink(tmp_path).path_of(name)
