@@ -233,10 +233,13 @@ class Supervisor:
         """Commanded stop of one pipeline: SIGTERM its group, SIGKILL after the stop timeout."""
         handle.wanted = False
         handle.restart_at = None
+        handle.respawn = False  # a stop cancels a restart under way (restart sets it again)
         if not handle.alive:
             if handle.state in (WorkerState.BACKOFF, WorkerState.STARTING):
                 handle.state = WorkerState.STOPPED
             return
+        if handle.kill_at is not None:
+            return  # already stopping: a second SIGTERM would make the worker exit at once
         handle.kill_at = time.monotonic() + self.stop_timeout_s
         handle.state = WorkerState.STOPPING
         self._signal(handle, signal.SIGTERM)

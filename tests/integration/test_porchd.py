@@ -597,3 +597,29 @@ def test_graph_prints_mermaid_and_json(tmp_path: Path, porchd: Start):
     assert nodes["ticker"]["targets"] == ["printer"]
     assert nodes["printer"]["targets"] == []
     assert all(node["state"] == "running" for node in nodes.values())
+
+
+SLOW_END = """
+    import time
+    def step():
+        time.sleep(0.05)
+    def end():
+        time.sleep(3)  # still stopping when porchctl stop arrives
+        print("slow end ran")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_porchctl_stop_during_a_restart_stops_porchd(tmp_path: Path, porchd: Start):
+    daemon = porchd(write_pipeline(tmp_path, "slow", SLOW_END), stop_timeout_s=10)
+    worker = daemon.pipeline("slow", daemon.wait_running("slow"))["pid"]
+
+    done = daemon.ctl("restart", "slow")
+    assert done.returncode == 0, done.stderr
+    done = daemon.ctl("stop", timeout_s=40)
+
+    assert done.returncode == 0, done.stderr + daemon.report()
+    assert daemon.wait_exit(10) == 0, daemon.report()
+    assert gone(worker)
+    # one graceful stop: the second stop does not cut the first one's end() short
+    assert daemon.output("slow").count("slow end ran") == 1, daemon.report()
