@@ -219,6 +219,8 @@ class Daemon:
         pipelines = self.supervisor.status()
         now = time.monotonic()
         for pipeline in pipelines:
+            # lines of its output porchd could not write to its log file (a full disk)
+            pipeline["log_lines_dropped"] = self.sink.dropped.get(pipeline["name"], 0)
             for counter in RATE_COUNTERS:
                 rate = self.rates.per_s(pipeline["name"], counter, now)
                 pipeline[f"{counter}_per_s"] = round(rate, 1)

@@ -39,3 +39,7 @@ class UsageError(PorchError):
     """The user asked for something that cannot be done as asked (bad flag combination, etc.)."""
 
     exit_code = 2
+
+
+class StorageError(PorchError):
+    """Porch could not write (or read) its own state on disk, e.g. a full filesystem."""

@@ -6,9 +6,11 @@ the files itself, so no log traffic crosses the control socket.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -27,7 +29,8 @@ class RotatingFile:
     """An append-only text file that rolls over to path.1 ... path.<backups> by size.
 
     A line is never split across files; a single line longer than max_bytes gets a file of its
-    own. One writer only (porchd's supervisor loop).
+    own. One writer only (porchd's supervisor loop). Writes go straight to the file descriptor,
+    unbuffered: a write that fails (a full disk) leaves nothing behind to fail again on close.
     """
 
     def __init__(
@@ -38,43 +41,54 @@ class RotatingFile:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
         self._size = 0
+        self._torn = False  # a failed write left part of a line: end it before the next one
 
     def write(self, line: str) -> None:
-        """Append `line` and a newline, flushed, rotating first if it would not fit."""
+        """Append `line` and a newline, rotating first if it would not fit; OSError if it fails."""
         # backslashreplace: a lone surrogate from a script must not lose the whole line.
         data = (line + "\n").encode("utf-8", "backslashreplace")
-        file = self._open()
+        fd = self._open()
         if self._size and self._size + len(data) > self.max_bytes:
-            file = self._rotate()
-        file.write(data)
-        file.flush()
-        self._size += len(data)
+            fd = self._rotate()
+        if self._torn:
+            data = b"\n" + data
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        finally:
+            self._size += written
+            if written:
+                self._torn = written < len(data)
 
     def close(self) -> None:
         """Close the file (the next write opens it again)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):  # nothing is buffered: nothing can be lost here
+                os.close(fd)
 
     def backup(self, n: int) -> Path:
         """The path of backup number `n` (1 is the newest)."""
         return self.path.with_name(f"{self.path.name}.{n}")
 
-    def _open(self) -> BinaryIO:
-        if self._file is None:
+    def _open(self) -> int:
+        if self._fd is None:
             ensure_private_dir(self.path.parent)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-            fd = os.open(self.path, flags, 0o600)
-            self._file = os.fdopen(fd, "ab")
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o600)
             # An existing file (porchd restarted) counts toward the size limit.
-            self._size = os.fstat(fd).st_size
-        return self._file
+            self._size = os.fstat(self._fd).st_size
+            # A line torn by an earlier failure (or an earlier porchd) is ended first.
+            self._torn = self._size > 0 and os.pread(self._fd, 1, self._size - 1) != b"\n"
+        return self._fd
 
-    def _rotate(self) -> BinaryIO:
+    def _rotate(self) -> int:
         # Close before renaming: a follower that sees the rename knows the old file is complete.
         self.close()
+        self._torn = False  # the torn line stays in the old file
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
         else:
@@ -96,8 +110,21 @@ def timestamp(moment: datetime) -> str:
     return text.replace("+00:00", "Z")
 
 
+@dataclass
+class Outage:
+    """Lines of one pipeline that could not be written since the last line that could."""
+
+    lines: int = 0
+    error: str = ""
+
+
 class LogFileSink:
-    """A LineSink (porch.supervisor) writing `<time> <stream> <text>` to <folder>/<name>.log."""
+    """A LineSink (porch.supervisor) writing `<time> <stream> <text>` to <folder>/<name>.log.
+
+    A line that cannot be written (a full disk, a removed folder) is dropped and counted, never
+    raised: porchd must outlive its disk. The first line written after an outage is preceded by
+    `<time> porch dropped N lines: <error>`, so the log itself shows where the gap is.
+    """
 
     def __init__(
         self,
@@ -111,12 +138,13 @@ class LogFileSink:
         self.backups = backups
         self.clock = clock
         self._files: dict[str, RotatingFile] = {}
-        self._failing: set[str] = set()
+        self._outages: dict[str, Outage] = {}
+        self.dropped: dict[str, int] = {}  # lines dropped per pipeline since porchd started
 
     def path_of(self, pipeline: str) -> Path:
         """The log file of `pipeline`."""
         # Config already restricts names; this guard keeps a bad one from escaping the folder.
-        if pipeline in ("", ".", "..") or "/" in pipeline or "\0" in pipeline:
+        if not pipeline or pipeline.startswith(".") or "/" in pipeline or "\0" in pipeline:
             raise ValueError(f"not a pipeline name usable as a file name: {pipeline!r}")
         return self.folder / f"{pipeline}.log"
 
@@ -126,12 +154,16 @@ class LogFileSink:
         if file is None:
             file = RotatingFile(self.path_of(pipeline), self.max_bytes, self.backups)
             self._files[pipeline] = file
+        stamp = timestamp(self.clock())
         try:
-            file.write(f"{timestamp(self.clock())} {stream} {text}")
+            outage = self._outages.get(pipeline)
+            if outage is not None:
+                file.write(f"{stamp} porch dropped {outage.lines} lines: {outage.error}")
+                del self._outages[pipeline]
+                log.warning("log_write_recovered", pipeline=pipeline, dropped=outage.lines)
+            file.write(f"{stamp} {stream} {text}")
         except OSError as exc:
             self._write_failed(pipeline, file, exc)
-        else:
-            self._failing.discard(pipeline)
 
     def close(self) -> None:
         """Close every open log file."""
@@ -140,12 +172,15 @@ class LogFileSink:
         self._files.clear()
 
     def _write_failed(self, pipeline: str, file: RotatingFile, exc: OSError) -> None:
-        # A full disk must not take porchd down with it: drop the line, warn once per outage,
-        # and reopen on the next line (the folder may have been removed under us).
+        # Drop the line, warn once per outage, and reopen on the next line (the folder may have
+        # been removed under us).
         file.close()
-        if pipeline not in self._failing:
-            self._failing.add(pipeline)
+        self.dropped[pipeline] = self.dropped.get(pipeline, 0) + 1
+        outage = self._outages.get(pipeline)
+        if outage is None:
+            outage = self._outages[pipeline] = Outage(error=exc.strerror or str(exc))
             log.warning("log_write_failed", pipeline=pipeline, path=str(file.path), error=str(exc))
+        outage.lines += 1
 
 
 def _tail_offset(file: BinaryIO, lines: int) -> int:

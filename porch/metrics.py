@@ -41,6 +41,8 @@ PIPELINE_COUNTERS = (
     ("replayed", "replayed", "Messages replayed to a restarted target."),
     ("handshakes_rejected", "handshakes_rejected",
      "Data-link handshakes refused (wrong or no cluster key)."),
+    ("log_lines_dropped", "log_lines_dropped",
+     "Output lines porchd could not write to the pipeline's log file (a full disk)."),
 )  # fmt: skip
 
 # (metric name without porch_, status field, help): gauges per pipeline.

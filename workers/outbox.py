@@ -8,13 +8,15 @@ it, so a worker killed with kill -9 loses nothing: its next instance replays the
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from porch import logs
+from porch.errors import StorageError
 from porch.wire import FrameKind
 from workers.links import OutputLink
 
@@ -25,28 +27,40 @@ class DurableOutbox:
     """Persists a pipeline's unacknowledged output across crashes."""
 
     def __init__(self, path: Path, links: Sequence[OutputLink]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self.links = {link.target: link for link in links}
-        self.db = sqlite3.connect(str(path), isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox "
-            "(target TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL, "
-            "PRIMARY KEY (target, seq))"
-        )
+        with self._disk("open it"):
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.db = sqlite3.connect(str(path), isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox "
+                "(target TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL, "
+                "PRIMARY KEY (target, seq))"
+            )
+
+    @contextlib.contextmanager
+    def _disk(self, doing: str) -> Iterator[None]:
+        """A failing database (a full disk) fails the pipeline with one line saying so."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(
+                f"durable outbox {self.path}: cannot {doing}: {exc} (free space on that "
+                'filesystem, or choose "outbox": "memory")'
+            ) from exc
 
     def store(self, payload: list[Any]) -> None:
         """Write one value for every link, under the seq each link will give it, and commit."""
         blob = pickle.dumps([bytes(f) for f in payload], protocol=5)
         rows = [(t, link.next_seq, blob) for t, link in self.links.items() if not link.gone]
-        with self.db:
+        with self._disk("store a value"), self.db:
             self.db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?)", rows)
 
     def forget(self, target: str, seq: int) -> None:
         """The target acknowledged everything up to `seq`."""
-        with self.db:
+        with self._disk("delete acknowledged values"), self.db:
             self.db.execute("DELETE FROM outbox WHERE target = ? AND seq <= ?", (target, seq))
 
     def restore(self) -> int:
@@ -55,14 +69,16 @@ class DurableOutbox:
         The rows are re-keyed to the sequence numbers this instance's links will use, in one
         transaction, so a kill during the restore loses nothing either.
         """
-        rows = self.db.execute("SELECT target, payload FROM outbox ORDER BY target, seq").fetchall()
+        with self._disk("read what an earlier instance left"):
+            query = "SELECT target, payload FROM outbox ORDER BY target, seq"
+            rows = self.db.execute(query).fetchall()
         keyed: list[tuple[str, int, bytes]] = []
         next_seq = {target: link.seq + 1 for target, link in self.links.items()}
         for target, blob in rows:
             if target in next_seq:  # else the config no longer targets it
                 keyed.append((target, next_seq[target], blob))
                 next_seq[target] += 1
-        with self.db:
+        with self._disk("re-key the values it restores"), self.db:
             self.db.execute("DELETE FROM outbox")
             self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?)", keyed)
         for target, _, blob in keyed:

@@ -226,7 +226,40 @@ def test_sink_survives_a_write_failure_and_recovers(tmp_path: Path) -> None:
     warnings = [e for e in events if e["event"] == "log_write_failed"]
     assert len(warnings) == 1
     assert warnings[0]["pipeline"] == "pipe"
-    assert read_lines(folder / "pipe.log") == ["2024-05-01T12:00:00.123Z stdout kept"]
+    assert sink.dropped == {"pipe": 2}
+    first, kept = read_lines(folder / "pipe.log")
+    assert first.startswith("2024-05-01T12:00:00.123Z porch dropped 2 lines: "), first
+    assert kept == "2024-05-01T12:00:00.123Z stdout kept"
+
+
+def test_sink_survives_a_full_disk_and_ends_a_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = LogFileSink(tmp_path, clock=fixed_clock)
+    sink.line("pipe", "stdout", "before")
+    real_write = os.write
+    budget = [10]
+
+    def full_disk(fd: int, data: Any) -> int:
+        if budget[0] <= 0:
+            raise OSError(28, "No space left on device")
+        written = real_write(fd, bytes(data)[: budget[0]])
+        budget[0] -= written
+        return written
+
+    monkeypatch.setattr(logfiles.os, "write", full_disk)
+    for _ in range(3):
+        sink.line("pipe", "stdout", "lost")  # the first one is torn after 10 bytes
+    sink.close()  # nothing buffered: closing raises nothing
+    monkeypatch.setattr(logfiles.os, "write", real_write)
+    sink.line("pipe", "stdout", "after")
+    sink.close()
+    assert sink.dropped == {"pipe": 3}
+    lines = read_lines(tmp_path / "pipe.log")
+    assert lines[0].endswith("stdout before")
+    assert len(lines[1]) == 10  # the torn line, ended before the next one
+    assert lines[2].endswith("porch dropped 3 lines: No space left on device")
+    assert lines[3].endswith("stdout after")
 
 
 # tail

@@ -1,0 +1,143 @@
+"""What the supervisor survives and cleans up, with real processes: a full state filesystem,
+worker output that floods, and processes that would outlive their supervisor.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Porchd
+from tests.integration.test_porchd import write_pipeline
+
+pytestmark = [pytest.mark.integration]
+
+Start = Callable[..., Porchd]
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} needs root; CI=true requires it to run")
+    pytest.skip(f"{what} needs root")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A fresh 8 MiB tmpfs (root only), unmounted at teardown."""
+    _need_root("mounting a small tmpfs")
+    mount = tmp_path / "small-fs"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount)], check=True
+    )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file into `folder` until its filesystem is full; return the file."""
+    filler = folder / "filler"
+    block = b"\0" * 65536
+    with filler.open("wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(block)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    while True:  # the last partial block: every byte counts
+        try:
+            with filler.open("ab", buffering=0) as file:
+                file.write(b"\0" * 512)
+        except OSError:
+            return filler
+
+
+# ---- a full state filesystem (issue 11 item 8) -----------------------------------------
+
+CHATTY = """
+    import time
+    n = 0
+    def step():
+        global n
+        n += 1
+        print("line", n)
+        time.sleep(0.02)
+"""
+
+KEEPER = """
+    import time
+    n = 0
+    def step():
+        global n
+        n += 1
+        time.sleep(0.02)
+        return n
+    def end():
+        with open({marker!r}, "w") as file:
+            file.write("keeper end ran")
+"""
+
+COUNTER = """
+    def step(input_data):
+        pass
+    def end():
+        with open({marker!r}, "w") as file:
+            file.write("counter end ran")
+"""
+
+
+@pytest.mark.timeout(90)
+def test_full_state_filesystem_drops_logs_fails_the_durable_pipeline_and_porchd_stays_up(
+    tmp_path: Path, porchd: Start, small_fs: Path
+):
+    folder = tmp_path / "configs"
+    keeper_end, counter_end = tmp_path / "keeper.end", tmp_path / "counter.end"
+    daemon = porchd(
+        write_pipeline(folder, "chatty", CHATTY),
+        write_pipeline(folder, "keeper", KEEPER.format(marker=str(keeper_end)),
+                       targets=("counter",), outbox="durable", restart="never"),
+        write_pipeline(folder, "counter", COUNTER.format(marker=str(counter_end)), sources=1),
+        extra=("--state-dir", str(small_fs)),
+    )  # fmt: skip
+    daemon.state_dir = small_fs
+    daemon.wait_running("chatty", "keeper", "counter")
+    daemon.wait_until(lambda: len(daemon.output("chatty")) >= 5, 10, "chatty's log")
+
+    filler = fill(small_fs)
+
+    keeper = daemon.wait_until(
+        lambda: (e := daemon.pipeline("keeper"))["state"] == "failed" and e, 30, "keeper failed"
+    )
+    assert "outbox" in keeper["last_error"] and "full" in keeper["last_error"], keeper
+    assert keeper_end.read_text() == "keeper end ran"
+    chatty = daemon.wait_until(
+        lambda: (e := daemon.pipeline("chatty"))["log_lines_dropped"] > 10 and e, 20, "drops"
+    )
+    assert chatty["state"] == "running", chatty
+    assert daemon.proc.poll() is None, daemon.report()
+    assert any("log_write_failed" in line for line in daemon.stderr), daemon.report()
+
+    # Space again: the log goes on, and says how much is missing from it.
+    filler.unlink()
+    gap = re.compile(r"\S+ porch dropped (\d+) lines: No space left on device")
+    marks = daemon.wait_until(
+        lambda: gap.findall(daemon.log_path("chatty").read_text()), 20, "the log to mark the gap"
+    )
+    assert len(marks) == 1 and int(marks[0]) >= chatty["log_lines_dropped"], marks
+    before = len(daemon.output("chatty"))
+    daemon.wait_until(lambda: len(daemon.output("chatty")) > before + 5, 20, "chatty's log")
+    assert daemon.pipeline("counter")["state"] == "running"
+    done = daemon.ctl("stop", timeout_s=40)
+    assert done.returncode == 0, done.stderr + daemon.report()
+    assert daemon.wait_exit(10) == 0, daemon.report()
+    assert counter_end.read_text() == "counter end ran"
