@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import click
 
 from porch import __version__, logs
-from porch.clierrors import reporting
-from porch.config import Problem, Severity, has_errors, name_problem, validate
+from porch.clierrors import log_options, reporting, set_log_level
+from porch.config import Problem, Severity, has_errors, name_problem, name_warning, validate
 from porch.paths import state_base
 from porch.prefs import KEYS, Effective, prefs_path, resolve, write_file
 
@@ -45,10 +45,15 @@ handle_errors = reporting("porch")
 @click.option("--debug", is_flag=True, help="Show tracebacks of porch's own errors; debug logs.")
 @click.option("-v", "--verbose", is_flag=True, help="Show info logs (lifecycle events).")
 def porch(debug: bool, verbose: bool) -> None:
-    """Porch: distributed Python data pipelines, DPorch-compatible."""
-    level = "debug" if debug else "info" if verbose else "warning"
-    os.environ.setdefault("PORCH_LOG_LEVEL", level)  # inherited by the worker processes
-    logs.configure(level=level)
+    """Porch: distributed Python data pipelines, DPorch-compatible.
+
+    -v and --debug work before or after the command (`porch run -v ...`).
+    """
+    if debug or verbose:
+        set_log_level("debug" if debug else "info")
+    else:
+        os.environ.setdefault("PORCH_LOG_LEVEL", "warning")  # inherited by the workers
+        logs.configure(level="warning")
 
 
 def _validate_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -56,10 +61,14 @@ def _validate_name(ctx: click.Context, param: click.Parameter, value: str | None
         why = name_problem(value)
         if why:
             raise click.BadParameter(why)
+        awkward = name_warning(value)
+        if awkward:
+            click.echo(f"porch: warning: {awkward}", err=True)
     return value
 
 
-@porch.command()
+@porch.command(short_help="Write a new pipeline config (NAME.json).")
+@log_options()
 @click.option("-n", "--name", callback=_validate_name, help="Pipeline name (file: NAME.json).")
 @click.option(
     "-i",
@@ -101,7 +110,8 @@ def _print_problems(problems: Sequence[Problem], err: bool) -> None:
         click.echo(str(problem), err=err)
 
 
-@porch.command(name="validate")
+@porch.command(name="validate", short_help="Check configs and their graph; one line per problem.")
+@log_options()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_cmd(configs: Sequence[str]) -> None:
     """Check config files and the graph they form; one line per problem."""
@@ -159,7 +169,8 @@ def network_plan(options: dict[str, Any]) -> Any:
     return plan(network_prefs(options).prefs)
 
 
-@porch.command()
+@porch.command(short_help="Run pipelines in the foreground until done or Ctrl+C.")
+@log_options()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(
     "--iterations",
@@ -219,7 +230,8 @@ def _live_terminal() -> bool:
 # ---- porch prefs -----------------------------------------------------------------------------
 
 
-@porch.command(name="prefs")
+@porch.command(name="prefs", short_help="Show or set the network preferences.")
+@log_options()
 @click.option(
     "--interface",
     "interfaces",
@@ -308,7 +320,8 @@ ROTATIONS = {
 }
 
 
-@porch.command()
+@porch.command(short_help="Write a new cluster key file, or rotate its keys.")
+@log_options()
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite an existing key file with a new key.")
 @click.option("--add", "step", flag_value="add", help=ROTATIONS["add"].capitalize() + ".")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -9,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from porch import logs
 from porch.errors import PorchError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,5 +32,36 @@ def reporting(prog: str) -> Callable[[F], F]:
                 sys.exit(exc.exit_code)
 
         return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def set_log_level(level: str) -> None:
+    """Log at `level` here and in the workers (they inherit PORCH_LOG_LEVEL)."""
+    os.environ["PORCH_LOG_LEVEL"] = level
+    logs.configure(level=level)
+
+
+def _on_log_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value:
+        return
+    root = ctx.find_root()
+    if param.name == "debug":
+        root.params["debug"] = True  # what `reporting` looks at
+        set_log_level("debug")
+    elif not root.params.get("debug"):
+        set_log_level("info")
+
+
+def log_options(verbose: bool = True) -> Callable[[F], F]:
+    """--debug (and -v/--verbose) after a subcommand too: `porch run -v` as `porch -v run`."""
+
+    def decorate(fn: F) -> F:
+        flag: dict[str, Any] = {"is_flag": True, "expose_value": False, "callback": _on_log_flag}
+        fn = click.option("--debug", help="Debug logs and tracebacks of Porch's own errors.",
+                          **flag)(fn)  # fmt: skip
+        if verbose:
+            fn = click.option("-v", "--verbose", help="Info logs (lifecycle events).", **flag)(fn)
+        return fn
 
     return decorate

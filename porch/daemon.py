@@ -82,6 +82,7 @@ class Daemon:
         self.sources = list(sources)
         self.control_path = control_path
         self.state_dir = state_dir
+        refuse_if_running(control_path)  # before discovery, HTTP or any worker starts
         configs, self.warnings = load_all(self.sources)
         # The HTTP snapshot: replaced whole by the loop, read by the HTTP thread; never mutated.
         self.snapshot: Result | None = None
@@ -118,10 +119,7 @@ class Daemon:
         """Bind the control socket (owner-only); refuse when another porchd answers there."""
         if self.control_path.exists():
             if _answers(self.supervisor.ctx, self.control_path):
-                raise PorchError(
-                    f"another porchd is already running at {self.control_path}; stop it with "
-                    "`porchctl stop`, or start this one with --control OTHER_PATH"
-                )
+                raise _already_running(self.control_path)
             self.control_path.unlink()  # stale socket of a porchd that died
         old_umask = os.umask(0o077)
         try:
@@ -221,8 +219,8 @@ class Daemon:
         for pipeline in pipelines:
             # lines of its output porchd could not write to its log file (a full disk)
             pipeline["log_lines_dropped"] = self.sink.dropped.get(pipeline["name"], 0)
-            for counter in RATE_COUNTERS:
-                rate = self.rates.per_s(pipeline["name"], counter, now)
+            for counter in RATE_COUNTERS:  # a pipeline without a process moves nothing
+                rate = self.rates.per_s(pipeline["name"], counter, now) if pipeline["pid"] else 0
                 pipeline[f"{counter}_per_s"] = round(rate, 1)
         return {"daemon": daemon, "pipelines": pipelines, "remote": self._remote()}
 
@@ -342,6 +340,25 @@ def _remote_row(remote: Remote, now: float, used: bool) -> Result:
 
 def _error(request_id: Any, code: str, message: str) -> Result:
     return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def refuse_if_running(path: Path) -> None:
+    """Raise PorchError when a porchd answers on `path` (bind() checks again, for a race)."""
+    if not path.exists():
+        return
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        if _answers(ctx, path):
+            raise _already_running(path)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _already_running(path: Path) -> PorchError:
+    return PorchError(
+        f"another porchd is already running at {path}; stop it with `porchctl stop`, "
+        "or start this one with --control OTHER_PATH"
+    )
 
 
 def _answers(ctx: zmq.Context[zmq.Socket[bytes]], path: Path, timeout_ms: int = 1000) -> bool:

@@ -22,7 +22,7 @@ import click
 import zmq
 
 from porch import __version__, graph, logfiles, paths
-from porch.clierrors import reporting
+from porch.clierrors import log_options, reporting
 from porch.errors import ControlError
 
 TIMEOUT_S = 5.0
@@ -197,8 +197,18 @@ def _row(pipeline: dict[str, Any]) -> list[str]:
         _number(get("cpu_percent"), ".1f"),
         human_mib(get("rss_bytes")),
         _number(get("restarts")),
-        _one_line(get("last_error") or ""),
+        _one_line(error_text(pipeline)),
     ]
+
+
+def error_text(pipeline: dict[str, Any]) -> str:
+    """The last error as shown: as it is while it keeps the pipeline down, else with its age
+    (`3m05s ago: ...`), so a recovered pipeline's old error does not read as its state."""
+    error = str(pipeline.get("last_error") or "")
+    age = pipeline.get("last_error_age_s")
+    if not error or pipeline.get("error_current", True) or not isinstance(age, int | float):
+        return error
+    return f"{human_duration(age)} ago: {error}"
 
 
 def _truncate(text: str, width: int) -> str:
@@ -310,12 +320,14 @@ pass_client = click.make_pass_decorator(Client)
 @click.pass_context
 @handle_errors
 def porchctl(ctx: click.Context, control: str | None, timeout_s: float, debug: bool) -> None:
-    """Control porchd, the Porch supervisor: status, start, stop, restart, reload, logs."""
+    """Control porchd, the Porch supervisor: status, top, graph, logs, start, stop, restart,
+    reload. --debug works before or after the command."""
     path, address = paths.control_address(control)
     ctx.obj = Client(address, path, timeout_s)
 
 
-@porchctl.command()
+@porchctl.command(short_help="Show each pipeline's state, counters and last error.")
+@log_options(verbose=False)
 @click.option("--json", "as_json", is_flag=True, help="Print porchd's reply as JSON.")
 @pass_client
 @handle_errors
@@ -335,7 +347,8 @@ def status(client: Client, as_json: bool) -> None:
         click.echo("\n" + remote)
 
 
-@porchctl.command()
+@porchctl.command(short_help="Stop the named pipelines, or porchd and all of them.")
+@log_options(verbose=False)
 @click.argument("names", nargs=-1)
 @click.option(
     "--wait-timeout",
@@ -377,7 +390,8 @@ def _is_gone(prober: Client) -> bool:
     return False
 
 
-@porchctl.command()
+@porchctl.command(short_help="Start the named (stopped or failed) pipelines.")
+@log_options(verbose=False)
 @click.argument("names", nargs=-1, required=True)
 @pass_client
 @handle_errors
@@ -387,7 +401,8 @@ def start(client: Client, names: Sequence[str]) -> None:
     click.echo(f"starting: {_names(result.get('started', names))}")
 
 
-@porchctl.command()
+@porchctl.command(short_help="Restart the named pipelines.")
+@log_options(verbose=False)
 @click.argument("names", nargs=-1, required=True)
 @pass_client
 @handle_errors
@@ -397,7 +412,8 @@ def restart(client: Client, names: Sequence[str]) -> None:
     click.echo(f"restarting: {_names(result.get('restarting', names))}")
 
 
-@porchctl.command()
+@porchctl.command(short_help="Re-read the configs; start, stop, restart what changed.")
+@log_options(verbose=False)
 @pass_client
 @handle_errors
 def reload(client: Client) -> None:
@@ -405,7 +421,8 @@ def reload(client: Client) -> None:
     click.echo(format_reload(client.call("reload")))
 
 
-@porchctl.command(name="graph")
+@porchctl.command(name="graph", short_help="Print the pipeline graph with each pipeline's state.")
+@log_options(verbose=False)
 @click.option(
     "--format",
     "fmt",
@@ -422,7 +439,8 @@ def graph_cmd(client: Client, fmt: str) -> None:
     click.echo(graph.render(nodes, fmt), nl=False)
 
 
-@porchctl.command()
+@porchctl.command(short_help="Live view of rates, queues, CPU/RSS and states.")
+@log_options(verbose=False)
 @click.option(
     "--interval",
     "interval_s",
@@ -451,7 +469,8 @@ def top(client: Client, interval_s: float) -> None:
     live.run(fetch, interval_s)
 
 
-@porchctl.command()
+@porchctl.command(short_help="Print a pipeline's output from its log file.")
+@log_options(verbose=False)
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl+C.")
 @click.option(

@@ -10,6 +10,7 @@ import click
 
 from porch import __version__, logs
 from porch.cli import network_options, network_plan, network_prefs
+from porch.clierrors import log_options
 from porch.errors import ConfigError, PorchError
 
 
@@ -17,12 +18,16 @@ from porch.errors import ConfigError, PorchError
 @click.version_option(__version__, prog_name="porchd")
 @click.option("--debug", is_flag=True, help="Debug logs and Porch's own tracebacks.")
 def porchd(debug: bool) -> None:
-    """porchd: supervise this host's pipelines (see `porchd start --help`)."""
+    """porchd: supervise this host's pipelines (see `porchd start --help`).
+
+    `porchd unit` writes a systemd unit for this installation.
+    """
     logs.configure(level="debug" if debug else "info")
 
 
-@porchd.command()
-@click.argument("sources", nargs=-1, required=True)
+@porchd.command(short_help="Validate the configs, then run them until stopped.")
+@log_options(verbose=False)
+@click.argument("configs", nargs=-1, required=True)
 @click.option(
     "--control",
     envvar="PORCH_CONTROL",
@@ -64,7 +69,7 @@ def porchd(debug: bool) -> None:
 def start(
     ctx: click.Context,
     /,
-    sources: Sequence[str],
+    configs: Sequence[str],
     control: str | None,
     state_dir: str | None,
     stop_timeout: float,
@@ -72,7 +77,8 @@ def start(
     http_token: str | None,
     **net: Any,
 ) -> None:
-    """Validate the configs (files, folders or glob patterns), then run them until stopped.
+    """Validate CONFIGS (files, folders of *.json, or glob patterns), then run them until
+    stopped.
 
     porchd is this host's discovery broker: it announces its pipelines by UDP beacons and tells
     its workers where the others' pipelines live (see `porch prefs`).
@@ -91,7 +97,7 @@ def start(
         )
         network = network_plan(dict(net))
         http = _http_plan(http_address, http_token, net)
-        daemon = Daemon(sources, control_path, state, stop_timeout_s=stop_timeout,
+        daemon = Daemon(configs, control_path, state, stop_timeout_s=stop_timeout,
                         network=network, http=http)  # fmt: skip
         for warning in daemon.warnings:
             click.echo(str(warning), err=True)
@@ -108,6 +114,41 @@ def start(
             raise
         click.echo(f"porchd: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 1))
+
+
+@porchd.command(short_help="Print a systemd unit for this installation.")
+@click.argument("configs", nargs=-1)
+@click.option(
+    "--user",
+    default=None,
+    metavar="NAME",
+    help="The user porchd runs as (User=) [default: root; the socket is only theirs].",
+)
+@click.option("--bin-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Where porchd and porchctl are [default: this installation's, "
+              "beside its Python, else on PATH].")  # fmt: skip
+def unit(configs: Sequence[str], user: str | None, bin_dir: str | None) -> None:
+    """Print a systemd unit that starts this porchd on CONFIGS (default /etc/porch/pipelines).
+
+    ExecStart= is the porchd of this installation (a virtualenv's too), so the unit passes
+    `systemd-analyze verify` where it is written:
+
+    porchd unit /etc/porch/pipelines --user porch > /etc/systemd/system/porchd.service
+    """
+    import pwd
+    from pathlib import Path
+
+    from porch import systemd
+
+    if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            click.echo(f"porchd: warning: no user {user!r} on this host yet; create it "
+                       "(useradd --system) before starting the unit", err=True)  # fmt: skip
+    folder = Path(bin_dir).absolute() if bin_dir else systemd.program_dir()
+    absolute = [str(Path(c).absolute()) for c in configs] or list(systemd.DEFAULT_CONFIGS)
+    click.echo(systemd.unit_text(folder, absolute, user), nl=False)
 
 
 def _http_plan(address: str | None, token: str | None, net: dict[str, Any]) -> Any:

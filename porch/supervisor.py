@@ -102,7 +102,8 @@ class WorkerHandle:
     state: WorkerState = WorkerState.STARTING
     endpoint: str | None = None
     instance: int | None = None  # the worker's data-plane instance id (changes on restart)
-    last_error: str = ""
+    error_text: str = ""  # see last_error
+    error_s: float | None = None  # when error_text was set (monotonic)
     wanted: bool = True  # False after a commanded stop: never restarted
     respawn: bool = False  # a commanded restart: start again as soon as it exits
     started_s: float = 0.0
@@ -123,6 +124,21 @@ class WorkerHandle:
     def name(self) -> str:
         """The pipeline's name."""
         return self.config.name
+
+    @property
+    def last_error(self) -> str:
+        """The pipeline's most recent error ("" if none); error_s says when it was set."""
+        return self.error_text
+
+    @last_error.setter
+    def last_error(self, text: str) -> None:
+        if text != self.error_text:
+            self.error_text, self.error_s = text, time.monotonic() if text else None
+
+    @property
+    def error_current(self) -> bool:
+        """Whether the last error is why the pipeline is not running now (else it is past)."""
+        return bool(self.error_text) and self.state in (WorkerState.FAILED, WorkerState.BACKOFF)
 
     @property
     def alive(self) -> bool:
@@ -606,11 +622,13 @@ class Supervisor:
             "uptime_s": round(now - handle.started_s, 1) if handle.alive else None,
             **{key: handle.totals.get(key, 0) + health.get(key, 0) for key in COUNTERS},
             "queue_depth": health.get("queue_depth", 0),
-            "rate_per_s": round(handle.rate_per_s, 1),
+            "rate_per_s": round(handle.rate_per_s, 1) if handle.alive else 0.0,
             "cpu_percent": cpu,
             "rss_bytes": rss,
             "restarts": handle.tracker.restarts,
             "last_error": handle.last_error.splitlines()[0] if handle.last_error else "",
+            "last_error_age_s": None if handle.error_s is None else round(now - handle.error_s, 1),
+            "error_current": handle.error_current,
             "restart_policy": handle.tracker.policy.value,
             "config": str(handle.config.path),
         }

@@ -15,6 +15,7 @@ from typing import Any
 
 from porch.errors import ControlError
 from porch.graph import state_class
+from porch.porchctl import error_text
 
 INTERVAL_S = 1.0
 KEY_POLL_MS = 100
@@ -93,7 +94,7 @@ def frame(result: dict[str, Any], width: int, now: str) -> list[tuple[str, str]]
     lines.append((format_row([c[0] for c in COLUMNS], width), "title"))
     for p in result.get("pipelines") or []:
         values = [_cell(p.get(field), fmt) for _, _, field, fmt in COLUMNS]
-        values[-1] = " ".join(str(p.get("last_error") or "").split())
+        values[-1] = " ".join(error_text(p).split())
         lines.append((format_row(values, width), state_class(str(p.get("state", "")))))
     for r in result.get("remote") or []:
         values = ["-"] * len(COLUMNS)

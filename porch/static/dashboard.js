@@ -185,7 +185,7 @@ function drawGraph(graph, status) {
       g.append(el("text", { x: 10, y: 56, "data-field": "iterations" },
         `iter ${local.iterations} · ${local.rate_per_s.toFixed(1)}/s · q ${local.queue_depth}`));
     }
-    g.append(el("title", {}, name + ": " + state + (local && local.last_error ? "\n" + local.last_error : "")));
+    g.append(el("title", {}, name + ": " + state + (local && local.last_error ? "\n" + errorText(local) : "")));
     nodes.append(g);
   }
   svg.append(nodes, labels);
@@ -220,6 +220,14 @@ function stateCell(row, state) {
   td.append(dot, document.createTextNode(state));
 }
 
+// A recovered pipeline's old error is history, shown with its age; only a failed or
+// backing-off pipeline's error is its current state (red).
+function errorText(p) {
+  if (!p.last_error) return "";
+  if (p.error_current || p.last_error_age_s === null || p.last_error_age_s === undefined) return p.last_error;
+  return duration(p.last_error_age_s) + " ago: " + p.last_error;
+}
+
 function drawTable(status) {
   const body = document.querySelector("#pipelines tbody");
   const rows = [];
@@ -234,7 +242,8 @@ function drawTable(status) {
     cell(tr, "queue_depth", num(p.queue_depth)); cell(tr, "cpu", num(p.cpu_percent, 1));
     cell(tr, "rss", mib(p.rss_bytes)); cell(tr, "restarts", num(p.restarts));
     cell(tr, "dropped", num(p.dropped)); cell(tr, "dead_letters", num(p.dead_letters));
-    cell(tr, "last_error", p.last_error || "");
+    const error = cell(tr, "last_error", errorText(p));
+    if (p.last_error && !p.error_current) error.className = "past";
     rows.push(tr);
   }
   for (const r of status.remote || []) {

@@ -1,4 +1,4 @@
-"""scripts/porchd.service passes `systemd-analyze verify` (with the binaries of this venv)."""
+"""scripts/porchd.service and `porchd unit`'s units pass `systemd-analyze verify`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from porch import systemd
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -73,6 +75,34 @@ def test_verify_does_catch_a_broken_unit(tmp_path: Path) -> None:
     assert code != 0
     assert any("NoSuchKey" in line for line in complaints), complaints
     assert any(f"{INSTALLED_BIN}/nope" in line for line in complaints), complaints
+
+
+def test_shipped_unit_is_what_porchd_unit_writes_for_usr_local_bin() -> None:
+    assert UNIT.read_text(encoding="utf-8") == systemd.unit_text(Path(INSTALLED_BIN))
+
+
+@pytest.mark.parametrize("user", [None, "daemon"])
+def test_porchd_unit_verifies_for_this_installation(tmp_path: Path, user: str | None) -> None:
+    # A virtualenv's porchd (this one) is not at /usr/local/bin: the unit names the real one.
+    configs = tmp_path / "my pipelines"
+    configs.mkdir()
+    args = [str(BIN / "porchd"), "unit", str(configs), *(["--user", user] if user else [])]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S,
+                          check=True, cwd=tmp_path)  # fmt: skip
+    assert done.stderr == ""
+    unit = tmp_path / "porchd.service"
+    unit.write_text(done.stdout, encoding="utf-8")
+    found = settings(done.stdout)
+    assert found["ExecStart"] == f'{BIN / "porchd"} start "{configs}"'
+    assert found["ExecReload"] == f"{BIN / 'porchctl'} reload"
+    assert found.get("User") == user
+    assert verify(unit) == (0, [])
+
+
+def test_unit_comments_do_not_promise_other_users_the_socket() -> None:
+    text = UNIT.read_text(encoding="utf-8")
+    assert "other users pass --control" not in text
+    assert "mode 0600" in text and "only root can" in text
 
 
 def test_unit_runs_porchd_in_the_foreground_and_stops_it_gracefully() -> None:

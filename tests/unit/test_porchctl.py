@@ -443,3 +443,12 @@ def test_a_control_that_is_not_ipc_is_a_usage_error() -> None:
     assert result.stderr == (
         "porchctl: control: expected a socket path or an ipc:// address, got 'tcp://host:5555'\n"
     )
+
+
+def test_a_past_error_is_shown_with_its_age_and_a_current_one_as_is() -> None:
+    past = {"name": "p", "state": "running", "last_error": "boom", "last_error_age_s": 185,
+            "error_current": False}  # fmt: skip
+    current = {**past, "state": "failed", "error_current": True}
+    assert table({"pipelines": [past]})[1].endswith("  3m05s ago: boom")
+    assert table({"pipelines": [current]})[1].endswith("  boom")
+    assert not table({"pipelines": [current]})[1].endswith("ago: boom")

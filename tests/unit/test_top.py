@@ -42,3 +42,11 @@ def test_frame_has_a_row_per_pipeline_with_its_style() -> None:
 
 def test_lines_are_cut_to_the_width() -> None:
     assert all(len(line) <= 60 for line, _ in top.frame(RESULT, 60, "12:00:00"))
+
+
+def test_top_shows_a_past_error_with_its_age() -> None:
+    from porch import top
+
+    result = {"pipelines": [{"name": "p", "state": "running", "last_error": "boom",
+                             "last_error_age_s": 5, "error_current": False}]}  # fmt: skip
+    assert top.frame(result, 200, "12:00:00")[-1][0].endswith("5s ago: boom")

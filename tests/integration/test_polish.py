@@ -1,0 +1,92 @@
+"""First-hour polish of porchd (issue 16), with real processes: a second porchd on one socket
+starts nothing, stopped pipelines move nothing, and an old error reads as past."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Porchd
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+Start = Callable[..., Porchd]
+
+STEADY = """
+    import time
+    def step():
+        time.sleep(0.02)
+        return 1
+"""
+
+# Fails its first run (before step()), then runs: porchd restarts it after a 0.5 s backoff.
+FLAKY = """
+    import pathlib
+    import time
+    marker = pathlib.Path(__file__).with_suffix(".ran")
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError("flaky boom")
+    def step():
+        time.sleep(0.02)
+"""
+
+
+def write(folder: Path, name: str, script: str) -> Path:
+    (folder / f"{name}.py").write_text(textwrap.dedent(script), encoding="utf-8")
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "scripts": [f"{name}.py"]}), encoding="utf-8")
+    return path
+
+
+def test_second_porchd_stopped_rates_and_past_errors(tmp_path: Path, porchd: Start) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    write(configs, "steady", STEADY)
+    write(configs, "flaky", FLAKY)
+    daemon = porchd(configs, home=tmp_path / "first")
+    daemon.wait_running("steady")
+
+    def both_moving() -> dict[str, Any] | None:
+        status = daemon.status()
+        by_name = {p["name"]: p for p in status["pipelines"]}
+        if by_name["steady"]["rate_per_s"] > 0 and by_name["flaky"]["state"] == "running":
+            return status
+        return None
+
+    status = daemon.wait_until(both_moving, 30, "steady moving and flaky running again")
+
+    # A second porchd on the same socket refuses before it starts discovery, HTTP or workers.
+    second = porchd(configs, home=tmp_path / "second", extra=("--control", str(daemon.control)))
+    assert second.wait_exit(30) == 1, second.report()
+    assert any("another porchd is already running" in line for line in second.stderr)
+    started = ("discovery_started", "worker_spawned", "porchd_started", "dashboard at")
+    assert not [line for line in second.stderr if any(word in line for word in started)], (
+        second.report()
+    )
+
+    # The recovered pipeline's error is past: said with its age, not as its state.
+    flaky = daemon.pipeline("flaky", status)
+    assert "flaky boom" in flaky["last_error"]
+    assert flaky["error_current"] is False and flaky["last_error_age_s"] >= 0
+    table = daemon.ctl("status").stdout
+    row = next(line for line in table.splitlines() if line.startswith("flaky "))
+    assert " ago: " in row and "flaky boom" in row, table
+
+    # A stopped pipeline has no process, so it moves nothing.
+    assert daemon.ctl("stop", "steady").returncode == 0
+    stopped = daemon.wait_until(
+        lambda: daemon.pipeline("steady")["state"] == "stopped" and daemon.status(),
+        30,
+        "steady stopped",
+    )
+    steady = daemon.pipeline("steady", stopped)
+    assert steady["pid"] is None and steady["iterations"] > 0
+    assert (steady["rate_per_s"], steady["msgs_in_per_s"], steady["msgs_out_per_s"]) == (0, 0, 0)
+    row = next(line for line in daemon.ctl("status").stdout.splitlines() if "steady" in line)
+    assert "0.0" in row.split() and row.split()[8] == "0.0", row
