@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,17 @@ from porch.discovery import (
     expiry_s,
 )
 from porch.errors import UsageError
+from porch.paths import state_base
 from porch.prefs import Prefs, parse_peer
-from porch.security import NO_KEY_HINT, BeaconRejected, BeaconVerifier, KeyRing, read_keyring, sign
+from porch.security import (
+    NO_KEY_HINT,
+    BeaconRejected,
+    BeaconVerifier,
+    KeyRing,
+    local_keyring,
+    read_keyring,
+    sign,
+)
 
 log = logs.get("porch.discovery")
 
@@ -61,6 +71,14 @@ REJECT_REASONS = ("not_loopback", "malformed", "unsigned", "bad_signature", "unk
                   "stale", "replayed")  # fmt: skip
 
 
+class KeySource(Enum):
+    """Where the key that signs beacons and serves data links comes from."""
+
+    CLUSTER = "cluster"  # --key-file: the deployment's key, valid beyond loopback
+    LOCAL = "local"  # no cluster key: this user's local secret, loopback only
+    NONE = "none"  # --insecure: unsigned beacons, plain links
+
+
 @dataclass(frozen=True)
 class NetworkPlan:
     """Where this supervisor's workers bind and where its beacons go."""
@@ -74,6 +92,7 @@ class NetworkPlan:
     insecure: bool = False
     key_file: str | None = None  # absolute: workers run in their config's folder
     keys: KeyRing | None = None
+    key_source: KeySource = KeySource.NONE
 
     @property
     def expiry_s(self) -> float:
@@ -138,6 +157,10 @@ def plan(prefs: Prefs) -> NetworkPlan:
     exposed += [f"peer {h}:{p}" for h, p in peers if not _peer_is_loopback(h, allowed)]
     if exposed and not allowed:
         raise UsageError(f"refusing to use {exposed[0]}: {NO_KEY_HINT}")
+    source = KeySource.CLUSTER if keys is not None else KeySource.NONE
+    if keys is None and not prefs.insecure:  # loopback is shared with every local user
+        path, keys = local_keyring(state_base())
+        key_file, source = str(path), KeySource.LOCAL
     return NetworkPlan(
         data_host=interfaces[0][0],
         broadcasts=tuple(dict.fromkeys(b for _, b in interfaces)) if prefs.broadcast else (),
@@ -148,6 +171,7 @@ def plan(prefs: Prefs) -> NetworkPlan:
         insecure=prefs.insecure,
         key_file=key_file,
         keys=keys,
+        key_source=source,
     )
 
 
@@ -199,7 +223,7 @@ class Broker:
         log.info("discovery_started", daemon=self.daemon_id, port=network.port,
                  data_host=network.data_host, broadcasts=list(network.broadcasts),
                  peers=[f"{h}:{p}" for h, p in network.peers],
-                 signed=network.keys is not None)  # fmt: skip
+                 signed=network.keys is not None, key=network.key_source.value)  # fmt: skip
 
     def fileno(self) -> int:
         """The socket's fd, for the supervisor's poller."""
@@ -301,7 +325,8 @@ class Broker:
             self._changed()
 
     def _take(self, data: bytes, source: str) -> bool:
-        if self.plan.loopback_only and self.verifier is None and not _is_loopback(source):
+        local = self.plan.key_source is not KeySource.CLUSTER
+        if self.plan.loopback_only and local and not _is_loopback(source):
             return self._reject(source, "not_loopback", "not from loopback (no cluster key)")
         key_id = None
         if self.verifier is not None:
@@ -410,6 +435,7 @@ class Broker:
             "beacons_rejected": self.counters["rejected"],
             "rejected": dict(self.rejected),
             "signed": self.plan.keys is not None,
+            "key_source": self.plan.key_source.value,
             "key_ids": list(self.plan.keys.ids) if self.plan.keys is not None else [],
             "send_errors": self.counters["send_errors"],
             "conflicts": [{"name": c.name, "hosts": list(c.hosts)} for c in self.conflicts()],

@@ -6,6 +6,8 @@ them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -101,16 +103,90 @@ def log_dir(control_path: Path) -> Path:
     return state_dir(control_path) / "logs"
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and its parents) and make it 0700; refuse one owned by someone else."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.stat(path)
-    # /tmp/porch-$UID is guessable: a folder planted there by another user (or a symlink to one)
-    # must not hold our sockets and logs. A symlink to a folder of our own is fine.
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise PermissionError(
-            f"{path}: not a folder owned by this user; remove it or choose another"
+class UnsafePathError(UsageError, PermissionError):
+    """A folder or file Porch would use is not safe: owned by another user, or open to them."""
+
+
+def _trusted_owner(uid: int) -> bool:
+    return uid in (os.geteuid(), 0)
+
+
+def _check_folder(path: Path, info: os.stat_result) -> None:
+    """Refuse a folder another user owns, or may rename entries in (writable, not sticky)."""
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePathError(f"{path}: not a folder; remove it or choose another path")
+    if not _trusted_owner(info.st_uid):
+        raise UnsafePathError(
+            f"{path}: owned by uid {info.st_uid}, not by this user; remove it or choose another"
         )
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        path.chmod(0o700)
+    open_bits = stat.S_IWGRP | stat.S_IWOTH
+    if info.st_mode & open_bits and not info.st_mode & stat.S_ISVTX:
+        raise UnsafePathError(
+            f"{path}: writable by other users (mode {stat.S_IMODE(info.st_mode):04o}) without "
+            f"the sticky bit; choose a folder only you can write (or `chmod go-w {path}`)"
+        )
+
+
+def check_safe_folder(path: Path) -> Path:
+    """Refuse `path` (and a symlink leading to it) unless this user or root owns it and others
+    cannot write it (a sticky folder such as /tmp is fine). Never changes anything."""
+    link = os.lstat(path)
+    # A symlink planted by another user (say in /tmp) must not steer our files elsewhere.
+    if stat.S_ISLNK(link.st_mode) and not _trusted_owner(link.st_uid):
+        raise UnsafePathError(f"{path}: a symlink owned by uid {link.st_uid}; remove it")
+    _check_folder(path, os.stat(path))
     return path
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """A folder for our sockets and files: created 0700 when missing (its parents checked);
+    an existing one is used as it is when safe (see check_safe_folder), else refused.
+
+    Porch never changes the mode of a folder it did not create: `--control /tmp/x.sock` must
+    not turn /tmp into 0700.
+    """
+    try:
+        return check_safe_folder(path)
+    except FileNotFoundError:
+        pass
+    parent = path.parent
+    if parent != path and not parent.exists():
+        ensure_private_dir(parent)
+    elif parent != path:
+        check_safe_folder(parent)
+    with contextlib.suppress(FileExistsError):  # made by someone else meanwhile: judged below
+        os.mkdir(path, 0o700)
+    return check_safe_folder(path)
+
+
+def ensure_owner_only_dir(path: Path) -> Path:
+    """A folder only this user may enter (0700, for secrets): created when missing; an existing
+    one must already be that private (refused otherwise: we never chmod what we find)."""
+    ensure_private_dir(path)
+    info = os.stat(path)
+    if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise UnsafePathError(
+            f"{path}: must be a folder of this user with mode 0700, got uid {info.st_uid} mode "
+            f"{stat.S_IMODE(info.st_mode):04o}; `chmod 700 {path}` if it is yours"
+        )
+    return path
+
+
+def open_private_file(path: Path, flags: int, mode: int = 0o600) -> int:
+    """os.open without following a symlink, refusing a file another user owns (a file planted
+    in a shared state folder must never be read as ours)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UnsafePathError(
+            f"{path}: is a symlink; Porch does not follow it, remove it"
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or not _trusted_owner(info.st_uid):
+        os.close(fd)
+        raise UnsafePathError(
+            f"{path}: not a regular file of this user (uid {info.st_uid}); remove it"
+        )
+    return fd

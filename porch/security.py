@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -37,6 +38,7 @@ import zmq
 from zmq.utils import z85
 
 from porch.errors import PorchError, UsageError
+from porch.paths import ensure_owner_only_dir, open_private_file
 
 KEY_BYTES = 32
 KEY_ID_BYTES = 4
@@ -224,6 +226,68 @@ def write_keyring(path: str | Path, ring: KeyRing, *, replace: bool) -> None:
             os.link(tmp, path)  # atomic "create only if absent"
     except FileExistsError:
         raise UsageError(f"{path} already exists; pass --force to overwrite it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---- the per-user local secret -------------------------------------------------------------
+
+LOCAL_KEY_FOLDER = "keys"
+LOCAL_KEY_NAME = "local.key"
+
+
+def local_key_path(state_base: Path) -> Path:
+    """Where this user's local secret lives: <state base>/keys/local.key."""
+    return state_base / LOCAL_KEY_FOLDER / LOCAL_KEY_NAME
+
+
+def local_keyring(state_base: Path) -> tuple[Path, KeyRing]:
+    """This user's local secret (made once, 0600 in a 0700 folder) and its path.
+
+    Without a cluster key it is used exactly as one: loopback is shared with every local user,
+    so beacons are signed and data links are CURVE with it. Another user can neither read it
+    (the folder is 0700) nor plant one for us (the folder must be ours and private, the file
+    ours, 0600, not a symlink).
+    """
+    path = local_key_path(state_base)
+    ensure_owner_only_dir(path.parent)
+    for _ in range(2):
+        try:
+            fd = open_private_file(path, os.O_RDONLY)
+        except FileNotFoundError:
+            _create_local_key(path)
+            continue
+        with os.fdopen(fd, "r", encoding="utf-8") as file:
+            info = os.fstat(file.fileno())
+            if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+                raise SecurityError(
+                    f"{path}: the local secret must be this user's, mode 0600 (got uid "
+                    f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); remove it and "
+                    "Porch makes a new one"
+                )
+            return path, parse_keyring(file.read(), str(path))
+    raise SecurityError(f"{path}: the local secret disappeared while it was being made")
+
+
+def _create_local_key(path: Path) -> None:
+    """Write a new secret atomically, only if none exists (two first starts race safely)."""
+    ring = KeyRing((new_key(),))
+    key = ring.current
+    text = (
+        f"{FILE_MAGIC}\n# Porch's local secret of this user (made by Porch): it authenticates "
+        "loopback when no cluster key is given.\n# Keep it private. For several hosts or users, "
+        "make a cluster key with `porch keygen`.\n"
+        f"key {key.id} {base64.b64encode(key.secret).decode()}\n"
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made it first: use that
+            os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

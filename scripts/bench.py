@@ -785,12 +785,17 @@ def porch_exe(tool: str = "porch") -> str:
 
 
 def run_porch(
-    settings: Settings, prefix: str, nodes: Sequence[Node], sink: str, iterations: int
+    settings: Settings,
+    prefix: str,
+    nodes: Sequence[Node],
+    sink: str,
+    iterations: int,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """`porch run` the graph until its sources' N iterations have flowed through; the sink's
     BENCH report."""
     configs = write_graph(settings, prefix, nodes)
-    cmd = [porch_exe(), "run", *map(str, configs), "--iterations", str(iterations)]
+    cmd = [porch_exe(), "run", *map(str, configs), "--iterations", str(iterations), *extra]
     with spawned(cmd, settings.workdir, settings_env(settings)) as child:
         out = finish(child, "porch run", settings.timeout_s)
         notes = runtime_warnings(child)
@@ -819,6 +824,15 @@ def bench_porch_chain(settings: Settings) -> Sample:
     """Porch A -> B: the source returns an int per step(), the sink counts (acks on)."""
     n = settings.sizes.n
     got = run_porch(settings, "chain", chain(["bench_a", "bench_b"]), "bench_b", n)
+    return throughput_sample(got, n)
+
+
+def bench_plain_chain(settings: Settings) -> Sample:
+    """The same A -> B with --insecure: plain TCP links, no local secret (Porch's default
+    before loopback was authenticated)."""
+    n = settings.sizes.n
+    nodes = chain(["bench_a", "bench_b"])
+    got = run_porch(settings, "plain", nodes, "bench_b", n, extra=("--insecure",))
     return throughput_sample(got, n)
 
 
@@ -1093,8 +1107,9 @@ def mb_nodes(sizes: Sizes) -> list[Node]:
 
 
 def bench_plain_1mb(settings: Settings) -> Sample:
-    """A -> B, 1 MB arrays, no key (plain TCP)."""
-    got = run_porch(settings, "plain-1mb", mb_nodes(settings.sizes), "bench_b", CURVE_LARGE_COUNT)
+    """A -> B, 1 MB arrays, --insecure (plain TCP)."""
+    got = run_porch(settings, "plain-1mb", mb_nodes(settings.sizes), "bench_b", CURVE_LARGE_COUNT,
+                    extra=("--insecure",))  # fmt: skip
     return large_sample(got, CURVE_LARGE_COUNT)
 
 
@@ -1119,7 +1134,8 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("startup", "porch run examples/diamond", bench_startup),
     Benchmark("many", "porch run, idle source->sink chains", bench_many, repeats=2),
     Benchmark("curve_chain", "porch A->B with a cluster key (CURVE)", bench_curve_chain),
-    Benchmark("plain_1mb", "porch A->B 1 MB numpy, no key", bench_plain_1mb),
+    Benchmark("plain_chain", "porch A->B, --insecure (plain TCP)", bench_plain_chain),
+    Benchmark("plain_1mb", "porch A->B 1 MB numpy, --insecure", bench_plain_1mb),
     Benchmark("curve_1mb", "porch A->B 1 MB numpy, CURVE", bench_curve_1mb),
 ]
 
@@ -1146,7 +1162,9 @@ ROWS: list[Row] = [
     Row("{pipelines} pipelines: idle CPU (all)", "many.idle_cpu_pct", "% core", op="<=", goal=5.0),
     Row("{pipelines} pipelines: supervisor idle", "many.supervisor_idle_cpu_pct", "% core"),
     Row("CURVE vs plain, A->B small msgs", "curve_chain.rate", "msgs/s",
-        "porch_chain.rate", "plain", ">=", 0.6, issue=5),
+        "plain_chain.rate", "plain", ">=", 0.6, issue=5),
+    Row("default (local secret) vs plain, A->B", "porch_chain.rate", "msgs/s",
+        "plain_chain.rate", "plain", ">=", 0.9, issue=15),
     Row("CURVE vs plain, A->B 1 MB msgs", "curve_1mb.mb_per_s", "MB/s",
         "plain_1mb.mb_per_s", "plain", issue=5),
 ]  # fmt: skip

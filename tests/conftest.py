@@ -1,5 +1,6 @@
-"""Every test gets its own discovery port and no user prefs, so concurrent test runs (and a
-porchd on this machine) never see each other's pipelines; no traffic leaves loopback."""
+"""Every test gets its own discovery port, no user prefs and its own state base (so its own
+local secret, shared by the porch and porchd it starts), so concurrent test runs (and a porchd
+on this machine) never see each other's pipelines; no traffic leaves loopback."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ def free_udp_port() -> int:
 
 @pytest.fixture(autouse=True)
 def private_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """PORCH_DISCOVERY_PORT is a free port, PORCH_PREFS a file that does not exist."""
+    """PORCH_DISCOVERY_PORT is a free port, PORCH_PREFS a file that does not exist,
+    PORCH_STATE_DIR a folder of this test."""
     port = free_udp_port()
     monkeypatch.setenv("PORCH_DISCOVERY_PORT", str(port))
     monkeypatch.setenv("PORCH_PREFS", str(tmp_path / "no-prefs.toml"))
+    monkeypatch.setenv("PORCH_STATE_DIR", str(tmp_path / "state-base"))
     for name in NETWORK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     yield port

@@ -185,7 +185,6 @@ class Porchd:
         self.env = {
             **env,
             "PORCH_RUNTIME_DIR": str(home / "runtime"),
-            "PORCH_STATE_DIR": str(home / "state-base"),
             "TMPDIR": str(home),  # the supervisor's worker socket folder lands here, not in /tmp
             RUN_MARKER: uuid.uuid4().hex,
         }

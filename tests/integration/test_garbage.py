@@ -1,4 +1,8 @@
-"""Garbage on a worker's data port is dropped and counted; the pipeline keeps running."""
+"""Garbage on a worker's data port is dropped and counted; the pipeline keeps running.
+
+Without a cluster key the links are CURVE with the user's local secret: a stranger's bytes never
+get past the handshake (test_local_attacker.py), so the garbage here comes from a peer that
+holds the secret (this test runs as the same user): what a buggy member could send."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import psutil
 import pytest
 import zmq
 
+from porch.security import LinkSecurity, local_keyring
 from porch.wire import FrameKind, encode_header
 from tests.integration.conftest import PorchRun
 
@@ -64,6 +69,8 @@ def _send_garbage(port: int, exploit: Path) -> None:
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 2000
+    _, ring = local_keyring(Path(os.environ["PORCH_STATE_DIR"]))
+    LinkSecurity(ring).client(dealer)
     dealer.connect(f"tcp://127.0.0.1:{port}")
     dealer.send(b"short")
     dealer.send(b"\x09" + os.urandom(40))  # wrong wire version

@@ -189,23 +189,67 @@ def test_ensure_private_dir_creates_parents_with_mode_0700(tmp_path: Path) -> No
     assert mode_of(target) == 0o700
 
 
+def needs_root() -> None:
+    if REAL_UID != 0:
+        pytest.skip("giving a file to another user needs root")
+
+
 @pytest.mark.usefixtures("real_user")
-def test_ensure_private_dir_tightens_an_existing_folder(tmp_path: Path) -> None:
-    target = tmp_path / "open"
-    target.mkdir(mode=0o777)
-    target.chmod(0o777)
-    paths.ensure_private_dir(target)
-    assert mode_of(target) == 0o700
-
-
-def test_ensure_private_dir_refuses_a_folder_of_another_user(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize("mode", [0o755, 0o700, 0o1777])
+def test_ensure_private_dir_never_changes_the_mode_of_a_folder_it_finds(
+    tmp_path: Path, mode: int
 ) -> None:
-    target = tmp_path / "planted"
+    """`--control /tmp/x.sock` used to turn /tmp into 0700: a found folder is used as it is."""
+    target = tmp_path / "found"
     target.mkdir()
-    as_user(monkeypatch, target.stat().st_uid + 1)
-    with pytest.raises(PermissionError, match="planted"):
+    target.chmod(mode)
+    assert paths.ensure_private_dir(target) == target
+    assert mode_of(target) == mode
+
+
+@pytest.mark.usefixtures("real_user")
+def test_ensure_private_dir_refuses_a_folder_others_may_write_without_sticky_bit(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "open"
+    target.mkdir()
+    target.chmod(0o777)
+    with pytest.raises(paths.UnsafePathError, match=r"open: writable by other users.*sticky"):
         paths.ensure_private_dir(target)
+    with pytest.raises(paths.UnsafePathError, match="open: writable"):
+        paths.ensure_private_dir(target / "sub")  # nor a new folder inside it
+    assert mode_of(target) == 0o777 and not (target / "sub").exists()
+
+
+@pytest.mark.usefixtures("real_user")
+def test_ensure_private_dir_makes_a_private_subfolder_of_a_sticky_folder(tmp_path: Path) -> None:
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    made = paths.ensure_private_dir(shared / "porch-1000")
+    assert mode_of(made) == 0o700 and mode_of(shared) == 0o1777
+
+
+@pytest.mark.usefixtures("real_user")
+def test_ensure_private_dir_refuses_a_folder_of_another_user(tmp_path: Path) -> None:
+    needs_root()
+    target = tmp_path / "planted"
+    target.mkdir(mode=0o700)
+    os.chown(target, 4242, 4242)
+    with pytest.raises(paths.UnsafePathError, match="planted: owned by uid 4242"):
+        paths.ensure_private_dir(target)
+
+
+@pytest.mark.usefixtures("real_user")
+def test_ensure_private_dir_refuses_a_symlink_planted_by_another_user(tmp_path: Path) -> None:
+    needs_root()
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    os.lchown(link, 4242, 4242)
+    with pytest.raises(paths.UnsafePathError, match="link: a symlink owned by uid 4242"):
+        paths.ensure_private_dir(link)
 
 
 @pytest.mark.usefixtures("real_user")
@@ -219,8 +263,23 @@ def test_ensure_private_dir_refuses_a_file(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("real_user")
 def test_ensure_private_dir_accepts_a_symlink_to_an_own_folder(tmp_path: Path) -> None:
     real = tmp_path / "real"
-    real.mkdir()
+    real.mkdir(mode=0o750)
     link = tmp_path / "link"
     link.symlink_to(real)
     assert paths.ensure_private_dir(link) == link
-    assert mode_of(real) == 0o700
+    assert mode_of(real) == 0o750
+
+
+@pytest.mark.usefixtures("real_user")
+def test_open_private_file_refuses_symlinks_and_files_of_others(tmp_path: Path) -> None:
+    needs_root()
+    planted = tmp_path / "planted.sqlite"
+    planted.write_bytes(b"x")
+    os.chown(planted, 4242, 4242)
+    with pytest.raises(paths.UnsafePathError, match=r"planted\.sqlite: not a regular file of this"):
+        paths.open_private_file(planted, os.O_RDONLY)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(paths.UnsafePathError, match=r"link\.jsonl: is a symlink"):
+        paths.open_private_file(link, os.O_WRONLY | os.O_CREAT)
+    assert not (tmp_path / "elsewhere").exists()

@@ -20,6 +20,7 @@ from porch.security import (
     SecurityError,
     client_pair,
     format_keyring,
+    local_keyring,
     new_key,
     parse_keyring,
     read_keyring,
@@ -192,3 +193,38 @@ def test_curve_keys_are_derived_per_key_and_role() -> None:
     assert server_pair(key).public != client_pair(key).public
     assert server_pair(key).public != server_pair(new_key()).public
     assert len(server_pair(key).public) == 40  # Z85 of 32 bytes
+
+
+# ---- the local secret ----------------------------------------------------------------------
+
+
+def test_local_secret_is_made_once_0600_in_a_0700_folder(tmp_path: Path) -> None:
+    path, ring = local_keyring(tmp_path / "state")
+    assert path == tmp_path / "state" / "keys" / "local.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert local_keyring(tmp_path / "state") == (path, ring)  # read back, not made again
+    assert read_keyring(path) == ring  # what a worker reads from --key-file
+
+
+def test_local_secret_refuses_an_open_folder_or_file_and_changes_neither(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    with pytest.raises(UsageError, match=r"keys: must be a folder of this user with mode 0700"):
+        local_keyring(tmp_path)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    folder.chmod(0o700)
+    path, _ = local_keyring(tmp_path)
+    path.chmod(0o644)
+    with pytest.raises(SecurityError, match=r"local\.key: the local secret must be this user's"):
+        local_keyring(tmp_path)
+
+
+def test_local_secret_is_never_read_through_a_symlink(tmp_path: Path) -> None:
+    decoy = tmp_path / "decoy.key"
+    write_keyring(decoy, KeyRing((new_key(),)), replace=False)
+    (tmp_path / "keys").mkdir(mode=0o700)
+    (tmp_path / "keys" / "local.key").symlink_to(decoy)
+    with pytest.raises(UsageError, match=r"local\.key: is a symlink"):
+        local_keyring(tmp_path)
