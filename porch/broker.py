@@ -2,13 +2,14 @@
 merges the others' into a table (porch/discovery.py) the supervisor hands to its workers.
 
 Every supervisor (porchd, and `porch run`'s embedded one) is a broker. Its socket is bound to
-("", discovery port) with SO_REUSEADDR, SO_REUSEPORT and SO_BROADCAST, so several brokers on one
-host all receive the broadcasts. Beacons go to the broadcast address of each data interface
-(loopback: 127.255.255.255) and by unicast to each static peer, every beacon interval and at
-once when the local pipelines change.
+("", discovery port) with SO_REUSEPORT and SO_BROADCAST, so several brokers of one user on one
+host all receive the broadcasts, and no other user can bind the port. Beacons go to the broadcast
+address of each data interface (loopback: 127.255.255.255) and by unicast to each static peer,
+every beacon interval and at once when the local pipelines change.
 
-With a cluster key every beacon is signed (porch/security.py) and only verified beacons reach
-the table; without one the broker stays on loopback unless --insecure. Dropped beacons are
+Every beacon is signed (porch/security.py), with the cluster key or else this user's local
+secret, and only verified beacons reach the table; without a cluster key the broker stays on
+loopback, and only --insecure turns signing off. Dropped beacons are
 counted by reason (`porchctl status`).
 """
 
@@ -67,6 +68,7 @@ RECV_BATCH = 64
 RECV_BYTES = 65_535
 PEER_RESOLVE_S = 30.0
 MAX_WARNED = 256  # (source, reason) pairs a broker warns about once each
+SILENT_INTERVALS = 5  # a static peer not heard for this many beacon intervals is reported
 REJECT_REASONS = ("not_loopback", "malformed", "unsigned", "bad_signature", "unknown_key",
                   "stale", "replayed")  # fmt: skip
 
@@ -178,7 +180,9 @@ def plan(prefs: Prefs) -> NetworkPlan:
 def open_socket(port: int) -> socket.socket:
     """The broker's UDP socket: shared port, broadcast allowed, non-blocking."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # SO_REUSEPORT alone: Linux shares the port only among sockets of the same effective uid.
+    # SO_REUSEADDR would let any user bind it too (or bind 127.0.0.1:PORT, more specific than
+    # ours) and read, answer or swallow our beacons.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     try:
@@ -217,6 +221,9 @@ class Broker:
         self._peer_addrs: dict[str, tuple[str, float]] = {}
         self._resolved: dict[str, Remote] = {}
         self._warm_at: float | None = time.monotonic() + min(WARMUP_S, network.interval_s)
+        self._heard: dict[str, float] = {}  # source address -> when a good beacon came
+        self._silent: set[str] = set()  # static peers ("host:port") reported silent
+        self._started = time.monotonic()
         if network.insecure and not network.loopback_only and network.keys is None:
             log.warning("insecure_network", data_host=network.data_host, port=network.port,
                         detail="beacons are unsigned and data links unencrypted")  # fmt: skip
@@ -247,6 +254,7 @@ class Broker:
             self._changed()
         if self.table.expire(now):
             self._changed()
+        self._check_peers(now)
         if now >= self._next_send:
             self.send(now)
         return min(self._next_send, self._warm_at or self._next_send)
@@ -306,6 +314,24 @@ class Broker:
             self.counters["send_errors"] += 1
             log.debug("beacon_send_failed", to=f"{address[0]}:{address[1]}", reason=str(exc))
 
+    def _check_peers(self, now: float) -> None:
+        """Warn once when a static peer has been silent for SILENT_INTERVALS, and when it is
+        heard again: a peer whose beacons never arrive is a misconfiguration (or someone
+        swallowing them), not something to wait on quietly."""
+        limit_s = SILENT_INTERVALS * self.plan.interval_s
+        for host, port in self.plan.peers:
+            name = f"{host}:{port}"
+            address = self._peer_addrs.get(host, (host, 0.0))[0]
+            heard = self._heard.get(address, self._started)
+            if now - heard > limit_s and name not in self._silent:
+                self._silent.add(name)
+                log.warning("static_peer_silent", peer=name, silent_s=round(now - heard, 1),
+                            detail="no valid beacon from this peer; is porch running there, "
+                            "with the same key and discovery port?")  # fmt: skip
+            elif now - heard <= limit_s and name in self._silent:
+                self._silent.discard(name)
+                log.warning("static_peer_heard", peer=name)
+
     # ---- receiving -----------------------------------------------------------------------
 
     def on_readable(self) -> None:
@@ -345,7 +371,10 @@ class Broker:
         if beacon.daemon_id not in self.table.peers:
             self.announce_soon()  # a newcomer learns about us at once, not an interval later
         self.counters["received"] += 1
-        return self.table.merge(beacon, time.monotonic())
+        now = time.monotonic()
+        if self.plan.peers and (len(self._heard) < MAX_WARNED or source in self._heard):
+            self._heard[source] = now
+        return self.table.merge(beacon, now)
 
     def _reject(self, source: str, reason: str, detail: str) -> bool:
         self.counters["rejected"] += 1
@@ -430,6 +459,7 @@ class Broker:
             "beacon_interval_s": self.plan.interval_s,
             "broadcasts": list(self.plan.broadcasts),
             "peers": [f"{h}:{p}" for h, p in self.plan.peers],
+            "peers_silent": sorted(self._silent),
             "beacons_sent": self.counters["sent"],
             "beacons_received": self.counters["received"],
             "beacons_rejected": self.counters["rejected"],

@@ -253,9 +253,11 @@ def format_discovery(result: dict[str, Any]) -> str:
     dropped = ", ".join(f"{n} {why}" for why, n in reasons.items() if n) or "none"
     keys = found.get("key_ids") or []
     signed = f"signed, key {keys[0]}" if found.get("signed") and keys else "unsigned (no key)"
+    silent = found.get("peers_silent") or []
+    warning = f"; SILENT static peers: {', '.join(silent)}" if silent else ""
     return (f"discovery: beacons {signed}; sent {found.get('beacons_sent', 0)}, received "
             f"{found.get('beacons_received', 0)}, dropped {found.get('beacons_rejected', 0)} "
-            f"({dropped})")  # fmt: skip
+            f"({dropped}){warning}")  # fmt: skip
 
 
 def _permission_denied(path: Path) -> str:

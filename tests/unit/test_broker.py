@@ -1,0 +1,77 @@
+"""The broker's UDP socket in this process: who may share the discovery port, and a static
+peer that stays silent is reported (no subprocess; loopback only)."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from structlog.testing import capture_logs
+
+from porch.broker import SILENT_INTERVALS, Broker, KeySource, NetworkPlan, open_socket
+from porch.security import KeyRing, new_key
+from tests.conftest import free_udp_port
+
+pytestmark = pytest.mark.timeout(30)
+
+RING = KeyRing((new_key(),))
+INTERVAL_S = 0.05
+
+
+def keyed_plan(port: int, peer_port: int) -> NetworkPlan:
+    return NetworkPlan("127.0.0.1", (), (("127.0.0.1", peer_port),), port, INTERVAL_S,
+                       loopback_only=True, keys=RING, key_source=KeySource.CLUSTER)  # fmt: skip
+
+
+@pytest.fixture
+def brokers() -> Iterator[list[Broker]]:
+    made: list[Broker] = []
+    yield made
+    for broker in made:
+        broker.sock.close()
+
+
+def test_discovery_port_is_shared_by_reuseport_only() -> None:
+    """SO_REUSEADDR let another user bind the port too (or 127.0.0.1:PORT) and take beacons;
+    SO_REUSEPORT is limited by Linux to one effective uid."""
+    port = free_udp_port()
+    with open_socket(port) as sock, open_socket(port):  # a second broker of this user: fine
+        assert not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        for address in ("127.0.0.1", ""):  # a squatter that only knows SO_REUSEADDR
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                with pytest.raises(OSError, match="in use"):
+                    squatter.bind((address, port))
+
+
+def test_a_silent_static_peer_is_a_warning_and_in_status(brokers: list[Broker]) -> None:
+    port, peer_port = free_udp_port(), free_udp_port()
+    broker = Broker(keyed_plan(port, peer_port), "o1", list, lambda: None)
+    brokers.append(broker)
+    start = time.monotonic()
+    with capture_logs() as events:
+        broker.tick(start + (SILENT_INTERVALS - 1) * INTERVAL_S)
+        assert broker.status()["peers_silent"] == []
+        broker.tick(start + (SILENT_INTERVALS + 1) * INTERVAL_S)
+    assert broker.status()["peers_silent"] == [f"127.0.0.1:{peer_port}"]
+    assert [e["peer"] for e in events if e["event"] == "static_peer_silent"] == [
+        f"127.0.0.1:{peer_port}"
+    ]
+    # the peer starts: its first beacon clears the warning
+    peer = Broker(keyed_plan(peer_port, port), "o2", list, lambda: None)
+    brokers.append(peer)
+    peer.send(time.monotonic())
+    deadline = time.monotonic() + 5
+    while broker.counters["received"] == 0 and time.monotonic() < deadline:
+        select.select([broker.sock], [], [], 0.1)
+        with capture_logs() as events:
+            broker.on_readable()
+            broker.tick(time.monotonic())
+    assert broker.status()["peers_silent"] == []
+    assert [e["event"] for e in events if e["event"].startswith("static_peer")] == [
+        "static_peer_heard"
+    ]
