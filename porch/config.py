@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import codecs
+import difflib
 import enum
 import json
 import math
@@ -452,12 +453,14 @@ def check_graph(configs: Sequence[PipelineConfig]) -> list[Problem]:
             if target in incoming:
                 incoming[target] += 1
             else:
+                close = difflib.get_close_matches(target, [n for n in by_name if n != config.name])
+                hint = f"; did you mean {close[0]!r}?" if close else ""
                 problems.append(
                     Problem(
                         str(config.path),
                         f"target_pipeline_names[{i}]",
                         f"{target!r} is not among the given configs "
-                        "(fine if it runs on another host)",
+                        f"(fine if it runs on another host){hint}",
                         Severity.WARNING,
                     )
                 )

@@ -197,7 +197,7 @@ def _row(pipeline: dict[str, Any]) -> list[str]:
         _number(get("cpu_percent"), ".1f"),
         human_mib(get("rss_bytes")),
         _number(get("restarts")),
-        _one_line(error_text(pipeline)),
+        _one_line(_last_column(pipeline)),
     ]
 
 
@@ -209,6 +209,15 @@ def error_text(pipeline: dict[str, Any]) -> str:
     if not error or pipeline.get("error_current", True) or not isinstance(age, int | float):
         return error
     return f"{human_duration(age)} ago: {error}"
+
+
+def _last_column(pipeline: dict[str, Any]) -> str:
+    """The error that keeps a pipeline down, else what keeps it from making progress (a
+    missing target, a failed source), else an older error with its age."""
+    warning = pipeline.get("warning")
+    if warning and not (pipeline.get("last_error") and pipeline.get("error_current", True)):
+        return f"warning: {warning}"
+    return error_text(pipeline)
 
 
 def _truncate(text: str, width: int) -> str:

@@ -35,6 +35,7 @@ class Row:
     elapsed_s: float
     rate_per_s: float  # recent (live) rate
     error: str = ""
+    warning: str = ""  # what kept it from making progress (a missing target...)
     problems: str = ""  # dead-lettered, dropped... counts worth a look
 
     @property
@@ -55,6 +56,7 @@ def row_of(handle: WorkerHandle, now: float) -> Row:
         elapsed_s=max(0.0, end - handle.started_s) if handle.started_s else 0.0,
         rate_per_s=handle.rate_per_s if handle.alive else 0.0,
         error=handle.last_error.splitlines()[0] if handle.last_error else "",
+        warning=str(health.get("warning") or ""),
         problems=", ".join(f"{n} {what}" for n, what in counts if n),
     )
 
@@ -71,7 +73,7 @@ def footer_lines(rows: Sequence[Row], height: int, width: int) -> list[str]:
     name_w = max((len(r.name) for r in rows), default=0)
     lines = [
         f"{r.name.ljust(name_w)}  {r.state:<19} {r.items:>9,} items  {r.rate_per_s:>8.1f}/s  "
-        f"{clock(r.elapsed_s):>7}" + (f"  {r.error}" if r.error else "")
+        f"{clock(r.elapsed_s):>7}" + (f"  {r.error or r.warning}" if r.error or r.warning else "")
         for r in rows
     ]
     if len(lines) > height:
@@ -108,7 +110,9 @@ def summary_lines(rows: Sequence[Row], total_s: float, table: bool) -> list[str]
 
 
 def _trouble(row: Row, lead: str) -> str:
-    parts = [p for p in (row.problems, f"error: {row.error}" if row.error else "") if p]
+    error = f"error: {row.error}" if row.error else ""
+    warning = f"warning: {row.warning}" if row.warning else ""
+    parts = [p for p in (row.problems, error, warning) if p]
     return lead + "; ".join(parts) if parts else ""
 
 

@@ -42,6 +42,8 @@ STOP_TIMEOUT_S = 10.0
 POLL_MS = 500  # timer granularity; worker messages and signals wake the loop at once
 OUTPUT_DRAIN_S = 2.0  # after a worker exits, how long its pipes may still deliver output
 LIVE_STATES = (WorkerState.WAITING_FOR_SOURCES, WorkerState.RUNNING)
+# a worker that exits in one of these never said its stream ended (os._exit, not Python's exit)
+UNANNOUNCED_STATES = (WorkerState.STARTING, *LIVE_STATES)
 # Health counters that status() passes on as they are (0 until a worker reports them).
 EXTRA_COUNTERS = ("duplicates", "dead_letters", "skipped", "replayed", "handshakes_rejected")
 # counters status reports as totals over every worker instance a pipeline has had
@@ -529,8 +531,19 @@ class Supervisor:
         for h in self.workers.values():
             pipelines[h.name] = {"endpoint": h.endpoint, "state": h.state.value,
                                  "instance": h.instance, "host": "local",
-                                 "key": self.key_id}  # fmt: skip
+                                 "key": self.key_id, **self._ending(h)}  # fmt: skip
         return pipelines
+
+    def _ending(self, handle: WorkerHandle) -> dict[str, Any]:
+        """What a target needs to know of its sources: who targets whom, and whether a
+        pipeline has ended for good (exited, and nothing will start it again on its own)."""
+        final = (
+            handle.state.ended
+            and not handle.alive
+            and handle.restart_at is None
+            and not handle.respawn
+        )
+        return {"targets": list(handle.config.target_pipeline_names), "final": final}
 
     def _send_directory(self) -> None:
         message = encode(MessageType.DIRECTORY, pipelines=self.directory())
@@ -549,6 +562,7 @@ class Supervisor:
             return
         if handle.exited_s is None:
             handle.exited_s = now
+            self._on_control()  # its last reports (a final state) may still wait in the router
             self._signal(handle, signal.SIGKILL)  # what its scripts left in its group dies too
         if handle.streams and now - handle.exited_s < OUTPUT_DRAIN_S:
             return  # let the last output arrive first
@@ -565,6 +579,13 @@ class Supervisor:
             if not (clean and handle.state is WorkerState.FINISHED):
                 handle.state = WorkerState.STOPPED
         elif clean:
+            if handle.state in UNANNOUNCED_STATES:  # os._exit(0): its stream ends here
+                handle.last_error = handle.last_error or (
+                    f"exited with code 0 while {handle.state.value}, without ending its "
+                    "stream (os._exit?); what it had not delivered is lost"
+                )
+                log.warning("worker_exited_unannounced", pipeline=handle.name,
+                            state=handle.state.value)  # fmt: skip
             if not handle.state.ended:
                 handle.state = WorkerState.FINISHED
         else:
@@ -629,6 +650,7 @@ class Supervisor:
             "last_error": handle.last_error.splitlines()[0] if handle.last_error else "",
             "last_error_age_s": None if handle.error_s is None else round(now - handle.error_s, 1),
             "error_current": handle.error_current,
+            "warning": str(health.get("warning") or "") if handle.alive else "",
             "restart_policy": handle.tracker.policy.value,
             "config": str(handle.config.path),
         }

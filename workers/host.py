@@ -51,6 +51,20 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def _exit_error(exc: SystemExit, hook: str) -> ScriptError | None:
+    """What `sys.exit()` in a hook means: None for a clean exit (code 0 or None, like
+    porch.Stop), else a ScriptError naming the user's file and line."""
+    if exc.code is None or exc.code == 0:
+        return None
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(_INTERNAL_DIRS)
+    ]
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return ScriptError(f"{hook} called sys.exit({exc.code!r}){where}", user_traceback(exc))
+
+
 @dataclass
 class Script:
     """One loaded script: its module, its hooks, and its delta_time bookkeeping."""
@@ -110,6 +124,11 @@ def load_script(path: Path, index: int, pipeline: str) -> Script:
     sys.modules[module.__name__] = module  # dataclasses, pickle and typing look modules up here
     try:
         exec(code, module.__dict__)
+    except SystemExit as exc:
+        error = _exit_error(exc, "top-level code")
+        if error is not None:
+            raise error from None
+        raise Stop from None  # sys.exit(0) before the first step: the stream ends at once
     except Exception as exc:
         raise ScriptError(
             f"{path}: top-level code raised {_summary(exc)}", user_traceback(exc)
@@ -158,6 +177,11 @@ class ScriptHost:
             return value
         except Stop:
             raise
+        except SystemExit as exc:  # sys.exit(0) ends the stream like Stop; other codes fail
+            error = _exit_error(exc, "step()")
+            if error is not None:
+                raise error from None
+            raise Stop from None
         except Exception as exc:
             raise ScriptError(f"step() raised {_summary(exc)}", user_traceback(exc)) from None
 
@@ -169,6 +193,10 @@ class ScriptHost:
                 continue
             try:
                 script.end()
+            except SystemExit as exc:  # a clean exit ends end() early; the others still run
+                error = _exit_error(exc, "end()")
+                if error is not None:
+                    errors.append(error)
             except Exception as exc:
                 errors.append(ScriptError(f"end() raised {_summary(exc)}", user_traceback(exc)))
         return errors

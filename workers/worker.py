@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import difflib
 import os
 import random
 import signal
@@ -36,6 +37,7 @@ from workers.host import ScriptHost
 from workers.inbox import Inbox
 from workers.links import LinkSettings, Outgoing, OutputLink
 from workers.outbox import DurableOutbox
+from workers.scheduler import TooManySources
 
 log = logs.get("porch.worker")
 
@@ -44,6 +46,7 @@ FLUSH_TIMEOUT_S = 5.0  # at the end of a stream, how long to wait for targets to
 POLL_MS = 1000  # idle wake-ups (signals, messages and acks wake the loop at once)
 TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
 STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
+MISSING_TARGET_S = 3.0  # a target the directory has not shown by then is reported missing
 # upper bounds of the step() duration histogram (seconds), as Prometheus buckets
 STEP_SAMPLE_EVERY = 8  # time one step() in 8: timing every one costs ~9% of a fast loop
 STEP_BOUNDS_S = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]
@@ -140,6 +143,11 @@ class Worker:
         self._drain_deadline = 0.0
         # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
         self._finished_sources: dict[str, tuple[float, int]] = {}
+        self._known: list[str] = []  # every pipeline name the last directory listed
+        self._failed_sources: set[str] = set()  # sources that failed for good (warned once)
+        self._missing: dict[str, float] = {}  # missing target -> when to warn about it again
+        self._missing_targets: dict[str, str] = {}  # target not found -> what we said
+        self._started_s = time.monotonic()
         self._next_tick = 0.0
         self._last_flush = 0.0
         self._step_counts = [0] * (len(STEP_BOUNDS_S) + 1)  # the last one is +Inf
@@ -214,8 +222,11 @@ class Worker:
             if kind is MessageType.STOP:
                 self.request_stop("supervisor")
             elif kind is MessageType.DIRECTORY:
-                self._apply_directory(message.get("pipelines", {}))
-                self._note_finished_sources(message.get("pipelines", {}))
+                pipelines = message.get("pipelines", {})
+                if isinstance(pipelines, dict):
+                    self._known = [name for name in pipelines if name != self.name]
+                    self._apply_directory(pipelines)
+                    self._note_finished_sources(pipelines)
 
     def _apply_directory(self, pipelines: dict[str, Any]) -> None:
         for link in self.outputs:
@@ -251,27 +262,95 @@ class Worker:
 
     def _note_finished_sources(self, pipelines: dict[str, Any]) -> None:
         """A source the directory calls finished ends its stream here too, after a grace period
-        for its last messages (its EOS may have been lost if it never had our acks)."""
-        if self.inbox is None:
+        for its last messages (its EOS may have been lost if it never had our acks).
+
+        Local entries name their targets, so a source that ended for good before it ever
+        connected (os._exit, or it finished before this worker was restarted) is known by name:
+        it counts as connected, and its stream ends after the same grace period."""
+        inbox = self.inbox
+        if inbox is None:
             return
-        for name in self.inbox.fanin.sources:
+        fanin = inbox.fanin
+        ours = [
+            name
+            for name, entry in pipelines.items()
+            if isinstance(entry, dict) and self.name in (entry.get("targets") or ())
+        ]
+        for name in dict.fromkeys([*fanin.sources, *ours]):
             entry = pipelines.get(name)
-            if isinstance(entry, dict) and entry.get("state") == "finished":
-                self._finished_sources.setdefault(name, (0.0, -1))
+            if not isinstance(entry, dict):
+                continue
+            state, final = entry.get("state"), entry.get("final") is True
+            if final and state == "failed":
+                if name not in self._failed_sources:  # not silent: say whom we wait for
+                    self._failed_sources.add(name)
+                    log.warning("source_failed", pipeline=self.name, source=name,
+                                hint=f"waiting for it; porchctl start {name}")  # fmt: skip
+            else:
+                self._failed_sources.discard(name)
+            if state != "finished":
+                continue
+            if name not in fanin:
+                if not final:
+                    continue
+                try:
+                    fanin.connect(name)
+                except TooManySources:
+                    continue  # more pipelines target us than we expect: validate says so
+                log.info("source_already_finished", pipeline=self.name, source=name)
+            self._finished_sources.setdefault(name, (0.0, -1))
 
     def _end_overdue_sources(self) -> None:
         if self.inbox is None:
             return
         now = time.monotonic()
         for name, (due, seen) in list(self._finished_sources.items()):
-            received = self.inbox.sources[name].received
+            source = self.inbox.sources.get(name)
+            received = source.received if source is not None else 0
             if received != seen:  # still arriving: its last messages are in flight
                 self._finished_sources[name] = (now + DRAIN_TIMEOUT_S, received)
             elif now >= due:
                 del self._finished_sources[name]
-                if not self.inbox.fanin.has_ended(name):
+                if self.inbox.fanin.has_ended(name):
+                    continue
+                if source is None:  # it ended before this instance of ours started
+                    log.info("source_ended_earlier", pipeline=self.name, source=name)
+                else:
                     log.warning("source_finished_without_eos", pipeline=self.name, source=name)
-                    self.inbox.fanin.end(name)
+                self.inbox.fanin.end(name)
+
+    def _check_targets(self, now: float) -> None:
+        """Say which target is still missing a few seconds after the start (a misspelled name
+        blocks silently once queue_limit values are held), how much is held for it, and the
+        closest name the directory knows; again every STALL_WARNING_S while it lasts."""
+        if now - self._started_s < MISSING_TARGET_S:
+            return
+        for link in self.outputs:
+            if link.socket is not None or link.gone:
+                self._missing.pop(link.target, None)
+                self._missing_targets.pop(link.target, None)
+                continue
+            if now < self._missing.get(link.target, 0.0):
+                continue
+            self._missing[link.target] = now + STALL_WARNING_S
+            close = difflib.get_close_matches(link.target, self._known, n=1)
+            held = link.data_held()
+            text = (
+                f"target {link.target!r} not found; {held} held (queue_limit {link.settings.limit})"
+            )
+            text += f"; did you mean {close[0]!r}?" if close else ""
+            self._missing_targets[link.target] = text
+            log.warning("target_missing", pipeline=self.name, target=link.target, held=held,
+                        queue_limit=link.settings.limit, closest=close[0] if close else None,
+                        known=len(self._known))  # fmt: skip
+
+    def _warnings(self) -> str:
+        """What keeps this pipeline from making progress, for `porchctl status`."""
+        parts = list(self._missing_targets.values())
+        parts += [
+            f"source {name!r} failed; waiting for it" for name in sorted(self._failed_sources)
+        ]
+        return "; ".join(parts)
 
     def _report_state(self, state: WorkerState, error: str = "") -> None:
         self.state = state
@@ -287,7 +366,7 @@ class Worker:
         counters.handshakes_rejected = self.security.denied if self.security is not None else 0
         steps = {"bounds": STEP_BOUNDS_S, "counts": self._step_counts, "sum": self._step_sum_s}
         self.control.send(MessageType.HEALTH, state=self.state.value, step_seconds=steps,
-                          **asdict(counters), **inbox)  # fmt: skip
+                          warning=self._warnings(), **asdict(counters), **inbox)  # fmt: skip
 
     def _tick(self) -> None:
         """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat."""
@@ -298,6 +377,7 @@ class Worker:
         self._on_control()
         self._read_acks()
         self._end_overdue_sources()
+        self._check_targets(now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
             self._heartbeat()
@@ -430,6 +510,8 @@ class Worker:
         while not inbox.fanin.all_connected():
             if self.stopping:
                 return False
+            if inbox.fanin.exhausted():
+                break  # a source ended for good before the others came: no input set can form
             self._wait(POLL_MS)
             if time.monotonic() > next_warning:
                 next_warning += STALL_WARNING_S
@@ -511,7 +593,11 @@ class Worker:
             self.durable.restore()
         if not self._wait_for_sources():
             return WorkerState.STOPPED
-        self.host.load()
+        try:
+            self.host.load()
+        except Stop:  # sys.exit(0) in a script's top level: the stream ends before it starts
+            self.ended = True
+            return WorkerState.FINISHED
         self._report_state(WorkerState.RUNNING)
         if self.inbox is None:
             self._source_loop()

@@ -608,3 +608,15 @@ def test_check_config_never_raises(tmp_path_factory: pytest.TempPathFactory, dat
         assert not has_errors(problems)
     for problem in problems:
         assert str(problem).startswith(f"{path}: ")
+
+
+def test_misspelled_target_warning_names_the_closest_given_config(folder: Path) -> None:
+    a = write_config(folder, dporch("pipeline_a", target_pipeline_names=["pipelin_b"]))
+    b = write_config(folder, dporch("pipeline_b", source_pipeline_count=0))
+
+    _, problems = validate([a, b])
+
+    misspelled = [p for p in problems if "target_pipeline_names" in str(p)]
+    assert len(misspelled) == 1, lines(problems)
+    assert "'pipelin_b' is not among the given configs" in str(misspelled[0])
+    assert str(misspelled[0]).endswith("did you mean 'pipeline_b'?")

@@ -279,3 +279,42 @@ def test_script_can_define_a_dataclass(make_host: Callable[..., ScriptHost]) -> 
     host = make_host(("points.py", source))
 
     assert host.step(None) == 1
+
+
+@pytest.mark.parametrize("call", ["sys.exit()", "sys.exit(0)", "sys.exit(None)"])
+def test_clean_sys_exit_in_step_ends_the_stream_like_stop(
+    make_host: Callable[..., ScriptHost], call: str
+) -> None:
+    host = make_host(("quits.py", f"import sys\n\ndef step():\n    {call}\n"))
+
+    with pytest.raises(porch.Stop):
+        host.step(None)
+
+
+def test_nonzero_sys_exit_in_step_is_a_script_error_with_file_and_line(
+    make_host: Callable[..., ScriptHost], tmp_path: Path
+) -> None:
+    host = make_host(("fails.py", "import sys\n\ndef step():\n    sys.exit(3)\n"))
+
+    with pytest.raises(ScriptError) as caught:
+        host.step(None)
+
+    assert f"step() called sys.exit(3) ({tmp_path / 'fails.py'}:4)" in str(caught.value)
+    assert HOST_FILE not in caught.value.user_traceback
+
+
+def test_sys_exit_in_top_level_or_end(make_host: Callable[..., ScriptHost], tmp_path: Path) -> None:
+    path = tmp_path / "early.py"
+    path.write_text("import sys\nsys.exit(0)\n", encoding="utf-8")
+    with pytest.raises(porch.Stop):
+        load_script(path, 0, "pipeline_a")
+    path.write_text("import sys\nsys.exit('bad input')\n", encoding="utf-8")
+    with pytest.raises(ScriptError, match=r"top-level code called sys.exit\('bad input'\)"):
+        load_script(path, 0, "pipeline_a")
+
+    host = make_host(
+        ("a.py", "import sys\n\ndef step():\n    return 1\n\ndef end():\n    sys.exit(0)\n"),
+        ("b.py", "import sys\n\ndef step(x):\n    return x\n\ndef end():\n    sys.exit(2)\n"),
+    )
+    errors = host.end()
+    assert [str(e).split(" (")[0] for e in errors] == ["end() called sys.exit(2)"]
