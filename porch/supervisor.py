@@ -34,6 +34,7 @@ from porch.config import PipelineConfig
 from porch.control import MessageType, WorkerState, decode, encode
 from porch.discovery import Entry
 from porch.errors import ControlError
+from porch.lines import LineSplitter
 from porch.restart import Action, RestartPolicy, RestartTracker
 
 log = logs.get("porch.supervisor")
@@ -41,6 +42,8 @@ log = logs.get("porch.supervisor")
 STOP_TIMEOUT_S = 10.0
 POLL_MS = 500  # timer granularity; worker messages and signals wake the loop at once
 OUTPUT_DRAIN_S = 2.0  # after a worker exits, how long its pipes may still deliver output
+READ_BYTES = 65536
+READS_PER_WAKEUP = 16
 LIVE_STATES = (WorkerState.WAITING_FOR_SOURCES, WorkerState.RUNNING)
 # a worker that exits in one of these never said its stream ended (os._exit, not Python's exit)
 UNANNOUNCED_STATES = (WorkerState.STARTING, *LIVE_STATES)
@@ -118,7 +121,7 @@ class WorkerHandle:
     health: dict[str, Any] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)  # counters of earlier instances
     rate_per_s: float = 0.0
-    streams: dict[int, tuple[str, bytearray]] = field(default_factory=dict)
+    streams: dict[int, tuple[str, LineSplitter]] = field(default_factory=dict)
     digest: str = ""
     ps: psutil.Process | None = None
 
@@ -353,7 +356,7 @@ class Supervisor:
         for stream_name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
             assert pipe is not None
             os.set_blocking(pipe.fileno(), False)
-            handle.streams[pipe.fileno()] = (stream_name, bytearray())
+            handle.streams[pipe.fileno()] = (stream_name, LineSplitter())
             self.poller.register(pipe.fileno(), zmq.POLLIN)
         log.info("worker_spawned", pipeline=handle.name, pid=process.pid)
 
@@ -436,24 +439,24 @@ class Supervisor:
         handle = next((h for h in self.workers.values() if fd in h.streams), None)
         if handle is None:
             return
-        stream_name, buffer = handle.streams[fd]
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        buffer += data
-        *lines, rest = buffer.split(b"\n")
-        for raw in lines:
-            self.sink.line(handle.name, stream_name, raw.decode("utf-8", "replace").rstrip("\r"))
-        buffer[:] = rest
-        if not data:  # EOF: the worker (and every child holding the pipe) is gone
-            if rest:
-                self.sink.line(handle.name, stream_name, rest.decode("utf-8", "replace"))
-            self._close_stream(handle, fd)
+        stream_name, splitter = handle.streams[fd]
+        now = time.monotonic()
+        for _ in range(READS_PER_WAKEUP):  # bounded: one chatty worker can't starve the loop
+            try:
+                data = os.read(fd, READ_BYTES)
+            except BlockingIOError:
+                return
+            for text in splitter.feed(data, now):
+                self.sink.line(handle.name, stream_name, text)
+            if not data:  # EOF: the worker (and every child holding the pipe) is gone
+                self._close_stream(handle, fd)
+                return
 
     def _close_stream(self, handle: WorkerHandle, fd: int) -> None:
         self.poller.unregister(fd)
-        del handle.streams[fd]
+        stream_name, splitter = handle.streams.pop(fd)
+        for text in splitter.finish():
+            self.sink.line(handle.name, stream_name, text)
         assert handle.process is not None
         for pipe in (handle.process.stdout, handle.process.stderr):
             if pipe is not None and not pipe.closed and pipe.fileno() == fd:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Porchd
+from porch.lines import MAX_LINE_BYTES, SPLIT_MARK
+from tests.integration.conftest import Porchd, PorchRun
 from tests.integration.test_porchd import write_pipeline
 
 pytestmark = [pytest.mark.integration]
@@ -141,3 +142,38 @@ def test_full_state_filesystem_drops_logs_fails_the_durable_pipeline_and_porchd_
     assert done.returncode == 0, done.stderr + daemon.report()
     assert daemon.wait_exit(10) == 0, daemon.report()
     assert counter_end.read_text() == "counter end ran"
+
+
+# ---- worker output: long lines and progress bars (issue 11 item 11) ---------------------
+
+FLOODER = """
+    import sys
+    import porch
+    def step():
+        sys.stdout.write("x" * (1 << 20) + "\\n")  # one 1 MiB line
+        for i in range(20000):  # a progress bar redrawn 20,000 times as fast as it can
+            sys.stdout.write(f"\\rprogress {i}")
+            sys.stdout.flush()
+        print()
+        print("done")
+        raise porch.Stop
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_huge_line_is_split_and_marked_and_progress_updates_are_collapsed(
+    tmp_path: Path, porch_cli: Callable[..., PorchRun]
+):
+    run = porch_cli("run", str(write_pipeline(tmp_path, "flooder", FLOODER)))
+    assert run.wait_exit(40) == 0, run.report()[-2000:]
+
+    lines = run.lines_of("flooder")
+    assert lines[-1] == "done", lines[-5:]
+    pieces = [line for line in lines if line.startswith("x")]
+    assert len(pieces) == (1 << 20) // MAX_LINE_BYTES, [len(p) for p in pieces]
+    assert all(p.endswith(SPLIT_MARK) for p in pieces[:-1]), [p[-30:] for p in pieces]
+    assert "".join(p.removesuffix(SPLIT_MARK) for p in pieces) == "x" * (1 << 20)
+    progress = [line for line in lines if line.startswith("progress")]
+    # one line at most per second while it draws, and its final state
+    assert 1 <= len(progress) <= 20, progress
+    assert progress[-1] == "progress 19999", progress
