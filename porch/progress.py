@@ -44,8 +44,9 @@ class Row:
         return self.items / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def row_of(handle: WorkerHandle, now: float) -> Row:
-    """A pipeline's figures from the supervisor's view of it."""
+def row_of(handle: WorkerHandle, now: float, reported: bool = False) -> Row:
+    """A pipeline's figures from the supervisor's view of it; `reported`: its failure was
+    already printed (`porch: pipeline NAME failed: ...`), so the row does not repeat it."""
     health = handle.health
     end = handle.exited_s if handle.exited_s is not None else now
     counts = [(health.get(key, 0), what) for key, what in TROUBLE_COUNTERS]
@@ -55,7 +56,7 @@ def row_of(handle: WorkerHandle, now: float) -> Row:
         items=int(health.get("iterations", 0)),
         elapsed_s=max(0.0, end - handle.started_s) if handle.started_s else 0.0,
         rate_per_s=handle.rate_per_s if handle.alive else 0.0,
-        error=handle.last_error.splitlines()[0] if handle.last_error else "",
+        error=handle.last_error.splitlines()[0] if handle.last_error and not reported else "",
         warning=str(health.get("warning") or ""),
         problems=", ".join(f"{n} {what}" for n, what in counts if n),
     )
@@ -134,10 +135,12 @@ class Progress:
         if self.live:
             supervisor.add_ticker(self.tick)
 
-    def rows(self, now: float) -> list[Row]:
-        """Every pipeline's figures now."""
-        workers = self.supervisor.workers.values() if self.supervisor else ()
-        return [row_of(h, now) for h in workers]
+    def rows(self, now: float, summary: bool = False) -> list[Row]:
+        """Every pipeline's figures now (for the summary: without the errors printed before)."""
+        if self.supervisor is None:
+            return []
+        printed = set(self.supervisor.failed) if summary else set()
+        return [row_of(h, now, h.name in printed) for h in self.supervisor.workers.values()]
 
     def tick(self, now: float) -> None:
         """Redraw the footer (at most every REDRAW_S)."""
@@ -180,6 +183,7 @@ class Progress:
         if self.supervisor is None:
             return
         now = time.monotonic()
-        for text in summary_lines(self.rows(now), now - self.started_s, table=self.live):
+        for text in summary_lines(self.rows(now, summary=True), now - self.started_s,
+                                  table=self.live):  # fmt: skip
             self.err.write(text + "\n")
         self.err.flush()

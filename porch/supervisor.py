@@ -421,8 +421,12 @@ class Supervisor:
             return
         if handle.kill_at is not None and now > handle.kill_at:
             handle.kill_at = None
-            message = f"did not stop within {self.stop_timeout_s:g} s; killed"
-            log.warning("worker_killed", pipeline=handle.name, reason=message)
+            message = (f"killed: did not stop within {self.stop_timeout_s:g} s of SIGTERM "
+                       "(--stop-timeout); its end() hooks did not run or finish")  # fmt: skip
+            # porch run prints the failure itself (_record_failure): the log need not repeat it
+            quiet = self.mode is FailureMode.STOP_ALL
+            (log.info if quiet else log.warning)("worker_killed", pipeline=handle.name,
+                                                 reason=message)  # fmt: skip
             handle.last_error = message
             if self.mode is FailureMode.STOP_ALL:
                 self._record_failure(handle, message)
@@ -578,7 +582,9 @@ class Supervisor:
     def _after_exit(self, handle: WorkerHandle, code: int, now: float) -> None:
         clean = code == 0 and not handle.watchdog_fired
         commanded = not handle.wanted or self.stopping
-        if commanded and (clean or code in (-signal.SIGTERM, -signal.SIGKILL)):
+        # A pipeline killed for not stopping in time stays failed: the run says so once, truly.
+        stopped = clean or code in (-signal.SIGTERM, -signal.SIGKILL)
+        if commanded and stopped and handle.state is not WorkerState.FAILED:
             if not (clean and handle.state is WorkerState.FINISHED):
                 handle.state = WorkerState.STOPPED
         elif clean:
@@ -593,8 +599,9 @@ class Supervisor:
                 handle.state = WorkerState.FINISHED
         else:
             handle.state = WorkerState.FAILED
-            handle.last_error = handle.last_error or f"exited with code {code}"
-        log.info("worker_exited", pipeline=handle.name, code=code, state=handle.state.value)
+            handle.last_error = handle.last_error or exit_description(code)
+        log.info("worker_exited", pipeline=handle.name, code=code, how=exit_description(code),
+                 state=handle.state.value)  # fmt: skip
         if handle.name in self._removed:
             self._removed.discard(handle.name)
             del self.workers[handle.name]
@@ -692,6 +699,17 @@ class Supervisor:
         self._wake_r.close()
         self._wake_w.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def exit_description(code: int) -> str:
+    """How a process ended, signals by name: `exited with code 3`, `killed by SIGKILL`."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name}"
 
 
 def names_unknown(supervisor: Supervisor, names: Iterable[str]) -> list[str]:

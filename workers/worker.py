@@ -607,9 +607,11 @@ class Worker:
 
     def _fail(self, exc: PorchError) -> WorkerState:
         self._last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # The traceback ends with the error; the supervisor says once more which pipeline failed.
         if isinstance(exc, ScriptError) and exc.user_traceback:
             sys.stderr.write(exc.user_traceback)
-        sys.stderr.write(f"{self._last_error}\n")
+        else:
+            sys.stderr.write(f"{self._last_error}\n")
         sys.stderr.flush()
         return WorkerState.FAILED
 

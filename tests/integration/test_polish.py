@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Porchd
+from tests.integration.conftest import Porchd, PorchRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -90,3 +90,52 @@ def test_second_porchd_stopped_rates_and_past_errors(tmp_path: Path, porchd: Sta
     assert (steady["rate_per_s"], steady["msgs_in_per_s"], steady["msgs_out_per_s"]) == (0, 0, 0)
     row = next(line for line in daemon.ctl("status").stdout.splitlines() if "steady" in line)
     assert "0.0" in row.split() and row.split()[8] == "0.0", row
+
+
+# ---- porch run: one truthful message per failure ---------------------------------------------
+
+SLEEPER = """
+    import time
+    def step():
+        print("sleeping", flush=True)
+        time.sleep(60)
+    def end():
+        print("end ran")
+"""
+
+SELF_KILLER = """
+    import os
+    import signal
+    def step():
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def run_config(folder: Path, name: str, script: str) -> str:
+    return str(write(folder, name, script))
+
+
+def test_a_worker_killed_by_a_signal_is_named_by_it(
+    tmp_path: Path, porch_cli: Callable[..., PorchRun]
+) -> None:
+    run = porch_cli("run", run_config(tmp_path, "killer", SELF_KILLER))
+    assert run.wait_exit(30) == 1, run.report()
+    assert "porch: pipeline killer failed: killed by SIGKILL" in run.stderr, run.report()
+    assert not any("-9" in line for line in run.stderr), run.report()
+
+
+def test_ctrl_c_with_a_step_that_does_not_stop_says_killed_everywhere(
+    tmp_path: Path, porch_cli: Callable[..., PorchRun]
+) -> None:
+    run = porch_cli("run", run_config(tmp_path, "hanger", SLEEPER), "--stop-timeout", "1")
+    run.wait_for_line("hanger", "sleeping", 20)
+    run.interrupt()
+    assert run.wait_exit(30) == 1, run.report()
+    said = [line for line in run.stderr if "did not stop" in line]
+    assert said == [
+        "porch: pipeline hanger failed: killed: did not stop within 1 s of SIGTERM "
+        "(--stop-timeout); its end() hooks did not run or finish"
+    ], run.report()
+    summary = [line for line in run.stderr if line.startswith("porch: hanger: ")]
+    assert summary and summary[0].startswith("porch: hanger: failed, "), run.report()
+    assert "end ran" not in run.lines_of("hanger")

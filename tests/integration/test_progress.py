@@ -35,7 +35,9 @@ def test_summary_without_a_terminal(porch_cli: Callable[..., PorchRun]) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_summary_names_the_error(tmp_path: Path, porch_cli: Callable[..., PorchRun]) -> None:
+def test_a_step_error_is_said_once_after_its_traceback(
+    tmp_path: Path, porch_cli: Callable[..., PorchRun]
+) -> None:
     (tmp_path / "crash.py").write_text(
         textwrap.dedent("""
         n = 0
@@ -52,7 +54,13 @@ def test_summary_names_the_error(tmp_path: Path, porch_cli: Callable[..., PorchR
     run = porch_cli("run", str(tmp_path / "crasher.json"))
     assert run.wait_exit(RUN_TIMEOUT_S) == 1, run.report()
     summary = [line for line in run.stderr if line.startswith("porch: crasher: failed, 2 items")]
-    assert summary and "error: step() raised ValueError: third time" in summary[0], run.report()
+    assert summary and "error" not in summary[0], run.report()  # said just above, once
+    said = [line for line in run.stderr if "ValueError: third time" in line]
+    assert said == [
+        "crasher | ValueError: third time",  # the traceback's last line
+        "porch: pipeline crasher failed: step() raised ValueError: third time "
+        f"({tmp_path / 'crash.py'}:7)",
+    ], run.report()
 
 
 FOOTER_DRAW = re.compile(r"\x1b7.*?\x1b8", re.S)
