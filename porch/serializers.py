@@ -1,10 +1,28 @@
-"""Serializers for pipeline payloads: pickle (default), dill, and code-free JSON."""
+"""Serializers for pipeline payloads: pickle (default), dill, and code-free JSON.
+
+Types and functions defined in a pipeline's scripts travel by value. Each script runs as a
+module named `porch_script_<pipeline>_<index>_<stem>` that no other process can import, so
+pickling its classes by reference (pickle's way) would send a name the receiver cannot
+resolve. A value is first pickled the fast way; only when the result names a script module
+(a byte search in the pickle stream, nothing for plain values) or pickling failed is it
+pickled again with cloudpickle, which embeds those classes and functions in the message.
+
+`pickle` sends data: script-defined classes, dataclasses, enums and named tuples travel by
+value, but lambdas and nested functions are refused (as pickle itself refuses them); `dill`
+also sends code (functions, lambdas, closures).
+"""
 
 from __future__ import annotations
 
+import copyreg
+import io
 import json
 import pickle
-from collections.abc import Callable, Sequence
+import pickletools
+import re
+import types
+from collections import ChainMap
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +30,20 @@ from porch.errors import PorchError
 
 Frames = list[Any]  # bytes-like frames: bytes, memoryview, pickle.PickleBuffer, zmq.Frame
 
+SCRIPT_MODULE_PREFIX = "porch_script_"  # workers.host names each script's module with it
+_SCRIPT_MARK = SCRIPT_MODULE_PREFIX.encode()
+_STACK_GLOBAL = pickle.STACK_GLOBAL[0]  # protocol 4+ names every class and function with it
+PLAIN_DATA = "dicts, lists, numbers, strings, numpy arrays"
+CULPRIT_DEPTH = 8  # how deep a failing value is searched for the part that cannot be sent
+CULPRIT_WIDTH = 1000
+
 
 class SerializationError(PorchError):
     """A value could not be serialized or deserialized with the pipeline's serializer."""
+
+
+class CodeRefused(pickle.PicklingError):
+    """The pickle serializer sends data: a lambda or nested function needs dill."""
 
 
 @dataclass(frozen=True)
@@ -27,10 +56,87 @@ class Serializer:
     loads: Callable[[Sequence[Any]], Any]
 
 
+# ---- by value ----------------------------------------------------------------------------
+
+_script_modules: list[types.ModuleType] = []  # loaded scripts, registered with cloudpickle lazily
+_script_files: set[str] = set()
+_picklers: dict[bool, type[pickle.Pickler]] = {}
+
+
+def send_by_value(module: types.ModuleType) -> None:
+    """Have the classes and functions of this (script) module travel by value."""
+    _script_modules.append(module)
+    if module.__file__:
+        _script_files.add(module.__file__)
+
+
+def _pickler(sends_code: bool) -> type[pickle.Pickler]:
+    """cloudpickle's Pickler, minus what the serializer must not send (built on first use)."""
+    if sends_code in _picklers:
+        return _picklers[sends_code]
+    import cloudpickle  # 20 ms: imported only when a value needs it
+
+    # a file opened for reading would travel as its contents: not what "send" means
+    table = {
+        k: v for k, v in cloudpickle.Pickler._dispatch_table.items() if k is not io.TextIOWrapper
+    }
+
+    class ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table = ChainMap(table, copyreg.dispatch_table)
+
+        def reducer_override(self, obj: Any) -> Any:
+            if not sends_code and isinstance(obj, types.FunctionType) and _is_code(obj):
+                raise CodeRefused(f"{obj.__qualname__} is code")
+            return super().reducer_override(obj)
+
+    _picklers[sends_code] = ByValuePickler
+    return ByValuePickler
+
+
+def _register_scripts() -> None:
+    import cloudpickle
+
+    while _script_modules:
+        cloudpickle.register_pickle_by_value(_script_modules.pop())
+
+
+def _is_code(fn: types.FunctionType) -> bool:
+    """A lambda or a nested function written in a script (pickle refuses both). Methods,
+    and what libraries generate for a class (a dataclass's __init__), are part of a type."""
+    parts = fn.__qualname__.split(".")
+    nested = parts[-1] == "<lambda>" or (len(parts) > 1 and parts[-2] == "<locals>")
+    return nested and fn.__code__.co_filename in _script_files
+
+
+def _by_value(value: Any, *, sends_code: bool, out_of_band: bool) -> Frames:
+    _register_scripts()
+    out = io.BytesIO()
+    buffers: list[pickle.PickleBuffer] = []
+    callback = buffers.append if out_of_band else None
+    _pickler(sends_code)(out, protocol=5, buffer_callback=callback).dump(value)
+    return [out.getvalue(), *(b.raw() for b in buffers)]
+
+
+def _needs_by_value(head: bytes) -> bool:
+    """Whether a pickle stream names a script's class or function. Most streams name no
+    class or function at all: one byte search (memchr) rules those out cheaply."""
+    return _STACK_GLOBAL in head and _SCRIPT_MARK in head
+
+
+# ---- pickle and dill ---------------------------------------------------------------------
+
+
 def _pickle_dumps(value: Any) -> Frames:
     buffers: list[pickle.PickleBuffer] = []
-    head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    return [head, *(b.raw() for b in buffers)]
+    try:
+        head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception:
+        return _slow_dumps(value, "pickle", sends_code=False, out_of_band=True)
+    if _needs_by_value(head):
+        return _slow_dumps(value, "pickle", sends_code=False, out_of_band=True)
+    if buffers:
+        return [head, *(b.raw() for b in buffers)]
+    return [head]
 
 
 def _pickle_loads(frames: Sequence[Any]) -> Any:
@@ -40,13 +146,141 @@ def _pickle_loads(frames: Sequence[Any]) -> Any:
 def _dill_dumps(value: Any) -> Frames:
     import dill  # imported lazily: most pipelines never need it
 
-    return [dill.dumps(value, protocol=5)]
+    try:
+        head = dill.dumps(value, protocol=5)
+    except Exception:
+        return _slow_dumps(value, "dill", sends_code=True, out_of_band=False)
+    if _needs_by_value(head):
+        return _slow_dumps(value, "dill", sends_code=True, out_of_band=False)
+    return [head]
 
 
 def _dill_loads(frames: Sequence[Any]) -> Any:
     import dill
 
     return dill.loads(bytes(frames[0]))
+
+
+def _slow_dumps(value: Any, name: str, *, sends_code: bool, out_of_band: bool) -> Frames:
+    """By value: the fast way named a script module, or failed (then this may succeed)."""
+    try:
+        return _by_value(value, sends_code=sends_code, out_of_band=out_of_band)
+    except Exception as exc:
+        raise _unsendable(value, name, sends_code, exc) from None
+
+
+def _unsendable(value: Any, name: str, sends_code: bool, exc: Exception) -> SerializationError:
+    where, culprit = _culprit(value, lambda v: _by_value(v, sends_code=sends_code,
+                                                         out_of_band=False))  # fmt: skip
+    fix = f"return plain data ({PLAIN_DATA})"
+    if not sends_code:
+        fix += ' or set "serializer": "dill" in the config (it sends functions and lambdas)'
+    whose = "" if where == "value" else f" whose {where.removeprefix('value')} is"
+    why = (
+        "it sends data, not code"
+        if isinstance(exc, CodeRefused)
+        else f"{type(exc).__name__}: {exc}"
+    )
+    return SerializationError(
+        f"{_describe(value)}{whose} {_describe(culprit)}, which the {name} serializer cannot "
+        f"send ({why}); fix: {fix}"
+    )
+
+
+def _culprit(value: Any, dumps: Callable[[Any], Any]) -> tuple[str, Any]:
+    """The innermost part of `value` that cannot be sent, and where it is (value['f'].x)."""
+    path = "value"
+    for _ in range(CULPRIT_DEPTH):
+        for key, child in _children(value):
+            try:
+                dumps(child)
+            except Exception:
+                path, value = path + key, child
+                break
+        else:
+            break
+    return path, value
+
+
+def _children(value: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        items: Any = ((f"[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(getattr(value, "__dict__", None), dict) and not isinstance(
+        value, (type, types.FunctionType, types.ModuleType)
+    ):
+        items = ((f".{k}", v) for k, v in vars(value).items())
+    else:
+        return iter(())
+    return (item for _, item in zip(range(CULPRIT_WIDTH), items, strict=False))
+
+
+def _describe(obj: Any) -> str:
+    """a lambda (step.<locals>.<lambda>), a _io.TextIOWrapper, a dict."""
+    if isinstance(obj, types.FunctionType):
+        kind = "lambda" if obj.__name__ == "<lambda>" else "function"
+        return f"a {kind} ({obj.__qualname__})"
+    cls = type(obj)
+    module = "" if cls.__module__ == "builtins" else f"{cls.__module__}."
+    return f"a {module}{cls.__qualname__}"
+
+
+# ---- what a receiver says about a payload it cannot decode -------------------------------
+
+_MISSING_ATTRIBUTE = re.compile(r"Can't get attribute '([^']+)' on <module '([^']+)'")
+
+
+def decode_failure(serializer: str, head: bytes, exc: Exception, sender: str) -> str:
+    """Why a payload from `sender` did not decode, naming the type where it can, and the fix."""
+    problem = f"a {serializer} value from '{sender}' cannot be decoded here"
+    cause = f"{type(exc).__name__}: {exc}"
+    plain = f"or have '{sender}' send plain data ({PLAIN_DATA})"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        module = exc.name
+        named = [g for g in pickle_globals(head) if g.split(":")[0].split(".")[0] == module]
+        what = named[0].replace(":", ".") if named else module
+        return (
+            f"{problem}: its type {what} is not importable ({cause}); fix: install "
+            f"module '{module}' here or put it beside this pipeline's scripts, {plain}"
+        )
+    if found := _MISSING_ATTRIBUTE.search(str(exc)):
+        return (
+            f"{problem}: its type {found[2]}.{found[1]} is not importable ({cause}); fix: "
+            f"install the same version of module '{found[2]}' on both hosts, {plain}"
+        )
+    return f"{problem} ({cause}); fix: run the same Python and libraries on both hosts, {plain}"
+
+
+def pickle_globals(head: bytes) -> list[str]:
+    """The classes and functions a pickle stream names, as 'module:qualname', in order."""
+    found: list[str] = []
+    pushed: list[Any] = []  # what the opcodes pushed, enough to follow STACK_GLOBAL's strings
+    memo: dict[int, Any] = {}
+    try:
+        for op, arg, _ in pickletools.genops(head):
+            if op.name == "STACK_GLOBAL" and len(pushed) >= 2:
+                found.append(f"{pushed[-2]}:{pushed[-1]}")
+                pushed.append(None)
+            elif op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", ":", 1))
+                pushed.append(None)
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                pushed.append(arg)
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int):
+                memo[arg] = pushed[-1] if pushed else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET") and isinstance(arg, int):
+                pushed.append(memo.get(arg))
+            elif op.name not in ("PROTO", "FRAME"):
+                pushed.append(None)
+    except Exception:  # a truncated or foreign stream: what was read so far still helps
+        pass
+    return found
+
+
+# ---- json --------------------------------------------------------------------------------
 
 
 def _json_dumps(value: Any) -> Frames:

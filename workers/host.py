@@ -20,6 +20,7 @@ from typing import Any
 import porch
 import workers
 from porch.errors import ScriptError
+from porch.serializers import SCRIPT_MODULE_PREFIX, send_by_value
 from porch.stream import SKIP, Stop
 
 _INTERNAL_DIRS = tuple(str(Path(m.__file__ or "").parent) for m in (porch, workers))
@@ -118,10 +119,11 @@ def load_script(path: Path, index: int, pipeline: str) -> Script:
     except OSError as exc:
         raise ScriptError(f"{path}: cannot be read: {exc.strerror}") from None
     # a dot in a module name means a package to importlib and pickle: keep names identifiers
-    module_name = re.sub(r"\W", "_", f"porch_script_{pipeline}_{index}_{path.stem}")
+    module_name = re.sub(r"\W", "_", f"{SCRIPT_MODULE_PREFIX}{pipeline}_{index}_{path.stem}")
     module = types.ModuleType(module_name)
     module.__file__ = str(path)
     sys.modules[module.__name__] = module  # dataclasses, pickle and typing look modules up here
+    send_by_value(module)  # no other process can import it: its types travel by value
     try:
         exec(code, module.__dict__)
     except SystemExit as exc:
@@ -184,6 +186,12 @@ class ScriptHost:
             raise Stop from None
         except Exception as exc:
             raise ScriptError(f"step() raised {_summary(exc)}", user_traceback(exc)) from None
+
+    def output_origin(self) -> str:
+        """Where an iteration's output comes from: the last script's step(), as file:line."""
+        step = self.scripts[-1].step
+        line = getattr(getattr(step, "__code__", None), "co_firstlineno", "?")
+        return f"{self.scripts[-1].path}:{line}"
 
     def end(self) -> list[ScriptError]:
         """Run every loaded script's end() in config order; one failing does not skip the rest."""

@@ -15,7 +15,7 @@ from typing import Any
 from porch import logs
 from porch.errors import WireError
 from porch.security import LinkSecurity
-from porch.serializers import BY_ID, SerializationError, Serializer
+from porch.serializers import BY_ID, Serializer, decode_failure
 from porch.wire import (
     HELLO_NO_ACKS,
     FrameKind,
@@ -45,6 +45,20 @@ class SourceState:
     route: bytes = b""
     wants_acks: bool = True
     stale: int = 0  # queued values of a previous instance, not to be acknowledged
+
+
+@dataclass
+class Undecodable:
+    """A well-formed data message whose payload did not decode. It takes the value's place
+    in the input, so that the pipeline's on_error decides: it is never dropped quietly."""
+
+    source: str
+    error: str  # what failed, the type where known, and the fix
+    payload: list[bytes]
+
+    def __repr__(self) -> str:
+        size = sum(len(frame) for frame in self.payload)
+        return f"<undecodable value from {self.source!r}, {size} bytes>"
 
 
 @dataclass
@@ -80,6 +94,7 @@ class Inbox:
         self.departed: set[str] = set()
         self._rejected: set[tuple[str, int]] = set()
         self.counters = InboxCounters()
+        self.undecodable = 0  # Undecodable values queued (the worker looks for them if any)
         self._careful = limit
         self._ack_every = max(1, limit // 4)
         self._acks = HeaderEncoder(0, instance, name)
@@ -96,7 +111,7 @@ class Inbox:
         for message in self.link.receive(RECV_BATCH):
             try:
                 self._accept(message)
-            except (WireError, SerializationError) as exc:
+            except WireError as exc:
                 self.counters.bad_frames += 1
                 log.warning("bad_frame_dropped", pipeline=self.name, reason=str(exc),
                             total=self.counters.bad_frames)  # fmt: skip
@@ -126,7 +141,7 @@ class Inbox:
         elif kind is FrameKind.DATA:
             first = message[1]
             payload = [memoryview(first)[end:], *message[2:]] if len(first) > end else message[2:]
-            value = self._decode(header.serializer, payload)
+            value = self._decode(header.serializer, payload, header.sender)
             source.received = header.seq
             self.fanin.push(header.sender, (header.seq, value))
             self.counters.msgs_in += 1
@@ -140,7 +155,7 @@ class Inbox:
         serializer = BY_ID.get(header.serializer)
         if serializer is None:
             raise WireError(f"unknown serializer id {header.serializer}")
-        self._check_allowed(serializer)
+        refused = self._refusal(serializer, header.sender)
         loads = serializer.loads
         push = self.fanin.push
         name = header.sender
@@ -149,9 +164,11 @@ class Inbox:
         for part in parts:
             if seq > received:
                 try:
+                    if refused:
+                        raise WireError(refused)
                     value = loads([part])
                 except Exception as exc:
-                    raise SerializationError(f"cannot deserialize batch item: {exc}") from exc
+                    value = self._undecodable(serializer, [part], exc, name)
                 push(name, (seq, value))
                 received = seq
             else:
@@ -160,9 +177,23 @@ class Inbox:
         self.counters.msgs_in += received - source.received
         source.received = received
 
-    def _check_allowed(self, serializer: Serializer) -> None:
+    def _refusal(self, serializer: Serializer, sender: str) -> str:
+        """Why this pipeline will not decode `serializer` payloads at all ("" if it will)."""
         if self.serializer.name == "json" and serializer.name != "json":
-            raise WireError(f"refusing {serializer.name} data: this pipeline accepts json only")
+            return (f"refusing {serializer.name} data from '{sender}': this pipeline accepts "
+                    f"json only; fix: set \"serializer\": \"json\" on '{sender}'")  # fmt: skip
+        return ""
+
+    def _undecodable(
+        self, serializer: Serializer, frames: Sequence[Any], exc: Exception, sender: str
+    ) -> Undecodable:
+        payload = [bytes(frame) for frame in frames]
+        if isinstance(exc, WireError):  # refused unread
+            error = str(exc)
+        else:
+            error = decode_failure(serializer.name, payload[0] if payload else b"", exc, sender)
+        self.undecodable += 1
+        return Undecodable(sender, error, payload)
 
     def _new_source(self, name: str) -> SourceState:
         try:
@@ -210,19 +241,20 @@ class Inbox:
         source.stale = self.fanin.queued(header.sender)
         self.fanin.connect(header.sender)  # a new stream: forget an earlier end
 
-    def _decode(self, serializer_id: int, frames: Sequence[Any]) -> Any:
+    def _decode(self, serializer_id: int, frames: Sequence[Any], sender: str) -> Any:
+        """The value, or an Undecodable in its place (the payload is well-framed: a member
+        sent it, so the pipeline's on_error decides, not the wire layer)."""
         serializer = BY_ID.get(serializer_id)
         if serializer is None:
             raise WireError(f"unknown serializer id {serializer_id}")
-        self._check_allowed(serializer)
         if not frames:
             raise WireError("data message without payload")
         try:
+            if refused := self._refusal(serializer, sender):
+                raise WireError(refused)
             return serializer.loads(frames)
         except Exception as exc:
-            raise SerializationError(
-                f"cannot deserialize {serializer.name} payload: {exc}"
-            ) from exc
+            return self._undecodable(serializer, frames, exc, sender)
 
     # ---- taking input --------------------------------------------------------------------
 

@@ -29,12 +29,12 @@ from porch.config import PipelineConfig
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
 from porch.errors import PorchError, ScriptError
 from porch.security import LinkSecurity
-from porch.serializers import Serializer, get
+from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
 from porch.wire import FrameKind, HeaderEncoder, decode_ack, decode_prefix
 from workers.deadletter import DeadLetters, summary
 from workers.host import ScriptHost
-from workers.inbox import Inbox
+from workers.inbox import Inbox, Undecodable
 from workers.links import LinkSettings, Outgoing, OutputLink
 from workers.outbox import DurableOutbox
 from workers.scheduler import TooManySources
@@ -422,15 +422,25 @@ class Worker:
 
     # ---- output --------------------------------------------------------------------------
 
-    def _emit(self, value: Any) -> None:
+    def _emit(self, value: Any, inputs: Any) -> bool:
+        """Send `value` to every target; False if the serializer could not encode it (then
+        on_error decides, as for a failing step())."""
         if not self.outputs:
-            return
-        payload = self.serializer.dumps(value)
+            return True
+        try:
+            payload = self.serializer.dumps(value)
+        except SerializationError as exc:
+            error = ScriptError(f"{self.host.output_origin()}: step() returned {exc}")
+            if self.config.on_error == "stop":
+                raise error from None
+            self._on_poison(error, inputs)
+            return False
         if self.durable is not None:
             self.durable.store(payload)
         for link in self.outputs:
             self._hand_over(link, FrameKind.DATA, payload)
         self.counters.msgs_out += 1
+        return True
 
     def _hand_over(self, link: OutputLink, kind: FrameKind, payload: list[Any]) -> None:
         """Give one message to a link, waiting (while serving control) as long as it is full."""
@@ -535,9 +545,9 @@ class Worker:
                 raise
             self._on_poison(exc, inputs)
             return
+        if value is not SKIP and not self._emit(value, inputs):
+            return
         self.counters.iterations += 1
-        if value is not SKIP:
-            self._emit(value)
         if stop_requested():
             clear_stop_request()
             self.ended = True
@@ -557,6 +567,27 @@ class Worker:
             log.warning("input_skipped", pipeline=self.name, error=str(exc),
                         input=summary(inputs)[:200])  # fmt: skip
 
+    def _decoded(self, inbox: Inbox, values: dict[str, Any]) -> bool:
+        """Whether every value of this input set decoded; if not, on_error decides, as for a
+        failing step(): stop fails the pipeline, skip and dead-letter go on."""
+        bad = [v for v in values.values() if isinstance(v, Undecodable)]
+        inbox.undecodable -= len(bad)
+        if not bad:
+            return True
+        if self.config.on_error == "stop":
+            raise SerializationError(f'{bad[0].error}; or set "on_error" to skip or dead-letter')
+        self.counters.skipped += 1
+        for item in bad:
+            if self.config.on_error == "dead-letter":
+                path = self.dead_letters.write(item.error, value=values, payload=item.payload,
+                                               source=item.source)  # fmt: skip
+                log.error("dead_lettered", pipeline=self.name, source=item.source,
+                          error=item.error, file=str(path))  # fmt: skip
+            else:
+                log.warning("input_skipped", pipeline=self.name, source=item.source,
+                            error=item.error, input=summary(values)[:200])  # fmt: skip
+        return False
+
     def _source_loop(self) -> None:
         limit = self.options.iterations
         while not self.stopping and not self.ended:
@@ -574,7 +605,8 @@ class Worker:
                 return  # a live upstream keeps sending: the drain is bounded in time
             if fanin.ready():
                 values, seqs = inbox.take()
-                self._iterate(values)
+                if not inbox.undecodable or self._decoded(inbox, values):
+                    self._iterate(values)
                 inbox.commit(seqs)
                 if fanin.ready():
                     self._after_iteration()

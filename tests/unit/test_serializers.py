@@ -1,0 +1,155 @@
+"""Script-defined types by value, the fast path for plain values, and the errors that name
+what cannot be sent or decoded."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import textwrap
+import types
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from porch import serializers
+from porch.serializers import SerializationError, decode_failure, pickle_globals
+from porch.wire import FrameKind, encode_header
+from workers.host import load_script
+from workers.inbox import Inbox, Undecodable
+
+pytestmark = pytest.mark.timeout(30)
+
+SCRIPT = """
+    import enum
+    from dataclasses import dataclass
+
+    @dataclass
+    class Point:
+        x: int
+        y: int
+
+        def norm(self):
+            return abs(self.x) + abs(self.y)
+
+    class Color(enum.Enum):
+        RED = 1
+
+    def double(x):
+        return 2 * x
+
+    def step():
+        return {"point": Point(1, -2), "color": Color.RED, "double": double,
+                "lambda": lambda x: x + 1}
+"""
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Any:
+    """A loaded script module, as a worker loads it (its name is unique to this test)."""
+    path = tmp_path / "shapes_src.py"
+    path.write_text(textwrap.dedent(SCRIPT), encoding="utf-8")
+    loaded = load_script(path, 0, f"p{uuid.uuid4().hex[:8]}")
+    yield loaded.module
+    sys.modules.pop(loaded.module.__name__, None)
+
+
+def received(name: str, value: Any, module_name: str) -> Any:
+    """`value` sent and loaded where the script's module does not exist."""
+    serializer = serializers.get(name)
+    frames = [bytes(f) for f in serializer.dumps(value)]
+    module = sys.modules.pop(module_name)
+    try:
+        return serializer.loads(frames)
+    finally:
+        sys.modules[module_name] = module
+
+
+@pytest.mark.parametrize("name", ["pickle", "dill"])
+def test_script_defined_types_travel_by_value(script: Any, name: str) -> None:
+    value = {"point": script.Point(1, -2), "color": script.Color.RED}
+
+    got = received(name, value, script.__name__)
+
+    assert got["point"].norm() == 3 and repr(got["point"]) == "Point(x=1, y=-2)"
+    assert got["color"].name == "RED"
+    frames = serializers.get(name).dumps(value)
+    assert not any(g.startswith(script.__name__) for g in pickle_globals(bytes(frames[0])))
+
+
+def test_dill_sends_script_functions_and_lambdas_by_value(script: Any) -> None:
+    value = script.step()
+
+    got = received("dill", {"double": value["double"], "lambda": value["lambda"]}, script.__name__)
+
+    assert got["double"](21) == 42 and got["lambda"](1) == 2
+
+
+def test_plain_values_take_the_fast_path_unchanged() -> None:
+    value = {"a": 1, "b": [1.5, "x"], "c": None}
+
+    assert serializers.get("pickle").dumps(value) == [pickle.dumps(value, protocol=5)]
+
+
+def test_pickle_refuses_a_script_lambda_naming_it_and_the_fix(script: Any) -> None:
+    with pytest.raises(SerializationError) as info:
+        serializers.get("pickle").dumps({"ok": 1, "f": [0, script.step()["lambda"]]})
+
+    message = str(info.value)
+    assert "a dict whose ['f'][1] is a lambda (step.<locals>.<lambda>)" in message, message
+    assert '"serializer": "dill"' in message and "plain data" in message
+
+
+def test_an_open_file_is_refused_naming_its_type(tmp_path: Path) -> None:
+    with (tmp_path / "f.txt").open("w") as handle, pytest.raises(SerializationError) as info:
+        serializers.get("pickle").dumps(handle)
+
+    assert "a _io.TextIOWrapper, which the pickle serializer cannot send" in str(info.value)
+
+
+def test_decode_failure_names_sender_type_and_fix() -> None:
+    module = types.ModuleType("shapes_elsewhere")
+    exec("class Point:\n    pass", module.__dict__)
+    sys.modules[module.__name__] = module
+    head = pickle.dumps({"p": module.Point()}, protocol=5)
+    del sys.modules[module.__name__]
+
+    with pytest.raises(ModuleNotFoundError) as info:
+        pickle.loads(head)
+    message = decode_failure("pickle", head, info.value, "src")
+
+    assert pickle_globals(head) == ["shapes_elsewhere:Point"]
+    assert "value from 'src'" in message and "type shapes_elsewhere.Point" in message, message
+    assert "install module 'shapes_elsewhere'" in message, message
+
+
+@pytest.mark.parametrize("accepts", ["pickle", "json"])
+def test_a_member_payload_that_does_not_decode_is_queued_for_on_error(accepts: str) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    inbox = Inbox(ctx, "127.0.0.1", name="sink", instance=9, expected=1, any_input=False,
+                  serializer=serializers.get(accepts), limit=8)  # fmt: skip
+    peer = ctx.socket(zmq.DEALER)
+    peer.linger = 0
+    peer.connect(inbox.endpoint)
+    try:
+        peer.send(encode_header(FrameKind.HELLO, 1, 1, 0, "src"))
+        peer.send(encode_header(FrameKind.DATA, 1, 1, 1, "src") + b"\x80\x05not a pickle")
+        for _ in range(100):
+            if inbox.link.socket.poll(50):
+                inbox.receive()
+            if inbox.fanin.depth():
+                break
+        values, _ = inbox.take()
+    finally:
+        peer.close()
+        inbox.close()
+        ctx.term()
+
+    bad = values["src"]
+    assert isinstance(bad, Undecodable) and bad.source == "src"
+    assert bad.payload == [b"\x80\x05not a pickle"]  # the bytes are kept, never dropped
+    assert inbox.undecodable == 1 and inbox.counters.bad_frames == 0
+    expected = "accepts json only" if accepts == "json" else "cannot be decoded here"
+    assert expected in bad.error, bad.error
