@@ -74,14 +74,11 @@ def _pickler(sends_code: bool) -> type[pickle.Pickler]:
     """cloudpickle's Pickler, minus what the serializer must not send (built on first use)."""
     if sends_code in _picklers:
         return _picklers[sends_code]
-    import cloudpickle  # 20 ms: imported only when a value needs it
-
+    base: Any = _cloudpickle().Pickler
     # a file opened for reading would travel as its contents: not what "send" means
-    table = {
-        k: v for k, v in cloudpickle.Pickler._dispatch_table.items() if k is not io.TextIOWrapper
-    }
+    table = {k: v for k, v in base._dispatch_table.items() if k is not io.TextIOWrapper}
 
-    class ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
+    class ByValuePickler(base):  # type: ignore[misc]
         dispatch_table = ChainMap(table, copyreg.dispatch_table)
 
         def reducer_override(self, obj: Any) -> Any:
@@ -93,9 +90,19 @@ def _pickler(sends_code: bool) -> type[pickle.Pickler]:
     return ByValuePickler
 
 
-def _register_scripts() -> None:
-    import cloudpickle
+def _cloudpickle() -> Any:
+    try:
+        import cloudpickle  # 20 ms: imported only when a value needs it
+    except ImportError:  # an environment installed before Porch depended on it
+        raise SerializationError(
+            "cloudpickle is not installed (Porch needs it to send types defined in scripts); "
+            "fix: pip install 'cloudpickle>=3.0', or `make install` in a source checkout"
+        ) from None
+    return cloudpickle
 
+
+def _register_scripts() -> None:
+    cloudpickle = _cloudpickle()
     while _script_modules:
         cloudpickle.register_pickle_by_value(_script_modules.pop())
 
@@ -165,6 +172,8 @@ def _slow_dumps(value: Any, name: str, *, sends_code: bool, out_of_band: bool) -
     """By value: the fast way named a script module, or failed (then this may succeed)."""
     try:
         return _by_value(value, sends_code=sends_code, out_of_band=out_of_band)
+    except SerializationError:
+        raise
     except Exception as exc:
         raise _unsendable(value, name, sends_code, exc) from None
 
