@@ -19,8 +19,13 @@ temperature = None
 
 def step(input_data):
     global iteration, integral, temperature
-    iteration += 1
     temperature = input_data["plant"]
+    if iteration == ITERATIONS:
+        # The room's answer to our last power: keep it and send nothing. Raising Stop (not
+        # calling porch.stop() with the last power) ends the loop with nothing in flight, so
+        # the room never answers a controller that has already finished.
+        raise porch.Stop
+    iteration += 1
     if temperature is None:  # the first iteration: the loop starts here
         power = MAX_POWER
     else:
@@ -29,8 +34,6 @@ def step(input_data):
         power = min(max(KP * error + KI * integral, 0.0), MAX_POWER)
     if iteration % 100 == 0:
         print(f"iteration {iteration}: {temperature:.2f} C, heater at {power:.2f}")
-    if iteration == ITERATIONS:
-        porch.stop()  # this power is still sent; then the end of stream goes round the loop
     return power
 
 

@@ -241,3 +241,9 @@ def test_feedback_loop_runs_1000_iterations_and_finishes(porch_cli: StartPorch) 
     assert abs(float(summary.group(1)) - 21.0) < 1.0  # the thermostat holds the setpoint
     assert run.lines_of("plant") == []
     assert_no_traceback(run)
+    # it ends clean: no value left over for a finished pipeline, nothing dropped or warned
+    assert not any("target_finished" in line or "dropped" in line for line in run.stderr), (
+        run.report()
+    )
+    plant = r"porch: plant: finished, 1000 items in [\d.]+ s \([\d.]+/s\)"  # nothing after
+    assert any(re.fullmatch(plant, line) for line in run.stderr), run.report()
