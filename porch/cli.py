@@ -19,7 +19,7 @@ import click
 from porch import __version__, logs
 from porch.clierrors import log_options, reporting, set_log_level
 from porch.config import Problem, Severity, has_errors, name_problem, name_warning, validate
-from porch.paths import state_base
+from porch.paths import ensure_private_dir, state_base
 from porch.prefs import KEYS, Effective, prefs_path, resolve, write_file
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -203,12 +203,14 @@ def run(configs: Sequence[str], iterations: int | None, stop_timeout: float, **n
         click.echo("porch: not starting: fix the errors above (see `porch validate`)", err=True)
         sys.exit(EXIT_USAGE)
     network = network_plan(net)
+    # durable outboxes are unpickled at start: the folder must be ours, checked like porchd's
+    state_dir = ensure_private_dir(state_base() / "run")
     supervisor = Supervisor(
         good,
         ConsoleSink(),
         iterations=iterations,
         stop_timeout_s=stop_timeout,
-        state_dir=state_base() / "run",
+        state_dir=state_dir,
         network=network,
         origin=run_origin(),
     )

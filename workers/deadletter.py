@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from porch.paths import ensure_private_dir, open_private_file
+
 MAX_REPR = 2000
 
 
@@ -39,8 +41,8 @@ class DeadLetters:
             "payload_b64": [base64.b64encode(bytes(f)).decode() for f in payload or []],
             "traceback": traceback,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        ensure_private_dir(self.path.parent)  # never through a symlink or into others' files
+        fd = open_private_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         with os.fdopen(fd, "a", encoding="utf-8") as out:
             out.write(json.dumps(entry) + "\n")
         self.count += 1

@@ -9,6 +9,7 @@ it, so a worker killed with kill -9 loses nothing: its next instance replays the
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -17,10 +18,20 @@ from typing import Any
 
 from porch import logs
 from porch.errors import StorageError
+from porch.paths import ensure_private_dir, open_private_file
 from porch.wire import FrameKind
 from workers.links import OutputLink
 
 log = logs.get("porch.worker")
+
+
+def _check_private(path: Path) -> None:
+    """Its rows are unpickled at start: a database another user planted (in a shared state
+    folder), or a symlink, must never be opened as ours (UnsafePathError)."""
+    ensure_private_dir(path.parent)
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.close(open_private_file(path.with_name(name), os.O_RDONLY))
 
 
 class DurableOutbox:
@@ -29,8 +40,8 @@ class DurableOutbox:
     def __init__(self, path: Path, links: Sequence[OutputLink]) -> None:
         self.path = path
         self.links = {link.target: link for link in links}
+        _check_private(path)
         with self._disk("open it"):
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.db = sqlite3.connect(str(path), isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")

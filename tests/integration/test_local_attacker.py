@@ -1,0 +1,317 @@
+"""Issue 15: a second unix user of the host attacks a porchd (run as root) that has no cluster
+key, and a `porch run` whose state folder is shared, and finds every attack fails.
+
+The attacker is a real user (useradd here, userdel at teardown) running tests/integration/
+attacker.py with the system Python from a folder it can read. One porchd serves the attacks
+that need a running pipeline (lk_src -> lk_sink, printing `got N`): a pickle on a data port,
+sharing the discovery port, a forged beacon, the dashboard, a beacon flood. Each attack checks
+what the issue saw go wrong: no code runs (the pickle would create a file), no value is
+redirected or lost (the sink's numbers stay 1..n), no folder's mode changes, nothing planted
+is executed, the dashboard refuses, memory stays flat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from porch.discovery import Beacon, Entry, encode
+from porch.wire import FrameKind, encode_header
+from tests.conftest import NETWORK_VARIABLES, free_udp_port
+from tests.integration.conftest import PORCHD, REPO_ROOT, Porchd, PorchRun
+from tests.integration.test_discovery import counter, printer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+WAIT_S = 20.0
+FLOOD_S = 6.0
+MEMORY_SLACK_MIB = 10.0
+PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
+
+
+class Exploit:
+    """Unpickling this creates a file: proof that an attacker's payload ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.path}",))
+
+
+@dataclass
+class Attacker:
+    """A second unix user, its world-readable folder, and its Python."""
+
+    user: str
+    uid: int
+    gid: int
+    folder: Path
+    python: str
+
+    def command(self, *args: str) -> list[str]:
+        ids = [f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
+        return ["setpriv", *ids, self.python, str(self.folder / "attacker.py"), *args]
+
+    def run(self, *args: str, timeout_s: float = 60.0) -> dict[str, object]:
+        """Run one attack as that user; what it reported."""
+        done = subprocess.run(self.command(*args), capture_output=True, text=True,
+                              timeout=timeout_s, check=False, cwd=self.folder,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(self.folder)})  # fmt: skip
+        assert done.returncode == 0, f"attacker {args[0]} failed: {done.stderr}"
+        result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+        assert result["uid"] == self.uid, result
+        return result
+
+    def file(self, name: str, data: bytes) -> str:
+        """A payload the attacker can read."""
+        path = self.folder / name
+        path.write_bytes(data)
+        path.chmod(0o644)
+        return str(path)
+
+    def exploit(self) -> tuple[Path, bytes]:
+        """Where a payload that ran would leave its mark, and the pickle that would do it."""
+        mark = self.folder / f"pwned-{uuid.uuid4().hex[:8]}"
+        return mark, pickle.dumps(Exploit(mark))
+
+
+def _python_for(uid: int, gid: int) -> str:
+    for python in PYTHONS:
+        probe = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", python, "-c", ""]
+        if (
+            os.path.exists(python)
+            and subprocess.run(probe, timeout=30, check=False).returncode == 0
+        ):
+            return python
+    pytest.fail(f"no Python the second user may run among {PYTHONS}")
+
+
+@pytest.fixture(scope="module")
+def attacker() -> Iterator[Attacker]:
+    """A fresh unix user, deleted at teardown (root needed; CI=true requires it)."""
+    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("setpriv"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("the local attacker tests need root, useradd and setpriv; CI=true")
+        pytest.skip("the local attacker tests need root, useradd and setpriv")
+    user = f"porchatk{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin",
+                    user], check=True, timeout=30, capture_output=True)  # fmt: skip
+    folder = Path(tempfile.mkdtemp(prefix="porch-attacker-"))
+    try:
+        folder.chmod(0o1777)  # the attacker writes here; root's payload checks look here too
+        shutil.copy(Path(__file__).with_name("attacker.py"), folder / "attacker.py")
+        (folder / "attacker.py").chmod(0o644)
+        info = pwd.getpwnam(user)
+        yield Attacker(user, info.pw_uid, info.pw_gid, folder,
+                       _python_for(info.pw_uid, info.pw_gid))  # fmt: skip
+    finally:
+        subprocess.run(["userdel", "--force", user], timeout=30, check=False, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Porchd]:
+    """root's porchd without a cluster key: lk_src -> lk_sink, a dashboard, its control socket
+    in a shared sticky folder (like /tmp)."""
+    base = tmp_path_factory.mktemp("victim")
+    shared = base / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.MonkeyPatch.context() as env:
+        for name in NETWORK_VARIABLES:
+            env.delenv(name, raising=False)
+        env.setenv("PORCH_DISCOVERY_PORT", str(free_udp_port()))
+        env.setenv("PORCH_PREFS", str(base / "no-prefs.toml"))
+        env.setenv("PORCH_STATE_DIR", str(base / "state-base"))
+        configs = [counter(base / "c", "lk_src", "lk_sink", sleep_s=0.01),
+                   printer(base / "c", "lk_sink", "lk_src")]  # fmt: skip
+        daemon = Porchd(shared, configs, 5.0, ("--http", "127.0.0.1:0"))
+    try:
+        daemon.wait_running("lk_src", "lk_sink")
+        daemon.wait_until(lambda: len(numbers(daemon)) >= 5, WAIT_S, "the stream")
+        yield daemon
+    finally:
+        daemon.kill()
+
+
+def numbers(daemon: Porchd) -> list[int]:
+    return [int(line.split()[1]) for line in daemon.output("lk_sink") if line.startswith("got ")]
+
+
+def assert_stream_goes_on_whole(daemon: Porchd, more: int = 20) -> None:
+    """The sink keeps getting the source's values, every one, in order."""
+    before = len(numbers(daemon))
+    daemon.wait_until(lambda: len(numbers(daemon)) >= before + more, WAIT_S, "the stream")
+    got = numbers(daemon)
+    assert got == list(range(1, len(got) + 1)), "a value was lost, duplicated or injected"
+
+
+def data_ports(daemon: Porchd) -> list[int]:
+    ports = []
+    for child in psutil.Process(daemon.proc.pid).children(recursive=True):
+        ports += [c.laddr.port for c in child.net_connections("tcp") if c.status == "LISTEN"]
+    return sorted(ports)
+
+
+def dashboard_url(daemon: Porchd) -> str:
+    line = daemon.wait_until(
+        lambda: next((x for x in daemon.stderr if "dashboard at http" in x), None),
+        WAIT_S, "the dashboard address")  # fmt: skip
+    return str(line.split("dashboard at ", 1)[1].strip())
+
+
+def discovery_port(daemon: Porchd) -> int:
+    return int(daemon.env["PORCH_DISCOVERY_PORT"])
+
+
+# ---- 1. code execution and a stalled link through a worker's loopback port ------------------
+
+
+def test_a_pickle_on_a_data_port_never_runs_and_the_link_goes_on(
+    victim: Porchd, attacker: Attacker
+) -> None:
+    mark, payload = attacker.exploit()
+    hello = [encode_header(FrameKind.HELLO, 1, 7, 0, "lk_src").hex()]
+    data = [[encode_header(FrameKind.DATA, 1, 7, seq, "lk_src").hex(), payload.hex()]
+            for seq in range(1, 200)]  # fmt: skip
+    frames = attacker.file("frames.json", json.dumps([hello, *data]).encode())
+    ports = data_ports(victim)
+    assert ports, victim.report()
+    for port in ports:
+        seen = attacker.run("zmtp", str(port), frames)
+        assert seen["server_mechanism"] == "CURVE" and not seen["server_ready"], seen
+    assert_stream_goes_on_whole(victim)
+    assert not mark.exists(), "the attacker's pickle ran as root"
+    sink = victim.pipeline("lk_sink")
+    assert sink["restarts"] == 0 and sink["bad_frames"] == 0, sink
+
+
+# ---- 2. and 3. the discovery port: shared, shadowed, or fed a forged beacon -----------------
+
+
+def test_the_discovery_port_cannot_be_shared_and_a_forged_beacon_redirects_nothing(
+    victim: Porchd, attacker: Attacker
+) -> None:
+    port = discovery_port(victim)
+    tried = attacker.run("bind", str(port))
+    assert [how for how, result in tried.items() if result == "bound"] == [], tried
+    with socket.socket() as probe:  # a TCP port the attacker will listen on
+        probe.bind(("127.0.0.1", 0))
+        listen = probe.getsockname()[1]
+    entry = Entry("lk_sink", f"tcp://127.0.0.1:{listen}", "running", 99)
+    forged = encode(Beacon("f" * 16, "evil", "127.0.0.1", "evil", time.time(), "n", 10**9,
+                           (entry,)))  # fmt: skip
+    seen = attacker.run("beacon", str(port), str(listen), attacker.file("beacon", forged))
+    assert seen["accepted"] == 0, "a worker connected to the attacker's endpoint"
+    status = victim.status()
+    assert status["daemon"]["discovery"]["rejected"]["unsigned"] >= 1, status["daemon"]
+    assert status["remote"] == [] and status["daemon"]["discovery"]["conflicts"] == []
+    assert_stream_goes_on_whole(victim)
+
+
+# ---- 4. folders Porch did not create ------------------------------------------------------
+
+
+def test_no_folder_mode_is_changed_and_an_unsafe_one_is_refused(
+    victim: Porchd, tmp_path: Path
+) -> None:
+    assert stat.S_IMODE(victim.control.parent.stat().st_mode) == 0o1777  # like /tmp, untouched
+    assert stat.S_IMODE(victim.state_dir.stat().st_mode) == 0o700  # made by porchd
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    open_folder.chmod(0o777)
+    config = counter(tmp_path / "c", "lk_other", "nobody")
+    for flag in ("--control", "--state-dir"):
+        path = open_folder / ("x.sock" if flag == "--control" else "state")
+        other = ("--state-dir", str(tmp_path / "st")) if flag == "--control" else (
+            "--control", str(tmp_path / "ctl.sock"))  # fmt: skip
+        done = subprocess.run([str(PORCHD), "start", config, flag, str(path), *other],
+                              capture_output=True, text=True, timeout=60, check=False,
+                              cwd=REPO_ROOT)  # fmt: skip
+        assert done.returncode == 2, done
+        assert "writable by other users" in done.stderr, done.stderr
+        assert stat.S_IMODE(open_folder.stat().st_mode) == 0o777
+
+
+# ---- 5. a durable outbox planted in a shared state folder -----------------------------------
+
+
+def test_an_outbox_planted_in_a_shared_state_folder_is_refused_never_unpickled(
+    attacker: Attacker, tmp_path: Path
+) -> None:
+    shared = Path(tempfile.mkdtemp(prefix="porch-shared-state-"))
+    try:
+        shared.chmod(0o1777)
+        mark, payload = attacker.exploit()
+        attacker.run("plant", str(shared), "victim_src", attacker.file("blob", payload))
+        config = counter(tmp_path, "victim_src", "victim_sink")
+        data = json.loads(Path(config).read_text())
+        Path(config).write_text(json.dumps({**data, "outbox": "durable"}))
+        run = PorchRun(["run", config, "--iterations", "3"],
+                       {**os.environ, "PORCH_STATE_DIR": str(shared)})  # fmt: skip
+        try:
+            code = run.wait_exit(WAIT_S)
+        finally:
+            run.kill()
+        assert code == 2, run.report()
+        assert any(f"{shared}/run: owned by uid {attacker.uid}" in line for line in run.stderr), (
+            run.report()
+        )
+        assert not mark.exists(), "the planted outbox was unpickled"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+# ---- 7. a flood of unsigned beacons -------------------------------------------------------
+
+
+def _rss_mib(daemon: Porchd) -> float:
+    procs = [psutil.Process(daemon.proc.pid)]
+    procs += procs[0].children(recursive=True)
+    return sum(p.memory_info().rss for p in procs) / 2**20
+
+
+def test_a_beacon_flood_costs_no_memory_and_porchctl_keeps_answering(
+    victim: Porchd, attacker: Attacker
+) -> None:
+    entries = tuple(Entry(f"flood_{i:04d}", f"tcp://127.0.0.1:{10000 + i}", "running", 1)
+                    for i in range(500))  # fmt: skip
+    files = [attacker.file(f"flood{n}", encode(Beacon(f"{n:016x}", f"o{n}", "127.0.0.1", "h",
+                                                      time.time(), "n", 1, entries)))
+             for n in range(20)]  # fmt: skip
+    before = _rss_mib(victim)
+    command = attacker.command("flood", str(discovery_port(victim)), str(FLOOD_S), *files)
+    flood = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        slowest_s = 0.0
+        while flood.poll() is None:
+            started = time.monotonic()
+            assert victim.ctl("status", timeout_s=10).returncode == 0
+            slowest_s = max(slowest_s, time.monotonic() - started)
+        out, _ = flood.communicate(timeout=30)
+    finally:
+        flood.kill()
+    sent = int(json.loads(out.splitlines()[-1])["sent"])
+    status = victim.status()
+    assert status["remote"] == [], "a flooded beacon got into the table"
+    assert status["daemon"]["discovery"]["rejected"]["unsigned"] >= min(sent, 1000) // 2
+    after = _rss_mib(victim)
+    assert after - before <= MEMORY_SLACK_MIB, (before, after, sent)
+    assert slowest_s < 5.0, f"porchctl status took {slowest_s:.1f} s during the flood"
+    assert_stream_goes_on_whole(victim)
