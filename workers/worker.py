@@ -143,7 +143,7 @@ class Worker:
         self._drain_deadline = 0.0
         # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
         self._finished_sources: dict[str, tuple[float, int]] = {}
-        self._known: list[str] = []  # every pipeline name the last directory listed
+        self._known: dict[str, str] = {}  # every pipeline the last directory listed: its state
         self._failed_sources: set[str] = set()  # sources that failed for good (warned once)
         self._missing: dict[str, float] = {}  # missing target -> when to warn about it again
         self._missing_targets: dict[str, str] = {}  # target not found -> what we said
@@ -224,7 +224,11 @@ class Worker:
             elif kind is MessageType.DIRECTORY:
                 pipelines = message.get("pipelines", {})
                 if isinstance(pipelines, dict):
-                    self._known = [name for name in pipelines if name != self.name]
+                    self._known = {
+                        name: str(entry.get("state")) if isinstance(entry, dict) else "?"
+                        for name, entry in pipelines.items()
+                        if name != self.name
+                    }
                     self._apply_directory(pipelines)
                     self._note_finished_sources(pipelines)
 
@@ -333,16 +337,20 @@ class Worker:
             if now < self._missing.get(link.target, 0.0):
                 continue
             self._missing[link.target] = now + STALL_WARNING_S
-            close = difflib.get_close_matches(link.target, self._known, n=1)
             held = link.data_held()
-            text = (
-                f"target {link.target!r} not found; {held} held (queue_limit {link.settings.limit})"
-            )
+            state = self._known.get(link.target)
+            if state is not None:  # listed, but not reachable: not started yet, stopped...
+                close = []
+                text = f"target {link.target!r} is {state}, no endpoint yet"
+            else:
+                close = difflib.get_close_matches(link.target, list(self._known), n=1)
+                text = f"target {link.target!r} not found"
+            text += f"; {held} held (queue_limit {link.settings.limit})"
             text += f"; did you mean {close[0]!r}?" if close else ""
             self._missing_targets[link.target] = text
-            log.warning("target_missing", pipeline=self.name, target=link.target, held=held,
-                        queue_limit=link.settings.limit, closest=close[0] if close else None,
-                        known=len(self._known))  # fmt: skip
+            log.warning("target_missing", pipeline=self.name, target=link.target, state=state,
+                        held=held, queue_limit=link.settings.limit,
+                        closest=close[0] if close else None, known=len(self._known))  # fmt: skip
 
     def _warnings(self) -> str:
         """What keeps this pipeline from making progress, for `porchctl status`."""
