@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any, Protocol
 import psutil
 import zmq
 
-from porch import logs
+from porch import logs, reaper
 from porch.broker import Broker, NetworkPlan
 from porch.config import PipelineConfig
 from porch.control import MessageType, WorkerState, decode, encode
@@ -181,7 +180,9 @@ class Supervisor:
         self.failed: list[str] = []
         self.started_s = time.monotonic()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="porch-"))
+        reaper.remove_stale_run_dirs()  # what a supervisor killed with kill -9 left behind
+        self.runtime_dir = reaper.make_run_dir()
+        self.watchdog = reaper.Watchdog(self.runtime_dir, grace_s=stop_timeout_s)
         self.worker_endpoint = f"ipc://{self.runtime_dir}/workers"
         self.router: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -264,6 +265,15 @@ class Supervisor:
         handle.kill_at = time.monotonic() + self.stop_timeout_s
         handle.state = WorkerState.STOPPING
         self._signal(handle, signal.SIGTERM)
+
+    def _kill(self, handle: WorkerHandle) -> None:
+        """SIGKILL a worker's process group and every descendant (new sessions too: the worker
+        is their subreaper, so they are all below it until it dies)."""
+        if handle.process is None:
+            return
+        tree = reaper.descendants(handle.process.pid) if handle.exited_s is None else []
+        self._signal(handle, signal.SIGKILL)
+        reaper.kill_all(tree)
 
     def _signal(self, handle: WorkerHandle, signum: int) -> None:
         if handle.process is None:
@@ -353,6 +363,7 @@ class Supervisor:
         for key in COUNTERS:  # the last instance's counts become part of the totals
             handle.totals[key] = handle.totals.get(key, 0) + int(handle.health.get(key, 0) or 0)
         handle.health = {}
+        self.watchdog.watch(process.pid)
         for stream_name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
             assert pipe is not None
             os.set_blocking(pipe.fileno(), False)
@@ -430,14 +441,14 @@ class Supervisor:
             handle.last_error = message
             if self.mode is FailureMode.STOP_ALL:
                 self._record_failure(handle, message)
-            self._signal(handle, signal.SIGKILL)
+            self._kill(handle)
         timeout = handle.config.heartbeat_timeout_s
         silent = now - handle.heartbeat_s
         if handle.state in LIVE_STATES and silent > timeout and not handle.watchdog_fired:
             handle.watchdog_fired = True
             handle.last_error = f"no heartbeat for {silent:.0f} s (timeout {timeout:g} s); killed"
             log.warning("worker_unresponsive", pipeline=handle.name, silent_s=round(silent, 1))
-            self._signal(handle, signal.SIGKILL)
+            self._kill(handle)
 
     def _read_stream(self, fd: int) -> None:
         handle = next((h for h in self.workers.values() if fd in h.streams), None)
@@ -682,7 +693,7 @@ class Supervisor:
     def _kill_all(self) -> None:
         for handle in self.workers.values():
             if handle.alive and handle.process is not None:
-                self._signal(handle, signal.SIGKILL)
+                self._kill(handle)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     handle.process.wait(timeout=5)
                 handle.exit_code = handle.process.returncode
@@ -699,6 +710,7 @@ class Supervisor:
         self._wake_r.close()
         self._wake_w.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        self.watchdog.close()
 
 
 def exit_description(code: int) -> str:

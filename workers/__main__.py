@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from porch import logs
+from porch import logs, reaper
 from porch.config import load_config
 from porch.errors import PorchError
 from workers.worker import PARENT_DEATH_SIGNAL, Worker, WorkerOptions
@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     worker.install_signals()
     _die_with_parent(args.parent_pid)
+    reaper.become_subreaper()  # what the scripts start stays below us, even in a new session
     try:
         return worker.run()
     finally:
+        reaper.kill_all(reaper.descendants())  # nothing a script started outlives its worker
         if args.parent_pid is not None and os.getppid() != args.parent_pid:
             # Orphaned: nobody will reap our process group; take the scripts' children along.
             os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 
 from porch.lines import MAX_LINE_BYTES, SPLIT_MARK
 from tests.integration.conftest import Porchd, PorchRun
-from tests.integration.test_porchd import write_pipeline
+from tests.integration.test_porchd import gone, wait_for, write_pipeline
 
 pytestmark = [pytest.mark.integration]
 
@@ -177,3 +179,128 @@ def test_a_huge_line_is_split_and_marked_and_progress_updates_are_collapsed(
     # one line at most per second while it draws, and its final state
     assert 1 <= len(progress) <= 20, progress
     assert progress[-1] == "progress 19999", progress
+
+
+# ---- nothing outlives its supervisor (issue 11 item 10) ---------------------------------
+
+# step() blocks every signal, then sleeps in C: neither the parent-death signal nor a check
+# between iterations can reach it.
+STUCK = """
+    import signal
+    import time
+    def step():
+        print("stuck", flush=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        time.sleep(300)
+"""
+
+# A child in a new session, and a grandchild orphaned by a double fork (its parent exits).
+ESCAPER = """
+    import subprocess
+    import time
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    print("child", child.pid, flush=True)
+    shell = subprocess.run(["sh", "-c", "setsid sleep 300 > /dev/null 2>&1 & echo $!"],
+                           capture_output=True, text=True, check=True)
+    print("child", shell.stdout.strip(), flush=True)
+    def step():
+        time.sleep(0.05)
+"""
+
+
+def children_of(daemon: Porchd, name: str) -> list[int]:
+    """The pids pipeline `name`'s script printed as `child PID`."""
+    return [int(line.split()[1]) for line in daemon.output(name) if line.startswith("child ")]
+
+
+def run_dirs(folder: Path) -> list[Path]:
+    """The supervisors' run folders in `folder` (their TMPDIR)."""
+    return sorted(folder.glob("porch-*"))
+
+
+@pytest.mark.timeout(90)
+def test_killing_porchd_kills_a_stuck_worker_and_script_children_in_new_sessions(
+    tmp_path: Path, porchd: Start
+):
+    folder = tmp_path / "configs"
+    daemon = porchd(
+        write_pipeline(folder, "stuck", STUCK),
+        write_pipeline(folder, "escaper", ESCAPER),
+        stop_timeout_s=2,
+    )
+    status = daemon.wait_running("stuck", "escaper")
+    workers = [daemon.pipeline(n, status)["pid"] for n in ("stuck", "escaper")]
+    daemon.wait_until(lambda: "stuck" in daemon.output("stuck"), 10, "stuck in step()")
+    children = daemon.wait_until(
+        lambda: len(c := children_of(daemon, "escaper")) == 2 and c, 10, "the children's pids"
+    )
+    assert run_dirs(tmp_path), "no run folder while porchd runs"
+
+    daemon.proc.kill()
+    daemon.wait_exit(10)
+
+    for pid in workers + children:
+        wait_for(lambda pid=pid: gone(pid), 30, f"process {pid} to die with porchd")
+    wait_for(lambda: not run_dirs(tmp_path), 10, "porchd's run folder to be removed")
+
+
+@pytest.mark.timeout(60)
+def test_porchctl_stop_kills_script_children_in_new_sessions(tmp_path: Path, porchd: Start):
+    daemon = porchd(write_pipeline(tmp_path, "escaper", ESCAPER))
+    daemon.wait_running("escaper")
+    children = daemon.wait_until(
+        lambda: len(c := children_of(daemon, "escaper")) == 2 and c, 10, "the children's pids"
+    )
+
+    done = daemon.ctl("stop", "escaper")
+    assert done.returncode == 0, done.stderr
+    daemon.wait_until(lambda: daemon.pipeline("escaper")["state"] == "stopped", 15, "stopped")
+
+    for pid in children:
+        wait_for(lambda pid=pid: gone(pid), 10, f"the script's child {pid} to die with it")
+
+
+@pytest.mark.timeout(60)
+def test_run_folders_left_by_dead_supervisors_are_removed_at_the_next_start(
+    tmp_path: Path, porch_cli: Callable[..., PorchRun]
+):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.mkdtemp(prefix=f"porch-run-{dead.pid}-"))
+    live = Path(tempfile.mkdtemp(prefix=f"porch-run-{os.getpid()}-"))  # its owner runs
+    try:
+        run = porch_cli("run", str(write_pipeline(tmp_path, "ender", ENDER)))
+        assert run.wait_exit(30) == 0, run.report()
+        assert not stale.exists()
+        assert live.exists()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)
+
+
+ENDER = """
+    import porch
+    def step():
+        raise porch.Stop
+"""
+
+
+@pytest.mark.timeout(60)
+def test_killing_porch_run_leaves_no_run_folder_and_no_script_child(tmp_path: Path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    config = write_pipeline(tmp_path, "escaper", ESCAPER)
+    run = PorchRun(["run", str(config)], {**os.environ, "TMPDIR": str(tmp)})
+    try:
+        run.wait_until(lambda: len(run.lines_of("escaper")) == 2, 20, "the children's pids")
+        children = [int(line.split()[1]) for line in run.lines_of("escaper")]
+        assert len(run_dirs(tmp)) == 1, run_dirs(tmp)
+
+        run.proc.kill()
+        run.proc.wait()
+
+        for pid in children:
+            wait_for(lambda pid=pid: gone(pid), 20, f"the script's child {pid} to die")
+        wait_for(lambda: not run_dirs(tmp), 20, "porch run's folder to be removed")
+    finally:
+        run.kill()
