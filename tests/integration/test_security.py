@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import porch
 from porch.security import KeyRing, new_key, read_keyring, write_keyring
-from tests.integration.conftest import PORCH, PORCHCTL, Porchd, PorchRun
+from tests.integration.conftest import PORCH, REPO_ROOT, Porchd, PorchRun
 from tests.integration.test_discovery import counter, printer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -124,13 +128,66 @@ def _as_nobody() -> list[str]:
     return ["runuser", "-u", "nobody", "--"]
 
 
-def test_porchctl_of_another_user_is_refused(tmp_path: Path, porchd: StartDaemon) -> None:
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder in /tmp that every user may enter and read (pytest's tmp_path is 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="porch-test-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _porchctl_for_anyone(folder: Path) -> list[str]:
+    """porchctl as a command another user can run wherever this checkout lives: the packages it
+    imports are copied into `folder`, run by the base interpreter (not the venv's link)."""
+    lib = folder / "lib"
+    lib.mkdir()
+    probe = (
+        "import sys, porch.porchctl\nfor m in list(sys.modules.values()): "
+        "print(getattr(m, '__file__', None))"
+    )
+    files = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True, timeout=30).stdout.split()  # fmt: skip
+    roots = {Path(p) for p in site.getsitepackages()} | {Path(porch.__file__).parents[1]}
+    for source in sorted({_top_level(Path(f), roots) for f in files} - {None, REPO_ROOT / ".venv"}):
+        if not (lib / source.name).exists():
+            shutil.copytree(source, lib / source.name, ignore=shutil.ignore_patterns("__pycache__"))
+    for packages in site.getsitepackages():  # compiled dependencies' own libraries (pyzmq.libs)
+        for libs in Path(packages).glob("*.libs"):
+            shutil.copytree(libs, lib / libs.name, dirs_exist_ok=True)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    python = os.path.realpath(sys.executable)
+    return [python, "-s", "-c", "from porch.porchctl import main; main()"]
+
+
+def _top_level(path: Path, roots: set[Path]) -> Path | None:
+    """The top-level package folder of a module under site-packages or the checkout, if any."""
+    for root in sorted(roots, key=lambda r: len(r.parts), reverse=True):  # a venv in a checkout
+        if root in path.parents and len(path.relative_to(root).parts) > 1:
+            return root / path.relative_to(root).parts[0]
+    return None
+
+
+def test_porchctl_of_another_user_is_refused(
+    tmp_path: Path, porchd: StartDaemon, open_folder: Path
+) -> None:
+    # Everything up to porchd's socket is open to `nobody`, so only porchd's protection of its
+    # socket can refuse it, wherever the checkout and pytest's (0700) tmp_path live.
     prefix = _as_nobody()
-    daemon = porchd(printer(tmp_path / "c", "private_sink", "nobody_src"))
+    porchctl = _porchctl_for_anyone(open_folder)
+    env = {**os.environ, "HOME": "/", "PYTHONPATH": str(open_folder / "lib")}
+    runs = subprocess.run([*prefix, *porchctl, "--version"], capture_output=True, text=True,
+                          timeout=30, check=False, env=env, cwd="/")  # fmt: skip
+    if runs.returncode != 0:
+        pytest.skip(f"nobody cannot run {porchctl[0]} here: {runs.stderr.strip()[-200:]}")
+    daemon = porchd(printer(tmp_path / "c", "private_sink", "nobody_src"), home=open_folder / "d")
     daemon.wait_running()
-    done = subprocess.run([*prefix, str(PORCHCTL), "--control", str(daemon.control), "status"],
-                          capture_output=True, text=True, timeout=30, check=False,
-                          env={**daemon.env, "HOME": "/"})  # fmt: skip
+    # the socket's folder is open (0755): only the socket's own mode (0600) can refuse nobody
+    assert daemon.control.stat().st_mode & 0o777 == 0o600
+    done = subprocess.run([*prefix, *porchctl, "--control", str(daemon.control), "status"],
+                          capture_output=True, text=True, timeout=30, check=False, env=env,
+                          cwd="/")  # fmt: skip
     assert done.returncode != 0, done
     assert "permission denied" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert daemon.ctl("status").returncode == 0  # its owner still gets in
