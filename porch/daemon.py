@@ -24,7 +24,7 @@ from porch.errors import ConfigError, PorchError
 from porch.logfiles import LogFileSink
 from porch.rates import RateMeter
 from porch.supervisor import FailureMode, Supervisor, WorkerHandle, fingerprint
-from porch.web import DashboardServer, HttpPlan, graph_data
+from porch.web import TOKEN_FILE, DashboardServer, HttpPlan, graph_data
 
 log = logs.get("porch.daemon")
 
@@ -88,7 +88,8 @@ class Daemon:
         self.snapshot: Result | None = None
         self.rates = RateMeter(RATE_COUNTERS)
         self._next_snapshot_s = 0.0
-        self.web = DashboardServer(http, lambda: self.snapshot) if http is not None else None
+        self.web = (DashboardServer(http, lambda: self.snapshot, state_dir / TOKEN_FILE)
+                    if http is not None else None)  # fmt: skip
         self.sink = LogFileSink(state_dir / "logs")
         self.supervisor = Supervisor(
             configs,
@@ -214,6 +215,8 @@ class Daemon:
         broker = self.supervisor.broker
         if broker is not None:
             daemon["discovery"] = broker.status()
+        if self.web is not None:
+            daemon["http"] = self.web.status()
         pipelines = self.supervisor.status()
         now = time.monotonic()
         for pipeline in pipelines:

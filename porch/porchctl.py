@@ -432,6 +432,24 @@ def reload(client: Client) -> None:
     click.echo(format_reload(client.call("reload")))
 
 
+@porchctl.command(short_help="Print the dashboard's address with its token.")
+@log_options(verbose=False)
+@click.option("--token", "token_only", is_flag=True, help="Print only the token.")
+@pass_client
+@handle_errors
+def dashboard(client: Client, token_only: bool) -> None:
+    """Print the dashboard's address with its token (read from porchd's 0600 token file)."""
+    http = (client.call("status").get("daemon") or {}).get("http")
+    if not isinstance(http, dict) or not http.get("token_file"):
+        raise ControlError("porchd serves no dashboard; start it with --http 127.0.0.1:PORT")
+    path = Path(str(http["token_file"]))
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ControlError(f"cannot read the dashboard token {path}: {exc.strerror}") from None
+    click.echo(token if token_only else f"{http['url']}?token={token}")
+
+
 @porchctl.command(name="graph", short_help="Print the pipeline graph with each pipeline's state.")
 @log_options(verbose=False)
 @click.option(

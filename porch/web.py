@@ -3,11 +3,12 @@
 A ThreadingHTTPServer on its own thread serves what porchd's loop last published (a snapshot
 replaced whole every ~0.5 s, never mutated), so no request ever touches the supervisor.
 
-Exposure: loopback by default. Any other address needs the cluster key configured and then a
-token (given, or generated and printed at start) on every data endpoint, as
-`Authorization: Bearer TOKEN` or `?token=TOKEN`. The page shell and its script are public
-package files and carry no data. On loopback without a token, requests must name a loopback
-host, so a web page elsewhere cannot read the API through DNS rebinding.
+Exposure: loopback by default; any other address needs the cluster key configured. Every data
+endpoint asks for a token, on loopback too (other unix users share it), given or generated at
+start like Jupyter's: `Authorization: Bearer TOKEN` or `?token=TOKEN`. porchd prints the page's
+address with it and writes it to `<state>/http.token` (0600), where its owner's porchctl and a
+Prometheus `credentials_file` read it. The page shell and its script are public package files
+and carry no data. On loopback, requests must also name a loopback host (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
 import secrets
 import socket
 import threading
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -90,13 +93,23 @@ def is_loopback(host: str) -> bool:
 def plan(address: str, key_file: str | None, token: str | None) -> HttpPlan:
     """Check the exposure rules; generate a token for a non-loopback address without one."""
     host, port = parse_address(address)
-    if is_loopback(host):
-        return HttpPlan(host, port, token or None, loopback=True)
-    if not key_file:
+    loopback = is_loopback(host)
+    if not loopback and not key_file:
         raise UsageError(f"refusing to serve the dashboard on {host}:{port}: {NO_KEY_HINT}")
     if token:
-        return HttpPlan(host, port, token, loopback=False)
-    return HttpPlan(host, port, secrets.token_urlsafe(24), loopback=False, generated=True)
+        return HttpPlan(host, port, token, loopback=loopback)
+    return HttpPlan(host, port, secrets.token_urlsafe(24), loopback=loopback, generated=True)
+
+
+TOKEN_FILE = "http.token"
+
+
+def write_token(path: Path, token: str) -> None:
+    """The token for its owner's tools: mode 0600, a fresh file (never through a symlink)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(token + "\n")
 
 
 def static_file(name: str) -> bytes:
@@ -112,9 +125,11 @@ def static_file(name: str) -> bytes:
 class DashboardServer:
     """The HTTP server thread; `read()` gives the latest snapshot (None before the first)."""
 
-    def __init__(self, http: HttpPlan, read: Callable[[], Snapshot | None]) -> None:
+    def __init__(self, http: HttpPlan, read: Callable[[], Snapshot | None],
+                 token_file: Path | None = None) -> None:  # fmt: skip
         self.plan = http
         self.read = read
+        self.token_file = token_file
         self.registry = metrics.registry(read)
         try:
             self.httpd = _Server((http.host, http.port), _Handler)
@@ -133,7 +148,9 @@ class DashboardServer:
         return f"http://{shown}:{port}{query}"
 
     def start(self) -> None:
-        """Serve on the background thread."""
+        """Write the token file, then serve on the background thread."""
+        if self.token_file is not None and self.plan.token is not None:
+            write_token(self.token_file, self.plan.token)
         self.thread.start()
         log.info("http_started", url=self.url if not self.plan.token else self.url.split("?")[0])
 
@@ -144,11 +161,18 @@ class DashboardServer:
             log.exception("http_failed")
 
     def close(self) -> None:
-        """Stop serving and release the port."""
+        """Stop serving, release the port, remove the token file."""
         if self.thread.is_alive():
             self.httpd.shutdown()
             self.thread.join(timeout=REQUEST_TIMEOUT_S)
         self.httpd.server_close()
+        if self.token_file is not None:
+            self.token_file.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, Any]:
+        """Where the dashboard is and where its token is kept, for `porchctl status --json`."""
+        token_file = str(self.token_file) if self.token_file is not None else None
+        return {"url": self.url.split("?")[0], "token_file": token_file}
 
     # ---- what each route answers ---------------------------------------------------------
 
@@ -163,8 +187,8 @@ class DashboardServer:
         return any(hmac.compare_digest(c.encode(), token.encode()) for c in candidates if c)
 
     def host_allowed(self, host_header: str | None) -> bool:
-        """On loopback without a token, only a loopback Host header (DNS rebinding)."""
-        if self.plan.token is not None or not self.plan.loopback:
+        """On loopback, only a loopback Host header (DNS rebinding)."""
+        if not self.plan.loopback:
             return True
         if not host_header:
             return False

@@ -10,6 +10,7 @@ socket and file work an attacker would, and prints what it saw as one JSON objec
     attacker.py beacon PORT LISTEN DATA    send a forged beacon, count who connects to LISTEN
     attacker.py flood PORT SECONDS DATA... send these datagrams in a loop
     attacker.py http URL...                GET each URL, report the status codes
+    attacker.py read PATH                  try to read a file
     attacker.py plant FOLDER NAME BLOB     an outbox database holding BLOB under FOLDER
 """
 
@@ -153,6 +154,14 @@ def http(urls: list[str]) -> dict[str, object]:
     return codes
 
 
+def read(path: str) -> dict[str, object]:
+    """Try to read a file; the error class when we may not."""
+    try:
+        return {"read": len(Path(path).read_bytes()), "error": None}
+    except OSError as exc:
+        return {"read": 0, "error": type(exc).__name__}
+
+
 def plant(folder: str, name: str, blob_file: str) -> dict[str, object]:
     """What a durable outbox left behind, with our pickle in it, where root's will be looked for."""
     outbox = Path(folder) / "run" / "outbox"
@@ -183,6 +192,8 @@ def main(argv: list[str]) -> dict[str, object]:
         return flood(int(args[0]), float(args[1]), args[2:])
     if command == "http":
         return http(args)
+    if command == "read":
+        return read(args[0])
     if command == "plant":
         return plant(args[0], args[1], args[2])
     raise SystemExit(f"unknown command {command!r}")

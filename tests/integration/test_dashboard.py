@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -35,6 +36,13 @@ def dashboard_url(daemon: Porchd) -> str:
     return url
 
 
+def api_base(daemon: Porchd) -> tuple[str, dict[str, str]]:
+    """The dashboard's base address and the header that carries its token."""
+    base, _, token = dashboard_url(daemon).partition("/?token=")
+    assert token, "porchd printed no token: the loopback dashboard must ask for one"
+    return base, {"Authorization": f"Bearer {token}"}
+
+
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     """GET `url`; (status, body) for any HTTP answer."""
     request = urllib.request.Request(url, headers=headers or {})
@@ -62,11 +70,11 @@ def metric(values: dict[Any, float], name: str, pipeline: str) -> float:
 @pytest.mark.timeout(90)
 def test_metrics_parse_and_move_as_messages_flow(tmp_path: Path, porchd: Start) -> None:
     daemon = porchd(*chain(tmp_path), extra=("--http", "127.0.0.1:0"))
-    base = dashboard_url(daemon).rstrip("/")
+    base, auth = api_base(daemon)
     daemon.wait_running("ticker", "printer")
 
     def scrape() -> dict[Any, float]:
-        status, body = fetch(base + "/metrics")
+        status, body = fetch(base + "/metrics", auth)
         assert status == 200, body
         return samples(body)
 
@@ -113,18 +121,18 @@ def test_metrics_parse_and_move_as_messages_flow(tmp_path: Path, porchd: Start) 
 @pytest.mark.timeout(60)
 def test_api_is_what_porchctl_prints(tmp_path: Path, porchd: Start) -> None:
     daemon = porchd(*chain(tmp_path), extra=("--http", "127.0.0.1:0"))
-    base = dashboard_url(daemon).rstrip("/")
+    base, auth = api_base(daemon)
     daemon.wait_running("ticker", "printer")
 
     def same_graph() -> bool:  # the served snapshot is up to 0.5 s old: wait until they agree
-        graph_status, graph_body = fetch(base + "/api/graph")
+        graph_status, graph_body = fetch(base + "/api/graph", auth)
         assert graph_status == 200
         printed = daemon.ctl("graph", "--format", "json")
         return bool(json.loads(graph_body) == json.loads(printed.stdout))
 
     daemon.wait_until(same_graph, 10, "/api/graph to match porchctl graph")
 
-    status_code, status_body = fetch(base + "/api/status")
+    status_code, status_body = fetch(base + "/api/status", auth)
     assert status_code == 200
     api = json.loads(status_body)
     cli = daemon.status()
@@ -139,7 +147,29 @@ def test_api_is_what_porchctl_prints(tmp_path: Path, porchd: Start) -> None:
     assert fetch(base + "/dashboard.js")[0] == 200
     assert fetch(base + "/nope")[0] == 404
     # a web page elsewhere must not read the API through a name it points at 127.0.0.1
-    assert fetch(base + "/api/status", {"Host": "attacker.example"})[0] == 403
+    assert fetch(base + "/api/status", {**auth, "Host": "attacker.example"})[0] == 403
+
+
+@pytest.mark.timeout(60)
+def test_loopback_dashboard_asks_a_generated_token_its_owner_reads_from_a_0600_file(
+    tmp_path: Path, porchd: Start
+) -> None:
+    """Other unix users share loopback: without the token they get nothing but the page."""
+    daemon = porchd(*chain(tmp_path), extra=("--http", "127.0.0.1:0"))
+    base, auth = api_base(daemon)
+    daemon.wait_running("ticker")
+    token_file = daemon.state_dir / "http.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert auth["Authorization"] == f"Bearer {token_file.read_text().strip()}"
+    for path in ("/api/status", "/api/graph", "/metrics"):
+        assert fetch(base + path)[0] == 401, path
+        assert fetch(base + path, auth)[0] == 200, path
+    assert fetch(base + "/")[0] == 200  # the page itself carries no data
+    shown = daemon.ctl("dashboard")
+    assert shown.returncode == 0 and shown.stdout.strip() == dashboard_url(daemon), shown
+    assert daemon.status()["daemon"]["http"]["token_file"] == str(token_file)
+    assert daemon.ctl("stop").returncode == 0 and daemon.wait_exit(30.0) == 0
+    assert not token_file.exists()
 
 
 @pytest.mark.timeout(60)

@@ -60,6 +60,7 @@ def test_dashboard_draws_the_diamond_live(tmp_path: Path, porchd: Start) -> None
 
     daemon = porchd(REPO_ROOT / "examples" / "diamond", extra=("--http", "127.0.0.1:0"))
     url = dashboard_url(daemon)
+    assert "/?token=" in url  # on loopback too: the page reads the token from its address
     daemon.wait_running("pipeline_a", "pipeline_b", "pipeline_c", "pipeline_d")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

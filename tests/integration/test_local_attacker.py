@@ -278,6 +278,21 @@ def test_an_outbox_planted_in_a_shared_state_folder_is_refused_never_unpickled(
         shutil.rmtree(shared, ignore_errors=True)
 
 
+# ---- 6. the dashboard ----------------------------------------------------------------------
+
+
+def test_the_dashboard_answers_the_attacker_nothing_but_the_page(
+    victim: Porchd, attacker: Attacker
+) -> None:
+    base = dashboard_url(victim).split("/?")[0]
+    urls = [base + path for path in ("/api/status", "/api/graph", "/metrics", "/")]
+    codes = attacker.run("http", *urls)
+    assert [codes[u] for u in urls] == [401, 401, 401, 200], codes  # the page holds no data
+    token_file = Path(victim.status()["daemon"]["http"]["token_file"])
+    seen = attacker.run("read", str(token_file))
+    assert seen["error"] == "PermissionError", seen
+
+
 # ---- 7. a flood of unsigned beacons -------------------------------------------------------
 
 

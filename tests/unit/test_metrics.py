@@ -129,8 +129,9 @@ def test_parse_address() -> None:
         web.parse_address("localhost:http")
 
 
-def test_loopback_needs_nothing_and_other_addresses_need_a_key_then_a_token() -> None:
-    assert web.plan("127.0.0.1:1", None, None).token is None
+def test_every_address_needs_a_token_and_other_addresses_a_key_too() -> None:
+    local = web.plan("127.0.0.1:1", None, None)  # other unix users share loopback
+    assert local.generated and local.token and len(local.token) >= 24 and local.loopback
     assert web.plan("localhost:1", None, "t").token == "t"
     with pytest.raises(UsageError, match="cluster key"):
         web.plan("0.0.0.0:1", None, None)
