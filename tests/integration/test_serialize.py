@@ -9,13 +9,16 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.integration.netns import Cluster, StartIn, cluster, porchd_in
 from tests.integration.test_reliability import StartPorch, run_porch, state_base, write_pipeline
 
-__all__ = ["run_porch", "state_base"]  # fixtures, imported so that pytest finds them here
+# fixtures, imported so that pytest finds them here
+__all__ = ["cluster", "porchd_in", "run_porch", "state_base"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -114,6 +117,30 @@ def test_script_defined_types_and_functions_arrive_by_value(
         "got Point(x=3, y=-3) RED True 3 9 20 4 12 True",
     ], run.report()
     assert not any("bad_frame_dropped" in line for line in run.stderr), run.report()
+
+
+POINT_PRINTER = """
+    def step(input_data):
+        data = input_data["typed_far"]
+        print("got", data["point"], data["color"].name, data["box"].area())
+"""
+
+
+def test_script_defined_types_arrive_on_another_host(
+    tmp_path: Path, cluster: Callable[[int], Cluster], porchd_in: StartIn
+) -> None:
+    h1, h2 = cluster(2).hosts
+    porchd_in(h1, str(write_pipeline(tmp_path / "h1", "typed_far", TYPES_SOURCE,
+                                     targets=("printer_far",))))  # fmt: skip
+    d2 = porchd_in(h2, str(write_pipeline(tmp_path / "h2", "printer_far", POINT_PRINTER,
+                                          sources=1)))  # fmt: skip
+
+    d2.wait_until(lambda: len(d2.output("printer_far")) >= 3, 30, "three values from h1")
+    assert d2.output("printer_far") == [
+        "got Point(x=1, y=-1) RED 1",
+        "got Point(x=2, y=-2) BLUE 4",
+        "got Point(x=3, y=-3) RED 9",
+    ]
 
 
 # ---- 2. a payload the receiver cannot decode goes through on_error -----------------------
