@@ -601,8 +601,8 @@ class Supervisor:
         elif clean:
             if handle.state in UNANNOUNCED_STATES:  # os._exit(0): its stream ends here
                 handle.last_error = handle.last_error or (
-                    f"exited with code 0 while {handle.state.value}, without ending its "
-                    "stream (os._exit?); what it had not delivered is lost"
+                    "exited with code 0 without ending its stream (os._exit?); "
+                    "what it had not delivered is lost"
                 )
                 log.warning("worker_exited_unannounced", pipeline=handle.name,
                             state=handle.state.value)  # fmt: skip
