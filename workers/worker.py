@@ -144,7 +144,8 @@ class Worker:
         # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
         self._finished_sources: dict[str, tuple[float, int]] = {}
         self._known: dict[str, str] = {}  # every pipeline the last directory listed: its state
-        self._failed_sources: set[str] = set()  # sources that failed for good (warned once)
+        # sources that failed or were stopped for good: name -> state (said once, in status)
+        self._down_sources: dict[str, str] = {}
         self._missing: dict[str, float] = {}  # missing target -> when to warn about it again
         self._missing_targets: dict[str, str] = {}  # target not found -> what we said
         self._started_s = time.monotonic()
@@ -285,13 +286,14 @@ class Worker:
             if not isinstance(entry, dict):
                 continue
             state, final = entry.get("state"), entry.get("final") is True
-            if final and state == "failed":
-                if name not in self._failed_sources:  # not silent: say whom we wait for
-                    self._failed_sources.add(name)
-                    log.warning("source_failed", pipeline=self.name, source=name,
-                                hint=f"waiting for it; porchctl start {name}")  # fmt: skip
+            if final and state in ("failed", "stopped"):
+                if self._down_sources.get(name) != state and not self.stopping:
+                    self._down_sources[name] = state  # not silent: say whom we wait for
+                    say = log.warning if state == "failed" else log.info
+                    say(f"source_{state}", pipeline=self.name, source=name,
+                        hint=f"waiting for it; porchctl start {name}")  # fmt: skip
             else:
-                self._failed_sources.discard(name)
+                self._down_sources.pop(name, None)
             if state != "finished":
                 continue
             if name not in fanin:
@@ -356,7 +358,8 @@ class Worker:
         """What keeps this pipeline from making progress, for `porchctl status`."""
         parts = list(self._missing_targets.values())
         parts += [
-            f"source {name!r} failed; waiting for it" for name in sorted(self._failed_sources)
+            f"source {name!r} {state}; waiting for it"
+            for name, state in sorted(self._down_sources.items())
         ]
         return "; ".join(parts)
 
