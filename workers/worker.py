@@ -336,11 +336,11 @@ class Worker:
                 self._missing.pop(link.target, None)
                 self._missing_targets.pop(link.target, None)
                 continue
-            if now < self._missing.get(link.target, 0.0):
-                continue
+            state = self._known.get(link.target)
+            if now < self._missing.get(link.target, 0.0) or (state is not None and not link.full()):
+                continue  # a listed target that is slow to start is worth a word once we block
             self._missing[link.target] = now + STALL_WARNING_S
             held = link.data_held()
-            state = self._known.get(link.target)
             if state is not None:  # listed, but not reachable: not started yet, stopped...
                 close = []
                 text = f"target {link.target!r} is {state}, no endpoint yet"
