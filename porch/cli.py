@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from porch import __version__, logs
-from porch.clierrors import log_options, reporting, set_log_level
+from porch.clierrors import log_options, reporting, seconds_between, set_log_level
 from porch.config import Problem, Severity, has_errors, name_problem, name_warning, validate
 from porch.paths import ensure_private_dir, state_base
 from porch.prefs import KEYS, Effective, prefs_path, resolve, write_file
@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+MAX_STOP_TIMEOUT_S = 86_400.0  # a day: longer is a stop that never ends
 
 SCRIPT_TEMPLATE = '''"""Porch script for pipeline {name}: step() runs once per iteration."""
 
@@ -180,7 +181,9 @@ def network_plan(options: dict[str, Any]) -> Any:
 )
 @click.option(
     "--stop-timeout",
-    type=click.FloatRange(min=0.1),
+    type=float,
+    metavar="SECONDS",
+    callback=seconds_between(0.1, MAX_STOP_TIMEOUT_S),
     default=10.0,
     show_default=True,
     help="Seconds a pipeline gets to stop gracefully before it is killed.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -65,3 +66,18 @@ def log_options(verbose: bool = True) -> Callable[[F], F]:
         return fn
 
     return decorate
+
+
+def seconds_between(
+    low: float, high: float
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback for a float option: finite seconds within [low, high]. `inf`, `nan` and 1e300
+    would reach timers and socket timeouts that cannot hold them (OverflowError, or a stop that
+    never ends)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise click.BadParameter(f"{value:g} is not between {low:g} and {high:g} seconds")
+        return value
+
+    return check

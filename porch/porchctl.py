@@ -22,7 +22,7 @@ import click
 import zmq
 
 from porch import __version__, graph, logfiles, paths
-from porch.clierrors import log_options, reporting
+from porch.clierrors import log_options, reporting, seconds_between
 from porch.errors import ControlError
 
 TIMEOUT_S = 5.0
@@ -321,7 +321,8 @@ pass_client = click.make_pass_decorator(Client)
 @click.option(
     "--timeout",
     "timeout_s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
+    callback=seconds_between(0.01, 3600),
     default=TIMEOUT_S,
     show_default=True,
     metavar="SECONDS",
@@ -364,7 +365,8 @@ def status(client: Client, as_json: bool) -> None:
 @click.option(
     "--wait-timeout",
     "wait_timeout_s",
-    type=click.FloatRange(min=0),
+    type=float,
+    callback=seconds_between(0, 86_400),
     default=STOP_WAIT_TIMEOUT_S,
     show_default=True,
     metavar="SECONDS",
@@ -473,7 +475,8 @@ def graph_cmd(client: Client, fmt: str) -> None:
 @click.option(
     "--interval",
     "interval_s",
-    type=click.FloatRange(min=0.1),
+    type=float,
+    callback=seconds_between(0.1, 3600),
     default=1.0,
     show_default=True,
     metavar="SECONDS",

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from porch import __version__, logs
-from porch.cli import network_options, network_plan, network_prefs
-from porch.clierrors import log_options
+from porch.cli import MAX_STOP_TIMEOUT_S, network_options, network_plan, network_prefs
+from porch.clierrors import log_options, seconds_between
 from porch.errors import ConfigError, PorchError
 
 
@@ -42,7 +42,9 @@ def porchd(debug: bool) -> None:
 )
 @click.option(
     "--stop-timeout",
-    type=click.FloatRange(min=0.1),
+    type=float,
+    metavar="SECONDS",
+    callback=seconds_between(0.1, MAX_STOP_TIMEOUT_S),
     default=10.0,
     show_default=True,
     help="Seconds a pipeline gets to stop gracefully before it is killed.",

@@ -90,3 +90,23 @@ def test_porchctl_accepts_debug_after_the_command() -> None:
     result = CliRunner().invoke(porchctl, ["--control", "/nonexistent/x.sock", "status", "--debug"])
     assert "No such option" not in result.output
     assert result.exception is not None and not isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    ("prog", "args"),
+    [
+        ("porch", ["run", "x.json", "--stop-timeout", "inf"]),
+        ("porch", ["run", "x.json", "--stop-timeout", "nan"]),
+        ("porchd", ["start", "x.json", "--stop-timeout", "1e300"]),
+        ("porchctl", ["--timeout", "inf", "status"]),
+        ("porchctl", ["--timeout", "1e300", "status"]),
+        ("porchctl", ["top", "--interval", "nan"]),
+        ("porchctl", ["stop", "--wait-timeout", "-1"]),
+    ],
+)
+def test_durations_past_what_timers_hold_are_usage_errors(prog: str, args: list[str]) -> None:
+    # `porchctl --timeout inf` was an OverflowError traceback from socket.settimeout
+    result = CliRunner().invoke(CLIS[prog], args)
+    assert result.exit_code == 2, result.output
+    assert "is not between" in result.output and "seconds" in result.output
+    assert isinstance(result.exception, SystemExit)
