@@ -69,6 +69,8 @@ RECV_BYTES = 65_535
 PEER_RESOLVE_S = 30.0
 MAX_WARNED = 256  # (source, reason) pairs a broker warns about once each
 SILENT_INTERVALS = 5  # a static peer not heard for this many beacon intervals is reported
+MAX_WITHDRAWN = 500  # withdrawn remote pipelines remembered (shown in status, told to workers)
+WITHDRAWN = "withdrawn"  # the directory's state for a remote pipeline whose host fell silent
 REJECT_REASONS = ("not_loopback", "malformed", "unsigned", "bad_signature", "unknown_key",
                   "stale", "replayed")  # fmt: skip
 
@@ -85,7 +87,7 @@ class KeySource(Enum):
 class NetworkPlan:
     """Where this supervisor's workers bind and where its beacons go."""
 
-    data_host: str
+    data_host: str  # the first data interface's address: beacons name it as the host
     broadcasts: tuple[str, ...]
     peers: tuple[tuple[str, int], ...]
     port: int
@@ -95,6 +97,12 @@ class NetworkPlan:
     key_file: str | None = None  # absolute: workers run in their config's folder
     keys: KeyRing | None = None
     key_source: KeySource = KeySource.NONE
+    data_hosts: tuple[str, ...] = ()  # every data interface's address (workers bind on each)
+
+    @property
+    def bind_hosts(self) -> tuple[str, ...]:
+        """Where workers bind: every data interface, the first one first."""
+        return self.data_hosts or (self.data_host,)
 
     @property
     def expiry_s(self) -> float:
@@ -174,6 +182,7 @@ def plan(prefs: Prefs) -> NetworkPlan:
         key_file=key_file,
         keys=keys,
         key_source=source,
+        data_hosts=tuple(dict.fromkeys(a for a, _ in interfaces)),
     )
 
 
@@ -220,6 +229,8 @@ class Broker:
         self._conflicts: dict[str, tuple[str, ...]] = {}
         self._peer_addrs: dict[str, tuple[str, float]] = {}
         self._resolved: dict[str, Remote] = {}
+        # remote pipelines lost with their host's beacons: name -> (last known, since: unix s)
+        self.withdrawn: dict[str, tuple[Remote, float]] = {}
         self._warm_at: float | None = time.monotonic() + min(WARMUP_S, network.interval_s)
         self._heard: dict[str, float] = {}  # source address -> when a good beacon came
         self._silent: set[str] = set()  # static peers ("host:port") reported silent
@@ -364,8 +375,7 @@ class Broker:
             beacon = decode(data)
         except DiscoveryError as exc:
             return self._reject(source, "malformed", str(exc))
-        if key_id is not None:
-            beacon = replace(beacon, key_id=key_id)
+        beacon = replace(beacon, key_id=key_id, source=source)
         if beacon.daemon_id == self.daemon_id:
             return False
         if beacon.daemon_id not in self.table.peers:
@@ -406,8 +416,15 @@ class Broker:
             ):
                 log.info("remote_pipeline", pipeline=name, host=remote.host,
                          endpoint=remote.endpoint, state=remote.state)  # fmt: skip
+        announced = {r.name for r in self.table.remotes()}
+        for name in announced:
+            self.withdrawn.pop(name, None)
         for name in set(self._resolved) - set(resolved):
             log.info("remote_pipeline_withdrawn", pipeline=name, host=self._resolved[name].host)
+            if name not in announced:  # its host fell silent (not a conflict, not local now)
+                self.withdrawn[name] = (self._resolved[name], time.time())
+        while len(self.withdrawn) > MAX_WITHDRAWN:
+            del self.withdrawn[next(iter(self.withdrawn))]
         self._resolved = resolved
 
     # ---- conflicts -----------------------------------------------------------------------
@@ -435,16 +452,16 @@ class Broker:
         """Remote entries for the workers' directory: not local, not in conflict."""
         if self._warm_at is not None:
             return {}
-        return {
-            name: {
-                "endpoint": r.endpoint,
-                "state": r.state,
-                "instance": r.instance,
-                "host": r.host,
-                "key": r.key_id,
-            }
-            for name, r in self.table.resolve(local_names).items()
-        }
+        found: dict[str, dict[str, Any]] = {
+            name: {"endpoint": None, "state": WITHDRAWN, "since": since, "host": r.host,
+                   "instance": r.instance, "key": r.key_id}
+            for name, (r, since) in self.withdrawn.items()
+            if name not in local_names
+        }  # fmt: skip
+        for name, r in self.table.resolve(local_names).items():
+            found[name] = {"endpoint": r.endpoint, "state": r.state, "instance": r.instance,
+                           "host": r.host, "key": r.key_id}  # fmt: skip
+        return found
 
     def remotes(self) -> list[Remote]:
         """Every remote pipeline the table holds."""
@@ -454,7 +471,9 @@ class Broker:
         """The broker's settings and counters, for `porchctl status --json`."""
         return {
             "daemon_id": self.daemon_id,
+            "origin": self.origin,
             "data_host": self.plan.data_host,
+            "data_hosts": list(self.plan.bind_hosts),
             "port": self.plan.port,
             "beacon_interval_s": self.plan.interval_s,
             "broadcasts": list(self.plan.broadcasts),
@@ -478,11 +497,33 @@ class Broker:
         self.sock.close()
 
 
-def default_origin(kind: str) -> str:
-    """A stable name for a supervisor: host name plus what identifies it on the host."""
-    return f"{socket.gethostname()}:{kind}"
+DAEMON_ID_FILE = "daemon-id"
+
+
+def daemon_origin(state_dir: Path) -> str:
+    """porchd's persistent daemon id: random, made once and kept in its state folder, so a
+    restart replaces its previous self and no other daemon (a cloned host with the same host
+    name and control socket) is ever taken for it."""
+    path = state_dir / DAEMON_ID_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the daemon id: {exc}; delete the file") from None
+    if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+        return text
+    if text:
+        log.warning("daemon_id_replaced", file=str(path), reason="not a daemon id")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_hex(16)
+    tmp = path.with_name(f".{DAEMON_ID_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(made + "\n", encoding="ascii")
+    os.replace(tmp, path)
+    log.info("daemon_id_created", daemon_id=made, file=str(path))
+    return made
 
 
 def run_origin() -> str:
-    """`porch run` is never restarted: its pid makes it unique."""
-    return default_origin(f"run:{os.getpid()}")
+    """`porch run` is never restarted: a random id per run."""
+    return f"run-{secrets.token_hex(16)}"

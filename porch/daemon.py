@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 
 from porch import __version__, logs
-from porch.broker import NetworkPlan, default_origin
+from porch.broker import NetworkPlan, daemon_origin
 from porch.config import PipelineConfig, Problem, has_errors, validate
 from porch.discovery import Remote
 from porch.errors import ConfigError, PorchError
@@ -98,7 +98,7 @@ class Daemon:
             stop_timeout_s=stop_timeout_s,
             state_dir=state_dir,
             network=network,
-            origin=default_origin(f"porchd:{control_path}"),
+            origin=daemon_origin(state_dir) if network is not None else "",
         )
         self.started_s = time.monotonic()
         self.socket: zmq.Socket[bytes] = self.supervisor.ctx.socket(zmq.ROUTER)
@@ -251,7 +251,9 @@ class Daemon:
             return []
         now = time.monotonic()
         chosen = broker.table.resolve(list(self.supervisor.workers))
-        return [_remote_row(r, now, chosen.get(r.name) == r) for r in broker.remotes()]
+        rows = [_remote_row(r, now, chosen.get(r.name) == r) for r in broker.remotes()]
+        rows += [_withdrawn_row(r, since) for r, since in broker.withdrawn.values()]
+        return rows
 
     def _stop(self, args: dict[str, Any]) -> Result:
         handles = self._handles(args, allow_empty=True)
@@ -338,7 +340,14 @@ def _remote_row(remote: Remote, now: float, used: bool) -> Result:
         "state": remote.state,
         "last_seen_s": round(now - remote.last_seen, 1),
         "used": used,
+        "withdrawn_since": None,
     }
+
+
+def _withdrawn_row(remote: Remote, since: float) -> Result:
+    """A remote pipeline whose host fell silent: still listed, as withdrawn since `since`."""
+    return {**_remote_row(remote, time.monotonic(), False), "state": "withdrawn",
+            "endpoint": None, "withdrawn_since": since}  # fmt: skip
 
 
 def _error(request_id: Any, code: str, message: str) -> Result:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from porch.config import name_problem
@@ -28,6 +28,7 @@ HEADER_BYTES = len(MAGIC) + 2
 MAX_BEACON_BYTES = 60_000
 MAX_ENTRIES = 500
 MAX_TEXT = 255
+MAX_ENDPOINTS = 8  # one per data interface
 MIN_EXPIRY_S = 3.0
 EXPIRY_BEACONS = 3
 # Workers' states that mean "gone for now or for good": such a pipeline is not live.
@@ -47,6 +48,8 @@ class Entry:
     endpoint: str | None
     state: str
     instance: int | None = None
+    key: str | None = None  # the cluster key id its worker serves with (None: the beacon's)
+    endpoints: tuple[str, ...] = ()  # one per data interface, `endpoint` first (several only)
 
     @property
     def live(self) -> bool:
@@ -58,8 +61,10 @@ class Entry:
 class Beacon:
     """What one supervisor announces: who it is, where its data interface is, its pipelines.
 
-    `daemon_id` is random per start; `origin` is stable across restarts of one daemon (its
-    host name and control socket), so a restarted daemon replaces its previous self at once.
+    `daemon_id` is random per start; `origin` is stable across restarts of one daemon (porchd:
+    a random id made once and kept in its state folder), so a restarted daemon replaces its
+    previous self at once, and two daemons never share one (even on cloned hosts with the same
+    host name and control socket path).
     """
 
     daemon_id: str
@@ -72,6 +77,7 @@ class Beacon:
     entries: tuple[Entry, ...] = ()
     version: int = VERSION
     key_id: str | None = None  # the cluster key that signed it (set on receipt, not encoded)
+    source: str | None = None  # the address it came from (set on receipt, not encoded)
 
 
 def encode(beacon: Beacon) -> bytes:
@@ -99,6 +105,10 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
     out: dict[str, Any] = {"name": entry.name, "endpoint": entry.endpoint, "state": entry.state}
     if entry.instance is not None:
         out["instance"] = entry.instance
+    if entry.key is not None:
+        out["key"] = entry.key
+    if len(entry.endpoints) > 1:
+        out["endpoints"] = list(entry.endpoints)
     return out
 
 
@@ -156,7 +166,15 @@ def _entry(raw: Mapping[str, Any]) -> Entry:
     instance = raw.get("instance")
     if instance is not None:
         instance = _count(raw, "instance")
-    return Entry(name=name, endpoint=endpoint, state=state, instance=instance)
+    key = _text(raw, "key") if raw.get("key") is not None else None
+    endpoints = raw.get("endpoints", [])
+    if not isinstance(endpoints, list) or len(endpoints) > MAX_ENDPOINTS:
+        raise DiscoveryError(f"entry endpoints: must be a list of at most {MAX_ENDPOINTS}")
+    for index in range(len(endpoints)):
+        if not _text({"e": endpoints[index]}, "e").startswith("tcp://"):
+            raise DiscoveryError("entry endpoints must be tcp:// addresses")
+    return Entry(name=name, endpoint=endpoint, state=state, instance=instance, key=key,
+                 endpoints=tuple(endpoints))  # fmt: skip
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:
@@ -216,7 +234,8 @@ class Remote:
     daemon_id: str
     last_seen: float
     instance: int | None = None
-    key_id: str | None = None  # the key its daemon signs with: its workers serve with it too
+    key_id: str | None = None  # the key its worker serves with (announced, else the signer's)
+    origin: str = ""  # its daemon's persistent id
 
 
 @dataclass(frozen=True)
@@ -243,6 +262,9 @@ class Table:
         known = self.peers.get(beacon.daemon_id)
         if known is not None and beacon.seq <= known.beacon.seq:
             return False  # late or replayed
+        if known is not None and known.beacon.source in _hosts(beacon):
+            # it reaches us on several networks: keep the address we chose, don't flap
+            beacon = replace(beacon, source=known.beacon.source)
         changed = self._drop_previous_self(beacon)
         self.peers[beacon.daemon_id] = Peer(beacon, now)
         return changed or known is None or _view(known.beacon) != _view(beacon)
@@ -268,8 +290,9 @@ class Table:
     def remotes(self) -> list[Remote]:
         """Every remote pipeline entry, by name then host."""
         found = [
-            Remote(e.name, e.endpoint, e.state, p.beacon.host, p.beacon.hostname,
-                   p.beacon.daemon_id, p.last_seen, e.instance, p.beacon.key_id)
+            Remote(e.name, reachable(e, p.beacon.source), e.state, p.beacon.host,
+                   p.beacon.hostname, p.beacon.daemon_id, p.last_seen, e.instance,
+                   e.key or p.beacon.key_id, p.beacon.origin)
             for p in self.peers.values()
             for e in p.beacon.entries
         ]  # fmt: skip
@@ -307,9 +330,32 @@ class Table:
         return resolved
 
 
+def _host_of(endpoint: str) -> str:
+    """The address of a `tcp://HOST:PORT` endpoint."""
+    return endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+
+
+def _hosts(beacon: Beacon) -> set[str]:
+    """Every address the beacon's pipelines are bound on."""
+    found = set()
+    for entry in beacon.entries:
+        for endpoint in entry.endpoints or ([entry.endpoint] if entry.endpoint else []):
+            found.add(_host_of(endpoint))
+    return found
+
+
+def reachable(entry: Entry, source: str | None) -> str | None:
+    """The endpoint to use of a pipeline bound on several interfaces: the one on the address its
+    beacon came from (that network reaches us), else the first."""
+    for endpoint in entry.endpoints:
+        if _host_of(endpoint) == source:
+            return endpoint
+    return entry.endpoint
+
+
 def _view(beacon: Beacon) -> tuple[Any, ...]:
     """What of a beacon matters to workers and conflicts (not its times or nonce)."""
-    return (beacon.host, beacon.hostname, beacon.entries, beacon.key_id)
+    return (beacon.host, beacon.hostname, beacon.entries, beacon.key_id, beacon.source)
 
 
 def _label(remote: Remote) -> str:

@@ -182,12 +182,21 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "-"
 
 
+def _state(pipeline: dict[str, Any]) -> str:
+    """The state, and whether a target is unreachable (it is `running`, but cannot send)."""
+    state = str(pipeline.get("state", "?"))
+    targets = pipeline.get("targets") or []
+    if any(isinstance(t, dict) and t.get("state") == "unreachable" for t in targets):
+        return f"{state}, target unreachable"
+    return state
+
+
 def _row(pipeline: dict[str, Any]) -> list[str]:
     get = pipeline.get
     return [
         str(get("name", "?")),
         _number(get("pid")),
-        str(get("state", "?")),
+        _state(pipeline),
         human_duration(get("uptime_s")),
         _number(get("iterations")),
         _number(get("msgs_in")),
@@ -232,6 +241,26 @@ def format_status(result: dict[str, Any], width: int | None = None) -> str:
         room = max(MIN_ERROR_WIDTH, width - sum(widths) - 2 * len(widths))
         rows = [[*row[:-1], _truncate(row[-1], room)] for row in rows]
     return "\n".join(_join(row, widths) for row in rows)
+
+
+def format_targets(result: dict[str, Any], now: float | None = None) -> str:
+    """One line per output link that is not simply connected: its state, since when, what it
+    holds (messages); "" when every link is fine."""
+    now = time.time() if now is None else now
+    lines = []
+    for pipeline in result.get("pipelines", []):
+        for target in pipeline.get("targets") or []:
+            if not isinstance(target, dict) or target.get("state") in ("connected", "finished"):
+                continue
+            since = target.get("since")
+            when = ""
+            if isinstance(since, int | float):
+                clock = time.strftime("%H:%M:%S", time.localtime(since))
+                when = f" since {clock} ({human_duration(now - since)})"
+            lines.append(f"{pipeline.get('name', '?')} -> {target.get('name', '?')}: "
+                         f"{target.get('state', '?')}{when}, {target.get('held', 0):,} "
+                         "messages held")  # fmt: skip
+    return "\n".join(lines)
 
 
 REMOTE_HEADERS = ("REMOTE", "HOST", "STATE", "ENDPOINT", "LAST SEEN", "USED")
@@ -351,6 +380,9 @@ def status(client: Client, as_json: bool) -> None:
         return
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     click.echo(format_status(result, width))
+    targets = format_targets(result)
+    if targets:
+        click.echo("\n" + targets)
     discovery = format_discovery(result)
     if discovery:
         click.echo("\n" + discovery)

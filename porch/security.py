@@ -433,6 +433,15 @@ class LinkSecurity:
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.server_keys.secret)
 
+    @property
+    def key_id(self) -> str:
+        """The id of the key this process serves with (its porchd announces it)."""
+        return self.ring.current.id
+
+    def knows(self, wanted: str) -> bool:
+        """Whether the ring has the key with this id (a server using it can be reached)."""
+        return wanted in self._servers
+
     def client(self, sock: zmq.Socket[Any], server_key_id: str | None = None) -> None:
         """Make a socket a CURVE client of a server using `server_key_id` (default: current)."""
         server = self._servers.get(server_key_id or "", self.server_keys.public)

@@ -47,7 +47,8 @@ LIVE_STATES = (WorkerState.WAITING_FOR_SOURCES, WorkerState.RUNNING)
 # a worker that exits in one of these never said its stream ended (os._exit, not Python's exit)
 UNANNOUNCED_STATES = (WorkerState.STARTING, *LIVE_STATES)
 # Health counters that status() passes on as they are (0 until a worker reports them).
-EXTRA_COUNTERS = ("duplicates", "dead_letters", "skipped", "replayed", "handshakes_rejected")
+EXTRA_COUNTERS = ("duplicates", "dead_letters", "skipped", "replayed", "handshakes_rejected",
+                  "handshakes_failed", "reconnects")  # fmt: skip
 # counters status reports as totals over every worker instance a pipeline has had
 COUNTERS = ("iterations", "msgs_in", "msgs_out", "dropped", "bad_frames", *EXTRA_COUNTERS)
 
@@ -108,6 +109,8 @@ class WorkerHandle:
     instance: int | None = None  # the worker's data-plane instance id (changes on restart)
     error_text: str = ""  # see last_error
     error_s: float | None = None  # when error_text was set (monotonic)
+    key_id: str | None = None  # the cluster key its input socket serves with (it reports it)
+    endpoints: tuple[str, ...] = ()  # one per data interface when there are several
     wanted: bool = True  # False after a commanded stop: never restarted
     respawn: bool = False  # a commanded restart: start again as soon as it exits
     started_s: float = 0.0
@@ -202,7 +205,7 @@ class Supervisor:
 
     def _start_broker(self, network: NetworkPlan, origin: str) -> None:
         """Discovery: workers bind on the data interface; remote pipelines join the directory."""
-        self.bind_host = network.data_host
+        self.bind_host = ",".join(network.bind_hosts)  # a worker binds on each
         self.key_file = network.key_file
         self.key_id = network.keys.current.id if network.keys is not None else None
         self.broker = Broker(network, origin, self._local_entries, self._send_directory)
@@ -500,8 +503,21 @@ class Supervisor:
         if kind is MessageType.HELLO:
             endpoint = message.get("endpoint")
             handle.endpoint = endpoint if isinstance(endpoint, str) else None
+            endpoints = message.get("endpoints")
+            handle.endpoints = (
+                tuple(e for e in endpoints if isinstance(e, str))
+                if isinstance(endpoints, list)
+                else ()
+            )
             instance = message.get("instance")
             handle.instance = instance if isinstance(instance, int) else None
+            key_id = message.get("key")
+            handle.key_id = key_id if isinstance(key_id, str) else None
+            if handle.key_id is not None and handle.key_id != self.key_id:
+                log.info("worker_key_differs", pipeline=handle.name, worker_key=handle.key_id,
+                         daemon_key=self.key_id,
+                         detail="the key file changed since porchd started; peers are told "
+                         "the key this worker serves with")  # fmt: skip
             log.info("worker_endpoint", pipeline=handle.name, endpoint=handle.endpoint)
             self._publish_directory()
         elif kind is MessageType.STATE:
@@ -539,7 +555,9 @@ class Supervisor:
             self.broker.announce_soon()
 
     def _local_entries(self) -> list[Entry]:
-        return [Entry(h.name, h.endpoint, h.state.value, h.instance) for h in self.workers.values()]
+        return [Entry(h.name, h.endpoint, h.state.value, h.instance, h.key_id,
+                      h.endpoints if h.endpoint else ())
+                for h in self.workers.values()]  # fmt: skip
 
     def directory(self) -> dict[str, dict[str, Any]]:
         """Where every pipeline lives: local ones, then the remote ones discovery resolved."""
@@ -549,7 +567,7 @@ class Supervisor:
         for h in self.workers.values():
             pipelines[h.name] = {"endpoint": h.endpoint, "state": h.state.value,
                                  "instance": h.instance, "host": "local",
-                                 "key": self.key_id, **self._ending(h)}  # fmt: skip
+                                 "key": h.key_id or self.key_id, **self._ending(h)}  # fmt: skip
         return pipelines
 
     def _ending(self, handle: WorkerHandle) -> dict[str, Any]:
@@ -664,6 +682,7 @@ class Supervisor:
             "uptime_s": round(now - handle.started_s, 1) if handle.alive else None,
             **{key: handle.totals.get(key, 0) + health.get(key, 0) for key in COUNTERS},
             "queue_depth": health.get("queue_depth", 0),
+            "targets": health.get("targets", []) if handle.alive else [],
             "rate_per_s": round(handle.rate_per_s, 1) if handle.alive else 0.0,
             "cpu_percent": cpu,
             "rss_bytes": rss,

@@ -123,7 +123,7 @@ class Inbox:
         source = self.sources.get(header.sender) or self._new_source(header.sender)
         kind = header.kind
         if kind is FrameKind.HELLO or kind is FrameKind.BYE:
-            self._on_presence(header, source)
+            self._on_presence(header, source, message[0])
             return
         if kind is FrameKind.ACK:
             raise WireError("an ACK on an input socket")
@@ -218,7 +218,7 @@ class Inbox:
                       hint="two live pipelines with this name? their data is dropped")  # fmt: skip
         raise WireError(f"data from a second instance of source {header.sender!r}")
 
-    def _on_presence(self, header: Header, source: SourceState) -> None:
+    def _on_presence(self, header: Header, source: SourceState, route: bytes) -> None:
         if header.instance != source.instance and header.kind is FrameKind.HELLO:
             self._on_new_instance(header, source)
         elif header.instance != source.instance:
@@ -229,6 +229,11 @@ class Inbox:
         else:
             self.departed.discard(header.sender)
             source.wants_acks = not header.seq & HELLO_NO_ACKS
+            # the same source on a new connection (it reopened its link after a cut): acks go
+            # there now, and what was acknowledged on the dead one may never have arrived
+            source.route = route
+            if source.processed:
+                self._ack(source)
 
     def _on_new_instance(self, header: Header, source: SourceState) -> None:
         """The source restarted: its sequence numbers start again."""

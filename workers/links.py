@@ -12,19 +12,72 @@ whole outbox is replayed in order. The receiver drops what it has already seen.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from porch import logs
 from porch.security import LinkSecurity
 from porch.wire import HELLO_NO_ACKS, INLINE_MAX, FrameKind, HeaderEncoder, encode_batch
+
+log = logs.get("porch.worker")
 
 Context = zmq.Context[zmq.Socket[bytes]]
 Socket = zmq.Socket[bytes]
 LINGER_MS = 2000
+# Dead connections are found by ZeroMQ heartbeats, not by TCP's retransmit backoff (which grows
+# to tens of seconds during a cut): a PING every second, the connection is dropped (and the link
+# reopened, replaying what is unacknowledged) when nothing came back for HEARTBEAT_TIMEOUT_MS.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 4000
+HEARTBEAT_TTL_MS = 6000  # the peer drops our connection when it hears nothing for this long
+RECONNECT_IVL_MAX_MS = 1000  # reconnect attempts back off to at most one a second...
+CONNECT_TIMEOUT_MS = 1000  # ...and a SYN left unanswered (link down) is retried, not waited on
+HANDSHAKE_LOG_INTERVAL_S = 30.0  # a failing handshake is logged at most this often per link
+HANDSHAKE_FAILED = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no_detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+}
+LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+for _event in HANDSHAKE_FAILED:
+    LINK_EVENTS |= _event
+
+
+def set_heartbeats(sock: Socket) -> None:
+    """ZeroMQ heartbeats and bounded reconnect backoff on a data socket (before connect/bind)."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+
+
+def monitor_events(monitor: Socket | None) -> list[dict[str, Any]]:
+    """Every socket event waiting on a monitor socket (non-blocking)."""
+    found: list[dict[str, Any]] = []
+    while monitor is not None:
+        try:
+            found.append(dict(recv_monitor_message(monitor, zmq.NOBLOCK)))
+        except zmq.Again:
+            break
+    return found
+
+
+def close_monitor(sock: Socket, monitor: Socket | None) -> None:
+    """Stop monitoring `sock` and close the monitor socket."""
+    if monitor is None:
+        return
+    with contextlib.suppress(zmq.ZMQError):
+        sock.disable_monitor()
+    monitor.close(linger=0)
+
+
 ACK_LINGER_MS = 500
 MAX_DELIVERY_ATTEMPTS = 3
 MAX_BATCH = 256  # messages coalesced into one frame while the worker is busy
@@ -43,10 +96,37 @@ class InputLink:
         self.socket: Socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
+        set_heartbeats(self.socket)
         if security is not None:
             security.serve(self.socket)  # CURVE server behind ZAP, set before the bind
-        self.socket.bind(f"tcp://{host}:0")
-        self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        failed = 0
+        for event in HANDSHAKE_FAILED:
+            failed |= event
+        # handshakes that fail before ZAP is asked (a client of another key): counted, logged
+        self.monitor: Socket | None = self.socket.get_monitor_socket(failed)
+        self.handshakes_failed = 0  # not counting ZAP denials (LinkSecurity.denied has those)
+        self._next_log = 0.0
+        # one endpoint per data interface ("a,b"): each peer uses the one it can reach
+        self.endpoints: list[str] = []
+        for each in host.split(","):
+            self.socket.bind(f"tcp://{each}:0")
+            self.endpoints.append(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.endpoint: str = self.endpoints[0]
+
+    def check_events(self, pipeline: str) -> None:
+        """Count (and log, at most every HANDSHAKE_LOG_INTERVAL_S) failed handshakes."""
+        for event in monitor_events(self.monitor):
+            reason = HANDSHAKE_FAILED.get(event["event"])
+            if reason is None or reason == "auth":
+                continue  # ZAP denials are counted (and logged) by LinkSecurity
+            self.handshakes_failed += 1
+            now = time.monotonic()
+            if now >= self._next_log:
+                self._next_log = now + HANDSHAKE_LOG_INTERVAL_S
+                log.warning("handshake_rejected", pipeline=pipeline, side="serving",
+                            reason=reason, endpoint=self.endpoint, total=self.handshakes_failed,
+                            hint="a source uses another cluster key than this worker serves "
+                                 "with (key files differ between hosts?)")  # fmt: skip
 
     def receive(self, max_messages: int) -> list[list[Any]]:
         """Up to `max_messages` waiting messages (non-blocking), routing id first.
@@ -76,6 +156,8 @@ class InputLink:
     def close(self) -> None:
         """Close, giving the last acknowledgements a moment to leave (a lost final ack would
         make the sender believe delivered messages were dropped)."""
+        close_monitor(self.socket, self.monitor)
+        self.monitor = None
         self.socket.close(linger=ACK_LINGER_MS)
 
 
@@ -146,35 +228,107 @@ class OutputLink:
         self.dropped = 0
         self.replayed = 0
         self._attempts: dict[int, int] = {}
+        self.key_id: str | None = None
+        self.monitor: Socket | None = None
+        self.handshaken = False  # the current socket completed a handshake
+        self.withdrawn_since: float | None = None  # wall clock: discovery lost the target then
+        self.reconnects = 0  # reopened after a dead connection or a rediscovery
+        self.handshakes_failed = 0
+        self._next_handshake_log = 0.0
 
     # ---- connection ----------------------------------------------------------------------
 
     def connect(
-        self, endpoint: str, instance: int | None = None, key_id: str | None = None
+        self,
+        endpoint: str,
+        instance: int | None = None,
+        key_id: str | None = None,
+        *,
+        force: bool = False,
     ) -> None:
-        """(Re)connect to the target, say hello, and replay everything not yet acknowledged."""
-        if endpoint == self.endpoint and instance == self.instance and self.socket is not None:
+        """(Re)connect to the target, say hello, and send everything not yet acknowledged.
+
+        `force` reopens even an unchanged endpoint: after a dead connection or a rediscovery,
+        a fresh socket connects at once instead of waiting on TCP's or ZeroMQ's backoff; what
+        the old connection may have lost is sent again (the target drops what it has seen).
+        """
+        same = (endpoint, instance, key_id) == (self.endpoint, self.instance, self.key_id)
+        if same and self.socket is not None and not force:
             return
-        if self.socket is not None:
-            self.socket.close(linger=0)
+        restarted = (
+            self.instance is not None
+            and instance != self.instance
+            and len(self.outbox) > self.unsent
+        )
+        reopened = self.socket is not None
+        self._close_socket(linger_ms=0)
         sock: Socket = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.SNDHWM, self.settings.limit + 16)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
+        set_heartbeats(sock)
         if self.security is not None:
             self.security.client(sock, key_id)  # CURVE client of the target's key
+        self.monitor = sock.get_monitor_socket(LINK_EVENTS)
+        self.handshaken = False
         sock.connect(endpoint)
         # an at-most-once sender must not be acked: unread acks in its TCP receive buffer
         # would make the kernel reset the connection (losing the tail) when it exits
         sock.send(self.headers.encode(FrameKind.HELLO, 0 if self.settings.acked else HELLO_NO_ACKS))
-        replaying = self.instance is not None and len(self.outbox) > self.unsent
-        self.socket, self.endpoint, self.instance = sock, endpoint, instance
+        self.socket, self.endpoint, self.instance, self.key_id = sock, endpoint, instance, key_id
         self.gone = self.down = False
-        if replaying:
+        self.withdrawn_since = None
+        if restarted:
             self._split_batches()  # the target acks one by one after a restart: keep it exact
             self.replayed += self.held
             self._count_attempt()
+        elif reopened:
+            self.reconnects += 1
         self.unsent = len(self.outbox)
         self.pump()
+
+    def withdraw(self, since: float) -> None:
+        """Discovery lost the target (its host fell silent): hold everything until it is back.
+
+        The socket stays: ZeroMQ keeps trying the old endpoint, and a rediscovery reopens it.
+        """
+        if self.withdrawn_since is None:
+            self.withdrawn_since = since
+
+    def check_events(self, pipeline: str) -> None:
+        """React to the socket's events: reopen a connection that died (heartbeats), count and
+        log failed handshakes (at most every HANDSHAKE_LOG_INTERVAL_S)."""
+        for event in monitor_events(self.monitor):
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshaken = True
+            elif kind == zmq.EVENT_DISCONNECTED and self.handshaken and self.endpoint:
+                log.info("link_reconnecting", pipeline=pipeline, target=self.target,
+                         endpoint=self.endpoint, reason="connection lost")  # fmt: skip
+                self.connect(self.endpoint, self.instance, self.key_id, force=True)
+                return  # the old monitor is closed; the new socket reports on its own
+            elif kind in HANDSHAKE_FAILED:
+                self._handshake_failed(pipeline, HANDSHAKE_FAILED[kind])
+
+    def _handshake_failed(self, pipeline: str, reason: str) -> None:
+        self.handshakes_failed += 1
+        now = time.monotonic()
+        if now < self._next_handshake_log:
+            return
+        self._next_handshake_log = now + HANDSHAKE_LOG_INTERVAL_S
+        known = (
+            self.security is not None
+            and self.key_id is not None
+            and self.security.knows(self.key_id)
+        )
+        hint = (
+            "the target serves with a key this host's key file does not have: copy the newest "
+            "key file here"
+            if self.security is not None and self.key_id is not None and not known
+            else "the target does not accept this host's key (key files differ between hosts?)"
+        )
+        log.warning("handshake_failed", pipeline=pipeline, target=self.target,
+                    endpoint=self.endpoint, key=self.key_id, reason=reason,
+                    total=self.handshakes_failed, hint=hint)  # fmt: skip
 
     def _count_attempt(self) -> None:
         """The target came back while our oldest message was unacknowledged: count it."""
@@ -376,6 +530,10 @@ class OutputLink:
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close the socket; ZeroMQ keeps delivering what it holds for up to `linger_ms`."""
+        self._close_socket(linger_ms)
+
+    def _close_socket(self, linger_ms: int) -> None:
         if self.socket is not None:
+            close_monitor(self.socket, self.monitor)
             self.socket.close(linger=linger_ms)
-            self.socket = None
+        self.socket = self.monitor = None

@@ -73,7 +73,9 @@ class Counters:
     dead_letters: int = 0
     replayed: int = 0
     queue_depth: int = 0
-    handshakes_rejected: int = 0  # CURVE peers the ZAP authenticator turned away
+    handshakes_rejected: int = 0  # CURVE clients turned away (ZAP, or another server key)
+    handshakes_failed: int = 0  # our output links' handshakes that a target refused
+    reconnects: int = 0  # output links reopened (dead connection, or target rediscovered)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,36 @@ class WorkerOptions:
     parent_pid: int | None = None
     state_dir: Path | None = None
     key_file: Path | None = None  # cluster key: CURVE on every data link
+
+
+WITHDRAWN = "withdrawn"  # a directory state: discovery lost the target's host
+BLOCKED_REASONS = {
+    "unreachable": "target unreachable (withdrawn by discovery)",
+    "not found": "target not found yet",
+    "connecting": "target not connected yet",
+    "handshake failing": "target refuses our handshake (cluster key)",
+    "connected": "target is slow",
+    "down": "target is down",
+    "finished": "target finished",
+}
+
+
+def link_status(link: OutputLink) -> dict[str, Any]:
+    """What status shows of one output link: its state, since when (unix s), messages held."""
+    if link.gone:
+        state = "finished"
+    elif link.withdrawn_since is not None:
+        state = "unreachable"
+    elif link.socket is None:
+        state = "not found"
+    elif link.down:
+        state = "down"
+    elif link.handshaken:
+        state = "connected"
+    else:
+        state = "handshake failing" if link.handshakes_failed else "connecting"
+    since = link.withdrawn_since
+    return {"name": link.target, "state": state, "since": since, "held": link.data_held()}
 
 
 def link_settings(config: PipelineConfig) -> LinkSettings:
@@ -242,6 +274,10 @@ class Worker:
             if state == "finished":  # its stream is over; stopped or failed ones may come back
                 self._retire(link)
                 continue
+            if state == WITHDRAWN:  # its host fell silent: hold the output until it is back
+                since = entry.get("since")
+                link.withdraw(since if isinstance(since, int | float) else time.time())
+                continue
             if isinstance(endpoint, str):
                 instance = entry.get("instance")
                 key_id = entry.get("key")
@@ -249,6 +285,7 @@ class Worker:
                     endpoint,
                     instance if isinstance(instance, int) else None,
                     key_id if isinstance(key_id, str) else None,
+                    force=link.withdrawn_since is not None,  # rediscovered: don't wait on TCP
                 )
             link.down = state in DOWN_STATES and state not in RESTARTING_STATES
             link.restarting = state in RESTARTING_STATES
@@ -374,10 +411,16 @@ class Worker:
         inbox = asdict(self.inbox.counters) if self.inbox is not None else {}
         counters.queue_depth = self.inbox.fanin.depth() if self.inbox is not None else 0
         counters.dead_letters = self.dead_letters.count
-        counters.handshakes_rejected = self.security.denied if self.security is not None else 0
+        denied = self.security.denied if self.security is not None else 0
+        refused = self.inbox.link.handshakes_failed if self.inbox is not None else 0
+        counters.handshakes_rejected = denied + refused
+        counters.handshakes_failed = sum(link.handshakes_failed for link in self.outputs)
+        counters.reconnects = sum(link.reconnects for link in self.outputs)
         steps = {"bounds": STEP_BOUNDS_S, "counts": self._step_counts, "sum": self._step_sum_s}
+        targets = [link_status(link) for link in self.outputs]
         self.control.send(MessageType.HEALTH, state=self.state.value, step_seconds=steps,
-                          warning=self._warnings(), **asdict(counters), **inbox)  # fmt: skip
+                          warning=self._warnings(), targets=targets, **asdict(counters),
+                          **inbox)  # fmt: skip
 
     def _tick(self) -> None:
         """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat."""
@@ -387,6 +430,10 @@ class Worker:
         self._next_tick = now + TICK_S
         self._on_control()
         self._read_acks()
+        for link in self.outputs:
+            link.check_events(self.name)
+        if self.inbox is not None:
+            self.inbox.link.check_events(self.name)
         self._end_overdue_sources()
         self._check_targets(now)
         if now >= self._next_heartbeat:
@@ -463,9 +510,10 @@ class Worker:
                 return
             if now > next_warning:
                 next_warning = now + STALL_WARNING_S
-                reason = "target not found yet" if link.socket is None else "target is slow"
+                status = link_status(link)
                 log.warning("output_blocked", pipeline=self.name, target=link.target,
-                            reason=reason, held=len(link.outbox))  # fmt: skip
+                            reason=BLOCKED_REASONS[status["state"]], held=status["held"],
+                            since=status["since"])  # fmt: skip
             self._wait(POLL_MS, self._blocked_poller(link))
 
     def _blocked_poller(self, link: OutputLink) -> zmq.Poller:
@@ -661,8 +709,11 @@ class Worker:
     def run(self) -> int:
         """Run the pipeline to its end; the exit code is 0 unless it failed."""
         endpoint = self.inbox.endpoint if self.inbox is not None else None
+        endpoints = self.inbox.link.endpoints if self.inbox is not None else []
+        key_id = self.security.key_id if self.security is not None else None
         self.control.send(MessageType.HELLO, pid=os.getpid(), endpoint=endpoint,
-                          instance=self.instance)  # fmt: skip
+                          instance=self.instance, key=key_id,
+                          endpoints=endpoints if len(endpoints) > 1 else [])  # fmt: skip
         self._report_state(WorkerState.STARTING)
         try:
             outcome = self._run_scripts()
