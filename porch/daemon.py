@@ -336,6 +336,7 @@ def _remote_row(remote: Remote, now: float, used: bool) -> Result:
         "host": remote.host,
         "hostname": remote.hostname,
         "daemon_id": remote.daemon_id,
+        "origin": remote.origin,
         "endpoint": remote.endpoint,
         "state": remote.state,
         "last_seen_s": round(now - remote.last_seen, 1),

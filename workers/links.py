@@ -304,7 +304,9 @@ class OutputLink:
             elif kind == zmq.EVENT_DISCONNECTED and self.handshaken and self.endpoint:
                 log.info("link_reconnecting", pipeline=pipeline, target=self.target,
                          endpoint=self.endpoint, reason="connection lost")  # fmt: skip
+                withdrawn_since = self.withdrawn_since  # still withdrawn until rediscovered
                 self.connect(self.endpoint, self.instance, self.key_id, force=True)
+                self.withdrawn_since = withdrawn_since
                 return  # the old monitor is closed; the new socket reports on its own
             elif kind in HANDSHAKE_FAILED:
                 self._handshake_failed(pipeline, HANDSHAKE_FAILED[kind])

@@ -71,6 +71,24 @@ class Cluster:
         """Kill what runs inside and delete every namespace of the cluster."""
         _script("down", "--prefix", self.prefix)
 
+    def second_network(self, a: Host, b: Host) -> tuple[Host, Host]:
+        """Join `a` and `b` by a second network (a veth pair, both ends named eth1) on
+        10.214.S.0/24, and take `b` off the first one: `b` reaches only `a`'s second address.
+        Returns both hosts as seen on that network."""
+        subnet = self.hosts[0].address.split(".")[2]
+        net = f"10.214.{subnet}"
+        subprocess.run(["ip", "-n", b.ns, "link", "del", b.interface], check=True,
+                       timeout=COMMAND_TIMEOUT_S)  # fmt: skip
+        subprocess.run(["ip", "-n", a.ns, "link", "add", "eth1", "type", "veth", "peer", "name",
+                        "eth1", "netns", b.ns], check=True, timeout=COMMAND_TIMEOUT_S)  # fmt: skip
+        joined = []
+        for host, last in ((a, 1), (b, 2)):
+            self.ip(host, "addr", "add", f"{net}.{last}/24", "broadcast", f"{net}.255",
+                    "dev", "eth1")  # fmt: skip
+            self.ip(host, "link", "set", "eth1", "up")
+            joined.append(Host(host.ns, f"{net}.{last}", "eth1"))
+        return joined[0], joined[1]
+
 
 def _script(*args: str) -> str:
     done = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True,
@@ -83,7 +101,17 @@ def _script(*args: str) -> str:
 class NetnsPorchd(Porchd):
     """`porchd start` inside a host's namespace, on its eth0 (--insecure unless given a key)."""
 
-    def __init__(self, host: Host, home: Path, sources: list[str], extra: list[str]) -> None:
+    def __init__(
+        self,
+        host: Host,
+        home: Path,
+        sources: list[str],
+        extra: list[str],
+        control_at: Path | None = None,
+    ) -> None:
+        """`control_at`: the control socket path porchd is given, a folder bind-mounted (in
+        the namespace's own mount namespace) onto `home`: two hosts can then use one path,
+        as cloned machines do; porchctl still reaches each through `home`."""
         home.mkdir(parents=True, exist_ok=True)
         self.host, self.home = host, home
         self.control = home / "ctl.sock"
@@ -93,12 +121,17 @@ class NetnsPorchd(Porchd):
         self.env = {**env, "PORCH_RUNTIME_DIR": str(home / "runtime"),
                     "PORCH_STATE_DIR": str(home / "state-base"), "TMPDIR": str(home),
                     RUN_MARKER: uuid.uuid4().hex}  # fmt: skip
-        self.args = ["start", *sources, "--control", str(self.control), "--state-dir",
-                     str(self.state_dir), "--stop-timeout", "5", "--interface", host.interface,
+        control = self.control if control_at is None else control_at / "ctl.sock"
+        interface = [] if "--interface" in extra else ["--interface", host.interface]
+        self.args = ["start", *sources, "--control", str(control), "--state-dir",
+                     str(self.state_dir), "--stop-timeout", "5", *interface,
                      *([] if "--key-file" in extra else ["--insecure"]), *extra]  # fmt: skip
-        self.proc, self.stdout, self.stderr, self._readers = spawn_captured(
-            ["ip", "netns", "exec", host.ns, str(PORCHD), *self.args], home, self.env
-        )
+        command = ["ip", "netns", "exec", host.ns, str(PORCHD), *self.args]
+        if control_at is not None:  # `ip netns exec` runs it in a mount namespace of its own
+            control_at.mkdir(parents=True, exist_ok=True)
+            command[4:4] = ["sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh",
+                            str(home), str(control_at)]  # fmt: skip
+        self.proc, self.stdout, self.stderr, self._readers = spawn_captured(command, home, self.env)
 
 
 StartIn = Callable[..., NetnsPorchd]
@@ -127,10 +160,14 @@ def porchd_in(tmp_path: Path) -> Iterator[StartIn]:
     started: list[NetnsPorchd] = []
 
     def start(
-        host: Host, *sources: str, name: str = "", extra: tuple[str, ...] = ()
+        host: Host,
+        *sources: str,
+        name: str = "",
+        extra: tuple[str, ...] = (),
+        control_at: Path | None = None,
     ) -> NetnsPorchd:
         home = tmp_path / (name or host.ns)
-        daemon = NetnsPorchd(host, home, list(sources), list(extra))
+        daemon = NetnsPorchd(host, home, list(sources), list(extra), control_at)
         started.append(daemon)
         return daemon
 

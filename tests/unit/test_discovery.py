@@ -6,6 +6,7 @@ import contextlib
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -273,3 +274,59 @@ def test_all_ended_gives_the_latest() -> None:
     t.merge(beacon("d1", replace(A, state="finished")), now=0.0)
     t.merge(beacon("d2", replace(A, state="stopped"), host="10.0.0.2"), now=1.0)
     assert t.resolve([])["pipeline_a"].state == "stopped"
+
+
+# ---- issue 20: key per entry, several endpoints, the source address ----------------------
+
+
+def test_entry_key_and_endpoints_round_trip() -> None:
+    entry = Entry("pipeline_m", "tcp://10.0.0.1:4000", "running", 3, key="0a0b0c0d",
+                  endpoints=("tcp://10.0.0.1:4000", "tcp://10.9.0.1:4000"))  # fmt: skip
+    assert decode(encode(beacon("d1", entry))).entries == (entry,)
+
+
+def test_bad_endpoints_are_refused() -> None:
+    body = json.loads(encode(beacon("d1", A))[HEADER_BYTES:])
+    body["entries"][0]["endpoints"] = ["udp://x:1", "tcp://y:2"]
+    data = MAGIC + bytes((1, 0)) + json.dumps(body).encode()
+    with pytest.raises(DiscoveryError, match="endpoints"):
+        decode(data)
+
+
+def test_each_peer_gets_the_endpoint_on_the_network_the_beacon_came_from() -> None:
+    two = Entry("pipeline_m", "tcp://10.0.0.1:4000", "running", 3,
+                endpoints=("tcp://10.0.0.1:4000", "tcp://10.9.0.1:4001"))  # fmt: skip
+    t = Table(daemon_id="me", expiry_s=3.0)
+    t.merge(beacon("d1", two, source="10.9.0.1"), now=0.0)
+    assert t.resolve([])["pipeline_m"].endpoint == "tcp://10.9.0.1:4001"
+    # the same beacon arriving over the other network later does not make it flap
+    t.merge(beacon("d1", two, seq=2, source="10.0.0.1"), now=1.0)
+    assert t.resolve([])["pipeline_m"].endpoint == "tcp://10.9.0.1:4001"
+    t.merge(beacon("d2", replace(two, name="pipeline_z"), source="10.5.5.5"), now=1.0)
+    assert t.resolve([])["pipeline_z"].endpoint == "tcp://10.0.0.1:4000"  # unknown: the first
+
+
+def test_an_entry_key_beats_the_signing_key() -> None:
+    t = Table(daemon_id="me", expiry_s=3.0)
+    t.merge(beacon("d1", replace(A, key="feedf00d"), B, key_id="0badc0de"), now=0.0)
+    resolved = t.resolve([])
+    assert resolved["pipeline_a"].key_id == "feedf00d"
+    assert resolved["pipeline_b"].key_id == "0badc0de"
+
+
+def test_two_daemons_with_one_host_name_and_socket_but_two_origins_both_stay() -> None:
+    t = Table(daemon_id="me", expiry_s=3.0)
+    t.merge(beacon("d1", A, origin="id-one"), now=0.0)
+    t.merge(beacon("d2", B, origin="id-two"), now=0.1)
+    t.merge(beacon("d1", A, seq=2, origin="id-one"), now=1.0)
+    assert set(t.resolve([])) == {"pipeline_a", "pipeline_b"}
+
+
+def test_daemon_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    from porch.broker import daemon_origin
+
+    first = daemon_origin(tmp_path / "state")
+    assert len(first) == 32 and daemon_origin(tmp_path / "state") == first
+    assert daemon_origin(tmp_path / "other") != first
+    (tmp_path / "state" / "daemon-id").write_text("garbage\n")
+    assert daemon_origin(tmp_path / "state") not in (first, "garbage")

@@ -452,3 +452,16 @@ def test_a_past_error_is_shown_with_its_age_and_a_current_one_as_is() -> None:
     assert table({"pipelines": [past]})[1].endswith("  3m05s ago: boom")
     assert table({"pipelines": [current]})[1].endswith("  boom")
     assert not table({"pipelines": [current]})[1].endswith("ago: boom")
+
+
+def test_status_says_which_target_is_unreachable_since_when_and_what_is_held() -> None:
+    from porch.porchctl import format_targets
+
+    since = 1_000_000.0
+    result = {"pipelines": [{"name": "src", "state": "running", "targets": [
+        {"name": "sink", "state": "unreachable", "since": since, "held": 1234},
+        {"name": "other", "state": "connected", "since": None, "held": 0}]}]}  # fmt: skip
+    assert "running, target unreachable" in format_status(result)
+    lines = format_targets(result, now=since + 75).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("src -> sink: unreachable since ")
+    assert lines[0].endswith("(1m15s), 1,234 messages held")
