@@ -63,6 +63,11 @@ class BenchError(Exception):
     """A run that could not produce a number: crash, hang, loss, unparseable output."""
 
 
+class BenchSkipped(Exception):
+    """A benchmark this machine cannot run (e.g. network namespaces without root): its rows
+    say `skipped`, and the run is not failed for it."""
+
+
 @dataclass(frozen=True)
 class Sizes:
     """How big each workload is; `--quick` shrinks them all."""
@@ -78,10 +83,12 @@ class Sizes:
     linked_deadline_s: float = 60.0  # slower than this to link is an error, not a MISS
     settle_s: float = 2.0  # after everything linked, before idleness is measured
     idle_s: float = 5.0  # how long idle CPU is measured
+    cut_s: float = 30.0  # how long the link between two namespace hosts is cut (reconnect)
 
 
 FULL = Sizes()
-QUICK = Sizes(n=20_000, latency_s=1.0, large_count=8, chains=4, settle_s=1.0, idle_s=2.0)
+QUICK = Sizes(n=20_000, latency_s=1.0, large_count=8, chains=4, settle_s=1.0, idle_s=2.0,
+              cut_s=10.0)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,7 @@ class Outcome:
     bench: Benchmark
     samples: list[Sample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: str = ""  # why this machine could not run it
 
     def notes(self) -> dict[str, int]:
         """Each distinct runtime warning (numbers replaced by N), with how many runs logged it."""
@@ -1120,6 +1128,102 @@ def bench_curve_1mb(settings: Settings) -> Sample:
     return large_sample(got, CURVE_LARGE_COUNT)
 
 
+# ---------------------------------------------------------------- reconnect after a cut (issue 20)
+
+NETNS_CLUSTER = ROOT / "scripts" / "netns-cluster"
+RECONNECT_SOURCE = """\
+import time
+n = 0
+def step():
+    global n
+    n += 1
+    time.sleep(0.02)
+    return n
+"""
+RECONNECT_SINK = """\
+def step(input_data):
+    print("got", input_data["cut_src"], flush=True)
+"""
+BEACON_INTERVAL_S = 1.0  # porch's default, what the goal is counted in
+
+
+def netns_problem() -> str | None:
+    """Why this machine cannot build a namespace cluster, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces (scripts/netns-cluster)"
+    if subprocess.run(["sh", "-c", "command -v ip"], capture_output=True).returncode != 0:
+        return "needs iproute2 (`ip`) for network namespaces"
+    return None
+
+
+def netns(*args: str) -> str:
+    """Run scripts/netns-cluster ARGS; its stdout, BenchError when it fails."""
+    done = subprocess.run([str(NETNS_CLUSTER), *args], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise BenchError(f"netns-cluster {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def next_number(child: Child, deadline_s: float) -> int:
+    """The number of the sink's next `cut_snk | got N` line; BenchError past the deadline."""
+    while True:
+        left = deadline_s - time.monotonic()
+        if left <= 0:
+            raise BenchError("the sink printed nothing in time")
+        line = read_line(child, left)
+        if line is None:
+            raise BenchError(f"the sink's porch run ended: {child.stderr_tail()}")
+        if line.startswith("cut_snk | got "):
+            return int(line.rsplit(" ", 1)[1])
+
+
+def bench_reconnect(settings: Settings) -> Sample:
+    """A -> B on two namespace hosts; B's link is cut for `cut_s`: seconds from the link's
+    return until B prints again (the goal is counted in beacon intervals)."""
+    problem = netns_problem()
+    if problem is not None:
+        raise BenchSkipped(problem)
+    prefix = f"pb{os.getpid() % 100000}"
+    nodes = [Node("cut_src", RECONNECT_SOURCE, targets=("cut_snk",)),
+             Node("cut_snk", RECONNECT_SINK, sources=1)]  # fmt: skip
+    src, snk = write_graph(settings, "reconnect", nodes)
+    env = settings_env(settings)
+    try:
+        (h1, _, eth1), (h2, _, eth2) = (
+            line.split() for line in netns("up", "2", "--prefix", prefix).splitlines()
+        )
+        flags = ["--insecure", "--beacon-interval", str(BEACON_INTERVAL_S)]
+        sink_cmd = ["ip", "netns", "exec", h2, porch_exe(), "run", str(snk), "--interface", eth2]
+        src_cmd = ["ip", "netns", "exec", h1, porch_exe(), "run", str(src), "--interface", eth1]
+        with (
+            spawned([*sink_cmd, *flags], settings.workdir, env) as sink,
+            spawned([*src_cmd, *flags], settings.workdir, env),
+        ):
+            got = [next_number(sink, time.monotonic() + 30.0) for _ in range(5)]
+            subprocess.run(["ip", "-n", h2, "link", "set", eth2, "down"], check=True)
+            cut_end = time.monotonic() + settings.sizes.cut_s
+            try:
+                while time.monotonic() < cut_end:  # nothing can arrive; read what was in flight
+                    ready, _, _ = select.select([sink.stdout], [], [], cut_end - time.monotonic())
+                    if ready:
+                        got.append(next_number(sink, cut_end + 5.0))
+            finally:
+                subprocess.run(["ip", "-n", h2, "link", "set", eth2, "up"], check=True)
+            restored = time.monotonic()
+            got.append(next_number(sink, restored + 120.0))
+            resume_s = time.monotonic() - restored
+            got += [next_number(sink, time.monotonic() + 30.0) for _ in range(10)]
+            notes = runtime_warnings(sink)
+    finally:
+        netns("down", "--prefix", prefix)
+    expected = list(range(got[0], got[0] + len(got)))
+    if got != expected:
+        raise BenchError(f"values lost or repeated across the cut: {got[:40]}")
+    return Sample({"resume_s": resume_s, "resume_beacons": resume_s / BEACON_INTERVAL_S},
+                  notes=notes)  # fmt: skip
+
+
 BENCHMARKS: list[Benchmark] = [
     Benchmark("raw", "raw pyzmq PUSH->PULL, pickle per message", bench_raw),
     Benchmark("porch_chain", "porch A->B, acks on", bench_porch_chain),
@@ -1137,6 +1241,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("plain_chain", "porch A->B, --insecure (plain TCP)", bench_plain_chain),
     Benchmark("plain_1mb", "porch A->B 1 MB numpy, --insecure", bench_plain_1mb),
     Benchmark("curve_1mb", "porch A->B 1 MB numpy, CURVE", bench_curve_1mb),
+    Benchmark("reconnect", "netns A->B, link cut, flow resumes", bench_reconnect, repeats=1),
 ]
 
 ROWS: list[Row] = [
@@ -1167,6 +1272,8 @@ ROWS: list[Row] = [
         "plain_chain.rate", "plain", ">=", 0.9, issue=15),
     Row("CURVE vs plain, A->B 1 MB msgs", "curve_1mb.mb_per_s", "MB/s",
         "plain_1mb.mb_per_s", "plain", issue=5),
+    Row("resume after {cut_s} s cut (2 hosts)", "reconnect.resume_beacons", "beacons",
+        op="<=", goal=2.0, issue=20),
 ]  # fmt: skip
 
 
@@ -1181,6 +1288,10 @@ def measure(bench: Benchmark, settings: Settings, outcome: Outcome, rnd: int) ->
     except BenchError as exc:
         outcome.errors.append(str(exc))
         print(f"  {bench.name}: FAILED: {exc}", file=sys.stderr)
+        return
+    except BenchSkipped as exc:
+        outcome.skipped = str(exc)
+        print(f"  {bench.name}: skipped: {exc}", file=sys.stderr)
         return
     outcome.samples.append(sample)
     if sample.lost:
@@ -1215,7 +1326,7 @@ class Result:
     value: float | None
     base: float | None
     figure: float | None  # the ratio (with a baseline) or the value
-    verdict: str  # PASS, MISS, FAIL, "-" (no goal), or "not run"
+    verdict: str  # PASS, MISS, FAIL, "-" (no goal), "skipped", or "not run"
     errors: tuple[str, ...]
 
 
@@ -1249,6 +1360,9 @@ def evaluate(row: Row, outcomes: dict[str, Outcome]) -> Result:
     errors = tuple(f"{o.bench.name}: {e}" for o in involved for e in o.errors)
     if outcome is None or (row.baseline is not None and base_outcome is None):
         return Result(row, value, base, None, "not run", errors)
+    skipped = [o.skipped for o in involved if o.skipped and not o.samples]
+    if skipped and not errors:
+        return Result(row, value, base, None, "skipped", (f"skipped: {skipped[0]}",))
     figure = value if row.baseline is None else paired_ratio(values, bases)
     if errors or figure is None:
         verdict = "FAIL"
@@ -1390,6 +1504,11 @@ def print_report(results: Sequence[Result], outcomes: Sequence[Outcome], header:
         print("\nwarnings Porch logged (not benchmark errors; [runs that logged it]):")
         for outcome, note, count in warned:
             print(f"  {outcome.bench.name} [{count}/{len(outcome.samples)}]: {note[:160]}")
+    skipped = [(o.bench.name, o.skipped) for o in outcomes if o.skipped and not o.samples]
+    if skipped:
+        print("\nskipped (this machine cannot run them; not a failure):")
+        for name, why in skipped:
+            print(f"  {name}: {why}")
     problems = [(o.bench.name, e) for o in outcomes for e in o.errors]
     if problems:
         print("\nerrors:")
@@ -1444,6 +1563,7 @@ def write_json(
                 ],
                 "medians": {m: o.median(m) for m in o.metric_names()},
                 "errors": o.errors,
+                "skipped": o.skipped or None,
                 "runtime_warnings": o.notes(),
             }
             for o in outcomes
@@ -1617,7 +1737,7 @@ def main(argv: Sequence[str]) -> int:
         outcomes = run_all(benches, settings, repeats)
     commit["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     by_name = {o.bench.name: o for o in outcomes}
-    labels = {"pipelines": 2 * sizes.chains}
+    labels = {"pipelines": 2 * sizes.chains, "cut_s": f"{sizes.cut_s:g}"}
     rows = [replace(row, label=row.label.format(**labels)) for row in ROWS]
     results = [evaluate(row, by_name) for row in rows]
     results = [r for r in results if r.verdict != "not run"]
