@@ -144,7 +144,7 @@ class LogFileSink:
     def path_of(self, pipeline: str) -> Path:
         """The log file of `pipeline`."""
         # Config already restricts names; this guard keeps a bad one from escaping the folder.
-        if not pipeline or pipeline.startswith(".") or "/" in pipeline or "\0" in pipeline:
+        if pipeline in ("", ".", "..") or "/" in pipeline or "\0" in pipeline:
             raise ValueError(f"not a pipeline name usable as a file name: {pipeline!r}")
         return self.folder / f"{pipeline}.log"
 

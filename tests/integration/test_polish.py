@@ -139,3 +139,56 @@ def test_ctrl_c_with_a_step_that_does_not_stop_says_killed_everywhere(
     summary = [line for line in run.stderr if line.startswith("porch: hanger: ")]
     assert summary and summary[0].startswith("porch: hanger: failed, "), run.report()
     assert "end ran" not in run.lines_of("hanger")
+
+
+# ---- names: what DPorch accepts is carried everywhere a name goes ----------------------------
+
+ODD = '<b>&"x"'  # valid (no whitespace, control character or '/'), awkward: every output escapes it
+SOURCE = """
+    import time
+    def step():
+        time.sleep(0.05)
+        return 1
+"""
+SINK = """
+    def step(input_data):
+        print("got", sum(input_data.values()))
+"""
+
+
+def test_odd_names_reach_logs_metrics_api_and_graphs_escaped(tmp_path: Path, porchd: Start) -> None:
+    from tests.integration.test_dashboard import api_base, fetch, samples
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "src.py").write_text(textwrap.dedent(SOURCE), encoding="utf-8")
+    (configs / "sink.py").write_text(textwrap.dedent(SINK), encoding="utf-8")
+    for filename, config in (
+        ("a.json", {"name": "1st_stage", "scripts": ["src.py"], "target_pipeline_names": [ODD]}),
+        ("b.json", {"name": ODD, "scripts": ["sink.py"], "source_pipeline_count": 1}),
+    ):
+        (configs / filename).write_text(json.dumps(config), encoding="utf-8")
+    daemon = porchd(configs, extra=("--http", "127.0.0.1:0"))
+    base, auth = api_base(daemon)
+    daemon.wait_running("1st_stage", ODD)
+    assert any("name: warning: " in line and "'<'" in line for line in daemon.stderr)
+
+    daemon.wait_until(lambda: "got 1" in daemon.output(ODD), 20, "the sink's log")
+    assert daemon.log_path(ODD).name == f"{ODD}.log"
+    logs = daemon.ctl("logs", ODD, "-n", "5")
+    assert logs.returncode == 0 and "got 1" in logs.stdout, logs.stderr
+
+    status, body = fetch(base + "/metrics", auth)
+    assert status == 200
+    values = samples(body)  # prometheus-client's parser reads the escaped label back
+    assert ("porch_iterations_total", (("pipeline", ODD),)) in values
+    assert '{pipeline="<b>&\\"x\\""}' in body
+    status, body = fetch(base + "/api/status", auth)
+    assert ODD in [p["name"] for p in json.loads(body)["pipelines"]]
+
+    mermaid = daemon.ctl("graph").stdout
+    label = next(line for line in mermaid.splitlines() if "#lt;b#gt;" in line)
+    assert label.strip().endswith('["#lt;b#gt;&#quot;x#quot;<br/>running"]'), mermaid
+    dot = daemon.ctl("graph", "--format", "dot").stdout
+    assert '"<b>&\\"x\\"" [label="<b>&\\"x\\"\\nrunning"' in dot, dot
+    assert '"1st_stage" -> "<b>&\\"x\\"";' in dot, dot
