@@ -176,6 +176,7 @@ class Worker:
         # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
         self._finished_sources: dict[str, tuple[float, int]] = {}
         self._known: dict[str, str] = {}  # every pipeline the last directory listed: its state
+        self._named_sources: list[str] = []  # local pipelines that name us as a target
         # sources that failed or were stopped for good: name -> state (said once, in status)
         self._down_sources: dict[str, str] = {}
         self._missing: dict[str, float] = {}  # missing target -> when to warn about it again
@@ -318,6 +319,7 @@ class Worker:
             for name, entry in pipelines.items()
             if isinstance(entry, dict) and self.name in (entry.get("targets") or ())
         ]
+        self._named_sources = ours
         for name in dict.fromkeys([*fanin.sources, *ours]):
             entry = pipelines.get(name)
             if not isinstance(entry, dict):
@@ -584,9 +586,10 @@ class Worker:
             self._wait(POLL_MS)
             if time.monotonic() > next_warning:
                 next_warning += STALL_WARNING_S
+                absent = [n for n in self._named_sources if n not in inbox.fanin]
                 log.warning("still_waiting_for_sources", pipeline=self.name,
                             expected=self.config.source_pipeline_count,
-                            connected=inbox.fanin.sources)  # fmt: skip
+                            connected=inbox.fanin.sources, not_connected=absent)  # fmt: skip
         return True
 
     def _iterate(self, inputs: Any) -> None:
