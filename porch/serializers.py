@@ -15,12 +15,14 @@ also sends code (functions, lambdas, closures).
 from __future__ import annotations
 
 import copyreg
+import functools
 import io
 import json
 import pickle
 import pickletools
 import re
 import types
+import warnings
 import weakref
 from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
@@ -188,9 +190,18 @@ def _pickle_loads(frames: Sequence[Any]) -> Any:
     return pickle.loads(frames[0], buffers=frames[1:])
 
 
-def _dill_dumps(value: Any) -> Frames:
+@functools.cache
+def _dill() -> Any:
     import dill  # imported lazily: most pipelines never need it
 
+    # dill warns while it tries to pickle a class received by value (its module is not
+    # here); Porch then sends it by value with cloudpickle, so the warning is only noise
+    warnings.filterwarnings("ignore", category=dill.PicklingWarning)
+    return dill
+
+
+def _dill_dumps(value: Any) -> Frames:
+    dill = _dill()
     try:
         head = dill.dumps(value, protocol=5)
     except Exception:
@@ -201,9 +212,7 @@ def _dill_dumps(value: Any) -> Frames:
 
 
 def _dill_loads(frames: Sequence[Any]) -> Any:
-    import dill
-
-    return dill.loads(bytes(frames[0]))
+    return _dill().loads(bytes(frames[0]))
 
 
 def _slow_dumps(value: Any, name: str, *, sends_code: bool, out_of_band: bool) -> Frames:
@@ -224,7 +233,7 @@ def _unsendable(value: Any, name: str, sends_code: bool, exc: Exception) -> Seri
         fix += ' or set "serializer": "dill" in the config (it sends functions and lambdas)'
     whose = "" if where == "value" else f" whose {where.removeprefix('value')} is"
     why = (
-        "it sends data, not code"
+        f"{exc}: it sends data, not code"
         if isinstance(exc, CodeRefused)
         else f"{type(exc).__name__}: {exc}"
     )
