@@ -130,6 +130,29 @@ def link_settings(config: PipelineConfig) -> LinkSettings:
     )
 
 
+def named_sources(pipelines: dict[str, Any], me: str) -> list[str]:
+    """The pipelines of a directory that name `me` among their targets (local entries list
+    their targets; a worker knows only how many sources it has, not which)."""
+    return [
+        name
+        for name, entry in pipelines.items()
+        if isinstance(entry, dict) and me in (entry.get("targets") or ())
+    ]
+
+
+def missing_target(target: str, held: int, limit: int, known: dict[str, str]) -> tuple[str, str]:
+    """What to say of a target without an endpoint, and the closest known name ("" if none):
+    a listed one is not up yet; an unlisted one may be a misspelling of a listed one."""
+    state = known.get(target)
+    if state is not None:
+        close, text = "", f"target {target!r} is {state}, no endpoint yet"
+    else:
+        found = difflib.get_close_matches(target, list(known), n=1)
+        close, text = (found[0] if found else ""), f"target {target!r} not found"
+    text += f"; {held} held (queue_limit {limit})"
+    return text + (f"; did you mean {close!r}?" if close else ""), close
+
+
 class Worker:
     """Runs one pipeline."""
 
@@ -314,12 +337,7 @@ class Worker:
         if inbox is None:
             return
         fanin = inbox.fanin
-        ours = [
-            name
-            for name, entry in pipelines.items()
-            if isinstance(entry, dict) and self.name in (entry.get("targets") or ())
-        ]
-        self._named_sources = ours
+        ours = self._named_sources = named_sources(pipelines, self.name)
         for name in dict.fromkeys([*fanin.sources, *ours]):
             entry = pipelines.get(name)
             if not isinstance(entry, dict):
@@ -379,19 +397,12 @@ class Worker:
             if now < self._missing.get(link.target, 0.0) or (state is not None and not link.full()):
                 continue  # a listed target that is slow to start is worth a word once we block
             self._missing[link.target] = now + STALL_WARNING_S
-            held = link.data_held()
-            if state is not None:  # listed, but not reachable: not started yet, stopped...
-                close = []
-                text = f"target {link.target!r} is {state}, no endpoint yet"
-            else:
-                close = difflib.get_close_matches(link.target, list(self._known), n=1)
-                text = f"target {link.target!r} not found"
-            text += f"; {held} held (queue_limit {link.settings.limit})"
-            text += f"; did you mean {close[0]!r}?" if close else ""
+            held, limit = link.data_held(), link.settings.limit
+            text, close = missing_target(link.target, held, limit, self._known)
             self._missing_targets[link.target] = text
             log.warning("target_missing", pipeline=self.name, target=link.target, state=state,
-                        held=held, queue_limit=link.settings.limit,
-                        closest=close[0] if close else None, known=len(self._known))  # fmt: skip
+                        held=held, queue_limit=limit, closest=close or None,
+                        known=len(self._known))  # fmt: skip
 
     def _warnings(self) -> str:
         """What keeps this pipeline from making progress, for `porchctl status`."""
