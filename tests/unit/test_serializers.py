@@ -16,7 +16,7 @@ import zmq
 
 from porch import serializers
 from porch.serializers import SerializationError, decode_failure, pickle_globals
-from porch.wire import FrameKind, encode_header
+from porch.wire import FrameKind, encode_batch, encode_header
 from workers.host import load_script
 from workers.inbox import Inbox, Undecodable
 
@@ -125,8 +125,9 @@ def test_decode_failure_names_sender_type_and_fix() -> None:
     assert "install module 'shapes_elsewhere'" in message, message
 
 
-@pytest.mark.parametrize("accepts", ["pickle", "json"])
-def test_a_member_payload_that_does_not_decode_is_queued_for_on_error(accepts: str) -> None:
+def inbox_receiving(accepts: str, count: int, *frames: bytes) -> tuple[Inbox, list[Any]]:
+    """An inbox accepting `accepts` that got HELLO then `frames` from member 'src': the
+    `count` values it queued."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     inbox = Inbox(ctx, "127.0.0.1", name="sink", instance=9, expected=1, any_input=False,
                   serializer=serializers.get(accepts), limit=8)  # fmt: skip
@@ -135,21 +136,38 @@ def test_a_member_payload_that_does_not_decode_is_queued_for_on_error(accepts: s
     peer.connect(inbox.endpoint)
     try:
         peer.send(encode_header(FrameKind.HELLO, 1, 1, 0, "src"))
-        peer.send(encode_header(FrameKind.DATA, 1, 1, 1, "src") + b"\x80\x05not a pickle")
+        for frame in frames:
+            peer.send(frame)
         for _ in range(100):
             if inbox.link.socket.poll(50):
                 inbox.receive()
-            if inbox.fanin.depth():
+            if inbox.fanin.depth() >= count:
                 break
-        values, _ = inbox.take()
+        return inbox, [inbox.take()[0]["src"] for _ in range(inbox.fanin.depth())]
     finally:
         peer.close()
         inbox.close()
         ctx.term()
 
-    bad = values["src"]
+
+@pytest.mark.parametrize("accepts", ["pickle", "json"])
+def test_a_member_payload_that_does_not_decode_is_queued_for_on_error(accepts: str) -> None:
+    data = encode_header(FrameKind.DATA, 1, 1, 1, "src") + b"\x80\x05not a pickle"
+    inbox, values = inbox_receiving(accepts, 1, data)
+
+    bad = values[0]
     assert isinstance(bad, Undecodable) and bad.source == "src"
     assert bad.payload == [b"\x80\x05not a pickle"]  # the bytes are kept, never dropped
     assert inbox.undecodable == 1 and inbox.counters.bad_frames == 0
     expected = "accepts json only" if accepts == "json" else "cannot be decoded here"
     assert expected in bad.error, bad.error
+
+
+def test_an_undecodable_item_of_a_batch_takes_only_its_own_place() -> None:
+    header = encode_header(FrameKind.DATA_BATCH, 1, 1, 1, "src")
+    items = [pickle.dumps(1, protocol=5), b"garbage", pickle.dumps(3, protocol=5)]
+    inbox, values = inbox_receiving("pickle", 3, encode_batch(header, items))
+
+    assert values[0] == 1 and values[2] == 3, values
+    assert isinstance(values[1], Undecodable) and values[1].payload == [b"garbage"]
+    assert inbox.undecodable == 1 and inbox.counters.bad_frames == 0
