@@ -38,6 +38,7 @@ from porch.discovery import (
     Entry,
     Remote,
     Table,
+    TableFull,
     decode,
     encode,
     expiry_s,
@@ -66,13 +67,14 @@ MIN_GAP_S = 0.05  # between two beacons sent "at once": a burst of changes makes
 WARMUP_S = 0.5
 RECV_BATCH = 64
 RECV_BYTES = 65_535
+RECV_BUDGET_S = 0.02
 PEER_RESOLVE_S = 30.0
 MAX_WARNED = 256  # (source, reason) pairs a broker warns about once each
 SILENT_INTERVALS = 5  # a static peer not heard for this many beacon intervals is reported
 MAX_WITHDRAWN = 500  # withdrawn remote pipelines remembered (shown in status, told to workers)
 WITHDRAWN = "withdrawn"  # the directory's state for a remote pipeline whose host fell silent
 REJECT_REASONS = ("not_loopback", "malformed", "unsigned", "bad_signature", "unknown_key",
-                  "stale", "replayed")  # fmt: skip
+                  "stale", "replayed", "table_full")  # fmt: skip
 
 
 class KeySource(Enum):
@@ -346,9 +348,13 @@ class Broker:
     # ---- receiving -----------------------------------------------------------------------
 
     def on_readable(self) -> None:
-        """Take in every datagram waiting now."""
+        """Take in the datagrams waiting now: at most RECV_BATCH, or RECV_BUDGET_S of work, so
+        that a flood leaves the loop time for porchctl and the workers."""
         changed = False
+        deadline = time.monotonic() + RECV_BUDGET_S
         for _ in range(RECV_BATCH):
+            if time.monotonic() > deadline:
+                break
             try:
                 data, source = self.sock.recvfrom(RECV_BYTES)
             except BlockingIOError:
@@ -378,13 +384,18 @@ class Broker:
         beacon = replace(beacon, key_id=key_id, source=source)
         if beacon.daemon_id == self.daemon_id:
             return False
-        if beacon.daemon_id not in self.table.peers:
+        newcomer = beacon.daemon_id not in self.table.peers
+        now = time.monotonic()
+        try:
+            changed = self.table.merge(beacon, now)
+        except TableFull as exc:
+            return self._reject(source, "table_full", str(exc))
+        if newcomer:
             self.announce_soon()  # a newcomer learns about us at once, not an interval later
         self.counters["received"] += 1
-        now = time.monotonic()
         if self.plan.peers and (len(self._heard) < MAX_WARNED or source in self._heard):
             self._heard[source] = now
-        return self.table.merge(beacon, now)
+        return changed
 
     def _reject(self, source: str, reason: str, detail: str) -> bool:
         self.counters["rejected"] += 1

@@ -29,6 +29,11 @@ MAX_BEACON_BYTES = 60_000
 MAX_ENTRIES = 500
 MAX_TEXT = 255
 MAX_ENDPOINTS = 8  # one per data interface
+# What beacons may cost: without a key (--insecure) anyone who reaches the port can send them,
+# so the table holds at most this many supervisors and pipelines; newcomers beyond that are
+# refused (counted as `table_full`) until silent peers expire and free their room.
+MAX_PEERS = 256
+MAX_REMOTE_PIPELINES = 4096
 MIN_EXPIRY_S = 3.0
 EXPIRY_BEACONS = 3
 # Workers' states that mean "gone for now or for good": such a pipeline is not live.
@@ -38,6 +43,10 @@ STATES = ENDED_STATES | {"starting", "waiting for sources", "running", "stopping
 
 class DiscoveryError(PorchError):
     """A beacon could not be decoded or is not valid; it is dropped and counted."""
+
+
+class TableFull(DiscoveryError):
+    """A beacon would take the table over its bounds (MAX_PEERS, MAX_REMOTE_PIPELINES)."""
 
 
 @dataclass(frozen=True)
@@ -254,20 +263,32 @@ class Table:
     daemon_id: str
     expiry_s: float
     peers: dict[str, Peer] = field(default_factory=dict)
+    max_peers: int = MAX_PEERS
+    max_pipelines: int = MAX_REMOTE_PIPELINES
 
     def merge(self, beacon: Beacon, now: float) -> bool:
-        """Take in one beacon; True when it changed what the table resolves (not just times)."""
+        """Take in one beacon; True when it changed what the table resolves (not just times).
+        TableFull when it would take the table over its bounds."""
         if beacon.daemon_id == self.daemon_id:
             return False
         known = self.peers.get(beacon.daemon_id)
         if known is not None and beacon.seq <= known.beacon.seq:
             return False  # late or replayed
+        self._check_room(beacon, known)
         if known is not None and known.beacon.source in _hosts(beacon):
             # it reaches us on several networks: keep the address we chose, don't flap
             beacon = replace(beacon, source=known.beacon.source)
         changed = self._drop_previous_self(beacon)
         self.peers[beacon.daemon_id] = Peer(beacon, now)
         return changed or known is None or _view(known.beacon) != _view(beacon)
+
+    def _check_room(self, beacon: Beacon, known: Peer | None) -> None:
+        if known is None and len(self.peers) >= self.max_peers:
+            raise TableFull(f"the table already holds {self.max_peers} supervisors")
+        held = sum(len(p.beacon.entries) for p in self.peers.values())
+        held -= len(known.beacon.entries) if known is not None else 0
+        if held + len(beacon.entries) > self.max_pipelines:
+            raise TableFull(f"the table already holds {held} of {self.max_pipelines} pipelines")
 
     def _drop_previous_self(self, beacon: Beacon) -> bool:
         """A restarted daemon (same origin, new id, newer clock) replaces its previous self."""

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -302,31 +302,53 @@ def _rss_mib(daemon: Porchd) -> float:
     return sum(p.memory_info().rss for p in procs) / 2**20
 
 
-def test_a_beacon_flood_costs_no_memory_and_porchctl_keeps_answering(
-    victim: Porchd, attacker: Attacker
-) -> None:
+def flood(daemon: Porchd, attacker: Attacker) -> tuple[int, float, float]:
+    """The issue's flood: 500-entry unsigned beacons from 40 made-up supervisors, as fast as
+    the attacker can send them, while porchctl asks for status. Datagrams sent, porchctl's
+    slowest answer (s), and how much porchd and its workers grew (MiB)."""
     entries = tuple(Entry(f"flood_{i:04d}", f"tcp://127.0.0.1:{10000 + i}", "running", 1)
                     for i in range(500))  # fmt: skip
     files = [attacker.file(f"flood{n}", encode(Beacon(f"{n:016x}", f"o{n}", "127.0.0.1", "h",
                                                       time.time(), "n", 1, entries)))
-             for n in range(20)]  # fmt: skip
-    before = _rss_mib(victim)
-    command = attacker.command("flood", str(discovery_port(victim)), str(FLOOD_S), *files)
-    flood = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+             for n in range(40)]  # fmt: skip
+    before = _rss_mib(daemon)
+    command = attacker.command("flood", str(discovery_port(daemon)), str(FLOOD_S), *files)
+    flooding = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         slowest_s = 0.0
-        while flood.poll() is None:
+        while flooding.poll() is None:
             started = time.monotonic()
-            assert victim.ctl("status", timeout_s=10).returncode == 0
+            assert daemon.ctl("status", timeout_s=10).returncode == 0
             slowest_s = max(slowest_s, time.monotonic() - started)
-        out, _ = flood.communicate(timeout=30)
+        out, _ = flooding.communicate(timeout=30)
     finally:
-        flood.kill()
-    sent = int(json.loads(out.splitlines()[-1])["sent"])
+        flooding.kill()
+    return int(json.loads(out.splitlines()[-1])["sent"]), slowest_s, _rss_mib(daemon) - before
+
+
+def test_a_beacon_flood_costs_no_memory_and_porchctl_keeps_answering(
+    victim: Porchd, attacker: Attacker
+) -> None:
+    sent, slowest_s, grown_mib = flood(victim, attacker)
     status = victim.status()
     assert status["remote"] == [], "a flooded beacon got into the table"
     assert status["daemon"]["discovery"]["rejected"]["unsigned"] >= min(sent, 1000) // 2
-    after = _rss_mib(victim)
-    assert after - before <= MEMORY_SLACK_MIB, (before, after, sent)
+    assert grown_mib <= MEMORY_SLACK_MIB, (grown_mib, sent)
     assert slowest_s < 5.0, f"porchctl status took {slowest_s:.1f} s during the flood"
     assert_stream_goes_on_whole(victim)
+
+
+def test_without_signatures_a_flood_fills_a_bounded_table_that_empties_again(
+    attacker: Attacker, porchd: Callable[..., Porchd], tmp_path: Path
+) -> None:
+    """--insecure takes unsigned beacons: the table holds at most MAX_REMOTE_PIPELINES, and
+    what the flood brought leaves when it stops."""
+    daemon = porchd(counter(tmp_path / "c", "lone_src", "nobody", sleep_s=0.05),
+                    extra=("--insecure", "--beacon-interval", "0.5"))  # fmt: skip
+    daemon.wait_running("lone_src")
+    sent, slowest_s, grown_mib = flood(daemon, attacker)
+    discovery = daemon.status()["daemon"]["discovery"]
+    assert discovery["rejected"]["table_full"] > 0, discovery
+    assert grown_mib <= MEMORY_SLACK_MIB, (grown_mib, sent)
+    assert slowest_s < 5.0, f"porchctl status took {slowest_s:.1f} s during the flood"
+    daemon.wait_until(lambda: daemon.status()["remote"] == [], WAIT_S, "the flood to expire")

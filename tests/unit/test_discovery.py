@@ -20,6 +20,7 @@ from porch.discovery import (
     DiscoveryError,
     Entry,
     Table,
+    TableFull,
     decode,
     encode,
     expiry_s,
@@ -330,3 +331,21 @@ def test_daemon_id_is_made_once_and_kept(tmp_path: Path) -> None:
     assert daemon_origin(tmp_path / "other") != first
     (tmp_path / "state" / "daemon-id").write_text("garbage\n")
     assert daemon_origin(tmp_path / "state") not in (first, "garbage")
+
+
+def test_the_table_is_bounded_and_frees_room_as_peers_expire() -> None:
+    """Unsigned beacons (--insecure) may come from anyone: what they can make us hold is
+    bounded, per supervisor (MAX_ENTRIES a beacon) and in total."""
+    table = Table("me", 3.0, max_peers=3, max_pipelines=5)
+    two = (Entry("p_a", "tcp://h:1", "running"), Entry("p_b", "tcp://h:2", "running"))
+    assert table.merge(beacon("d1", *two), 1.0) and table.merge(beacon("d2", *two), 1.0)
+    with pytest.raises(TableFull, match="pipelines"):
+        table.merge(beacon("d3", *two), 1.0)  # 6 > 5 pipelines
+    assert table.merge(beacon("d3", two[0]), 1.0)  # exactly 5
+    with pytest.raises(TableFull, match="3 supervisors"):
+        table.merge(beacon("d4"), 1.0)
+    assert table.merge(beacon("d1", two[0], seq=2), 2.0)  # a known peer may shrink ...
+    assert table.merge(beacon("d1", *two, seq=3), 2.0)  # ... and grow back within the bound
+    assert len(table.remotes()) == 5
+    assert len(table.expire(10.0)) == 3 and table.peers == {}
+    assert table.merge(beacon("d4"), 10.0)  # room again
