@@ -344,9 +344,9 @@ def _json_dumps(value: Any) -> Frames:
         return [json.dumps(value, separators=(",", ":"), allow_nan=True).encode("utf-8")]
     except (TypeError, ValueError) as exc:
         raise SerializationError(
-            f"cannot send {type(value).__name__} with the json serializer ({exc}); "
-            "return JSON types (dict, list, str, int, float, bool, None) or choose "
-            '"serializer": "pickle" in the config'
+            f"{_describe(value)}, which the json serializer cannot send ({exc}); fix: return "
+            'JSON types (dict, list, str, int, float, bool, None) or set "serializer": '
+            '"pickle" in the config'
         ) from exc
 
 
