@@ -5,7 +5,10 @@ Three parts, each for a way a process could be left behind:
 - A worker is a child subreaper (Linux `PR_SET_CHILD_SUBREAPER`): what its scripts start stays
   among its descendants even in a new session or after its parent exited (a double fork), and
   the worker kills that whole tree when it exits. The supervisor kills the tree too when it
-  SIGKILLs a worker (stop timeout, heartbeat).
+  SIGKILLs a worker (stop timeout, heartbeat). The worker does not reap the orphans it adopts
+  before it exits (it cannot tell them from its scripts' own children, whose exit status a
+  script may be waiting for): a script that keeps daemonizing short-lived processes leaves
+  zombies until its worker ends.
 - The watchdog (`python -m porch.reaper`, one per supervisor, in its own session) holds a pipe
   from the supervisor and is told each worker's pid. When the pipe closes without `bye`, the
   supervisor died (kill -9): the workers get `--stop-timeout` to stop on their own (they got
