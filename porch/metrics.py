@@ -35,7 +35,7 @@ PIPELINE_COUNTERS = (
     ("restarts", "restarts", "Times porchd restarted the pipeline (restart policy)."),
     ("dropped", "dropped", "Messages dropped by a full output link (overflow drop_oldest)."),
     ("dead_letters", "dead_letters", "Messages written to the dead-letter folder."),
-    ("duplicates", "duplicates", "Duplicate messages the inbox discarded (replays)."),
+    ("duplicates", "duplicates", "Duplicate messages the inbox discarded (replays, origin ids)."),
     ("bad_frames", "bad_frames", "Undecodable frames dropped on the data port."),
     ("skipped", "skipped", "Iterations skipped (porch.SKIP or on_error skip)."),
     ("replayed", "replayed", "Messages replayed to a restarted target."),
@@ -43,6 +43,7 @@ PIPELINE_COUNTERS = (
      "Data-link handshakes refused (wrong or no cluster key)."),
     ("log_lines_dropped", "log_lines_dropped",
      "Output lines porchd could not write to the pipeline's log file (a full disk)."),
+    ("unpaired", "unpaired", "Join values dropped: their partner was filtered out upstream."),
 )  # fmt: skip
 
 # (metric name without porch_, status field, help): gauges per pipeline.

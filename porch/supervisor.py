@@ -48,7 +48,7 @@ LIVE_STATES = (WorkerState.WAITING_FOR_SOURCES, WorkerState.RUNNING)
 UNANNOUNCED_STATES = (WorkerState.STARTING, *LIVE_STATES)
 # Health counters that status() passes on as they are (0 until a worker reports them).
 EXTRA_COUNTERS = ("duplicates", "dead_letters", "skipped", "replayed", "handshakes_rejected",
-                  "handshakes_failed", "reconnects")  # fmt: skip
+                  "handshakes_failed", "reconnects", "unpaired")  # fmt: skip
 # counters status reports as totals over every worker instance a pipeline has had
 COUNTERS = ("iterations", "msgs_in", "msgs_out", "dropped", "bad_frames", *EXTRA_COUNTERS)
 

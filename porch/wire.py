@@ -5,17 +5,35 @@ payload frames of the serializer (pickle protocol 5 puts large buffers in frames
 
 Header layout (network byte order), 20 bytes then the sender's name:
     version u8 | kind u8 | serializer u8 | name length u8 | instance u64 | seq u64 | name
+
+Origins. Every value derives from source iterations; an origin id is (pipeline, epoch, seq):
+the pipeline that stamped it (a source, or a `fan_in: any` stage), that pipeline's epoch (random
+per start; kept across restarts with a durable outbox) and its own count of stamped values.
+A value's origin is a set of ids (a join: the union of its inputs'). In memory it is a flat
+tuple `(stream, seq, stream, seq, ...)` with `stream = (pipeline, epoch)`; `()` when unknown.
+When the kind byte has the ORIGINS bit set (DATA, DATA_BATCH), the header carries, after the
+name, the origins of the messages it holds, as runs of consecutive values:
+    streams u8 | streams x (epoch u64 | name length u8 | name) | runs u32 | runs x run
+    run: count u32 | width u8 | width x (stream index u8 | first seq u64)
+The i-th message of a run has `width` ids, each (stream, first seq + i). A source's batch of
+256 values is one run; the run counts add up to the frame's message count.
+
+A DATA message (or batch item) with an empty payload is a skip marker: the value of that origin
+was filtered out upstream (porch.SKIP, on_error skip); it travels in the value's place so that
+a join can drop the partner it will never get. Serializers never produce an empty payload.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from porch.errors import WireError
 
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct("!BBBBQQ")
 HEADER_SIZE = _HEADER.size
 MAX_NAME_BYTES = 255
@@ -37,6 +55,12 @@ class FrameKind(enum.IntEnum):
 
 
 _KINDS = {kind.value: kind for kind in FrameKind}
+ORIGINS = 0x80  # kind-byte flag: an origins section follows the sender's name
+
+Stream = tuple[str, int]  # (stamping pipeline, its epoch)
+Origin = tuple[Any, ...]  # flat (stream, seq, stream, seq, ...); () when unknown
+Run = tuple[int, Origin]  # `count` messages; the i-th has every seq of the origin + i
+MAX_STREAMS = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +72,126 @@ class Header:
     instance: int
     seq: int
     sender: str
+    origins: tuple[Run, ...] = ()
 
 
-def encode_header(kind: FrameKind, serializer: int, instance: int, seq: int, sender: str) -> bytes:
-    """Encode one header frame."""
+def encode_header(
+    kind: FrameKind,
+    serializer: int,
+    instance: int,
+    seq: int,
+    sender: str,
+    origins: Sequence[Run] = (),
+) -> bytes:
+    """Encode one header frame (with the origins of its messages, if given)."""
     name = sender.encode("utf-8")
     if len(name) > MAX_NAME_BYTES:
         raise WireError(f"sender name longer than {MAX_NAME_BYTES} bytes: {sender[:40]!r}...")
+    if any(origin for _, origin in origins):
+        head = _HEADER.pack(VERSION, kind | ORIGINS, serializer, len(name), instance, seq)
+        return head + name + encode_origins(origins)
     return _HEADER.pack(VERSION, kind, serializer, len(name), instance, seq) + name
+
+
+_U8 = struct.Struct("!B")
+_U32 = struct.Struct("!I")
+_STREAM = struct.Struct("!QB")  # epoch, name length
+_RUN = struct.Struct("!IB")  # count, width
+_ID = struct.Struct("!BQ")  # stream index, first seq
+_ONE = struct.Struct("!IBBQ")  # a run of one id: count, width 1, stream index, first seq
+
+
+def encode_origins(runs: Sequence[Run]) -> bytes:
+    """The origins section for messages whose origins are `runs` (see the module docstring)."""
+    streams: dict[Stream, int] = {}
+    body = [_U32.pack(len(runs))]
+    for count, origin in runs:
+        body.append(_RUN.pack(count, len(origin) // 2))
+        for i in range(0, len(origin), 2):
+            index = streams.setdefault(origin[i], len(streams))
+            body.append(_ID.pack(index, origin[i + 1]))
+    if len(streams) > MAX_STREAMS:
+        raise WireError(f"more than {MAX_STREAMS} origin streams in one frame")
+    table = [_U8.pack(len(streams))]
+    for name, epoch in streams:
+        raw = name.encode("utf-8")
+        table.append(_STREAM.pack(epoch, len(raw)) + raw)
+    return b"".join(table + body)
+
+
+def decode_origins(frame: bytes, start: int) -> tuple[tuple[Run, ...], int]:
+    """The runs of an origins section at `start`, and where it ends; WireError if malformed."""
+    try:
+        (nstreams,) = _U8.unpack_from(frame, start)
+        offset = start + 1
+        streams: list[Stream] = []
+        for _ in range(nstreams):
+            epoch, length = _STREAM.unpack_from(frame, offset)
+            offset += _STREAM.size
+            if offset + length > len(frame):
+                raise WireError("origin stream name runs past the frame")
+            streams.append((bytes(frame[offset : offset + length]).decode("utf-8"), epoch))
+            offset += length
+        (nruns,) = _U32.unpack_from(frame, offset)
+        offset += 4
+        if nruns > MAX_BATCH_COUNT:
+            raise WireError(f"{nruns} origin runs")
+        runs = []
+        for _ in range(nruns):
+            count, width = _RUN.unpack_from(frame, offset)
+            offset += _RUN.size
+            origin: list[Any] = []
+            for _ in range(width):
+                index, seq = _ID.unpack_from(frame, offset)
+                offset += _ID.size
+                origin += (streams[index], seq)
+            runs.append((count, tuple(origin)))
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise WireError(f"malformed origins section: {exc}") from exc
+    return tuple(runs), offset
+
+
+def runs_of(origins: Sequence[Origin]) -> list[Run]:
+    """The runs of consecutive values that messages of these origins form, in order."""
+    first = origins[0]
+    if len(first) == 2:  # the hot path: a source's consecutive values, or a stage passing them on
+        stream, start = first
+        if origins == [(stream, seq) for seq in range(start, start + len(origins))]:
+            return [(len(origins), first)]
+    runs: list[Run] = []
+    run_count = 0
+    for origin in origins:
+        if run_count and origin == shift(first, run_count):
+            run_count += 1
+            continue
+        if run_count:
+            runs.append((run_count, first))
+        first, run_count = origin, 1
+    runs.append((run_count, first))
+    return runs
+
+
+def run_origins(runs: Sequence[Run]) -> list[Origin]:
+    """Every message's origin, expanded from runs."""
+    return [shift(origin, i) for count, origin in runs for i in range(count)]
+
+
+def shift(origin: Origin, by: int) -> Origin:
+    """`origin` with every seq advanced by `by` (the `by`-th message of a run)."""
+    if not by:
+        return origin
+    return tuple(x + by if i % 2 else x for i, x in enumerate(origin))
+
+
+def union(a: Origin, b: Origin) -> Origin:
+    """The origin of a value computed from inputs of origins `a` and `b` (ids once each)."""
+    if a == b or not b:
+        return a
+    if not a:
+        return b
+    pairs = set(zip(a[::2], a[1::2], strict=True))
+    extra = [x for pair in zip(b[::2], b[1::2], strict=True) if pair not in pairs for x in pair]
+    return a + tuple(extra)
 
 
 def decode_header(frame: bytes) -> Header:
@@ -82,14 +218,19 @@ def decode_prefix(frame: bytes) -> tuple[Header, int]:
     end = HEADER_SIZE + name_len
     if len(frame) < end:
         raise WireError(f"header length {len(frame)} is shorter than its name length {name_len}")
-    frame_kind = _KINDS.get(kind)
+    frame_kind = _KINDS.get(kind & ~ORIGINS)
     if frame_kind is None:
         raise WireError(f"unknown frame kind {kind}")
     try:
         sender = bytes(frame[HEADER_SIZE:end]).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WireError(f"malformed header: {exc}") from exc
-    return Header(frame_kind, serializer, instance, seq, sender), end
+    if not kind & ORIGINS:
+        return Header(frame_kind, serializer, instance, seq, sender), end
+    if frame_kind is not FrameKind.DATA and frame_kind is not FrameKind.DATA_BATCH:
+        raise WireError(f"origins on a {frame_kind.name} frame")
+    runs, end = decode_origins(frame, end)
+    return Header(frame_kind, serializer, instance, seq, sender, runs), end
 
 
 _COUNT = struct.Struct("!I")
@@ -140,6 +281,7 @@ class HeaderEncoder:
         self._sender = sender
         self._name = sender.encode("utf-8")
         encode_header(FrameKind.HELLO, serializer, instance, 0, sender)  # validates the name
+        self._tables: dict[Stream, bytes] = {}  # one stream's origins-section prefix
 
     def encode(self, kind: FrameKind, seq: int) -> bytes:
         """Header of the `seq`-th message of this link."""
@@ -147,3 +289,20 @@ class HeaderEncoder:
             _HEADER.pack(VERSION, kind, self._serializer, len(self._name), self._instance, seq)
             + self._name
         )
+
+    def encode_data(self, kind: FrameKind, seq: int, runs: Sequence[Run]) -> bytes:
+        """Header of a DATA or DATA_BATCH message whose values have the origins `runs`."""
+        head = _HEADER.pack(
+            VERSION, kind | ORIGINS, self._serializer, len(self._name), self._instance, seq
+        )
+        if len(runs) == 1 and len(runs[0][1]) == 2:  # one run of one stream: the common case
+            count, (stream, first) = runs[0]
+            table = self._tables.get(stream)
+            if table is None:
+                if len(self._tables) >= MAX_STREAMS:
+                    self._tables.clear()
+                table = self._tables[stream] = encode_origins([(1, (stream, 0))])[: -_ONE.size]
+            return head + self._name + table + _ONE.pack(count, 1, 0, first)
+        if not any(origin for _, origin in runs):
+            return self.encode(kind, seq)
+        return head + self._name + encode_origins(runs)

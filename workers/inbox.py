@@ -4,25 +4,39 @@ A source's messages are acknowledged once an iteration has consumed them (cumula
 batched: every `ack_every` messages, and whenever the worker goes idle). Right after a worker
 starts it acknowledges each message on its own, so that if it crashes on one, the sender's
 oldest unacknowledged message is exactly that one (and is dead-lettered after a few crashes).
+An acknowledgement covers every seq below the oldest one still queued or being processed.
+
+Duplicates die here twice over: by link sequence (a replay of this link) and by origin (a
+restarted upstream stage re-emitting values derived from source iterations we already have).
+Per source, a window keeps the highest origin seq seen of each origin stream (pipeline, epoch);
+each link delivers a stream's origins in increasing order, so a value whose every origin id is
+at or below its window is one we already have. The windows outlive the source's restarts (that
+is their point) and keep the newest MAX_STREAMS streams per source.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from porch import logs
 from porch.errors import WireError
 from porch.security import LinkSecurity
 from porch.serializers import BY_ID, Serializer, decode_failure
+from porch.stream import SKIP
 from porch.wire import (
     HELLO_NO_ACKS,
     FrameKind,
     Header,
     HeaderEncoder,
+    Origin,
+    Stream,
     decode_batch,
     decode_prefix,
+    shift,
+    union,
 )
 from workers.links import Context, InputLink
 from workers.scheduler import FanIn, TooManySources
@@ -30,6 +44,7 @@ from workers.scheduler import FanIn, TooManySources
 log = logs.get("porch.worker")
 
 RECV_BATCH = 256
+MAX_STREAMS = 64  # origin streams remembered per source (a stream: one start of an origin)
 
 
 @dataclass
@@ -38,13 +53,33 @@ class SourceState:
 
     careful: int  # messages still to acknowledge one by one after our start
     instance: int = -1
+    generation: int = 0  # which instance of the source queued items came from
     received: int = 0  # highest seq taken off the wire (duplicates are at or below it)
-    processed: int = 0  # highest seq an iteration has consumed
     acked: int = 0
     eos_seq: int = 0
     route: bytes = b""
     wants_acks: bool = True
-    stale: int = 0  # queued values of a previous instance, not to be acknowledged
+    # seqs queued or being processed, oldest first: everything below the first one is done
+    open: deque[int] = field(default_factory=deque)
+    window: dict[Stream, int] = field(default_factory=dict)  # origin stream -> highest seq
+
+    @property
+    def processed(self) -> int:
+        """The highest seq up to which every message is done (processed or dropped)."""
+        return self.open[0] - 1 if self.open else self.received
+
+    def seen(self, origin: Origin) -> bool:
+        """Whether a value of `origin` came before (else: remember it, it is new)."""
+        window = self.window
+        new = False
+        for i in range(0, len(origin), 2):
+            stream, seq = origin[i], origin[i + 1]
+            if seq > window.get(stream, 0):
+                if stream not in window and len(window) >= MAX_STREAMS:
+                    del window[next(iter(window))]  # the oldest stream
+                window[stream] = seq
+                new = True
+        return not new
 
 
 @dataclass
@@ -66,8 +101,9 @@ class InboxCounters:
     """What the inbox counts for health reports."""
 
     msgs_in: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # by link seq or by origin
     bad_frames: int = 0
+    unpaired: int = 0  # join values dropped: their partner was filtered out or never comes
 
 
 class Inbox:
@@ -98,6 +134,7 @@ class Inbox:
         self._careful = limit
         self._ack_every = max(1, limit // 4)
         self._acks = HeaderEncoder(0, instance, name)
+        self._fill = any_input and expected > 1  # sets name every source (None: no value)
 
     @property
     def endpoint(self) -> str:
@@ -136,19 +173,34 @@ class Inbox:
             return
         source.route = message[0]
         self.departed.discard(header.sender)
+        if not source.received and not source.open:  # the first message of this link:
+            source.received = header.seq - 1  # everything before it was acknowledged
         if kind is FrameKind.DATA_BATCH:
             self._accept_batch(header, source, message[1], end)
         elif kind is FrameKind.DATA:
-            first = message[1]
-            payload = [memoryview(first)[end:], *message[2:]] if len(first) > end else message[2:]
-            value = self._decode(header.serializer, payload, header.sender)
-            source.received = header.seq
-            self.fanin.push(header.sender, (header.seq, value))
-            self.counters.msgs_in += 1
+            self._accept_one(header, source, message, end)
         else:  # EOS
             source.received = source.eos_seq = header.seq
             log.info("source_ended", pipeline=self.name, source=header.sender)
             self.fanin.end(header.sender)
+
+    def _accept_one(
+        self, header: Header, source: SourceState, message: list[bytes], end: int
+    ) -> None:
+        runs = header.origins
+        if runs and (len(runs) != 1 or runs[0][0] != 1):
+            raise WireError("a DATA message's origins must be one run of one")
+        origin = runs[0][1] if runs else ()
+        first = message[1]
+        payload = [memoryview(first)[end:], *message[2:]] if len(first) > end else message[2:]
+        source.received = header.seq
+        if origin and source.seen(origin):
+            self.counters.duplicates += 1
+            return
+        value = self._decode(header.serializer, payload, header.sender) if payload else SKIP
+        source.open.append(header.seq)
+        self.fanin.push(header.sender, (header.seq, value, origin, source.generation))
+        self.counters.msgs_in += 1
 
     def _accept_batch(self, header: Header, source: SourceState, frame: bytes, end: int) -> None:
         parts = decode_batch(frame, end)
@@ -156,26 +208,98 @@ class Inbox:
         if serializer is None:
             raise WireError(f"unknown serializer id {header.serializer}")
         refused = self._refusal(serializer, header.sender)
-        loads = serializer.loads
-        push = self.fanin.push
-        name = header.sender
+        runs = header.origins or ((len(parts), ()),)
+        if sum(count for count, _ in runs) != len(parts):
+            raise WireError("a batch's origin runs do not cover its values")
         seq = header.seq
+        index = 0
+        for count, first in runs:
+            if len(first) == 2:
+                self._accept_run(header.sender, source, serializer, parts[index : index + count],
+                                 seq, first, refused)  # fmt: skip
+            else:
+                for i, part in enumerate(parts[index : index + count]):
+                    self._accept_item(header.sender, source, serializer, part, seq + i,
+                                      shift(first, i), refused)  # fmt: skip
+            seq += count
+            index += count
+
+    def _accept_run(
+        self,
+        name: str,
+        source: SourceState,
+        serializer: Serializer,
+        parts: list[memoryview],
+        seq: int,
+        first: Origin,
+        refused: str,
+    ) -> None:
+        """Consecutive values of one origin stream (the hot path: a source's batch)."""
+        loads = serializer.loads
+        push = self.fanin.appender(name)
+        opened = source.open.append
+        generation = source.generation
         received = source.received
+        stream, origin_seq = first
+        window = source.window
+        highest = window.get(stream, 0)
+        accepted = 0
         for part in parts:
             if seq > received:
-                try:
-                    if refused:
-                        raise WireError(refused)
-                    value = loads([part])
-                except Exception as exc:
-                    value = self._undecodable(serializer, [part], exc, name)
-                push(name, (seq, value))
                 received = seq
-            else:
-                self.counters.duplicates += 1
+                if origin_seq > highest:
+                    value: Any
+                    if not part:
+                        value = SKIP  # a skip marker
+                    else:
+                        try:
+                            if refused:
+                                raise WireError(refused)
+                            value = loads([part])
+                        except Exception as exc:
+                            value = self._undecodable(serializer, [part], exc, name)
+                    opened(seq)
+                    push((seq, value, (stream, origin_seq), generation))
+                    highest = origin_seq
+                    accepted += 1
             seq += 1
-        self.counters.msgs_in += received - source.received
+            origin_seq += 1
+        self.counters.duplicates += len(parts) - accepted
+        self.counters.msgs_in += accepted
         source.received = received
+        if accepted:
+            source.seen((stream, highest))
+
+    def _accept_item(
+        self,
+        name: str,
+        source: SourceState,
+        serializer: Serializer,
+        part: memoryview,
+        seq: int,
+        origin: Origin,
+        refused: str,
+    ) -> None:
+        if seq <= source.received:
+            self.counters.duplicates += 1
+            return
+        source.received = seq
+        if origin and source.seen(origin):
+            self.counters.duplicates += 1
+            return
+        value: Any
+        if not part:
+            value = SKIP  # a skip marker
+        else:
+            try:
+                if refused:
+                    raise WireError(refused)
+                value = serializer.loads([part])
+            except Exception as exc:
+                value = self._undecodable(serializer, [part], exc, name)
+        source.open.append(seq)
+        self.fanin.push(name, (seq, value, origin, source.generation))
+        self.counters.msgs_in += 1
 
     def _refusal(self, serializer: Serializer, sender: str) -> str:
         """Why this pipeline will not decode `serializer` payloads at all ("" if it will)."""
@@ -240,10 +364,11 @@ class Inbox:
         if source.instance != -1:
             log.info("source_restarted", pipeline=self.name, source=header.sender)
         source.instance = header.instance
-        source.received = source.processed = source.acked = source.eos_seq = 0
+        source.received = source.acked = source.eos_seq = 0
         # what the old instance left queued is still processed, but its sequence numbers
         # mean nothing to the new instance: they must never be acknowledged to it
-        source.stale = self.fanin.queued(header.sender)
+        source.generation += 1
+        source.open = deque()
         self.fanin.connect(header.sender)  # a new stream: forget an earlier end
 
     def _decode(self, serializer_id: int, frames: Sequence[Any], sender: str) -> Any:
@@ -263,26 +388,41 @@ class Inbox:
 
     # ---- taking input --------------------------------------------------------------------
 
-    def take(self) -> tuple[dict[str, Any], dict[str, int]]:
-        """One input set: the values by source name, and the seq of each value taken."""
-        taken = self.fanin.pop(missing=None)
+    def take(self) -> tuple[dict[str, Any], dict[str, Any], Origin, bool]:
+        """One input set: the values by source name, the items taken (for commit()), their
+        origin (the union), and whether it holds a skip marker (then there is nothing to do
+        but pass the marker on)."""
+        taken = self.fanin.pop()
+        if len(taken) == 1 and not self._fill:
+            for name, item in taken.items():
+                value = item[1]
+                return {name: value}, taken, item[2], value is SKIP
         values: dict[str, Any] = {}
-        seqs: dict[str, int] = {}
+        origin: Origin = ()
+        marked = False
         for name, item in taken.items():
-            if item is None:
-                values[name] = None
-            else:
-                seqs[name], values[name] = item
-        return values, seqs
+            value = values[name] = item[1]
+            if value is SKIP:
+                marked = True
+            origin = union(origin, item[2]) if origin else item[2]
+        if self._fill and len(values) < len(self.sources):
+            values = {name: values.get(name) for name in self.fanin.sources}
+        if marked:
+            self.counters.unpaired = self.fanin.unpaired
+        return values, taken, origin, marked
 
-    def commit(self, seqs: dict[str, int]) -> None:
+    def commit(self, taken: dict[str, Any]) -> None:
         """An iteration consumed these: acknowledge them (at once, or batched)."""
-        for name, seq in seqs.items():
+        for name, item in taken.items():
             source = self.sources[name]
-            if source.stale:
-                source.stale -= 1
-                continue
-            source.processed = seq
+            if item[3] != source.generation:
+                continue  # a placeholder, or queued by an earlier instance of the source
+            seq = item[0]
+            opened = source.open
+            if opened and opened[0] == seq:
+                opened.popleft()
+            elif seq in opened:
+                opened.remove(seq)
             if source.careful:
                 source.careful -= 1
                 self._ack(source)
@@ -291,9 +431,7 @@ class Inbox:
 
     def flush_acks(self) -> None:
         """Acknowledge everything consumed (and ends whose data is all consumed)."""
-        for name, source in self.sources.items():
-            if source.eos_seq and not self.fanin.queued(name):
-                source.processed = max(source.processed, source.eos_seq)
+        for source in self.sources.values():
             if source.processed > source.acked:
                 self._ack(source)
 
@@ -301,14 +439,15 @@ class Inbox:
         """The stream is over: acknowledge what will never be processed; return how much."""
         left = self.fanin.depth()
         for source in self.sources.values():
-            source.processed = max(source.processed, source.received)
+            source.open.clear()
         self.flush_acks()
         return left
 
     def _ack(self, source: SourceState) -> None:
         if source.route and source.wants_acks:
-            self.link.ack(source.route, self._acks.encode(FrameKind.ACK, source.processed))
-            source.acked = source.processed
+            processed = source.processed
+            self.link.ack(source.route, self._acks.encode(FrameKind.ACK, processed))
+            source.acked = processed
 
     # ---- state ---------------------------------------------------------------------------
 

@@ -23,7 +23,18 @@ from zmq.utils.monitor import recv_monitor_message
 
 from porch import logs
 from porch.security import LinkSecurity
-from porch.wire import HELLO_NO_ACKS, INLINE_MAX, FrameKind, HeaderEncoder, encode_batch
+from porch.wire import (
+    HELLO_NO_ACKS,
+    INLINE_MAX,
+    FrameKind,
+    HeaderEncoder,
+    Origin,
+    Run,
+    Stream,
+    encode_batch,
+    run_origins,
+    runs_of,
+)
 
 log = logs.get("porch.worker")
 
@@ -181,6 +192,7 @@ class Outgoing:
     kind: FrameKind
     first: int = 0  # a batch: the first sequence number it carries
     parts: list[bytes] | None = None  # a batch: its messages' payloads, to split for a replay
+    runs: list[Run] | None = None  # its messages' origins (see porch.wire)
 
     @property
     def count(self) -> int:
@@ -220,6 +232,8 @@ class OutputLink:
         self.bytes_held = 0
         self.batch: list[bytes] = []  # small payloads waiting to go out as one frame
         self.batch_bytes = 0
+        self.batch_origins: list[Any] = []  # the origin of each batched payload (see offer)
+        self.stream: Stream | None = None  # whose origin seqs come as bare ints (see offer)
         self.seq = 0
         self.acked_seq = 0
         self.gone = False  # the target finished its stream: nothing more will be accepted
@@ -346,9 +360,13 @@ class OutputLink:
             if message.parts is None:
                 split.append(message)
                 continue
-            for seq, part in enumerate(message.parts, start=message.first):
-                frame = self.headers.encode(FrameKind.DATA, seq) + part
-                split.append(Outgoing(seq, [frame], len(part), FrameKind.DATA))
+            origins = run_origins(message.runs or [(message.count, ())])
+            for seq, part, origin in zip(
+                range(message.first, message.seq + 1), message.parts, origins, strict=True
+            ):
+                runs = [(1, origin)]
+                frame = self.headers.encode_data(FrameKind.DATA, seq, runs) + part
+                split.append(Outgoing(seq, [frame], len(part), FrameKind.DATA, runs=runs))
         self.outbox = split
 
     def _pop_head(self) -> Outgoing:
@@ -369,6 +387,7 @@ class OutputLink:
         self.dropped += self.data_held()
         self.outbox.clear()
         self.batch.clear()
+        self.batch_origins.clear()
         self.unsent = self.bytes_held = self.held = self.batch_bytes = 0
         self.close(linger_ms=0)
         self.endpoint = self.instance = None
@@ -392,11 +411,14 @@ class OutputLink:
         """The sequence number the next offered message will get."""
         return self.seq + len(self.batch) + 1
 
-    def offer(self, kind: FrameKind, payload: list[Any]) -> bool:
+    def offer(self, kind: FrameKind, payload: list[Any], origin: Origin | int = ()) -> bool:
         """Take one message if there is room (or make room under drop_oldest); else False.
 
         Small single-frame data joins the batch; the batch goes out when it is full or when the
-        worker calls flush() (after a slow iteration, before it idles, at the end).
+        worker calls flush() (after a slow iteration, before it idles, at the end). `origin`:
+        the source iterations the value derives from (porch.wire); `[b""]` is a skip marker. A
+        pipeline that stamps its own origins passes only the seq (an int: cheaper, and its
+        batches are one run at a glance); `stream` must then be its origin stream.
         """
         if self.gone:
             self.dropped += kind is FrameKind.DATA
@@ -411,12 +433,15 @@ class OutputLink:
             if len(item) <= BATCH_ITEM_MAX:
                 self.batch.append(item)
                 self.batch_bytes += len(item)
+                self.batch_origins.append(origin)
                 if len(self.batch) >= MAX_BATCH or self.batch_bytes >= MAX_BATCH_BYTES:
                     self.flush()
                 return True
         self._close_batch()
         self.seq += 1
-        self._append(Outgoing(self.seq, self._frames(kind, payload), _size(payload), kind))
+        alone: list[Run] | None = [(1, self._origin(origin))] if kind is FrameKind.DATA else None
+        frames = self._frames(kind, payload, alone)
+        self._append(Outgoing(self.seq, frames, _size(payload), kind, runs=alone))
         self.pump()
         return True
 
@@ -437,28 +462,44 @@ class OutputLink:
         count = len(batch)
         if not count:
             return
+        origins = self.batch_origins
+        first = origins[0]
+        if type(first) is int and origins[-1] - first == count - 1:  # own seqs only increase
+            runs: list[Run] = [(count, (self.stream, first))]
+        else:
+            runs = runs_of([self._origin(origin) for origin in origins])
         if count == 1:
             self.seq += 1
-            frames = self._frames(FrameKind.DATA, batch)
-            self._append(Outgoing(self.seq, frames, self.batch_bytes, FrameKind.DATA))
+            frames = self._frames(FrameKind.DATA, batch, runs)
+            self._append(Outgoing(self.seq, frames, self.batch_bytes, FrameKind.DATA, runs=runs))
         else:
             first = self.seq + 1
             self.seq += count
-            frame = encode_batch(self.headers.encode(FrameKind.DATA_BATCH, first), batch)
+            header = self.headers.encode_data(FrameKind.DATA_BATCH, first, runs)
+            frame = encode_batch(header, batch)
             self._append(
-                Outgoing(self.seq, [frame], self.batch_bytes, FrameKind.DATA, first, batch)
+                Outgoing(self.seq, [frame], self.batch_bytes, FrameKind.DATA, first, batch, runs)
             )
         self.batch = []
+        self.batch_origins = []
         self.batch_bytes = 0
 
-    def outbox_restore(self, kind: FrameKind, payload: list[Any]) -> None:
+    def _origin(self, origin: Origin | int) -> Origin:
+        return (self.stream, origin) if type(origin) is int else origin  # type: ignore[return-value]
+
+    def outbox_restore(self, kind: FrameKind, payload: list[Any], origin: Origin = ()) -> None:
         """Queue a message recovered from the durable outbox, past the usual limits."""
         self.seq += 1
-        self._append(Outgoing(self.seq, self._frames(kind, payload), _size(payload), kind))
+        runs = [(1, origin)]
+        frames = self._frames(kind, payload, runs)
+        self._append(Outgoing(self.seq, frames, _size(payload), kind, runs=runs))
 
-    def _frames(self, kind: FrameKind, payload: list[Any]) -> list[Any]:
+    def _frames(self, kind: FrameKind, payload: list[Any], runs: list[Run] | None) -> list[Any]:
         """The wire frames: a small first payload frame rides in the header's frame."""
-        header = self.headers.encode(kind, self.seq)
+        if runs:
+            header = self.headers.encode_data(kind, self.seq, runs)
+        else:
+            header = self.headers.encode(kind, self.seq)
         if payload and isinstance(payload[0], bytes) and len(payload[0]) <= INLINE_MAX:
             return [header + payload[0], *payload[1:]]
         return [header, *payload]
@@ -469,6 +510,7 @@ class OutputLink:
         else:
             self.batch_bytes -= len(self.batch.pop(0))
             self.dropped += 1
+            self.batch_origins.pop(0)
 
     def pump(self) -> None:
         """Give ZeroMQ the messages it has not had yet, for as long as it takes them."""

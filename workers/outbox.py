@@ -4,6 +4,11 @@ SQLite in WAL mode under the state directory, one row per (target, seq). A row i
 committed) before the message is handed to its link and deleted once the target acknowledges
 it, so a worker killed with kill -9 loses nothing: its next instance replays the rows.
 `synchronous=NORMAL` survives a process crash, not a power cut (documented in the README).
+
+Each row keeps its value's origin (porch.wire), so a replay after a crash carries the ids the
+first sending had and receivers drop what they already processed. A pipeline that stamps
+origins (a source, a `fan_in: any` stage) keeps its epoch and its next origin seq here too,
+updated in the transaction that stores the value: its origin ids survive its restarts.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 from porch import logs
 from porch.errors import StorageError
 from porch.paths import ensure_private_dir, open_private_file
-from porch.wire import FrameKind
+from porch.wire import FrameKind, Origin
 from workers.links import OutputLink
 
 log = logs.get("porch.worker")
@@ -50,6 +55,11 @@ class DurableOutbox:
                 "(target TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL, "
                 "PRIMARY KEY (target, seq))"
             )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS origin "
+                "(id INTEGER PRIMARY KEY CHECK (id = 0), epoch INTEGER NOT NULL, "
+                "next_seq INTEGER NOT NULL)"
+            )
 
     @contextlib.contextmanager
     def _disk(self, doing: str) -> Iterator[None]:
@@ -62,12 +72,27 @@ class DurableOutbox:
                 'filesystem, or choose "outbox": "memory")'
             ) from exc
 
-    def store(self, payload: list[Any]) -> None:
-        """Write one value for every link, under the seq each link will give it, and commit."""
-        blob = pickle.dumps([bytes(f) for f in payload], protocol=5)
+    def origin_start(self, fresh_epoch: int) -> tuple[int, int]:
+        """This pipeline's origin epoch and next origin seq: the stored ones, else fresh."""
+        with self._disk("read its origin epoch"):
+            row = self.db.execute("SELECT epoch, next_seq FROM origin WHERE id = 0").fetchone()
+        if row is not None:
+            return int(row[0]), int(row[1])
+        with self._disk("store its origin epoch"), self.db:
+            self.db.execute("INSERT INTO origin VALUES (0, ?, 1)", (fresh_epoch,))
+        return fresh_epoch, 1
+
+    def store(self, payload: list[Any], origin: Origin = (), own_seq: int = 0) -> None:
+        """Write one value for every link, under the seq each link will give it, and commit.
+
+        `own_seq`: the origin seq this pipeline stamped on it (0: it inherited its origin).
+        """
+        blob = pickle.dumps(([bytes(f) for f in payload], origin), protocol=5)
         rows = [(t, link.next_seq, blob) for t, link in self.links.items() if not link.gone]
         with self._disk("store a value"), self.db:
             self.db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?)", rows)
+            if own_seq:
+                self.db.execute("UPDATE origin SET next_seq = ? WHERE id = 0", (own_seq + 1,))
 
     def forget(self, target: str, seq: int) -> None:
         """The target acknowledged everything up to `seq`."""
@@ -93,7 +118,9 @@ class DurableOutbox:
             self.db.execute("DELETE FROM outbox")
             self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?)", keyed)
         for target, _, blob in keyed:
-            self.links[target].outbox_restore(FrameKind.DATA, pickle.loads(blob))
+            row = pickle.loads(blob)
+            payload, origin = row if isinstance(row, tuple) else (row, ())  # rows before origins
+            self.links[target].outbox_restore(FrameKind.DATA, payload, origin)
         if keyed:
             log.warning("outbox_restored", file=str(self.path), messages=len(keyed))
         return len(keyed)

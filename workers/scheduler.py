@@ -1,27 +1,121 @@
-"""Fan-in: per-source FIFO queues behind a wait-for-all gate (DPorch's rule). No sockets here."""
+"""Fan-in: per-source queues behind a gate that pairs values FIFO or by origin. No sockets here.
+
+Queued items are tuples whose [1] is the value and [2] its origin (porch.wire: a flat
+`(stream, seq, ...)` tuple, `stream = (pipeline, epoch)`); a value of porch.SKIP is a skip
+marker: the value of that origin was filtered out upstream.
+
+How a wait-for-all set forms (the README's "Fan-in" states the same):
+- One source: its values in order (markers included: the worker passes them on).
+- Several sources whose first values share an origin pipeline (a diamond: b and c both derive
+  from a): ALIGNED. A set is the values of the same source iteration, whatever order they arrive
+  in. Each link delivers a pipeline's origins in increasing order, so once a source has sent
+  iteration k (or a later epoch), it will never send an earlier one: a value waiting for a
+  partner its source has passed (filtered out, or processed before a restart) can never pair,
+  and leaves as a set with SKIP placeholders ("unpaired"), as does a set with a marker in it.
+- Several sources with no common origin: FIFO, one value of each in arrival order (DPorch).
+- `any_input`: a set is ready as soon as one source has a value; the missing ones are None (for
+  feedback loops). Markers leave alone.
+"""
 
 from __future__ import annotations
 
+import enum
+import functools
 from collections import deque
+from collections.abc import Callable
 from typing import Any
+
+from porch.stream import SKIP
+
+OLD_EPOCHS = 16  # epochs of one origin pipeline remembered per source (restarts of it)
+UNPAIRED: tuple[Any, ...] = (0, SKIP, (), None)  # the place of a partner that will never come
 
 
 class TooManySources(Exception):
     """More distinct sources connected than the config's source_pipeline_count."""
 
 
-class FanIn:
-    """Collects values per source and releases them as one input set per iteration.
+class Pairing(enum.Enum):
+    """How a wait-for-all gate picks the values of one set."""
 
-    Wait-for-all (DPorch's default): a set is one value from every source. `any_input`: a set
-    is ready as soon as one source has a value; the missing ones are None (for feedback loops).
-    """
+    UNDECIDED = "undecided"  # not every source has sent a value yet
+    FIFO = "fifo"
+    ALIGNED = "aligned"
+    ANY = "any"
+
+
+Key = tuple[tuple[int, int], ...]  # (epoch, seq) per aligned origin pipeline
+
+
+class _Frontier:
+    """How far one source has come in each origin pipeline (its values arrive in order)."""
+
+    def __init__(self) -> None:
+        self.now: dict[str, tuple[int, int]] = {}  # pipeline -> (epoch, highest seq)
+        self.old: dict[str, list[int]] = {}  # pipeline -> epochs it has moved past
+
+    def advance(self, pipelines: tuple[str, ...], key: Key) -> None:
+        for pipeline, (epoch, seq) in zip(pipelines, key, strict=True):
+            current = self.now.get(pipeline)
+            if current is None or current[0] == epoch:
+                if current is None or seq > current[1]:
+                    self.now[pipeline] = (epoch, seq)
+            elif epoch not in self.old.get(pipeline, ()):
+                old = self.old.setdefault(pipeline, [])
+                old.append(current[0])
+                del old[:-OLD_EPOCHS]
+                self.now[pipeline] = (epoch, seq)
+
+    def passed(self, pipelines: tuple[str, ...], key: Key) -> bool:
+        """Whether this source is past `key`: it will never send a value of it."""
+        for pipeline, (epoch, seq) in zip(pipelines, key, strict=True):
+            current = self.now.get(pipeline)
+            if current is None:
+                continue
+            if current[0] == epoch:
+                if seq <= current[1]:
+                    return True
+            elif epoch in self.old.get(pipeline, ()):
+                return True
+        return False
+
+
+class FanIn:
+    """Collects values per source and releases them as one input set per iteration."""
 
     def __init__(self, expected: int, any_input: bool = False) -> None:
         self.expected = expected
         self.any_input = any_input
+        self.pairing = Pairing.ANY if any_input else Pairing.UNDECIDED
+        if expected == 1 and not any_input:
+            self.pairing = Pairing.FIFO
         self._queues: dict[str, deque[Any]] = {}
         self._ended: set[str] = set()
+        self.unpaired = 0  # sets released with a placeholder: a partner never came
+        # ALIGNED only
+        self.aligned_on: tuple[str, ...] = ()
+        self._pending: dict[str, dict[Key, Any]] = {}
+        self._frontiers: dict[str, _Frontier] = {}
+        self._sets: deque[dict[str, Any]] = deque()
+        self._counts: dict[str, int] = {}
+        self._only: deque[Any] = deque()  # one source: its queue (for the fast paths)
+        self._only_name = ""
+        if expected == 1:
+            self.ready = self._ready_only  # type: ignore[method-assign]
+            self.pop = self._pop_only  # type: ignore[method-assign]
+
+    def _ready_only(self) -> bool:
+        return bool(self._only)
+
+    def _pop_only(self) -> dict[str, Any]:
+        item = self._only.popleft()
+        return {self._only_name: item}
+
+    def appender(self, source: str) -> Callable[[Any], None]:
+        """What queues one item of `source`: the fastest callable for the current pairing."""
+        if self.pairing is Pairing.FIFO or self.pairing is Pairing.ANY:
+            return self._queues[source].append
+        return functools.partial(self.push, source)
 
     @property
     def sources(self) -> list[str]:
@@ -36,6 +130,11 @@ class FanIn:
         if len(self._queues) >= self.expected:
             raise TooManySources(source)
         self._queues[source] = deque()
+        if self.expected == 1:
+            self._only, self._only_name = self._queues[source], source
+        self._pending[source] = {}
+        self._frontiers[source] = _Frontier()
+        self._counts[source] = 0
 
     def __contains__(self, source: object) -> bool:
         return source in self._queues
@@ -44,14 +143,22 @@ class FanIn:
         """Whether every expected source has said hello."""
         return len(self._queues) >= self.expected
 
-    def push(self, source: str, value: Any) -> None:
-        """Queue one value from a connected source."""
-        self._queues[source].append(value)
+    def push(self, source: str, item: Any) -> None:
+        """Queue one item from a connected source."""
+        if self.pairing is not Pairing.ALIGNED:
+            self._queues[source].append(item)
+            if self.pairing is Pairing.UNDECIDED and self.ready_to_decide():
+                self._decide()
+            return
+        self._counts[source] += 1
+        self._align(source, item)
 
     def end(self, source: str) -> None:
         """Mark a source's stream as ended; what it queued is still delivered."""
         if source in self._queues:
             self._ended.add(source)
+            if self.pairing is Pairing.ALIGNED:
+                self._sweep(source)
 
     def has_ended(self, source: str) -> bool:
         """Whether `source` sent end of stream."""
@@ -59,25 +166,128 @@ class FanIn:
 
     def ready(self) -> bool:
         """Whether an input set can be taken now."""
-        if self.any_input:
-            return any(self._queues.values())
-        return len(self._queues) >= self.expected and all(self._queues.values())
+        pairing = self.pairing
+        if pairing is Pairing.ALIGNED:
+            return bool(self._sets)
+        queues = self._queues
+        if pairing is Pairing.ANY:
+            return any(queues.values())
+        if pairing is Pairing.UNDECIDED or len(queues) < self.expected:
+            return False  # it decides as soon as every source has a value (markers count)
+        if all(queues.values()):
+            return True
+        return any(q and q[0][1] is SKIP for q in queues.values())  # a marker leaves alone
 
-    def pop(self, missing: Any = None) -> dict[str, Any]:
-        """Take the oldest value of each source (`missing` for an empty queue in any-input mode)."""
-        return {name: (q.popleft() if q else missing) for name, q in self._queues.items()}
+    def pop(self) -> dict[str, Any]:
+        """Take one input set's items by source (only `ready()` ones; SKIP items are markers)."""
+        if self.pairing is Pairing.ALIGNED:
+            taken = self._sets.popleft()
+            for name, item in taken.items():
+                if item is not UNPAIRED:
+                    self._counts[name] -= 1
+            return taken
+        queues = self._queues
+        if len(queues) > 1 or self.any_input:
+            for name, queue in queues.items():
+                if queue and queue[0][1] is SKIP:
+                    return {name: queue.popleft()}
+        return {name: q.popleft() for name, q in queues.items() if q}
 
     def exhausted(self) -> bool:
         """Whether no input set can ever form again."""
         if self.any_input:
             return len(self._ended) >= self.expected and not any(self._queues.values())
+        if self.pairing is Pairing.ALIGNED:
+            return not self._sets and any(not self._pending[name] for name in self._ended)
         return any(not self._queues[name] for name in self._ended)
 
     def queued(self, source: str) -> int:
         """How many values of `source` wait."""
+        if self.pairing is Pairing.ALIGNED:
+            return self._counts.get(source, 0)
         queue = self._queues.get(source)
         return len(queue) if queue is not None else 0
 
     def depth(self) -> int:
         """How many values are queued across all sources."""
+        if self.pairing is Pairing.ALIGNED:
+            return sum(self._counts.values())
         return sum(len(q) for q in self._queues.values())
+
+    # ---- choosing how to pair --------------------------------------------------------------
+
+    def ready_to_decide(self) -> bool:
+        """Whether every expected source has sent its first value."""
+        return len(self._queues) >= self.expected and all(self._queues.values())
+
+    def _decide(self) -> None:
+        """Align when the first values of every source share an origin pipeline, else FIFO."""
+        common: set[str] | None = None
+        for queue in self._queues.values():
+            origin = queue[0][2]
+            pipelines = {stream[0] for stream in origin[::2]}
+            common = pipelines if common is None else common & pipelines
+        if not common:
+            self.pairing = Pairing.FIFO
+            return
+        self.pairing = Pairing.ALIGNED
+        self.aligned_on = tuple(sorted(common))
+        for name, queue in self._queues.items():
+            while queue:
+                self._counts[name] += 1
+                self._align(name, queue.popleft())
+
+    # ---- aligned pairing -------------------------------------------------------------------
+
+    def _key(self, origin: tuple[Any, ...]) -> Key | None:
+        """The (epoch, seq) of `origin` in every aligned pipeline; None if one is missing."""
+        found: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(origin), 2):
+            pipeline, epoch = origin[i]
+            found.setdefault(pipeline, (epoch, origin[i + 1]))
+        try:
+            return tuple(found[p] for p in self.aligned_on)
+        except KeyError:
+            return None
+
+    def _align(self, source: str, item: Any) -> None:
+        key = self._key(item[2])
+        pending = self._pending[source]
+        if key is None or key in pending:  # no aligned origin, or a second value of one
+            self._release({source: item})
+            return
+        pending[key] = item
+        self._frontiers[source].advance(self.aligned_on, key)
+        self._sweep(source)
+        self._settle(key)
+
+    def _sweep(self, source: str) -> None:
+        """`source` moved on (or ended): settle the other sources' values it has passed."""
+        ended = source in self._ended
+        frontier = self._frontiers[source]
+        for name, pending in self._pending.items():
+            if name == source:
+                continue
+            for key in list(pending):
+                if key in self._pending[source]:
+                    continue
+                if not (ended or frontier.passed(self.aligned_on, key)):
+                    break  # keys arrive in order: the rest are newer still
+                self._settle(key)
+
+    def _settle(self, key: Key) -> None:
+        """Release the set of `key` once every source holds it or has passed it."""
+        holders = {}
+        for name, pending in self._pending.items():
+            if key in pending:
+                holders[name] = pending
+            elif not (name in self._ended or self._frontiers[name].passed(self.aligned_on, key)):
+                return  # still to come from `name`
+        if holders:
+            self._release({name: pending.pop(key) for name, pending in holders.items()})
+
+    def _release(self, found: dict[str, Any]) -> None:
+        taken = {name: found.get(name, UNPAIRED) for name in self._queues}
+        if len(found) < len(taken):
+            self.unpaired += 1
+        self._sets.append(taken)

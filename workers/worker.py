@@ -31,7 +31,7 @@ from porch.errors import PorchError, ScriptError
 from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
-from porch.wire import FrameKind, HeaderEncoder, decode_ack, decode_prefix
+from porch.wire import FrameKind, HeaderEncoder, Origin, decode_ack, decode_prefix
 from workers.deadletter import DeadLetters, summary
 from workers.host import ScriptHost
 from workers.inbox import Inbox, Undecodable
@@ -192,6 +192,16 @@ class Worker:
             if config.outbox == "durable"
             else None
         )
+        # A source (or a fan_in any stage: a loop must not carry one origin round and round)
+        # stamps its values with its own origin ids; every other stage passes its inputs' on.
+        self._stamps = self.inbox is None or config.fan_in == "any"
+        epoch = random.getrandbits(63)
+        self._origin_seq = 1
+        if self.durable is not None and self._stamps:
+            epoch, self._origin_seq = self.durable.origin_start(epoch)
+        self._stream = (config.name, epoch)
+        for link in self.outputs:
+            link.stream = self._stream
         self.stopping = False
         self.ended = False
         self._orphaned = False
@@ -493,7 +503,7 @@ class Worker:
 
     # ---- output --------------------------------------------------------------------------
 
-    def _emit(self, value: Any, inputs: Any) -> bool:
+    def _emit(self, value: Any, inputs: Any, origin: Origin) -> bool:
         """Send `value` to every target; False if the serializer could not encode it (then
         on_error decides, as for a failing step())."""
         if not self.outputs:
@@ -506,17 +516,34 @@ class Worker:
                 raise error from None
             self._on_poison(error, inputs)
             return False
-        if self.durable is not None:
-            self.durable.store(payload)
+        stamp: Origin | int = origin
+        if self._stamps:  # the links take our own origin seq as a bare int (the hot path)
+            stamp = own = self._origin_seq
+            self._origin_seq = own + 1
+            if self.durable is not None:
+                self.durable.store(payload, (self._stream, own), own)
+        elif self.durable is not None:
+            self.durable.store(payload, origin)
         for link in self.outputs:
-            self._hand_over(link, FrameKind.DATA, payload)
+            self._hand_over(link, FrameKind.DATA, payload, stamp)
         self.counters.msgs_out += 1
         return True
 
-    def _hand_over(self, link: OutputLink, kind: FrameKind, payload: list[Any]) -> None:
+    def _pass_marker(self, origin: Origin) -> None:
+        """This stage will send nothing for `origin`: say so, so a join drops its partner."""
+        if self._stamps or not origin or not self.outputs:
+            return  # a stamping stage's own ids are never joined on what it skips
+        if self.durable is not None:
+            self.durable.store([b""], origin)
+        for link in self.outputs:
+            self._hand_over(link, FrameKind.DATA, [b""], origin)
+
+    def _hand_over(
+        self, link: OutputLink, kind: FrameKind, payload: list[Any], origin: Origin | int = ()
+    ) -> None:
         """Give one message to a link, waiting (while serving control) as long as it is full."""
         next_warning = time.monotonic() + STALL_WARNING_S
-        while not link.offer(kind, payload):
+        while not link.offer(kind, payload, origin):
             now = time.monotonic()
             if self.stopping and now > self._drain_deadline:
                 link.dropped += kind is FrameKind.DATA
@@ -603,7 +630,7 @@ class Worker:
                             connected=inbox.fanin.sources, not_connected=absent)  # fmt: skip
         return True
 
-    def _iterate(self, inputs: Any) -> None:
+    def _iterate(self, inputs: Any, origin: Origin = ()) -> None:
         self._step_sample = sample = (self._step_sample + 1) % STEP_SAMPLE_EVERY
         started = time.perf_counter() if not sample else 0.0
         try:
@@ -617,8 +644,12 @@ class Worker:
             if self.config.on_error == "stop":
                 raise
             self._on_poison(exc, inputs)
+            self._pass_marker(origin)
             return
-        if value is not SKIP and not self._emit(value, inputs):
+        if value is SKIP:
+            self._pass_marker(origin)
+        elif not self._emit(value, inputs, origin):
+            self._pass_marker(origin)
             return
         self.counters.iterations += 1
         if stop_requested():
@@ -677,10 +708,17 @@ class Worker:
             if self.stopping and time.monotonic() > self._drain_deadline:
                 return  # a live upstream keeps sending: the drain is bounded in time
             if fanin.ready():
-                values, seqs = inbox.take()
-                if not inbox.undecodable or self._decoded(inbox, values):
-                    self._iterate(values)
-                inbox.commit(seqs)
+                values, taken, origin, marked = inbox.take()
+                if marked:  # filtered out upstream, or a join partner that never comes
+                    if inbox.undecodable:
+                        bad = [v for v in values.values() if isinstance(v, Undecodable)]
+                        inbox.undecodable -= len(bad)
+                    self._pass_marker(origin)
+                elif not inbox.undecodable or self._decoded(inbox, values):
+                    self._iterate(values, origin)
+                else:
+                    self._pass_marker(origin)
+                inbox.commit(taken)
                 if fanin.ready():
                     self._after_iteration()
                 else:

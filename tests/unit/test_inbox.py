@@ -66,15 +66,15 @@ def test_a_restarted_source_never_gets_acks_for_its_old_instance(
     send(peer, FrameKind.DATA, 2, 1, "new 1")
     pump(inbox, 6)
     for expected in ("old 1", "old 2", "old 3", "old 4", "old 5"):
-        values, seqs = inbox.take()
+        values, taken, _, _ = inbox.take()
         assert values == {"source": expected}
-        inbox.commit(seqs)
+        inbox.commit(taken)
     inbox.flush_acks()
     # Acks for the old instance's seqs would make the new instance forget unprocessed output.
     assert acks(peer) == []
-    values, seqs = inbox.take()
+    values, taken, _, _ = inbox.take()
     assert values == {"source": "new 1"}
-    inbox.commit(seqs)
+    inbox.commit(taken)
     inbox.flush_acks()
     assert acks(peer) == [1]
 
