@@ -291,6 +291,8 @@ def format_discovery(result: dict[str, Any]) -> str:
     dropped = ", ".join(f"{n} {why}" for why, n in reasons.items() if n) or "none"
     keys = found.get("key_ids") or []
     signed = f"signed, key {keys[0]}" if found.get("signed") and keys else "unsigned (no key)"
+    if found.get("key_source") == "local":
+        signed += " (local secret)"
     silent = found.get("peers_silent") or []
     warning = f"; SILENT static peers: {', '.join(silent)}" if silent else ""
     return (f"discovery: beacons {signed}; sent {found.get('beacons_sent', 0)}, received "

@@ -465,3 +465,12 @@ def test_status_says_which_target_is_unreachable_since_when_and_what_is_held() -
     lines = format_targets(result, now=since + 75).splitlines()
     assert len(lines) == 1 and lines[0].startswith("src -> sink: unreachable since ")
     assert lines[0].endswith("(1m15s), 1,234 messages held")
+
+
+def test_discovery_line_names_the_local_secret_and_silent_peers() -> None:
+    found = {"signed": True, "key_ids": ["ab12cd34"], "key_source": "local", "beacons_sent": 3,
+             "beacons_received": 1, "beacons_rejected": 2, "rejected": {"unsigned": 2},
+             "peers_silent": ["10.0.0.9:5557"]}  # fmt: skip
+    line = porchctl.format_discovery({"daemon": {"discovery": found}})
+    assert "signed, key ab12cd34 (local secret)" in line and "2 unsigned" in line
+    assert line.endswith("SILENT static peers: 10.0.0.9:5557")
