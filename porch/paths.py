@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import hashlib
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -111,6 +113,17 @@ def _trusted_owner(uid: int) -> bool:
     return uid in (os.geteuid(), 0)
 
 
+def _own_group(gid: int) -> bool:
+    """Whether no user but this one belongs to group `gid`."""
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return False
+    members |= {user.pw_name for user in pwd.getpwall() if user.pw_gid == gid}
+    return members <= {me}
+
+
 def _check_folder(path: Path, info: os.stat_result) -> None:
     """Refuse a folder another user owns, or may rename entries in (writable, not sticky)."""
     if not stat.S_ISDIR(info.st_mode):
@@ -119,8 +132,10 @@ def _check_folder(path: Path, info: os.stat_result) -> None:
         raise UnsafePathError(
             f"{path}: owned by uid {info.st_uid}, not by this user; remove it or choose another"
         )
-    open_bits = stat.S_IWGRP | stat.S_IWOTH
-    if info.st_mode & open_bits and not info.st_mode & stat.S_ISVTX:
+    # Group-writable is fine when the group is this user's alone (user-private groups: such
+    # homes are often 0775).
+    group_open = info.st_mode & stat.S_IWGRP and not _own_group(info.st_gid)
+    if (info.st_mode & stat.S_IWOTH or group_open) and not info.st_mode & stat.S_ISVTX:
         raise UnsafePathError(
             f"{path}: writable by other users (mode {stat.S_IMODE(info.st_mode):04o}) without "
             f"the sticky bit; choose a folder only you can write (or `chmod go-w {path}`)"

@@ -222,6 +222,20 @@ def test_ensure_private_dir_refuses_a_folder_others_may_write_without_sticky_bit
 
 
 @pytest.mark.usefixtures("real_user")
+def test_a_group_writable_folder_is_fine_only_when_the_group_is_this_users_alone(
+    tmp_path: Path,
+) -> None:
+    needs_root()
+    home = tmp_path / "home"  # user-private groups: homes are often 0775
+    home.mkdir()
+    home.chmod(0o775)
+    assert paths.ensure_private_dir(home / "porch").is_dir()
+    os.chown(home, -1, 4242)  # a group this user is not alone in (here: unknown)
+    with pytest.raises(paths.UnsafePathError, match="home: writable by other users"):
+        paths.ensure_private_dir(home / "other")
+
+
+@pytest.mark.usefixtures("real_user")
 def test_ensure_private_dir_makes_a_private_subfolder_of_a_sticky_folder(tmp_path: Path) -> None:
     shared = tmp_path / "tmp"
     shared.mkdir()
