@@ -4,8 +4,10 @@ Types and functions defined in a pipeline's scripts travel by value. Each script
 module named `porch_script_<pipeline>_<index>_<stem>` that no other process can import, so
 pickling its classes by reference (pickle's way) would send a name the receiver cannot
 resolve. A value is first pickled the fast way; only when the result names a script module
-(a byte search in the pickle stream, nothing for plain values) or pickling failed is it
-pickled again with cloudpickle, which embeds those classes and functions in the message.
+(for plain values that check is one memchr: their stream names no class at all) or pickling
+failed is it pickled again with cloudpickle, which embeds those classes and functions in the
+message. A class's definition is pickled once per sender and loaded once per receiver
+(`class_by_value`), so a receiver has one class per type and isinstance() holds.
 
 `pickle` sends data: script-defined classes, dataclasses, enums and named tuples travel by
 value, but lambdas and nested functions are refused (as pickle itself refuses them); `dill`
@@ -85,7 +87,7 @@ def _pickler(sends_code: bool) -> type[pickle.Pickler]:
         return _picklers[sends_code]
     base: Any = _cloudpickle().Pickler
     # a file opened for reading would travel as its contents: not what "send" means
-    table = {k: v for k, v in base._dispatch_table.items() if k is not io.TextIOWrapper}
+    table = {k: v for k, v in base.dispatch_table.items() if k is not io.TextIOWrapper}
 
     class ByValuePickler(base):  # type: ignore[misc]
         dispatch_table = ChainMap(table, copyreg.dispatch_table)
