@@ -67,6 +67,7 @@ _script_modules: list[types.ModuleType] = []  # loaded scripts, registered with 
 _script_files: set[str] = set()
 _picklers: dict[bool, type[pickle.Pickler]] = {}
 # a script class pickled once, by value; each message then carries these bytes (a copy)
+_defining: set[type] = set()  # classes whose definition is being pickled right now
 _class_blobs: dict[bool, weakref.WeakKeyDictionary[type, bytes]] = {
     code: weakref.WeakKeyDictionary() for code in (False, True)
 }
@@ -91,10 +92,11 @@ def _pickler(sends_code: bool) -> type[pickle.Pickler]:
 
     class ByValuePickler(base):  # type: ignore[misc]
         dispatch_table = ChainMap(table, copyreg.dispatch_table)
-        defining: type | None = None  # the class whose definition this pickler writes
 
         def reducer_override(self, obj: Any) -> Any:
-            if isinstance(obj, type) and obj is not self.defining and _is_script_type(obj):
+            # a class met again while its own definition is being written (itself, or
+            # classes that refer to each other) is written inline, as cloudpickle does
+            if isinstance(obj, type) and obj not in _defining and _is_script_type(obj):
                 return class_by_value, (_class_blob(obj, sends_code),)
             if not sends_code and isinstance(obj, types.FunctionType) and _is_code(obj):
                 raise CodeRefused(f"{obj.__qualname__} is code")
@@ -131,9 +133,11 @@ def _class_blob(cls: type, sends_code: bool) -> bytes:
     blob = _class_blobs[sends_code].get(cls)
     if blob is None:
         out = io.BytesIO()
-        pickler = _pickler(sends_code)(out, protocol=5)
-        pickler.defining = cls  # type: ignore[attr-defined]
-        pickler.dump(cls)
+        _defining.add(cls)
+        try:
+            _pickler(sends_code)(out, protocol=5).dump(cls)
+        finally:
+            _defining.discard(cls)
         blob = _class_blobs[sends_code][cls] = out.getvalue()
     return blob
 
@@ -233,15 +237,16 @@ def _unsendable(value: Any, name: str, sends_code: bool, exc: Exception) -> Seri
     fix = f"return plain data ({PLAIN_DATA})"
     if not sends_code:
         fix += ' or set "serializer": "dill" in the config (it sends functions and lambdas)'
-    whose = "" if where == "value" else f" whose {where.removeprefix('value')} is"
+    what = _describe(value)
+    if where != "value":
+        what += f" whose {where.removeprefix('value')} is {_describe(culprit)}"
     why = (
         f"{exc}: it sends data, not code"
         if isinstance(exc, CodeRefused)
         else f"{type(exc).__name__}: {exc}"
     )
     return SerializationError(
-        f"{_describe(value)}{whose} {_describe(culprit)}, which the {name} serializer cannot "
-        f"send ({why}); fix: {fix}"
+        f"{what}, which the {name} serializer cannot send ({why}); fix: {fix}"
     )
 
 
