@@ -479,7 +479,29 @@ def check_graph(configs: Sequence[PipelineConfig]) -> list[Problem]:
                 )
             )
     problems.extend(_cycle_problems(by_name))
+    problems.extend(_beacon_problems(list(by_name.values())))
     return problems
+
+
+def _beacon_problems(configs: Sequence[PipelineConfig]) -> list[Problem]:
+    """One supervisor announces all its pipelines in one UDP beacon: too many (or names too
+    long) and the beacon cannot be sent, so other hosts would see none of them."""
+    from porch import discovery  # discovery checks names with this module
+
+    size = discovery.announced_bytes([c.name for c in configs])
+    if len(configs) <= discovery.MAX_ENTRIES and size <= discovery.MAX_BEACON_BYTES:
+        return []
+    return [
+        Problem(
+            str(configs[-1].path),
+            "name",
+            f"{len(configs)} pipelines under one supervisor need a discovery beacon of up to "
+            f"{size:,} bytes, over its {discovery.MAX_BEACON_BYTES:,} (or over "
+            f"{discovery.MAX_ENTRIES} pipelines): other hosts would see none of them; run them "
+            "under several porchd or porch run, or shorten their names",
+            Severity.WARNING,
+        )
+    ]
 
 
 def _reachable(start: str, by_name: dict[str, PipelineConfig]) -> set[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -382,3 +382,16 @@ def _view(beacon: Beacon) -> tuple[Any, ...]:
 def _label(remote: Remote) -> str:
     name = f"{remote.hostname} " if remote.hostname else ""
     return f"{name}{remote.host} (daemon {remote.daemon_id[:8]})"
+
+
+# The largest header fields and entry fields a beacon can carry besides the names (a signed
+# beacon's envelope and HMAC, a long host name, a full address): what a name may not use.
+_WORST_ENTRY = Entry("", "tcp://255.255.255.255:65535", "waiting for sources", 2**63 - 1,
+                     key="k" * 16)  # fmt: skip
+BEACON_OVERHEAD_BYTES = 1024
+
+
+def announced_bytes(names: Sequence[str]) -> int:
+    """How large a beacon announcing `names` can grow (what config validation checks)."""
+    entries = [_entry_json(replace(_WORST_ENTRY, name=name)) for name in names]
+    return BEACON_OVERHEAD_BYTES + len(json.dumps(entries, separators=(",", ":")))

@@ -620,3 +620,19 @@ def test_misspelled_target_warning_names_the_closest_given_config(folder: Path) 
     assert len(misspelled) == 1, lines(problems)
     assert "'pipelin_b' is not among the given configs" in str(misspelled[0])
     assert str(misspelled[0]).endswith("did you mean 'pipeline_b'?")
+
+
+def test_more_pipelines_than_one_beacon_announces_get_a_warning() -> None:
+    from porch.config import check_graph
+    from porch.discovery import MAX_BEACON_BYTES, announced_bytes
+
+    def configs(names: list[str]) -> list[PipelineConfig]:
+        return [PipelineConfig(name=n, scripts=(), path=Path(f"/c/{n}.json")) for n in names]
+
+    assert check_graph(configs([f"pipeline_{i}" for i in range(100)])) == []
+    long_names = [f"{i:03d}" + "x" * 125 for i in range(250)]
+    assert announced_bytes(long_names) > MAX_BEACON_BYTES
+    problems = check_graph(configs(long_names))
+    assert [(p.field, p.severity) for p in problems] == [("name", Severity.WARNING)]
+    assert "other hosts would see none of them" in str(problems[0])
+    assert str(problems[0]).startswith(f"/c/{long_names[-1]}.json: name: warning: 250 pipelines")
