@@ -471,7 +471,8 @@ class Broker:
         }  # fmt: skip
         for name, r in self.table.resolve(local_names).items():
             found[name] = {"endpoint": r.endpoint, "state": r.state, "instance": r.instance,
-                           "host": r.host, "key": r.key_id}  # fmt: skip
+                           "host": r.host, "key": r.key_id, "targets": list(r.targets),
+                           "final": r.final}  # fmt: skip
         return found
 
     def remotes(self) -> list[Remote]:

@@ -34,6 +34,7 @@ MAX_ENDPOINTS = 8  # one per data interface
 # refused (counted as `table_full`) until silent peers expire and free their room.
 MAX_PEERS = 256
 MAX_REMOTE_PIPELINES = 4096
+MAX_TARGETS = 64  # targets of one entry a beacon carries (a target learns its sources by name)
 MIN_EXPIRY_S = 3.0
 EXPIRY_BEACONS = 3
 # Workers' states that mean "gone for now or for good": such a pipeline is not live.
@@ -59,6 +60,8 @@ class Entry:
     instance: int | None = None
     key: str | None = None  # the cluster key id its worker serves with (None: the beacon's)
     endpoints: tuple[str, ...] = ()  # one per data interface, `endpoint` first (several only)
+    targets: tuple[str, ...] = ()  # its target pipelines: a target learns its sources' names
+    final: bool = False  # ended for good: its supervisor will not start it again on its own
 
     @property
     def live(self) -> bool:
@@ -118,6 +121,10 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
         out["key"] = entry.key
     if len(entry.endpoints) > 1:
         out["endpoints"] = list(entry.endpoints)
+    if entry.targets:
+        out["targets"] = list(entry.targets[:MAX_TARGETS])
+    if entry.final:
+        out["final"] = True
     return out
 
 
@@ -182,8 +189,22 @@ def _entry(raw: Mapping[str, Any]) -> Entry:
     for index in range(len(endpoints)):
         if not _text({"e": endpoints[index]}, "e").startswith("tcp://"):
             raise DiscoveryError("entry endpoints must be tcp:// addresses")
+    targets, final = _ending(raw)
     return Entry(name=name, endpoint=endpoint, state=state, instance=instance, key=key,
-                 endpoints=tuple(endpoints))  # fmt: skip
+                 endpoints=tuple(endpoints), targets=targets, final=final)  # fmt: skip
+
+
+def _ending(raw: Mapping[str, Any]) -> tuple[tuple[str, ...], bool]:
+    """An entry's targets (pipeline names) and whether it has ended for good."""
+    targets = raw.get("targets", [])
+    if not isinstance(targets, list) or len(targets) > MAX_TARGETS:
+        raise DiscoveryError(f"entry targets: must be a list of at most {MAX_TARGETS}")
+    if not all(isinstance(t, str) and t and not name_problem(t) for t in targets):
+        raise DiscoveryError("entry targets must be pipeline names")
+    final = raw.get("final", False)
+    if not isinstance(final, bool):
+        raise DiscoveryError("entry final: must be true or false")
+    return tuple(targets), final
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:
@@ -245,6 +266,8 @@ class Remote:
     instance: int | None = None
     key_id: str | None = None  # the key its worker serves with (announced, else the signer's)
     origin: str = ""  # its daemon's persistent id
+    targets: tuple[str, ...] = ()  # its target pipelines (so a target knows its sources)
+    final: bool = False  # ended for good (not restarted by its supervisor)
 
 
 @dataclass(frozen=True)
@@ -313,7 +336,7 @@ class Table:
         found = [
             Remote(e.name, reachable(e, p.beacon.source), e.state, p.beacon.host,
                    p.beacon.hostname, p.beacon.daemon_id, p.last_seen, e.instance,
-                   e.key or p.beacon.key_id, p.beacon.origin)
+                   e.key or p.beacon.key_id, p.beacon.origin, e.targets, e.final)
             for p in self.peers.values()
             for e in p.beacon.entries
         ]  # fmt: skip

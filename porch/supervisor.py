@@ -556,7 +556,7 @@ class Supervisor:
 
     def _local_entries(self) -> list[Entry]:
         return [Entry(h.name, h.endpoint, h.state.value, h.instance, h.key_id,
-                      h.endpoints if h.endpoint else ())
+                      h.endpoints if h.endpoint else (), **self._ending(h))
                 for h in self.workers.values()]  # fmt: skip
 
     def directory(self) -> dict[str, dict[str, Any]]:
@@ -579,7 +579,7 @@ class Supervisor:
             and handle.restart_at is None
             and not handle.respawn
         )
-        return {"targets": list(handle.config.target_pipeline_names), "final": final}
+        return {"targets": handle.config.target_pipeline_names, "final": final}
 
     def _send_directory(self) -> None:
         message = encode(MessageType.DIRECTORY, pipelines=self.directory())

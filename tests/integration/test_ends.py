@@ -222,3 +222,22 @@ def test_status_names_a_missing_target_and_a_source_that_failed_for_good(
     table = daemon.ctl("status")
     assert "warning: target 'sinc' not found" in table.stdout, table.stdout
     assert "warning: source 'boom' failed" in table.stdout, table.stdout
+
+
+@pytest.mark.timeout(90)
+def test_restarted_target_learns_that_a_source_on_another_daemon_finished(
+    tmp_path: Path, porchd: DaemonStart
+):
+    """The same across two porchd (loopback discovery): beacons carry targets and the end."""
+    here = porchd(sink(tmp_path / "d2"), home=tmp_path / "d2")
+    there = porchd(write_pipeline(tmp_path / "d1", "src", FINITE, targets=("sink",)),
+                   home=tmp_path / "d1")  # fmt: skip
+    here.wait_until(lambda: "sink end ran" in here.output("sink"), 30, "the sink to end")
+    assert here.output("sink") == ["got 1", "got 2", "got 3", "sink end ran"], there.report()
+    there.wait_until(lambda: there.pipeline("src")["state"] == "finished", 10, "src finished")
+
+    done = here.ctl("restart", "sink")
+    assert done.returncode == 0, done.stderr
+
+    here.wait_until(lambda: here.output("sink").count("sink end ran") == 2, 20, "the new sink")
+    here.wait_until(lambda: here.pipeline("sink")["state"] == "finished", 10, "it to finish")

@@ -349,3 +349,28 @@ def test_the_table_is_bounded_and_frees_room_as_peers_expire() -> None:
     assert len(table.remotes()) == 5
     assert len(table.expire(10.0)) == 3 and table.peers == {}
     assert table.merge(beacon("d4"), 10.0)  # room again
+
+
+# ---- issue 11.12: targets and the end for good travel, so a target knows its sources -------
+
+
+def test_entry_targets_and_final_round_trip_and_reach_the_table() -> None:
+    entry = Entry("pipeline_s", None, "finished", 5, targets=("pipeline_t", "pipeline_u"),
+                  final=True)  # fmt: skip
+    assert decode(encode(beacon("d1", entry))).entries == (entry,)
+    t = Table(daemon_id="me", expiry_s=3.0)
+    t.merge(beacon("d1", entry), now=0.0)
+    remote = t.resolve([])["pipeline_s"]
+    assert (remote.targets, remote.final) == (("pipeline_t", "pipeline_u"), True)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("targets", "pipeline_t"), ("targets", ["bad name"]), ("targets", [3]), ("final", "yes")],
+)
+def test_bad_targets_or_final_are_refused(field: str, value: object) -> None:
+    body = json.loads(encode(beacon("d1", A))[HEADER_BYTES:])
+    body["entries"][0][field] = value
+    data = MAGIC + bytes((1, 0)) + json.dumps(body).encode()
+    with pytest.raises(DiscoveryError, match=field):
+        decode(data)
