@@ -87,3 +87,36 @@ def test_duplicates_are_dropped_and_counted(wired: tuple[Inbox, zmq.Socket[bytes
     pump(inbox, 3)
     assert [inbox.take()[0]["source"] for _ in range(3)] == [1, 2, 3]
     assert inbox.counters.duplicates == 2
+
+
+def test_a_source_on_a_new_connection_gets_its_acks_there(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    """A link reopened after a cut (same instance, new socket): the HELLO moves the acks to the
+    new connection at once, and what was acknowledged on the dead one is acknowledged again."""
+    inbox, peer = wired
+    send(peer, FrameKind.HELLO, 7, 0)
+    for seq in (1, 2, 3):
+        send(peer, FrameKind.DATA, 7, seq, seq)
+    pump(inbox, 3)
+    _, seqs = inbox.take()
+    inbox.commit(seqs)
+    assert acks(peer) == [1]  # careful mode: one by one
+    again = peer.context.socket(zmq.DEALER)
+    again.linger = 0
+    again.connect(inbox.endpoint)
+    try:
+        send(again, FrameKind.HELLO, 7, 0)
+        send(again, FrameKind.DATA, 7, 1, 1)  # replayed: a duplicate, dropped
+        for _ in range(40):
+            if inbox.link.socket.poll(50):
+                inbox.receive()
+            if inbox.counters.duplicates:
+                break
+        assert inbox.counters.duplicates == 1
+        assert acks(again) == [1]  # re-acknowledged on the new connection
+        _, seqs = inbox.take()
+        inbox.commit(seqs)
+        assert acks(again) == [2] and acks(peer) == []
+    finally:
+        again.close()
