@@ -31,6 +31,8 @@ log = logs.get("porch.daemon")
 Result = dict[str, Any]
 SNAPSHOT_INTERVAL_S = 0.5  # how often the loop samples rates and publishes the HTTP snapshot
 RATE_COUNTERS = ("msgs_in", "msgs_out")
+# refused once porchd is stopping: what they start would keep it from ever stopping
+STARTING_COMMANDS = ("start", "restart", "reload")
 
 
 class CommandError(PorchError):
@@ -176,6 +178,12 @@ class Daemon:
             args = request.get("args") or {}
             if not isinstance(args, dict):
                 raise CommandError("bad_request", "args must be an object")
+            if request["command"] in STARTING_COMMANDS and self.supervisor.stopping:
+                raise CommandError(
+                    "stopping",
+                    f"porchd is stopping: nothing can {request['command']} now; start porchd "
+                    "again once it has stopped",
+                )
             return {"id": request_id, "ok": True, "result": command(args)}
         except ValueError:
             return _error(request_id, "bad_request", "request is not JSON")

@@ -295,6 +295,8 @@ class Supervisor:
 
     def restart_pipeline(self, handle: WorkerHandle) -> None:
         """Graceful restart: stop it, then start it again as soon as it has exited."""
+        if self.stopping:
+            return  # _done() would wait for a respawn that never comes
         if handle.alive:
             self.stop_worker(handle)
             handle.respawn = True

@@ -623,3 +623,25 @@ def test_porchctl_stop_during_a_restart_stops_porchd(tmp_path: Path, porchd: Sta
     assert gone(worker)
     # one graceful stop: the second stop does not cut the first one's end() short
     assert daemon.output("slow").count("slow end ran") == 1, daemon.report()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["start", "restart"])
+def test_start_or_restart_while_porchd_stops_is_refused(
+    tmp_path: Path, porchd: Start, command: str
+):
+    daemon = porchd(write_pipeline(tmp_path, "slow", SLOW_END), stop_timeout_s=10)
+    daemon.wait_running("slow")
+    stopper = subprocess.Popen(
+        [str(PORCHCTL), "--control", str(daemon.control), "stop"],
+        env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        daemon.wait_until(lambda: daemon.pipeline("slow")["state"] == "stopping", 10, "stopping")
+        done = daemon.ctl(command, "slow")
+        assert done.returncode != 0 and "stopping" in done.stderr, (done.stdout, done.stderr)
+        out, err = stopper.communicate(timeout=40)
+        assert stopper.returncode == 0, out + err + daemon.report()
+    finally:
+        stopper.kill()
+    assert daemon.wait_exit(10) == 0, daemon.report()
