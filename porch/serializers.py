@@ -240,11 +240,10 @@ def _unsendable(value: Any, name: str, sends_code: bool, exc: Exception) -> Seri
     what = _describe(value)
     if where != "value":
         what += f" whose {where.removeprefix('value')} is {_describe(culprit)}"
-    why = (
-        f"{exc}: it sends data, not code"
-        if isinstance(exc, CodeRefused)
-        else f"{type(exc).__name__}: {exc}"
-    )
+    why = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, CodeRefused):  # name the function unless it is the part named above
+        code = "" if isinstance(culprit, types.FunctionType) else f"{exc}; "
+        why = f"{code}it sends data, not code"
     return SerializationError(
         f"{what}, which the {name} serializer cannot send ({why}); fix: {fix}"
     )
