@@ -626,10 +626,7 @@ def test_porchctl_stop_during_a_restart_stops_porchd(tmp_path: Path, porchd: Sta
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("command", ["start", "restart"])
-def test_start_or_restart_while_porchd_stops_is_refused(
-    tmp_path: Path, porchd: Start, command: str
-):
+def test_start_restart_and_reload_while_porchd_stops_are_refused(tmp_path: Path, porchd: Start):
     daemon = porchd(write_pipeline(tmp_path, "slow", SLOW_END), stop_timeout_s=10)
     daemon.wait_running("slow")
     stopper = subprocess.Popen(
@@ -638,8 +635,9 @@ def test_start_or_restart_while_porchd_stops_is_refused(
     )  # fmt: skip
     try:
         daemon.wait_until(lambda: daemon.pipeline("slow")["state"] == "stopping", 10, "stopping")
-        done = daemon.ctl(command, "slow")
-        assert done.returncode != 0 and "stopping" in done.stderr, (done.stdout, done.stderr)
+        for command in (("restart", "slow"), ("start", "slow"), ("reload",)):
+            done = daemon.ctl(*command)
+            assert done.returncode != 0 and "stopping" in done.stderr, (command, done.stderr)
         out, err = stopper.communicate(timeout=40)
         assert stopper.returncode == 0, out + err + daemon.report()
     finally:
