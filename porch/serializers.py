@@ -302,6 +302,10 @@ def decode_failure(serializer: str, head: bytes, exc: Exception, sender: str) ->
         module = exc.name
         named = [g for g in pickle_globals(head) if g.split(":")[0].split(".")[0] == module]
         what = named[0].replace(":", ".") if named else module
+        if module.startswith(SCRIPT_MODULE_PREFIX):  # an older Porch sent it by reference
+            return (f"{problem}: its type {what} is defined in a script of '{sender}', which an "
+                    f"older Porch sends by reference; fix: upgrade Porch where '{sender}' "
+                    f"runs, {plain}")  # fmt: skip
         return (
             f"{problem}: its type {what} is not importable ({cause}); fix: install "
             f"module '{module}' here or put it beside this pipeline's scripts, {plain}"

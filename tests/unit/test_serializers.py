@@ -180,3 +180,17 @@ def test_an_undecodable_item_of_a_batch_takes_only_its_own_place() -> None:
     assert values[0] == 1 and values[2] == 3, values
     assert isinstance(values[1], Undecodable) and values[1].payload == [b"garbage"]
     assert inbox.undecodable == 1 and inbox.counters.bad_frames == 0
+
+
+def test_a_script_type_sent_by_reference_says_to_upgrade_the_sender() -> None:
+    module = types.ModuleType("porch_script_old_0_src")
+    exec("class Point:\n    pass", module.__dict__)
+    sys.modules[module.__name__] = module
+    head = pickle.dumps(module.Point(), protocol=5)  # what Porch sent before by-value
+    del sys.modules[module.__name__]
+
+    with pytest.raises(ModuleNotFoundError) as info:
+        pickle.loads(head)
+    message = decode_failure("pickle", head, info.value, "old")
+
+    assert "defined in a script of 'old'" in message and "upgrade Porch" in message, message
