@@ -418,6 +418,13 @@ class Worker:
         """What keeps this pipeline from making progress, for `porchctl status`."""
         parts = list(self._missing_targets.values())
         parts += [
+            f"target {link.target!r} unreachable since "
+            f"{time.strftime('%H:%M:%S', time.localtime(link.withdrawn_since))}; "
+            f"{link.data_held()} held"
+            for link in self.outputs
+            if link.withdrawn_since is not None and not link.gone
+        ]
+        parts += [
             f"source {name!r} {state}; waiting for it"
             for name, state in sorted(self._down_sources.items())
         ]

@@ -77,8 +77,11 @@ def test_cut_link_resumes_within_two_beacon_intervals_and_status_says_why(
 
         link = d1.wait_until(unreachable, WAIT_S, "src_k -> sink_k unreachable")
         assert abs(float(link["since"]) - time.time()) < CUT_S, link
-        remote = {r["name"]: r for r in d1.status()["remote"]}
+        status = d1.status()
+        remote = {r["name"]: r for r in status["remote"]}
         assert remote["sink_k"]["state"] == "withdrawn", remote
+        warning = d1.pipeline("src_k", status)["warning"]  # porch run's footer shows it too
+        assert "target 'sink_k' unreachable since" in warning, warning
         assert remote["sink_k"]["withdrawn_since"] is not None, remote
         table = d1.ctl("status").stdout
         assert "running, target unreachable" in table, table
