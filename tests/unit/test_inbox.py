@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from porch.serializers import get
+from porch.stream import SKIP
 from porch.wire import FrameKind, decode_ack, encode_header
 from workers.inbox import Inbox
 
@@ -118,3 +119,56 @@ def test_a_source_on_a_new_connection_gets_its_acks_there(
         assert acks(again) == [2] and acks(peer) == []
     finally:
         again.close()
+
+
+A = ("pipeline_a", 7)  # an origin stream: what the values derive from
+
+
+def send_from(
+    peer: zmq.Socket[bytes], instance: int, seq: int, origin_seq: int, value: object
+) -> None:
+    """A DATA message derived from iteration `origin_seq` of A (SKIP: a skip marker)."""
+    header = encode_header(FrameKind.DATA, 1, instance, seq, "source", [(1, (A, origin_seq))])
+    peer.send(header if value is SKIP else header + pickle.dumps(value))
+
+
+def test_a_restarted_middle_stage_re_emitting_values_is_deduplicated_by_origin(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    inbox, peer = wired
+    send(peer, FrameKind.HELLO, 1, 0)
+    for k in (1, 2, 3):
+        send_from(peer, 1, k, k, f"x{k}")
+    pump(inbox, 3)
+    while inbox.fanin.ready():
+        inbox.commit(inbox.take()[1])
+    # the stage restarted: new link seqs from 1, and it re-processes iterations 2 and 3
+    send(peer, FrameKind.HELLO, 2, 0)
+    for seq, k in enumerate((2, 3, 4, 5), start=1):
+        send_from(peer, 2, seq, k, f"x{k}")
+    pump(inbox, 2)
+
+    taken = []
+    while inbox.fanin.ready():
+        values, items, origin, marked = inbox.take()
+        taken.append((values["source"], origin, marked))
+        inbox.commit(items)
+    inbox.flush_acks()
+
+    assert taken == [("x4", (A, 4), False), ("x5", (A, 5), False)]
+    assert inbox.counters.duplicates == 2
+    assert acks(peer)[-1] == 4  # the dropped duplicates are acknowledged with the rest
+
+
+def test_a_skip_marker_arrives_as_skip_with_its_origin(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    inbox, peer = wired
+    send(peer, FrameKind.HELLO, 1, 0)
+    send_from(peer, 1, 1, 1, SKIP)
+    send_from(peer, 1, 2, 2, "x2")
+    pump(inbox, 2)
+
+    values, _, origin, marked = inbox.take()
+    assert (values, origin, marked) == ({"source": SKIP}, (A, 1), True)
+    assert inbox.take()[0] == {"source": "x2"}

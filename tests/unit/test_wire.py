@@ -15,6 +15,7 @@ from porch.serializers import SerializationError
 from porch.wire import (
     HEADER_SIZE,
     MAX_NAME_BYTES,
+    ORIGINS,
     VERSION,
     FrameKind,
     Header,
@@ -22,6 +23,9 @@ from porch.wire import (
     decode_header,
     decode_prefix,
     encode_header,
+    run_origins,
+    runs_of,
+    union,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -236,3 +240,65 @@ def test_batch_round_trip_and_malformed_batches_are_wire_errors() -> None:
     for broken in (frame[:-1], frame + b"!", frame[: end + 2], header + b"\0\0\0\0"):
         with pytest.raises(WireError):
             decode_batch(broken, end)
+
+
+# --- origins --------------------------------------------------------------------------------
+
+STREAMS = st.tuples(st.sampled_from(["pipeline_a", "b_branch", "é" * 20]), U64)
+ORIGIN_SETS = st.lists(st.tuples(STREAMS, U64), max_size=3).map(
+    lambda ids: tuple(x for pair in ids for x in pair)
+)
+RUNS = st.lists(st.tuples(st.integers(1, 300), ORIGIN_SETS), min_size=1, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs=RUNS, seq=U64)
+def test_origins_round_trip_in_the_header_of_data_and_batches(
+    runs: list[tuple[int, tuple[object, ...]]], seq: int
+) -> None:
+    for kind in (FrameKind.DATA, FrameKind.DATA_BATCH):
+        frame = encode_header(kind, 1, 7, seq, "sender", runs)
+        header, end = decode_prefix(frame + b"payload")
+
+        assert end == len(frame)
+        assert header.seq == seq and header.sender == "sender"
+        expected = tuple(runs) if any(origin for _, origin in runs) else ()
+        assert header.origins == expected
+        assert HeaderEncoder(1, 7, "sender").encode_data(kind, seq, runs) == frame
+
+
+def test_a_source_batch_is_one_run_and_costs_a_fixed_few_bytes() -> None:
+    stream = ("pipeline_a", 2**62)
+    origins = [(stream, seq) for seq in range(1000, 1256)]
+    runs = runs_of(origins)
+    frame = HeaderEncoder(1, 7, "pipeline_a").encode_data(FrameKind.DATA_BATCH, 5, runs)
+
+    assert runs == [(256, (stream, 1000))]
+    assert len(frame) - len(encode_header(FrameKind.DATA_BATCH, 1, 7, 5, "pipeline_a")) < 45
+    assert run_origins(runs) == origins
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([(("x", 1), 1), (("x", 1), 2), (("y", 1), 3), ()]), min_size=1))
+def test_runs_of_and_run_origins_are_inverse(origins: list[tuple[object, ...]]) -> None:
+    assert run_origins(runs_of(origins)) == origins
+
+
+def test_origins_are_refused_on_control_frames_and_when_malformed() -> None:
+    runs = [(1, (("pipeline_a", 1), 5))]
+    frame = encode_header(FrameKind.DATA, 1, 7, 1, "sender", runs)
+    control = bytes([frame[0], FrameKind.EOS | ORIGINS]) + frame[2:]
+    with pytest.raises(WireError, match="origins on a EOS frame"):
+        decode_prefix(control)
+    for cut in range(HEADER_SIZE + len("sender"), len(frame)):
+        with pytest.raises(WireError):
+            decode_prefix(frame[:cut])
+
+
+def test_union_keeps_each_id_once() -> None:
+    a = (("pipeline_a", 1), 5)
+    b = (("b_branch", 2), 9)
+    assert union(a, a) == a  # a diamond's join: both branches derive from one iteration
+    assert union(a, b) == a + b
+    assert union(a + b, b) == a + b
+    assert union((), b) == b
