@@ -4,7 +4,7 @@ Queued items are tuples whose [1] is the value and [2] its origin (porch.wire: a
 `(stream, seq, ...)` tuple, `stream = (pipeline, epoch)`); a value of porch.SKIP is a skip
 marker: the value of that origin was filtered out upstream.
 
-How a wait-for-all set forms (the README's "Fan-in" states the same):
+How a wait-for-all set forms (the README's "Joins and origin ids" states the same):
 - One source: its values in order (markers included: the worker passes them on).
 - Several sources whose first values share an origin pipeline (a diamond: b and c both derive
   from a): ALIGNED. A set is the values of the same source iteration, whatever order they arrive
