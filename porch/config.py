@@ -54,6 +54,10 @@ MAX_SOURCE_PIPELINE_COUNT = 10_000  # each source is a connection (a file descri
 # healthy worker would be killed; beyond a day the watchdog is as good as off.
 MIN_HEARTBEAT_TIMEOUT_S = 2.0
 MAX_HEARTBEAT_TIMEOUT_S = 86_400.0
+DEFAULT_FINISH_TIMEOUT_S = 600.0
+# how long a finished stream may wait for its targets: from a moment to a week
+MIN_FINISH_TIMEOUT_S = 0.1
+MAX_FINISH_TIMEOUT_S = 604_800.0
 
 
 class Severity(enum.Enum):
@@ -90,6 +94,7 @@ class PipelineConfig:
     queue_limit_bytes: int = DEFAULT_QUEUE_LIMIT_BYTES
     restart: str = "on-failure"
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    finish_timeout_s: float = DEFAULT_FINISH_TIMEOUT_S
     on_error: str = "stop"
     fan_in: str = "all"
     overflow: str = "block"
@@ -119,6 +124,11 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
         False,
         (int, float),
         f"a number of seconds from {MIN_HEARTBEAT_TIMEOUT_S:g} to {MAX_HEARTBEAT_TIMEOUT_S:g}",
+    ),
+    "finish_timeout_s": (
+        False,
+        (int, float),
+        f"a number of seconds from {MIN_FINISH_TIMEOUT_S:g} to {MAX_FINISH_TIMEOUT_S:g}",
     ),
     **{
         key: (False, (str,), f"one of {', '.join(allowed)}")
@@ -309,6 +319,11 @@ class _Checker:
         self.check_range(
             data, "heartbeat_timeout_s", MIN_HEARTBEAT_TIMEOUT_S, MAX_HEARTBEAT_TIMEOUT_S
         )
+        self.check_range(data, "finish_timeout_s", MIN_FINISH_TIMEOUT_S, MAX_FINISH_TIMEOUT_S)
+        if data.get("outbox") == "durable" and data.get("delivery") == "at-most-once":
+            self.error("outbox", "a durable outbox replays what a crash left unacknowledged, "
+                       "which delivery at-most-once forbids: use outbox \"memory\" with it, "
+                       "or delivery \"at-least-once\"")  # fmt: skip
         for key, (allowed, default) in CHOICES.items():
             value = data.get(key, default)
             if isinstance(value, str) and value not in allowed:
@@ -361,6 +376,7 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
         queue_limit=data.get("queue_limit", DEFAULT_QUEUE_LIMIT),
         queue_limit_bytes=data.get("queue_limit_bytes", DEFAULT_QUEUE_LIMIT_BYTES),
         heartbeat_timeout_s=float(data.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S)),
+        finish_timeout_s=float(data.get("finish_timeout_s", DEFAULT_FINISH_TIMEOUT_S)),
         **{key: data.get(key, default) for key, (_, default) in CHOICES.items()},
         path=Path(path).resolve(),
     )

@@ -31,6 +31,10 @@ class WireError(PorchError):
     """A frame on a data socket could not be decoded; it is dropped and counted."""
 
 
+class DeliveryError(PorchError):
+    """Output its targets did not acknowledge in time: lost (memory outbox) or kept (durable)."""
+
+
 class ControlError(PorchError):
     """The control channel between porch processes failed or got a malformed message."""
 

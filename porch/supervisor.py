@@ -113,6 +113,7 @@ class WorkerHandle:
     endpoints: tuple[str, ...] = ()  # one per data interface when there are several
     wanted: bool = True  # False after a commanded stop: never restarted
     respawn: bool = False  # a commanded restart: start again as soon as it exits
+    stop_pending: bool = False  # commanded to stop; signalled once its stopping sources exited
     started_s: float = 0.0
     exited_s: float | None = None
     exit_code: int | None = None
@@ -255,7 +256,8 @@ class Supervisor:
             self.stop_worker(handle)
 
     def stop_worker(self, handle: WorkerHandle) -> None:
-        """Commanded stop of one pipeline: SIGTERM its group, SIGKILL after the stop timeout."""
+        """Commanded stop of one pipeline: SIGTERM its group (see _signal_stops for when),
+        SIGKILL after the stop timeout."""
         handle.wanted = False
         handle.restart_at = None
         handle.respawn = False  # a stop cancels a restart under way (restart sets it again)
@@ -265,9 +267,28 @@ class Supervisor:
             return
         if handle.kill_at is not None:
             return  # already stopping: a second SIGTERM would make the worker exit at once
-        handle.kill_at = time.monotonic() + self.stop_timeout_s
-        handle.state = WorkerState.STOPPING
-        self._signal(handle, signal.SIGTERM)
+        handle.stop_pending = True  # signalled at the end of this loop turn (_signal_stops)
+
+    def _signal_stops(self) -> None:
+        """SIGTERM the pipelines commanded to stop whose local sources that stop too have
+        exited: a stopping source waits for its targets' acknowledgements, so its targets keep
+        running until it has drained into them (a cycle is stopped all at once)."""
+        pending = [h for h in self.workers.values() if h.stop_pending and h.alive]
+        if not pending:
+            return
+        stopping = [h for h in self.workers.values() if h.alive and not h.wanted]
+        ready = [
+            h
+            for h in pending
+            if not any(u is not h and h.name in u.config.target_pipeline_names for u in stopping)
+        ]
+        if not ready and all(h.stop_pending for h in stopping):
+            ready = pending  # only a cycle of pending pipelines is left
+        for handle in ready:
+            handle.stop_pending = False
+            handle.kill_at = time.monotonic() + self.stop_timeout_s
+            handle.state = WorkerState.STOPPING
+            self._signal(handle, signal.SIGTERM)
 
     def _kill(self, handle: WorkerHandle) -> None:
         """SIGKILL a worker's process group and every descendant (new sessions too: the worker
@@ -289,6 +310,7 @@ class Supervisor:
     def start_pipeline(self, handle: WorkerHandle) -> None:
         """Start a pipeline that is not running (after a stop, or from `failed`)."""
         handle.wanted = True
+        handle.stop_pending = False
         handle.tracker.reset()
         if not handle.alive:
             self.spawn(handle)
@@ -336,6 +358,7 @@ class Supervisor:
             "--control", self.worker_endpoint,
             "--bind-host", self.bind_host,
             "--parent-pid", str(os.getpid()),
+            "--stop-timeout", str(self.stop_timeout_s),
         ]  # fmt: skip
         if self.state_dir is not None:
             cmd += ["--state-dir", str(self.state_dir)]
@@ -363,6 +386,7 @@ class Supervisor:
         handle.state, handle.started_s, handle.heartbeat_s = WorkerState.STARTING, now, now
         handle.kill_at = handle.restart_at = None
         handle.watchdog_fired, handle.respawn, handle.endpoint = False, False, None
+        handle.stop_pending = False
         handle.digest = fingerprint(handle.config)
         handle.ps = None
         for key in COUNTERS:  # the last instance's counts become part of the totals
@@ -413,6 +437,7 @@ class Supervisor:
                 self._handlers[key]()
             elif isinstance(key, int):
                 self._read_stream(key)
+        self._signal_stops()
         now = time.monotonic()
         for handle in list(self.workers.values()):
             self._check_timers(handle, now)
@@ -642,6 +667,8 @@ class Supervisor:
             self.spawn(handle)
         elif not commanded:
             self._apply_policy(handle, clean, now)
+        elif handle.state is WorkerState.FAILED and self.mode is FailureMode.STOP_ALL:
+            self._record_failure(handle, handle.last_error)  # e.g. output lost at the stop
         self._publish_directory()
 
     def _apply_policy(self, handle: WorkerHandle, clean: bool, now: float) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from porch import logs, reaper
 from porch.config import load_config
 from porch.errors import PorchError
-from workers.worker import PARENT_DEATH_SIGNAL, Worker, WorkerOptions
+from workers.worker import PARENT_DEATH_SIGNAL, STOP_TIMEOUT_S, Worker, WorkerOptions
 
 _PR_SET_PDEATHSIG = 1
 
@@ -40,6 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--key-file", type=Path, default=None)  # a path, never the key itself
+    parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S)
     return parser.parse_args(argv)
 
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         parent_pid=args.parent_pid,
         state_dir=args.state_dir,
         key_file=args.key_file,
+        stop_timeout_s=args.stop_timeout,
     )
     try:
         worker = Worker(config, options)

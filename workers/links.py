@@ -7,6 +7,11 @@ An output link is reliable: each message has a per-link sequence number and stay
 outbox until the target acknowledges that it has processed it (cumulative acks). The outbox is
 bounded in messages and bytes (backpressure); when the target comes back as a new instance, the
 whole outbox is replayed in order. The receiver drops what it has already seen.
+
+Whatever leaves the outbox (acknowledged, handed to ZeroMQ under at-most-once, dropped under
+drop_oldest, dead-lettered, or held for a target that finished) leaves it from the head, in
+sequence order: `released` is the newest sequence number of all that is gone, which is what a
+durable outbox may delete up to.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from porch.wire import (
     Origin,
     Run,
     Stream,
+    decode_ack,
     encode_batch,
     run_origins,
     runs_of,
@@ -239,8 +245,10 @@ class OutputLink:
         self.gone = False  # the target finished its stream: nothing more will be accepted
         self.down = False  # the directory says the target is not running now
         self.restarting = False  # ...and that its supervisor is starting it again
+        self.released = 0  # every seq up to this one has left the outbox for good
         self.dropped = 0
         self.replayed = 0
+        self.bye_pending = False  # a BYE waits for the unsent messages it must follow
         self._attempts: dict[int, int] = {}
         self.key_id: str | None = None
         self.monitor: Socket | None = None
@@ -269,6 +277,10 @@ class OutputLink:
         same = (endpoint, instance, key_id) == (self.endpoint, self.instance, self.key_id)
         if same and self.socket is not None and not force:
             return
+        if self.socket is not None:
+            # the old instance's last acks may still wait unread: a graceful restart of the
+            # target acknowledged them, and replaying those messages would duplicate them
+            self.read_acks(decode_ack)
         restarted = (
             self.instance is not None
             and instance != self.instance
@@ -371,6 +383,7 @@ class OutputLink:
 
     def _pop_head(self) -> Outgoing:
         head = self.outbox.popleft()
+        self.released = max(self.released, head.seq)
         self.bytes_held -= head.size
         self.held -= head.count
         self.unsent = min(self.unsent, len(self.outbox))
@@ -385,6 +398,7 @@ class OutputLink:
         """The target finished for good: drop what is held and whatever comes later."""
         self.gone = True
         self.dropped += self.data_held()
+        self.released = self.next_seq - 1
         self.outbox.clear()
         self.batch.clear()
         self.batch_origins.clear()
@@ -508,9 +522,32 @@ class OutputLink:
         if self.outbox:
             self.dropped += self._pop_head().count
         else:
+            # the dropped value keeps its seq (a gap the receiver ignores), so the seqs of the
+            # others stay those a durable outbox stored them under
             self.batch_bytes -= len(self.batch.pop(0))
+            self.seq += 1
+            self.released = self.seq
             self.dropped += 1
             self.batch_origins.pop(0)
+
+    def force(self, kind: FrameKind, payload: list[Any], origin: Origin | int = ()) -> None:
+        """Take one message past the limits: the end of stream, or a stopping worker's output
+        (`origin` as for offer)."""
+        if self.gone:
+            self.dropped += kind is FrameKind.DATA
+            return
+        self._close_batch()
+        self.seq += 1
+        alone: list[Run] | None = [(1, self._origin(origin))] if kind is FrameKind.DATA else None
+        frames = self._frames(kind, payload, alone)
+        self._append(Outgoing(self.seq, frames, _size(payload), kind, runs=alone))
+        self.pump()
+
+    def say_bye(self) -> None:
+        """Tell the target we are stopping, after every message already given to the link."""
+        self._close_batch()
+        self.bye_pending = True
+        self.pump()
 
     def pump(self) -> None:
         """Give ZeroMQ the messages it has not had yet, for as long as it takes them."""
@@ -525,6 +562,10 @@ class OutputLink:
             except zmq.Again:
                 return
             self.unsent -= 1
+        if self.bye_pending:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.send(self.headers.encode(FrameKind.BYE, 0), zmq.NOBLOCK)
+                self.bye_pending = False
         if not self.settings.acked:
             self._forget_sent()
 
@@ -563,14 +604,9 @@ class OutputLink:
         self.pump()
 
     @property
-    def settled(self) -> bool:
-        """Whether nothing is left that the target still has to acknowledge (or can't)."""
-        return self.gone or self.down or not (self.outbox or self.batch)
-
-    @property
-    def coming_back(self) -> bool:
-        """Whether the target is down but being restarted (worth waiting for at the end)."""
-        return self.restarting and not self.gone
+    def delivered(self) -> bool:
+        """Whether nothing is left that the target still has to acknowledge."""
+        return self.gone or not (self.outbox or self.batch)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close the socket; ZeroMQ keeps delivering what it holds for up to `linger_ms`."""

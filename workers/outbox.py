@@ -1,8 +1,11 @@
 """The durable outbox: what `step()` returned is on disk before any target is sent it.
 
 SQLite in WAL mode under the state directory, one row per (target, seq). A row is written (and
-committed) before the message is handed to its link and deleted once the target acknowledges
-it, so a worker killed with kill -9 loses nothing: its next instance replays the rows.
+committed) before the message is handed to its link and deleted once the message has left the
+link for good: the target acknowledged it, overflow drop_oldest dropped it, it was dead-lettered,
+or the target finished its stream. So a worker killed with kill -9 loses nothing, its next
+instance replays exactly the rows still owed, and a clean run leaves no row behind.
+(`delivery: at-most-once` never replays, so config validation rejects it with this outbox.)
 `synchronous=NORMAL` survives a process crash, not a power cut (documented in the README).
 
 Each row keeps its value's origin (porch.wire), so a replay after a crash carries the ids the
@@ -45,6 +48,7 @@ class DurableOutbox:
     def __init__(self, path: Path, links: Sequence[OutputLink]) -> None:
         self.path = path
         self.links = {link.target: link for link in links}
+        self._released = {link.target: 0 for link in links}  # rows deleted up to this seq
         _check_private(path)
         with self._disk("open it"):
             self.db = sqlite3.connect(str(path), isolation_level=None)
@@ -94,10 +98,18 @@ class DurableOutbox:
             if own_seq:
                 self.db.execute("UPDATE origin SET next_seq = ? WHERE id = 0", (own_seq + 1,))
 
-    def forget(self, target: str, seq: int) -> None:
-        """The target acknowledged everything up to `seq`."""
-        with self._disk("delete acknowledged values"), self.db:
-            self.db.execute("DELETE FROM outbox WHERE target = ? AND seq <= ?", (target, seq))
+    def sync(self) -> None:
+        """Delete the rows of every message that has left its link since the last call."""
+        done = [
+            (target, link.released)
+            for target, link in self.links.items()
+            if link.released > self._released[target]
+        ]
+        if not done:
+            return
+        with self._disk("delete delivered values"), self.db:
+            self.db.executemany("DELETE FROM outbox WHERE target = ? AND seq <= ?", done)
+        self._released.update(done)
 
     def restore(self) -> int:
         """Queue what an earlier instance left unacknowledged; return how many messages.

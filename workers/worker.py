@@ -2,8 +2,15 @@
 
 Life of a worker: bind the input socket and say hello to the supervisor; wait until every
 source has connected (DPorch's handshake rule); run the scripts' top level; loop; on end of
-stream, stop or failure: send EOS (or BYE) to every target, run the `end()` hooks, wait
-(bounded) for the targets to acknowledge what they were sent, exit.
+stream, stop or failure: send EOS (or BYE) to every target, wait for the targets to acknowledge
+what they were sent, run the `end()` hooks, exit.
+
+Nothing a worker sent is given up in silence. A stopping worker acknowledges every input it
+processed and keeps serving its links until its targets have acknowledged its output, up to the
+stop deadline (a little under the supervisor's --stop-timeout); a worker whose stream ended keeps
+its undelivered output for up to `finish_timeout_s`, whatever state its targets are in. Past
+either deadline, what is still held is lost (memory outbox) or kept for the next start (durable),
+and the worker says so: an error, counted as dropped, and a failed exit where it is a loss.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import zmq
 from porch import logs
 from porch.config import PipelineConfig
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
-from porch.errors import PorchError, ScriptError
+from porch.errors import DeliveryError, PorchError, ScriptError
 from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
@@ -41,8 +48,10 @@ from workers.scheduler import TooManySources
 
 log = logs.get("porch.worker")
 
-DRAIN_TIMEOUT_S = 2.0  # after a stop, how long a pipeline keeps processing what was sent to it
-FLUSH_TIMEOUT_S = 5.0  # at the end of a stream, how long to wait for targets to acknowledge
+DRAIN_TIMEOUT_S = 2.0  # after a stop, how long a pipeline keeps taking input from live sources
+FLUSH_TIMEOUT_S = 5.0  # at-most-once: how long ZeroMQ may keep writing out at the end
+STOP_TIMEOUT_S = 10.0  # the supervisor's default --stop-timeout
+STOP_MARGIN_S = 1.5  # of --stop-timeout, kept for the end() hooks and the exit
 POLL_MS = 1000  # idle wake-ups (signals, messages and acks wake the loop at once)
 TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
 STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
@@ -52,9 +61,8 @@ STEP_SAMPLE_EVERY = 8  # time one step() in 8: timing every one costs ~9% of a f
 STEP_BOUNDS_S = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]
 FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
 DOWN_STATES = ("stopping", "stopped", "failed", "backoff")
-# a target in these states is coming back: a sender whose stream ended waits for it (bounded)
+# a target in these states is coming back
 RESTARTING_STATES = ("backoff", "starting")
-RESTART_WAIT_S = 60.0
 ACK_GRACE_MS = 200  # how long a finished target's final ack may still be on its way
 POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
 # Linux sends this when the supervisor dies (prctl PR_SET_PDEATHSIG): a signal of our own,
@@ -88,6 +96,12 @@ class WorkerOptions:
     parent_pid: int | None = None
     state_dir: Path | None = None
     key_file: Path | None = None  # cluster key: CURVE on every data link
+    stop_timeout_s: float = STOP_TIMEOUT_S  # the supervisor kills us this long after a stop
+
+    @property
+    def stop_budget_s(self) -> float:
+        """How long a stopping worker may spend draining and waiting for acknowledgements."""
+        return max(self.stop_timeout_s - STOP_MARGIN_S, self.stop_timeout_s / 2)
 
 
 WITHDRAWN = "withdrawn"  # a directory state: discovery lost the target's host
@@ -206,6 +220,7 @@ class Worker:
         self.ended = False
         self._orphaned = False
         self._drain_deadline = 0.0
+        self._stop_deadline = 0.0
         # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
         self._finished_sources: dict[str, tuple[float, int]] = {}
         self._known: dict[str, str] = {}  # every pipeline the last directory listed: its state
@@ -282,7 +297,9 @@ class Worker:
         if not self.stopping:
             log.info("stop_requested", pipeline=self.name, reason=reason)
             self.stopping = True
-            self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            now = time.monotonic()
+            self._stop_deadline = now + self.options.stop_budget_s
+            self._drain_deadline = min(now + DRAIN_TIMEOUT_S, self._stop_deadline)
 
     def _on_control(self) -> None:
         for kind, message in self.control.receive():
@@ -475,10 +492,9 @@ class Worker:
 
     def _read_acks(self) -> None:
         for link in self.outputs:
-            before = link.acked_seq
             link.read_acks(decode_ack)
-            if self.durable is not None and link.acked_seq > before:
-                self.durable.forget(link.target, link.acked_seq)
+        if self.durable is not None:
+            self.durable.sync()  # what was acked, dropped or retired leaves the disk too
 
     def _flush_outputs(self) -> None:
         """Send what the links have batched (adaptive batching: only busy loops batch)."""
@@ -553,7 +569,9 @@ class Worker:
         while not link.offer(kind, payload, origin):
             now = time.monotonic()
             if self.stopping and now > self._drain_deadline:
-                link.dropped += kind is FrameKind.DATA
+                # the input is processed (and will be acknowledged): its output must not be
+                # dropped; the stop sequence waits for the target to take it
+                link.force(kind, payload, origin)
                 return
             if now > next_warning:
                 next_warning = now + STALL_WARNING_S
@@ -586,31 +604,78 @@ class Worker:
                   reason=reason, file=str(path))  # fmt: skip
 
     def _close_outputs(self, finished: bool) -> None:
-        """End every link (EOS if the stream finished, else BYE) and wait for acknowledgements."""
+        """End every link (EOS if the stream finished, else BYE) and wait until the targets
+        have acknowledged everything (see the module docstring for how long)."""
         self._flush_outputs()
         for link in self.outputs:
             if finished:
-                self._hand_over(link, FrameKind.EOS, [])
-            elif link.socket is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    link.socket.send(link.headers.encode(FrameKind.BYE, 0), zmq.NOBLOCK)
-        started = time.monotonic()
-        deadline = started + (FLUSH_TIMEOUT_S if finished else DRAIN_TIMEOUT_S)
-        while not all(link.settled for link in self.outputs):
+                link.force(FrameKind.EOS, [])
+            else:
+                link.say_bye()
+        now = time.monotonic()
+        finish_deadline = now + (self.config.finish_timeout_s if finished else 0.0)
+        if not finished and not self.stopping:  # failed: as long as a stop would take
+            finish_deadline = now + self.options.stop_budget_s
+        next_warning = now + STALL_WARNING_S
+        while waiting := self._undelivered_links(finished):
             now = time.monotonic()
-            waiting_for_restart = finished and any(
-                link.coming_back and not link.settled for link in self.outputs
-            )
-            if now >= deadline and not (waiting_for_restart and now < started + RESTART_WAIT_S):
+            deadline = self._stop_deadline if self.stopping else finish_deadline
+            if now >= deadline:
                 break
+            if now >= next_warning:
+                next_warning = now + STALL_WARNING_S
+                for link in waiting:
+                    log.warning(
+                        "output_waiting",
+                        pipeline=self.name,
+                        target=link.target,
+                        messages=link.data_held(),
+                        give_up_in_s=round(deadline - now),
+                    )
             self._wait(50)
-        for link in self.outputs:
-            held = link.data_held()
-            if held and not link.gone:
-                log.warning("output_unacknowledged", pipeline=self.name, target=link.target,
-                            messages=held, kept=self.durable is not None)  # fmt: skip
-            # at-most-once has nothing to wait for but ZeroMQ's own queue: give it time
-            link.close(linger_ms=300 if link.settings.acked else int(FLUSH_TIMEOUT_S * 1000))
+        self._read_acks()
+        try:
+            self._check_delivered(finished)
+        finally:
+            for link in self.outputs:
+                # at-most-once has nothing to wait for but ZeroMQ's own queue: give it time
+                link.close(linger_ms=300 if link.settings.acked else int(FLUSH_TIMEOUT_S * 1000))
+
+    def _undelivered_links(self, finished: bool) -> list[OutputLink]:
+        """The links still waiting for acknowledgements worth waiting for: a stopping worker
+        gives up on targets that are down; a finished stream waits for them to come back."""
+        give_up_on_down = self.stopping or not finished
+        return [
+            link
+            for link in self.outputs
+            if not link.delivered and not (give_up_on_down and link.down)
+        ]
+
+    def _check_delivered(self, finished: bool) -> None:
+        """Say what the targets did not acknowledge: an error where it is lost, or where a
+        finished stream could not be delivered; a warning where a durable outbox keeps it."""
+        kept = self.durable is not None
+        undelivered = [(link, link.data_held()) for link in self.outputs if not link.gone]
+        undelivered = [(link, held) for link, held in undelivered if held]
+        if not undelivered:
+            return
+        for link, held in undelivered:
+            if not kept:
+                link.dropped += held
+            say = log.warning if kept else log.error
+            say("output_unacknowledged", pipeline=self.name, target=link.target, messages=held,
+                kept=kept)  # fmt: skip
+        if kept and not finished:
+            return  # replayed by the next start
+        what = ", ".join(f"{held} for {link.target}" for link, held in undelivered)
+        if finished and not self.stopping:
+            why = f"its stream ended but {what} were not delivered within finish_timeout_s "
+            why += f"{self.config.finish_timeout_s:g} s"
+        else:
+            why = f"{what} were not acknowledged before the stop deadline "
+            why += f"(--stop-timeout {self.options.stop_timeout_s:g} s)"
+        fate = "kept in the durable outbox for the next start" if kept else "lost"
+        raise DeliveryError(f"pipeline {self.name}: {why}: {fate}")
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -712,8 +777,8 @@ class Worker:
         if fanin.any_input:  # a feedback loop needs one member to go first
             self._iterate(dict.fromkeys(fanin.sources))
         while not self.ended:
-            if self.stopping and time.monotonic() > self._drain_deadline:
-                return  # a live upstream keeps sending: the drain is bounded in time
+            if self.stopping and not self._draining(inbox):
+                return  # a live upstream keeps what we did not acknowledge and replays it
             if fanin.ready():
                 values, taken, origin, marked = inbox.take()
                 if marked:  # filtered out upstream, or a join partner that never comes
@@ -738,6 +803,19 @@ class Worker:
             else:
                 self._wait(POLL_MS)
 
+    def _draining(self, inbox: Inbox) -> bool:
+        """Whether a stopping worker still takes input: for a moment from live sources, and
+        until the stop deadline what stopped sources sent (they wait for its acknowledgement)."""
+        now = time.monotonic()
+        if now < self._drain_deadline:
+            return True
+        fanin = inbox.fanin
+        return (
+            now < self._stop_deadline
+            and fanin.ready()
+            and any(fanin.queued(name) for name in inbox.departed)
+        )
+
     def _run_scripts(self) -> WorkerState:
         if self.durable is not None:
             self.durable.restore()
@@ -756,12 +834,13 @@ class Worker:
         return WorkerState.STOPPED if self.stopping and not self.ended else WorkerState.FINISHED
 
     def _fail(self, exc: PorchError) -> WorkerState:
-        self._last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self._last_error = self._last_error or error  # the first error is the cause
         # The traceback ends with the error; the supervisor says once more which pipeline failed.
         if isinstance(exc, ScriptError) and exc.user_traceback:
             sys.stderr.write(exc.user_traceback)
         else:
-            sys.stderr.write(f"{self._last_error}\n")
+            sys.stderr.write(f"{error}\n")
         sys.stderr.flush()
         return WorkerState.FAILED
 
