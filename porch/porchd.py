@@ -150,6 +150,13 @@ def unit(configs: Sequence[str], user: str | None, bin_dir: str | None) -> None:
                        "(useradd --system) before starting the unit", err=True)  # fmt: skip
     folder = Path(bin_dir).absolute() if bin_dir else systemd.program_dir()
     absolute = [str(Path(c).absolute()) for c in configs] or list(systemd.DEFAULT_CONFIGS)
+    if user is not None:
+        program = folder / "porchd"
+        needed = [program, systemd.interpreter_of(program), *map(Path, absolute)]
+        for why in systemd.unreachable(user, [p for p in needed if p is not None]):
+            click.echo(f"porchd: warning: {why}; install Porch (and the configs) where "
+                       f"{user} can read them (e.g. a virtualenv in /opt/porch), or run the "
+                       "unit as root", err=True)  # fmt: skip
     click.echo(systemd.unit_text(folder, absolute, user), nl=False)
 
 

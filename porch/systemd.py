@@ -7,8 +7,12 @@ scripts/porchd.service is this module's output for a `sudo pip install .` (progr
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import re
 import shutil
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,3 +136,58 @@ def unit_text(
     return header + BODY.format(
         exec_start=exec_start, exec_reload=f"{quote(porchctl)} reload", user=user_lines
     )
+
+
+def unreachable(user: str, paths: Sequence[Path]) -> list[str]:
+    """Why `user` could not reach each of `paths` (a folder on the way it may not enter), e.g.
+    a virtualenv under root's 0700 home for a `User=porch` unit; [] when it can reach them all.
+    Judged by mode bits and owners (root could enter anything, so os.access cannot tell)."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return []
+    if entry.pw_uid == 0:
+        return []
+    groups = {entry.pw_gid} | {g.gr_gid for g in _groups_of(user)}
+    problems = []
+    for path in paths:
+        for folder in _folders_to(path):
+            try:
+                info = folder.stat()
+            except OSError:
+                break  # missing: the unit's own business (configs made later)
+            if not _may_enter(info, entry.pw_uid, groups):
+                mode = stat.S_IMODE(info.st_mode)
+                problems.append(f"{path}: user {user} cannot enter {folder} (mode {mode:o})")
+                break
+    return problems
+
+
+def _folders_to(path: Path) -> list[Path]:
+    real = Path(os.path.realpath(path))
+    return [*reversed(real.parents), real] if real.is_dir() else [*reversed(real.parents)]
+
+
+def _may_enter(info: os.stat_result, uid: int, groups: set[int]) -> bool:
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if info.st_gid in groups:
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
+
+
+def _groups_of(user: str) -> list[grp.struct_group]:
+    return [g for g in grp.getgrall() if user in g.gr_mem]
+
+
+def interpreter_of(program: Path) -> Path | None:
+    """The interpreter a script's #! line names (a virtualenv's python), if any."""
+    try:
+        with program.open("rb") as file:
+            first = file.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    parts = first[2:].decode("utf-8", "replace").split()
+    return Path(parts[0]) if parts else None

@@ -89,7 +89,8 @@ def test_porchd_unit_verifies_for_this_installation(tmp_path: Path, user: str | 
     args = [str(BIN / "porchd"), "unit", str(configs), *(["--user", user] if user else [])]
     done = subprocess.run(args, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S,
                           check=True, cwd=tmp_path)  # fmt: skip
-    assert done.stderr == ""
+    # only a warning when `user` cannot reach this venv's python (e.g. under root's 0700 home)
+    assert all(" cannot enter " in line for line in done.stderr.splitlines()), done.stderr
     unit = tmp_path / "porchd.service"
     unit.write_text(done.stdout, encoding="utf-8")
     found = settings(done.stdout)
