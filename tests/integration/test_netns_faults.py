@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 WAIT_S = 30.0
 BEACON_S = 1.0  # porchd's default beacon interval
-CUT_S = 15.0  # long enough for TCP's retransmit backoff to reach ~13 s
+CUT_S = 7.0  # TCP retransmits at ~6.2 s and ~12.6 s into a cut: without heartbeats, ~6 s late
 RESUME_MARGIN_S = 1.5  # start-up of a fresh connection on a loaded machine
 
 
