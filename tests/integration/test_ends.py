@@ -122,6 +122,17 @@ def test_os_exit_before_connecting_ends_the_stream_for_its_targets(
     assert "without ending its stream" in err, "the lost output is not silent\n" + run.report()
 
 
+def test_a_crash_before_connecting_fails_the_run(tmp_path: Path, porch_cli: RunStart):
+    src = write_pipeline(tmp_path, "src", "import os\nos._exit(3)\ndef step():\n    return 1\n",
+                         targets=("sink",))  # fmt: skip
+    run = porch_cli("run", str(src), sink(tmp_path))
+
+    assert run.wait_exit(30) == 1, run.report()
+    err = "\n".join(run.stderr)
+    assert "porch: pipeline src failed: exited with code 3" in err, run.report()
+    assert "porch: sink: stopped" in err, run.report()  # stopped while waiting: no hang
+
+
 # ---- a misspelled target is named, with what is held and the closest name -------------------
 
 
