@@ -243,14 +243,18 @@ def format_status(result: dict[str, Any], width: int | None = None) -> str:
     return "\n".join(_join(row, widths) for row in rows)
 
 
+TARGET_TROUBLE = ("unreachable", "handshake failing")
+
+
 def format_targets(result: dict[str, Any], now: float | None = None) -> str:
-    """One line per output link that is not simply connected: its state, since when, what it
-    holds (messages); "" when every link is fine."""
+    """One line per output link that cannot deliver for a reason nothing else shows (its target
+    was withdrawn, or refuses our handshake): since when, what it holds (messages); "" when
+    there is none. (A target not found yet is in the pipeline's warning.)"""
     now = time.time() if now is None else now
     lines = []
     for pipeline in result.get("pipelines", []):
         for target in pipeline.get("targets") or []:
-            if not isinstance(target, dict) or target.get("state") in ("connected", "finished"):
+            if not isinstance(target, dict) or target.get("state") not in TARGET_TROUBLE:
                 continue
             since = target.get("since")
             when = ""
