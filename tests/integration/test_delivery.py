@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Porchd, PorchRun
+from tests.integration.netns import Cluster, StartIn, cluster, porchd_in
+from tests.integration.test_discovery import pipeline, printer
+from tests.integration.test_netns_cluster import numbers
 from tests.integration.test_reliability import (
     CHECKPOINTED_SOURCE,
     COUNTER_SOURCE,
@@ -23,6 +26,7 @@ from tests.integration.test_reliability import (
 )
 
 pytestmark = [pytest.mark.integration]
+__all__ = ["cluster", "porchd_in"]  # fixtures, imported so that pytest finds them here
 
 StartDaemon = Callable[..., Porchd]
 StartPorch = Callable[..., PorchRun]
@@ -336,3 +340,44 @@ def test_undelivered_tail_fails_loudly_and_the_durable_outbox_replays_it(
     daemon.wait_until(lambda: state_of(daemon, "numbers") == "finished", RUN_S, "numbers done")
     daemon.wait_until(lambda: record.refresh() >= n, RUN_S, "every value")
     assert not record.missing(n)
+
+
+FINITE_COUNTER = """
+    import time
+    import porch
+
+    n = 0
+
+    def step():
+        global n
+        n += 1
+        time.sleep({sleep_s})
+        if n == {n}:
+            porch.stop()
+        return n
+"""
+
+
+@pytest.mark.timeout(150)
+def test_stream_that_ends_while_its_target_host_is_cut_off_delivers_its_tail(
+    tmp_path: Path, cluster: Callable[[int], Cluster], porchd_in: StartIn
+) -> None:
+    """Issue 20.1 across two namespace hosts: the link to the target's host goes down, the
+    sender ends its stream during the cut, and the tail arrives once the link is back."""
+    net = cluster(2)
+    h1, h2 = net.hosts
+    n = 600  # 5 ms each: the stream ends ~3 s into the cut
+    source = FINITE_COUNTER.format(n=n, sleep_s=0.005)
+    d1 = porchd_in(h1, pipeline(tmp_path / "h1", "src_t", source, targets=("sink_t",)))
+    d2 = porchd_in(h2, printer(tmp_path / "h2", "sink_t", "src_t"))
+    d2.wait_until(lambda: len(d2.output("sink_t")) >= 50, RUN_S, "first output")
+    net.cut(h2)
+    try:
+        d1.wait_until(lambda: state_of(d1, "src_t") == "stopping", RUN_S, "src_t to end")
+        time.sleep(8.0)  # the fault: still cut well past the old 5 s flush timeout
+        assert state_of(d1, "src_t") == "stopping", "src_t gave up on its stream's tail"
+    finally:
+        net.restore(h2)
+    d2.wait_until(lambda: len(numbers(d2.output("sink_t"))) >= n, RUN_S, "every value")
+    assert numbers(d2.output("sink_t")) == list(range(1, n + 1))
+    d1.wait_until(lambda: state_of(d1, "src_t") == "finished", RUN_S, "src_t done")
