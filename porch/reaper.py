@@ -9,6 +9,8 @@ Three parts, each for a way a process could be left behind:
   before it exits (it cannot tell them from its scripts' own children, whose exit status a
   script may be waiting for): a script that keeps daemonizing short-lived processes leaves
   zombies until its worker ends.
+- The supervisor is a subreaper too: when a worker dies without killing its tree (a crash,
+  os._exit, SIGKILL), the tree is adopted by the supervisor, which kills and reaps it.
 - The watchdog (`python -m porch.reaper`, one per supervisor, in its own session) holds a pipe
   from the supervisor and is told each worker's pid. When the pipe closes without `bye`, the
   supervisor died (kill -9): the workers get `--stop-timeout` to stop on their own (they got
@@ -94,6 +96,25 @@ def _children(process: psutil.Process) -> list[psutil.Process]:
         return process.children(recursive=True)
     except psutil.Error:
         return []
+
+
+def reap_adopted(known: set[int]) -> int:
+    """Kill the trees of this process's children not in `known`, and reap the dead ones.
+
+    For a subreaper: they are orphans it adopted. Return how many were alive (and killed)."""
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return 0
+    killed = 0
+    for child in children:
+        if child.pid in known:
+            continue
+        if _running(child):
+            killed += kill_tree(child)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child.pid, os.WNOHANG)  # a zombie now; the others at their SIGCHLD
+    return killed
 
 
 # ---- run folders ---------------------------------------------------------------------------

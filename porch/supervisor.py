@@ -198,6 +198,7 @@ class Supervisor:
         self._handlers: dict[Any, Callable[[], None]] = {}
         self._tickers: list[Callable[[float], None]] = []
         self._removed: set[str] = set()
+        self._children_changed = False  # SIGCHLD came: a worker or an adopted process ended
         self.broker: Broker | None = None
         self.key_file: str | None = None  # workers get its path, never the key itself
         self.key_id: str | None = None
@@ -239,6 +240,13 @@ class Supervisor:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
+        # As subreaper we adopt what a dead worker leaves (its scripts' children in other
+        # sessions); SIGCHLD tells us when to look.
+        if reaper.become_subreaper():
+            signal.signal(signal.SIGCHLD, self._on_child_exit)
+
+    def _on_child_exit(self, signum: int, frame: FrameType | None) -> None:
+        self._children_changed = True
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stopping:
@@ -298,6 +306,16 @@ class Supervisor:
         tree = reaper.descendants(handle.process.pid) if handle.exited_s is None else []
         self._signal(handle, signal.SIGKILL)
         reaper.kill_all(tree)
+
+    def _reap_adopted(self) -> None:
+        """Kill and reap our children that are neither workers nor the watchdog: a dead worker's
+        descendants, adopted by us as their subreaper."""
+        ours = {h.process.pid for h in self.workers.values() if h.process is not None}
+        ours.add(self.watchdog.process.pid)
+        killed = reaper.reap_adopted(ours)
+        if killed:
+            log.warning("orphans_killed", processes=killed,
+                        reason="left by a worker that exited")  # fmt: skip
 
     def _signal(self, handle: WorkerHandle, signum: int) -> None:
         if handle.process is None:
@@ -438,6 +456,9 @@ class Supervisor:
             elif isinstance(key, int):
                 self._read_stream(key)
         self._signal_stops()
+        if self._children_changed:
+            self._children_changed = False
+            self._reap_adopted()
         now = time.monotonic()
         for handle in list(self.workers.values()):
             self._check_timers(handle, now)

@@ -260,6 +260,30 @@ def test_porchctl_stop_kills_script_children_in_new_sessions(tmp_path: Path, por
         wait_for(lambda pid=pid: gone(pid), 10, f"the script's child {pid} to die with it")
 
 
+CRASHER = """
+    import os
+    import subprocess
+    import time
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    print("child", child.pid, flush=True)
+    def step():
+        time.sleep(0.5)
+        os._exit(3)  # no cleanup: its child is adopted by porchd
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_crashed_workers_script_children_in_new_sessions_are_killed(
+    tmp_path: Path, porchd: Start
+):
+    daemon = porchd(write_pipeline(tmp_path, "crasher", CRASHER, restart="never"))
+    children = daemon.wait_until(lambda: children_of(daemon, "crasher"), 15, "the child's pid")
+    daemon.wait_until(lambda: daemon.pipeline("crasher")["state"] == "failed", 15, "crashed")
+    wait_for(lambda: gone(children[0]), 10, "the crashed worker's child to be killed")
+    assert any("orphans_killed" in line for line in daemon.stderr), daemon.report()
+    assert daemon.proc.poll() is None
+
+
 @pytest.mark.timeout(60)
 def test_run_folders_left_by_dead_supervisors_are_removed_at_the_next_start(
     tmp_path: Path, porch_cli: Callable[..., PorchRun]
