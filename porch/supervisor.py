@@ -199,6 +199,7 @@ class Supervisor:
         self._tickers: list[Callable[[float], None]] = []
         self._removed: set[str] = set()
         self._children_changed = False  # SIGCHLD came: a worker or an adopted process ended
+        self._signals_installed = False
         self.broker: Broker | None = None
         self.key_file: str | None = None  # workers get its path, never the key itself
         self.key_id: str | None = None
@@ -237,6 +238,7 @@ class Supervisor:
         """SIGINT/SIGTERM: first a graceful stop, then a forced one."""
         for sock in (self._wake_r, self._wake_w):
             sock.setblocking(False)
+        self._signals_installed = True
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -776,6 +778,11 @@ class Supervisor:
             self.broker.close()
         self.router.close(linger=0)
         self.ctx.destroy(linger=0)
+        if (
+            self._signals_installed
+        ):  # a signal now (the watchdog's SIGCHLD) must not hit a closed fd
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
         self._wake_r.close()
         self._wake_w.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)

@@ -208,6 +208,16 @@ ESCAPER = """
 """
 
 
+GRACEFUL = """
+    import time
+    def step():
+        time.sleep(0.05)
+    def end():
+        with open({marker!r}, "w") as file:
+            file.write("graceful end ran")
+"""
+
+
 def children_of(daemon: Porchd, name: str) -> list[int]:
     """The pids pipeline `name`'s script printed as `child PID`."""
     return [int(line.split()[1]) for line in daemon.output(name) if line.startswith("child ")]
@@ -223,12 +233,14 @@ def test_killing_porchd_kills_a_stuck_worker_and_script_children_in_new_sessions
     tmp_path: Path, porchd: Start
 ):
     folder = tmp_path / "configs"
+    marker = tmp_path / "graceful.end"
     daemon = porchd(
         write_pipeline(folder, "stuck", STUCK),
         write_pipeline(folder, "escaper", ESCAPER),
+        write_pipeline(folder, "graceful", GRACEFUL.format(marker=str(marker))),
         stop_timeout_s=2,
     )
-    status = daemon.wait_running("stuck", "escaper")
+    status = daemon.wait_running("stuck", "escaper", "graceful")
     workers = [daemon.pipeline(n, status)["pid"] for n in ("stuck", "escaper")]
     daemon.wait_until(lambda: "stuck" in daemon.output("stuck"), 10, "stuck in step()")
     children = daemon.wait_until(
@@ -242,6 +254,7 @@ def test_killing_porchd_kills_a_stuck_worker_and_script_children_in_new_sessions
     for pid in workers + children:
         wait_for(lambda pid=pid: gone(pid), 30, f"process {pid} to die with porchd")
     wait_for(lambda: not run_dirs(tmp_path), 10, "porchd's run folder to be removed")
+    assert marker.read_text() == "graceful end ran"  # the others stopped gracefully
 
 
 @pytest.mark.timeout(60)
