@@ -667,7 +667,7 @@ class Worker:
                 kept=kept)  # fmt: skip
         if kept and not finished:
             return  # replayed by the next start
-        what = ", ".join(f"{held} for {link.target}" for link, held in undelivered)
+        what = ", ".join(f"{held} messages for {link.target}" for link, held in undelivered)
         if finished and not self.stopping:
             why = f"its stream ended but {what} were not delivered within finish_timeout_s "
             why += f"{self.config.finish_timeout_s:g} s"
@@ -675,7 +675,7 @@ class Worker:
             why = f"{what} were not acknowledged before the stop deadline "
             why += f"(--stop-timeout {self.options.stop_timeout_s:g} s)"
         fate = "kept in the durable outbox for the next start" if kept else "lost"
-        raise DeliveryError(f"pipeline {self.name}: {why}: {fate}")
+        raise DeliveryError(f"{why}: {fate}")  # the supervisor names the pipeline
 
     # ---- the loop ------------------------------------------------------------------------
 
