@@ -76,6 +76,20 @@ class DurableOutbox:
                 'filesystem, or choose "outbox": "memory")'
             ) from exc
 
+    @contextlib.contextmanager
+    def _transaction(self, doing: str) -> Iterator[None]:
+        """One transaction: the connection is in autocommit mode (isolation_level None), where
+        `with db:` alone would commit each statement on its own, so a kill between two of them
+        would leave half a change (a row without its origin seq, rows deleted but not re-keyed)."""
+        with self._disk(doing):
+            self.db.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
     def origin_start(self, fresh_epoch: int) -> tuple[int, int]:
         """This pipeline's origin epoch and next origin seq: the stored ones, else fresh."""
         with self._disk("read its origin epoch"):
@@ -93,9 +107,9 @@ class DurableOutbox:
         """
         blob = pickle.dumps(([bytes(f) for f in payload], origin), protocol=5)
         rows = [(t, link.next_seq, blob) for t, link in self.links.items() if not link.gone]
-        with self._disk("store a value"), self.db:
+        with self._transaction("store a value"):
             self.db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?)", rows)
-            if own_seq:
+            if own_seq:  # in the same transaction: a stored value's seq is never stamped again
                 self.db.execute("UPDATE origin SET next_seq = ? WHERE id = 0", (own_seq + 1,))
 
     def sync(self) -> None:
@@ -126,7 +140,7 @@ class DurableOutbox:
             if target in next_seq:  # else the config no longer targets it
                 keyed.append((target, next_seq[target], blob))
                 next_seq[target] += 1
-        with self._disk("re-key the values it restores"), self.db:
+        with self._transaction("re-key the values it restores"):
             self.db.execute("DELETE FROM outbox")
             self.db.executemany("INSERT INTO outbox VALUES (?, ?, ?)", keyed)
         for target, _, blob in keyed:
