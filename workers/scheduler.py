@@ -91,7 +91,7 @@ class FanIn:
             self.pairing = Pairing.FIFO
         self._queues: dict[str, deque[Any]] = {}
         self._ended: set[str] = set()
-        self.unpaired = 0  # sets released with a placeholder: a partner never came
+        self.unpaired = 0  # values dropped: a partner was filtered out upstream or never came
         # ALIGNED only
         self.aligned_on: tuple[str, ...] = ()
         self._pending: dict[str, dict[Key, Any]] = {}
@@ -288,6 +288,7 @@ class FanIn:
 
     def _release(self, found: dict[str, Any]) -> None:
         taken = {name: found.get(name, UNPAIRED) for name in self._queues}
-        if len(found) < len(taken):
-            self.unpaired += 1
+        values = [item for item in found.values() if item[1] is not SKIP]
+        if values and len(values) < len(taken):  # real values that go without their partners
+            self.unpaired += len(values)
         self._sets.append(taken)

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration]
 StartDaemon = Callable[..., Porchd]
 STEP_S = 30.0  # one restart or one kill to recover from, generously
 DRAIN_S = 60.0
-BRANCHES = ("b_branch", "c_branch")
+BRANCHES = ("b_branch", "c_branch", "f_branch")
 
 # Bursts of 8 values, 4 bursts a second, until the test creates the stop file.
 SOURCE = """
@@ -66,7 +66,7 @@ JOIN = """
     out = open({path!r}, "a", encoding="utf-8")
 
     def step(input_data):
-        out.write(f"{{input_data['b_branch'][1]}} {{input_data['c_branch'][1]}}\\n")
+        out.write(f"{{input_data['{left}'][1]}} {{input_data['c_branch'][1]}}\\n")
         out.flush()
 """
 
@@ -124,31 +124,51 @@ def finish(
     return sent
 
 
-def diamond(folder: Path, skip_if: str = "False") -> tuple[list[Path], Path]:
-    record = folder / "joined.txt"
+def diamonds(folder: Path) -> list[Path]:
+    """src -> b, c, f; b + c -> joiner, f + c -> fjoiner, where f filters out every third value."""
     stop, sent = str(folder / "stop"), str(folder / "sent")
-    configs = [
+    return [
         write_pipeline(folder, "src", SOURCE.format(stop=stop, sent=sent), targets=BRANCHES),
-        middle(folder, "b_branch", branch("b", skip_if), ("joiner",)),
-        middle(folder, "c_branch", branch("c"), ("joiner",)),
-        write_pipeline(folder, "joiner", JOIN.format(path=str(record)), sources=2),
-    ]
-    return configs, record
+        middle(folder, "b_branch", branch("b"), ("joiner",)),
+        middle(folder, "c_branch", branch("c"), ("joiner", "fjoiner")),
+        middle(folder, "f_branch", branch("f", "x % 3 == 0"), ("fjoiner",)),
+        write_pipeline(folder, "joiner", JOIN.format(path=str(folder / "joined.txt"),
+                                                     left="b_branch"), sources=2),
+        write_pipeline(folder, "fjoiner", JOIN.format(path=str(folder / "fjoined.txt"),
+                                                      left="f_branch"), sources=2),
+    ]  # fmt: skip
+
+
+def check_joins(daemon: Porchd, record: Path, sink: str, expected: list[int]) -> None:
+    """Every join paired one source iteration; each expected value exactly once, no other."""
+    joined = lines(record)
+    wrong = [pair for pair in joined if pair[0] != pair[1]]
+    counts = Counter(pair[1] for pair in joined)
+    entry = daemon.pipeline(sink)
+    print(f"{sink}: {len(joined)} joins, dropped {entry.get('duplicates')} duplicates, "
+          f"{entry.get('unpaired')} unpaired")  # fmt: skip
+    assert not wrong, f"{sink}: {len(wrong)} of {len(joined)} joins paired different values: "\
+        f"{wrong[:10]}"  # fmt: skip
+    assert not [x for x, n in counts.items() if n > 1], f"a source value reached {sink} twice"
+    assert not [x for x in counts if x not in expected], f"a filtered value reached {sink}"
+    missing = [x for x in expected if x not in counts]
+    assert not missing, f"{len(missing)} source values never reached {sink}: {missing[:20]}"
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("filtered", [False, True], ids=["diamond", "diamond_with_filter"])
 def test_diamond_joins_stay_aligned_through_restarts_and_kills(
-    tmp_path: Path, porchd: StartDaemon, filtered: bool
+    tmp_path: Path, porchd: StartDaemon
 ) -> None:
-    skip_if = "x % 3 == 0" if filtered else "False"
-    configs, record = diamond(tmp_path, skip_if)
-    daemon = porchd(*configs)
-    status = daemon.wait_running("src", *BRANCHES, "joiner")
+    """Two diamonds on one source (one branch of the second filters out every third value):
+    12 restarts of every branch at once (as a reload), and 2 kill -9 of each branch."""
+    daemon = porchd(*diamonds(tmp_path))
+    status = daemon.wait_running("src", *BRANCHES, "joiner", "fjoiner")
     pids = {name: daemon.pipeline(name, status)["pid"] for name in BRANCHES}
+    records = {"b_branch": tmp_path / "joined.txt", "c_branch": tmp_path / "joined.txt",
+               "f_branch": tmp_path / "fjoined.txt"}  # fmt: skip
     started = time.monotonic()
 
-    for round_ in range(12):  # porchctl restart of both branches, back to back (as a reload)
+    for round_ in range(12):
         done = daemon.ctl("restart", *BRANCHES, timeout_s=STEP_S)
         assert done.returncode == 0, done.stderr
         for name in BRANCHES:
@@ -156,26 +176,18 @@ def test_diamond_joins_stay_aligned_through_restarts_and_kills(
                                            f"{name} restarted ({round_})")["pid"]  # fmt: skip
         if round_ in (3, 8):  # and kill -9 each of them, mid-burst
             for name in BRANCHES:
-                daemon.wait_until(lambda: len(lines(record)) > 8, STEP_S, "some joins")
+                record = records[name]
+                daemon.wait_until(lambda r=record: len(lines(r)) > 8, STEP_S, "some joins")
                 os.kill(pids[name], signal.SIGKILL)
                 pids[name] = progress(daemon, record, name, pids[name])
-    print(f"12 restarts and 4 kills took {time.monotonic() - started:.1f} s")
+    print(f"12 restarts and 6 kills took {time.monotonic() - started:.1f} s")
 
-    def wanted(n: int) -> list[int]:
-        return [x for x in range(1, n + 1) if not (filtered and x % 3 == 0)]
-
-    sent = finish(daemon, tmp_path, record, "joiner", lambda n: len(wanted(n)))
-    joined = lines(record)
-    wrong = [pair for pair in joined if pair[0] != pair[1]]
-    counts = Counter(pair[1] for pair in joined)
-    expected = wanted(sent)
-    d = daemon.pipeline("joiner")
-    print(f"sent {sent}, joined {len(joined)}, d dropped {d.get('duplicates')} duplicates")
-    assert not wrong, f"{len(wrong)} of {len(joined)} joins paired different values: {wrong[:10]}"
-    assert not [x for x, n in counts.items() if n > 1], "a source value reached d twice"
-    assert not [x for x in counts if x not in expected], "a filtered value reached d"
-    missing = [x for x in expected if x not in counts]
-    assert not missing, f"{len(missing)} source values never reached d: {missing[:20]}"
+    sent = finish(daemon, tmp_path, records["b_branch"], "joiner", lambda n: n)
+    filtered = [x for x in range(1, sent + 1) if x % 3]
+    daemon.wait_until(lambda: len(lines(records["f_branch"])) >= len(filtered), DRAIN_S,
+                      "fjoiner to drain")  # fmt: skip
+    check_joins(daemon, records["b_branch"], "joiner", list(range(1, sent + 1)))
+    check_joins(daemon, records["f_branch"], "fjoiner", filtered)
 
 
 @pytest.mark.timeout(180)

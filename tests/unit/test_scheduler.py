@@ -216,7 +216,7 @@ def test_values_of_the_same_source_iteration_pair_whatever_order_they_arrive_in(
     assert not gate.ready()
     gate.push("c", "c3", (A, 3))
     assert gate.pop() == {"b": "b3", "c": "c3"}
-    assert gate.unpaired == 1
+    assert gate.unpaired == 1  # b1
 
 
 def test_a_duplicate_on_one_side_never_shifts_the_pairs() -> None:
@@ -328,3 +328,20 @@ def test_aligned_sets_pair_one_iteration_for_any_interleaving(
     assert sorted(left["b"]) == sorted(v for _, v in b_sends if v is not SKIP)
     assert sorted(left["c"]) == sorted(v for _, v in c_sends if v is not SKIP)
     assert gate.depth() == 0
+
+
+def test_unpaired_counts_the_values_dropped_for_want_of_a_partner() -> None:
+    gate = diamond()
+    gate.push("b", SKIP, (A, 1))  # b filtered out iteration 1: c1 goes
+    gate.push("c", "c1", (A, 1))
+    gate.push("b", SKIP, (A, 2))  # both filtered out iteration 2: nothing goes
+    gate.push("c", SKIP, (A, 2))
+    gate.push("b", "b3", (A, 3))
+    gate.push("c", "c3", (A, 3))
+
+    assert [gate.pop() for _ in range(3)] == [
+        {"b": SKIP, "c": "c1"},
+        {"b": SKIP, "c": SKIP},
+        {"b": "b3", "c": "c3"},
+    ]
+    assert gate.unpaired == 1
