@@ -123,6 +123,7 @@ class InputLink:
         self.monitor: Socket | None = self.socket.get_monitor_socket(failed)
         self.handshakes_failed = 0  # not counting ZAP denials (LinkSecurity.denied has those)
         self._next_log = 0.0
+        self._refused = 0  # every refused handshake, ZAP denials included (for the log)
         # one endpoint per data interface ("a,b"): each peer uses the one it can reach
         self.endpoints: list[str] = []
         for each in host.split(","):
@@ -134,16 +135,23 @@ class InputLink:
         """Count (and log, at most every HANDSHAKE_LOG_INTERVAL_S) failed handshakes."""
         for event in monitor_events(self.monitor):
             reason = HANDSHAKE_FAILED.get(event["event"])
-            if reason is None or reason == "auth":
-                continue  # ZAP denials are counted (and logged) by LinkSecurity
-            self.handshakes_failed += 1
+            if reason is None:
+                continue
+            if reason != "auth":  # ZAP denials are counted by LinkSecurity (`denied`)
+                self.handshakes_failed += 1
+            self._refused += 1
             now = time.monotonic()
             if now >= self._next_log:
                 self._next_log = now + HANDSHAKE_LOG_INTERVAL_S
-                log.warning("handshake_rejected", pipeline=pipeline, side="serving",
-                            reason=reason, endpoint=self.endpoint, total=self.handshakes_failed,
-                            hint="a source uses another cluster key than this worker serves "
-                                 "with (key files differ between hosts?)")  # fmt: skip
+                hint = (
+                    "a client whose key is not in this host's key file was refused"
+                    if reason == "auth"
+                    else "a source uses another cluster key than this worker serves with "
+                    "(key files differ between hosts?)"
+                )
+                log.warning("handshake_rejected", pipeline=pipeline, reason=reason,
+                            endpoint=self.endpoint, total=self._refused,
+                            hint=hint)  # fmt: skip
 
     def receive(self, max_messages: int) -> list[list[Any]]:
         """Up to `max_messages` waiting messages (non-blocking), routing id first.
