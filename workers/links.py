@@ -283,7 +283,10 @@ class OutputLink:
         the old connection may have lost is sent again (the target drops what it has seen).
         """
         same = (endpoint, instance, key_id) == (self.endpoint, self.instance, self.key_id)
-        if same and self.socket is not None and not force:
+        # at-most-once has nothing to send again, and a new socket would drop what ZeroMQ
+        # still queues: its socket reconnects by itself (heartbeats, bounded backoff)
+        if same and self.socket is not None and not (force and self.settings.acked):
+            self.withdrawn_since = None
             return
         if self.socket is not None:
             # the old instance's last acks may still wait unread: a graceful restart of the
@@ -335,7 +338,10 @@ class OutputLink:
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshaken = True
-            elif kind == zmq.EVENT_DISCONNECTED and self.handshaken and self.endpoint:
+            elif kind == zmq.EVENT_DISCONNECTED:
+                lost, self.handshaken = self.handshaken, False  # ZeroMQ reconnects by itself
+                if not (lost and self.settings.acked and self.endpoint is not None):
+                    continue
                 log.info("link_reconnecting", pipeline=pipeline, target=self.target,
                          endpoint=self.endpoint, reason="connection lost")  # fmt: skip
                 withdrawn_since = self.withdrawn_since  # still withdrawn until rediscovered

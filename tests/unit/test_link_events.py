@@ -1,5 +1,5 @@
-"""Failed CURVE handshakes are counted and logged on both ends (issue 20.4), in-process over
-loopback: a serving input link, and a client or an output link with the wrong keys."""
+"""Output and input links react to their sockets' events (issue 20), in-process over loopback:
+failed CURVE handshakes are counted and logged on both ends; a dead connection is reopened."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import zmq
 from structlog.testing import capture_logs
 
 from porch.security import KeyRing, LinkSecurity, new_key
-from porch.wire import HeaderEncoder
+from porch.wire import FrameKind, HeaderEncoder, decode_prefix
 from workers.links import InputLink, LinkSettings, OutputLink
 
 pytestmark = pytest.mark.timeout(30)
@@ -92,3 +92,45 @@ def test_a_target_serving_a_key_we_lack_fails_on_both_ends(ctx: Context) -> None
         output.close(linger_ms=0)
         link.close()
         security.stop()
+
+
+def test_a_dead_connection_is_reopened_and_what_it_held_is_sent_again(ctx: Context) -> None:
+    """The target's side of the connection dies (a cut the heartbeats noticed, here a closed
+    socket): the link reopens at once and sends everything unacknowledged again."""
+    link = InputLink(ctx, "127.0.0.1", 16)
+    endpoint = link.endpoint
+    headers = HeaderEncoder(1, 5, "source")
+    output = OutputLink(ctx, "sink", headers, LinkSettings())
+    output.connect(endpoint, 9)
+    for n in range(3):
+        assert output.offer(FrameKind.DATA, [f"v{n}".encode()])
+    output.flush()
+    got: list[list[Any]] = []
+
+    def received(wanted: int, into: InputLink) -> Callable[[], bool]:
+        def check() -> bool:
+            output.check_events("source")
+            got.extend(into.receive(16))
+            return len(got) >= wanted
+
+        return check
+
+    until(received(2, link), "hello and the data (one batch)")  # nothing acknowledged
+    until(lambda: output.check_events("source") or output.handshaken, "the handshake")
+    first = [[bytes(f) for f in m[1:]] for m in got]
+    link.socket.close(linger=0)  # the connection dies; the target comes back where it was
+    link.close()
+    again = InputLink.__new__(InputLink)  # the same endpoint, bound again
+    again.socket = ctx.socket(zmq.ROUTER)
+    again.socket.setsockopt(zmq.LINGER, 0)
+    again.socket.bind(endpoint)
+    again.monitor = None
+    got.clear()
+    try:
+        until(received(len(first), again), "hello and the data again")
+        assert output.reconnects == 1
+        assert [[bytes(f) for f in m[1:]] for m in got] == first  # HELLO, then the replay
+        assert decode_prefix(first[0][0])[0].kind is FrameKind.HELLO
+    finally:
+        output.close(linger_ms=0)
+        again.socket.close(linger=0)
