@@ -123,8 +123,16 @@ def test_a_dead_connection_is_reopened_and_what_it_held_is_sent_again(ctx: Conte
     again = InputLink.__new__(InputLink)  # the same endpoint, bound again
     again.socket = ctx.socket(zmq.ROUTER)
     again.socket.setsockopt(zmq.LINGER, 0)
-    again.socket.bind(endpoint)
     again.monitor = None
+
+    def bound() -> bool:  # ZeroMQ closes the old listener in its I/O thread, a moment later
+        try:
+            again.socket.bind(endpoint)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    until(bound, "the endpoint free again")
     got.clear()
     try:
         until(received(len(first), again), "hello and the data again")
