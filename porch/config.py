@@ -58,6 +58,8 @@ DEFAULT_FINISH_TIMEOUT_S = 600.0
 # how long a finished stream may wait for its targets: from a moment to a week
 MIN_FINISH_TIMEOUT_S = 0.1
 MAX_FINISH_TIMEOUT_S = 604_800.0
+# iterations in flight at once in one worker (async steps): each holds its input and a task
+MAX_CONCURRENCY = 10_000
 
 
 class Severity(enum.Enum):
@@ -100,6 +102,7 @@ class PipelineConfig:
     overflow: str = "block"
     delivery: str = "at-least-once"
     outbox: str = "memory"
+    concurrency: int = 1
     path: Path = field(default=Path("config.json"), compare=False)
 
     @property
@@ -120,6 +123,7 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
         (int,),
         f"a whole number of bytes from {MIN_QUEUE_LIMIT_BYTES} to {MAX_QUEUE_LIMIT_BYTES:,}",
     ),
+    "concurrency": (False, (int,), f"a whole number from 1 to {MAX_CONCURRENCY:,}"),
     "heartbeat_timeout_s": (
         False,
         (int, float),
@@ -315,6 +319,7 @@ class _Checker:
     def check_numbers(self, data: dict[str, Any]) -> None:
         self.check_range(data, "source_pipeline_count", 0, MAX_SOURCE_PIPELINE_COUNT)
         self.check_range(data, "queue_limit", 1, MAX_QUEUE_LIMIT)
+        self.check_range(data, "concurrency", 1, MAX_CONCURRENCY)
         self.check_range(data, "queue_limit_bytes", MIN_QUEUE_LIMIT_BYTES, MAX_QUEUE_LIMIT_BYTES)
         self.check_range(
             data, "heartbeat_timeout_s", MIN_HEARTBEAT_TIMEOUT_S, MAX_HEARTBEAT_TIMEOUT_S
@@ -377,6 +382,7 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
         queue_limit_bytes=data.get("queue_limit_bytes", DEFAULT_QUEUE_LIMIT_BYTES),
         heartbeat_timeout_s=float(data.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S)),
         finish_timeout_s=float(data.get("finish_timeout_s", DEFAULT_FINISH_TIMEOUT_S)),
+        concurrency=data.get("concurrency", 1),
         **{key: data.get(key, default) for key, (_, default) in CHOICES.items()},
         path=Path(path).resolve(),
     )
@@ -434,8 +440,6 @@ def _hook_problems(path: Path, tree: ast.Module) -> list[str]:
     step = hooks.get("step")
     if step is None:
         problems.append(f"{path}: has no top-level step() function; add `def step(input_data):`")
-    elif isinstance(step, ast.AsyncFunctionDef):
-        problems.append(f"{path}:{step.lineno}: step() must be a plain def, not async def")
     elif _required_params(step) > 1:
         problems.append(
             f"{path}:{step.lineno}: step() must take 0 or 1 parameters, "

@@ -35,7 +35,7 @@ from porch.errors import PorchError
 
 Frames = list[Any]  # bytes-like frames: bytes, memoryview, pickle.PickleBuffer, zmq.Frame
 
-SCRIPT_MODULE_PREFIX = "porch_script_"  # workers.host names each script's module with it
+SCRIPT_MODULE_PREFIX = "porch_script_"  # porch.host names each script's module with it
 _SCRIPT_MARK = SCRIPT_MODULE_PREFIX.encode()
 _STACK_GLOBAL = pickle.STACK_GLOBAL[0]  # protocol 4+ names every class and function with it
 PLAIN_DATA = "dicts, lists, numbers, strings, numpy arrays"

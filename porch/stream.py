@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Final
 
 
@@ -35,9 +36,25 @@ class _StopRequest:
     requested: bool = False
 
 
+# Which iteration called stop(): with concurrency > 1 each in-flight iteration is an asyncio
+# task with its own context, so the stream ends after the one that asked, not another.
+_stop_here: ContextVar[bool] = ContextVar("porch_stop_here", default=False)
+
+
 def stop() -> None:
     """End this pipeline's stream after the current iteration's output has been sent."""
     _StopRequest.requested = True
+    _stop_here.set(True)
+
+
+def begin_iteration() -> None:
+    """Start an iteration's context: stop() in it is seen by stop_requested_here()."""
+    _stop_here.set(False)
+
+
+def stop_requested_here() -> bool:
+    """Whether stop() was called in this context (the current async iteration)."""
+    return _stop_here.get()
 
 
 def stop_requested() -> bool:

@@ -84,11 +84,13 @@ class Sizes:
     settle_s: float = 2.0  # after everything linked, before idleness is measured
     idle_s: float = 5.0  # how long idle CPU is measured
     cut_s: float = 30.0  # how long the link between two namespace hosts is cut (reconnect)
+    async_n: int = 10_000  # messages through the async stage with concurrency 100
+    slow_n: int = 300  # messages through a stage that takes 10 ms each, one at a time
 
 
 FULL = Sizes()
 QUICK = Sizes(n=20_000, latency_s=1.0, large_count=8, chains=4, settle_s=1.0, idle_s=2.0,
-              cut_s=10.0)  # fmt: skip
+              cut_s=10.0, async_n=3000, slow_n=100)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -1224,6 +1226,62 @@ def bench_reconnect(settings: Settings) -> Sample:
                   notes=notes)  # fmt: skip
 
 
+# An I/O-bound stage (issue 17): each step() waits 10 ms, as for an HTTP call or a query.
+ASYNC_SLEEP_STAGE = (
+    """\
+import asyncio
+
+
+async def step(input_data):
+    await asyncio.sleep(0.01)
+    for value in input_data.values():
+        return value
+"""
+    + CPU_REPORT
+)
+
+SYNC_SLEEP_STAGE = (
+    """\
+import time
+
+
+def step(input_data):
+    time.sleep(0.01)
+    for value in input_data.values():
+        return value
+"""
+    + CPU_REPORT
+)
+
+
+def sleeping_stage(
+    settings: Settings, prefix: str, script: str, concurrency: int, n: int
+) -> Sample:
+    """source -> a stage whose step() waits 10 ms (`concurrency` at once) -> counting sink."""
+    nodes = [
+        Node("bench_a", THROUGHPUT_SOURCE, ("bench_io",)),
+        Node("bench_io", script, ("bench_b",), 1, config={"concurrency": concurrency}),
+        Node("bench_b", THROUGHPUT_SINK, (), 1),
+    ]
+    got = run_porch(settings, prefix, nodes, "bench_b", n)
+    return throughput_sample(got, n)
+
+
+def bench_async_c100(settings: Settings) -> Sample:
+    """The async 10 ms stage with concurrency 100."""
+    return sleeping_stage(settings, "async100", ASYNC_SLEEP_STAGE, 100, settings.sizes.async_n)
+
+
+def bench_async_c1(settings: Settings) -> Sample:
+    """The async 10 ms stage with concurrency 1: one iteration at a time."""
+    return sleeping_stage(settings, "async1", ASYNC_SLEEP_STAGE, 1, settings.sizes.slow_n)
+
+
+def bench_sync_sleep(settings: Settings) -> Sample:
+    """A sync stage whose step() sleeps 10 ms (the plain loop)."""
+    return sleeping_stage(settings, "sync10ms", SYNC_SLEEP_STAGE, 1, settings.sizes.slow_n)
+
+
 BENCHMARKS: list[Benchmark] = [
     Benchmark("raw", "raw pyzmq PUSH->PULL, pickle per message", bench_raw),
     Benchmark("porch_chain", "porch A->B, acks on", bench_porch_chain),
@@ -1242,6 +1300,9 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("plain_1mb", "porch A->B 1 MB numpy, --insecure", bench_plain_1mb),
     Benchmark("curve_1mb", "porch A->B 1 MB numpy, CURVE", bench_curve_1mb),
     Benchmark("reconnect", "netns A->B, link cut, flow resumes", bench_reconnect, repeats=1),
+    Benchmark("async_c100", "async step() awaiting 10 ms, concurrency 100", bench_async_c100),
+    Benchmark("async_c1", "async step() awaiting 10 ms, concurrency 1", bench_async_c1),
+    Benchmark("sync_sleep", "sync step() sleeping 10 ms", bench_sync_sleep),
 ]
 
 ROWS: list[Row] = [
@@ -1274,6 +1335,10 @@ ROWS: list[Row] = [
         "plain_1mb.mb_per_s", "plain", issue=5),
     Row("resume after {cut_s} s cut (2 hosts)", "reconnect.resume_beacons", "beacons",
         op="<=", goal=2.0, issue=20),
+    Row("async 10 ms stage, concurrency 100 vs 1", "async_c100.rate", "msgs/s",
+        "async_c1.rate", "concurrency 1", ">=", 50.0, issue=17),
+    Row("async 10 ms stage (conc. 1) vs sync", "async_c1.rate", "msgs/s",
+        "sync_sleep.rate", "sync 10 ms", ">=", 0.95, issue=17),
 ]  # fmt: skip
 
 

@@ -39,6 +39,7 @@ from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
 from porch.wire import FrameKind, HeaderEncoder, Origin, decode_ack, decode_prefix
+from workers.concurrent import ConcurrentLoop
 from workers.deadletter import DeadLetters, summary
 from workers.host import ScriptHost
 from workers.inbox import Inbox, Undecodable
@@ -827,7 +828,9 @@ class Worker:
             self.ended = True
             return WorkerState.FINISHED
         self._report_state(WorkerState.RUNNING)
-        if self.inbox is None:
+        if self.host.is_async or self.config.concurrency > 1:
+            ConcurrentLoop(self).run(self.inbox)  # async steps: iterations in flight at once
+        elif self.inbox is None:
             self._source_loop()
         else:
             self._sink_loop(self.inbox)
@@ -876,6 +879,7 @@ class Worker:
             outcome = self._fail(exc)
         for error in self.host.end():
             outcome = self._fail(error)
+        self.host.close()
         self._heartbeat()
         self._report_state(outcome, self._last_error)
         log.info("worker_exit", pipeline=self.name, state=outcome.value,

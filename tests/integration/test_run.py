@@ -72,7 +72,7 @@ def test_failing_step_shows_user_traceback_and_stops_the_others(tmp_path: Path, 
     err = "\n".join(run.stderr)
     assert f'crasher |   File "{tmp_path / "crasher.py"}", line 6, in step' in err, run.report()
     assert "crasher | ZeroDivisionError: division by zero" in err
-    assert "workers/host.py" not in err and "workers/worker.py" not in err
+    assert "porch/host.py" not in err and "workers/worker.py" not in err
     assert "porch: pipeline crasher failed: step() raised ZeroDivisionError" in err
     assert run.lines_of("crasher") == ["got 1", "got 2", "got 3", "crasher end ran"]
     assert run.lines_of("source")[-1] == "end ran"

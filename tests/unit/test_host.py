@@ -11,12 +11,12 @@ import pytest
 
 import porch
 from porch.errors import ScriptError
+from porch.host import ScriptHost, load_script
 from porch.stream import clear_stop_request, stop_requested
-from workers.host import ScriptHost, load_script
 
 pytestmark = pytest.mark.timeout(30)
 
-HOST_FILE = "workers/host.py"
+HOST_FILE = "porch/host.py"
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from porch import graph
+from porch.host import load_script
 from porch.logfiles import LogFileSink
-from workers.host import load_script
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,9 +15,9 @@ import pytest
 import zmq
 
 from porch import serializers
+from porch.host import load_script
 from porch.serializers import SerializationError, decode_failure, pickle_globals
 from porch.wire import FrameKind, encode_batch, encode_header
-from workers.host import load_script
 from workers.inbox import Inbox, Undecodable
 
 pytestmark = pytest.mark.timeout(30)
