@@ -257,22 +257,6 @@ def test_killing_porchd_kills_a_stuck_worker_and_script_children_in_new_sessions
     assert marker.read_text() == "graceful end ran"  # the others stopped gracefully
 
 
-@pytest.mark.timeout(60)
-def test_porchctl_stop_kills_script_children_in_new_sessions(tmp_path: Path, porchd: Start):
-    daemon = porchd(write_pipeline(tmp_path, "escaper", ESCAPER))
-    daemon.wait_running("escaper")
-    children = daemon.wait_until(
-        lambda: len(c := children_of(daemon, "escaper")) == 2 and c, 10, "the children's pids"
-    )
-
-    done = daemon.ctl("stop", "escaper")
-    assert done.returncode == 0, done.stderr
-    daemon.wait_until(lambda: daemon.pipeline("escaper")["state"] == "stopped", 15, "stopped")
-
-    for pid in children:
-        wait_for(lambda pid=pid: gone(pid), 10, f"the script's child {pid} to die with it")
-
-
 CRASHER = """
     import os
     import subprocess
@@ -286,13 +270,28 @@ CRASHER = """
 
 
 @pytest.mark.timeout(60)
-def test_a_crashed_workers_script_children_in_new_sessions_are_killed(
+def test_script_children_in_new_sessions_die_with_a_stopped_or_crashed_worker(
     tmp_path: Path, porchd: Start
 ):
-    daemon = porchd(write_pipeline(tmp_path, "crasher", CRASHER, restart="never"))
-    children = daemon.wait_until(lambda: children_of(daemon, "crasher"), 15, "the child's pid")
+    folder = tmp_path / "configs"
+    daemon = porchd(
+        write_pipeline(folder, "escaper", ESCAPER),
+        write_pipeline(folder, "crasher", CRASHER, restart="never"),
+    )
+    escapees = daemon.wait_until(
+        lambda: len(c := children_of(daemon, "escaper")) == 2 and c, 15, "the children's pids"
+    )
+    crashed = daemon.wait_until(lambda: children_of(daemon, "crasher"), 15, "the child's pid")
+
+    done = daemon.ctl("stop", "escaper")
+    assert done.returncode == 0, done.stderr
+    daemon.wait_until(lambda: daemon.pipeline("escaper")["state"] == "stopped", 15, "stopped")
+    for pid in escapees:
+        wait_for(lambda pid=pid: gone(pid), 10, f"the stopped script's child {pid} to die")
+
+    # os._exit: the worker cleans up nothing; porchd, the subreaper, adopts and kills the child
     daemon.wait_until(lambda: daemon.pipeline("crasher")["state"] == "failed", 15, "crashed")
-    wait_for(lambda: gone(children[0]), 10, "the crashed worker's child to be killed")
+    wait_for(lambda: gone(crashed[0]), 10, "the crashed worker's child to be killed")
     assert any("orphans_killed" in line for line in daemon.stderr), daemon.report()
     assert daemon.proc.poll() is None
 
