@@ -200,7 +200,11 @@ def open_socket(port: int) -> socket.socket:
         sock.bind(("", port))
     except OSError as exc:
         sock.close()
-        raise UsageError(f"discovery: cannot bind UDP port {port}: {exc.strerror}") from None
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:  # only this user's brokers may share it (SO_REUSEPORT)
+            hint = ("; another user's Porch (or another program) holds it: choose another port "
+                    "with --discovery-port or PORCH_DISCOVERY_PORT")  # fmt: skip
+        raise UsageError(f"discovery: cannot bind UDP port {port}: {exc.strerror}{hint}") from None
     sock.setblocking(False)
     return sock
 

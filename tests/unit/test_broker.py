@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from porch.broker import SILENT_INTERVALS, Broker, KeySource, NetworkPlan, open_socket
+from porch.errors import UsageError
 from porch.security import KeyRing, new_key
 from tests.conftest import free_udp_port
 
@@ -75,3 +76,11 @@ def test_a_silent_static_peer_is_a_warning_and_in_status(brokers: list[Broker]) 
     assert [e["event"] for e in events if e["event"].startswith("static_peer")] == [
         "static_peer_heard"
     ]
+
+
+def test_a_port_another_program_holds_says_how_to_choose_another() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("", 0))  # no SO_REUSEPORT: like another user's broker
+        port = holder.getsockname()[1]
+        with pytest.raises(UsageError, match=f"cannot bind UDP port {port}.*--discovery-port"):
+            open_socket(port)
