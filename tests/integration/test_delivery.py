@@ -120,14 +120,14 @@ def test_durable_outbox_keeps_no_row_of_dropped_or_retired_messages(
     # drop_oldest with a small limit in front of a slow sink drops thousands of held values
     # (most were already written out: only the link's copy goes), and a second target finishes
     # at once (retired): none of their rows may stay on disk
-    n = 4000
+    n = 2000
     cfg = tmp_path / "cfg"
     configs = [
         write_pipeline(cfg, "numbers", COUNTER_SOURCE.format(n=n, pace_every=n + 1, pace_s=0),
                        targets=("recorder", "quitter"), outbox="durable",
                        overflow="drop_oldest", queue_limit=100),
         write_pipeline(cfg, "recorder",
-                       recording_sink(str(tmp_path / "got.txt"), "numbers", "True", 0.002),
+                       recording_sink(str(tmp_path / "got.txt"), "numbers", "True", 0.001),
                        sources=1),
         write_pipeline(cfg, "quitter", "import porch\ndef step(x):\n    raise porch.Stop\n",
                        sources=1),
@@ -180,7 +180,7 @@ def test_ctrl_c_with_a_slow_sink_loses_nothing_the_source_returned(
 def test_porchctl_stop_and_start_cycles_lose_nothing_and_duplicate_nothing(
     tmp_path: Path, porchd: StartDaemon
 ) -> None:
-    n = 2500
+    n = 1500
     record = Record(tmp_path / "got.txt")
     daemon = porchd(*slow_chain(tmp_path, n, 0.005), stop_timeout_s=10.0)
     daemon.wait_running("numbers", "recorder")
@@ -240,7 +240,7 @@ def test_restarting_a_middle_stage_never_duplicates_a_value(
     ]  # fmt: skip
     daemon = porchd(*configs)
     pid = daemon.pipeline("middle", daemon.wait_running("numbers", "middle", "recorder"))["pid"]
-    for restart in range(3):
+    for restart in range(2):
         mark = 200 * (restart + 1)
         daemon.wait_until(lambda m=mark: record.refresh() >= m, RUN_S, f"{mark} values")
         pause.touch()
@@ -261,6 +261,11 @@ def test_restarting_a_middle_stage_never_duplicates_a_value(
     daemon.wait_until(lambda: record.refresh() >= n, RUN_S, "every value")
     assert not record.missing(n)
     assert record.duplicates == 0, f"{record.duplicates} duplicates\n{daemon.report()}"
+    # nothing was even sent twice: origin ids would drop a duplicate at the next hop, but a
+    # graceful restart must not make one in the first place
+    status = daemon.status()
+    resent = {name: daemon.pipeline(name, status)["duplicates"] for name in ("middle", "recorder")}
+    assert resent == {"middle": 0, "recorder": 0}, resent
 
 
 # ---- 20.1: a stream that ends while its target is away keeps its tail ----------------------
@@ -307,8 +312,9 @@ def test_stream_that_ends_while_its_target_is_away_delivers_its_tail(
     daemon = porchd(*ended_while_away(tmp_path, n))
     daemon.wait_running("recorder")
     stop_target_after_stream_end(daemon, record)
-    time.sleep(6.0)  # the fault: away for longer than the old 5 s flush timeout
+    time.sleep(2.0)  # the fault: away for a while (before, numbers gave up at once)
     assert state_of(daemon, "numbers") == "stopping", "numbers gave up on its stream's tail"
+    (tmp_path / "slow").unlink()
     assert daemon.ctl("start", "recorder").returncode == 0
 
     daemon.wait_until(lambda: state_of(daemon, "numbers") == "finished", RUN_S, "numbers done")
@@ -374,7 +380,7 @@ def test_stream_that_ends_while_its_target_host_is_cut_off_delivers_its_tail(
     net.cut(h2)
     try:
         d1.wait_until(lambda: state_of(d1, "src_t") == "stopping", RUN_S, "src_t to end")
-        time.sleep(8.0)  # the fault: still cut well past the old 5 s flush timeout
+        time.sleep(6.0)  # the fault: still cut past the old 5 s flush timeout
         assert state_of(d1, "src_t") == "stopping", "src_t gave up on its stream's tail"
     finally:
         net.restore(h2)
