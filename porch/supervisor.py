@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -280,21 +280,14 @@ class Supervisor:
         handle.stop_pending = True  # signalled at the end of this loop turn (_signal_stops)
 
     def _signal_stops(self) -> None:
-        """SIGTERM the pipelines commanded to stop whose local sources that stop too have
-        exited: a stopping source waits for its targets' acknowledgements, so its targets keep
-        running until it has drained into them (a cycle is stopped all at once)."""
-        pending = [h for h in self.workers.values() if h.stop_pending and h.alive]
+        """SIGTERM the pipelines commanded to stop that may go now (see ready_to_stop)."""
+        pending = [h.name for h in self.workers.values() if h.stop_pending and h.alive]
         if not pending:
             return
-        stopping = [h for h in self.workers.values() if h.alive and not h.wanted]
-        ready = [
-            h
-            for h in pending
-            if not any(u is not h and h.name in u.config.target_pipeline_names for u in stopping)
-        ]
-        if not ready and all(h.stop_pending for h in stopping):
-            ready = pending  # only a cycle of pending pipelines is left
-        for handle in ready:
+        stopping = [h.name for h in self.workers.values() if h.alive and not h.wanted]
+        targets = {h.name: h.config.target_pipeline_names for h in self.workers.values()}
+        for name in ready_to_stop(pending, stopping, targets):
+            handle = self.workers[name]
             handle.stop_pending = False
             handle.kill_at = time.monotonic() + self.stop_timeout_s
             handle.state = WorkerState.STOPPING
@@ -798,6 +791,23 @@ def exit_description(code: int) -> str:
     except ValueError:
         name = f"signal {-code}"
     return f"killed by {name}"
+
+
+def ready_to_stop(
+    pending: Sequence[str], stopping: Sequence[str], targets: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """Which pipelines waiting to be stopped get SIGTERM now: those no other stopping local
+    pipeline targets. A stopping source waits for its targets' acknowledgements, so its targets
+    keep running until it has drained into them and exited. When only a cycle of waiting
+    pipelines is left, all of them go at once."""
+    ready = [
+        name
+        for name in pending
+        if not any(up != name and name in targets.get(up, ()) for up in stopping)
+    ]
+    if not ready and set(stopping) <= set(pending):
+        return list(pending)
+    return ready
 
 
 def names_unknown(supervisor: Supervisor, names: Iterable[str]) -> list[str]:
