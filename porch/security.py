@@ -250,6 +250,18 @@ def local_keyring(state_base: Path) -> tuple[Path, KeyRing]:
     ours, 0600, not a symlink).
     """
     path = local_key_path(state_base)
+    try:
+        return path, _read_or_make_local_key(path)
+    except OSError as exc:
+        if isinstance(exc, PorchError):  # UnsafePathError: already says what and why
+            raise
+        raise SecurityError(
+            f"{path}: cannot make or read this user's local secret: {exc.strerror or exc}; "
+            "point PORCH_STATE_DIR at a folder of yours, or pass a cluster key (--key-file)"
+        ) from None
+
+
+def _read_or_make_local_key(path: Path) -> KeyRing:
     ensure_owner_only_dir(path.parent)
     for _ in range(2):
         try:
@@ -265,7 +277,7 @@ def local_keyring(state_base: Path) -> tuple[Path, KeyRing]:
                     f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); remove it and "
                     "Porch makes a new one"
                 )
-            return path, parse_keyring(file.read(), str(path))
+            return parse_keyring(file.read(), str(path))
     raise SecurityError(f"{path}: the local secret disappeared while it was being made")
 
 

@@ -228,3 +228,8 @@ def test_local_secret_is_never_read_through_a_symlink(tmp_path: Path) -> None:
     (tmp_path / "keys" / "local.key").symlink_to(decoy)
     with pytest.raises(UsageError, match=r"local\.key: is a symlink"):
         local_keyring(tmp_path)
+
+
+def test_a_state_folder_that_cannot_hold_the_local_secret_says_what_to_do() -> None:
+    with pytest.raises(SecurityError, match=r"local secret: .*PORCH_STATE_DIR.*--key-file"):
+        local_keyring(Path("/proc/porch-no-such-folder"))  # /proc takes no new folders
