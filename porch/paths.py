@@ -6,7 +6,6 @@ them.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import grp
 import hashlib
@@ -106,7 +105,8 @@ def log_dir(control_path: Path) -> Path:
 
 
 class UnsafePathError(UsageError, PermissionError):
-    """A folder or file Porch would use is not safe: owned by another user, or open to them."""
+    """A folder or file Porch would use is not safe (owned by another user, or open to them)
+    or cannot be made."""
 
 
 def _trusted_owner(uid: int) -> bool:
@@ -169,8 +169,12 @@ def ensure_private_dir(path: Path) -> Path:
         ensure_private_dir(parent)
     elif parent != path:
         check_safe_folder(parent)
-    with contextlib.suppress(FileExistsError):  # made by someone else meanwhile: judged below
+    try:
         os.mkdir(path, 0o700)
+    except FileExistsError:  # made by someone else meanwhile: judged below
+        pass
+    except OSError as exc:
+        raise UnsafePathError(f"{path}: cannot create the folder: {exc.strerror}") from None
     return check_safe_folder(path)
 
 

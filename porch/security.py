@@ -252,12 +252,11 @@ def local_keyring(state_base: Path) -> tuple[Path, KeyRing]:
     path = local_key_path(state_base)
     try:
         return path, _read_or_make_local_key(path)
-    except OSError as exc:
-        if isinstance(exc, PorchError):  # UnsafePathError: already says what and why
-            raise
+    except OSError as exc:  # UnsafePathError (it names the path) or the system's error
+        detail = str(exc) if isinstance(exc, PorchError) else f"{path}: {exc.strerror or exc}"
         raise SecurityError(
-            f"{path}: cannot make or read this user's local secret: {exc.strerror or exc}; "
-            "point PORCH_STATE_DIR at a folder of yours, or pass a cluster key (--key-file)"
+            f"cannot make or read this user's local secret: {detail}; point PORCH_STATE_DIR "
+            "at a folder of yours, or pass a cluster key (--key-file)"
         ) from None
 
 

@@ -211,7 +211,7 @@ def test_local_secret_refuses_an_open_folder_or_file_and_changes_neither(tmp_pat
     folder = tmp_path / "keys"
     folder.mkdir(mode=0o755)
     folder.chmod(0o755)
-    with pytest.raises(UsageError, match=r"keys: must be a folder of this user with mode 0700"):
+    with pytest.raises(SecurityError, match=r"keys: must be a folder of this user with mode 0700"):
         local_keyring(tmp_path)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     folder.chmod(0o700)
@@ -226,7 +226,7 @@ def test_local_secret_is_never_read_through_a_symlink(tmp_path: Path) -> None:
     write_keyring(decoy, KeyRing((new_key(),)), replace=False)
     (tmp_path / "keys").mkdir(mode=0o700)
     (tmp_path / "keys" / "local.key").symlink_to(decoy)
-    with pytest.raises(UsageError, match=r"local\.key: is a symlink"):
+    with pytest.raises(SecurityError, match=r"local\.key: is a symlink"):
         local_keyring(tmp_path)
 
 
