@@ -166,6 +166,7 @@ class ScriptHost:
         self.pipeline = pipeline
         self.scripts: list[Script] = []
         self.is_async = False  # some step() is `async def`
+        self.clock: Callable[[], float] = time.perf_counter  # what delta_time is measured with
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def load(self) -> None:
@@ -198,7 +199,7 @@ class ScriptHost:
         try:
             for script in self.scripts:
                 if script.tracks_delta:
-                    now = time.perf_counter()
+                    now = self.clock()
                     last = script.last_step_s
                     script.module.__dict__["delta_time"] = 0.0 if last is None else now - last
                     script.last_step_s = now
@@ -224,7 +225,7 @@ class ScriptHost:
         try:
             for script in self.scripts:
                 if script.tracks_delta:
-                    now = time.perf_counter()
+                    now = self.clock()
                     last = script.last_step_s
                     script.module.__dict__["delta_time"] = 0.0 if last is None else now - last
                     script.last_step_s = now

@@ -636,3 +636,29 @@ def test_more_pipelines_than_one_beacon_announces_get_a_warning() -> None:
     assert [(p.field, p.severity) for p in problems] == [("name", Severity.WARNING)]
     assert "other hosts would see none of them" in str(problems[0])
     assert str(problems[0]).startswith(f"/c/{long_names[-1]}.json: name: warning: 250 pipelines")
+
+
+# --- concurrency (async steps) -------------------------------------------------------------
+
+
+def test_concurrency_defaults_to_one_and_async_steps_are_accepted(tmp_path: Path) -> None:
+    write_script(tmp_path, "step.py", "async def step(input_data):\n    return input_data\n")
+    config, problems = check_config(write_config(tmp_path, dporch()))
+    assert config is not None and config.concurrency == 1, lines(problems)
+    config, problems = check_config(write_config(tmp_path, dporch(concurrency=100)))
+    assert config is not None and config.concurrency == 100, lines(problems)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (0, "concurrency: must be from 1 to 10,000, got 0"),
+        (10_001, "concurrency: must be from 1 to 10,000, got 10001"),
+        (2.5, "concurrency: must be a whole number from 1 to 10,000, got 2.5"),
+        (True, "concurrency: must be a whole number from 1 to 10,000, got true"),
+    ],
+)
+def test_concurrency_out_of_range_names_the_field_and_the_range(
+    folder: Path, value: object, said: str
+) -> None:
+    assert said in only_problem(write_config(folder, dporch(concurrency=value)))

@@ -318,3 +318,36 @@ def test_sys_exit_in_top_level_or_end(make_host: Callable[..., ScriptHost], tmp_
     )
     errors = host.end()
     assert [str(e).split(" (")[0] for e in errors] == ["end() called sys.exit(2)"]
+
+
+def test_async_steps_are_awaited_and_chain_with_sync_ones(
+    make_host: Callable[..., ScriptHost],
+) -> None:
+    host = make_host(
+        (
+            "a.py",
+            "import asyncio\n\nasync def step(x):\n    await asyncio.sleep(0)\n    return x + 1\n",
+        ),
+        ("b.py", "def step(x):\n    return x * 10\n"),
+        (
+            "c.py",
+            "out = []\n\nasync def end():\n    out.append('end')\n\ndef step(x):\n    return x\n",
+        ),
+    )
+
+    assert host.is_async
+    assert host.step(1) == 20
+    assert host.loop.run_until_complete(host.astep(2)) == 30
+    assert host.end() == []
+    assert host.scripts[2].module.out == ["end"]
+    host.close()
+
+
+def test_a_raising_async_step_names_the_users_line(make_host: Callable[..., ScriptHost]) -> None:
+    host = make_host(("bad.py", "async def step(x):\n    return 1 / 0\n"))
+
+    with pytest.raises(ScriptError) as caught:
+        host.loop.run_until_complete(host.astep(1))
+    assert 'bad.py", line 2, in step' in caught.value.user_traceback
+    assert HOST_FILE not in caught.value.user_traceback
+    host.close()
