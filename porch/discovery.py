@@ -334,7 +334,7 @@ class Table:
     def remotes(self) -> list[Remote]:
         """Every remote pipeline entry, by name then host."""
         found = [
-            Remote(e.name, reachable(e, p.beacon.source), e.state, p.beacon.host,
+            Remote(e.name, reachable(e, p.beacon.source), e.state, _address(p.beacon),
                    p.beacon.hostname, p.beacon.daemon_id, p.last_seen, e.instance,
                    e.key or p.beacon.key_id, p.beacon.origin, e.targets, e.final)
             for p in self.peers.values()
@@ -386,6 +386,15 @@ def _hosts(beacon: Beacon) -> set[str]:
         for endpoint in entry.endpoints or ([entry.endpoint] if entry.endpoint else []):
             found.add(_host_of(endpoint))
     return found
+
+
+def _address(beacon: Beacon) -> str:
+    """The host's address as we reach it: where its beacon came from when its pipelines are
+    bound there (a host on several networks), else the address it announces."""
+    source = beacon.source
+    if source is not None and source != beacon.host and source in _hosts(beacon):
+        return source
+    return beacon.host
 
 
 def reachable(entry: Entry, source: str | None) -> str | None:

@@ -196,5 +196,6 @@ def test_several_interfaces_each_peer_uses_the_one_it_reaches(
     d1.wait_until(lambda: len(d1.output("sink_n")) >= 5, WAIT_S, "output from the 1st network")
     remote = {r["name"]: r for r in d4.status()["remote"]}
     assert str(remote["sink_m"]["endpoint"]).startswith(f"tcp://{hosts.h1b.address}:"), remote
+    assert remote["sink_m"]["host"] == hosts.h1b.address and remote["sink_m"]["used"], remote
     discovery = d1.status()["daemon"]["discovery"]
     assert discovery["data_hosts"] == [hosts.h1.address, hosts.h1b.address], discovery

@@ -300,6 +300,7 @@ def test_each_peer_gets_the_endpoint_on_the_network_the_beacon_came_from() -> No
     t = Table(daemon_id="me", expiry_s=3.0)
     t.merge(beacon("d1", two, source="10.9.0.1"), now=0.0)
     assert t.resolve([])["pipeline_m"].endpoint == "tcp://10.9.0.1:4001"
+    assert t.resolve([])["pipeline_m"].host == "10.9.0.1"  # the address that reaches it
     # the same beacon arriving over the other network later does not make it flap
     t.merge(beacon("d1", two, seq=2, source="10.0.0.1"), now=1.0)
     assert t.resolve([])["pipeline_m"].endpoint == "tcp://10.9.0.1:4001"
