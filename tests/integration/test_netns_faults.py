@@ -141,8 +141,10 @@ def test_key_rotation_worker_serves_the_key_its_porchd_announces(
                   "handshakes_failed counted by the source")  # fmt: skip
     d2.wait_until(lambda: d2.pipeline("sink_r")["handshakes_rejected"] > 0, WAIT_S,
                   "handshakes_rejected counted by the target")  # fmt: skip
-    source_log = d1.log_path("src_r").read_text()
-    assert '"handshake_failed"' in source_log and "copy the newest key file" in source_log
+    logged = d1.wait_until(lambda: [line for line in d1.log_path("src_r").read_text().splitlines()
+                                    if '"handshake_failed"' in line], WAIT_S,
+                           "handshake_failed logged by the source")  # fmt: skip
+    assert "copy the newest key file" in logged[0], logged
     d2.wait_until(lambda: '"handshake_rejected"' in d2.log_path("sink_r").read_text(),
                   WAIT_S, "handshake_rejected logged by the target")  # fmt: skip
     link = target_of(d1, "src_r", "sink_r")
