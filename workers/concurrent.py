@@ -50,7 +50,7 @@ MARKER = Outcome()
 class InFlight:
     """One iteration in flight: its task (None: a marker to pass on), input and origin."""
 
-    task: asyncio.Task[tuple[Any, bool]] | None
+    task: asyncio.Task[tuple[Any, bool, float]] | None
     inputs: Any
     origin: Origin
     taken: dict[str, Any] | None  # the inbox items to acknowledge once it has left
@@ -146,9 +146,11 @@ class ConcurrentLoop:
         task = self.loop.create_task(self._iteration(inputs))
         self.inflight.append(InFlight(task, inputs, origin, taken))
 
-    async def _iteration(self, inputs: Any) -> tuple[Any, bool]:
+    async def _iteration(self, inputs: Any) -> tuple[Any, bool, float]:
+        """One iteration: its value, whether it called porch.stop(), how long it took."""
+        started = time.perf_counter()
         value = await self.host.astep(inputs)
-        return value, stop_requested_here()
+        return value, stop_requested_here(), time.perf_counter() - started
 
     # ---- leaving in order ----------------------------------------------------------------
 
@@ -178,7 +180,7 @@ class ConcurrentLoop:
             worker._pass_marker(entry.origin)
             return
         try:
-            value, stop_here = entry.task.result()
+            value, stop_here, seconds = entry.task.result()
         except Stop:
             worker.ended = True
             return
@@ -188,6 +190,7 @@ class ConcurrentLoop:
             worker._on_poison(exc, entry.inputs)
             worker._pass_marker(entry.origin)
             return
+        worker._step_time(seconds)  # the step_seconds histogram: each iteration's own time
         if value is SKIP:
             worker._pass_marker(entry.origin)
         elif not worker._emit(value, entry.inputs, entry.origin):
