@@ -1466,7 +1466,8 @@ def fmt_goal(row: Row) -> str:
     if row.goal is None:
         return "-"
     if row.baseline is not None:
-        return f"{row.op} {row.goal:.1f}x"
+        shown = f"{row.goal:.1f}" if round(row.goal, 1) == row.goal else f"{row.goal:g}"
+        return f"{row.op} {shown}x"
     return f"{row.op} {row.goal:g} {row.unit}"
 
 

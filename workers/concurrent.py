@@ -108,10 +108,10 @@ class ConcurrentLoop:
         if fanin.any_input:  # a feedback loop needs one member to go first
             self._start(dict.fromkeys(fanin.sources), (), None)
         while True:
-            self._take(inbox)
-            self._leave_done()
+            self._leave_done()  # first: the slots it frees are filled before any wait
             if worker.ended:
                 return
+            self._take(inbox)
             if not self.inflight:
                 if fanin.exhausted():
                     return
@@ -252,21 +252,26 @@ class ConcurrentLoop:
 
     def _wait(self) -> None:
         """Run the event loop until the head completes (or, below the bound, any iteration
-        completes or input arrives), at most WAIT_S; then read the sockets without blocking."""
+        completes or input arrives), at most WAIT_S. Below the bound the sockets are read and
+        acknowledgements sent at once (more input is wanted); at the bound only the
+        housekeeping runs (at most every TICK_S): acks go out every ack_every inputs, as in
+        the plain loop, not one per output."""
         worker = self.worker
         worker._flush_outputs()  # about to wait: nothing may wait in a batch
         head = self.inflight[0].task
+        room = len(self.inflight) < self.bound and worker.inbox is not None
         if head is not None and not head.done():
-            room = len(self.inflight) < self.bound and worker.inbox is not None
-            if not (room and self._readable()):
-                if room:
-                    self._waker = self.loop.create_future()
-                    waits = [e.task for e in self.inflight if e.task is not None]
-                    self._run_until([*waits, self._waker])
-                    self._waker = None
-                else:
-                    self._run_until([head])
-        worker._wait(0)
+            if not room:
+                self._run_until([head])
+            elif not self._readable():
+                self._waker = self.loop.create_future()
+                waits = [e.task for e in self.inflight if e.task is not None]
+                self._run_until([*waits, self._waker])
+                self._waker = None
+        if room:
+            worker._wait(0)
+        else:
+            worker._tick()
 
     def _run_until(self, futures: list[asyncio.Future[Any]]) -> None:
         """Run the event loop until one of `futures` is done, at most WAIT_S (cheaper than
