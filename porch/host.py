@@ -177,6 +177,12 @@ class ScriptHost:
         for index, path in enumerate(self.paths):
             self.scripts.append(load_script(path, index, self.pipeline))
         self.is_async = any(script.is_async for script in self.scripts)
+        if self.is_async:  # the sync hot path stays free of the check
+            self.step = self._step_awaited  # type: ignore[method-assign]
+
+    def _step_awaited(self, value: Any) -> Any:
+        """step() for a chain with an async step: one iteration, run to its end on the loop."""
+        return self.loop.run_until_complete(self.astep(value))
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -193,9 +199,7 @@ class ScriptHost:
 
     def step(self, value: Any) -> Any:
         """Run one iteration: each step() gets the previous one's result; SKIP ends it early.
-        With an async step() in the chain, the iteration runs to its end on the host's loop."""
-        if self.is_async:
-            return self.loop.run_until_complete(self.astep(value))
+        (With an async step() in the chain, load() puts `_step_awaited` in its place.)"""
         try:
             for script in self.scripts:
                 if script.tracks_delta:

@@ -1,7 +1,8 @@
 """The worker's loop for async steps and `concurrency` > 1: iterations in flight on one event loop.
 
-Only pipelines with an `async def step()` or `concurrency` > 1 run here; the others keep the
-plain loop in workers/worker.py (its hot path is benchmarked).
+Only pipelines with an `async def step()` run here (sync steps cannot overlap, whatever
+`concurrency` says); the others keep the plain loop in workers/worker.py (its hot path is
+benchmarked).
 
 Up to `concurrency` iterations run at once as asyncio tasks on the script host's event loop.
 They complete in any order but leave in input order: an entry waits at the head of the

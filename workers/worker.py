@@ -828,8 +828,8 @@ class Worker:
             self.ended = True
             return WorkerState.FINISHED
         self._report_state(WorkerState.RUNNING)
-        if self.host.is_async or self.config.concurrency > 1:
-            ConcurrentLoop(self).run(self.inbox)  # async steps: iterations in flight at once
+        if self.host.is_async:  # iterations in flight at once (sync steps cannot overlap)
+            ConcurrentLoop(self).run(self.inbox)
         elif self.inbox is None:
             self._source_loop()
         else:

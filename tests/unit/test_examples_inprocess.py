@@ -231,3 +231,21 @@ def test_a_join_after_a_filter_pairs_the_same_source_value(pipeline: Callable[..
 
     assert result["join"].outputs == [[x, x] for x in range(1, 10) if x % 3]
     assert result["src"].outputs == list(range(1, 10))
+
+
+def test_the_readmes_pytest_example_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README.md's porch.testing example, run as written (from the repository root)."""
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("# test_pipelines.py: run with pytest")
+    code = readme[start : readme.index("```", start)]
+    monkeypatch.chdir(EXAMPLES.parent)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    tests = {name: fn for name, fn in namespace.items() if name.startswith("test_")}
+    assert len(tests) == 3
+    for fn in tests.values():
+        assert callable(fn)
+        if "monkeypatch" in fn.__code__.co_varnames[: fn.__code__.co_argcount]:
+            fn(monkeypatch)
+        else:
+            fn()
