@@ -4,6 +4,7 @@ fan-in dicts, delta_time, on_error, async steps, unsendable output and aligned j
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 import time
@@ -249,3 +250,15 @@ def test_the_readmes_pytest_example_passes(monkeypatch: pytest.MonkeyPatch) -> N
             fn(monkeypatch)
         else:
             fn()
+
+
+def test_async_io_example_reports_in_id_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(asyncio, "sleep", lambda seconds: real_sleep(0))  # the lookups' wait
+    result = run_graph(example("async_io"))
+
+    assert result["ids"].stopped
+    assert result["report"].lines == [
+        *(f"id {n}: square {n * n}" for n in range(1, 41)),
+        "40 lookups",
+    ]
