@@ -265,15 +265,19 @@ class FanIn:
         """`source` moved on (or ended): settle the other sources' values it has passed."""
         ended = source in self._ended
         frontier = self._frontiers[source]
+        own = self._pending[source]
+        passed = []
         for name, pending in self._pending.items():
             if name == source:
                 continue
-            for key in list(pending):
-                if key in self._pending[source]:
+            for key in pending:  # oldest first; no copy: usually the first one or two decide
+                if key in own:
                     continue
                 if not (ended or frontier.passed(self.aligned_on, key)):
                     break  # keys arrive in order: the rest are newer still
-                self._settle(key)
+                passed.append(key)
+        for key in passed:
+            self._settle(key)
 
     def _settle(self, key: Key) -> None:
         """Release the set of `key` once every source holds it or has passed it."""
