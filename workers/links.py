@@ -492,8 +492,10 @@ class OutputLink:
             return
         origins = self.batch_origins
         first = origins[0]
-        if type(first) is int and origins[-1] - first == count - 1:  # own seqs only increase
-            runs: list[Run] = [(count, (self.stream, first))]
+        if type(first) is not int:  # a stage passing its inputs' origins on
+            runs: list[Run] = runs_of(origins)
+        elif origins[-1] - first == count - 1:  # our own seqs: they only increase
+            runs = [(count, (self.stream, first))]
         else:
             runs = runs_of([self._origin(origin) for origin in origins])
         if count == 1:

@@ -44,38 +44,36 @@ class Pairing(enum.Enum):
     ANY = "any"
 
 
-Key = tuple[tuple[int, int], ...]  # (epoch, seq) per aligned origin pipeline
+Key = tuple[Any, ...]  # flat (stream, seq, ...): the value's id in each aligned pipeline
 
 
 class _Frontier:
-    """How far one source has come in each origin pipeline (its values arrive in order)."""
+    """How far one source has come in each origin stream (its values arrive in order)."""
 
     def __init__(self) -> None:
-        self.now: dict[str, tuple[int, int]] = {}  # pipeline -> (epoch, highest seq)
-        self.old: dict[str, list[int]] = {}  # pipeline -> epochs it has moved past
+        self.highest: dict[Any, int] = {}  # stream (pipeline, epoch) -> highest seq sent
+        self.current: dict[str, Any] = {}  # pipeline -> the stream (epoch) it sends now
 
-    def advance(self, pipelines: tuple[str, ...], key: Key) -> None:
-        for pipeline, (epoch, seq) in zip(pipelines, key, strict=True):
-            current = self.now.get(pipeline)
-            if current is None or current[0] == epoch:
-                if current is None or seq > current[1]:
-                    self.now[pipeline] = (epoch, seq)
-            elif epoch not in self.old.get(pipeline, ()):
-                old = self.old.setdefault(pipeline, [])
-                old.append(current[0])
-                del old[:-OLD_EPOCHS]
-                self.now[pipeline] = (epoch, seq)
+    def advance(self, key: Key) -> None:
+        highest = self.highest
+        for i in range(0, len(key), 2):
+            stream, seq = key[i], key[i + 1]
+            known = highest.get(stream)
+            if known is None:  # a new epoch of that pipeline: the earlier ones are over
+                self.current[stream[0]] = stream
+                highest[stream] = seq
+                if len(highest) > OLD_EPOCHS:
+                    del highest[next(iter(highest))]
+            elif seq > known:
+                highest[stream] = seq
 
-    def passed(self, pipelines: tuple[str, ...], key: Key) -> bool:
+    def passed(self, key: Key) -> bool:
         """Whether this source is past `key`: it will never send a value of it."""
-        for pipeline, (epoch, seq) in zip(pipelines, key, strict=True):
-            current = self.now.get(pipeline)
-            if current is None:
-                continue
-            if current[0] == epoch:
-                if seq <= current[1]:
-                    return True
-            elif epoch in self.old.get(pipeline, ()):
+        highest = self.highest
+        for i in range(0, len(key), 2):
+            stream = key[i]
+            known = highest.get(stream)
+            if known is not None and (key[i + 1] <= known or self.current[stream[0]] != stream):
                 return True
         return False
 
@@ -94,6 +92,7 @@ class FanIn:
         self.unpaired = 0  # values dropped: a partner was filtered out upstream or never came
         # ALIGNED only
         self.aligned_on: tuple[str, ...] = ()
+        self._one: str | None = None  # the one pipeline aligned on (the common case)
         self._pending: dict[str, dict[Key, Any]] = {}
         self._frontiers: dict[str, _Frontier] = {}
         self._sets: deque[dict[str, Any]] = deque()
@@ -115,6 +114,8 @@ class FanIn:
         """What queues one item of `source`: the fastest callable for the current pairing."""
         if self.pairing is Pairing.FIFO or self.pairing is Pairing.ANY:
             return self._queues[source].append
+        if self.pairing is Pairing.ALIGNED:
+            return functools.partial(self._push_aligned, source)
         return functools.partial(self.push, source)
 
     @property
@@ -150,6 +151,9 @@ class FanIn:
             if self.pairing is Pairing.UNDECIDED and self.ready_to_decide():
                 self._decide()
             return
+        self._push_aligned(source, item)
+
+    def _push_aligned(self, source: str, item: Any) -> None:
         self._counts[source] += 1
         self._align(source, item)
 
@@ -232,6 +236,7 @@ class FanIn:
             return
         self.pairing = Pairing.ALIGNED
         self.aligned_on = tuple(sorted(common))
+        self._one = self.aligned_on[0] if len(self.aligned_on) == 1 else None
         for name, queue in self._queues.items():
             while queue:
                 self._counts[name] += 1
@@ -240,13 +245,14 @@ class FanIn:
     # ---- aligned pairing -------------------------------------------------------------------
 
     def _key(self, origin: tuple[Any, ...]) -> Key | None:
-        """The (epoch, seq) of `origin` in every aligned pipeline; None if one is missing."""
-        found: dict[str, tuple[int, int]] = {}
+        """`origin`'s ids in the aligned pipelines, in their order; None if one is missing."""
+        if len(origin) == 2 and origin[0][0] == self._one:
+            return origin  # the common case: one id, of the one aligned pipeline
+        found: dict[str, tuple[Any, int]] = {}
         for i in range(0, len(origin), 2):
-            pipeline, epoch = origin[i]
-            found.setdefault(pipeline, (epoch, origin[i + 1]))
+            found.setdefault(origin[i][0], (origin[i], origin[i + 1]))
         try:
-            return tuple(found[p] for p in self.aligned_on)
+            return tuple(x for p in self.aligned_on for x in found[p])
         except KeyError:
             return None
 
@@ -256,8 +262,14 @@ class FanIn:
         if key is None or key in pending:  # no aligned origin, or a second value of one
             self._release({source: item})
             return
+        self._frontiers[source].advance(key)
+        if all(key in p for name, p in self._pending.items() if name != source):  # complete
+            found = {name: (item if name == source else p.pop(key))
+                     for name, p in self._pending.items()}  # fmt: skip
+            self._sweep(source)  # older values of the others that this one has passed go first
+            self._release(found)
+            return
         pending[key] = item
-        self._frontiers[source].advance(self.aligned_on, key)
         self._sweep(source)
         self._settle(key)
 
@@ -273,7 +285,7 @@ class FanIn:
             for key in pending:  # oldest first; no copy: usually the first one or two decide
                 if key in own:
                     continue
-                if not (ended or frontier.passed(self.aligned_on, key)):
+                if not (ended or frontier.passed(key)):
                     break  # keys arrive in order: the rest are newer still
                 passed.append(key)
         for key in passed:
@@ -285,14 +297,18 @@ class FanIn:
         for name, pending in self._pending.items():
             if key in pending:
                 holders[name] = pending
-            elif not (name in self._ended or self._frontiers[name].passed(self.aligned_on, key)):
+            elif not (name in self._ended or self._frontiers[name].passed(key)):
                 return  # still to come from `name`
         if holders:
             self._release({name: pending.pop(key) for name, pending in holders.items()})
 
     def _release(self, found: dict[str, Any]) -> None:
-        taken = {name: found.get(name, UNPAIRED) for name in self._queues}
-        values = [item for item in found.values() if item[1] is not SKIP]
-        if values and len(values) < len(taken):  # real values that go without their partners
-            self.unpaired += len(values)
+        queues = self._queues
+        taken = found if len(found) == len(queues) else {n: found.get(n, UNPAIRED) for n in queues}
+        kept = 0
+        for item in found.values():
+            if item[1] is not SKIP:
+                kept += 1
+        if kept and kept < len(taken):  # real values that go without their partners
+            self.unpaired += kept
         self._sets.append(taken)
