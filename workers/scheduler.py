@@ -67,6 +67,13 @@ class _Frontier:
             elif seq > known:
                 highest[stream] = seq
 
+    def advance_one(self, stream: Any, seq: int) -> None:
+        known = self.highest.get(stream)
+        if known is None:
+            self.advance((stream, seq))
+        elif seq > known:
+            self.highest[stream] = seq
+
     def passed(self, key: Key) -> bool:
         """Whether this source is past `key`: it will never send a value of it."""
         highest = self.highest
@@ -93,6 +100,7 @@ class FanIn:
         # ALIGNED only
         self.aligned_on: tuple[str, ...] = ()
         self._one: str | None = None  # the one pipeline aligned on (the common case)
+        self._partner: dict[str, tuple[str, dict[Key, Any]]] = {}  # two sources: the other one
         self._pending: dict[str, dict[Key, Any]] = {}
         self._frontiers: dict[str, _Frontier] = {}
         self._sets: deque[dict[str, Any]] = deque()
@@ -237,6 +245,9 @@ class FanIn:
         self.pairing = Pairing.ALIGNED
         self.aligned_on = tuple(sorted(common))
         self._one = self.aligned_on[0] if len(self.aligned_on) == 1 else None
+        if len(self._pending) == 2:
+            (first, one), (second, two) = self._pending.items()
+            self._partner = {first: (second, two), second: (first, one)}
         for name, queue in self._queues.items():
             while queue:
                 self._counts[name] += 1
@@ -257,7 +268,25 @@ class FanIn:
             return None
 
     def _align(self, source: str, item: Any) -> None:
-        key = self._key(item[2])
+        origin = item[2]
+        partner = self._partner.get(source)
+        if partner is not None and len(origin) == 2 and origin[0][0] == self._one:
+            # the hot path: two sources, one aligned pipeline, one id; the value is its own key
+            pending = self._pending[source]
+            if origin not in pending:
+                self._frontiers[source].advance_one(origin[0], origin[1])
+                other_name, other = partner
+                if origin in other:  # its partner waits: the set is complete
+                    mate = other.pop(origin)
+                    if other:
+                        self._sweep(source)  # older values of the other one, passed, go first
+                    self._release({source: item, other_name: mate})
+                    return
+                pending[origin] = item
+                self._sweep(source)
+                self._settle(origin)
+                return
+        key = self._key(origin)
         pending = self._pending[source]
         if key is None or key in pending:  # no aligned origin, or a second value of one
             self._release({source: item})
@@ -303,8 +332,7 @@ class FanIn:
             self._release({name: pending.pop(key) for name, pending in holders.items()})
 
     def _release(self, found: dict[str, Any]) -> None:
-        queues = self._queues
-        taken = found if len(found) == len(queues) else {n: found.get(n, UNPAIRED) for n in queues}
+        taken = {name: found.get(name, UNPAIRED) for name in self._queues}
         kept = 0
         for item in found.values():
             if item[1] is not SKIP:
