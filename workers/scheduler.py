@@ -123,7 +123,7 @@ class FanIn:
         if self.pairing is Pairing.FIFO or self.pairing is Pairing.ANY:
             return self._queues[source].append
         if self.pairing is Pairing.ALIGNED:
-            return functools.partial(self._push_aligned, source)
+            return functools.partial(self._align, source)
         return functools.partial(self.push, source)
 
     @property
@@ -159,10 +159,6 @@ class FanIn:
             if self.pairing is Pairing.UNDECIDED and self.ready_to_decide():
                 self._decide()
             return
-        self._push_aligned(source, item)
-
-    def _push_aligned(self, source: str, item: Any) -> None:
-        self._counts[source] += 1
         self._align(source, item)
 
     def end(self, source: str) -> None:
@@ -250,7 +246,6 @@ class FanIn:
             self._partner = {first: (second, two), second: (first, one)}
         for name, queue in self._queues.items():
             while queue:
-                self._counts[name] += 1
                 self._align(name, queue.popleft())
 
     # ---- aligned pairing -------------------------------------------------------------------
@@ -268,6 +263,7 @@ class FanIn:
             return None
 
     def _align(self, source: str, item: Any) -> None:
+        self._counts[source] += 1
         origin = item[2]
         partner = self._partner.get(source)
         if partner is not None and len(origin) == 2 and origin[0][0] == self._one:
@@ -278,13 +274,15 @@ class FanIn:
                 other_name, other = partner
                 if origin in other:  # its partner waits: the set is complete
                     mate = other.pop(origin)
-                    if other:
+                    if other and self._may_have_passed(origin, next(iter(other))):
                         self._sweep(source)  # older values of the other one, passed, go first
                     self._release({source: item, other_name: mate})
                     return
                 pending[origin] = item
-                self._sweep(source)
-                self._settle(origin)
+                if other and self._may_have_passed(origin, next(iter(other))):
+                    self._sweep(source)
+                if other_name in self._ended or self._frontiers[other_name].passed(origin):
+                    self._settle(origin)
                 return
         key = self._key(origin)
         pending = self._pending[source]
@@ -301,6 +299,12 @@ class FanIn:
         pending[key] = item
         self._sweep(source)
         self._settle(key)
+
+    @staticmethod
+    def _may_have_passed(origin: Key, oldest: Key) -> bool:
+        """Whether a source that sent `origin` may be past `oldest` (another source's oldest
+        waiting value); False for the usual case of a later value of the same stream."""
+        return not (len(oldest) == 2 and oldest[0] == origin[0] and oldest[1] > origin[1])
 
     def _sweep(self, source: str) -> None:
         """`source` moved on (or ended): settle the other sources' values it has passed."""
