@@ -40,7 +40,7 @@ from porch.discovery import (
     Table,
     TableFull,
     decode,
-    encode,
+    encode_parts,
     expiry_s,
 )
 from porch.errors import UsageError
@@ -65,8 +65,10 @@ MIN_GAP_S = 0.05  # between two beacons sent "at once": a burst of changes makes
 # peer answers a new daemon's first beacon at once, so by then all copies of a name are known
 # and a worker is never linked to the first of two duplicates just because it was heard first.
 WARMUP_S = 0.5
+ENTRY_CHECK_S = 0.5  # how often entries that no beacon part names any more are looked for
 RECV_BATCH = 64
 RECV_BYTES = 65_535
+RECV_BUFFER_BYTES = 4 << 20  # the kernel caps it at net.core.rmem_max
 RECV_BUDGET_S = 0.02
 PEER_RESOLVE_S = 30.0
 MAX_WARNED = 256  # (source, reason) pairs a broker warns about once each
@@ -196,6 +198,8 @@ def open_socket(port: int) -> socket.socket:
     # ours) and read, answer or swallow our beacons.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    with contextlib.suppress(OSError):  # room for the parts of several large beacons at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
     try:
         sock.bind(("", port))
     except OSError as exc:
@@ -232,6 +236,7 @@ class Broker:
         self._seq = 0
         self._next_send = 0.0
         self._last_send = 0.0
+        self._entries_checked = 0.0
         self._conflicts: dict[str, tuple[str, ...]] = {}
         self._peer_addrs: dict[str, tuple[str, float]] = {}
         self._resolved: dict[str, Remote] = {}
@@ -269,7 +274,11 @@ class Broker:
         if self._warm_at is not None and now >= self._warm_at:
             self._warm_at = None
             self._changed()
-        if self.table.expire(now):
+        gone = bool(self.table.expire(now))
+        if now >= self._entries_checked + ENTRY_CHECK_S:  # O(entries): not at every tick
+            self._entries_checked = now
+            gone = bool(self.table.expire_entries(now)) or gone
+        if gone:
             self._changed()
         self._check_peers(now)
         if now >= self._next_send:
@@ -291,17 +300,18 @@ class Broker:
         )
 
     def send(self, now: float) -> None:
-        """Send one beacon to every broadcast address and peer."""
+        """Send one beacon (one datagram, or its parts) to every broadcast address and peer."""
         self._last_send = now
         self._next_send = now + self.plan.interval_s
         try:
-            data = encode(self.beacon())
+            parts = encode_parts(self.beacon())
         except DiscoveryError as exc:
             log.error("beacon_not_sent", reason=str(exc))
             return
         keys = self.plan.keys
         for address in self._destinations():  # signed one by one: each datagram a fresh nonce
-            self._send_to(data if keys is None else sign(data, keys), address)
+            for data in parts:
+                self._send_to(data if keys is None else sign(data, keys), address)
 
     def _destinations(self) -> list[tuple[str, int]]:
         found = [(b, self.plan.port) for b in self.plan.broadcasts]

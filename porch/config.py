@@ -504,21 +504,24 @@ def check_graph(configs: Sequence[PipelineConfig]) -> list[Problem]:
 
 
 def _beacon_problems(configs: Sequence[PipelineConfig]) -> list[Problem]:
-    """One supervisor announces all its pipelines in one UDP beacon: too many (or names too
-    long) and the beacon cannot be sent, so other hosts would see none of them."""
+    """One supervisor announces its pipelines in a beacon of up to MAX_PARTS datagrams, and
+    other hosts' tables hold up to MAX_REMOTE_PIPELINES: more (or names too long) and other
+    hosts would not see them all."""
     from porch import discovery  # discovery checks names with this module
 
     size = discovery.announced_bytes([c.name for c in configs])
-    if len(configs) <= discovery.MAX_ENTRIES and size <= discovery.MAX_BEACON_BYTES:
+    room = discovery.MAX_PARTS * (discovery.MAX_BEACON_BYTES - discovery.BEACON_OVERHEAD_BYTES)
+    if len(configs) <= discovery.MAX_REMOTE_PIPELINES and size <= room:
         return []
     return [
         Problem(
             str(configs[-1].path),
             "name",
-            f"{len(configs)} pipelines under one supervisor need a discovery beacon of up to "
-            f"{size:,} bytes, over its {discovery.MAX_BEACON_BYTES:,} (or over "
-            f"{discovery.MAX_ENTRIES} pipelines): other hosts would see none of them; run them "
-            "under several porchd or porch run, or shorten their names",
+            f"{len(configs)} pipelines under one supervisor: other hosts hold at most "
+            f"{discovery.MAX_REMOTE_PIPELINES:,} of one host's pipelines, in a discovery "
+            f"beacon of at most {room:,} bytes (this one needs up to {size:,}): other hosts "
+            "would not see them all; run them under several porchd or porch run, or shorten "
+            "their names",
             Severity.WARNING,
         )
     ]

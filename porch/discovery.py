@@ -5,9 +5,15 @@ pipelines it hosts. On the wire it is a 6-byte header (magic, version, flags) an
 JSON body, flags 0. With a cluster key, porch/security.py wraps these bytes in a signed
 envelope (flag bit 0) and unwraps verified ones before `decode`, which never sees a signature.
 
+A supervisor with more pipelines than one datagram holds splits its beacon into parts
+(`encode_parts`): every part carries the whole header, the same `seq`, its index `part` and the
+count `parts`, and a share of the entries; each part is one datagram, signed on its own.
+
 The table merges the beacons of other supervisors into `name -> endpoint, host, daemon,
 state, last seen`, withdraws what is no longer announced, and detects two live pipelines with
 the same name (a conflict: neither remote is handed to workers, a local pipeline wins locally).
+Parts merge: an entry is withdrawn only once every part of a newer beacon has arrived without
+it, or when no part has named it for the expiry (a part lost for good, every time).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ VERSION = 1
 FLAGS_UNSIGNED = 0
 HEADER_BYTES = len(MAGIC) + 2
 MAX_BEACON_BYTES = 60_000
-MAX_ENTRIES = 500
+MAX_ENTRIES = 500  # a part's
+MAX_PARTS = 64  # parts of one beacon: MAX_PARTS * MAX_ENTRIES is over MAX_REMOTE_PIPELINES
 MAX_TEXT = 255
 MAX_ENDPOINTS = 8  # one per data interface
 # What beacons may cost: without a key (--insecure) anyone who reaches the port can send them,
@@ -88,13 +95,46 @@ class Beacon:
     seq: int
     entries: tuple[Entry, ...] = ()
     version: int = VERSION
+    part: int = 0  # which part of the beacon this datagram is, of `parts` (same seq)
+    parts: int = 1
     key_id: str | None = None  # the cluster key that signed it (set on receipt, not encoded)
     source: str | None = None  # the address it came from (set on receipt, not encoded)
 
 
 def encode(beacon: Beacon) -> bytes:
-    """The bytes of a beacon: header, then compact JSON."""
-    body = {
+    """The bytes of one datagram of a beacon: header, then compact JSON."""
+    body = _body(beacon)
+    body["entries"] = [_entry_json(e) for e in beacon.entries]
+    return _datagram(body)
+
+
+def encode_parts(beacon: Beacon) -> list[bytes]:
+    """A beacon as datagrams: one when it fits, else parts of at most MAX_ENTRIES entries and
+    MAX_BEACON_BYTES each, all with the beacon's header and seq. DiscoveryError over MAX_PARTS."""
+    budget = MAX_BEACON_BYTES - len(_datagram(_body(replace(beacon, parts=MAX_PARTS))))
+    budget -= 64  # the part numbers, the list's brackets
+    chunks: list[list[dict[str, Any]]] = [[]]
+    used = 0
+    for entry in beacon.entries:
+        raw = _entry_json(entry)
+        size = len(json.dumps(raw, separators=(",", ":"))) + 1
+        if chunks[-1] and (used + size > budget or len(chunks[-1]) >= MAX_ENTRIES):
+            chunks.append([])
+            used = 0
+        chunks[-1].append(raw)
+        used += size
+    if len(chunks) > MAX_PARTS:
+        raise DiscoveryError(f"beacon needs {len(chunks)} parts, over {MAX_PARTS}")
+    out = []
+    for index, chunk in enumerate(chunks):
+        body = _body(replace(beacon, part=index, parts=len(chunks)))
+        body["entries"] = chunk
+        out.append(_datagram(body))
+    return out
+
+
+def _body(beacon: Beacon) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "v": beacon.version,
         "daemon": beacon.daemon_id,
         "origin": beacon.origin,
@@ -103,8 +143,13 @@ def encode(beacon: Beacon) -> bytes:
         "sent_at": beacon.sent_at,
         "nonce": beacon.nonce,
         "seq": beacon.seq,
-        "entries": [_entry_json(e) for e in beacon.entries],
     }
+    if beacon.parts != 1:
+        body["part"], body["parts"] = beacon.part, beacon.parts
+    return body
+
+
+def _datagram(body: Mapping[str, Any]) -> bytes:
     data = (
         MAGIC + bytes((VERSION, FLAGS_UNSIGNED)) + json.dumps(body, separators=(",", ":")).encode()
     )
@@ -155,6 +200,11 @@ def _beacon(body: Mapping[str, Any]) -> Beacon:
     parsed = tuple(_entry(_mapping(e, "entry")) for e in entries)
     if len({e.name for e in parsed}) != len(parsed):
         raise DiscoveryError("entries: a name appears twice")
+    part, parts = body.get("part", 0), body.get("parts", 1)
+    if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_PARTS:
+        raise DiscoveryError(f"parts: must be a whole number of 1 to {MAX_PARTS}")
+    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
+        raise DiscoveryError("part: must be a whole number below parts")
     return Beacon(
         daemon_id=_text(body, "daemon"),
         origin=_text(body, "origin"),
@@ -164,6 +214,8 @@ def _beacon(body: Mapping[str, Any]) -> Beacon:
         nonce=_text(body, "nonce"),
         seq=_count(body, "seq"),
         entries=parsed,
+        part=part,
+        parts=parts,
     )
 
 
@@ -246,10 +298,13 @@ def expiry_s(beacon_interval_s: float) -> float:
 
 @dataclass
 class Peer:
-    """What the table knows about one remote supervisor: its latest beacon and when it came."""
+    """What the table knows about one remote supervisor: its beacon (the parts merged: the
+    latest header, every entry not yet withdrawn) and when a part of it came last."""
 
     beacon: Beacon
     last_seen: float
+    seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (seq, when)
+    parts: frozenset[int] = frozenset()  # the parts of beacon.seq that came
 
 
 @dataclass(frozen=True)
@@ -295,14 +350,19 @@ class Table:
         if beacon.daemon_id == self.daemon_id:
             return False
         known = self.peers.get(beacon.daemon_id)
-        if known is not None and beacon.seq <= known.beacon.seq:
+        if known is not None and (
+            beacon.seq < known.beacon.seq
+            or (beacon.seq == known.beacon.seq and beacon.part in known.parts)
+        ):
             return False  # late or replayed
+        merged = _assemble(beacon, known, now)
+        beacon = merged.beacon
         self._check_room(beacon, known)
         if known is not None and known.beacon.source in _hosts(beacon):
             # it reaches us on several networks: keep the address we chose, don't flap
-            beacon = replace(beacon, source=known.beacon.source)
+            merged.beacon = beacon = replace(beacon, source=known.beacon.source)
         changed = self._drop_previous_self(beacon)
-        self.peers[beacon.daemon_id] = Peer(beacon, now)
+        self.peers[beacon.daemon_id] = merged
         return changed or known is None or _view(known.beacon) != _view(beacon)
 
     def _check_room(self, beacon: Beacon, known: Peer | None) -> None:
@@ -330,6 +390,20 @@ class Table:
         """Forget supervisors silent for longer than the expiry; return their last beacons."""
         gone = [d for d, p in self.peers.items() if now - p.last_seen > self.expiry_s]
         return [self.peers.pop(d).beacon for d in gone]
+
+    def expire_entries(self, now: float) -> list[str]:
+        """Withdraw the entries of live supervisors that no part has named for the expiry (the
+        part that would withdraw them never completes); return their names."""
+        gone: list[str] = []
+        for peer in self.peers.values():
+            stale = {n for n, (_, when) in peer.seen.items() if now - when > self.expiry_s}
+            if stale:
+                entries = tuple(e for e in peer.beacon.entries if e.name not in stale)
+                peer.beacon = replace(peer.beacon, entries=entries)
+                for name in stale:
+                    del peer.seen[name]
+                gone.extend(sorted(stale))
+        return gone
 
     def remotes(self) -> list[Remote]:
         """Every remote pipeline entry, by name then host."""
@@ -372,6 +446,23 @@ class Table:
             elif not live:
                 resolved[name] = max(candidates, key=lambda r: r.last_seen)
         return resolved
+
+
+def _assemble(beacon: Beacon, known: Peer | None, now: float) -> Peer:
+    """A peer's state after one more part: its entries updated, and the entries no part of a
+    complete newer beacon named withdrawn (a single-part beacon is complete at once)."""
+    fresh = known is None or beacon.seq > known.beacon.seq
+    parts = frozenset({beacon.part}) if fresh or known is None else known.parts | {beacon.part}
+    entries = {e.name: e for e in known.beacon.entries} if known is not None else {}
+    seen = dict(known.seen) if known is not None else {}
+    for entry in beacon.entries:
+        entries[entry.name] = entry
+        seen[entry.name] = (beacon.seq, now)
+    if len(parts) >= beacon.parts:  # a complete set: what it did not name is withdrawn
+        for name in [n for n, (seq, _) in seen.items() if seq < beacon.seq]:
+            del seen[name]
+            entries.pop(name, None)
+    return Peer(replace(beacon, entries=tuple(entries.values())), now, seen, parts)
 
 
 def _host_of(endpoint: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from porch.broker import SILENT_INTERVALS, Broker, KeySource, NetworkPlan, open_socket
+from porch.discovery import Entry
 from porch.errors import UsageError
 from porch.security import KeyRing, new_key
 from tests.conftest import free_udp_port
@@ -84,3 +85,23 @@ def test_a_port_another_program_holds_says_how_to_choose_another() -> None:
         port = holder.getsockname()[1]
         with pytest.raises(UsageError, match=f"cannot bind UDP port {port}.*--discovery-port"):
             open_socket(port)
+
+
+def test_a_beacon_of_1200_pipelines_reaches_a_peer_in_signed_parts(brokers: list[Broker]) -> None:
+    """Issue 18: one supervisor announces more pipelines than one datagram holds; its peer
+    verifies each part and sees every pipeline (real UDP on loopback)."""
+    entries = [Entry(f"pipeline_{i:04d}", f"tcp://127.0.0.1:{20000 + i}", "running", i)
+               for i in range(1200)]  # fmt: skip
+    port, peer_port = free_udp_port(), free_udp_port()
+    sender = Broker(keyed_plan(port, peer_port), "o1", lambda: list(entries), lambda: None)
+    receiver = Broker(keyed_plan(peer_port, port), "o2", list, lambda: None)
+    brokers += [sender, receiver]
+    sender.send(time.monotonic())
+    assert sender.counters["sent"] >= 3  # one datagram per part
+    deadline = time.monotonic() + 10
+    while len(receiver.directory([])) < 1200 and time.monotonic() < deadline:
+        select.select([receiver.sock], [], [], 0.1)
+        receiver.on_readable()
+        receiver.tick(time.monotonic())
+    assert sorted(receiver.directory([])) == [e.name for e in entries]
+    assert receiver.counters["rejected"] == 0

@@ -622,20 +622,22 @@ def test_misspelled_target_warning_names_the_closest_given_config(folder: Path) 
     assert str(misspelled[0]).endswith("did you mean 'pipeline_b'?")
 
 
-def test_more_pipelines_than_one_beacon_announces_get_a_warning() -> None:
+def test_more_pipelines_than_other_hosts_hold_get_a_warning() -> None:
+    """A beacon splits into parts, so 1,000 pipelines are fine; more than another host's table
+    holds of one host (MAX_REMOTE_PIPELINES) is a warning."""
     from porch.config import check_graph
-    from porch.discovery import MAX_BEACON_BYTES, announced_bytes
+    from porch.discovery import MAX_REMOTE_PIPELINES
 
     def configs(names: list[str]) -> list[PipelineConfig]:
         return [PipelineConfig(name=n, scripts=(), path=Path(f"/c/{n}.json")) for n in names]
 
-    assert check_graph(configs([f"pipeline_{i}" for i in range(100)])) == []
-    long_names = [f"{i:03d}" + "x" * 125 for i in range(250)]
-    assert announced_bytes(long_names) > MAX_BEACON_BYTES
-    problems = check_graph(configs(long_names))
+    assert check_graph(configs([f"pipeline_{i}" for i in range(1000)])) == []
+    assert check_graph(configs([f"{i:03d}" + "x" * 125 for i in range(250)])) == []
+    names = [f"pipeline_{i}" for i in range(MAX_REMOTE_PIPELINES + 1)]
+    problems = check_graph(configs(names))
     assert [(p.field, p.severity) for p in problems] == [("name", Severity.WARNING)]
-    assert "other hosts would see none of them" in str(problems[0])
-    assert str(problems[0]).startswith(f"/c/{long_names[-1]}.json: name: warning: 250 pipelines")
+    assert "other hosts would not see them all" in str(problems[0])
+    assert str(problems[0]).startswith(f"/c/{names[-1]}.json: name: warning: 4097 pipelines")
 
 
 # --- concurrency (async steps) -------------------------------------------------------------

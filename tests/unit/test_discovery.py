@@ -16,6 +16,8 @@ from porch.discovery import (
     HEADER_BYTES,
     MAGIC,
     MAX_BEACON_BYTES,
+    MAX_ENTRIES,
+    MAX_PARTS,
     Beacon,
     DiscoveryError,
     Entry,
@@ -23,9 +25,11 @@ from porch.discovery import (
     TableFull,
     decode,
     encode,
+    encode_parts,
     expiry_s,
 )
 from porch.errors import PorchError
+from porch.security import BeaconVerifier, KeyRing, new_key, sign
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,11 +114,104 @@ def test_invalid_fields_are_rejected(changes: dict[str, object]) -> None:
         decode(_body(**changes))
 
 
-def test_encode_refuses_an_oversized_beacon() -> None:
+def test_encode_refuses_an_oversized_datagram() -> None:
     entries = [Entry(f"pipe{i:05d}", "tcp://10.0.0.1:4000", "running") for i in range(1000)]
     with pytest.raises(DiscoveryError, match="over"):
         encode(beacon("d1", *entries))
     assert MAX_BEACON_BYTES == 60_000
+
+
+# ---- issue 18: beacons of any number of pipelines, in parts ------------------------------
+
+
+def _many(count: int, state: str = "running") -> list[Entry]:
+    return [Entry(f"pipeline_{i:05d}", f"tcp://10.0.0.1:{10000 + i}", state, i,
+                  targets=(f"pipeline_{i + 1:05d}",)) for i in range(count)]  # fmt: skip
+
+
+def test_a_small_beacon_is_one_datagram_as_before() -> None:
+    data = encode_parts(beacon("d1", A, B))
+    assert data == [encode(beacon("d1", A, B))]
+    assert b'"part' not in data[0]  # readable by a porch that knows no parts
+
+
+def test_a_large_beacon_splits_into_signed_parts_that_merge() -> None:
+    entries = _many(1200)
+    datagrams = encode_parts(beacon("d1", *entries, seq=7))
+    assert 3 <= len(datagrams) <= MAX_PARTS
+    assert all(len(d) <= MAX_BEACON_BYTES for d in datagrams)
+    ring = KeyRing((new_key(),))
+    verifier = BeaconVerifier(ring)
+    parts = [decode(verifier.verify(sign(d, ring))[0]) for d in datagrams]
+    assert [(p.seq, p.part, p.parts) for p in parts] == [
+        (7, i, len(parts)) for i in range(len(parts))
+    ]
+    assert [e for p in parts for e in p.entries] == entries
+    table = Table("me", 3.0)
+    for p in reversed(parts):  # in any order
+        table.merge(p, 1.0)
+    assert [r.name for r in table.remotes()] == [e.name for e in entries]
+    assert table.merge(parts[0], 1.0) is False  # a part again: replayed
+
+
+def test_a_part_does_not_withdraw_what_another_part_announces() -> None:
+    entries = _many(1200)
+    first = [decode(d) for d in encode_parts(beacon("d1", *entries, seq=1))]
+    table = Table("me", 3.0)
+    for p in first:
+        table.merge(p, 1.0)
+    second = [decode(d) for d in encode_parts(beacon("d1", *entries, seq=2))]
+    table.merge(second[0], 1.5)  # part 0 of the next beacon: the rest is not withdrawn
+    assert len(table.remotes()) == 1200
+    # the next beacon lacks the last pipeline: withdrawn once all its parts came, not before
+    third = [decode(d) for d in encode_parts(beacon("d1", *entries[:-1], seq=3))]
+    for p in third[:-1]:
+        table.merge(p, 2.0)
+    assert entries[-1].name in {r.name for r in table.remotes()}
+    table.merge(third[-1], 2.0)
+    assert entries[-1].name not in {r.name for r in table.remotes()}
+    assert len(table.remotes()) == 1199
+
+
+def test_an_entry_no_part_names_any_more_expires_alone() -> None:
+    """A part lost every time never completes a set: its entries expire on their own, while
+    the supervisor (whose other parts keep coming) stays."""
+    entries = _many(1200)
+    table = Table("me", 3.0)
+    for seq in (1, 2, 3):
+        parts = [decode(d) for d in encode_parts(beacon("d1", *entries, seq=seq))]
+        for p in parts if seq == 1 else parts[:-1]:  # the last part is lost after the first
+            table.merge(p, float(seq))
+    lost = {e.name for e in parts[-1].entries}
+    assert table.expire_entries(4.0) == []
+    assert set(table.expire_entries(4.5)) == lost  # last named at 1.0, expiry 3 s
+    assert table.expire(4.5) == [] and len(table.remotes()) == 1200 - len(lost)
+
+
+def test_a_beacon_over_max_parts_is_refused_and_parts_are_checked() -> None:
+    with pytest.raises(DiscoveryError, match="parts"):
+        encode_parts(beacon("d1", *_many(MAX_PARTS * MAX_ENTRIES + 1)))
+    for changes in ({"parts": MAX_PARTS + 1}, {"part": 2, "parts": 2}, {"part": -1, "parts": 2},
+                    {"parts": 0}, {"parts": True}, {"part": "0", "parts": 2}):  # fmt: skip
+        with pytest.raises(DiscoveryError, match="part"):
+            decode(_body(**changes))
+
+
+def test_a_split_beacon_is_cheap_at_1000_pipelines() -> None:
+    """Reported: encode + decode + merge of a 1,000-pipeline beacon."""
+    entries = _many(1000)
+    table = Table("me", 3.0)
+    rounds = 20
+    started = time.perf_counter()
+    for seq in range(1, rounds + 1):
+        for d in encode_parts(beacon("d1", *entries, seq=seq)):
+            table.merge(decode(d), float(seq))
+    per_beacon_s = (time.perf_counter() - started) / rounds
+    print(
+        f"\nbeacon of 1,000 pipelines: {len(encode_parts(beacon('d1', *entries)))} parts, "
+        f"{per_beacon_s * 1000:.1f} ms to encode, decode and merge"
+    )
+    assert len(table.remotes()) == 1000
 
 
 @settings(max_examples=500, deadline=None)
