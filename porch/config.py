@@ -343,6 +343,18 @@ class _Checker:
             self.error(key, f"must be from {_number(low)} to {_number(high)}, got {value!r}; "
                        f"set a value in that range or remove the key for the default")  # fmt: skip
 
+    def check_concurrency(self, data: dict[str, Any], scripts: tuple[Path, ...]) -> None:
+        """concurrency > 1 overlaps only async steps: without one it does nothing, say so."""
+        value = data.get("concurrency", 1)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return
+        if not 1 < value <= MAX_CONCURRENCY:  # 1 is the default; out of range is an error
+            return
+        if not any(_has_async_step(path) for path in scripts):
+            self.warn("concurrency", f"is {value}, but no script has an `async def step()`: "
+                      "sync steps run one at a time; make the step that waits on I/O async, "
+                      "or remove the key")  # fmt: skip
+
     def check_targets(self, raw: list[Any], own_name: str) -> tuple[str, ...]:
         names: list[str] = []
         for i, item in enumerate(raw):
@@ -371,6 +383,7 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
     scripts = checker.check_scripts(data["scripts"])
     checker.check_numbers(data)
     targets = checker.check_targets(data.get("target_pipeline_names", []), data["name"])
+    checker.check_concurrency(data, scripts)
     if any(p.severity is Severity.ERROR for p in checker.problems):
         return None, checker.problems
     config = PipelineConfig(
@@ -421,6 +434,16 @@ def script_problems(path: Path) -> list[str]:
         return [f"{path}:{exc.lineno}: syntax error: {exc.msg}"]
 
     return _hook_problems(path, tree)
+
+
+def _has_async_step(path: Path) -> bool:
+    """Whether the script defines `async def step()` at its top level (False if unreadable:
+    script_problems reports that)."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.AsyncFunctionDef) and node.name == "step" for node in tree.body)
 
 
 def _required_params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:

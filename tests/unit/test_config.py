@@ -664,3 +664,11 @@ def test_concurrency_out_of_range_names_the_field_and_the_range(
     folder: Path, value: object, said: str
 ) -> None:
     assert said in only_problem(write_config(folder, dporch(concurrency=value)))
+
+
+def test_concurrency_without_an_async_step_is_a_warning(folder: Path) -> None:
+    config, problems = check_config(write_config(folder, dporch(concurrency=8)))
+    assert config is not None
+    [problem] = problems
+    assert problem.severity is Severity.WARNING
+    assert "concurrency: warning: is 8, but no script has an `async def step()`" in str(problem)
