@@ -245,3 +245,51 @@ def test_async_stage_killed_mid_stream_loses_nothing(tmp_path: Path, porchd: Sta
     assert not missing, f"{len(missing)} values never reached the sink: {missing[:20]}"
     # each run of mid hands its outputs on in input order
     assert got == sorted(got), "the sink saw values out of order"
+
+
+PACED_SOURCE = """
+    import time
+
+    x = 0
+
+    def step():
+        global x
+        x += 1
+        time.sleep(0.02)
+        print(f"sent {x}", flush=True)
+        return x
+"""
+
+SLOW_ASYNC = """
+    import asyncio
+
+    async def step(input_data):
+        await asyncio.sleep(0.3)  # about 15 in flight when the stop comes
+        return input_data["src"]
+"""
+
+PRINTING_SINK = """
+    def step(input_data):
+        print(f"got {input_data['mid']}", flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_with_async_iterations_in_flight_delivers_what_was_sent(
+    tmp_path: Path, porch_cli: StartPorch
+) -> None:
+    """Ctrl+C while mid (async, concurrency 30) has iterations in flight: they finish and are
+    sent, so the sink gets every value the source sent, in order."""
+    configs = [
+        write_pipeline(tmp_path, "src", PACED_SOURCE, targets=("mid",)),
+        write_pipeline(tmp_path, "mid", SLOW_ASYNC, sources=1, targets=("sink",), concurrency=30),
+        write_pipeline(tmp_path, "sink", PRINTING_SINK, sources=1),
+    ]
+    run = porch_cli("run", *map(str, configs))
+    run.wait_until(lambda: len(run.lines_of("sink")) >= 10, EXIT_S, "the sink's first values")
+    run.interrupt()
+
+    assert run.wait_exit(EXIT_S) == 0, run.report()
+    sent = run.lines_of("src")
+    assert sent == [f"sent {x}" for x in range(1, len(sent) + 1)], run.report()
+    assert run.lines_of("sink") == [f"got {x}" for x in range(1, len(sent) + 1)], run.report()
