@@ -18,7 +18,7 @@ import pytest
 import porch
 from porch.security import KeyRing, new_key, read_keyring, write_keyring
 from tests.integration.conftest import PORCH, REPO_ROOT, Porchd, PorchRun
-from tests.integration.test_discovery import counter, printer
+from tests.integration.test_discovery import COUNTER, counter, pipeline, printer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -104,8 +104,10 @@ def test_leaving_loopback_without_a_key_says_how_to_make_one(
     assert run.wait_exit(WAIT_S) == 2, run.report()
     text = "\n".join(run.stderr)
     assert "porch keygen" in text and "--key-file" in text and "--insecure" in text, text
-    # with a key the same peer is allowed, no --insecure needed
-    keyed = porch_cli("run", config, "--peer", "198.51.100.7:5557", "--no-broadcast",
+    # with a key the same peer is allowed, no --insecure needed (a source without targets: one
+    # that waits for a missing target would not end by itself)
+    alone = pipeline(tmp_path / "alone", "lonely", COUNTER.format(sleep_s=0.05))
+    keyed = porch_cli("run", alone, "--peer", "198.51.100.7:5557", "--no-broadcast",
                       "--key-file", keyfile(tmp_path / "k.key"), "--iterations", "2")  # fmt: skip
     assert keyed.wait_exit(WAIT_S) == 0, keyed.report()
 
