@@ -7,7 +7,6 @@ FailureMode.RESTART and serves the control protocol of docs/supervisor-contract.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,17 @@ from porch.config import PipelineConfig, Problem, has_errors, validate
 from porch.discovery import Remote
 from porch.errors import ConfigError, PorchError
 from porch.logfiles import LogFileSink
+from porch.porchd_protocol import (
+    STARTING_COMMANDS,
+    Command,
+    CommandError,
+    ErrorCode,
+    answers,
+    decode_request,
+    encode_reply,
+    error_reply,
+    ok_reply,
+)
 from porch.rates import RateMeter
 from porch.supervisor import FailureMode, Supervisor, WorkerHandle, fingerprint
 from porch.web import TOKEN_FILE, DashboardServer, HttpPlan, graph_data
@@ -31,16 +41,6 @@ log = logs.get("porch.daemon")
 Result = dict[str, Any]
 SNAPSHOT_INTERVAL_S = 0.5  # how often the loop samples rates and publishes the HTTP snapshot
 RATE_COUNTERS = ("msgs_in", "msgs_out")
-# refused once porchd is stopping: what they start would keep it from ever stopping
-STARTING_COMMANDS = ("start", "restart", "reload")
-
-
-class CommandError(PorchError):
-    """A porchctl request that cannot be carried out; becomes an error reply."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def expand_sources(sources: Sequence[str]) -> list[Path]:
@@ -105,15 +105,15 @@ class Daemon:
         self.started_s = time.monotonic()
         self.socket: zmq.Socket[bytes] = self.supervisor.ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "ping": self._ping,
-            "status": self._status,
-            "stop": self._stop,
-            "start": self._start,
-            "restart": self._restart,
-            "reload": self._reload,
-            "graph": self._graph,
-            "logs": self._logs,
+        self.commands: dict[Command, Callable[[dict[str, Any]], Any]] = {
+            Command.PING: self._ping,
+            Command.STATUS: self._status,
+            Command.STOP: self._stop,
+            Command.START: self._start,
+            Command.RESTART: self._restart,
+            Command.RELOAD: self._reload,
+            Command.GRAPH: self._graph,
+            Command.LOGS: self._logs,
         }
 
     # ---- socket --------------------------------------------------------------------------
@@ -121,7 +121,7 @@ class Daemon:
     def bind(self) -> None:
         """Bind the control socket (owner-only); refuse when another porchd answers there."""
         if self.control_path.exists():
-            if _answers(self.supervisor.ctx, self.control_path):
+            if answers(self.supervisor.ctx, self.control_path):
                 raise _already_running(self.control_path)
             self.control_path.unlink()  # stale socket of a porchd that died
         old_umask = os.umask(0o077)
@@ -162,51 +162,43 @@ class Daemon:
                 continue
             reply = self.handle(frames[-1])
             # the envelope (routing id, and a delimiter if the client sent one) goes back as is
-            self.socket.send_multipart([*frames[:-1], json.dumps(reply).encode("utf-8")])
+            self.socket.send_multipart([*frames[:-1], encode_reply(reply)])
 
     def handle(self, data: bytes) -> Result:
         """Answer one request: `{"id", "ok": true, "result"}` or an error with a code."""
         request_id: Any = None
         try:
-            request = json.loads(data)
-            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-                raise CommandError("bad_request", "a request is {id, command, args}")
-            request_id = request.get("id")
-            command = self.commands.get(request["command"])
-            if command is None:
-                raise CommandError("unknown_command", f"unknown command {request['command']!r}")
-            args = request.get("args") or {}
-            if not isinstance(args, dict):
-                raise CommandError("bad_request", "args must be an object")
-            if request["command"] in STARTING_COMMANDS and self.supervisor.stopping:
+            request = decode_request(data)
+            request_id = request.id
+            if request.command in STARTING_COMMANDS and self.supervisor.stopping:
                 raise CommandError(
-                    "stopping",
-                    f"porchd is stopping: nothing can {request['command']} now; start porchd "
+                    ErrorCode.STOPPING,
+                    f"porchd is stopping: nothing can {request.command.value} now; start porchd "
                     "again once it has stopped",
                 )
-            return {"id": request_id, "ok": True, "result": command(args)}
-        except ValueError:
-            return _error(request_id, "bad_request", "request is not JSON")
+            return ok_reply(request_id, self.commands[request.command](request.args))
         except CommandError as exc:
-            return _error(request_id, exc.code, str(exc))
+            known_id = exc.request_id if exc.request_id is not None else request_id
+            return error_reply(known_id, exc.code, str(exc))
         except ConfigError as exc:
-            return _error(request_id, "invalid_config", "; ".join(exc.problems))
+            return error_reply(request_id, ErrorCode.INVALID_CONFIG, "; ".join(exc.problems))
         except Exception as exc:  # the one catch-all of this loop: the daemon keeps answering
             log.exception("command_failed")
-            return _error(request_id, "internal", f"{type(exc).__name__}: {exc}")
+            return error_reply(request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     # ---- commands ------------------------------------------------------------------------
 
     def _handles(self, args: dict[str, Any], allow_empty: bool = False) -> list[WorkerHandle]:
         names = args.get("names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise CommandError("bad_request", "names must be a list of pipeline names")
+            raise CommandError(ErrorCode.BAD_REQUEST, "names must be a list of pipeline names")
         if not names and not allow_empty:
-            raise CommandError("bad_request", "name at least one pipeline")
+            raise CommandError(ErrorCode.BAD_REQUEST, "name at least one pipeline")
         unknown = [n for n in names if n not in self.supervisor.workers]
         if unknown:
             known = ", ".join(sorted(self.supervisor.workers)) or "none"
-            raise CommandError("unknown_pipeline", f"no pipeline {unknown[0]!r} (known: {known})")
+            message = f"no pipeline {unknown[0]!r} (known: {known})"
+            raise CommandError(ErrorCode.UNKNOWN_PIPELINE, message)
         return [self.supervisor.workers[n] for n in names]
 
     def _ping(self, args: dict[str, Any]) -> Result:
@@ -333,7 +325,7 @@ class Daemon:
     def _logs(self, args: dict[str, Any]) -> Result:
         name = args.get("name")
         if not isinstance(name, str) or name not in self.supervisor.workers:
-            raise CommandError("unknown_pipeline", f"no pipeline {name!r}")
+            raise CommandError(ErrorCode.UNKNOWN_PIPELINE, f"no pipeline {name!r}")
         return {"path": str(self.sink.path_of(name))}
 
 
@@ -359,17 +351,13 @@ def _withdrawn_row(remote: Remote, since: float) -> Result:
             "endpoint": None, "withdrawn_since": since}  # fmt: skip
 
 
-def _error(request_id: Any, code: str, message: str) -> Result:
-    return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
-
-
 def refuse_if_running(path: Path) -> None:
     """Raise PorchError when a porchd answers on `path` (bind() checks again, for a race)."""
     if not path.exists():
         return
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        if _answers(ctx, path):
+        if answers(ctx, path):
             raise _already_running(path)
     finally:
         ctx.destroy(linger=0)
@@ -380,15 +368,3 @@ def _already_running(path: Path) -> PorchError:
         f"another porchd is already running at {path}; stop it with `porchctl stop`, "
         "or start this one with --control OTHER_PATH"
     )
-
-
-def _answers(ctx: zmq.Context[zmq.Socket[bytes]], path: Path, timeout_ms: int = 1000) -> bool:
-    """Whether a porchd answers a ping on the socket at `path`."""
-    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(f"ipc://{path}")
-        sock.send_multipart([b"", json.dumps({"id": "probe", "command": "ping"}).encode()])
-        return bool(sock.poll(timeout_ms))
-    finally:
-        sock.close()

@@ -1,31 +1,28 @@
 """`porchctl`: the command-line client of porchd's control socket.
 
-Requests and replies are JSON over ZeroMQ (porchctl DEALER -> porchd ROUTER), as in
-docs/supervisor-contract.md. Only this layer turns errors into output: one line on stderr and
+Requests, replies and their transport are porch/porchd_protocol.py (shared with porchd), as
+in docs/supervisor-contract.md. Only this layer turns errors into output: one line on stderr and
 exit code 1; tracebacks only with --debug.
 """
 
 from __future__ import annotations
 
 import json
-import pwd
 import shutil
-import socket
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-import zmq
 
 from porch import __version__, graph, logfiles, paths
 from porch.clierrors import log_options, reporting, seconds_between
 from porch.errors import ControlError
+from porch.porchd_protocol import TIMEOUT_S, Client, Command, DaemonUnreachable
+from porch.porchd_protocol import CommandFailed as CommandFailed  # re-exported for callers
 
-TIMEOUT_S = 5.0
 STOP_WAIT_TIMEOUT_S = 30.0
 STOP_PING_TIMEOUT_S = 0.5
 STOP_POLL_INTERVAL_S = 0.1
@@ -47,109 +44,6 @@ HEADERS = (
     "LAST ERROR",
 )
 LEFT_ALIGNED = {"PIPELINE", "STATE", "LAST ERROR"}
-
-
-class DaemonUnreachable(ControlError):
-    """porchd does not answer on its control socket (no socket file, or no reply in time).
-
-    `listening` is true when something accepted the connection but did not reply in time.
-    """
-
-    def __init__(self, path: Path, why: str, listening: bool = False) -> None:
-        super().__init__(
-            f"cannot reach porchd at {path} ({why}); is porchd running? start it with "
-            "'porchd start CONFIG...', or point at another with --control PATH or PORCH_CONTROL"
-        )
-        self.path = path
-        self.why = why
-        self.listening = listening
-
-
-class CommandFailed(ControlError):
-    """porchd answered a request with `ok: false`; `code` is one of the contract's codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Client:
-    """Sends one request at a time to porchd and waits for the reply with its id."""
-
-    def __init__(self, address: str, path: Path, timeout_s: float) -> None:
-        self.address = address
-        self.path = path
-        self.timeout_s = timeout_s
-
-    def call(self, command: str, **args: Any) -> Any:
-        """Run `command` on porchd; return its result or raise a ControlError."""
-        self._probe()
-        request_id = uuid.uuid4().hex
-        request = {"id": request_id, "command": command, "args": args}
-        reply = self._exchange(json.dumps(request).encode("utf-8"), request_id)
-        if reply.get("ok") is True:
-            return reply.get("result")
-        error = reply.get("error")
-        if not isinstance(error, dict):
-            raise ControlError(f"malformed reply from porchd: {reply!r:.120}")
-        raise CommandFailed(str(error.get("code", "internal")), str(error.get("message", "")))
-
-    def _probe(self) -> None:
-        # ZeroMQ retries a connect forever in silence, so a missing or stale socket file, or
-        # one we may not open, would only show as a timeout: a plain connect tells them apart.
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(self.timeout_s)
-        try:
-            probe.connect(str(self.path))
-        except FileNotFoundError:
-            raise DaemonUnreachable(self.path, "no such socket") from None
-        except ConnectionRefusedError:
-            raise DaemonUnreachable(self.path, "nothing listening: stale socket") from None
-        except PermissionError:
-            raise ControlError(_permission_denied(self.path)) from None
-        except OSError as exc:
-            raise ControlError(f"cannot use control socket {self.path}: {exc}") from exc
-        finally:
-            probe.close()
-
-    def _exchange(self, request: bytes, request_id: str) -> dict[str, Any]:
-        dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        try:
-            dealer.connect(self.address)
-            dealer.send(request, zmq.NOBLOCK)
-            return self._receive(dealer, request_id)
-        except zmq.Again:
-            raise self._no_answer() from None
-        except zmq.ZMQError as exc:
-            raise ControlError(f"cannot use control socket {self.path}: {exc}") from exc
-        finally:
-            dealer.close()
-
-    def _receive(self, dealer: zmq.Socket[bytes], request_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            remaining_ms = (deadline - time.monotonic()) * 1000
-            if remaining_ms <= 0 or not dealer.poll(max(1, int(remaining_ms)), zmq.POLLIN):
-                raise self._no_answer()
-            reply = _decode_reply(dealer.recv_multipart()[-1])
-            if reply.get("id") == request_id:
-                return reply
-
-    def _no_answer(self) -> DaemonUnreachable:
-        why = f"no answer within {self.timeout_s:g}s"
-        return DaemonUnreachable(self.path, why, listening=True)
-
-
-def _decode_reply(data: bytes) -> dict[str, Any]:
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict):
-        raise ControlError(f"malformed reply from porchd: {data[:120]!r}")
-    return reply
 
 
 # --- formatting (pure) ---
@@ -304,19 +198,6 @@ def format_discovery(result: dict[str, Any]) -> str:
             f"({dropped}){warning}")  # fmt: skip
 
 
-def _permission_denied(path: Path) -> str:
-    """Another user's control socket: say whose, and how to reach it legitimately."""
-    try:
-        owner = path.parent.stat().st_uid
-        who = f"user {pwd.getpwuid(owner).pw_name} (uid {owner})"
-    except (OSError, KeyError):
-        who = "another user"
-    return (
-        f"permission denied: the control socket {path} belongs to {who}, and only its "
-        "owner may use it; run porchctl as that user"
-    )
-
-
 def _join(row: Sequence[str], widths: Sequence[int]) -> str:
     cells = [
         cell.ljust(size) if HEADERS[i] in LEFT_ALIGNED else cell.rjust(size)
@@ -380,7 +261,7 @@ def porchctl(ctx: click.Context, control: str | None, timeout_s: float, debug: b
 @handle_errors
 def status(client: Client, as_json: bool) -> None:
     """Show each pipeline: pid, state, uptime, counters, resources, restarts, last error."""
-    result = client.call("status")
+    result = client.call(Command.STATUS)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -415,10 +296,10 @@ def status(client: Client, as_json: bool) -> None:
 def stop(client: Client, names: Sequence[str], wait_timeout_s: float) -> None:
     """Stop the named pipelines, or without NAMEs porchd and all its pipelines."""
     if names:
-        result = client.call("stop", names=list(names))
+        result = client.call(Command.STOP, names=list(names))
         click.echo(f"stopping: {_names(result.get('stopping', names))}")
         return
-    client.call("stop", names=[])
+    client.call(Command.STOP, names=[])
     _wait_stopped(client, wait_timeout_s)
     click.echo("porchd stopped")
 
@@ -435,7 +316,7 @@ def _wait_stopped(client: Client, timeout_s: float) -> None:
 def _is_gone(prober: Client) -> bool:
     # A porchd busy stopping its pipelines may answer late, but it still accepts connections.
     try:
-        prober.call("ping")
+        prober.call(Command.PING)
     except DaemonUnreachable as exc:
         return not exc.listening
     return False
@@ -448,7 +329,7 @@ def _is_gone(prober: Client) -> bool:
 @handle_errors
 def start(client: Client, names: Sequence[str]) -> None:
     """Start the named pipelines (stopped or failed ones)."""
-    result = client.call("start", names=list(names))
+    result = client.call(Command.START, names=list(names))
     click.echo(f"starting: {_names(result.get('started', names))}")
 
 
@@ -459,7 +340,7 @@ def start(client: Client, names: Sequence[str]) -> None:
 @handle_errors
 def restart(client: Client, names: Sequence[str]) -> None:
     """Restart the named pipelines (also resets a failed pipeline's failure count)."""
-    result = client.call("restart", names=list(names))
+    result = client.call(Command.RESTART, names=list(names))
     click.echo(f"restarting: {_names(result.get('restarting', names))}")
 
 
@@ -469,7 +350,7 @@ def restart(client: Client, names: Sequence[str]) -> None:
 @handle_errors
 def reload(client: Client) -> None:
     """Re-read the configs: start added pipelines, stop removed ones, restart changed ones."""
-    click.echo(format_reload(client.call("reload")))
+    click.echo(format_reload(client.call(Command.RELOAD)))
 
 
 @porchctl.command(short_help="Print the dashboard's address with its token.")
@@ -479,7 +360,7 @@ def reload(client: Client) -> None:
 @handle_errors
 def dashboard(client: Client, token_only: bool) -> None:
     """Print the dashboard's address with its token (read from porchd's 0600 token file)."""
-    http = (client.call("status").get("daemon") or {}).get("http")
+    http = (client.call(Command.STATUS).get("daemon") or {}).get("http")
     if not isinstance(http, dict) or not http.get("token_file"):
         raise ControlError("porchd serves no dashboard; start it with --http 127.0.0.1:PORT")
     path = Path(str(http["token_file"]))
@@ -504,7 +385,7 @@ def dashboard(client: Client, token_only: bool) -> None:
 @handle_errors
 def graph_cmd(client: Client, fmt: str) -> None:
     """Print the pipeline graph with each pipeline's state."""
-    nodes = graph.from_result(client.call("graph"))
+    nodes = graph.from_result(client.call(Command.GRAPH))
     click.echo(graph.render(nodes, fmt), nl=False)
 
 
@@ -530,7 +411,7 @@ def top(client: Client, interval_s: float) -> None:
     from porch import top as live
 
     def fetch() -> dict[str, Any]:
-        result: dict[str, Any] = client.call("status")
+        result: dict[str, Any] = client.call(Command.STATUS)
         return result
 
     if not sys.stdout.isatty():
@@ -555,7 +436,7 @@ def top(client: Client, interval_s: float) -> None:
 @handle_errors
 def logs(client: Client, name: str, follow: bool, lines: int) -> None:
     """Print a pipeline's output (stdout and stderr) from its log file."""
-    path = Path(client.call("logs", name=name)["path"])
+    path = Path(client.call(Command.LOGS, name=name)["path"])
     if not follow:
         for line in logfiles.tail(path, lines):
             click.echo(line)
