@@ -1,5 +1,5 @@
-"""Command-line interfaces: `porch` (init, validate, run, prefs, keygen), and the network
-options that `porch run` and `porchd start` share.
+"""Command-line interface `porch` (init, validate, run, prefs, keygen); the network options
+`porch run` shares with `porchd start` are in porch/cliopts.py.
 
 Only this layer turns errors into output: one clear line on stderr and a documented exit code;
 tracebacks only with --debug.
@@ -10,24 +10,22 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from porch import __version__, logs
 from porch.clierrors import log_options, reporting, seconds_between, set_log_level
+from porch.cliopts import MAX_STOP_TIMEOUT_S, network_options, network_plan
 from porch.config import Problem, Severity, has_errors, name_problem, name_warning, validate
 from porch.paths import ensure_private_dir, state_base
 from porch.prefs import KEYS, Effective, prefs_path, resolve, write_file
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-MAX_STOP_TIMEOUT_S = 86_400.0  # a day: longer is a stop that never ends
 
 SCRIPT_TEMPLATE = '''"""Porch script for pipeline {name}: step() runs once per iteration."""
 
@@ -124,50 +122,6 @@ def validate_cmd(configs: Sequence[str]) -> None:
         click.echo(f"{errors} error(s), {warnings} warning(s) in {len(configs)} file(s)", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(f"ok: {len(configs)} file(s), {warnings} warning(s)", err=True)
-
-
-# ---- network options (porch run, porchd start) ---------------------------------------------
-
-NETWORK_OPTIONS = (
-    click.option("--interface", "interfaces", multiple=True, metavar="NAME|ADDRESS",
-                 help="Data interface (repeatable); workers bind on the first one's address "
-                 "[env PORCH_INTERFACE; default: loopback]."),
-    click.option("--discovery-port", type=click.IntRange(1, 65535), default=None,
-                 help="UDP port of discovery beacons [env PORCH_DISCOVERY_PORT; default 5557]."),
-    click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
-                 help="A static peer that gets our beacons by unicast (repeatable) "
-                 "[env PORCH_PEERS, comma-separated]."),
-    click.option("--beacon-interval", "beacon_interval_s", type=float, default=None,
-                 metavar="SECONDS",
-                 help="Seconds between beacons [env PORCH_BEACON_INTERVAL; default 1]."),
-    click.option("--key-file", default=None, metavar="PATH",
-                 help="Cluster key file from `porch keygen` [env PORCH_KEY_FILE]: signed "
-                 "beacons, CURVE-encrypted links, and interfaces other than loopback."),
-    click.option("--insecure", is_flag=True, default=None,
-                 help="Allow non-loopback interfaces and peers without a cluster key "
-                 "(unsigned beacons, unencrypted links)."),
-    click.option("--no-broadcast", "broadcast", flag_value=False, default=None,
-                 help="Send beacons to static peers only, not to broadcast addresses."),
-)  # fmt: skip
-
-
-def network_options(fn: F) -> F:
-    """Add the network options to a command; they arrive as keyword arguments."""
-    for option in reversed(NETWORK_OPTIONS):
-        fn = option(fn)
-    return fn
-
-
-def network_prefs(options: dict[str, Any]) -> Effective:
-    """Preferences with these flags on top of environment, file and defaults."""
-    return resolve({key: options.get(key) for key in KEYS})
-
-
-def network_plan(options: dict[str, Any]) -> Any:
-    """Where to bind and beacon (a broker.NetworkPlan); UsageError when it is not allowed."""
-    from porch.broker import plan  # psutil and sockets are only needed here
-
-    return plan(network_prefs(options).prefs)
 
 
 @porch.command(short_help="Run pipelines in the foreground until done or Ctrl+C.")

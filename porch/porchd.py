@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from porch import __version__, logs
-from porch.cli import MAX_STOP_TIMEOUT_S, network_options, network_plan, network_prefs
 from porch.clierrors import log_options, seconds_between
+from porch.cliopts import MAX_STOP_TIMEOUT_S, network_options, network_plan, network_prefs
 from porch.errors import ConfigError, PorchError
 
 
