@@ -40,6 +40,7 @@ from tests.integration.test_discovery import counter, printer
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 WAIT_S = 20.0
+EXPIRE_WAIT_S = 60.0
 FLOOD_S = 6.0
 MEMORY_SLACK_MIB = 10.0
 PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
@@ -354,7 +355,9 @@ def test_without_signatures_a_flood_stays_bounded_and_empties_again(
     assert len(live) <= MAX_REMOTE_PIPELINES  # tests/unit/test_discovery.py checks the bound
     assert grown_mib <= MEMORY_SLACK_MIB, (grown_mib, sent)
     assert slowest_s < 5.0, f"porchctl status took {slowest_s:.1f} s during the flood"
-    # what the flood announced expires; at most MAX_WITHDRAWN names are remembered as withdrawn
+    # What the flood announced expires; at most MAX_WITHDRAWN names are remembered as withdrawn.
+    # Up to 4 MB of flood still queued in the socket is worked off first: each new announcer
+    # costs porchd a directory update and conflict logs, which takes long on a loaded machine.
     daemon.wait_until(lambda: {r["state"] for r in daemon.status()["remote"]} <= {"withdrawn"},
-                      WAIT_S, "the flood to expire")  # fmt: skip
+                      EXPIRE_WAIT_S, "the flood to expire")  # fmt: skip
     assert len(daemon.status()["remote"]) <= MAX_WITHDRAWN
