@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import psutil
 import zmq
 
-from porch import logs, reaper
+from porch import forkserver, logs, reaper
 from porch.broker import Broker, NetworkPlan
 from porch.config import PipelineConfig
 from porch.control import MessageType, WorkerState, decode, encode
@@ -40,6 +40,7 @@ log = logs.get("porch.supervisor")
 
 STOP_TIMEOUT_S = 10.0
 POLL_MS = 500  # timer granularity; worker messages and signals wake the loop at once
+DIRECTORY_GAP_S = 0.02  # directories to the workers: at most one per this (a burst coalesces)
 OUTPUT_DRAIN_S = 2.0  # after a worker exits, how long its pipes may still deliver output
 READ_BYTES = 65536
 READS_PER_WAKEUP = 16
@@ -103,7 +104,7 @@ class WorkerHandle:
 
     config: PipelineConfig
     tracker: RestartTracker
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | forkserver.ForkedProcess | None = None
     state: WorkerState = WorkerState.STARTING
     endpoint: str | None = None
     instance: int | None = None  # the worker's data-plane instance id (changes on restart)
@@ -187,6 +188,8 @@ class Supervisor:
         reaper.remove_stale_run_dirs()  # what a supervisor killed with kill -9 left behind
         self.runtime_dir = reaper.make_run_dir()
         self.watchdog = reaper.Watchdog(self.runtime_dir, grace_s=stop_timeout_s)
+        self.forkserver: forkserver.ForkServer | None = None
+        self._forkserver_failed = not forkserver.enabled()
         self.worker_endpoint = f"ipc://{self.runtime_dir}/workers"
         self.router: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -199,6 +202,8 @@ class Supervisor:
         self._tickers: list[Callable[[float], None]] = []
         self._removed: set[str] = set()
         self._children_changed = False  # SIGCHLD came: a worker or an adopted process ended
+        self._directory_sent_s = 0.0
+        self._directory_due_s: float | None = None  # when a held-back directory goes out
         self._signals_installed = False
         self.broker: Broker | None = None
         self.key_file: str | None = None  # workers get its path, never the key itself
@@ -211,7 +216,7 @@ class Supervisor:
         self.bind_host = ",".join(network.bind_hosts)  # a worker binds on each
         self.key_file = network.key_file
         self.key_id = network.keys.current.id if network.keys is not None else None
-        self.broker = Broker(network, origin, self._local_entries, self._send_directory)
+        self.broker = Broker(network, origin, self._local_entries, self._directory_changed)
         self.poller.register(self.broker.fileno(), zmq.POLLIN)
         self._handlers[self.broker.fileno()] = self.broker.on_readable
 
@@ -307,6 +312,8 @@ class Supervisor:
         descendants, adopted by us as their subreaper."""
         ours = {h.process.pid for h in self.workers.values() if h.process is not None}
         ours.add(self.watchdog.process.pid)
+        if self.forkserver is not None:
+            ours.add(self.forkserver.pid)
         killed = reaper.reap_adopted(ours)
         if killed:
             log.warning("orphans_killed", processes=killed,
@@ -364,13 +371,13 @@ class Supervisor:
 
     # ---- spawning ------------------------------------------------------------------------
 
-    def _command(self, handle: WorkerHandle) -> list[str]:
+    def _command(self, handle: WorkerHandle, parent_pid: int | None = None) -> list[str]:
         cmd = [
             sys.executable, "-m", "workers",
             "--config", str(handle.config.path),
             "--control", self.worker_endpoint,
             "--bind-host", self.bind_host,
-            "--parent-pid", str(os.getpid()),
+            "--parent-pid", str(parent_pid or os.getpid()),
             "--stop-timeout", str(self.stop_timeout_s),
         ]  # fmt: skip
         if self.state_dir is not None:
@@ -385,7 +392,7 @@ class Supervisor:
         """Start one worker in its own process group, its output piped to us."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("PORCH_LOG_FORMAT", "console" if sys.stderr.isatty() else "json")
-        process = subprocess.Popen(
+        process = self._fork(handle, env) or subprocess.Popen(
             self._command(handle),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -412,6 +419,48 @@ class Supervisor:
             handle.streams[pipe.fileno()] = (stream_name, LineSplitter())
             self.poller.register(pipe.fileno(), zmq.POLLIN)
         log.info("worker_spawned", pipeline=handle.name, pid=process.pid)
+
+    def _fork(self, handle: WorkerHandle, env: dict[str, str]) -> forkserver.ForkedProcess | None:
+        """A worker forked from the template (porch/forkserver.py), or None: then it starts as
+        a fresh interpreter (PORCH_FORK_SERVER=0, or the template cannot be started)."""
+        for _ in range(2):  # a template that died is started again once
+            if self._forkserver_failed:
+                return None
+            try:
+                if self.forkserver is None or self.forkserver.dead:
+                    if self.forkserver is not None:
+                        log.warning("fork_server_restarted", pid=self.forkserver.pid)
+                        self._forget_forkserver()
+                    self.forkserver = forkserver.ForkServer(env)
+                    self.poller.register(self.forkserver.sock.fileno(), zmq.POLLIN)
+                    self._handlers[self.forkserver.sock.fileno()] = self._on_forkserver
+                argv = self._command(handle, self.forkserver.pid)[3:]
+                return self.forkserver.spawn(handle.name, argv, str(handle.config.folder), env)
+            except (forkserver.ForkServerError, OSError) as exc:
+                log.warning("fork_server_failed", reason=str(exc))
+                if self.forkserver is None:
+                    self._forkserver_failed = True
+        self._forkserver_failed = True
+        log.warning("fork_server_disabled", detail="workers start as fresh interpreters")
+        return None
+
+    def _on_forkserver(self) -> None:
+        """The template reported exits (or died: its socket is then forgotten)."""
+        assert self.forkserver is not None
+        self.forkserver.collect()
+        # A worker's exit: its orphans (a script's children in new sessions) are ours now, as
+        # their subreaper; the SIGCHLD of its exit went to the template, not to us.
+        self._children_changed = True
+        if self.forkserver.dead:
+            log.warning("fork_server_died", pid=self.forkserver.pid)
+            self._forget_forkserver()
+
+    def _forget_forkserver(self) -> None:
+        assert self.forkserver is not None
+        fd = self.forkserver.sock.fileno()
+        if fd in self._handlers:
+            self.poller.unregister(fd)
+            del self._handlers[fd]
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -460,13 +509,17 @@ class Supervisor:
             self._reap(handle, now)
         if self.broker is not None:
             self.broker.tick(now)
+        self._flush_directory(time.monotonic())
         for on_tick in self._tickers:
             on_tick(now)
 
     def _poll_timeout_ms(self) -> int:
-        if self.broker is None:
+        due = [] if self._directory_due_s is None else [self._directory_due_s]
+        if self.broker is not None:
+            due.append(self.broker.tick(time.monotonic()))
+        if not due:
             return POLL_MS
-        due_ms = (self.broker.tick(time.monotonic()) - time.monotonic()) * 1000
+        due_ms = (min(due) - time.monotonic()) * 1000
         return max(0, min(POLL_MS, int(due_ms) + 1))
 
     def _check_timers(self, handle: WorkerHandle, now: float) -> None:
@@ -593,9 +646,27 @@ class Supervisor:
 
     def _publish_directory(self) -> None:
         """The local pipelines changed: tell the workers, and the other hosts at once."""
-        self._send_directory()
+        self._directory_changed()
         if self.broker is not None:
             self.broker.announce_soon()
+
+    def _directory_changed(self) -> None:
+        """Send the directory now, or (one was just sent) once DIRECTORY_GAP_S has passed: a
+        burst of changes (1,000 workers starting) makes a few directories, not one per change
+        for every worker."""
+        now = time.monotonic()
+        if now - self._directory_sent_s >= DIRECTORY_GAP_S:
+            self._directory_due_s = None
+            self._directory_sent_s = now
+            self._send_directory()
+        elif self._directory_due_s is None:
+            self._directory_due_s = self._directory_sent_s + DIRECTORY_GAP_S
+
+    def _flush_directory(self, now: float) -> None:
+        if self._directory_due_s is not None and now >= self._directory_due_s:
+            self._directory_due_s = None
+            self._directory_sent_s = now
+            self._send_directory()
 
     def _local_entries(self) -> list[Entry]:
         return [Entry(h.name, h.endpoint, h.state.value, h.instance, h.key_id,
@@ -779,6 +850,8 @@ class Supervisor:
         self._wake_r.close()
         self._wake_w.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self.forkserver is not None:
+            self.forkserver.close()
         self.watchdog.close()
 
 

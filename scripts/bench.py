@@ -79,7 +79,7 @@ class Sizes:
     large_bytes: int = 100 * MB  # one array of the large-message runs
     large_count: int = 15  # arrays per large-message run
     large_skip: int = 5  # arrivals not timed: more than a start-up backlog can hold (limit 4)
-    chains: int = 32  # source->sink chains of the many-pipelines run (2 pipelines each)
+    chains: int = 64  # source->sink chains of the many-pipelines run (2 pipelines each)
     linked_deadline_s: float = 60.0  # slower than this to link is an error, not a MISS
     settle_s: float = 2.0  # after everything linked, before idleness is measured
     idle_s: float = 5.0  # how long idle CPU is measured
@@ -967,13 +967,26 @@ def bench_startup(settings: Settings) -> Sample:
 
 
 def worker_processes(supervisor: int) -> list[psutil.Process]:
-    """The supervisor's worker processes (`python -m workers ...`)."""
+    """The supervisor's worker processes: forks of its fork server, titled `porch worker NAME`
+    (or, with PORCH_FORK_SERVER=0, its children `python -m workers ...`)."""
     workers = []
-    for proc in psutil.Process(supervisor).children():
+    for proc in psutil.Process(supervisor).children(recursive=True):
         with suppress(psutil.Error):
-            if "workers" in proc.cmdline()[1:3]:
+            cmdline = proc.cmdline()
+            if (cmdline[:1] and cmdline[0].startswith(WORKER_TITLE)) or "workers" in cmdline[1:3]:
                 workers.append(proc)
     return workers
+
+
+WORKER_TITLE = "porch worker "
+
+
+def worker_name(proc: psutil.Process) -> str:
+    """The pipeline a worker process runs (from its title, else its --config)."""
+    cmdline = proc.cmdline()
+    if cmdline[0].startswith(WORKER_TITLE):
+        return cmdline[0][len(WORKER_TITLE) :]
+    return Path(cmdline[cmdline.index("--config") + 1]).stem
 
 
 def cpu_seconds(procs: Sequence[psutil.Process]) -> float:
@@ -998,7 +1011,7 @@ def run_ns(procs: Sequence[psutil.Process]) -> float:
 
 
 def bench_many(settings: Settings) -> Sample:
-    """`porch run` of `chains` independent source -> sink chains (64 pipelines in all).
+    """`porch run` of `chains` independent source -> sink chains (128 pipelines in all).
 
     Each source sends one value, then idles in step() (sleeps and returns SKIP, like a sensor
     with nothing new). Measured: seconds from `porch run` to every sink's first line; then,
@@ -1025,18 +1038,19 @@ def bench_many(settings: Settings) -> Sample:
         if len(workers) != len(nodes):
             raise BenchError(f"{len(workers)} worker processes running, expected {len(nodes)}")
         supervisor = psutil.Process(child.proc.pid)
-        sources = [p for p in workers if "/many_src_" in " ".join(p.cmdline())]
+        sources = [p for p in workers if worker_name(p).startswith("many_src_")]
         ns_before, ns_src_before = run_ns(workers), run_ns(sources)
         before, sup_before, t0 = cpu_seconds(workers), cpu_seconds([supervisor]), time.monotonic()
         time.sleep(sizes.idle_s)
         after, sup_after, t1 = cpu_seconds(workers), cpu_seconds([supervisor]), time.monotonic()
         ns_after, ns_src_after = run_ns(workers), run_ns(sources)
         ns_src = ns_src_after - ns_src_before
-        rss = []
+        rss, uss = [], []
         for proc in workers:
             with suppress(psutil.Error):
                 rss.append(proc.memory_info().rss / MB)
-        if len(rss) != len(nodes):
+                uss.append(proc.memory_full_info().uss / MB)
+        if len(rss) != len(nodes) or len(uss) != len(nodes):
             raise BenchError(f"only {len(rss)} of {len(nodes)} workers still alive when idle")
         child.proc.send_signal(signal.SIGINT)  # a graceful stop, like Ctrl+C
         try:
@@ -1058,6 +1072,7 @@ def bench_many(settings: Settings) -> Sample:
             "linked_s": linked_s,
             "rss_max_mb": max(rss),
             "rss_median_mb": statistics.median(rss),
+            "uss_median_mb": statistics.median(uss),
             "idle_cpu_pct": 100.0 * (after - before) / (t1 - t0),
             "idle_cpu_pct_schedstat": 100.0 * (ns_after - ns_before) / 1e9 / (t1 - t0),
             "idle_cpu_pct_sources": 100.0 * ns_src / 1e9 / (t1 - t0),
@@ -1323,8 +1338,10 @@ ROWS: list[Row] = [
     Row("100 MB numpy A->B", "porch_large.mb_per_s", "MB/s",
         "raw_large.mb_per_s", "raw 0-copy", ">=", 0.5),
     Row("porch run diamond: 1st output", "startup.first_output_s", "s", op="<=", goal=1.5),
-    Row("{pipelines} pipelines: all linked", "many.linked_s", "s", op="<=", goal=15.0),
+    Row("{pipelines} pipelines: all linked", "many.linked_s", "s", op="<=", goal=4.0, issue=18),
     Row("{pipelines} pipelines: idle RSS (max)", "many.rss_max_mb", "MB", op="<=", goal=40.0),
+    Row("{pipelines} pipelines: idle worker USS (median)", "many.uss_median_mb", "MB",
+        op="<=", goal=8.0, issue=18),
     Row("{pipelines} pipelines: idle CPU (all)", "many.idle_cpu_pct", "% core", op="<=", goal=5.0),
     Row("{pipelines} pipelines: supervisor idle", "many.supervisor_idle_cpu_pct", "% core"),
     Row("CURVE vs plain, A->B small msgs", "curve_chain.rate", "msgs/s",
@@ -1720,8 +1737,7 @@ def profile_chain(settings: Settings, out_dir: Path, seconds: int, top: int) -> 
         time.sleep(3.0)  # started, linked, streaming
         workers = {}
         for proc in worker_processes(child.proc.pid):
-            config = Path(proc.cmdline()[proc.cmdline().index("--config") + 1])
-            workers[config.stem] = proc.pid
+            workers[worker_name(proc)] = proc.pid
         if set(workers) != {"bench_a", "bench_b"}:
             print(f"expected workers bench_a and bench_b, found {workers}", file=sys.stderr)
             return 1

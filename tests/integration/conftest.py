@@ -103,6 +103,16 @@ class PorchRun:
                 pipe.close()
 
 
+def is_worker_of(proc: psutil.Process, config: Path) -> bool:
+    """Whether `proc` is the worker of `config`: a fork-server worker is titled `porch worker
+    NAME`, a fresh interpreter (PORCH_FORK_SERVER=0) has the config's path in its argv."""
+    cmdline = proc.cmdline()
+    if str(config) in cmdline:
+        return True
+    name = json.loads(config.read_text()).get("name")
+    return bool(cmdline) and cmdline[0] == f"porch worker {name}"
+
+
 def _processes_marked(marker: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():

@@ -19,7 +19,7 @@ import zmq
 
 from porch.security import LinkSecurity, local_keyring
 from porch.wire import FrameKind, encode_header
-from tests.integration.conftest import PorchRun
+from tests.integration.conftest import PorchRun, is_worker_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -36,7 +36,7 @@ class _Exploit:
 
 def _listening_port(run: PorchRun, config: Path) -> int:
     for child in psutil.Process(run.proc.pid).children(recursive=True):
-        if str(config) in child.cmdline():
+        if is_worker_of(child, config):
             ports = [c.laddr.port for c in child.net_connections("tcp") if c.status == "LISTEN"]
             if ports:
                 return ports[0]

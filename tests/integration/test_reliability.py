@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.integration.conftest import POLL_INTERVAL_S, REPO_ROOT, Porchd, PorchRun
+from tests.integration.conftest import POLL_INTERVAL_S, REPO_ROOT, Porchd, PorchRun, is_worker_of
 
 pytestmark = [pytest.mark.integration]
 
@@ -522,7 +522,7 @@ def worker_process(run: PorchRun, config: Path) -> psutil.Process | None:
         return None
     for child in children:
         try:
-            if str(config) in child.cmdline():
+            if is_worker_of(child, config):
                 return child
         except psutil.Error:
             continue
