@@ -246,9 +246,10 @@ class Broker:
         self._heard: dict[str, float] = {}  # source address -> when a good beacon came
         self._silent: set[str] = set()  # static peers ("host:port") reported silent
         self._started = time.monotonic()
-        if network.insecure and not network.loopback_only and network.keys is None:
+        if network.key_source is KeySource.NONE:  # --insecure: on loopback too, say so
             log.warning("insecure_network", data_host=network.data_host, port=network.port,
-                        detail="beacons are unsigned and data links unencrypted")  # fmt: skip
+                        detail="beacons are unsigned and data links unencrypted: anyone who "
+                        "reaches them, other local users included, can send pickles")  # fmt: skip
         log.info("discovery_started", daemon=self.daemon_id, port=network.port,
                  data_host=network.data_host, broadcasts=list(network.broadcasts),
                  peers=[f"{h}:{p}" for h, p in network.peers],

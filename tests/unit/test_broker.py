@@ -105,3 +105,13 @@ def test_a_beacon_of_1200_pipelines_reaches_a_peer_in_signed_parts(brokers: list
         receiver.tick(time.monotonic())
     assert sorted(receiver.directory([])) == [e.name for e in entries]
     assert receiver.counters["rejected"] == 0
+
+
+def test_insecure_on_loopback_is_loud_too(brokers: list[Broker]) -> None:
+    """--insecure turns the local secret off: other local users could send pickles."""
+    plain = NetworkPlan("127.0.0.1", (), (), free_udp_port(), INTERVAL_S, loopback_only=True,
+                        insecure=True)  # fmt: skip
+    with capture_logs() as events:
+        brokers.append(Broker(plain, "o", list, lambda: None))
+    warned = [e for e in events if e["event"] == "insecure_network"]
+    assert warned and "other local users" in warned[0]["detail"]
