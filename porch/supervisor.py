@@ -128,6 +128,8 @@ class WorkerHandle:
     streams: dict[int, tuple[str, LineSplitter]] = field(default_factory=dict)
     digest: str = ""
     ps: psutil.Process | None = None
+    directory_sent: dict[str, Any] | None = None  # what its last directory held
+    names_sent: int = -1  # the version of the names it was last sent
 
     @property
     def name(self) -> str:
@@ -203,6 +205,8 @@ class Supervisor:
         self._removed: set[str] = set()
         self._children_changed = False  # SIGCHLD came: a worker or an adopted process ended
         self._directory_sent_s = 0.0
+        self._directory_names: list[str] = []
+        self._names_version = 0
         self._directory_due_s: float | None = None  # when a held-back directory goes out
         self._signals_installed = False
         self.broker: Broker | None = None
@@ -409,6 +413,7 @@ class Supervisor:
         handle.stop_pending = False
         handle.digest = fingerprint(handle.config)
         handle.ps = None
+        handle.directory_sent, handle.names_sent = None, -1  # a new worker gets it all
         for key in COUNTERS:  # the last instance's counts become part of the totals
             handle.totals[key] = handle.totals.get(key, 0) + int(handle.health.get(key, 0) or 0)
         handle.health = {}
@@ -696,10 +701,34 @@ class Supervisor:
         return {"targets": handle.config.target_pipeline_names, "final": final}
 
     def _send_directory(self) -> None:
-        message = encode(MessageType.DIRECTORY, pipelines=self.directory())
+        """Each worker gets the entries it uses (itself, its targets, the pipelines that target
+        it) when they changed, and every pipeline's name when the names changed (for its
+        `did you mean` on a missing target): with 1,000 pipelines a change costs a few small
+        messages, not 1,000 copies of the whole directory."""
+        pipelines = self.directory()
+        names = sorted(pipelines)
+        if names != self._directory_names:
+            self._directory_names = names
+            self._names_version += 1
+        sources: dict[str, list[str]] = {}
+        for name, entry in pipelines.items():
+            for target in entry.get("targets") or ():
+                sources.setdefault(target, []).append(name)
         for handle in self.workers.values():
-            if handle.alive:
-                self.router.send_multipart([handle.name.encode("utf-8"), message])
+            if not handle.alive:
+                continue
+            wanted = (handle.name, *handle.config.target_pipeline_names,
+                      *sources.get(handle.name, ()))  # fmt: skip
+            part = {n: pipelines[n] for n in wanted if n in pipelines}
+            fresh_names = handle.names_sent != self._names_version
+            if part == handle.directory_sent and not fresh_names:
+                continue
+            fields: dict[str, Any] = {"pipelines": part}
+            if fresh_names:
+                fields["names"] = names
+            message = encode(MessageType.DIRECTORY, **fields)
+            self.router.send_multipart([handle.name.encode("utf-8"), message])
+            handle.directory_sent, handle.names_sent = part, self._names_version
 
     # ---- exits ---------------------------------------------------------------------------
 

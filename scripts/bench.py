@@ -86,11 +86,13 @@ class Sizes:
     cut_s: float = 30.0  # how long the link between two namespace hosts is cut (reconnect)
     async_n: int = 10_000  # messages through the async stage with concurrency 100
     slow_n: int = 300  # messages through a stage that takes 10 ms each, one at a time
+    thousand: int = 1000  # pipelines under one porchd (issue 18)
+    thousand_deadline_s: float = 180.0  # slower than this is an error, not a MISS
 
 
 FULL = Sizes()
 QUICK = Sizes(n=20_000, latency_s=1.0, large_count=8, chains=4, settle_s=1.0, idle_s=2.0,
-              cut_s=10.0, async_n=3000, slow_n=100)  # fmt: skip
+              cut_s=10.0, async_n=3000, slow_n=100, thousand=40)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -1083,6 +1085,91 @@ def bench_many(settings: Settings) -> Sample:
     )
 
 
+def _porchctl_status(control: Path, env: dict[str, str]) -> dict[str, Any] | None:
+    try:
+        done = subprocess.run([porch_exe("porchctl"), "--control", str(control), "status",
+                               "--json"], capture_output=True, text=True, env=env,
+                              timeout=60)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return None
+    status: dict[str, Any] = json.loads(done.stdout)
+    return status
+
+
+def bench_many1000(settings: Settings) -> Sample:
+    """Issue 18: `porchd` with `thousand` pipelines (idle source -> sink chains) and a second
+    porchd beside it. Measured: seconds from start until every pipeline runs, every sink got
+    its value (linked) and the second porchd's status lists all of them (discovery beacons in
+    parts); then the CPU of the whole set (porchd, its fork server, every worker) while idle,
+    and the workers' USS."""
+    sizes = settings.sizes
+    count = sizes.thousand
+    nodes: list[Node] = []
+    for i in range(count // 2):
+        src, sink = f"k_src_{i:03d}", f"k_sink_{i:03d}"
+        nodes.append(Node(src, IDLE_SOURCE, (sink,), params={"IDLE_SLEEP_S": 1.0}))
+        nodes.append(Node(sink, IDLE_SINK, (), 1))
+    folder = write_graph(settings, "thousand", nodes)[0].parent
+    observer = write_graph(settings, "observer", [Node("observer", IDLE_SOURCE, (),
+                                                       params={"IDLE_SLEEP_S": 1.0})])  # fmt: skip
+    home = Path(tempfile.mkdtemp(prefix="thousand-", dir=settings.workdir))
+    env = dict(settings_env(settings), PORCH_DISCOVERY_PORT=str(free_udp_port()))
+
+    def porchd(name: str, source: Path) -> list[str]:
+        return [porch_exe("porchd"), "start", str(source), "--control", str(home / name),
+                "--state-dir", str(home / f"{name}-state")]  # fmt: skip
+
+    with (
+        spawned(porchd("a.sock", folder), settings.workdir, env) as big,
+        spawned(porchd("b.sock", observer[0]), settings.workdir, env),
+    ):
+        linked_s = visible_s = None
+        counts: tuple[int, int, int] = (0, 0, 0)
+        while linked_s is None or visible_s is None:
+            elapsed = time.monotonic() - big.started_s
+            if elapsed > sizes.thousand_deadline_s:
+                raise BenchError(f"after {elapsed:.0f} s: running, linked, visible = {counts}")
+            mine = _porchctl_status(home / "a.sock", env) or {"pipelines": []}
+            theirs = _porchctl_status(home / "b.sock", env) or {"remote": []}
+            running = sum(p["state"] == "running" for p in mine["pipelines"])
+            linked = sum(p["name"].startswith("k_sink_") and (p.get("msgs_in") or 0) >= 1
+                         for p in mine["pipelines"])  # fmt: skip
+            visible = len({r["name"] for r in theirs["remote"] if r["name"].startswith("k_")})
+            counts = (running, linked, visible)
+            now = time.monotonic() - big.started_s
+            if linked_s is None and running == count and linked == count // 2:
+                linked_s = now
+            if visible_s is None and visible == count:
+                visible_s = now
+            time.sleep(1.0)
+        time.sleep(sizes.settle_s)
+        root = psutil.Process(big.proc.pid)
+        family = [root, *root.children(recursive=True)]
+        workers = worker_processes(big.proc.pid)
+        before, t0 = cpu_seconds(family), time.monotonic()
+        time.sleep(sizes.idle_s)
+        after, t1 = cpu_seconds(family), time.monotonic()
+        uss = []
+        for proc in workers[:: max(1, len(workers) // 100)]:  # a sample of 100: it is slow
+            with suppress(psutil.Error):
+                uss.append(proc.memory_full_info().uss / MB)
+        big.proc.send_signal(signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            big.proc.wait(timeout=120.0)
+    return Sample(
+        {
+            "linked_s": linked_s,
+            "visible_s": visible_s,
+            "all_s": max(linked_s, visible_s),
+            "workers": len(workers),
+            "idle_cpu_pct": 100.0 * (after - before) / (t1 - t0),
+            "uss_median_mb": statistics.median(uss) if uss else float("nan"),
+        }
+    )
+
+
 # ---------------------------------------------------------------- the registries
 
 # ---------------------------------------------------------------- CURVE vs plain (issue 5)
@@ -1310,6 +1397,12 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("porch_large", "porch A->B 100 MB numpy", bench_porch_large),
     Benchmark("startup", "porch run examples/diamond", bench_startup),
     Benchmark("many", "porch run, idle source->sink chains", bench_many, repeats=2),
+    Benchmark(
+        "thousand",
+        "porchd with 1,000 idle pipelines, seen by a 2nd porchd",
+        bench_many1000,
+        repeats=1,
+    ),
     Benchmark("curve_chain", "porch A->B with a cluster key (CURVE)", bench_curve_chain),
     Benchmark("plain_chain", "porch A->B, --insecure (plain TCP)", bench_plain_chain),
     Benchmark("plain_1mb", "porch A->B 1 MB numpy, --insecure", bench_plain_1mb),
@@ -1343,6 +1436,11 @@ ROWS: list[Row] = [
     Row("{pipelines} pipelines: idle worker USS (median)", "many.uss_median_mb", "MB",
         op="<=", goal=8.0, issue=18),
     Row("{pipelines} pipelines: idle CPU (all)", "many.idle_cpu_pct", "% core", op="<=", goal=5.0),
+    Row("1,000 pipelines: running, linked, seen", "thousand.all_s", "s", op="<=", goal=60.0,
+        issue=18),
+    Row("1,000 pipelines: idle CPU (all)", "thousand.idle_cpu_pct", "% core", op="<=",
+        goal=100.0, issue=18),
+    Row("1,000 pipelines: idle worker USS (median)", "thousand.uss_median_mb", "MB"),
     Row("{pipelines} pipelines: supervisor idle", "many.supervisor_idle_cpu_pct", "% core"),
     Row("CURVE vs plain, A->B small msgs", "curve_chain.rate", "msgs/s",
         "plain_chain.rate", "plain", ">=", 0.6, issue=5),

@@ -225,6 +225,7 @@ class Worker:
         # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
         self._finished_sources: dict[str, tuple[float, int]] = {}
         self._known: dict[str, str] = {}  # every pipeline the last directory listed: its state
+        self._names: list[str] | None = None  # every pipeline's name (the directory holds ours)
         self._named_sources: list[str] = []  # local pipelines that name us as a target
         # sources that failed or were stopped for good: name -> state (said once, in status)
         self._down_sources: dict[str, str] = {}
@@ -308,12 +309,16 @@ class Worker:
                 self.request_stop("supervisor")
             elif kind is MessageType.DIRECTORY:
                 pipelines = message.get("pipelines", {})
+                names = message.get("names")  # every pipeline's name, when they changed
+                if isinstance(names, list):
+                    self._names = [n for n in names if isinstance(n, str)]
                 if isinstance(pipelines, dict):
-                    self._known = {
+                    self._known = dict.fromkeys(self._names or (), "?")
+                    self._known.update({
                         name: str(entry.get("state")) if isinstance(entry, dict) else "?"
                         for name, entry in pipelines.items()
-                        if name != self.name
-                    }
+                    })  # fmt: skip
+                    self._known.pop(self.name, None)
                     self._apply_directory(pipelines)
                     self._note_finished_sources(pipelines)
 
