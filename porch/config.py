@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from porch.errors import ConfigError
+from porch.restart import RestartPolicy
 
 # Names: DPorch asks only for 3 characters or more; Porch refuses what it cannot carry.
 MIN_NAME_CHARS = 3
@@ -29,17 +30,70 @@ MIN_NAME_CHARS = 3
 MAX_NAME_BYTES = 128
 # Names of this shape are plain everywhere: in file names, shells, URLs and Prometheus labels.
 PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-SERIALIZERS = ("pickle", "dill", "json")
-RESTART_POLICIES = ("always", "on-failure", "never")
-# optional fields whose value is one of a few words: field -> (allowed, default)
-CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
-    "serializer": (SERIALIZERS, "pickle"),
-    "restart": (RESTART_POLICIES, "on-failure"),
-    "on_error": (("stop", "skip", "dead-letter"), "stop"),
-    "fan_in": (("all", "any"), "all"),
-    "overflow": (("block", "drop_oldest"), "block"),
-    "delivery": (("at-least-once", "at-most-once"), "at-least-once"),
-    "outbox": (("memory", "durable"), "memory"),
+
+
+# Optional fields whose value is one of a few words. Each is a StrEnum: code compares members,
+# the JSON holds their values, and the order of the members is the order error messages list.
+class SerializerName(enum.StrEnum):
+    """Config field `serializer`: how values are encoded between pipelines."""
+
+    PICKLE = "pickle"
+    DILL = "dill"
+    JSON = "json"
+
+
+class OnError(enum.StrEnum):
+    """Config field `on_error`: what a raising step() (or an unsendable output) does."""
+
+    STOP = "stop"
+    SKIP = "skip"
+    DEAD_LETTER = "dead-letter"
+
+
+class FanIn(enum.StrEnum):
+    """Config field `fan_in`: whether an iteration waits for all sources or takes any."""
+
+    ALL = "all"
+    ANY = "any"
+
+
+class Overflow(enum.StrEnum):
+    """Config field `overflow`: what a full output queue does."""
+
+    BLOCK = "block"
+    DROP_OLDEST = "drop_oldest"
+
+
+class Delivery(enum.StrEnum):
+    """Config field `delivery`: whether outputs are acknowledged and resent."""
+
+    AT_LEAST_ONCE = "at-least-once"
+    AT_MOST_ONCE = "at-most-once"
+
+
+class Outbox(enum.StrEnum):
+    """Config field `outbox`: where unacknowledged outputs are kept."""
+
+    MEMORY = "memory"
+    DURABLE = "durable"
+
+
+# field -> its enum (RestartPolicy, of porch/restart.py, is field `restart`); the defaults are
+# PipelineConfig's
+CHOICE_TYPES: dict[str, type[enum.StrEnum]] = {
+    "serializer": SerializerName,
+    "restart": RestartPolicy,
+    "on_error": OnError,
+    "fan_in": FanIn,
+    "overflow": Overflow,
+    "delivery": Delivery,
+    "outbox": Outbox,
+}
+SERIALIZERS = tuple(s.value for s in SerializerName)
+RESTART_POLICIES = tuple(r.value for r in RestartPolicy)
+# field -> the words it allows
+CHOICES: dict[str, tuple[str, ...]] = {
+    key: tuple(m.value for m in kind) for key, kind in CHOICE_TYPES.items()
 }
 DEFAULT_QUEUE_LIMIT = 1000
 DEFAULT_QUEUE_LIMIT_BYTES = 64 * 1024 * 1024
@@ -91,19 +145,24 @@ class PipelineConfig:
     scripts: tuple[Path, ...]
     source_pipeline_count: int = 0
     target_pipeline_names: tuple[str, ...] = ()
-    serializer: str = "pickle"
+    serializer: SerializerName = SerializerName.PICKLE
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     queue_limit_bytes: int = DEFAULT_QUEUE_LIMIT_BYTES
-    restart: str = "on-failure"
+    restart: RestartPolicy = RestartPolicy.ON_FAILURE
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
     finish_timeout_s: float = DEFAULT_FINISH_TIMEOUT_S
-    on_error: str = "stop"
-    fan_in: str = "all"
-    overflow: str = "block"
-    delivery: str = "at-least-once"
-    outbox: str = "memory"
+    on_error: OnError = OnError.STOP
+    fan_in: FanIn = FanIn.ALL
+    overflow: Overflow = Overflow.BLOCK
+    delivery: Delivery = Delivery.AT_LEAST_ONCE
+    outbox: Outbox = Outbox.MEMORY
     concurrency: int = 1
     path: Path = field(default=Path("config.json"), compare=False)
+
+    def __post_init__(self) -> None:
+        # a config built in code with plain words gets the enum members all the same
+        for key, kind in CHOICE_TYPES.items():
+            object.__setattr__(self, key, kind(getattr(self, key)))
 
     @property
     def folder(self) -> Path:
@@ -134,10 +193,7 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
         (int, float),
         f"a number of seconds from {MIN_FINISH_TIMEOUT_S:g} to {MAX_FINISH_TIMEOUT_S:g}",
     ),
-    **{
-        key: (False, (str,), f"one of {', '.join(allowed)}")
-        for key, (allowed, _) in CHOICES.items()
-    },
+    **{key: (False, (str,), f"one of {', '.join(allowed)}") for key, allowed in CHOICES.items()},
 }
 
 
@@ -325,12 +381,12 @@ class _Checker:
             data, "heartbeat_timeout_s", MIN_HEARTBEAT_TIMEOUT_S, MAX_HEARTBEAT_TIMEOUT_S
         )
         self.check_range(data, "finish_timeout_s", MIN_FINISH_TIMEOUT_S, MAX_FINISH_TIMEOUT_S)
-        if data.get("outbox") == "durable" and data.get("delivery") == "at-most-once":
+        if data.get("outbox") == Outbox.DURABLE and data.get("delivery") == Delivery.AT_MOST_ONCE:
             self.error("outbox", "a durable outbox replays what a crash left unacknowledged, "
                        "which delivery at-most-once forbids: use outbox \"memory\" with it, "
                        "or delivery \"at-least-once\"")  # fmt: skip
-        for key, (allowed, default) in CHOICES.items():
-            value = data.get(key, default)
+        for key, allowed in CHOICES.items():
+            value = data.get(key)
             if isinstance(value, str) and value not in allowed:
                 self.error(key, f"must be one of {', '.join(allowed)}, got {value!r}")
 
@@ -396,7 +452,7 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
         heartbeat_timeout_s=float(data.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S)),
         finish_timeout_s=float(data.get("finish_timeout_s", DEFAULT_FINISH_TIMEOUT_S)),
         concurrency=data.get("concurrency", 1),
-        **{key: data.get(key, default) for key, (_, default) in CHOICES.items()},
+        **{key: data[key] for key in CHOICE_TYPES if key in data},  # __post_init__ makes members
         path=Path(path).resolve(),
     )
     return config, checker.problems
@@ -579,7 +635,7 @@ def _cycle_problems(by_name: dict[str, PipelineConfig]) -> list[Problem]:
     """A cycle in which every member waits for all its inputs can never start."""
     problems = []
     for group in _cycles(by_name):
-        if any(by_name[name].fan_in == "any" for name in group):
+        if any(by_name[name].fan_in is FanIn.ANY for name in group):
             continue
         for name in group:
             problems.append(

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 
-class RestartPolicy(enum.Enum):
+class RestartPolicy(enum.StrEnum):
     """When a worker that exited is started again (config field `restart`)."""
 
     ALWAYS = "always"

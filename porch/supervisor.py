@@ -225,11 +225,7 @@ class Supervisor:
         self._handlers[self.broker.fileno()] = self.broker.on_readable
 
     def _handle(self, config: PipelineConfig) -> WorkerHandle:
-        policy = (
-            RestartPolicy.NEVER
-            if self.mode is FailureMode.STOP_ALL
-            else RestartPolicy(config.restart)
-        )
+        policy = RestartPolicy.NEVER if self.mode is FailureMode.STOP_ALL else config.restart
         return WorkerHandle(config, RestartTracker(policy))
 
     def add_handler(self, sock: zmq.Socket[bytes], on_readable: Callable[[], None]) -> None:

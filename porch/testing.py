@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from porch.config import PipelineConfig, load_config
+from porch.config import FanIn, OnError, PipelineConfig, load_config
 from porch.errors import ScriptError
 from porch.host import ScriptHost
 from porch.serializers import SerializationError, get
@@ -175,7 +175,7 @@ class _Runner:
                 result.stopped = self.ended = True
                 return False, None
             except ScriptError as exc:
-                if self.config.on_error == "stop":
+                if self.config.on_error is OnError.STOP:
                     self.ended = True
                     raise PipelineFailed(exc, result) from None
                 result.failures.append(Failure(inputs, exc))
@@ -272,7 +272,7 @@ def _run_source(runner: _Runner, inputs: Iterable[Any] | None, iterations: int |
 def _run_stage(
     runner: _Runner, inputs: list[Any], sources: Sequence[str], iterations: int | None
 ) -> None:
-    any_input = runner.config.fan_in == "any"
+    any_input = runner.config.fan_in is FanIn.ANY
     if any_input and sources:
         runner.iterate(dict.fromkeys(sources))
     for index, value in enumerate(inputs):
@@ -310,14 +310,14 @@ class _Node:
 
     def exhausted(self) -> bool:
         """Whether no input set can form again (as workers/scheduler.FanIn.exhausted)."""
-        if self.config.fan_in == "any":
+        if self.config.fan_in is FanIn.ANY:
             return len(self.ended_sources) >= len(self.queues) and not any(self.queues.values())
         return any(not self.queues[name] for name in self.ended_sources)
 
     def take(self) -> tuple[Any, Origin, bool] | None:
         """The next input set: (values by source, their origin, whether it is a marker)."""
         queues = self.queues
-        if self.config.fan_in == "any":
+        if self.config.fan_in is FanIn.ANY:
             for queue in queues.values():
                 if queue and queue[0][0] is MARKER:
                     queue.popleft()  # a marker leaves alone, nothing to join
@@ -404,7 +404,7 @@ def _graph(
     for cfg in cfgs:
         if cfg.name in nodes:
             raise ValueError(f"two configs are named {cfg.name!r}")
-        stamps = cfg.source_pipeline_count == 0 or cfg.fan_in == "any"
+        stamps = cfg.source_pipeline_count == 0 or cfg.fan_in is FanIn.ANY
         nodes[cfg.name] = _Node(_Runner(cfg, step_interval_s), stamps)
     for name, feed in feeds.items():
         node = nodes.get(name)
@@ -434,7 +434,7 @@ def _turn(nodes: dict[str, _Node], iterations: int | None) -> bool:
         if not node.queues:
             progress |= _source_turn(node, nodes, iterations)
             continue
-        if node.config.fan_in == "any" and not node.started:
+        if node.config.fan_in is FanIn.ANY and not node.started:
             node.started = True  # its first iteration: every source None (a loop's start)
             _run(node, nodes, dict.fromkeys(node.queues), frozenset())
             progress = True

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from porch.config import OnError
 from porch.errors import ScriptError
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested_here
 from porch.wire import Origin
@@ -186,7 +187,7 @@ class ConcurrentLoop:
             worker.ended = True
             return
         except ScriptError as exc:
-            if worker.config.on_error == "stop":
+            if worker.config.on_error is OnError.STOP:
                 raise
             worker._on_poison(exc, entry.inputs)
             worker._pass_marker(entry.origin)

@@ -32,7 +32,7 @@ from typing import Any
 import zmq
 
 from porch import logs
-from porch.config import PipelineConfig
+from porch.config import Delivery, FanIn, OnError, Outbox, Overflow, PipelineConfig
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
 from porch.errors import DeliveryError, PorchError, ScriptError
 from porch.security import LinkSecurity
@@ -140,8 +140,8 @@ def link_settings(config: PipelineConfig) -> LinkSettings:
     return LinkSettings(
         limit=config.queue_limit,
         limit_bytes=config.queue_limit_bytes,
-        drop_oldest=config.overflow == "drop_oldest",
-        acked=config.delivery == "at-least-once",
+        drop_oldest=config.overflow is Overflow.DROP_OLDEST,
+        acked=config.delivery is Delivery.AT_LEAST_ONCE,
     )
 
 
@@ -193,7 +193,7 @@ class Worker:
                 name=config.name,
                 instance=self.instance,
                 expected=config.source_pipeline_count,
-                any_input=config.fan_in == "any",
+                any_input=config.fan_in is FanIn.ANY,
                 serializer=self.serializer,
                 limit=config.queue_limit,
                 security=self.security,
@@ -204,12 +204,12 @@ class Worker:
         self.outputs = self._make_outputs()
         self.durable = (
             DurableOutbox(state_dir / "outbox" / f"{config.name}.sqlite", self.outputs)
-            if config.outbox == "durable"
+            if config.outbox is Outbox.DURABLE
             else None
         )
         # A source (or a fan_in any stage: a loop must not carry one origin round and round)
         # stamps its values with its own origin ids; every other stage passes its inputs' on.
-        self._stamps = self.inbox is None or config.fan_in == "any"
+        self._stamps = self.inbox is None or config.fan_in is FanIn.ANY
         epoch = random.getrandbits(63)
         self._origin_seq = 1
         if self.durable is not None and self._stamps:
@@ -541,7 +541,7 @@ class Worker:
             payload = self.serializer.dumps(value)
         except SerializationError as exc:
             error = ScriptError(f"{self.host.output_origin()}: step() returned {exc}")
-            if self.config.on_error == "stop":
+            if self.config.on_error is OnError.STOP:
                 raise error from None
             self._on_poison(error, inputs)
             return False
@@ -719,7 +719,7 @@ class Worker:
             self.ended = True
             return
         except ScriptError as exc:
-            if self.config.on_error == "stop":
+            if self.config.on_error is OnError.STOP:
                 raise
             self._on_poison(exc, inputs)
             self._pass_marker(origin)
@@ -742,7 +742,7 @@ class Worker:
     def _on_poison(self, exc: ScriptError, inputs: Any) -> None:
         """on_error skip / dead-letter: record the input that made step() raise, and go on."""
         self.counters.skipped += 1
-        if self.config.on_error == "dead-letter":
+        if self.config.on_error is OnError.DEAD_LETTER:
             path = self.dead_letters.write(str(exc), value=inputs, traceback=exc.user_traceback)
             log.error("dead_lettered", pipeline=self.name, error=str(exc), file=str(path))
         else:
@@ -756,11 +756,11 @@ class Worker:
         inbox.undecodable -= len(bad)
         if not bad:
             return True
-        if self.config.on_error == "stop":
+        if self.config.on_error is OnError.STOP:
             raise SerializationError(f'{bad[0].error}; or set "on_error" to skip or dead-letter')
         self.counters.skipped += 1
         for item in bad:
-            if self.config.on_error == "dead-letter":
+            if self.config.on_error is OnError.DEAD_LETTER:
                 path = self.dead_letters.write(item.error, value=values, payload=item.payload,
                                                source=item.source)  # fmt: skip
                 log.error("dead_lettered", pipeline=self.name, source=item.source,
