@@ -37,6 +37,15 @@ class WorkerState(enum.Enum):
         return self in (WorkerState.FINISHED, WorkerState.STOPPED, WorkerState.FAILED)
 
 
+def directory_state(value: object) -> WorkerState | None:
+    """A directory entry's `state` as a WorkerState; None when it is not one (e.g. a remote
+    pipeline's "withdrawn", or a malformed entry)."""
+    try:
+        return WorkerState(value)
+    except (ValueError, TypeError):
+        return None
+
+
 class MessageType(enum.Enum):
     """The kinds of control message."""
 

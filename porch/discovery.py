@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from porch.config import name_problem
+from porch.control import WorkerState
 from porch.errors import PorchError
 
 MAGIC = b"PRCH"
@@ -45,8 +46,8 @@ MAX_TARGETS = 64  # targets of one entry a beacon carries (a target learns its s
 MIN_EXPIRY_S = 3.0
 EXPIRY_BEACONS = 3
 # Workers' states that mean "gone for now or for good": such a pipeline is not live.
-ENDED_STATES = frozenset({"finished", "stopped", "failed"})
-STATES = ENDED_STATES | {"starting", "waiting for sources", "running", "stopping", "backoff"}
+ENDED_STATES = frozenset(state.value for state in WorkerState if state.ended)
+STATES = frozenset(state.value for state in WorkerState)
 
 
 class DiscoveryError(PorchError):

@@ -33,7 +33,13 @@ import zmq
 
 from porch import logs
 from porch.config import Delivery, FanIn, OnError, Outbox, Overflow, PipelineConfig
-from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
+from porch.control import (
+    HEARTBEAT_INTERVAL_S,
+    ControlClient,
+    MessageType,
+    WorkerState,
+    directory_state,
+)
 from porch.errors import DeliveryError, PorchError, ScriptError
 from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
@@ -61,9 +67,11 @@ MISSING_TARGET_S = 3.0  # a target the directory has not shown by then is report
 STEP_SAMPLE_EVERY = 8  # time one step() in 8: timing every one costs ~9% of a fast loop
 STEP_BOUNDS_S = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]
 FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
-DOWN_STATES = ("stopping", "stopped", "failed", "backoff")
+DOWN_STATES = frozenset(
+    {WorkerState.STOPPING, WorkerState.STOPPED, WorkerState.FAILED, WorkerState.BACKOFF}
+)
 # a target in these states is coming back
-RESTARTING_STATES = ("backoff", "starting")
+RESTARTING_STATES = frozenset({WorkerState.BACKOFF, WorkerState.STARTING})
 ACK_GRACE_MS = 200  # how long a finished target's final ack may still be on its way
 POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
 # Linux sends this when the supervisor dies (prctl PR_SET_PDEATHSIG): a signal of our own,
@@ -228,7 +236,7 @@ class Worker:
         self._names: list[str] | None = None  # every pipeline's name (the directory holds ours)
         self._named_sources: list[str] = []  # local pipelines that name us as a target
         # sources that failed or were stopped for good: name -> state (said once, in status)
-        self._down_sources: dict[str, str] = {}
+        self._down_sources: dict[str, WorkerState] = {}
         self._missing: dict[str, float] = {}  # missing target -> when to warn about it again
         self._missing_targets: dict[str, str] = {}  # target not found -> what we said
         self._started_s = time.monotonic()
@@ -327,11 +335,11 @@ class Worker:
             entry = pipelines.get(link.target)
             if not isinstance(entry, dict):
                 continue
-            state, endpoint = entry.get("state"), entry.get("endpoint")
-            if state == "finished":  # its stream is over; stopped or failed ones may come back
+            state, endpoint = directory_state(entry.get("state")), entry.get("endpoint")
+            if state is WorkerState.FINISHED:  # its stream is over; stopped or failed may return
                 self._retire(link)
                 continue
-            if state == WITHDRAWN:  # its host fell silent: hold the output until it is back
+            if entry.get("state") == WITHDRAWN:  # its host fell silent: hold the output till back
                 since = entry.get("since")
                 link.withdraw(since if isinstance(since, int | float) else time.time())
                 continue
@@ -375,16 +383,16 @@ class Worker:
             entry = pipelines.get(name)
             if not isinstance(entry, dict):
                 continue
-            state, final = entry.get("state"), entry.get("final") is True
-            if final and state in ("failed", "stopped"):
+            state, final = directory_state(entry.get("state")), entry.get("final") is True
+            if final and (state is WorkerState.FAILED or state is WorkerState.STOPPED):
                 if self._down_sources.get(name) != state and not self.stopping:
                     self._down_sources[name] = state  # not silent: say whom we wait for
-                    say = log.warning if state == "failed" else log.info
-                    say(f"source_{state}", pipeline=self.name, source=name,
+                    say = log.warning if state is WorkerState.FAILED else log.info
+                    say(f"source_{state.value}", pipeline=self.name, source=name,
                         hint=f"waiting for it; porchctl start {name}")  # fmt: skip
             else:
                 self._down_sources.pop(name, None)
-            if state != "finished":
+            if state is not WorkerState.FINISHED:
                 continue
             if name not in fanin:
                 if not final:
@@ -448,7 +456,7 @@ class Worker:
             if link.withdrawn_since is not None and not link.gone
         ]
         parts += [
-            f"source {name!r} {state}; waiting for it"
+            f"source {name!r} {state.value}; waiting for it"
             for name, state in sorted(self._down_sources.items())
         ]
         return "; ".join(parts)
