@@ -240,7 +240,8 @@ class Broker:
         self._conflicts: dict[str, tuple[str, ...]] = {}
         self._peer_addrs: dict[str, tuple[str, float]] = {}
         self._resolved: dict[str, Remote] = {}
-        # remote pipelines lost with their host's beacons: name -> (last known, since: unix s)
+        # remote pipelines our workers target, lost with their host's beacons:
+        # name -> (last known, since: unix s)
         self.withdrawn: dict[str, tuple[Remote, float]] = {}
         self._warm_at: float | None = time.monotonic() + min(WARMUP_S, network.interval_s)
         self._heard: dict[str, float] = {}  # source address -> when a good beacon came
@@ -445,9 +446,12 @@ class Broker:
         announced = {r.name for r in self.table.remotes()}
         for name in announced:
             self.withdrawn.pop(name, None)
+        targeted = {t for e in self.local() for t in e.targets}
         for name in set(self._resolved) - set(resolved):
             log.info("remote_pipeline_withdrawn", pipeline=name, host=self._resolved[name].host)
-            if name not in announced:  # its host fell silent (not a conflict, not local now)
+            # its host fell silent (not a conflict, not local now), and our workers send to it:
+            # remembered, so that status and the workers say it is unreachable, and since when
+            if name not in announced and name in targeted:
                 self.withdrawn[name] = (self._resolved[name], time.time())
         while len(self.withdrawn) > MAX_WITHDRAWN:
             del self.withdrawn[next(iter(self.withdrawn))]
