@@ -235,14 +235,15 @@ class Daemon:
         self._next_snapshot_s = now + SNAPSHOT_INTERVAL_S
         for handle in self.supervisor.workers.values():
             # timed by the heartbeat's arrival, not by this sampling, so rates don't jitter
-            self.rates.add(handle.health.get("_at", now), handle.name, handle.health)
+            at_s = handle.health_at_s if handle.health_at_s is not None else now
+            self.rates.add(at_s, handle.name, handle.health.counters())
         self.rates.forget(self.supervisor.workers)
         if self.web is not None:
             self.snapshot = self._snapshot()
 
     def _snapshot(self) -> Result:
-        steps = {h.name: h.health["step_seconds"] for h in self.supervisor.workers.values()
-                 if isinstance(h.health.get("step_seconds"), dict)}  # fmt: skip
+        steps = {h.name: h.health.step_seconds for h in self.supervisor.workers.values()
+                 if h.health.step_seconds is not None}  # fmt: skip
         return {"status": self._status({}), "graph": graph_data(self._graph({})), "steps": steps}
 
     def _remote(self) -> list[Result]:

@@ -49,15 +49,15 @@ def row_of(handle: WorkerHandle, now: float, reported: bool = False) -> Row:
     already printed (`porch: pipeline NAME failed: ...`), so the row does not repeat it."""
     health = handle.health
     end = handle.exited_s if handle.exited_s is not None else now
-    counts = [(health.get(key, 0), what) for key, what in TROUBLE_COUNTERS]
+    counts = [(health.counter(key), what) for key, what in TROUBLE_COUNTERS]
     return Row(
         name=handle.name,
         state=handle.state.value,
-        items=int(health.get("iterations", 0)),
+        items=health.iterations,
         elapsed_s=max(0.0, end - handle.started_s) if handle.started_s else 0.0,
         rate_per_s=handle.rate_per_s if handle.alive else 0.0,
         error=handle.last_error.splitlines()[0] if handle.last_error and not reported else "",
-        warning=str(health.get("warning") or ""),
+        warning=health.warning,
         problems=", ".join(f"{n} {what}" for n, what in counts if n),
     )
 

@@ -33,6 +33,7 @@ from porch.config import PipelineConfig
 from porch.control import MessageType, WorkerState, decode, encode
 from porch.discovery import Entry
 from porch.errors import ControlError
+from porch.health import COUNTERS, EMPTY, HealthReport
 from porch.lines import LineSplitter
 from porch.restart import Action, RestartPolicy, RestartTracker
 
@@ -47,11 +48,6 @@ READS_PER_WAKEUP = 16
 LIVE_STATES = (WorkerState.WAITING_FOR_SOURCES, WorkerState.RUNNING)
 # a worker that exits in one of these never said its stream ended (os._exit, not Python's exit)
 UNANNOUNCED_STATES = (WorkerState.STARTING, *LIVE_STATES)
-# Health counters that status() passes on as they are (0 until a worker reports them).
-EXTRA_COUNTERS = ("duplicates", "dead_letters", "skipped", "replayed", "handshakes_rejected",
-                  "handshakes_failed", "reconnects", "unpaired")  # fmt: skip
-# counters status reports as totals over every worker instance a pipeline has had
-COUNTERS = ("iterations", "msgs_in", "msgs_out", "dropped", "bad_frames", *EXTRA_COUNTERS)
 
 
 class FailureMode(enum.Enum):
@@ -122,7 +118,8 @@ class WorkerHandle:
     kill_at: float | None = None
     heartbeat_s: float = 0.0
     watchdog_fired: bool = False
-    health: dict[str, Any] = field(default_factory=dict)
+    health: HealthReport = EMPTY  # its current worker's last report (EMPTY until one comes)
+    health_at_s: float | None = None  # when that report came (monotonic)
     totals: dict[str, int] = field(default_factory=dict)  # counters of earlier instances
     rate_per_s: float = 0.0
     streams: dict[int, tuple[str, LineSplitter]] = field(default_factory=dict)
@@ -411,8 +408,8 @@ class Supervisor:
         handle.ps = None
         handle.directory_sent, handle.names_sent = None, -1  # a new worker gets it all
         for key in COUNTERS:  # the last instance's counts become part of the totals
-            handle.totals[key] = handle.totals.get(key, 0) + int(handle.health.get(key, 0) or 0)
-        handle.health = {}
+            handle.totals[key] = handle.totals.get(key, 0) + handle.health.counter(key)
+        handle.health, handle.health_at_s = EMPTY, None
         self.watchdog.watch(process.pid)
         for stream_name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
             assert pipe is not None
@@ -623,15 +620,14 @@ class Supervisor:
             self._on_health(handle, message)
 
     def _on_health(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
-        previous = handle.health
+        report = HealthReport.decode(message)
         now = time.monotonic()
-        if previous.get("_at") is not None:
-            elapsed = now - previous["_at"]
-            done = message.get("iterations", 0) - previous.get("iterations", 0)
+        if handle.health_at_s is not None:
+            elapsed = now - handle.health_at_s
+            done = report.iterations - handle.health.iterations
             if elapsed > 0:
                 handle.rate_per_s = max(0.0, done / elapsed)
-        handle.health = {k: v for k, v in message.items() if k not in ("type", "state")}
-        handle.health["_at"] = now
+        handle.health, handle.health_at_s = report, now
 
     def _set_state(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         try:
@@ -821,9 +817,9 @@ class Supervisor:
             "pid": handle.process.pid if handle.alive and handle.process else None,
             "state": handle.state.value,
             "uptime_s": round(now - handle.started_s, 1) if handle.alive else None,
-            **{key: handle.totals.get(key, 0) + health.get(key, 0) for key in COUNTERS},
-            "queue_depth": health.get("queue_depth", 0),
-            "targets": health.get("targets", []) if handle.alive else [],
+            **{key: handle.totals.get(key, 0) + health.counter(key) for key in COUNTERS},
+            "queue_depth": health.queue_depth,
+            "targets": [dict(t) for t in health.targets] if handle.alive else [],
             "rate_per_s": round(handle.rate_per_s, 1) if handle.alive else 0.0,
             "cpu_percent": cpu,
             "rss_bytes": rss,
@@ -831,7 +827,7 @@ class Supervisor:
             "last_error": handle.last_error.splitlines()[0] if handle.last_error else "",
             "last_error_age_s": None if handle.error_s is None else round(now - handle.error_s, 1),
             "error_current": handle.error_current,
-            "warning": str(health.get("warning") or "") if handle.alive else "",
+            "warning": health.warning if handle.alive else "",
             "restart_policy": handle.tracker.policy.value,
             "config": str(handle.config.path),
         }

@@ -41,6 +41,7 @@ from porch.control import (
     directory_state,
 )
 from porch.errors import DeliveryError, PorchError, ScriptError
+from porch.health import HealthReport
 from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
@@ -479,9 +480,10 @@ class Worker:
         counters.reconnects = sum(link.reconnects for link in self.outputs)
         steps = {"bounds": STEP_BOUNDS_S, "counts": self._step_counts, "sum": self._step_sum_s}
         targets = [link_status(link) for link in self.outputs]
-        self.control.send(MessageType.HEALTH, state=self.state.value, step_seconds=steps,
-                          warning=self._warnings(), targets=targets, **asdict(counters),
-                          **inbox)  # fmt: skip
+        report = HealthReport(state=self.state.value, step_seconds=steps,
+                              warning=self._warnings(), targets=tuple(targets),
+                              **asdict(counters), **inbox)  # fmt: skip
+        self.control.send(MessageType.HEALTH, **report.encode())
 
     def _tick(self) -> None:
         """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat."""

@@ -1,0 +1,60 @@
+"""The health report (porch/health.py): one encoding, read back the same, counters named once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from porch.control import MessageType, decode, encode
+from porch.health import COUNTERS, EMPTY, HEALTH_VERSION, HealthReport
+from workers.inbox import InboxCounters
+from workers.worker import Counters
+
+pytestmark = pytest.mark.timeout(10)
+
+REPORT = HealthReport(
+    iterations=7,
+    msgs_in=5,
+    msgs_out=6,
+    unpaired=1,
+    queue_depth=3,
+    state="running",
+    warning="target 'b' not found yet",
+    targets=({"name": "b", "state": "not found", "since": None, "held": 2},),
+    step_seconds={"bounds": [0.1], "counts": [4, 1], "sum": 0.3},
+)
+
+
+def test_a_report_survives_the_control_channel() -> None:
+    kind, message = decode(encode(MessageType.HEALTH, **REPORT.encode()))
+    assert kind is MessageType.HEALTH
+    assert message["version"] == HEALTH_VERSION
+    assert HealthReport.decode(message) == REPORT
+
+
+def test_what_is_missing_or_ill_typed_reads_as_the_default() -> None:
+    message = json.loads(
+        '{"type": "health", "iterations": "many", "msgs_in": true, "msgs_out": 4,'
+        ' "warning": 3, "targets": [1, {"name": "x"}], "step_seconds": []}'
+    )
+    report = HealthReport.decode(message)
+    assert (report.iterations, report.msgs_in, report.msgs_out) == (0, 0, 4)
+    assert report.warning == "" and report.step_seconds is None
+    assert report.targets == ({"name": "x"},)
+    assert HealthReport.decode({}) == EMPTY
+
+
+def test_counters_by_name() -> None:
+    assert REPORT.counter("iterations") == 7
+    assert REPORT.counters()["unpaired"] == 1 and REPORT.counters()["queue_depth"] == 3
+    assert set(REPORT.counters()) == {*COUNTERS, "queue_depth"}
+
+
+def test_every_count_a_worker_keeps_is_a_field_of_the_report() -> None:
+    # the worker builds its report from these: a counter added there must be added here
+    fields = {f.name for f in dataclasses.fields(HealthReport)}
+    assert {f.name for f in dataclasses.fields(Counters)} <= fields
+    assert {f.name for f in dataclasses.fields(InboxCounters)} <= fields
+    assert set(COUNTERS) <= fields
