@@ -191,14 +191,15 @@ def test_failing_async_step_under_each_on_error_policy(
         assert "ValueError: cannot handle 7" in json.loads(letters[0])["traceback"]
 
 
-# The middle stage: async, random delays, 16 at once; its output is recorded by the sink.
+# The middle stage: async, 16 at once, each 0.1 to 0.3 s (longer than the source's pauses
+# between bursts), so iterations are always in flight when it is killed.
 ASYNC_MIDDLE = """
     import asyncio
     import random
 
     async def step(input_data):
         x = input_data["src"]
-        await asyncio.sleep(random.random() * 0.01)
+        await asyncio.sleep(random.uniform(0.1, 0.3))
         return ["mid", x]
 """
 
