@@ -1149,8 +1149,10 @@ def bench_many1000(settings: Settings) -> Sample:
         family = [root, *root.children(recursive=True)]
         workers = worker_processes(big.proc.pid)
         before, t0 = cpu_seconds(family), time.monotonic()
+        porchd_before = cpu_seconds([root])
         time.sleep(sizes.idle_s)
         after, t1 = cpu_seconds(family), time.monotonic()
+        porchd_after = cpu_seconds([root])
         uss = []
         for proc in workers[:: max(1, len(workers) // 100)]:  # a sample of 100: it is slow
             with suppress(psutil.Error):
@@ -1165,6 +1167,7 @@ def bench_many1000(settings: Settings) -> Sample:
             "all_s": max(linked_s, visible_s),
             "workers": len(workers),
             "idle_cpu_pct": 100.0 * (after - before) / (t1 - t0),
+            "porchd_idle_cpu_pct": 100.0 * (porchd_after - porchd_before) / (t1 - t0),
             "uss_median_mb": statistics.median(uss) if uss else float("nan"),
         }
     )
@@ -1441,6 +1444,7 @@ ROWS: list[Row] = [
     Row("1,000 pipelines: idle CPU (all)", "thousand.idle_cpu_pct", "% core", op="<=",
         goal=100.0, issue=18),
     Row("1,000 pipelines: idle worker USS (median)", "thousand.uss_median_mb", "MB"),
+    Row("1,000 pipelines: porchd idle", "thousand.porchd_idle_cpu_pct", "% core"),
     Row("{pipelines} pipelines: supervisor idle", "many.supervisor_idle_cpu_pct", "% core"),
     Row("CURVE vs plain, A->B small msgs", "curve_chain.rate", "msgs/s",
         "plain_chain.rate", "plain", ">=", 0.6, issue=5),
