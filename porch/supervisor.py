@@ -127,6 +127,7 @@ class WorkerHandle:
     ps: psutil.Process | None = None
     directory_sent: dict[str, Any] | None = None  # what its last directory held
     names_sent: int = -1  # the version of the names it was last sent
+    greeted: bool = False  # this instance said hello (the router can reach it)
 
     @property
     def name(self) -> str:
@@ -407,6 +408,7 @@ class Supervisor:
         handle.digest = fingerprint(handle.config)
         handle.ps = None
         handle.directory_sent, handle.names_sent = None, -1  # a new worker gets it all
+        handle.greeted = False
         for key in COUNTERS:  # the last instance's counts become part of the totals
             handle.totals[key] = handle.totals.get(key, 0) + handle.health.counter(key)
         handle.health, handle.health_at_s = EMPTY, None
@@ -613,6 +615,8 @@ class Supervisor:
                          detail="the key file changed since porchd started; peers are told "
                          "the key this worker serves with")  # fmt: skip
             log.info("worker_endpoint", pipeline=handle.name, endpoint=handle.endpoint)
+            handle.greeted = True  # its route exists: what we send now reaches it
+            handle.directory_sent, handle.names_sent = None, -1
             self._publish_directory()
         elif kind is MessageType.STATE:
             self._set_state(handle, message)
@@ -707,7 +711,7 @@ class Supervisor:
             for target in entry.get("targets") or ():
                 sources.setdefault(target, []).append(name)
         for handle in self.workers.values():
-            if not handle.alive:
+            if not handle.alive or not handle.greeted:  # before its hello it would be dropped
                 continue
             wanted = (handle.name, *handle.config.target_pipeline_names,
                       *sources.get(handle.name, ()))  # fmt: skip
