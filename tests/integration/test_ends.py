@@ -234,10 +234,10 @@ def test_status_names_a_missing_target_and_a_source_that_failed_for_good(
         return {p["name"]: p.get("warning", "") for p in daemon.status()["pipelines"]}
 
     daemon.wait_until(
-        lambda: "did you mean 'sink'?" in warnings()["typo"], 15, "typo's missing target"
+        lambda: "did you mean 'sink'?" in warnings()["typo"], 30, "typo's missing target"
     )
     assert "target 'sinc' not found" in warnings()["typo"]
-    daemon.wait_until(lambda: "source 'boom' failed" in warnings()["sink"], 15, "sink's warning")
+    daemon.wait_until(lambda: "source 'boom' failed" in warnings()["sink"], 30, "sink's warning")
     table = daemon.ctl("status")
     assert "warning: target 'sinc' not found" in table.stdout, table.stdout
     assert "warning: source 'boom' failed" in table.stdout, table.stdout
