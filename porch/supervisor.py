@@ -41,6 +41,7 @@ log = logs.get("porch.supervisor")
 
 STOP_TIMEOUT_S = 10.0
 POLL_MS = 500  # timer granularity; worker messages and signals wake the loop at once
+SWEEP_S = 0.05  # workers' timers and exits are looked at least this often (and on any event)
 DIRECTORY_GAP_S = 0.02  # directories to the workers: at most one per this (a burst coalesces)
 OUTPUT_DRAIN_S = 2.0  # after a worker exits, how long its pipes may still deliver output
 READ_BYTES = 65536
@@ -203,6 +204,8 @@ class Supervisor:
         self._removed: set[str] = set()
         self._children_changed = False  # SIGCHLD came: a worker or an adopted process ended
         self._directory_sent_s = 0.0
+        self._next_sweep_s = 0.0
+        self._sweep_held = False
         self._directory_names: list[str] = []
         self._names_version = 0
         self._directory_due_s: float | None = None  # when a held-back directory goes out
@@ -489,6 +492,10 @@ class Supervisor:
     def poll_once(self) -> None:
         """Wait for one batch of events (or POLL_MS) and handle them, then the timers."""
         events = dict(self.poller.poll(self._poll_timeout_ms()))
+        # Workers' reports (heartbeats: one a second from each) alone need no sweep of every
+        # worker's timers and exit: at 1,000 workers that sweep at every report was most of
+        # porchd's idle CPU. Anything else (output, an exit, a signal, a command) sweeps now.
+        sweep = any(key is not self.router for key in events)
         for key in events:
             if key is self.router:
                 self._on_control()
@@ -504,9 +511,12 @@ class Supervisor:
             self._children_changed = False
             self._reap_adopted()
         now = time.monotonic()
-        for handle in list(self.workers.values()):
-            self._check_timers(handle, now)
-            self._reap(handle, now)
+        self._sweep_held = not (sweep or now >= self._next_sweep_s)
+        if not self._sweep_held:
+            self._next_sweep_s = now + SWEEP_S
+            for handle in list(self.workers.values()):
+                self._check_timers(handle, now)
+                self._reap(handle, now)
         if self.broker is not None:
             self.broker.tick(now)
         self._flush_directory(time.monotonic())
@@ -515,6 +525,8 @@ class Supervisor:
 
     def _poll_timeout_ms(self) -> int:
         due = [] if self._directory_due_s is None else [self._directory_due_s]
+        if self._sweep_held:  # a report came just after a sweep: sweep again soon anyway
+            due.append(self._next_sweep_s)
         if self.broker is not None:
             due.append(self.broker.tick(time.monotonic()))
         if not due:
