@@ -244,9 +244,16 @@ class FanIn:
         if len(self._pending) == 2:
             (first, one), (second, two) = self._pending.items()
             self._partner = {first: (second, two), second: (first, one)}
+        # Every queued value moves to pending before any end counts: a source that ended
+        # while the gate was undecided still holds values that are not in pending yet, and
+        # must not be taken as having passed its partners' iterations.
+        ended, self._ended = self._ended, set()
         for name, queue in self._queues.items():
             while queue:
                 self._align(name, queue.popleft())
+        self._ended = ended
+        for name in ended:
+            self._sweep(name)
 
     # ---- aligned pairing -------------------------------------------------------------------
 

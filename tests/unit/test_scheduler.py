@@ -272,6 +272,23 @@ def test_an_ended_source_releases_the_values_waiting_for_it() -> None:
     assert gate.exhausted()
 
 
+def test_a_source_that_ended_before_the_gate_decided_still_pairs_its_first_value() -> None:
+    """c sends everything and ends before b's first value arrives (b is slower): when the
+    gate decides, c's queued values are its partners, not values c has passed."""
+    gate = diamond()
+    for k in (1, 2, 3):
+        gate.push("c", f"c{k}", (A, k))
+    gate.end("c")
+    gate.push("b", "b1", (A, 1))
+
+    assert gate.pairing is Pairing.ALIGNED
+    assert gate.pop() == {"b": "b1", "c": "c1"}
+    gate.push("b", "b2", (A, 2))
+    gate.push("b", "b3", (A, 3))
+    assert [gate.pop() for _ in range(2)] == [{"b": "b2", "c": "c2"}, {"b": "b3", "c": "c3"}]
+    assert gate.unpaired == 0
+
+
 def test_sources_without_a_common_origin_pair_fifo() -> None:
     gate = diamond()
     gate.push("b", "x1", (("x", 1), 5))
