@@ -197,16 +197,20 @@ class ScriptHost:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
+    def _set_delta_time(self, script: Script) -> None:
+        """Give `script` the seconds since its previous step() (0.0 the first time)."""
+        now = self.clock()
+        last = script.last_step_s
+        script.module.__dict__["delta_time"] = 0.0 if last is None else now - last
+        script.last_step_s = now
+
     def step(self, value: Any) -> Any:
         """Run one iteration: each step() gets the previous one's result; SKIP ends it early.
         (With an async step() in the chain, load() puts `_step_awaited` in its place.)"""
         try:
             for script in self.scripts:
                 if script.tracks_delta:
-                    now = self.clock()
-                    last = script.last_step_s
-                    script.module.__dict__["delta_time"] = 0.0 if last is None else now - last
-                    script.last_step_s = now
+                    self._set_delta_time(script)
                 value = script.step(value) if script.takes_input else script.step()
                 if value is SKIP:
                     return SKIP
@@ -229,10 +233,7 @@ class ScriptHost:
         try:
             for script in self.scripts:
                 if script.tracks_delta:
-                    now = self.clock()
-                    last = script.last_step_s
-                    script.module.__dict__["delta_time"] = 0.0 if last is None else now - last
-                    script.last_step_s = now
+                    self._set_delta_time(script)
                 value = script.step(value) if script.takes_input else script.step()
                 if inspect.isawaitable(value):
                     value = await value

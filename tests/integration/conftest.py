@@ -350,3 +350,23 @@ def porchd(tmp_path: Path) -> Iterator[Callable[..., Porchd]]:
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def state_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PORCH_STATE_DIR for this test (porch run keeps outboxes and dead letters under <it>/run)."""
+    path = tmp_path / "state-base"
+    monkeypatch.setenv("PORCH_STATE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def run_porch(state_base: Path, porch_cli: Callable[..., PorchRun]) -> Callable[..., PorchRun]:
+    """porch_cli, started after PORCH_STATE_DIR is set (it copies the environment at set-up)."""
+
+    def start(*args: str) -> PorchRun:
+        run = porch_cli(*args)
+        assert run.env["PORCH_STATE_DIR"] == str(state_base)
+        return run
+
+    return start

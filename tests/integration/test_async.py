@@ -104,20 +104,6 @@ def test_async_outputs_leave_in_input_order_and_keep_their_origins(
     assert joined == f"joined {expected}", run.report()
 
 
-@pytest.fixture
-def state_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """PORCH_STATE_DIR for this test (porch run keeps dead letters under <it>/run)."""
-    path = tmp_path / "state-base"
-    monkeypatch.setenv("PORCH_STATE_DIR", str(path))
-    return path
-
-
-@pytest.fixture
-def run_porch(state_base: Path, porch_cli: StartPorch) -> StartPorch:
-    """porch_cli, set up after PORCH_STATE_DIR (it copies the environment at set-up)."""
-    return porch_cli
-
-
 FAILING = """
     import asyncio
     import random

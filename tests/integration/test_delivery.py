@@ -82,20 +82,6 @@ PASS_THROUGH = """
 """
 
 
-@pytest.fixture
-def state_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """PORCH_STATE_DIR for this test (porch run keeps its outboxes under <it>/run)."""
-    path = tmp_path / "state-base"
-    monkeypatch.setenv("PORCH_STATE_DIR", str(path))
-    return path
-
-
-@pytest.fixture
-def run_porch(state_base: Path, porch_cli: StartPorch) -> StartPorch:
-    """porch_cli, started after PORCH_STATE_DIR is set."""
-    return porch_cli
-
-
 def outbox_rows(path: Path) -> int:
     """How many rows a durable outbox file holds."""
     db = sqlite3.connect(str(path))

@@ -222,26 +222,6 @@ def seed() -> int:
     return value
 
 
-@pytest.fixture
-def state_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """PORCH_STATE_DIR for this test (porch run keeps dead letters under <it>/run)."""
-    path = tmp_path / "state-base"
-    monkeypatch.setenv("PORCH_STATE_DIR", str(path))
-    return path
-
-
-@pytest.fixture
-def run_porch(state_base: Path, porch_cli: StartPorch) -> StartPorch:
-    """porch_cli, started after PORCH_STATE_DIR is set (it copies the environment at set-up)."""
-
-    def start(*args: str) -> PorchRun:
-        run = porch_cli(*args)
-        assert run.env["PORCH_STATE_DIR"] == str(state_base)
-        return run
-
-    return start
-
-
 # ---- 1. downstream kill -9: acknowledged links replay ---------------------------------------
 
 
