@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.netns import Cluster, StartIn, cluster, porchd_in
-from tests.integration.test_reliability import StartPorch, run_porch, state_base, write_pipeline
+from tests.integration.test_reliability import StartPorch, write_pipeline
 
 # fixtures, imported so that pytest finds them here
-__all__ = ["cluster", "porchd_in", "run_porch", "state_base"]
+__all__ = ["cluster", "porchd_in"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
