@@ -31,11 +31,11 @@ from typing import Any
 import psutil
 
 from porch import logs
+from porch.directory import DirectoryEntry, Entry, Withdrawn
 from porch.discovery import (
     Beacon,
     Conflict,
     DiscoveryError,
-    Entry,
     Remote,
     Table,
     TableFull,
@@ -74,7 +74,6 @@ PEER_RESOLVE_S = 30.0
 MAX_WARNED = 256  # (source, reason) pairs a broker warns about once each
 SILENT_INTERVALS = 5  # a static peer not heard for this many beacon intervals is reported
 MAX_WITHDRAWN = 500  # withdrawn remote pipelines remembered (shown in status, told to workers)
-WITHDRAWN = "withdrawn"  # the directory's state for a remote pipeline whose host fell silent
 REJECT_REASONS = ("not_loopback", "malformed", "unsigned", "bad_signature", "unknown_key",
                   "stale", "replayed", "table_full")  # fmt: skip
 
@@ -478,20 +477,19 @@ class Broker:
 
     # ---- what the supervisor reads -------------------------------------------------------
 
-    def directory(self, local_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def directory(self, local_names: Sequence[str]) -> dict[str, DirectoryEntry]:
         """Remote entries for the workers' directory: not local, not in conflict."""
         if self._warm_at is not None:
             return {}
-        found: dict[str, dict[str, Any]] = {
-            name: {"endpoint": None, "state": WITHDRAWN, "since": since, "host": r.host,
-                   "instance": r.instance, "key": r.key_id}
+        gone = Withdrawn.WITHDRAWN
+        found = {
+            name: DirectoryEntry(gone, None, r.host, r.instance, r.key_id, since=since)
             for name, (r, since) in self.withdrawn.items()
             if name not in local_names
-        }  # fmt: skip
+        }
         for name, r in self.table.resolve(local_names).items():
-            found[name] = {"endpoint": r.endpoint, "state": r.state, "instance": r.instance,
-                           "host": r.host, "key": r.key_id, "targets": list(r.targets),
-                           "final": r.final}  # fmt: skip
+            found[name] = DirectoryEntry(r.state, r.endpoint, r.host, r.instance, r.key_id,
+                                         r.targets, r.final)  # fmt: skip
         return found
 
     def remotes(self) -> list[Remote]:

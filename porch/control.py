@@ -19,8 +19,8 @@ Message = dict[str, Any]
 HEARTBEAT_INTERVAL_S = 1.0
 
 
-class WorkerState(enum.Enum):
-    """Where a worker is in its life."""
+class WorkerState(enum.StrEnum):
+    """Where a worker is in its life (a str: equal to its name on the wire, "running")."""
 
     STARTING = "starting"
     WAITING_FOR_SOURCES = "waiting for sources"
@@ -41,8 +41,8 @@ def directory_state(value: object) -> WorkerState | None:
     """A directory entry's `state` as a WorkerState; None when it is not one (e.g. a remote
     pipeline's "withdrawn", or a malformed entry)."""
     try:
-        return WorkerState(value)
-    except (ValueError, TypeError):
+        return WorkerState(value) if isinstance(value, str) else None
+    except ValueError:
         return None
 
 

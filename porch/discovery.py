@@ -26,6 +26,7 @@ from typing import Any
 
 from porch.config import name_problem
 from porch.control import WorkerState
+from porch.directory import Entry
 from porch.errors import PorchError
 
 MAGIC = b"PRCH"
@@ -56,25 +57,6 @@ class DiscoveryError(PorchError):
 
 class TableFull(DiscoveryError):
     """A beacon would take the table over its bounds (MAX_PEERS, MAX_REMOTE_PIPELINES)."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One pipeline a beacon announces."""
-
-    name: str
-    endpoint: str | None
-    state: str
-    instance: int | None = None
-    key: str | None = None  # the cluster key id its worker serves with (None: the beacon's)
-    endpoints: tuple[str, ...] = ()  # one per data interface, `endpoint` first (several only)
-    targets: tuple[str, ...] = ()  # its target pipelines: a target learns its sources' names
-    final: bool = False  # ended for good: its supervisor will not start it again on its own
-
-    @property
-    def live(self) -> bool:
-        """Whether the pipeline is up or coming back (not finished, stopped or failed)."""
-        return self.state not in ENDED_STATES
 
 
 @dataclass(frozen=True)
@@ -160,7 +142,8 @@ def _datagram(body: Mapping[str, Any]) -> bytes:
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": entry.name, "endpoint": entry.endpoint, "state": entry.state}
+    out: dict[str, Any] = {"name": entry.name, "endpoint": entry.endpoint,
+                           "state": entry.state.value}  # fmt: skip
     if entry.instance is not None:
         out["instance"] = entry.instance
     if entry.key is not None:
@@ -243,7 +226,7 @@ def _entry(raw: Mapping[str, Any]) -> Entry:
         if not _text({"e": endpoints[index]}, "e").startswith("tcp://"):
             raise DiscoveryError("entry endpoints must be tcp:// addresses")
     targets, final = _ending(raw)
-    return Entry(name=name, endpoint=endpoint, state=state, instance=instance, key=key,
+    return Entry(name=name, endpoint=endpoint, state=WorkerState(state), instance=instance, key=key,
                  endpoints=tuple(endpoints), targets=targets, final=final)  # fmt: skip
 
 
@@ -314,7 +297,7 @@ class Remote:
 
     name: str
     endpoint: str | None
-    state: str
+    state: WorkerState
     host: str
     hostname: str
     daemon_id: str
@@ -417,16 +400,16 @@ class Table:
         ]  # fmt: skip
         return sorted(found, key=lambda r: (r.name, r.host, r.daemon_id))
 
-    def conflicts(self, local: Mapping[str, str], here: str = "local") -> list[Conflict]:
+    def conflicts(self, local: Mapping[str, WorkerState], here: str = "local") -> list[Conflict]:
         """Names announced live by two supervisors; `local` maps our names to their states,
         `here` names this supervisor in the conflict's list of hosts."""
         live: dict[str, list[str]] = {}
         for remote in self.remotes():
-            if remote.state not in ENDED_STATES:
+            if not remote.state.ended:
                 live.setdefault(remote.name, []).append(_label(remote))
         found = []
         for name, hosts in sorted(live.items()):
-            ours = name in local and local[name] not in ENDED_STATES
+            ours = name in local and not WorkerState(local[name]).ended
             if ours or len(hosts) > 1:
                 found.append(Conflict(name, ((here,) if ours else ()) + tuple(hosts), ours))
         return found
@@ -441,7 +424,7 @@ class Table:
                 by_name.setdefault(remote.name, []).append(remote)
         resolved = {}
         for name, candidates in by_name.items():
-            live = [r for r in candidates if r.state not in ENDED_STATES]
+            live = [r for r in candidates if not r.state.ended]
             if len(live) == 1:
                 resolved[name] = live[0]
             elif not live:
@@ -510,8 +493,8 @@ def _label(remote: Remote) -> str:
 
 # The largest header fields and entry fields a beacon can carry besides the names (a signed
 # beacon's envelope and HMAC, a long host name, a full address): what a name may not use.
-_WORST_ENTRY = Entry("", "tcp://255.255.255.255:65535", "waiting for sources", 2**63 - 1,
-                     key="k" * 16)  # fmt: skip
+_WORST_ENTRY = Entry("", "tcp://255.255.255.255:65535", WorkerState.WAITING_FOR_SOURCES,
+                     2**63 - 1, key="k" * 16)  # fmt: skip
 BEACON_OVERHEAD_BYTES = 1024
 
 

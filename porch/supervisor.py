@@ -30,8 +30,8 @@ import zmq
 from porch import forkserver, logs, reaper
 from porch.broker import Broker, NetworkPlan
 from porch.config import PipelineConfig
-from porch.control import MessageType, WorkerState, decode, encode
-from porch.discovery import Entry
+from porch.control import MessageType, WorkerState, decode
+from porch.directory import LOCAL_HOST, DirectoryEntry, Entry, encode_directory
 from porch.errors import ControlError
 from porch.health import COUNTERS, EMPTY, HealthReport
 from porch.lines import LineSplitter
@@ -126,7 +126,7 @@ class WorkerHandle:
     streams: dict[int, tuple[str, LineSplitter]] = field(default_factory=dict)
     digest: str = ""
     ps: psutil.Process | None = None
-    directory_sent: dict[str, Any] | None = None  # what its last directory held
+    directory_sent: dict[str, DirectoryEntry] | None = None  # what its last directory held
     names_sent: int = -1  # the version of the names it was last sent
     greeted: bool = False  # this instance said hello (the router can reach it)
 
@@ -647,7 +647,7 @@ class Supervisor:
 
     def _set_state(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         try:
-            state = WorkerState(message.get("state"))
+            state = WorkerState(str(message.get("state")))
         except ValueError:
             return
         handle.state = state
@@ -682,31 +682,31 @@ class Supervisor:
             self._send_directory()
 
     def _local_entries(self) -> list[Entry]:
-        return [Entry(h.name, h.endpoint, h.state.value, h.instance, h.key_id,
-                      h.endpoints if h.endpoint else (), **self._ending(h))
+        return [Entry(h.name, h.endpoint, h.state, h.instance, h.key_id,
+                      h.endpoints if h.endpoint else (), *self._ending(h))
                 for h in self.workers.values()]  # fmt: skip
 
-    def directory(self) -> dict[str, dict[str, Any]]:
+    def directory(self) -> dict[str, DirectoryEntry]:
         """Where every pipeline lives: local ones, then the remote ones discovery resolved."""
-        pipelines: dict[str, dict[str, Any]] = {}
+        pipelines: dict[str, DirectoryEntry] = {}
         if self.broker is not None:
             pipelines.update(self.broker.directory(list(self.workers)))
         for h in self.workers.values():
-            pipelines[h.name] = {"endpoint": h.endpoint, "state": h.state.value,
-                                 "instance": h.instance, "host": "local",
-                                 "key": h.key_id or self.key_id, **self._ending(h)}  # fmt: skip
+            key = h.key_id or self.key_id
+            pipelines[h.name] = DirectoryEntry(h.state, h.endpoint, LOCAL_HOST, h.instance, key,
+                                               *self._ending(h))  # fmt: skip
         return pipelines
 
-    def _ending(self, handle: WorkerHandle) -> dict[str, Any]:
-        """What a target needs to know of its sources: who targets whom, and whether a
-        pipeline has ended for good (exited, and nothing will start it again on its own)."""
+    def _ending(self, handle: WorkerHandle) -> tuple[tuple[str, ...], bool]:
+        """What a target needs to know of its sources: who targets whom (targets), and whether
+        a pipeline has ended for good (final: exited, nothing will start it again on its own)."""
         final = (
             handle.state.ended
             and not handle.alive
             and handle.restart_at is None
             and not handle.respawn
         )
-        return {"targets": handle.config.target_pipeline_names, "final": final}
+        return handle.config.target_pipeline_names, final
 
     def _send_directory(self) -> None:
         """Each worker gets the entries it uses (itself, its targets, the pipelines that target
@@ -720,7 +720,7 @@ class Supervisor:
             self._names_version += 1
         sources: dict[str, list[str]] = {}
         for name, entry in pipelines.items():
-            for target in entry.get("targets") or ():
+            for target in entry.targets:
                 sources.setdefault(target, []).append(name)
         for handle in self.workers.values():
             if not handle.alive or not handle.greeted:  # before its hello it would be dropped
@@ -731,10 +731,7 @@ class Supervisor:
             fresh_names = handle.names_sent != self._names_version
             if part == handle.directory_sent and not fresh_names:
                 continue
-            fields: dict[str, Any] = {"pipelines": part}
-            if fresh_names:
-                fields["names"] = names
-            message = encode(MessageType.DIRECTORY, **fields)
+            message = encode_directory(part, names if fresh_names else None)
             self.router.send_multipart([handle.name.encode("utf-8"), message])
             handle.directory_sent, handle.names_sent = part, self._names_version
 

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -38,8 +39,8 @@ from porch.control import (
     ControlClient,
     MessageType,
     WorkerState,
-    directory_state,
 )
+from porch.directory import DirectoryEntry, DirectoryError, Withdrawn, decode_directory
 from porch.errors import DeliveryError, PorchError, ScriptError
 from porch.health import HealthReport
 from porch.security import LinkSecurity
@@ -114,7 +115,6 @@ class WorkerOptions:
         return max(self.stop_timeout_s - STOP_MARGIN_S, self.stop_timeout_s / 2)
 
 
-WITHDRAWN = "withdrawn"  # a directory state: discovery lost the target's host
 BLOCKED_REASONS = {
     "unreachable": "target unreachable (withdrawn by discovery)",
     "not found": "target not found yet",
@@ -154,14 +154,10 @@ def link_settings(config: PipelineConfig) -> LinkSettings:
     )
 
 
-def named_sources(pipelines: dict[str, Any], me: str) -> list[str]:
+def named_sources(pipelines: Mapping[str, DirectoryEntry], me: str) -> list[str]:
     """The pipelines of a directory that name `me` among their targets (local entries list
     their targets; a worker knows only how many sources it has, not which)."""
-    return [
-        name
-        for name, entry in pipelines.items()
-        if isinstance(entry, dict) and me in (entry.get("targets") or ())
-    ]
+    return [name for name, entry in pipelines.items() if me in entry.targets]
 
 
 def missing_target(target: str, held: int, limit: int, known: dict[str, str]) -> tuple[str, str]:
@@ -317,40 +313,40 @@ class Worker:
             if kind is MessageType.STOP:
                 self.request_stop("supervisor")
             elif kind is MessageType.DIRECTORY:
-                pipelines = message.get("pipelines", {})
-                names = message.get("names")  # every pipeline's name, when they changed
-                if isinstance(names, list):
-                    self._names = [n for n in names if isinstance(n, str)]
-                if isinstance(pipelines, dict):
-                    self._known = dict.fromkeys(self._names or (), "?")
-                    self._known.update({
-                        name: str(entry.get("state")) if isinstance(entry, dict) else "?"
-                        for name, entry in pipelines.items()
-                    })  # fmt: skip
-                    self._known.pop(self.name, None)
-                    self._apply_directory(pipelines)
-                    self._note_finished_sources(pipelines)
+                try:
+                    directory = decode_directory(message)
+                except DirectoryError as exc:
+                    log.error("bad_directory", pipeline=self.name, reason=str(exc))
+                    continue
+                if directory.malformed:
+                    log.warning("bad_directory_entry", pipeline=self.name,
+                                entries=list(directory.malformed[:10]))  # fmt: skip
+                if directory.names is not None:  # every pipeline's name, when they changed
+                    self._names = list(directory.names)
+                pipelines = directory.pipelines
+                self._known = dict.fromkeys(self._names or (), "?")
+                self._known.update({name: e.state.value for name, e in pipelines.items()})
+                self._known.pop(self.name, None)
+                self._apply_directory(pipelines)
+                self._note_finished_sources(pipelines)
 
-    def _apply_directory(self, pipelines: dict[str, Any]) -> None:
+    def _apply_directory(self, pipelines: Mapping[str, DirectoryEntry]) -> None:
         for link in self.outputs:
             entry = pipelines.get(link.target)
-            if not isinstance(entry, dict):
+            if entry is None:
                 continue
-            state, endpoint = directory_state(entry.get("state")), entry.get("endpoint")
+            state = entry.state
             if state is WorkerState.FINISHED:  # its stream is over; stopped or failed may return
                 self._retire(link)
                 continue
-            if entry.get("state") == WITHDRAWN:  # its host fell silent: hold the output till back
-                since = entry.get("since")
-                link.withdraw(since if isinstance(since, int | float) else time.time())
+            if state is Withdrawn.WITHDRAWN:  # its host fell silent: hold the output till back
+                link.withdraw(entry.since if entry.since is not None else time.time())
                 continue
-            if isinstance(endpoint, str):
-                instance = entry.get("instance")
-                key_id = entry.get("key")
+            if entry.endpoint is not None:
                 link.connect(
-                    endpoint,
-                    instance if isinstance(instance, int) else None,
-                    key_id if isinstance(key_id, str) else None,
+                    entry.endpoint,
+                    entry.instance,
+                    entry.key,
                     force=link.withdrawn_since is not None,  # rediscovered: don't wait on TCP
                 )
             link.down = state in DOWN_STATES and state not in RESTARTING_STATES
@@ -368,7 +364,7 @@ class Worker:
             log.warning("target_finished", pipeline=self.name, target=link.target, dropped=held)
         link.retire()
 
-    def _note_finished_sources(self, pipelines: dict[str, Any]) -> None:
+    def _note_finished_sources(self, pipelines: Mapping[str, DirectoryEntry]) -> None:
         """A source the directory calls finished ends its stream here too, after a grace period
         for its last messages (its EOS may have been lost if it never had our acks).
 
@@ -382,9 +378,9 @@ class Worker:
         ours = self._named_sources = named_sources(pipelines, self.name)
         for name in dict.fromkeys([*fanin.sources, *ours]):
             entry = pipelines.get(name)
-            if not isinstance(entry, dict):
+            if entry is None:
                 continue
-            state, final = directory_state(entry.get("state")), entry.get("final") is True
+            state, final = entry.state, entry.final
             if final and (state is WorkerState.FAILED or state is WorkerState.STOPPED):
                 if self._down_sources.get(name) != state and not self.stopping:
                     self._down_sources[name] = state  # not silent: say whom we wait for
