@@ -9,23 +9,31 @@ from __future__ import annotations
 import glob
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import zmq
 
 from porch import __version__, logs
 from porch.broker import NetworkPlan, daemon_origin
 from porch.config import PipelineConfig, Problem, has_errors, validate
-from porch.discovery import Remote
+from porch.daemon_views import (
+    RATE_COUNTERS,
+    encode_nodes,
+    graph_nodes,
+    remote_rows,
+    with_daemon_figures,
+)
 from porch.errors import ConfigError, PorchError
+from porch.graph import Node, to_dict
 from porch.logfiles import LogFileSink
 from porch.porchd_protocol import (
     STARTING_COMMANDS,
     Command,
     CommandError,
     ErrorCode,
+    Reply,
+    Result,
     answers,
     decode_request,
     encode_reply,
@@ -33,14 +41,14 @@ from porch.porchd_protocol import (
     ok_reply,
 )
 from porch.rates import RateMeter
+from porch.status import DaemonStatus, Snapshot, StatusReport
 from porch.supervisor import FailureMode, Supervisor, WorkerHandle, fingerprint
-from porch.web import TOKEN_FILE, DashboardServer, HttpPlan, graph_data
+from porch.web import TOKEN_FILE, DashboardServer, HttpPlan
 
 log = logs.get("porch.daemon")
 
-Result = dict[str, Any]
+Args = Mapping[str, object]  # a request's args, checked by each command
 SNAPSHOT_INTERVAL_S = 0.5  # how often the loop samples rates and publishes the HTTP snapshot
-RATE_COUNTERS = ("msgs_in", "msgs_out")
 
 
 def expand_sources(sources: Sequence[str]) -> list[Path]:
@@ -87,7 +95,7 @@ class Daemon:
         refuse_if_running(control_path)  # before discovery, HTTP or any worker starts
         configs, self.warnings = load_all(self.sources)
         # The HTTP snapshot: replaced whole by the loop, read by the HTTP thread; never mutated.
-        self.snapshot: Result | None = None
+        self.snapshot: Snapshot | None = None
         self.rates = RateMeter(RATE_COUNTERS)
         self._next_snapshot_s = 0.0
         self.web = (DashboardServer(http, lambda: self.snapshot, state_dir / TOKEN_FILE)
@@ -105,14 +113,14 @@ class Daemon:
         self.started_s = time.monotonic()
         self.socket: zmq.Socket[bytes] = self.supervisor.ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.commands: dict[Command, Callable[[dict[str, Any]], Any]] = {
+        self.commands: dict[Command, Callable[[Args], Result]] = {
             Command.PING: self._ping,
-            Command.STATUS: self._status,
+            Command.STATUS: lambda args: self.status_report().encode(),
             Command.STOP: self._stop,
             Command.START: self._start,
             Command.RESTART: self._restart,
             Command.RELOAD: self._reload,
-            Command.GRAPH: self._graph,
+            Command.GRAPH: lambda args: encode_nodes(self._nodes()),
             Command.LOGS: self._logs,
         }
 
@@ -164,9 +172,9 @@ class Daemon:
             # the envelope (routing id, and a delimiter if the client sent one) goes back as is
             self.socket.send_multipart([*frames[:-1], encode_reply(reply)])
 
-    def handle(self, data: bytes) -> Result:
+    def handle(self, data: bytes) -> Reply:
         """Answer one request: `{"id", "ok": true, "result"}` or an error with a code."""
-        request_id: Any = None
+        request_id: object = None
         try:
             request = decode_request(data)
             request_id = request.id
@@ -188,7 +196,7 @@ class Daemon:
 
     # ---- commands ------------------------------------------------------------------------
 
-    def _handles(self, args: dict[str, Any], allow_empty: bool = False) -> list[WorkerHandle]:
+    def _handles(self, args: Args, allow_empty: bool = False) -> list[WorkerHandle]:
         names = args.get("names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise CommandError(ErrorCode.BAD_REQUEST, "names must be a list of pipeline names")
@@ -201,31 +209,25 @@ class Daemon:
             raise CommandError(ErrorCode.UNKNOWN_PIPELINE, message)
         return [self.supervisor.workers[n] for n in names]
 
-    def _ping(self, args: dict[str, Any]) -> Result:
+    def _ping(self, args: Args) -> Result:
         return {"pid": os.getpid(), "version": __version__}
 
-    def _status(self, args: dict[str, Any]) -> Result:
-        daemon = {
-            "pid": os.getpid(),
-            "control": str(self.control_path),
-            "state_dir": str(self.state_dir),
-            "uptime_s": round(time.monotonic() - self.started_s, 1),
-            "version": __version__,
-        }
+    def status_report(self) -> StatusReport:
+        """The `status` result: porchd, its pipelines with rates and log figures, remote ones."""
         broker = self.supervisor.broker
-        if broker is not None:
-            daemon["discovery"] = broker.status()
-        if self.web is not None:
-            daemon["http"] = self.web.status()
-        pipelines = self.supervisor.status()
-        now = time.monotonic()
-        for pipeline in pipelines:
-            # lines of its output porchd could not write to its log file (a full disk)
-            pipeline["log_lines_dropped"] = self.sink.dropped.get(pipeline["name"], 0)
-            for counter in RATE_COUNTERS:  # a pipeline without a process moves nothing
-                rate = self.rates.per_s(pipeline["name"], counter, now) if pipeline["pid"] else 0
-                pipeline[f"{counter}_per_s"] = round(rate, 1)
-        return {"daemon": daemon, "pipelines": pipelines, "remote": self._remote()}
+        daemon = DaemonStatus(
+            pid=os.getpid(),
+            control=str(self.control_path),
+            state_dir=str(self.state_dir),
+            uptime_s=round(time.monotonic() - self.started_s, 1),
+            version=__version__,
+            discovery=broker.status() if broker is not None else None,
+            http=self.web.status() if self.web is not None else None,
+        )
+        pipelines = with_daemon_figures(self.supervisor.status(), self.sink.dropped, self.rates,
+                                        time.monotonic())  # fmt: skip
+        remote = remote_rows(broker, list(self.supervisor.workers))
+        return StatusReport(daemon, tuple(pipelines), tuple(remote))
 
     # ---- rates and the HTTP snapshot -----------------------------------------------------
 
@@ -239,24 +241,15 @@ class Daemon:
             self.rates.add(at_s, handle.name, handle.health.counters())
         self.rates.forget(self.supervisor.workers)
         if self.web is not None:
-            self.snapshot = self._snapshot()
+            steps = {h.name: h.health.step_seconds for h in self.supervisor.workers.values()
+                     if h.health.step_seconds is not None}  # fmt: skip
+            graph = to_dict(self._nodes())
+            self.snapshot = Snapshot(self.status_report(), graph, steps)
 
-    def _snapshot(self) -> Result:
-        steps = {h.name: h.health.step_seconds for h in self.supervisor.workers.values()
-                 if h.health.step_seconds is not None}  # fmt: skip
-        return {"status": self._status({}), "graph": graph_data(self._graph({})), "steps": steps}
+    def _nodes(self) -> list[Node]:
+        return graph_nodes(self.supervisor.workers.values(), self.supervisor.broker)
 
-    def _remote(self) -> list[Result]:
-        broker = self.supervisor.broker
-        if broker is None:
-            return []
-        now = time.monotonic()
-        chosen = broker.table.resolve(list(self.supervisor.workers))
-        rows = [_remote_row(r, now, chosen.get(r.name) == r) for r in broker.remotes()]
-        rows += [_withdrawn_row(r, since) for r, since in broker.withdrawn.values()]
-        return rows
-
-    def _stop(self, args: dict[str, Any]) -> Result:
+    def _stop(self, args: Args) -> Result:
         handles = self._handles(args, allow_empty=True)
         if not handles:
             self.supervisor.request_stop("porchctl stop")
@@ -265,19 +258,19 @@ class Daemon:
             self.supervisor.stop_worker(handle)
         return {"stopping": [h.name for h in handles]}
 
-    def _start(self, args: dict[str, Any]) -> Result:
+    def _start(self, args: Args) -> Result:
         handles = self._handles(args)
         for handle in handles:
             self.supervisor.start_pipeline(handle)
         return {"started": [h.name for h in handles]}
 
-    def _restart(self, args: dict[str, Any]) -> Result:
+    def _restart(self, args: Args) -> Result:
         handles = self._handles(args)
         for handle in handles:
             self.supervisor.restart_pipeline(handle)
         return {"restarting": [h.name for h in handles]}
 
-    def _reload(self, args: dict[str, Any]) -> Result:
+    def _reload(self, args: Args) -> Result:
         configs, self.warnings = load_all(self.sources)
         new = {c.name: c for c in configs}
         current = self.supervisor.workers
@@ -297,59 +290,11 @@ class Daemon:
         log.info("reloaded", **{k: v for k, v in diff.items() if k != "unchanged"})
         return diff
 
-    def _graph(self, args: dict[str, Any]) -> Result:
-        nodes = [
-            {
-                "name": h.name,
-                "state": h.state.value,
-                "targets": list(h.config.target_pipeline_names),
-                "host": "local",
-            }
-            for h in self.supervisor.workers.values()
-        ]
-        return {"nodes": nodes + self._remote_nodes()}
-
-    def _remote_nodes(self) -> list[Result]:
-        """One node per remote name that is not local (hosts joined when several claim it)."""
-        hosts: dict[str, list[str]] = {}
-        states: dict[str, str] = {}
-        for remote in self.supervisor.broker.remotes() if self.supervisor.broker else []:
-            if remote.name not in self.supervisor.workers:
-                hosts.setdefault(remote.name, []).append(remote.host)
-                states[remote.name] = remote.state
-        return [
-            {"name": name, "state": states[name] if len(where) == 1 else "conflict",
-             "targets": [], "host": ", ".join(where)}
-            for name, where in hosts.items()
-        ]  # fmt: skip
-
-    def _logs(self, args: dict[str, Any]) -> Result:
+    def _logs(self, args: Args) -> Result:
         name = args.get("name")
         if not isinstance(name, str) or name not in self.supervisor.workers:
             raise CommandError(ErrorCode.UNKNOWN_PIPELINE, f"no pipeline {name!r}")
         return {"path": str(self.sink.path_of(name))}
-
-
-def _remote_row(remote: Remote, now: float, used: bool) -> Result:
-    """A remote pipeline in `status`: `used` when this host's workers are given its endpoint."""
-    return {
-        "name": remote.name,
-        "host": remote.host,
-        "hostname": remote.hostname,
-        "daemon_id": remote.daemon_id,
-        "origin": remote.origin,
-        "endpoint": remote.endpoint,
-        "state": remote.state,
-        "last_seen_s": round(now - remote.last_seen, 1),
-        "used": used,
-        "withdrawn_since": None,
-    }
-
-
-def _withdrawn_row(remote: Remote, since: float) -> Result:
-    """A remote pipeline whose host fell silent: still listed, as withdrawn since `since`."""
-    return {**_remote_row(remote, time.monotonic(), False), "state": "withdrawn",
-            "endpoint": None, "withdrawn_since": since}  # fmt: skip
 
 
 def refuse_if_running(path: Path) -> None:

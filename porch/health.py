@@ -3,7 +3,8 @@
 One typed definition, encoded and decoded here once, used by the worker (workers/worker.py
 fills it from its and its inbox's counts) and the supervisor (porch/supervisor.py keeps each
 worker's last one; status, porchd's rates and `porch run`'s progress read it). A new counter is
-one field here (and in COUNTERS when status shows it as a total) plus where it is counted.
+one `counter_field(...)` line here plus where it is counted: COUNTERS, status (porch/status.py),
+porchctl and /metrics (porch/metrics.py) follow from it.
 """
 
 from __future__ import annotations
@@ -17,22 +18,46 @@ HEALTH_VERSION = 1  # sent as `version`; a report without it is read the same (v
 
 
 @dataclass(frozen=True)
+class CounterInfo:
+    """How /metrics names and explains one counter."""
+
+    metric: str  # porch_<metric>_total
+    help: str
+
+
+def counter_field(help_text: str, metric: str = "") -> int:
+    """A counter field of HealthReport (0 until counted); `metric` defaults to its name."""
+    info = {"counter": CounterInfo(metric, help_text)}
+    return dataclasses.field(default=0, metadata=info)
+
+
+@dataclass(frozen=True)
 class HealthReport:
     """One health report (the heartbeat). Counters count since the worker process started."""
 
-    iterations: int = 0
-    msgs_in: int = 0
-    msgs_out: int = 0
-    dropped: int = 0
-    bad_frames: int = 0
-    duplicates: int = 0  # inputs seen twice (by link seq or by origin)
-    dead_letters: int = 0
-    skipped: int = 0
-    replayed: int = 0
-    handshakes_rejected: int = 0  # CURVE clients turned away (ZAP, or another server key)
-    handshakes_failed: int = 0  # our output links' handshakes that a target refused
-    reconnects: int = 0  # output links reopened (dead connection, or target rediscovered)
-    unpaired: int = 0  # join values dropped: their partner was filtered out or never comes
+    # counters: status shows each as a total over every worker instance of a pipeline, and
+    # /metrics as porch_<metric>_total (porch/metrics.py), with this help text
+    iterations: int = counter_field("Iterations (step() chains) run.")
+    msgs_in: int = counter_field("Messages received on the pipeline's input (after dedup).",
+                           metric="messages_in")  # fmt: skip
+    msgs_out: int = counter_field("Messages the pipeline sent (one per iteration's output).",
+                            metric="messages_out")  # fmt: skip
+    dropped: int = counter_field("Messages dropped by a full output link (overflow drop_oldest).")
+    bad_frames: int = counter_field("Undecodable frames dropped on the data port.")
+    duplicates: int = counter_field("Duplicate messages the inbox discarded (replays, origin ids).")
+    dead_letters: int = counter_field("Messages written to the dead-letter folder.")
+    skipped: int = counter_field("Iterations skipped (porch.SKIP or on_error skip).")
+    replayed: int = counter_field("Messages replayed to a restarted target.")
+    handshakes_rejected: int = counter_field(
+        "Data-link handshakes refused (wrong or no cluster key)."
+    )
+    handshakes_failed: int = counter_field(
+        "Output links' handshakes a target refused (it serves with a key this host lacks)."
+    )
+    reconnects: int = counter_field(
+        "Output links reopened (a dead connection, or a target rediscovered after a cut)."
+    )
+    unpaired: int = counter_field("Join values dropped: their partner was filtered out upstream.")
     queue_depth: int = 0  # a gauge: inputs waiting now
     state: str = ""  # the worker's WorkerState value when it sent the report
     warning: str = ""  # what keeps it from making progress, "" when nothing
@@ -73,22 +98,13 @@ class HealthReport:
         )
 
 
-# counters status shows as totals over every worker instance a pipeline has had, in its order
-COUNTERS: tuple[str, ...] = (
-    "iterations",
-    "msgs_in",
-    "msgs_out",
-    "dropped",
-    "bad_frames",
-    "duplicates",
-    "dead_letters",
-    "skipped",
-    "replayed",
-    "handshakes_rejected",
-    "handshakes_failed",
-    "reconnects",
-    "unpaired",
-)
+# the counter fields, in their order: status shows them as totals over every worker instance
+COUNTER_INFO: Mapping[str, CounterInfo] = {
+    f.name: CounterInfo(f.metadata["counter"].metric or f.name, f.metadata["counter"].help)
+    for f in dataclasses.fields(HealthReport)
+    if "counter" in f.metadata
+}
+COUNTERS: tuple[str, ...] = tuple(COUNTER_INFO)
 EMPTY = HealthReport()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -24,30 +23,16 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from porch.control import WorkerState
+from porch.health import COUNTER_INFO
+from porch.status import PipelineStatus, Snapshot, StatusReport
 
-Snapshot = Mapping[str, Any]
-
-# (metric name without porch_ and _total, status field, help): counters per pipeline.
+# (metric name without porch_ and _total, status field, help): counters per pipeline, the
+# health counters (porch/health.py, one line each there) and porchd's own two.
 PIPELINE_COUNTERS = (
-    ("messages_in", "msgs_in", "Messages received on the pipeline's input (after dedup)."),
-    ("messages_out", "msgs_out", "Messages the pipeline sent (one per iteration's output)."),
-    ("iterations", "iterations", "Iterations (step() chains) run."),
+    *((info.metric, name, info.help) for name, info in COUNTER_INFO.items()),
     ("restarts", "restarts", "Times porchd restarted the pipeline (restart policy)."),
-    ("dropped", "dropped", "Messages dropped by a full output link (overflow drop_oldest)."),
-    ("dead_letters", "dead_letters", "Messages written to the dead-letter folder."),
-    ("duplicates", "duplicates", "Duplicate messages the inbox discarded (replays, origin ids)."),
-    ("bad_frames", "bad_frames", "Undecodable frames dropped on the data port."),
-    ("skipped", "skipped", "Iterations skipped (porch.SKIP or on_error skip)."),
-    ("replayed", "replayed", "Messages replayed to a restarted target."),
-    ("handshakes_rejected", "handshakes_rejected",
-     "Data-link handshakes refused (wrong or no cluster key)."),
-    ("handshakes_failed", "handshakes_failed",
-     "Output links' handshakes a target refused (it serves with a key this host lacks)."),
-    ("reconnects", "reconnects",
-     "Output links reopened (a dead connection, or a target rediscovered after a cut)."),
     ("log_lines_dropped", "log_lines_dropped",
      "Output lines porchd could not write to the pipeline's log file (a full disk)."),
-    ("unpaired", "unpaired", "Join values dropped: their partner was filtered out upstream."),
 )  # fmt: skip
 
 # (metric name without porch_, status field, help): gauges per pipeline.
@@ -71,45 +56,46 @@ DISCOVERY_COUNTERS = (
 )  # fmt: skip
 
 STATES = tuple(state.value for state in WorkerState)
+# the snapshot porchd publishes, or its JSON form {"status", "graph", "steps"}
+Readable = Snapshot | Mapping[str, object]
 
 
 class SnapshotCollector(Collector):
     """Metric families of the latest snapshot that `read()` returns."""
 
-    def __init__(self, read: Callable[[], Snapshot | None]) -> None:
+    def __init__(self, read: Callable[[], Readable | None]) -> None:
         self.read = read
 
     def collect(self) -> Iterator[Metric]:
         """Every Porch metric of the current snapshot (nothing before the first one)."""
-        snapshot = self.read()
-        if snapshot is None:
+        found = self.read()
+        if found is None:
             return
-        status = snapshot.get("status") or {}
-        pipelines: Sequence[Mapping[str, Any]] = status.get("pipelines") or []
-        yield from pipeline_metrics(pipelines)
-        yield state_metric(pipelines)
-        yield from step_metrics(snapshot.get("steps") or {})
-        daemon = status.get("daemon") or {}
-        yield from daemon_metrics(daemon, status.get("remote") or [])
+        snapshot = found if isinstance(found, Snapshot) else Snapshot.decode(found)
+        status = snapshot.status
+        yield from pipeline_metrics(status.pipelines)
+        yield state_metric(status.pipelines)
+        yield from step_metrics(snapshot.steps)
+        yield from daemon_metrics(status)
 
 
-def pipeline_metrics(pipelines: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+def pipeline_metrics(pipelines: Sequence[PipelineStatus]) -> Iterator[Metric]:
     """The per-pipeline counters and gauges; a gauge without a value (no process) is left out."""
     for name, key, text in PIPELINE_COUNTERS:
         counter = CounterMetricFamily(f"porch_{name}", text, labels=["pipeline"])
         for p in pipelines:
-            counter.add_metric([str(p["name"])], _number(p.get(key)) or 0.0)
+            counter.add_metric([p.name], float(p.number(key) or 0))
         yield counter
     for name, key, text in PIPELINE_GAUGES:
         gauge = GaugeMetricFamily(f"porch_{name}", text, labels=["pipeline"])
         for p in pipelines:
-            value = _number(p.get(key))
+            value = p.number(key)
             if value is not None:
-                gauge.add_metric([str(p["name"])], value)
+                gauge.add_metric([p.name], float(value))
         yield gauge
 
 
-def state_metric(pipelines: Sequence[Mapping[str, Any]]) -> Metric:
+def state_metric(pipelines: Sequence[PipelineStatus]) -> Metric:
     """porch_pipeline_state: 1 for each pipeline's current state, 0 for the others."""
     gauge = GaugeMetricFamily(
         "porch_pipeline_state", "Current state of each pipeline (1) among all states (0).",
@@ -117,11 +103,11 @@ def state_metric(pipelines: Sequence[Mapping[str, Any]]) -> Metric:
     )  # fmt: skip
     for p in pipelines:
         for state in STATES:
-            gauge.add_metric([str(p["name"]), state], 1.0 if p.get("state") == state else 0.0)
+            gauge.add_metric([p.name, state], 1.0 if p.state == state else 0.0)
     return gauge
 
 
-def step_metrics(steps: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+def step_metrics(steps: Mapping[str, Mapping[str, object]]) -> Iterator[Metric]:
     """porch_step_duration_seconds from workers that report it (see `step_histogram`)."""
     family = HistogramMetricFamily(
         "porch_step_duration_seconds",
@@ -137,7 +123,7 @@ def step_metrics(steps: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
         yield family
 
 
-def step_histogram(report: Mapping[str, Any]) -> tuple[list[tuple[str, float]], float] | None:
+def step_histogram(report: Mapping[str, object]) -> tuple[list[tuple[str, float]], float] | None:
     """A worker's `step_seconds` health field as Prometheus buckets, or None when malformed.
 
     The field is `{"bounds": [upper bounds in s, ascending], "counts": [per bucket, one more
@@ -149,23 +135,25 @@ def step_histogram(report: Mapping[str, Any]) -> tuple[list[tuple[str, float]], 
         return None
     if len(counts) != len(bounds) + 1:
         return None
-    if not all(_number(v) is not None for v in (*bounds, *counts)):
+    numbers = [_number(v) for v in (*bounds, *counts)]
+    if any(v is None for v in numbers):
         return None
+    values = [v for v in numbers if v is not None]
     running = 0.0
     buckets: list[tuple[str, float]] = []
-    for bound, count in zip([*map(float, bounds), math.inf], counts, strict=True):
-        running += float(count)
+    for bound, count in zip([*values[: len(bounds)], math.inf], values[len(bounds) :], strict=True):
+        running += count
         buckets.append(("+Inf" if bound == math.inf else repr(bound), running))
     return buckets, total_s
 
 
-def daemon_metrics(daemon: Mapping[str, Any], remote: Sequence[Any]) -> Iterator[Metric]:
+def daemon_metrics(status: StatusReport) -> Iterator[Metric]:
     """porchd itself: uptime, discovery counters, remote pipelines it knows."""
-    uptime = _number(daemon.get("uptime_s"))
+    uptime = status.daemon.uptime_s
     if uptime is not None:
         yield GaugeMetricFamily("porch_daemon_uptime_seconds", "Seconds since porchd started.",
                                 value=uptime)  # fmt: skip
-    discovery = daemon.get("discovery") or {}
+    discovery = status.daemon.discovery or {}
     for name, key, text in DISCOVERY_COUNTERS:
         yield CounterMetricFamily(f"porch_{name}", text, value=_number(discovery.get(key)) or 0.0)
     reasons = discovery.get("rejected")
@@ -178,17 +166,17 @@ def daemon_metrics(daemon: Mapping[str, Any], remote: Sequence[Any]) -> Iterator
         yield by_reason
     yield GaugeMetricFamily(
         "porch_remote_pipelines", "Pipelines other hosts announce (discovery table).",
-        value=float(len(remote)),
+        value=float(len(status.remote)),
     )  # fmt: skip
 
 
-def _number(value: Any) -> float | None:
+def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
 
 
-def registry(read: Callable[[], Snapshot | None]) -> CollectorRegistry:
+def registry(read: Callable[[], Readable | None]) -> CollectorRegistry:
     """A registry with the snapshot's metrics plus porchd's own process and Python metrics."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(SnapshotCollector(read))

@@ -14,15 +14,18 @@ import pwd
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import zmq
 
 from porch.errors import ControlError, PorchError
 
-Reply = dict[str, Any]
+# A reply and a command's result are JSON objects; their values are JSON (a str, number,
+# bool, None, list or object) that the reader checks field by field.
+Reply = Mapping[str, object]
+Result = Mapping[str, object]
 TIMEOUT_S = 5.0  # how long porchctl waits for a reply
 PROBE_TIMEOUT_S = 1.0  # how long porchd waits for another porchd's answer to a ping
 PROBE_ID = "probe"
@@ -60,9 +63,9 @@ class ErrorCode(enum.Enum):
 class Request:
     """One decoded request."""
 
-    id: Any
+    id: object  # whatever JSON value the client chose; it goes back in the reply
     command: Command
-    args: dict[str, Any]
+    args: Mapping[str, object]
 
 
 class CommandError(PorchError):
@@ -70,7 +73,7 @@ class CommandError(PorchError):
 
     `request_id` is the request's id when it could be read (it goes back in the reply)."""
 
-    def __init__(self, code: ErrorCode, message: str, request_id: Any = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, request_id: object = None) -> None:
         super().__init__(message)
         self.code = code
         self.request_id = request_id
@@ -89,10 +92,10 @@ class CommandFailed(ControlError):
 # ---- requests ----------------------------------------------------------------------------
 
 
-def encode_request(command: Command | str, args: dict[str, Any], request_id: str) -> bytes:
+def encode_request(command: Command | str, args: Mapping[str, object], request_id: str) -> bytes:
     """One request as sent on the wire."""
     name = command.value if isinstance(command, Command) else command
-    return json.dumps({"id": request_id, "command": name, "args": args}).encode("utf-8")
+    return json.dumps({"id": request_id, "command": name, "args": dict(args)}).encode("utf-8")
 
 
 def decode_request(data: bytes) -> Request:
@@ -112,25 +115,25 @@ def decode_request(data: bytes) -> Request:
     args = request.get("args") or {}
     if not isinstance(args, dict):
         raise CommandError(ErrorCode.BAD_REQUEST, "args must be an object", request_id)
-    return Request(request_id, command, args)
+    return Request(request_id, command, {str(k): v for k, v in args.items()})
 
 
 # ---- replies -----------------------------------------------------------------------------
 
 
-def ok_reply(request_id: Any, result: Any) -> Reply:
+def ok_reply(request_id: object, result: object) -> Reply:
     """The reply carrying a command's result."""
     return {"id": request_id, "ok": True, "result": result}
 
 
-def error_reply(request_id: Any, code: ErrorCode, message: str) -> Reply:
+def error_reply(request_id: object, code: ErrorCode, message: str) -> Reply:
     """The reply saying why a request failed."""
     return {"id": request_id, "ok": False, "error": {"code": code.value, "message": message}}
 
 
 def encode_reply(reply: Reply) -> bytes:
     """One reply as sent on the wire."""
-    return json.dumps(reply).encode("utf-8")
+    return json.dumps(dict(reply)).encode("utf-8")
 
 
 def decode_reply(data: bytes) -> Reply:
@@ -141,10 +144,10 @@ def decode_reply(data: bytes) -> Reply:
         reply = None
     if not isinstance(reply, dict):
         raise ControlError(f"malformed reply from porchd: {data[:120]!r}")
-    return reply
+    return {str(k): v for k, v in reply.items()}
 
 
-def result_of(reply: Reply) -> Any:
+def result_of(reply: Reply) -> object:
     """A reply's result; raise CommandFailed for an error reply, ControlError when malformed."""
     if reply.get("ok") is True:
         return reply.get("result")
@@ -182,11 +185,15 @@ class Client:
         self.path = path
         self.timeout_s = timeout_s
 
-    def call(self, command: Command | str, **args: Any) -> Any:
+    def call(self, command: Command | str, **args: object) -> Result:
         """Run `command` on porchd; return its result or raise a ControlError."""
         self._probe()
         request_id = uuid.uuid4().hex
-        return result_of(self._exchange(encode_request(command, args, request_id), request_id))
+        reply = self._exchange(encode_request(command, args, request_id), request_id)
+        result = result_of(reply)
+        if not isinstance(result, dict):  # every command's result is an object
+            raise ControlError(f"malformed reply from porchd: {reply!r:.120}")
+        return {str(k): v for k, v in result.items()}
 
     def _probe(self) -> None:
         # ZeroMQ retries a connect forever in silence, so a missing or stale socket file, or

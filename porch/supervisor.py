@@ -24,7 +24,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-import psutil
 import zmq
 
 from porch import forkserver, logs, reaper
@@ -36,6 +35,8 @@ from porch.errors import ControlError
 from porch.health import COUNTERS, EMPTY, HealthReport
 from porch.lines import LineSplitter
 from porch.restart import Action, RestartPolicy, RestartTracker
+from porch.status import PipelineStatus
+from porch.supervisor_status import UsageSampler, statuses
 
 log = logs.get("porch.supervisor")
 
@@ -125,7 +126,6 @@ class WorkerHandle:
     rate_per_s: float = 0.0
     streams: dict[int, tuple[str, LineSplitter]] = field(default_factory=dict)
     digest: str = ""
-    ps: psutil.Process | None = None
     directory_sent: dict[str, DirectoryEntry] | None = None  # what its last directory held
     names_sent: int = -1  # the version of the names it was last sent
     greeted: bool = False  # this instance said hello (the router can reach it)
@@ -154,6 +154,11 @@ class WorkerHandle:
     def alive(self) -> bool:
         """Whether a worker process exists that has not been reaped yet."""
         return self.process is not None and self.exit_code is None
+
+    @property
+    def pid(self) -> int | None:
+        """Its worker process's pid while one runs (not yet reaped)."""
+        return self.process.pid if self.process is not None and self.exit_code is None else None
 
 
 class Supervisor:
@@ -184,6 +189,7 @@ class Supervisor:
         self.stopping = False
         self.forced = False
         self.failed: list[str] = []
+        self.usage = UsageSampler()
         self.started_s = time.monotonic()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         reaper.remove_stale_run_dirs()  # what a supervisor killed with kill -9 left behind
@@ -409,7 +415,6 @@ class Supervisor:
         handle.watchdog_fired, handle.respawn, handle.endpoint = False, False, None
         handle.stop_pending = False
         handle.digest = fingerprint(handle.config)
-        handle.ps = None
         handle.directory_sent, handle.names_sent = None, -1  # a new worker gets it all
         handle.greeted = False
         for key in COUNTERS:  # the last instance's counts become part of the totals
@@ -815,47 +820,11 @@ class Supervisor:
         sys.stderr.flush()
         self.request_stop(f"pipeline {handle.name} failed")
 
-    # ---- status --------------------------------------------------------------------------
+    # ---- status ------------------------------------------------------------------------
 
-    def status(self) -> list[dict[str, Any]]:
-        """One dict per pipeline, the fields of `porchctl status`."""
-        return [self._status_of(h) for h in self.workers.values()]
-
-    def _status_of(self, handle: WorkerHandle) -> dict[str, Any]:
-        now = time.monotonic()
-        cpu, rss = self._usage(handle)
-        health = handle.health
-        return {
-            "name": handle.name,
-            "pid": handle.process.pid if handle.alive and handle.process else None,
-            "state": handle.state.value,
-            "uptime_s": round(now - handle.started_s, 1) if handle.alive else None,
-            **{key: handle.totals.get(key, 0) + health.counter(key) for key in COUNTERS},
-            "queue_depth": health.queue_depth,
-            "targets": [dict(t) for t in health.targets] if handle.alive else [],
-            "rate_per_s": round(handle.rate_per_s, 1) if handle.alive else 0.0,
-            "cpu_percent": cpu,
-            "rss_bytes": rss,
-            "restarts": handle.tracker.restarts,
-            "last_error": handle.last_error.splitlines()[0] if handle.last_error else "",
-            "last_error_age_s": None if handle.error_s is None else round(now - handle.error_s, 1),
-            "error_current": handle.error_current,
-            "warning": health.warning if handle.alive else "",
-            "restart_policy": handle.tracker.policy.value,
-            "config": str(handle.config.path),
-        }
-
-    def _usage(self, handle: WorkerHandle) -> tuple[float | None, int | None]:
-        if not handle.alive or handle.process is None:
-            return None, None
-        try:
-            if handle.ps is None:
-                handle.ps = psutil.Process(handle.process.pid)
-                handle.ps.cpu_percent(None)
-            with handle.ps.oneshot():
-                return handle.ps.cpu_percent(None), handle.ps.memory_info().rss
-        except psutil.Error:
-            return None, None
+    def status(self) -> list[PipelineStatus]:
+        """Every pipeline's status, the fields of `porchctl status` (porch/status.py)."""
+        return statuses(self.workers.values(), time.monotonic(), self.usage)
 
     # ---- teardown ------------------------------------------------------------------------
 

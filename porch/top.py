@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import curses
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from porch.errors import ControlError
 from porch.graph import state_class
-from porch.porchctl import error_text
+from porch.porchctl_format import error_text
+from porch.status import PipelineStatus, StatusReport, read
 
 INTERVAL_S = 1.0
 KEY_POLL_MS = 100
@@ -35,13 +35,17 @@ COLUMNS = (  # (header, width, status field, format); the last column takes what
     ("LAST ERROR", 0, "last_error", "s"),
 )
 
-Fetch = Callable[[], dict[str, Any]]
+TEXT_FIELDS = ("name", "state", "last_error")
+Fetch = Callable[[], StatusReport]
+Status = StatusReport | Mapping[str, object]
 
 
-def _cell(value: Any, fmt: str) -> str:
+def _cell(pipeline: PipelineStatus, field: str, fmt: str) -> str:
+    value: str | float | None
+    value = str(getattr(pipeline, field)) if field in TEXT_FIELDS else pipeline.number(field)
     if value is None or value == "":
         return "-"
-    if fmt == "mib":
+    if fmt == "mib" and not isinstance(value, str):
         return f"{value / 2**20:.1f}M"
     try:
         return format(value, fmt)
@@ -62,44 +66,46 @@ def format_row(values: Sequence[str], width: int) -> str:
     return line[:width]
 
 
-def header_line(result: dict[str, Any], now: str) -> str:
+def header_line(result: Status, now: str) -> str:
     """porchd, its uptime, pipeline counts, total rates, beacons refused, the time."""
-    daemon = result.get("daemon") or {}
-    pipelines = result.get("pipelines") or []
-    running = sum(p.get("state") == "running" for p in pipelines)
-    failed = sum(p.get("state") == "failed" for p in pipelines)
-    rate_in = sum(p.get("msgs_in_per_s") or 0 for p in pipelines)
-    rate_out = sum(p.get("msgs_out_per_s") or 0 for p in pipelines)
-    discovery = daemon.get("discovery") or {}
-    remote = len(result.get("remote") or [])
+    report = read(result)
+    daemon, pipelines = report.daemon, report.pipelines
+    running = sum(p.state == "running" for p in pipelines)
+    failed = sum(p.state == "failed" for p in pipelines)
+    rate_in = sum(p.msgs_in_per_s or 0 for p in pipelines)
+    rate_out = sum(p.msgs_out_per_s or 0 for p in pipelines)
+    discovery = daemon.discovery or {}
+    remote = len(report.remote)
+    pid = "?" if daemon.pid is None else daemon.pid
     return (
-        f"porchd pid {daemon.get('pid', '?')}  up {_uptime(daemon.get('uptime_s'))}  "
+        f"porchd pid {pid}  up {_uptime(daemon.uptime_s)}  "
         f"pipelines {len(pipelines)} ({running} running, {failed} failed, {remote} remote)  "
         f"in {rate_in:.1f}/s  out {rate_out:.1f}/s  "
         f"beacons refused {discovery.get('beacons_rejected', 0)}  {now}"
     )
 
 
-def _uptime(seconds: Any) -> str:
-    if not isinstance(seconds, int | float):
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
         return "-"
     total = int(seconds)
     hours, rest = divmod(total, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def frame(result: dict[str, Any], width: int, now: str) -> list[tuple[str, str]]:
+def frame(result: Status, width: int, now: str) -> list[tuple[str, str]]:
     """The screen as (line, style) pairs; style is "header", "title" or a state class."""
-    lines = [(header_line(result, now)[:width], "header"), ("", "")]
+    report = read(result)
+    lines = [(header_line(report, now)[:width], "header"), ("", "")]
     lines.append((format_row([c[0] for c in COLUMNS], width), "title"))
-    for p in result.get("pipelines") or []:
-        values = [_cell(p.get(field), fmt) for _, _, field, fmt in COLUMNS]
+    for p in report.pipelines:
+        values = [_cell(p, field, fmt) for _, _, field, fmt in COLUMNS]
         values[-1] = " ".join(error_text(p).split())
-        lines.append((format_row(values, width), state_class(str(p.get("state", "")))))
-    for r in result.get("remote") or []:
+        lines.append((format_row(values, width), state_class(p.state)))
+    for r in report.remote:
         values = ["-"] * len(COLUMNS)
-        values[0], values[1] = str(r.get("name", "?")), str(r.get("state", "?"))
-        values[-1] = f"remote: {r.get('hostname') or r.get('host', '?')}"
+        values[0], values[1] = r.name, r.state
+        values[-1] = f"remote: {r.hostname or r.host}"
         lines.append((format_row(values, width), "remote"))
     return lines
 
@@ -117,7 +123,7 @@ def run(fetch: Fetch, interval_s: float = INTERVAL_S) -> None:
         curses.wrapper(_Screen(fetch, interval_s, first).loop)
 
 
-def print_once(result: dict[str, Any], width: int = 160) -> str:
+def print_once(result: Status, width: int = 160) -> str:
     """One frame as plain text (no terminal)."""
     return "\n".join(line for line, _ in frame(result, width, time.strftime("%H:%M:%S")))
 
@@ -125,14 +131,14 @@ def print_once(result: dict[str, Any], width: int = 160) -> str:
 class _Screen:
     """The curses side: draw every interval, read keys in between."""
 
-    def __init__(self, fetch: Fetch, interval_s: float, first: dict[str, Any]) -> None:
+    def __init__(self, fetch: Fetch, interval_s: float, first: StatusReport) -> None:
         self.fetch = fetch
         self.interval_s = interval_s
         self.result = first
         self.problem = ""
         self.styles: dict[str, int] = {}
 
-    def loop(self, screen: Any) -> None:
+    def loop(self, screen: curses.window) -> None:
         self._setup(screen)
         next_fetch_s = time.monotonic() + interval_s_floor(self.interval_s)
         self.draw(screen)
@@ -147,7 +153,7 @@ class _Screen:
             elif key == curses.KEY_RESIZE:
                 self.draw(screen)
 
-    def _setup(self, screen: Any) -> None:
+    def _setup(self, screen: curses.window) -> None:
         with contextlib.suppress(curses.error):  # a terminal that cannot hide the cursor
             curses.curs_set(0)
         screen.timeout(KEY_POLL_MS)
@@ -165,7 +171,7 @@ class _Screen:
         except ControlError as exc:  # porchd went away: keep the last figures, say so
             self.problem = f"not updated: {exc}"
 
-    def draw(self, screen: Any) -> None:
+    def draw(self, screen: curses.window) -> None:
         rows, cols = screen.getmaxyx()
         screen.erase()
         lines = frame(self.result, cols - 1, time.strftime("%H:%M:%S"))

@@ -26,15 +26,14 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from porch import graph, logs, metrics
 from porch.errors import PorchError, UsageError
+from porch.status import Snapshot
 
 log = logs.get("porch.web")
 
-Snapshot = Mapping[str, Any]
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -169,7 +168,7 @@ class DashboardServer:
         if self.token_file is not None:
             self.token_file.unlink(missing_ok=True)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         """Where the dashboard is and where its token is kept, for `porchctl status --json`."""
         token_file = str(self.token_file) if self.token_file is not None else None
         return {"url": self.url.split("?")[0], "token_file": token_file}
@@ -203,8 +202,8 @@ class DashboardServer:
         if path == "/metrics":
             body = metrics.exposition(self.registry)
             return HTTPStatus.OK, body, "text/plain; version=0.0.4; charset=utf-8"
-        key = {"/api/status": "status", "/api/graph": "graph"}[path]
-        return HTTPStatus.OK, json.dumps(snapshot[key]).encode(), "application/json"
+        data = snapshot.status.encode() if path == "/api/status" else dict(snapshot.graph)
+        return HTTPStatus.OK, json.dumps(data).encode(), "application/json"
 
 
 def _json_error(status: HTTPStatus, code: str, message: str) -> tuple[HTTPStatus, bytes, str]:
@@ -260,10 +259,5 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("http_request", client=self.client_address[0], line=format % args)
-
-
-def graph_data(result: Mapping[str, Any]) -> dict[str, Any]:
-    """porchd's `graph` reply as `porchctl graph --format json` prints it."""
-    return graph.to_dict(graph.from_result(result))

@@ -1,0 +1,314 @@
+"""A pipeline's status and porchd's `status` reply: one typed definition, encoded and decoded
+here once, versioned.
+
+Status assembly (porch/supervisor_status.py) builds a PipelineStatus from the worker's last
+HealthReport and the supervisor's view of its process; porchd adds its log and rate figures and
+sends a StatusReport. porchctl's tables (porch/porchctl_format.py), `porchctl top`, /metrics,
+/api/status and the dashboard read these fields. The counters are porch/health.py's COUNTERS:
+a new counter shows everywhere from its one line there. The JSON field names are
+docs/supervisor-contract.md's PIPELINE; a field a porchd of another version did not send
+decodes as unknown (None), shown as "-".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from porch.health import COUNTERS
+
+STATUS_VERSION = 1  # sent as the reply's `status_version`; a reply without it reads the same
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """One output link of a running worker (workers/worker.py link_status)."""
+
+    name: str
+    state: str  # connected, connecting, handshake failing, unreachable, not found, down, finished
+    since: float | None = None  # unix s it became unreachable
+    held: int = 0  # messages it holds unacknowledged
+
+    def encode(self) -> dict[str, object]:
+        """The JSON object of `status`'s `targets`."""
+        return {"name": self.name, "state": self.state, "since": self.since, "held": self.held}
+
+    @classmethod
+    def decode(cls, data: Mapping[str, object]) -> TargetStatus:
+        """Read one link report; ill-typed fields read as unknown."""
+        return cls(_text(data.get("name"), "?"), _text(data.get("state"), "?"),
+                   _real(data.get("since")), _int(data.get("held")) or 0)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """One pipeline in porchd's `status` reply (docs/supervisor-contract.md PIPELINE)."""
+
+    name: str
+    state: str  # a WorkerState value (kept as text: a newer porchd may know more states)
+    pid: int | None = None
+    uptime_s: float | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)  # COUNTERS (totals) it reported
+    queue_depth: int | None = None
+    targets: tuple[TargetStatus, ...] = ()
+    rate_per_s: float | None = None
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+    restarts: int | None = None
+    last_error: str = ""
+    last_error_age_s: float | None = None
+    error_current: bool = True  # an error without this flag reads as the current one
+    warning: str = ""
+    restart_policy: str = ""
+    config: str = ""
+    # porchd's own figures (daemon.py); None from `porch run` or an older porchd
+    log_lines_dropped: int | None = None
+    msgs_in_per_s: float | None = None
+    msgs_out_per_s: float | None = None
+
+    def count(self, name: str) -> int | None:
+        """One counter of COUNTERS (None: not reported)."""
+        return self.counts.get(name)
+
+    def number(self, name: str) -> float | None:
+        """A numeric field or counter by its JSON name (None: unknown); metrics and top read
+        their columns through this."""
+        if name in COUNTERS:
+            return self.count(name)
+        value = getattr(self, name, None)
+        return None if isinstance(value, bool) or not isinstance(value, int | float) else value
+
+    def with_daemon_figures(self, log_lines_dropped: int, msgs_in_per_s: float,
+                            msgs_out_per_s: float) -> PipelineStatus:  # fmt: skip
+        """This status with porchd's log and rate figures."""
+        return replace(self, log_lines_dropped=log_lines_dropped,
+                       msgs_in_per_s=msgs_in_per_s, msgs_out_per_s=msgs_out_per_s)  # fmt: skip
+
+    def encode(self) -> dict[str, object]:
+        """The JSON object (field order as porchctl status --json has always printed it)."""
+        data: dict[str, object] = {
+            "name": self.name,
+            "pid": self.pid,
+            "state": self.state,
+            "uptime_s": self.uptime_s,
+            **{key: self.counts.get(key, 0) for key in COUNTERS},
+            "queue_depth": self.queue_depth,
+            "targets": [t.encode() for t in self.targets],
+            "rate_per_s": self.rate_per_s,
+            "cpu_percent": self.cpu_percent,
+            "rss_bytes": self.rss_bytes,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "last_error_age_s": self.last_error_age_s,
+            "error_current": self.error_current,
+            "warning": self.warning,
+            "restart_policy": self.restart_policy,
+            "config": self.config,
+        }
+        if self.log_lines_dropped is not None:
+            data["log_lines_dropped"] = self.log_lines_dropped
+        if self.msgs_in_per_s is not None:
+            data["msgs_in_per_s"] = self.msgs_in_per_s
+        if self.msgs_out_per_s is not None:
+            data["msgs_out_per_s"] = self.msgs_out_per_s
+        return data
+
+    @classmethod
+    def decode(cls, data: Mapping[str, object]) -> PipelineStatus:
+        """Read one pipeline of a `status` reply."""
+        counts = {k: v for k in COUNTERS if (v := _int(data.get(k))) is not None}
+        targets = data.get("targets")
+        current = data.get("error_current")
+        return cls(
+            name=_text(data.get("name"), "?"),
+            state=_text(data.get("state"), "?"),
+            pid=_int(data.get("pid")),
+            uptime_s=_real(data.get("uptime_s")),
+            counts=counts,
+            queue_depth=_int(data.get("queue_depth")),
+            targets=tuple(TargetStatus.decode(t) for t in _objects(targets)),
+            rate_per_s=_real(data.get("rate_per_s")),
+            cpu_percent=_real(data.get("cpu_percent")),
+            rss_bytes=_int(data.get("rss_bytes")),
+            restarts=_int(data.get("restarts")),
+            last_error=_text(data.get("last_error")),
+            last_error_age_s=_real(data.get("last_error_age_s")),
+            error_current=current if isinstance(current, bool) else True,
+            warning=_text(data.get("warning")),
+            restart_policy=_text(data.get("restart_policy")),
+            config=_text(data.get("config")),
+            log_lines_dropped=_int(data.get("log_lines_dropped")),
+            msgs_in_per_s=_real(data.get("msgs_in_per_s")),
+            msgs_out_per_s=_real(data.get("msgs_out_per_s")),
+        )
+
+
+@dataclass(frozen=True)
+class RemoteStatus:
+    """A pipeline another host announces (discovery), as `status` lists it."""
+
+    name: str
+    host: str = "?"
+    hostname: str = ""
+    daemon_id: str = ""
+    origin: str = ""
+    endpoint: str | None = None
+    state: str = "?"
+    last_seen_s: float | None = None
+    used: bool = False  # this host's workers are given its endpoint
+    withdrawn_since: float | None = None  # its host fell silent (state "withdrawn")
+
+    def encode(self) -> dict[str, object]:
+        """The JSON object of `status`'s `remote`."""
+        return {
+            "name": self.name,
+            "host": self.host,
+            "hostname": self.hostname,
+            "daemon_id": self.daemon_id,
+            "origin": self.origin,
+            "endpoint": self.endpoint,
+            "state": self.state,
+            "last_seen_s": self.last_seen_s,
+            "used": self.used,
+            "withdrawn_since": self.withdrawn_since,
+        }
+
+    @classmethod
+    def decode(cls, data: Mapping[str, object]) -> RemoteStatus:
+        """Read one remote pipeline of a `status` reply."""
+        endpoint = data.get("endpoint")
+        return cls(
+            name=_text(data.get("name"), "?"),
+            host=_text(data.get("host"), "?"),
+            hostname=_text(data.get("hostname")),
+            daemon_id=_text(data.get("daemon_id")),
+            origin=_text(data.get("origin")),
+            endpoint=endpoint if isinstance(endpoint, str) else None,
+            state=_text(data.get("state"), "?"),
+            last_seen_s=_real(data.get("last_seen_s")),
+            used=data.get("used") is True,
+            withdrawn_since=_real(data.get("withdrawn_since")),
+        )
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    """porchd itself in the `status` reply."""
+
+    pid: int | None = None
+    control: str = ""
+    state_dir: str = ""
+    uptime_s: float | None = None
+    version: str = ""
+    # the broker's settings and counters (porch/broker.py Broker.status), when discovery runs
+    discovery: Mapping[str, object] | None = None
+    # where the dashboard is and its token file (porch/web.py), when porchd serves HTTP
+    http: Mapping[str, object] | None = None
+
+    def encode(self) -> dict[str, object]:
+        """The JSON object of `status`'s `daemon`."""
+        data: dict[str, object] = {
+            "pid": self.pid,
+            "control": self.control,
+            "state_dir": self.state_dir,
+            "uptime_s": self.uptime_s,
+            "version": self.version,
+        }
+        if self.discovery is not None:
+            data["discovery"] = dict(self.discovery)
+        if self.http is not None:
+            data["http"] = dict(self.http)
+        return data
+
+    @classmethod
+    def decode(cls, data: Mapping[str, object]) -> DaemonStatus:
+        """Read the `daemon` part of a `status` reply."""
+        discovery, http = data.get("discovery"), data.get("http")
+        return cls(
+            pid=_int(data.get("pid")),
+            control=_text(data.get("control")),
+            state_dir=_text(data.get("state_dir")),
+            uptime_s=_real(data.get("uptime_s")),
+            version=_text(data.get("version")),
+            discovery=_object(discovery),
+            http=_object(http),
+        )
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """porchd's `status` reply: itself, its pipelines, the remote pipelines it knows."""
+
+    daemon: DaemonStatus = DaemonStatus()
+    pipelines: tuple[PipelineStatus, ...] = ()
+    remote: tuple[RemoteStatus, ...] = ()
+
+    def encode(self) -> dict[str, object]:
+        """The reply's JSON object (docs/supervisor-contract.md)."""
+        return {
+            "status_version": STATUS_VERSION,
+            "daemon": self.daemon.encode(),
+            "pipelines": [p.encode() for p in self.pipelines],
+            "remote": [r.encode() for r in self.remote],
+        }
+
+    @classmethod
+    def decode(cls, data: object) -> StatusReport:
+        """Read a `status` reply (a malformed part reads as empty)."""
+        report = _object(data) or {}
+        return cls(
+            daemon=DaemonStatus.decode(_object(report.get("daemon")) or {}),
+            pipelines=tuple(PipelineStatus.decode(p) for p in _objects(report.get("pipelines"))),
+            remote=tuple(RemoteStatus.decode(r) for r in _objects(report.get("remote"))),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What porchd's loop publishes for its HTTP thread every SNAPSHOT_INTERVAL_S (replaced
+    whole, never mutated): /api/status, /api/graph and /metrics read it."""
+
+    status: StatusReport
+    graph: Mapping[str, object]  # `porchctl graph --format json` (porch/graph.py to_dict)
+    # each pipeline's step-duration histogram (HealthReport.step_seconds), when it reports one
+    steps: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    @classmethod
+    def decode(cls, data: Mapping[str, object]) -> Snapshot:
+        """A snapshot from its JSON form `{"status", "graph", "steps"}`."""
+        steps = _object(data.get("steps")) or {}
+        return cls(
+            StatusReport.decode(data.get("status")),
+            _object(data.get("graph")) or {},
+            {name: o for name, step in steps.items() if (o := _object(step)) is not None},
+        )
+
+
+def read(result: StatusReport | Mapping[str, object]) -> StatusReport:
+    """A StatusReport, decoding a `status` reply as porchd sent it (JSON) when needed."""
+    return result if isinstance(result, StatusReport) else StatusReport.decode(result)
+
+
+def _object(value: object) -> Mapping[str, object] | None:
+    if not isinstance(value, Mapping):
+        return None
+    return {str(k): v for k, v in value.items()}
+
+
+def _objects(value: object) -> list[Mapping[str, object]]:
+    items: Sequence[object] = value if isinstance(value, list | tuple) else ()
+    return [o for item in items if (o := _object(item)) is not None]
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _real(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def _text(value: object, default: str = "") -> str:
+    return value if isinstance(value, str) else default

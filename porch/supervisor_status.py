@@ -1,0 +1,84 @@
+"""Status assembly: a pipeline's PipelineStatus from the supervisor's view of it.
+
+The figures come from the pipeline's handle (its process, restart bookkeeping and its current
+worker's last HealthReport) and from psutil (CPU and RSS of its worker process). Counters are
+totals over every worker instance the pipeline has had (porch/health.py COUNTERS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import psutil
+
+from porch.health import COUNTERS
+from porch.status import PipelineStatus, TargetStatus
+
+if TYPE_CHECKING:
+    from porch.supervisor import WorkerHandle
+
+
+class UsageSampler:
+    """CPU percent and RSS of worker processes. One psutil.Process per pid, kept between
+    samples: cpu_percent measures the CPU used since the previous sample of the same process."""
+
+    def __init__(self) -> None:
+        self._processes: dict[int, psutil.Process] = {}
+
+    def sample(self, pid: int | None) -> tuple[float | None, int | None]:
+        """(cpu_percent, rss_bytes) of `pid`; (None, None) without a process or access."""
+        if pid is None:
+            return None, None
+        try:
+            process = self._processes.get(pid)
+            if process is None:
+                process = self._processes[pid] = psutil.Process(pid)
+                process.cpu_percent(None)  # the first call only starts the measurement
+            with process.oneshot():
+                return process.cpu_percent(None), process.memory_info().rss
+        except psutil.Error:
+            return None, None
+
+    def keep_only(self, pids: Iterable[int]) -> None:
+        """Forget the processes not among `pids` (exited workers)."""
+        alive = set(pids)
+        for pid in [p for p in self._processes if p not in alive]:
+            del self._processes[pid]
+
+
+def status_of(handle: WorkerHandle, now: float, usage: UsageSampler) -> PipelineStatus:
+    """What `porchctl status` shows of one pipeline at `now` (monotonic s)."""
+    pid = handle.pid
+    cpu, rss = usage.sample(pid)
+    health = handle.health
+    alive = handle.alive
+    error = handle.last_error
+    return PipelineStatus(
+        name=handle.name,
+        state=handle.state.value,
+        pid=pid,
+        uptime_s=round(now - handle.started_s, 1) if alive else None,
+        counts={key: handle.totals.get(key, 0) + health.counter(key) for key in COUNTERS},
+        queue_depth=health.queue_depth,
+        targets=tuple(TargetStatus.decode(t) for t in health.targets) if alive else (),
+        rate_per_s=round(handle.rate_per_s, 1) if alive else 0.0,
+        cpu_percent=cpu,
+        rss_bytes=rss,
+        restarts=handle.tracker.restarts,
+        last_error=error.splitlines()[0] if error else "",
+        last_error_age_s=None if handle.error_s is None else round(now - handle.error_s, 1),
+        error_current=handle.error_current,
+        warning=health.warning if alive else "",
+        restart_policy=handle.tracker.policy.value,
+        config=str(handle.config.path),
+    )
+
+
+def statuses(
+    handles: Iterable[WorkerHandle], now: float, usage: UsageSampler
+) -> list[PipelineStatus]:
+    """Every pipeline's status, in the handles' order; forgets the usage of exited workers."""
+    result = [status_of(h, now, usage) for h in handles]
+    usage.keep_only(p.pid for p in result if p.pid is not None)
+    return result
