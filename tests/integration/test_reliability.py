@@ -824,6 +824,45 @@ def test_healthy_run_delivers_every_value_exactly_once_in_order(
     ], run.report()
 
 
+SLOW_SUMMING_SINK = """
+    import time
+
+    values = []
+
+    def step(input_data):
+        time.sleep(0.001)  # slower than its source: the links stay full
+        values.append(input_data["numbers"])
+
+    def end():
+        print(f"received {len(values)}, distinct {len(set(values))}, "
+              f"in order {values == sorted(values)}, first {values[0]}, last {values[-1]}")
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("delivery", ["at-least-once", "at-most-once"])
+def test_tiny_queue_limit_and_a_slow_sink_still_deliver_at_full_pace(
+    tmp_path: Path, run_porch: StartPorch, delivery: str
+) -> None:
+    """queue_limit 4 (below a batch) and a sink slower than its source: each link's batch
+    fills the limit at once. An at-most-once producer that found its link full with nothing
+    held by ZeroMQ used to wait for acks that never come (a 1 s idle poll per 4 values: 135
+    values in 24.6 s, and no warning)."""
+    n = 2_000  # ~2.5 s at the sink's 1 ms per value; before the fix ~6 minutes
+    configs = [
+        write_pipeline(tmp_path, "numbers", COUNTER_SOURCE.format(n=n, pace_every=n + 1, pace_s=0),
+                       targets=("summer",), delivery=delivery, queue_limit=4),
+        write_pipeline(tmp_path, "summer", SLOW_SUMMING_SINK, sources=1, delivery=delivery,
+                       queue_limit=4),
+    ]  # fmt: skip
+    run = run_porch("run", *map(str, configs))
+
+    assert run.wait_exit(25.0) == 0, run.report()
+    assert run.lines_of("summer") == [
+        f"received {n}, distinct {n}, in order True, first 1, last {n}"
+    ], run.report()
+
+
 @pytest.mark.timeout(90)
 def test_sender_whose_stream_ended_still_replays_to_a_restarted_target(
     tmp_path: Path, porchd: StartDaemon
