@@ -460,6 +460,10 @@ class OutputLink:
         if self.gone:
             self.dropped += kind is FrameKind.DATA
             return True
+        if self.full() and not self.settings.acked:
+            # at-most-once holds only what ZeroMQ has not taken yet: once the batch reaches the
+            # limit, hand it over and go on (else the producer waits for acks that never come)
+            self.flush()
         if self.full():
             if not self.settings.drop_oldest or not (self.outbox or self.batch):
                 self.flush()
