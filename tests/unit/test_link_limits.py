@@ -1,0 +1,57 @@
+"""An output link's queue_limit in-process (inproc sockets): what counts as full per delivery
+mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from porch.wire import FrameKind, HeaderEncoder
+from workers.links import LinkSettings, OutputLink
+
+pytestmark = pytest.mark.timeout(30)
+
+Context = zmq.Context[zmq.Socket[bytes]]
+ENDPOINT = "inproc://target"
+
+
+@pytest.fixture
+def ctx() -> Iterator[Context]:
+    context: Context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def linked(ctx: Context, settings: LinkSettings) -> tuple[OutputLink, zmq.Socket[bytes]]:
+    target = ctx.socket(zmq.ROUTER)
+    target.bind(ENDPOINT)
+    link = OutputLink(ctx, "target", HeaderEncoder(1, 5, "source"), settings)
+    link.stream = ("source", 1)  # offers carry our own origin seqs as ints
+    link.connect(ENDPOINT)
+    return link, target
+
+
+@pytest.mark.parametrize("drop_oldest", [False, True])
+def test_at_most_once_link_whose_batch_reaches_the_limit_hands_it_over_and_takes_more(
+    ctx: Context, drop_oldest: bool
+) -> None:
+    """ZeroMQ has room (an idle target): a full batch goes to it, nothing waits or is dropped.
+    Before, the 5th value was refused, and the producer waited for acks that never come."""
+    link, _target = linked(ctx, LinkSettings(limit=4, acked=False, drop_oldest=drop_oldest))
+
+    assert all(link.offer(FrameKind.DATA, [b"value"], seq) for seq in range(1, 21))
+    assert link.dropped == 0
+    link.flush()
+    assert link.delivered and link.held == 0
+
+
+def test_at_least_once_link_at_the_limit_waits_for_acks(ctx: Context) -> None:
+    link, _target = linked(ctx, LinkSettings(limit=4))
+
+    assert all(link.offer(FrameKind.DATA, [b"value"], seq) for seq in range(1, 5))
+    assert not link.offer(FrameKind.DATA, [b"value"], 5)
+    assert link.held == 4 and link.unsent == 0  # sent, held until acknowledged
+    link.ack(4)
+    assert link.offer(FrameKind.DATA, [b"value"], 5)
