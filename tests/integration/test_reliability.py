@@ -863,6 +863,45 @@ def test_tiny_queue_limit_and_a_slow_sink_still_deliver_at_full_pace(
     ], run.report()
 
 
+PAUSING_SINK = """
+    import time
+
+    values = []
+
+    def step(input_data):
+        if not values:
+            time.sleep({pause_s})  # behind: its socket's queue fills, ZeroMQ stops reading TCP
+        values.append(input_data["numbers"])
+
+    def end():
+        print(f"received {{len(values)}}, distinct {{len(set(values))}}, "
+              f"in order {{values == sorted(values)}}, first {{values[0]}}, last {{values[-1]}}")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_at_most_once_receiver_behind_for_seconds_loses_no_value(
+    tmp_path: Path, run_porch: StartPorch
+) -> None:
+    """A receiver that does not read its socket for longer than ZeroMQ's heartbeat timeout
+    (4 s) while its source floods an at-most-once link. Its connection reads nothing (no PING,
+    no PONG) for that long: before aa11f8d both ends timed it out as dead and dropped it with
+    everything queued in it (make bench's at-most-once chain lost 14-33% of its values)."""
+    n = 20_000
+    configs = [
+        write_pipeline(tmp_path, "numbers", COUNTER_SOURCE.format(n=n, pace_every=n + 1, pace_s=0),
+                       targets=("summer",), delivery="at-most-once", queue_limit=10),
+        write_pipeline(tmp_path, "summer", PAUSING_SINK.format(pause_s=6.5), sources=1,
+                       queue_limit=10),
+    ]  # fmt: skip
+    run = run_porch("run", *map(str, configs))
+
+    assert run.wait_exit(40.0) == 0, run.report()
+    assert run.lines_of("summer") == [
+        f"received {n}, distinct {n}, in order True, first 1, last {n}"
+    ], run.report()
+
+
 @pytest.mark.timeout(90)
 def test_sender_whose_stream_ended_still_replays_to_a_restarted_target(
     tmp_path: Path, porchd: StartDaemon
