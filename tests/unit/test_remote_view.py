@@ -1,0 +1,101 @@
+"""What a broker tells its workers of remote pipelines: warm-up, resolution, withdrawal,
+conflicts, the directory entries (pure logic, times passed in; no socket)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from structlog.testing import capture_logs
+
+from porch.control import WorkerState
+from porch.directory import DirectoryEntry, Entry, Withdrawn
+from porch.discovery import Beacon
+from porch.remote_view import MAX_WITHDRAWN, WARMUP_S, RemoteView
+
+pytestmark = pytest.mark.timeout(10)
+
+EXPIRY_S = 3.0
+REMOTE = Entry("remote_sink", "tcp://10.0.0.2:4000", WorkerState.RUNNING, 4, key="k2",
+               targets=("other",))  # fmt: skip
+LOCAL = [Entry("local_source", "tcp://127.0.0.1:5000", WorkerState.RUNNING,
+               targets=("remote_sink",))]  # fmt: skip
+
+
+def beacon(daemon: str, *entries: Entry, seq: int = 1, host: str = "10.0.0.2") -> Beacon:
+    return Beacon(daemon, f"origin-{daemon}", host, "beta", 1000.0 + seq, "n", seq, entries)
+
+
+def warm_view() -> RemoteView:
+    view = RemoteView.start("me", EXPIRY_S, interval_s=1.0, now=0.0)
+    assert view.expire(WARMUP_S)  # the warm-up's end is a change
+    return view
+
+
+def test_nothing_is_told_to_workers_before_the_warm_up_ends() -> None:
+    view = RemoteView.start("me", EXPIRY_S, interval_s=1.0, now=0.0)
+    view.merge(beacon("d2", REMOTE), now=0.1)
+
+    assert view.directory([]) == {}
+    assert view.expire(WARMUP_S) and view.warm_at is None
+    expected = DirectoryEntry(WorkerState.RUNNING, REMOTE.endpoint, "10.0.0.2", 4, "k2",
+                              ("other",), False)  # fmt: skip
+    assert view.directory([]) == {"remote_sink": expected}
+    assert view.directory(["remote_sink"]) == {}  # a local pipeline of that name wins here
+
+
+def test_a_targeted_remote_that_falls_silent_is_withdrawn_then_back() -> None:
+    view = warm_view()
+    view.merge(beacon("d2", REMOTE), now=1.0)
+    view.changed(LOCAL, "here")
+    with capture_logs() as events:
+        assert view.expire(1.0 + EXPIRY_S + 0.1)  # its host fell silent
+        view.changed(LOCAL, "here")
+
+    entry = view.directory([])["remote_sink"]
+    assert entry.state is Withdrawn.WITHDRAWN and entry.endpoint is None
+    assert (entry.host, entry.instance, entry.key, entry.since is not None) == (
+        "10.0.0.2", 4, "k2", True)  # fmt: skip
+    remote, since = view.withdrawn["remote_sink"]  # what status lists
+    assert remote.name == "remote_sink" and since == entry.since
+    assert [e["event"] for e in events] == ["remote_pipeline_withdrawn"]
+
+    view.merge(beacon("d3", REMOTE), now=10.0)  # announced again (a restarted host)
+    view.changed(LOCAL, "here")
+    assert view.withdrawn == {}
+    assert view.directory([])["remote_sink"].state is WorkerState.RUNNING
+
+
+def test_an_untargeted_remote_that_falls_silent_is_just_forgotten() -> None:
+    view = warm_view()
+    view.merge(beacon("d2", REMOTE), now=1.0)
+    view.changed([], "here")
+    view.expire(1.0 + EXPIRY_S + 0.1)
+    view.changed([], "here")
+
+    assert view.withdrawn == {} and view.directory([]) == {}
+
+
+def test_withdrawn_pipelines_are_bounded() -> None:
+    many = [replace(REMOTE, name=f"remote_{i:04d}") for i in range(MAX_WITHDRAWN + 5)]
+    local = [replace(LOCAL[0], targets=tuple(e.name for e in many))]
+    view = warm_view()
+    view.merge(beacon("d2", *many), now=1.0)
+    view.changed(local, "here")
+    view.expire(1.0 + EXPIRY_S + 0.1)
+    view.changed(local, "here")
+
+    assert len(view.withdrawn) == MAX_WITHDRAWN
+
+
+def test_a_conflict_is_logged_once_and_its_end_too() -> None:
+    view = warm_view()
+    mine = [Entry("remote_sink", "tcp://127.0.0.1:5000", WorkerState.RUNNING)]
+    with capture_logs() as events:
+        view.merge(beacon("d2", REMOTE), now=1.0)
+        view.changed(mine, "here")
+        view.changed(mine, "here")
+        assert [c.hosts[0] for c in view.conflicts(mine, "here")] == ["here"]
+        view.changed([], "here")
+    assert [e["event"] for e in events if "duplicate" in e["event"]] == [
+        "duplicate_pipeline", "duplicate_pipeline_resolved"]  # fmt: skip
