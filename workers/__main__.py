@@ -12,7 +12,8 @@ from pathlib import Path
 from porch import logs, reaper
 from porch.config import load_config
 from porch.errors import PorchError
-from workers.worker import PARENT_DEATH_SIGNAL, STOP_TIMEOUT_S, Worker, WorkerOptions
+from workers.signals import PARENT_DEATH_SIGNAL
+from workers.worker import STOP_TIMEOUT_S, Worker, WorkerOptions
 
 _PR_SET_PDEATHSIG = 1
 

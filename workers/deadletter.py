@@ -7,9 +7,17 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from porch import logs
 from porch.paths import ensure_private_dir, open_private_file
+from porch.serializers import Serializer
+from porch.wire import decode_prefix
+
+if TYPE_CHECKING:
+    from workers.links import Outgoing
+
+log = logs.get("porch.worker")
 
 MAX_REPR = 2000
 
@@ -47,6 +55,29 @@ class DeadLetters:
             out.write(json.dumps(entry) + "\n")
         self.count += 1
         return self.path
+
+
+class LinkLetters:
+    """Dead letters for the messages an output link gives up on (see OutputLink's
+    on_dead_letter): each with its value decoded where our own serializer can."""
+
+    def __init__(self, letters: DeadLetters, serializer: Serializer) -> None:
+        self.letters = letters
+        self.serializer = serializer
+
+    def __call__(self, target: str, message: Outgoing, reason: str) -> None:
+        """Write one message `target` did not take, and say so."""
+        head = bytes(message.frames[0])
+        _, end = decode_prefix(head)
+        payload = [head[end:], *message.frames[1:]] if len(head) > end else message.frames[1:]
+        try:
+            value = self.serializer.loads(payload)
+        except Exception:  # our own bytes; if they don't load, the raw payload still helps
+            value = None
+        pipeline = self.letters.pipeline
+        path = self.letters.write(reason, value=value, payload=payload, source=pipeline)
+        log.error("dead_lettered", pipeline=pipeline, target=target, seq=message.seq,
+                  reason=reason, file=str(path))  # fmt: skip
 
 
 def summary(value: Any) -> str:

@@ -20,14 +20,12 @@ import contextlib
 import difflib
 import os
 import random
-import signal
 import socket
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import zmq
@@ -41,29 +39,28 @@ from porch.control import (
     WorkerState,
 )
 from porch.directory import DirectoryEntry, DirectoryError, Withdrawn, decode_directory
-from porch.errors import DeliveryError, PorchError, ScriptError
+from porch.errors import PorchError, ScriptError
 from porch.health import HealthReport
 from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
-from porch.wire import FrameKind, HeaderEncoder, Origin, decode_ack, decode_prefix
+from porch.wire import FrameKind, HeaderEncoder, Origin, decode_ack
+from workers.closing import STALL_WARNING_S, OutputClose
 from workers.concurrent import ConcurrentLoop
-from workers.deadletter import DeadLetters, summary
+from workers.deadletter import DeadLetters, LinkLetters, summary
 from workers.host import ScriptHost
 from workers.inbox import Inbox, Undecodable
-from workers.links import LinkSettings, Outgoing, OutputLink
+from workers.links import LinkSettings, OutputLink
 from workers.outbox import DurableOutbox
 from workers.scheduler import TooManySources
+from workers.signals import DRAIN_TIMEOUT_S, StopSignals
 
 log = logs.get("porch.worker")
 
-DRAIN_TIMEOUT_S = 2.0  # after a stop, how long a pipeline keeps taking input from live sources
-FLUSH_TIMEOUT_S = 5.0  # at-most-once: how long ZeroMQ may keep writing out at the end
 STOP_TIMEOUT_S = 10.0  # the supervisor's default --stop-timeout
 STOP_MARGIN_S = 1.5  # of --stop-timeout, kept for the end() hooks and the exit
 POLL_MS = 1000  # idle wake-ups (signals, messages and acks wake the loop at once)
 TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
-STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
 MISSING_TARGET_S = 3.0  # a target the directory has not shown by then is reported missing
 # upper bounds of the step() duration histogram (seconds), as Prometheus buckets
 STEP_SAMPLE_EVERY = 8  # time one step() in 8: timing every one costs ~9% of a fast loop
@@ -76,9 +73,6 @@ DOWN_STATES = frozenset(
 RESTARTING_STATES = frozenset({WorkerState.BACKOFF, WorkerState.STARTING})
 ACK_GRACE_MS = 200  # how long a finished target's final ack may still be on its way
 POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
-# Linux sends this when the supervisor dies (prctl PR_SET_PDEATHSIG): a signal of our own,
-# so it can't be mistaken for a user's SIGTERM or a second Ctrl+C.
-PARENT_DEATH_SIGNAL = signal.SIGRTMIN + 1
 
 
 @dataclass
@@ -222,11 +216,8 @@ class Worker:
         self._stream = (config.name, epoch)
         for link in self.outputs:
             link.stream = self._stream
-        self.stopping = False
+        self.stops = StopSignals(config.name, options.stop_budget_s)
         self.ended = False
-        self._orphaned = False
-        self._drain_deadline = 0.0
-        self._stop_deadline = 0.0
         # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
         self._finished_sources: dict[str, tuple[float, int]] = {}
         self._known: dict[str, str] = {}  # every pipeline the last directory listed: its state
@@ -244,19 +235,19 @@ class Worker:
         self._step_sample = 0
         self._next_heartbeat = 0.0
         self._last_error = ""
-        self._wake_r, self._wake_w = socket.socketpair()
         self._poller = self._make_poller()
 
     def _make_outputs(self) -> list[OutputLink]:
         headers = HeaderEncoder(self.serializer.id, self.instance, self.name)
         settings = link_settings(self.config)
+        letters = LinkLetters(self.dead_letters, self.serializer)
         return [
             OutputLink(
                 self.ctx,
                 target,
                 headers,
                 settings,
-                self._on_link_dead_letter,
+                letters,
                 security=self.security,
             )
             for target in self.config.target_pipeline_names
@@ -272,41 +263,30 @@ class Worker:
             poller.register(self.inbox.link.socket, zmq.POLLIN)
         return poller
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested (see workers/signals.py)."""
+        return self.stops.requested
+
+    @property
+    def _drain_deadline(self) -> float:
+        return self.stops.drain_deadline
+
+    @property
+    def _stop_deadline(self) -> float:
+        return self.stops.stop_deadline
+
+    @property
+    def _wake_r(self) -> socket.socket:
+        return self.stops.wake_r
+
     def install_signals(self) -> None:
         """First SIGTERM/SIGINT: graceful stop; second: exit at once."""
-        for sock in (self._wake_r, self._wake_w):
-            sock.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(PARENT_DEATH_SIGNAL, self._on_parent_death)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.stopping:
-            os._exit(130)
-        self.request_stop(signal.Signals(signum).name)
-
-    def _on_parent_death(self, signum: int, frame: FrameType | None) -> None:
-        """The supervisor died (Linux parent-death signal; it may arrive more than once)."""
-        if self._orphaned:
-            return
-        self._orphaned = True
-        # Its end of our stdout/stderr pipes is gone: writing there would raise
-        # BrokenPipeError, so our output (and the scripts') goes to /dev/null from now on.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for fd in (1, 2):
-            os.dup2(devnull, fd)
-        os.close(devnull)
-        self.request_stop("supervisor_gone")
+        self.stops.install()
 
     def request_stop(self, reason: str) -> None:
         """Begin a graceful stop: sources stop now, the rest drain what was sent for a while."""
-        if not self.stopping:
-            log.info("stop_requested", pipeline=self.name, reason=reason)
-            self.stopping = True
-            now = time.monotonic()
-            self._stop_deadline = now + self.options.stop_budget_s
-            self._drain_deadline = min(now + DRAIN_TIMEOUT_S, self._stop_deadline)
+        self.stops.request(reason)
 
     def _on_control(self) -> None:
         for kind, message in self.control.receive():
@@ -498,9 +478,7 @@ class Worker:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
             self._heartbeat()
-            parent = self.options.parent_pid
-            if parent is not None and os.getppid() != parent:
-                self._on_parent_death(PARENT_DEATH_SIGNAL, None)
+            self.stops.check_parent(self.options.parent_pid)
 
     def _read_acks(self) -> None:
         for link in self.outputs:
@@ -603,91 +581,17 @@ class Worker:
             poller.register(link.socket, POLL_BOTH if link.unsent else zmq.POLLIN)
         return poller
 
-    def _on_link_dead_letter(self, target: str, message: Outgoing, reason: str) -> None:
-        head = bytes(message.frames[0])
-        _, end = decode_prefix(head)
-        payload = [head[end:], *message.frames[1:]] if len(head) > end else message.frames[1:]
-        try:
-            value = self.serializer.loads(payload)
-        except Exception:  # our own bytes; if they don't load, the raw payload still helps
-            value = None
-        path = self.dead_letters.write(reason, value=value, payload=payload, source=self.name)
-        log.error("dead_lettered", pipeline=self.name, target=target, seq=message.seq,
-                  reason=reason, file=str(path))  # fmt: skip
-
     def _close_outputs(self, finished: bool) -> None:
-        """End every link (EOS if the stream finished, else BYE) and wait until the targets
-        have acknowledged everything (see the module docstring for how long)."""
+        """End every link and wait for the targets' acknowledgements (workers/closing.py)."""
         self._flush_outputs()
-        for link in self.outputs:
-            if finished:
-                link.force(FrameKind.EOS, [])
-            else:
-                link.say_bye()
-        now = time.monotonic()
-        finish_deadline = now + (self.config.finish_timeout_s if finished else 0.0)
-        if not finished and not self.stopping:  # failed: as long as a stop would take
-            finish_deadline = now + self.options.stop_budget_s
-        next_warning = now + STALL_WARNING_S
-        while waiting := self._undelivered_links(finished):
-            now = time.monotonic()
-            deadline = self._stop_deadline if self.stopping else finish_deadline
-            if now >= deadline:
-                break
-            if now >= next_warning:
-                next_warning = now + STALL_WARNING_S
-                for link in waiting:
-                    log.warning(
-                        "output_waiting",
-                        pipeline=self.name,
-                        target=link.target,
-                        messages=link.data_held(),
-                        give_up_in_s=round(deadline - now),
-                    )
-            self._wait(50)
-        self._read_acks()
-        try:
-            self._check_delivered(finished)
-        finally:
-            for link in self.outputs:
-                # at-most-once has nothing to wait for but ZeroMQ's own queue: give it time
-                link.close(linger_ms=300 if link.settings.acked else int(FLUSH_TIMEOUT_S * 1000))
-
-    def _undelivered_links(self, finished: bool) -> list[OutputLink]:
-        """The links still waiting for acknowledgements worth waiting for: a stopping worker
-        gives up on targets that are down; a finished stream waits for them to come back."""
-        give_up_on_down = self.stopping or not finished
-        return [
-            link
-            for link in self.outputs
-            if not link.delivered and not (give_up_on_down and link.down)
-        ]
-
-    def _check_delivered(self, finished: bool) -> None:
-        """Say what the targets did not acknowledge: an error where it is lost, or where a
-        finished stream could not be delivered; a warning where a durable outbox keeps it."""
-        kept = self.durable is not None
-        undelivered = [(link, link.data_held()) for link in self.outputs if not link.gone]
-        undelivered = [(link, held) for link, held in undelivered if held]
-        if not undelivered:
-            return
-        for link, held in undelivered:
-            if not kept:
-                link.dropped += held
-            say = log.warning if kept else log.error
-            say("output_unacknowledged", pipeline=self.name, target=link.target, messages=held,
-                kept=kept)  # fmt: skip
-        if kept and not finished:
-            return  # replayed by the next start
-        what = ", ".join(f"{held} messages for {link.target}" for link, held in undelivered)
-        if finished and not self.stopping:
-            why = f"its stream ended but {what} were not delivered within finish_timeout_s "
-            why += f"{self.config.finish_timeout_s:g} s"
-        else:
-            why = f"{what} were not acknowledged before the stop deadline "
-            why += f"(--stop-timeout {self.options.stop_timeout_s:g} s)"
-        fate = "kept in the durable outbox for the next start" if kept else "lost"
-        raise DeliveryError(f"{why}: {fate}")  # the supervisor names the pipeline
+        OutputClose(
+            self.name,
+            self.outputs,
+            self.stops,
+            finish_timeout_s=self.config.finish_timeout_s,
+            stop_timeout_s=self.options.stop_timeout_s,
+            kept=self.durable is not None,
+        ).run(finished, self._wait, self._read_acks)
 
     # ---- the loop ------------------------------------------------------------------------
 
