@@ -10,6 +10,7 @@ porchctl and /metrics (porch/metrics.py) follow from it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,3 +115,38 @@ def _count(value: object) -> int:
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
+
+
+class LinkState(enum.StrEnum):
+    """What status shows of one output link (a `targets` entry's `state`): the one list of
+    these words, for the worker that reports them and for porchctl and top that show them."""
+
+    CONNECTED = "connected"  # handshaken: what it holds is on its way
+    CONNECTING = "connecting"  # an endpoint, no handshake yet
+    HANDSHAKE_FAILING = "handshake failing"  # the target refuses our handshake (cluster key)
+    NOT_FOUND = "not found"  # no endpoint in the directory yet
+    UNREACHABLE = "unreachable"  # withdrawn by discovery: its host fell silent
+    DOWN = "down"  # failed or stopped for good: nothing will take what is held
+    FINISHED = "finished"  # its stream ended: nothing more is sent
+
+    @property
+    def blocked_reason(self) -> str:
+        """Why a producer blocked on a link in this state waits (the output_blocked log)."""
+        return _BLOCKED_REASONS[self]
+
+    @property
+    def trouble(self) -> bool:
+        """Whether status shows the link apart: it cannot deliver for a reason nothing else
+        shows (a target not found yet is in the pipeline's warning)."""
+        return self in (LinkState.UNREACHABLE, LinkState.HANDSHAKE_FAILING)
+
+
+_BLOCKED_REASONS = {
+    LinkState.UNREACHABLE: "target unreachable (withdrawn by discovery)",
+    LinkState.NOT_FOUND: "target not found yet",
+    LinkState.CONNECTING: "target not connected yet",
+    LinkState.HANDSHAKE_FAILING: "target refuses our handshake (cluster key)",
+    LinkState.CONNECTED: "target is slow",
+    LinkState.DOWN: "target is down",
+    LinkState.FINISHED: "target finished",
+}

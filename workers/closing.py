@@ -21,10 +21,10 @@ from porch.errors import DeliveryError
 from porch.wire import FrameKind
 from workers.links import OutputLink
 from workers.signals import StopSignals
+from workers.targets import STALL_WARNING_S
 
 log = logs.get("porch.worker")
 
-STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
 FLUSH_TIMEOUT_S = 5.0  # at-most-once: how long ZeroMQ may keep writing out at the end
 WAIT_MS = 50  # one wait for acknowledgements while closing
 

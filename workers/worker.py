@@ -15,16 +15,14 @@ and the worker says so: an error, counted as dropped, and a failed exit where it
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import difflib
 import os
 import random
 import socket
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +38,21 @@ from porch.control import (
 )
 from porch.directory import DirectoryEntry, DirectoryError, Withdrawn, decode_directory
 from porch.errors import PorchError, ScriptError
-from porch.health import HealthReport
 from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
 from porch.wire import FrameKind, HeaderEncoder, Origin, decode_ack
-from workers.closing import STALL_WARNING_S, OutputClose
+from workers.closing import OutputClose
 from workers.concurrent import ConcurrentLoop
 from workers.deadletter import DeadLetters, LinkLetters, summary
+from workers.heartbeat import Counters, Heartbeat
 from workers.host import ScriptHost
 from workers.inbox import Inbox, Undecodable
 from workers.links import LinkSettings, OutputLink
 from workers.outbox import DurableOutbox
 from workers.scheduler import TooManySources
 from workers.signals import DRAIN_TIMEOUT_S, StopSignals
+from workers.targets import STALL_WARNING_S, TargetWatch, link_status
 
 log = logs.get("porch.worker")
 
@@ -61,10 +60,7 @@ STOP_TIMEOUT_S = 10.0  # the supervisor's default --stop-timeout
 STOP_MARGIN_S = 1.5  # of --stop-timeout, kept for the end() hooks and the exit
 POLL_MS = 1000  # idle wake-ups (signals, messages and acks wake the loop at once)
 TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
-MISSING_TARGET_S = 3.0  # a target the directory has not shown by then is reported missing
-# upper bounds of the step() duration histogram (seconds), as Prometheus buckets
 STEP_SAMPLE_EVERY = 8  # time one step() in 8: timing every one costs ~9% of a fast loop
-STEP_BOUNDS_S = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]
 FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
 DOWN_STATES = frozenset(
     {WorkerState.STOPPING, WorkerState.STOPPED, WorkerState.FAILED, WorkerState.BACKOFF}
@@ -73,22 +69,6 @@ DOWN_STATES = frozenset(
 RESTARTING_STATES = frozenset({WorkerState.BACKOFF, WorkerState.STARTING})
 ACK_GRACE_MS = 200  # how long a finished target's final ack may still be on its way
 POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
-
-
-@dataclass
-class Counters:
-    """What a worker reports as its health (with the inbox's counters)."""
-
-    iterations: int = 0
-    msgs_out: int = 0
-    dropped: int = 0
-    skipped: int = 0
-    dead_letters: int = 0
-    replayed: int = 0
-    queue_depth: int = 0
-    handshakes_rejected: int = 0  # CURVE clients turned away (ZAP, or another server key)
-    handshakes_failed: int = 0  # our output links' handshakes that a target refused
-    reconnects: int = 0  # output links reopened (dead connection, or target rediscovered)
 
 
 @dataclass(frozen=True)
@@ -109,35 +89,6 @@ class WorkerOptions:
         return max(self.stop_timeout_s - STOP_MARGIN_S, self.stop_timeout_s / 2)
 
 
-BLOCKED_REASONS = {
-    "unreachable": "target unreachable (withdrawn by discovery)",
-    "not found": "target not found yet",
-    "connecting": "target not connected yet",
-    "handshake failing": "target refuses our handshake (cluster key)",
-    "connected": "target is slow",
-    "down": "target is down",
-    "finished": "target finished",
-}
-
-
-def link_status(link: OutputLink) -> dict[str, Any]:
-    """What status shows of one output link: its state, since when (unix s), messages held."""
-    if link.gone:
-        state = "finished"
-    elif link.withdrawn_since is not None:
-        state = "unreachable"
-    elif link.socket is None:
-        state = "not found"
-    elif link.down:
-        state = "down"
-    elif link.handshaken:
-        state = "connected"
-    else:
-        state = "handshake failing" if link.handshakes_failed else "connecting"
-    since = link.withdrawn_since
-    return {"name": link.target, "state": state, "since": since, "held": link.data_held()}
-
-
 def link_settings(config: PipelineConfig) -> LinkSettings:
     """The output link behaviour a config asks for."""
     return LinkSettings(
@@ -154,19 +105,6 @@ def named_sources(pipelines: Mapping[str, DirectoryEntry], me: str) -> list[str]
     return [name for name, entry in pipelines.items() if me in entry.targets]
 
 
-def missing_target(target: str, held: int, limit: int, known: dict[str, str]) -> tuple[str, str]:
-    """What to say of a target without an endpoint, and the closest known name ("" if none):
-    a listed one is not up yet; an unlisted one may be a misspelling of a listed one."""
-    state = known.get(target)
-    if state is not None:
-        close, text = "", f"target {target!r} is {state}, no endpoint yet"
-    else:
-        found = difflib.get_close_matches(target, list(known), n=1)
-        close, text = (found[0] if found else ""), f"target {target!r} not found"
-    text += f"; {held} held (queue_limit {limit})"
-    return text + (f"; did you mean {close!r}?" if close else ""), close
-
-
 class Worker:
     """Runs one pipeline."""
 
@@ -180,7 +118,7 @@ class Worker:
         self.security = LinkSecurity.start(self.ctx, options.key_file) if options.key_file else None
         self.serializer: Serializer = get(config.serializer)
         self.host = ScriptHost(config.scripts, config.name)
-        self.counters = Counters()
+        self.counters = Counters()  # the loop's own counts (workers/heartbeat.py)
         self.state = WorkerState.STARTING
         self.control = ControlClient(self.ctx, options.control, config.name)
         state_dir = options.state_dir or Path(".porch")
@@ -225,17 +163,15 @@ class Worker:
         self._named_sources: list[str] = []  # local pipelines that name us as a target
         # sources that failed or were stopped for good: name -> state (said once, in status)
         self._down_sources: dict[str, WorkerState] = {}
-        self._missing: dict[str, float] = {}  # missing target -> when to warn about it again
-        self._missing_targets: dict[str, str] = {}  # target not found -> what we said
-        self._started_s = time.monotonic()
+        self.targets = TargetWatch(config.name, self.outputs, time.monotonic())
         self._next_tick = 0.0
         self._last_flush = 0.0
-        self._step_counts = [0] * (len(STEP_BOUNDS_S) + 1)  # the last one is +Inf
-        self._step_sum_s = 0.0
         self._step_sample = 0
         self._next_heartbeat = 0.0
         self._last_error = ""
         self._poller = self._make_poller()
+        self.heartbeat = Heartbeat(self.counters, self.outputs, self.inbox, self.dead_letters,
+                                   self.security)  # fmt: skip
 
     def _make_outputs(self) -> list[OutputLink]:
         headers = HeaderEncoder(self.serializer.id, self.instance, self.name)
@@ -400,38 +336,9 @@ class Worker:
                     log.warning("source_finished_without_eos", pipeline=self.name, source=name)
                 self.inbox.fanin.end(name)
 
-    def _check_targets(self, now: float) -> None:
-        """Say which target is still missing a few seconds after the start (a misspelled name
-        blocks silently once queue_limit values are held), how much is held for it, and the
-        closest name the directory knows; again every STALL_WARNING_S while it lasts."""
-        if now - self._started_s < MISSING_TARGET_S:
-            return
-        for link in self.outputs:
-            if link.socket is not None or link.gone:
-                self._missing.pop(link.target, None)
-                self._missing_targets.pop(link.target, None)
-                continue
-            state = self._known.get(link.target)
-            if now < self._missing.get(link.target, 0.0) or (state is not None and not link.full()):
-                continue  # a listed target that is slow to start is worth a word once we block
-            self._missing[link.target] = now + STALL_WARNING_S
-            held, limit = link.data_held(), link.settings.limit
-            text, close = missing_target(link.target, held, limit, self._known)
-            self._missing_targets[link.target] = text
-            log.warning("target_missing", pipeline=self.name, target=link.target, state=state,
-                        held=held, queue_limit=limit, closest=close or None,
-                        known=len(self._known))  # fmt: skip
-
     def _warnings(self) -> str:
         """What keeps this pipeline from making progress, for `porchctl status`."""
-        parts = list(self._missing_targets.values())
-        parts += [
-            f"target {link.target!r} unreachable since "
-            f"{time.strftime('%H:%M:%S', time.localtime(link.withdrawn_since))}; "
-            f"{link.data_held()} held"
-            for link in self.outputs
-            if link.withdrawn_since is not None and not link.gone
-        ]
+        parts = self.targets.warnings()
         parts += [
             f"source {name!r} {state.value}; waiting for it"
             for name, state in sorted(self._down_sources.items())
@@ -443,22 +350,7 @@ class Worker:
         self.control.send(MessageType.STATE, state=state.value, error=error)
 
     def _heartbeat(self) -> None:
-        counters = self.counters
-        counters.dropped = sum(link.dropped for link in self.outputs)
-        counters.replayed = sum(link.replayed for link in self.outputs)
-        inbox = asdict(self.inbox.counters) if self.inbox is not None else {}
-        counters.queue_depth = self.inbox.fanin.depth() if self.inbox is not None else 0
-        counters.dead_letters = self.dead_letters.count
-        denied = self.security.denied if self.security is not None else 0
-        refused = self.inbox.link.handshakes_failed if self.inbox is not None else 0
-        counters.handshakes_rejected = denied + refused
-        counters.handshakes_failed = sum(link.handshakes_failed for link in self.outputs)
-        counters.reconnects = sum(link.reconnects for link in self.outputs)
-        steps = {"bounds": STEP_BOUNDS_S, "counts": self._step_counts, "sum": self._step_sum_s}
-        targets = [link_status(link) for link in self.outputs]
-        report = HealthReport(state=self.state.value, step_seconds=steps,
-                              warning=self._warnings(), targets=tuple(targets),
-                              **asdict(counters), **inbox)  # fmt: skip
+        report = self.heartbeat.report(self.state.value, self._warnings())
         self.control.send(MessageType.HEALTH, **report.encode())
 
     def _tick(self) -> None:
@@ -474,7 +366,7 @@ class Worker:
         if self.inbox is not None:
             self.inbox.link.check_events(self.name)
         self._end_overdue_sources()
-        self._check_targets(now)
+        self.targets.check(now, self._known)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
             self._heartbeat()
@@ -567,7 +459,7 @@ class Worker:
                 next_warning = now + STALL_WARNING_S
                 status = link_status(link)
                 log.warning("output_blocked", pipeline=self.name, target=link.target,
-                            reason=BLOCKED_REASONS[status["state"]], held=status["held"],
+                            reason=status["state"].blocked_reason, held=status["held"],
                             since=status["since"])  # fmt: skip
             self._wait(POLL_MS, self._blocked_poller(link))
 
@@ -646,8 +538,7 @@ class Worker:
 
     def _step_time(self, seconds: float) -> None:
         """Count one step() duration in the histogram the health report carries."""
-        self._step_counts[bisect.bisect_left(STEP_BOUNDS_S, seconds)] += 1
-        self._step_sum_s += seconds
+        self.heartbeat.steps.add(seconds)
 
     def _on_poison(self, exc: ScriptError, inputs: Any) -> None:
         """on_error skip / dead-letter: record the input that made step() raise, and go on."""
