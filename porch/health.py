@@ -62,7 +62,7 @@ class HealthReport:
     queue_depth: int = 0  # a gauge: inputs waiting now
     state: str = ""  # the worker's WorkerState value when it sent the report
     warning: str = ""  # what keeps it from making progress, "" when nothing
-    targets: tuple[Mapping[str, Any], ...] = ()  # one per output link (worker.link_status)
+    targets: tuple[Mapping[str, Any], ...] = ()  # one per link (workers/targets.py link_status)
     # the step() duration histogram: {"bounds": [s...], "counts": [n...], "sum": s}
     step_seconds: Mapping[str, Any] | None = None
 

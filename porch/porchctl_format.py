@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
+from porch.health import LinkState
 from porch.status import PipelineStatus, StatusReport, read
 
 MIN_ERROR_WIDTH = 20
@@ -29,7 +30,7 @@ HEADERS = (
     "LAST ERROR",
 )
 LEFT_ALIGNED = {"PIPELINE", "STATE", "LAST ERROR"}
-TARGET_TROUBLE = ("unreachable", "handshake failing")
+TARGET_TROUBLE = frozenset(state for state in LinkState if state.trouble)
 REMOTE_HEADERS = ("REMOTE", "HOST", "STATE", "ENDPOINT", "LAST SEEN", "USED")
 
 Status = StatusReport | Mapping[str, object]
@@ -64,7 +65,7 @@ def _one_line(text: str) -> str:
 
 def _state(pipeline: PipelineStatus) -> str:
     """The state, and whether a target is unreachable (it is `running`, but cannot send)."""
-    if any(t.state == "unreachable" for t in pipeline.targets):
+    if any(t.state == LinkState.UNREACHABLE for t in pipeline.targets):
         return f"{pipeline.state}, target unreachable"
     return pipeline.state
 

@@ -25,7 +25,7 @@ class TargetStatus:
     """One output link of a running worker (workers/worker.py link_status)."""
 
     name: str
-    state: str  # connected, connecting, handshake failing, unreachable, not found, down, finished
+    state: str  # a porch.health.LinkState value (text: a newer worker may know more states)
     since: float | None = None  # unix s it became unreachable
     held: int = 0  # messages it holds unacknowledged
 
