@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from porch import forkserver, logs, reaper
+from porch import forkserver, localsock, logs, reaper
 from porch.broker import Broker, NetworkPlan
 from porch.config import PipelineConfig
 from porch.control import MessageType, WorkerState, decode
@@ -105,6 +105,7 @@ class WorkerHandle:
     process: subprocess.Popen[bytes] | forkserver.ForkedProcess | None = None
     state: WorkerState = WorkerState.STARTING
     endpoint: str | None = None
+    local_endpoint: str | None = None  # ipc:// in our run folder: how our pipelines reach it
     instance: int | None = None  # the worker's data-plane instance id (changes on restart)
     error_text: str = ""  # see last_error
     error_s: float | None = None  # when error_text was set (monotonic)
@@ -192,6 +193,7 @@ class Supervisor:
         self.usage = UsageSampler()
         self.started_s = time.monotonic()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.local_links = localsock.local_links_enabled()  # our pipelines link over ipc://
         reaper.remove_stale_run_dirs()  # what a supervisor killed with kill -9 left behind
         self.runtime_dir = reaper.make_run_dir()
         self.watchdog = reaper.Watchdog(self.runtime_dir, grace_s=stop_timeout_s)
@@ -391,6 +393,8 @@ class Supervisor:
             cmd += ["--state-dir", str(self.state_dir)]
         if self.key_file is not None:
             cmd += ["--key-file", self.key_file]
+        if self.local_links:
+            cmd += ["--ipc-dir", str(self.runtime_dir)]
         if self.iterations is not None and handle.config.source_pipeline_count == 0:
             cmd += ["--iterations", str(self.iterations)]
         return cmd
@@ -413,6 +417,7 @@ class Supervisor:
         handle.state, handle.started_s, handle.heartbeat_s = WorkerState.STARTING, now, now
         handle.kill_at = handle.restart_at = None
         handle.watchdog_fired, handle.respawn, handle.endpoint = False, False, None
+        handle.local_endpoint = None
         handle.stop_pending = False
         handle.digest = fingerprint(handle.config)
         handle.directory_sent, handle.names_sent = None, -1  # a new worker gets it all
@@ -616,6 +621,10 @@ class Supervisor:
         if kind is MessageType.HELLO:
             endpoint = message.get("endpoint")
             handle.endpoint = endpoint if isinstance(endpoint, str) else None
+            found = message.get("local")
+            handle.local_endpoint = (
+                found if isinstance(found, str) and localsock.is_local(found) else None
+            )
             endpoints = message.get("endpoints")
             handle.endpoints = (
                 tuple(e for e in endpoints if isinstance(e, str))
@@ -631,7 +640,8 @@ class Supervisor:
                          daemon_key=self.key_id,
                          detail="the key file changed since porchd started; peers are told "
                          "the key this worker serves with")  # fmt: skip
-            log.info("worker_endpoint", pipeline=handle.name, endpoint=handle.endpoint)
+            log.info("worker_endpoint", pipeline=handle.name, endpoint=handle.endpoint,
+                     local=handle.local_endpoint)  # fmt: skip
             handle.greeted = True  # its route exists: what we send now reaches it
             handle.directory_sent, handle.names_sent = None, -1
             self._publish_directory()
@@ -698,8 +708,9 @@ class Supervisor:
             pipelines.update(self.broker.directory(list(self.workers)))
         for h in self.workers.values():
             key = h.key_id or self.key_id
-            pipelines[h.name] = DirectoryEntry(h.state, h.endpoint, LOCAL_HOST, h.instance, key,
-                                               *self._ending(h))  # fmt: skip
+            # our workers reach ours over ipc:// (no CURVE); the broker announces TCP
+            pipelines[h.name] = DirectoryEntry(h.state, h.local_endpoint or h.endpoint, LOCAL_HOST,
+                                               h.instance, key, *self._ending(h))  # fmt: skip
         return pipelines
 
     def _ending(self, handle: WorkerHandle) -> tuple[tuple[str, ...], bool]:
@@ -758,7 +769,8 @@ class Supervisor:
         for fd in list(handle.streams):
             self._close_stream(handle, fd)
         handle.exit_code = code
-        handle.endpoint = None
+        localsock.remove_socket(handle.local_endpoint, self.runtime_dir)  # kill -9 leaves it
+        handle.endpoint = handle.local_endpoint = None
         self._after_exit(handle, code, now)
 
     def _after_exit(self, handle: WorkerHandle, code: int, now: float) -> None:

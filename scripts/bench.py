@@ -803,12 +803,13 @@ def run_porch(
     sink: str,
     iterations: int,
     extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """`porch run` the graph until its sources' N iterations have flowed through; the sink's
-    BENCH report."""
+    BENCH report. `env`: variables to add (TCP_LINKS)."""
     configs = write_graph(settings, prefix, nodes)
     cmd = [porch_exe(), "run", *map(str, configs), "--iterations", str(iterations), *extra]
-    with spawned(cmd, settings.workdir, settings_env(settings)) as child:
+    with spawned(cmd, settings.workdir, {**settings_env(settings), **(env or {})}) as child:
         out = finish(child, "porch run", settings.timeout_s)
         notes = runtime_warnings(child)
     got = parse_bench(out, f"{sink} | ")
@@ -839,12 +840,25 @@ def bench_porch_chain(settings: Settings) -> Sample:
     return throughput_sample(got, n)
 
 
+# Pipelines of one `porch run` link over ipc:// by default (no CURVE, porch/localsock.py); the
+# CURVE-vs-plain benchmarks and the TCP baselines below ask for TCP links between them.
+TCP_LINKS = {"PORCH_LOCAL_LINKS": "tcp"}
+
+
 def bench_plain_chain(settings: Settings) -> Sample:
-    """The same A -> B with --insecure: plain TCP links, no local secret (Porch's default
-    before loopback was authenticated)."""
+    """The same A -> B with --insecure over TCP: plain TCP links, no local secret (Porch's
+    default before loopback was authenticated)."""
     n = settings.sizes.n
     nodes = chain(["bench_a", "bench_b"])
-    got = run_porch(settings, "plain", nodes, "bench_b", n, extra=("--insecure",))
+    got = run_porch(settings, "plain", nodes, "bench_b", n, extra=("--insecure",), env=TCP_LINKS)
+    return throughput_sample(got, n)
+
+
+def bench_tcp_chain(settings: Settings) -> Sample:
+    """porch_chain over TCP with the local secret (CURVE): the default before same-supervisor
+    links went over ipc://."""
+    n = settings.sizes.n
+    got = run_porch(settings, "tcp", chain(["bench_a", "bench_b"]), "bench_b", n, env=TCP_LINKS)
     return throughput_sample(got, n)
 
 
@@ -926,6 +940,20 @@ def bench_porch_large(settings: Settings) -> Sample:
         ),
     ]
     got = run_porch(settings, "large", nodes, "bench_b", sizes.large_count)
+    return large_sample(got, sizes.large_count)
+
+
+def bench_tcp_large(settings: Settings) -> Sample:
+    """porch_large over TCP with the local secret (CURVE on every byte): the default before
+    same-supervisor links went over ipc://."""
+    sizes = settings.sizes
+    nodes = [
+        Node("bench_a", LARGE_SOURCE, ("bench_b",), params={"NBYTES": sizes.large_bytes},
+             config=LARGE_CONFIG),
+        Node("bench_b", LARGE_SINK, (), 1, params={"SOURCE": "bench_a", "SKIP": sizes.large_skip},
+             config=LARGE_CONFIG),
+    ]  # fmt: skip
+    got = run_porch(settings, "tcp-large", nodes, "bench_b", sizes.large_count, env=TCP_LINKS)
     return large_sample(got, sizes.large_count)
 
 
@@ -1193,11 +1221,12 @@ def cluster_key(settings: Settings) -> Path:
 def run_porch_keyed(
     settings: Settings, prefix: str, nodes: Sequence[Node], sink: str, iterations: int
 ) -> dict[str, Any]:
-    """`run_porch` with a cluster key: signed beacons and CURVE on every data link."""
+    """`run_porch` with a cluster key: signed beacons and CURVE on every data link (TCP links
+    between its pipelines, as between hosts)."""
     configs = write_graph(settings, prefix, nodes)
     cmd = [porch_exe(), "run", *map(str, configs), "--iterations", str(iterations),
            "--key-file", str(cluster_key(settings))]  # fmt: skip
-    with spawned(cmd, settings.workdir, settings_env(settings)) as child:
+    with spawned(cmd, settings.workdir, {**settings_env(settings), **TCP_LINKS}) as child:
         out = finish(child, "porch run --key-file", settings.timeout_s)
         notes = runtime_warnings(child)
     got = parse_bench(out, f"{sink} | ")
@@ -1224,7 +1253,7 @@ def mb_nodes(sizes: Sizes) -> list[Node]:
 def bench_plain_1mb(settings: Settings) -> Sample:
     """A -> B, 1 MB arrays, --insecure (plain TCP)."""
     got = run_porch(settings, "plain-1mb", mb_nodes(settings.sizes), "bench_b", CURVE_LARGE_COUNT,
-                    extra=("--insecure",))  # fmt: skip
+                    extra=("--insecure",), env=TCP_LINKS)  # fmt: skip
     return large_sample(got, CURVE_LARGE_COUNT)
 
 
@@ -1398,6 +1427,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("porch_latency", "porch A->B one-way latency", bench_porch_latency),
     Benchmark("raw_large", "raw pyzmq zero-copy 100 MB", bench_raw_large),
     Benchmark("porch_large", "porch A->B 100 MB numpy", bench_porch_large),
+    Benchmark("tcp_large", "porch A->B 100 MB numpy, TCP+CURVE links", bench_tcp_large),
     Benchmark("startup", "porch run examples/diamond", bench_startup),
     Benchmark("many", "porch run, idle source->sink chains", bench_many, repeats=2),
     Benchmark(
@@ -1408,6 +1438,7 @@ BENCHMARKS: list[Benchmark] = [
     ),
     Benchmark("curve_chain", "porch A->B with a cluster key (CURVE)", bench_curve_chain),
     Benchmark("plain_chain", "porch A->B, --insecure (plain TCP)", bench_plain_chain),
+    Benchmark("tcp_chain", "porch A->B, TCP+CURVE links", bench_tcp_chain),
     Benchmark("plain_1mb", "porch A->B 1 MB numpy, --insecure", bench_plain_1mb),
     Benchmark("curve_1mb", "porch A->B 1 MB numpy, CURVE", bench_curve_1mb),
     Benchmark("reconnect", "netns A->B, link cut, flow resumes", bench_reconnect, repeats=1),
@@ -1433,6 +1464,8 @@ ROWS: list[Row] = [
         "raw_latency.p99_ms", "raw"),
     Row("100 MB numpy A->B", "porch_large.mb_per_s", "MB/s",
         "raw_large.mb_per_s", "raw 0-copy", ">=", 0.5),
+    Row("100 MB numpy A->B, ipc vs TCP+CURVE (info)", "porch_large.mb_per_s", "MB/s",
+        "tcp_large.mb_per_s", "TCP+CURVE", issue=12),
     Row("porch run diamond: 1st output", "startup.first_output_s", "s", op="<=", goal=1.5),
     Row("{pipelines} pipelines: all linked", "many.linked_s", "s", op="<=", goal=4.0, issue=18),
     Row("{pipelines} pipelines: idle RSS (max)", "many.rss_max_mb", "MB", op="<=", goal=40.0),
@@ -1450,6 +1483,8 @@ ROWS: list[Row] = [
         "plain_chain.rate", "plain", ">=", 0.6, issue=5),
     Row("default (local secret) vs plain, A->B", "porch_chain.rate", "msgs/s",
         "plain_chain.rate", "plain", ">=", 0.9, issue=15),
+    Row("A->B small msgs, ipc vs TCP+CURVE (info)", "porch_chain.rate", "msgs/s",
+        "tcp_chain.rate", "TCP+CURVE", issue=12),
     Row("CURVE vs plain, A->B 1 MB msgs", "curve_1mb.mb_per_s", "MB/s",
         "plain_1mb.mb_per_s", "plain", issue=5),
     Row("resume after {cut_s} s cut (2 hosts)", "reconnect.resume_beacons", "beacons",

@@ -42,6 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--key-file", type=Path, default=None)  # a path, never the key itself
     parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S)
+    parser.add_argument("--ipc-dir", type=Path, default=None)  # the supervisor's run folder
     return parser.parse_args(argv)
 
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=args.state_dir,
         key_file=args.key_file,
         stop_timeout_s=args.stop_timeout,
+        ipc_dir=args.ipc_dir,
     )
     try:
         worker = Worker(config, options)

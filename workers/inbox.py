@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from porch import logs
@@ -121,8 +122,9 @@ class Inbox:
         serializer: Serializer,
         limit: int,
         security: LinkSecurity | None = None,
+        local: Path | None = None,
     ) -> None:
-        self.link = InputLink(ctx, host, limit, security)
+        self.link = InputLink(ctx, host, limit, security, local)
         self.fanin = FanIn(expected, any_input)
         self.serializer = serializer
         self.name = name

@@ -21,12 +21,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from porch import logs
+from porch.localsock import IPC_PREFIX, is_local
 from porch.security import LinkSecurity
 from porch.wire import (
     HELLO_NO_ACKS,
@@ -114,15 +116,28 @@ BATCH_ITEM_MAX = (
 
 
 class InputLink:
-    """The worker's one input socket: a ROUTER bound on an ephemeral TCP port."""
+    """The worker's one input socket: a ROUTER bound on an ephemeral TCP port, and on a Unix
+    socket in its supervisor's run folder for that supervisor's pipelines (porch/localsock.py)."""
 
     def __init__(
-        self, ctx: Context, host: str, hwm: int, security: LinkSecurity | None = None
+        self,
+        ctx: Context,
+        host: str,
+        hwm: int,
+        security: LinkSecurity | None = None,
+        local: Path | None = None,
     ) -> None:
         self.socket: Socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         set_heartbeats(self.socket, pings=False)
+        # The Unix socket is bound before CURVE is set: a listener keeps the socket's options
+        # of its bind, so it takes plain ZMTP (the folder's permissions keep others out) while
+        # every TCP listener bound below is a CURVE server behind ZAP.
+        self.local_endpoint: str | None = None
+        if local is not None:
+            self.socket.bind(f"{IPC_PREFIX}{local}")
+            self.local_endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if security is not None:
             security.serve(self.socket)  # CURVE server behind ZAP, set before the bind
         failed = 0
@@ -312,7 +327,7 @@ class OutputLink:
         sock.setsockopt(zmq.SNDHWM, self.settings.limit + 16)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         set_heartbeats(sock, pings=self.settings.acked)
-        if self.security is not None:
+        if self.security is not None and not is_local(endpoint):
             self.security.client(sock, key_id)  # CURVE client of the target's key
         self.monitor = sock.get_monitor_socket(LINK_EVENTS)
         self.handshaken = False

@@ -38,6 +38,7 @@ from porch.control import (
 )
 from porch.directory import DirectoryEntry, DirectoryError, Withdrawn, decode_directory
 from porch.errors import PorchError, ScriptError
+from porch.localsock import LocalUnavailable, socket_path
 from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
@@ -82,6 +83,7 @@ class WorkerOptions:
     state_dir: Path | None = None
     key_file: Path | None = None  # cluster key: CURVE on every data link
     stop_timeout_s: float = STOP_TIMEOUT_S  # the supervisor kills us this long after a stop
+    ipc_dir: Path | None = None  # the supervisor's run folder: its pipelines link over ipc://
 
     @property
     def stop_budget_s(self) -> float:
@@ -134,6 +136,7 @@ class Worker:
                 serializer=self.serializer,
                 limit=config.queue_limit,
                 security=self.security,
+                local=self._local_socket(),
             )
             if config.source_pipeline_count
             else None
@@ -172,6 +175,19 @@ class Worker:
         self._poller = self._make_poller()
         self.heartbeat = Heartbeat(self.counters, self.outputs, self.inbox, self.dead_letters,
                                    self.security)  # fmt: skip
+
+    def _local_socket(self) -> Path | None:
+        """Where our input listens for our supervisor's pipelines (porch/localsock.py), or None:
+        they connect over TCP (with CURVE unless --insecure), as other supervisors' do."""
+        if self.options.ipc_dir is None:
+            return None
+        name = f"{os.getpid()}-{self.instance & 0xFFFFFFFF:08x}.in"
+        try:
+            return socket_path(self.options.ipc_dir, name)
+        except LocalUnavailable as exc:
+            log.warning("local_link_unavailable", pipeline=self.name, reason=str(exc),
+                        detail="local pipelines connect over TCP")  # fmt: skip
+            return None
 
     def _make_outputs(self) -> list[OutputLink]:
         headers = HeaderEncoder(self.serializer.id, self.instance, self.name)
@@ -658,8 +674,9 @@ class Worker:
         endpoint = self.inbox.endpoint if self.inbox is not None else None
         endpoints = self.inbox.link.endpoints if self.inbox is not None else []
         key_id = self.security.key_id if self.security is not None else None
+        local = self.inbox.link.local_endpoint if self.inbox is not None else None
         self.control.send(MessageType.HELLO, pid=os.getpid(), endpoint=endpoint,
-                          instance=self.instance, key=key_id,
+                          instance=self.instance, key=key_id, local=local,
                           endpoints=endpoints if len(endpoints) > 1 else [])  # fmt: skip
         self._report_state(WorkerState.STARTING)
         try:
