@@ -12,6 +12,7 @@ socket and file work an attacker would, and prints what it saw as one JSON objec
     attacker.py http URL...                GET each URL, report the status codes
     attacker.py read PATH                  try to read a file
     attacker.py plant FOLDER NAME BLOB     an outbox database holding BLOB under FOLDER
+    attacker.py unix PATH FRAMES.json      a worker's Unix socket: connect, list, replace, squat
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 TIMEOUT_S = 5.0
@@ -179,6 +181,47 @@ def plant(folder: str, name: str, blob_file: str) -> dict[str, object]:
     return {"planted": str(outbox / f"{name}.sqlite")}
 
 
+def _try(action: Callable[[], object]) -> str:
+    """Run `action`: "ok", or the class of the error it raised."""
+    try:
+        action()
+    except OSError as exc:
+        return type(exc).__name__
+    return "ok"
+
+
+def unix(path: str, frames_file: str) -> dict[str, object]:
+    """Everything another user could try on a worker's ipc:// socket in its supervisor's run
+    folder: send it ZMTP and pickles, list the folder, plant a file or a symlink there, remove
+    or rename the socket, bind our own socket in its place (a squatter after a restart)."""
+    messages = [[bytes.fromhex(f) for f in m] for m in json.loads(Path(frames_file).read_text())]
+    folder = os.path.dirname(path)
+
+    def connect_and_send() -> None:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(TIMEOUT_S)
+            sock.connect(path)
+            sock.sendall(_greeting() + _ready())
+            for message in messages:
+                for i, part in enumerate(message):
+                    sock.sendall(_frame(part, 0x01 if i < len(message) - 1 else 0))
+
+    def squat() -> None:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(path + ".new")
+            os.rename(path + ".new", path)
+
+    return {
+        "connect": _try(connect_and_send),
+        "list": _try(lambda: os.listdir(folder)),
+        "create": _try(lambda: Path(folder, "planted").write_bytes(b"x")),
+        "symlink": _try(lambda: os.symlink("/tmp", os.path.join(folder, "link"))),
+        "unlink": _try(lambda: os.unlink(path)),
+        "rename": _try(lambda: os.rename(folder, folder + ".moved")),
+        "squat": _try(squat),
+    }
+
+
 def main(argv: list[str]) -> dict[str, object]:
     """Dispatch one command."""
     command, args = argv[0], argv[1:]
@@ -196,6 +239,8 @@ def main(argv: list[str]) -> dict[str, object]:
         return read(args[0])
     if command == "plant":
         return plant(args[0], args[1], args[2])
+    if command == "unix":
+        return unix(args[0], args[1])
     raise SystemExit(f"unknown command {command!r}")
 
 

@@ -12,11 +12,13 @@ is executed, the dashboard refuses, memory stays flat.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -153,8 +155,8 @@ def victim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Porchd]:
         daemon.kill()
 
 
-def numbers(daemon: Porchd) -> list[int]:
-    return [int(line.split()[1]) for line in daemon.output("lk_sink") if line.startswith("got ")]
+def numbers(daemon: Porchd, sink: str = "lk_sink") -> list[int]:
+    return [int(line.split()[1]) for line in daemon.output(sink) if line.startswith("got ")]
 
 
 def assert_stream_goes_on_whole(daemon: Porchd, more: int = 20) -> None:
@@ -362,3 +364,82 @@ def test_without_signatures_a_flood_stays_bounded_and_empties_again(
     daemon.wait_until(lambda: {r["state"] for r in daemon.status()["remote"]} <= {"withdrawn"},
                       EXPIRE_WAIT_S, "the flood to expire")  # fmt: skip
     assert len(daemon.status()["remote"]) <= MAX_WITHDRAWN
+
+
+# ---- 8. the Unix socket that links one supervisor's pipelines -------------------------------
+
+
+def unix_sockets(daemon: Porchd) -> list[Path]:
+    """The ipc:// input sockets of the daemon's workers, in its run folder (under TMPDIR)."""
+    return sorted(daemon.home.glob("porch-run-*/*.in"))
+
+
+def tcp_links_to(daemon: Porchd, port: int) -> list[object]:
+    """Established TCP connections of the daemon's processes to or from `port`."""
+    found: list[object] = []
+    for child in psutil.Process(daemon.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            found += [c for c in child.net_connections("tcp") if c.status == "ESTABLISHED"
+                      and port in (c.laddr.port, c.raddr.port if c.raddr else None)]  # fmt: skip
+    return found
+
+
+def test_the_unix_socket_between_local_pipelines_is_out_of_reach_and_relinks_on_restart(
+    attacker: Attacker,
+) -> None:
+    """Pipelines of one porchd link over a Unix socket in its 0700 run folder, without CURVE.
+    TMPDIR is open to all (sticky, like /tmp): only the run folder's mode keeps the attacker
+    from sending pickles to the socket, replacing it, or squatting it; after a kill -9 the new
+    worker listens on a new socket its source finds, and the attacker still gets nowhere."""
+    home = Path(tempfile.mkdtemp(prefix="porch-ipc-"))
+    home.chmod(0o1777)
+    daemon: Porchd | None = None
+    try:
+        configs = [counter(home / "c", "ipc_src", "ipc_sink", sleep_s=0.01),
+                   printer(home / "c", "ipc_sink", "ipc_src")]  # fmt: skip
+        with pytest.MonkeyPatch.context() as env:
+            for name in NETWORK_VARIABLES:
+                env.delenv(name, raising=False)
+            env.delenv("PORCH_LOCAL_LINKS", raising=False)
+            env.setenv("PORCH_DISCOVERY_PORT", str(free_udp_port()))
+            env.setenv("PORCH_PREFS", str(home / "no-prefs.toml"))
+            env.setenv("PORCH_STATE_DIR", str(home / "state-base"))
+            daemon = Porchd(home, configs, 5.0)
+        daemon.wait_running("ipc_src", "ipc_sink")
+        daemon.wait_until(lambda: len(numbers(daemon, "ipc_sink")) >= 5, WAIT_S, "the stream")
+        [path] = unix_sockets(daemon)
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700, path.parent
+        [port] = data_ports(daemon)  # the sink still listens on TCP (CURVE) for other hosts
+        assert tcp_links_to(daemon, port) == [], "the local link went over TCP"
+
+        mark, payload = attacker.exploit()
+        hello = [encode_header(FrameKind.HELLO, 1, 7, 0, "ipc_src").hex()]
+        data = [[encode_header(FrameKind.DATA, 1, 7, seq, "ipc_src").hex(), payload.hex()]
+                for seq in range(1, 50)]  # fmt: skip
+        frames = attacker.file("unix-frames.json", json.dumps([hello, *data]).encode())
+        tried = attacker.run("unix", str(path), frames)
+        assert {v for k, v in tried.items() if k != "uid"} == {"PermissionError"}, tried
+        assert unix_sockets(daemon) == [path] and path.is_socket()
+
+        sink = daemon.pipeline("ipc_sink")
+        os.kill(sink["pid"], signal.SIGKILL)
+        daemon.wait_until(lambda: (p := daemon.pipeline("ipc_sink"))["restarts"] == 1
+                          and p["state"] == "running", WAIT_S, "the sink restarted")  # fmt: skip
+        [new] = daemon.wait_until(lambda: [p for p in unix_sockets(daemon) if p != path] or None,
+                                  WAIT_S, "the new worker's socket")  # fmt: skip
+        assert not path.exists(), "the dead worker's socket was left behind"
+        before = max(numbers(daemon, "ipc_sink"))
+        daemon.wait_until(lambda: max(numbers(daemon, "ipc_sink")) >= before + 20, WAIT_S,
+                          "the stream after the restart")  # fmt: skip
+        got = numbers(daemon, "ipc_sink")
+        assert set(got) == set(range(1, max(got) + 1)), "a value was lost across the restart"
+        [port] = data_ports(daemon)
+        assert tcp_links_to(daemon, port) == [], "the source relinked over TCP"
+        tried = attacker.run("unix", str(new), frames)
+        assert {v for k, v in tried.items() if k != "uid"} == {"PermissionError"}, tried
+        assert not mark.exists(), "the attacker's pickle ran as root"
+        assert daemon.pipeline("ipc_sink")["bad_frames"] == 0
+    finally:
+        if daemon is not None:
+            daemon.kill()
+        shutil.rmtree(home, ignore_errors=True)
