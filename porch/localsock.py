@@ -36,6 +36,26 @@ LOCAL_LINKS_ENV = "PORCH_LOCAL_LINKS"  # "ipc" (default) or "tcp": same-supervis
 IPC_PREFIX = "ipc://"
 
 
+# a worker's socket name: its pid (at most 7 digits on Linux), "-", 8 hex digits, ".in"
+NAME_MAX = 7 + 1 + 8 + 3
+
+
+def socket_name(pid: int, instance: int) -> str:
+    """The name of a worker's input socket in the run folder (a restarted worker: a new one)."""
+    return f"{pid}-{instance & 0xFFFFFFFF:08x}.in"
+
+
+def too_long(folder: Path) -> str | None:
+    """Why the run folder cannot hold a worker's socket (the path would be too long), or None."""
+    size = len(os.fsencode(folder)) + 1 + NAME_MAX
+    if size <= MAX_SOCKET_PATH:
+        return None
+    return (
+        f"{folder}: a worker's socket path there would take up to {size} bytes, a Unix socket "
+        f"path holds at most {MAX_SOCKET_PATH} (a shorter TMPDIR fixes it)"
+    )
+
+
 class LocalUnavailable(Exception):
     """This worker cannot listen on a Unix socket in the run folder (the reason says why)."""
 

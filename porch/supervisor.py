@@ -197,6 +197,11 @@ class Supervisor:
         reaper.remove_stale_run_dirs()  # what a supervisor killed with kill -9 left behind
         self.runtime_dir = reaper.make_run_dir()
         self.watchdog = reaper.Watchdog(self.runtime_dir, grace_s=stop_timeout_s)
+        if self.local_links and (problem := localsock.too_long(self.runtime_dir)):
+            self.local_links = False
+            log.warning("local_links_unavailable", reason=problem,
+                        detail="this supervisor's pipelines link over TCP (CURVE unless "
+                        "--insecure)")  # fmt: skip
         self.forkserver: forkserver.ForkServer | None = None
         self._forkserver_failed = not forkserver.enabled()
         self.worker_endpoint = f"ipc://{self.runtime_dir}/workers"

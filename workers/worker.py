@@ -38,7 +38,7 @@ from porch.control import (
 )
 from porch.directory import DirectoryEntry, DirectoryError, Withdrawn, decode_directory
 from porch.errors import PorchError, ScriptError
-from porch.localsock import LocalUnavailable, socket_path
+from porch.localsock import LocalUnavailable, socket_name, socket_path
 from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
@@ -181,9 +181,8 @@ class Worker:
         they connect over TCP (with CURVE unless --insecure), as other supervisors' do."""
         if self.options.ipc_dir is None:
             return None
-        name = f"{os.getpid()}-{self.instance & 0xFFFFFFFF:08x}.in"
         try:
-            return socket_path(self.options.ipc_dir, name)
+            return socket_path(self.options.ipc_dir, socket_name(os.getpid(), self.instance))
         except LocalUnavailable as exc:
             log.warning("local_link_unavailable", pipeline=self.name, reason=str(exc),
                         detail="local pipelines connect over TCP")  # fmt: skip

@@ -17,10 +17,13 @@ import zmq
 from porch.errors import UsageError
 from porch.localsock import (
     MAX_SOCKET_PATH,
+    NAME_MAX,
     LocalUnavailable,
     local_links_enabled,
     remove_socket,
+    socket_name,
     socket_path,
+    too_long,
 )
 from porch.security import KeyRing, LinkSecurity, new_key
 from porch.wire import FrameKind, HeaderEncoder, decode_ack, decode_prefix
@@ -97,6 +100,18 @@ def test_a_path_too_long_for_a_unix_socket_is_refused(run_dir: Path) -> None:
     with pytest.raises(LocalUnavailable, match=f"at most {MAX_SOCKET_PATH}"):
         socket_path(run_dir, name)
     assert socket_path(run_dir, name[1:]) == run_dir / name[1:]
+
+
+def test_a_run_folder_too_long_for_every_socket_name_is_known_before_any_worker_starts(
+    run_dir: Path,
+) -> None:
+    longest = socket_name(4_194_304, 2**63 - 1)  # Linux's largest pid
+    assert len(longest) == NAME_MAX and socket_name(7, 1) == "7-00000001.in"
+    assert too_long(run_dir) is None
+    deep = Path("/" + "d" * (MAX_SOCKET_PATH - NAME_MAX - 2))  # "/d..d/" + name: 107 bytes
+    assert too_long(deep) is None
+    problem = too_long(Path(str(deep) + "d"))
+    assert problem is not None and f"at most {MAX_SOCKET_PATH}" in problem
 
 
 def test_a_file_at_the_path_is_refused_unless_it_is_our_own_socket(run_dir: Path) -> None:
