@@ -86,13 +86,16 @@ class Sizes:
     cut_s: float = 30.0  # how long the link between two namespace hosts is cut (reconnect)
     async_n: int = 10_000  # messages through the async stage with concurrency 100
     slow_n: int = 300  # messages through a stage that takes 10 ms each, one at a time
+    starts: int = 10  # `porch run`s in a row of the start-stall run (issue 12)
+    start_chains: int = 32  # source->sink chains of each of those starts (64 pipelines)
     thousand: int = 1000  # pipelines under one porchd (issue 18)
     thousand_deadline_s: float = 180.0  # slower than this is an error, not a MISS
 
 
 FULL = Sizes()
 QUICK = Sizes(n=20_000, latency_s=1.0, large_count=8, chains=4, settle_s=1.0, idle_s=2.0,
-              cut_s=10.0, async_n=3000, slow_n=100, thousand=40)  # fmt: skip
+              cut_s=10.0, async_n=3000, slow_n=100, starts=2, start_chains=4,
+              thousand=40)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -1082,20 +1085,7 @@ def bench_many(settings: Settings) -> Sample:
                 uss.append(proc.memory_full_info().uss / MB)
         if len(rss) != len(nodes) or len(uss) != len(nodes):
             raise BenchError(f"only {len(rss)} of {len(nodes)} workers still alive when idle")
-        child.proc.send_signal(signal.SIGINT)  # a graceful stop, like Ctrl+C
-        try:
-            child.proc.wait(timeout=30.0)
-        except subprocess.TimeoutExpired:
-            raise BenchError("porch run did not stop within 30s of SIGINT") from None
-        _, alive = psutil.wait_procs(workers, timeout=KILL_GRACE_S)
-        if alive:
-            for proc in alive:
-                with suppress(psutil.Error):
-                    proc.kill()
-            pids = [p.pid for p in alive]
-            raise BenchError(f"workers left running after porch run exited: {pids}")
-        if child.proc.returncode != 0:
-            raise BenchError(f"porch run exited {child.proc.returncode} after SIGINT")
+        stop_run(child, len(nodes))
         notes = runtime_warnings(child)
     return Sample(
         {
@@ -1111,6 +1101,68 @@ def bench_many(settings: Settings) -> Sample:
         },
         notes=notes,
     )
+
+
+def bench_many_starts(settings: Settings) -> Sample:
+    """Issue 12: `starts` runs of `porch run` in a row, each of `start_chains` idle source ->
+    sink chains (as bench_many), each stopped with SIGINT once every sink printed its line.
+    Measured: the slowest start's seconds from `porch run` to the last sink linked (one slow
+    start in ten is the stall this looks for), and the median start."""
+    sizes = settings.sizes
+    nodes: list[Node] = []
+    for i in range(sizes.start_chains):
+        src, sink = f"start_src_{i:02d}", f"start_sink_{i:02d}"
+        nodes.append(Node(src, IDLE_SOURCE, (sink,), params={"IDLE_SLEEP_S": 0.5}))
+        nodes.append(Node(sink, IDLE_SINK, (), 1))
+    configs = write_graph(settings, "starts", nodes)
+    cmd = [porch_exe(), "run", *map(str, configs)]
+    linked: list[float] = []
+    notes: list[str] = []
+    for start in range(sizes.starts):
+        with spawned(cmd, settings.workdir, settings_env(settings)) as child:
+            try:
+                times, lines = wait_for_lines(
+                    child,
+                    lambda s: s.startswith("start_sink_") and s.endswith(" | linked"),
+                    sizes.start_chains,
+                    sizes.linked_deadline_s,
+                )
+            except BenchError as exc:
+                warned = "; ".join(runtime_warnings(child)[-5:])
+                raise BenchError(f"start {start + 1} of {sizes.starts}: {exc} {warned}") from None
+            linked.append(times[sizes.start_chains])
+            if len(times) > 1 and times[len(times)] - times[len(times) - 1] > 1.0:
+                last = [line for line in lines if line.endswith(" | linked")][-1]
+                notes.append(f"start {start + 1}: {last.split(' |')[0]} linked last, "
+                             f"{times[len(times)] - times[len(times) - 1]:.1f} s after the "
+                             f"others")  # fmt: skip
+            stop_run(child, len(nodes))
+            notes.extend(runtime_warnings(child))
+    print(f"  many_starts: linked in {', '.join(f'{t:.2f}' for t in linked)} s", file=sys.stderr)
+    return Sample(
+        {"linked_max_s": max(linked), "linked_median_s": statistics.median(linked)},
+        notes=tuple(notes),
+    )
+
+
+def stop_run(child: Child, workers_expected: int) -> None:
+    """SIGINT a `porch run` (like Ctrl+C) and check it exits 0 and leaves no worker behind."""
+    workers = worker_processes(child.proc.pid)
+    if len(workers) != workers_expected:
+        raise BenchError(f"{len(workers)} worker processes running, expected {workers_expected}")
+    child.proc.send_signal(signal.SIGINT)
+    try:
+        child.proc.wait(timeout=30.0)
+    except subprocess.TimeoutExpired:
+        raise BenchError("porch run did not stop within 30s of SIGINT") from None
+    _, alive = psutil.wait_procs(workers, timeout=KILL_GRACE_S)
+    if alive:
+        for proc in alive:
+            with suppress(psutil.Error):
+                proc.kill()
+        raise BenchError(f"workers left running after porch run exited: {[p.pid for p in alive]}")
+    if child.proc.returncode != 0:
+        raise BenchError(f"porch run exited {child.proc.returncode} after SIGINT")
 
 
 def _porchctl_status(control: Path, env: dict[str, str]) -> dict[str, Any] | None:
@@ -1431,6 +1483,12 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("startup", "porch run examples/diamond", bench_startup),
     Benchmark("many", "porch run, idle source->sink chains", bench_many, repeats=2),
     Benchmark(
+        "many_starts",
+        "porch run of idle chains, started again and again",
+        bench_many_starts,
+        repeats=1,
+    ),
+    Benchmark(
         "thousand",
         "porchd with 1,000 idle pipelines, seen by a 2nd porchd",
         bench_many1000,
@@ -1472,6 +1530,10 @@ ROWS: list[Row] = [
     Row("{pipelines} pipelines: idle worker USS (median)", "many.uss_median_mb", "MB",
         op="<=", goal=8.0, issue=18),
     Row("{pipelines} pipelines: idle CPU (all)", "many.idle_cpu_pct", "% core", op="<=", goal=5.0),
+    Row("{start_pipelines} pipelines, {starts} starts: slowest linked", "many_starts.linked_max_s",
+        "s", op="<=", goal=10.0, issue=12),
+    Row("{start_pipelines} pipelines, {starts} starts: median linked",
+        "many_starts.linked_median_s", "s"),
     Row("1,000 pipelines: running, linked, seen", "thousand.all_s", "s", op="<=", goal=60.0,
         issue=18),
     Row("1,000 pipelines: idle CPU (all)", "thousand.idle_cpu_pct", "% core", op="<=",
@@ -1956,7 +2018,8 @@ def main(argv: Sequence[str]) -> int:
         outcomes = run_all(benches, settings, repeats)
     commit["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     by_name = {o.bench.name: o for o in outcomes}
-    labels = {"pipelines": 2 * sizes.chains, "cut_s": f"{sizes.cut_s:g}"}
+    labels = {"pipelines": 2 * sizes.chains, "cut_s": f"{sizes.cut_s:g}",
+              "start_pipelines": 2 * sizes.start_chains, "starts": sizes.starts}  # fmt: skip
     rows = [replace(row, label=row.label.format(**labels)) for row in ROWS]
     results = [evaluate(row, by_name) for row in rows]
     results = [r for r in results if r.verdict != "not run"]
