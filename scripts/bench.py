@@ -245,11 +245,19 @@ class Child:
     proc: subprocess.Popen[str]
     stderr_path: Path
     started_s: float
+    unread: bytearray = field(default_factory=bytearray)  # read off the pipe, not yet a line
+    ended: bool = False  # the pipe reached its end
 
     @property
     def stdout(self) -> IO[str]:
         assert self.proc.stdout is not None
         return self.proc.stdout
+
+    def take_unread(self) -> str:
+        """What read_line took off the pipe but did not return yet."""
+        text = self.unread.decode(errors="replace")
+        self.unread.clear()
+        return text
 
     def stderr_tail(self, lines: int = 5) -> str:
         """The last lines the child wrote to stderr, on one line."""
@@ -290,6 +298,7 @@ def finish(child: Child, what: str, timeout_s: float) -> str:
     """Wait for the child to exit 0 and return its stdout; raise BenchError otherwise."""
     try:
         out, _ = child.proc.communicate(timeout=timeout_s)
+        out = child.take_unread() + (out or "")
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"{what} still running after {timeout_s:.0f}s (hang?)") from exc
     if child.proc.returncode != 0:
@@ -325,12 +334,28 @@ def runtime_warnings(child: Child) -> tuple[str, ...]:
 
 
 def read_line(child: Child, timeout_s: float) -> str | None:
-    """The next line the child prints, or None at end of output; BenchError on timeout."""
-    ready, _, _ = select.select([child.stdout], [], [], timeout_s)
-    if not ready:
-        raise BenchError(f"no output from pid {child.proc.pid} within {timeout_s:.0f}s")
-    line = child.stdout.readline()
-    return line.rstrip("\n") if line else None
+    """The next line the child prints, or None at end of output; BenchError on timeout.
+
+    Reads the pipe's bytes itself (os.read) and keeps what follows the line in `child.unread`.
+    A buffered readline() after select() left the lines that came in the same read in the file
+    object's buffer, where select() does not see them: the last sink's `linked` line of the
+    many-pipelines runs sat there until the deadline (the intermittent 53 s start "stall")."""
+    deadline = time.monotonic() + timeout_s
+    fd = child.stdout.fileno()
+    while True:
+        newline = child.unread.find(b"\n")
+        if newline >= 0:
+            line = child.unread[:newline].decode(errors="replace")
+            del child.unread[: newline + 1]
+            return line
+        if child.ended:
+            return child.take_unread() or None
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise BenchError(f"no output from pid {child.proc.pid} within {timeout_s:.0f}s")
+        data = os.read(fd, 65536)
+        child.ended = not data
+        child.unread += data
 
 
 def parse_bench(out: str, prefix: str = "") -> dict[str, Any]:
