@@ -44,7 +44,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import IO
 
 MAX_MESSAGE_BYTES = 1 << 20  # a request: argv, folder and environment
 _PR_SET_PDEATHSIG = 1
@@ -54,6 +55,78 @@ TITLE_PAD = 256  # bytes of argv the template keeps for its workers' process tit
 
 class ForkServerError(Exception):
     """The template could not start a worker (it died, or refused)."""
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """What the supervisor asks the template to fork: one worker (its pipes ride along)."""
+
+    name: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+
+    def encode(self) -> bytes:
+        """The request as one JSON message."""
+        message = {"name": self.name, "argv": self.argv, "cwd": self.cwd, "env": self.env}
+        return json.dumps(message).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SpawnRequest:
+        """A request from its JSON; ValueError when it is not one."""
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("a spawn request is a JSON object")
+        name, argv, cwd, env = raw.get("name"), raw.get("argv"), raw.get("cwd"), raw.get("env")
+        if not isinstance(name, str) or not isinstance(cwd, str):
+            raise ValueError("a spawn request names the worker and its folder")
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise ValueError("a spawn request's argv is a list of strings")
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ValueError("a spawn request's env maps names to strings")
+        return cls(name, argv, cwd, env)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One message of the template: it is ready, it forked `pid`, it refused (`error`), or
+    a worker exited (`exit`: its pid and Popen-style code, negative for a signal)."""
+
+    ready: bool = False
+    pid: int | None = None
+    error: str | None = None
+    exit: tuple[int, int] | None = None
+
+    def encode(self) -> bytes:
+        """The reply as one JSON message (only the fields it has)."""
+        message: dict[str, object] = {}
+        if self.ready:
+            message["ready"] = True
+        if self.pid is not None:
+            message["pid"] = self.pid
+        if self.error is not None:
+            message["error"] = self.error
+        if self.exit is not None:
+            message["exit"], message["code"] = self.exit
+        return json.dumps(message).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Reply:
+        """A reply from its JSON; ForkServerError when it is not one."""
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            raw = None
+        if not isinstance(raw, dict):
+            raise ForkServerError(f"the fork server sent {data[:80]!r}")
+        pid, error = raw.get("pid"), raw.get("error")
+        exited, code = raw.get("exit"), raw.get("code")
+        return cls(
+            ready=raw.get("ready") is True,
+            pid=int(pid) if isinstance(pid, int) else None,
+            error=str(error) if error is not None else None,
+            exit=(exited, code) if isinstance(exited, int) and isinstance(code, int) else None,
+        )
 
 
 # ---- the supervisor's side -----------------------------------------------------------------
@@ -82,7 +155,7 @@ class ForkServer:
 
     def _wait_ready(self) -> None:
         message = self._receive(timeout_s=30.0)
-        if message is None or message.get("ready") is not True:
+        if message is None or not message.ready:
             self.close()
             raise ForkServerError("the fork server did not start")
 
@@ -93,7 +166,7 @@ class ForkServer:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            request = json.dumps({"name": name, "argv": argv, "cwd": cwd, "env": env}).encode()
+            request = SpawnRequest(name, argv, cwd, env).encode()
             socket.send_fds(self.sock, [request], [out_w, err_w])
         except OSError as exc:
             for fd in (out_r, err_r):
@@ -109,13 +182,13 @@ class ForkServer:
                 os.close(out_r)
                 os.close(err_r)
                 raise ForkServerError("the fork server did not answer")
-            if "pid" in message:
+            if message.pid is not None:
                 break
-            if "error" in message:
+            if message.error is not None:
                 os.close(out_r)
                 os.close(err_r)
-                raise ForkServerError(str(message["error"]))
-        child = ForkedProcess(self, int(message["pid"]), os.fdopen(out_r, "rb"),
+                raise ForkServerError(message.error)
+        child = ForkedProcess(self, message.pid, os.fdopen(out_r, "rb"),
                               os.fdopen(err_r, "rb"))  # fmt: skip
         self.children[child.pid] = child
         return child
@@ -128,7 +201,7 @@ class ForkServer:
                 return
             timeout_s = 0.0
 
-    def _receive(self, timeout_s: float) -> dict[str, Any] | None:
+    def _receive(self, timeout_s: float) -> Reply | None:
         """One message (exits are filed on the way); None when there is none in time."""
         if self.dead:
             return None
@@ -142,9 +215,10 @@ class ForkServer:
         if not data:
             self._gone()
             return None
-        message: dict[str, Any] = json.loads(data)
-        if "exit" in message:
-            self.exits[int(message["exit"])] = int(message["code"])
+        message = Reply.decode(data)
+        if message.exit is not None:
+            pid, code = message.exit
+            self.exits[pid] = code
         return message
 
     def _gone(self) -> None:
@@ -235,7 +309,7 @@ def set_title(title: str) -> None:
     ctypes.memmove(start, text + b"\0" * (room - len(text)), room)
 
 
-def _child(sock: socket.socket, wake_r: int, wake_w: int, request: dict[str, Any],
+def _child(sock: socket.socket, wake_r: int, wake_w: int, request: SpawnRequest,
            fds: list[int]) -> None:  # fmt: skip
     """In the fork: become the worker and never return."""
     code = 1
@@ -252,17 +326,17 @@ def _child(sock: socket.socket, wake_r: int, wake_w: int, request: dict[str, Any
         os.dup2(fds[1], 2)
         for fd in (devnull, *fds):
             os.close(fd)
-        os.chdir(request["cwd"])
+        os.chdir(request.cwd)
         os.environ.clear()
-        os.environ.update(request["env"])
+        os.environ.update(request.env)
         sys.path[0] = os.getcwd()  # as `python -m workers` run in the config's folder has it
-        set_title(f"porch worker {request['name']}")
-        sys.argv = ["workers", *request["argv"]]
+        set_title(f"porch worker {request.name}")
+        sys.argv = ["workers", *request.argv]
         # The template's objects stay frozen: a full collection in the worker never walks
         # (and so never writes, and copies) their pages.
         from workers.__main__ import main
 
-        code = main(list(request["argv"]))
+        code = main(list(request.argv))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -287,7 +361,7 @@ def _reap(sock: socket.socket) -> None:
             return
         code = os.waitstatus_to_exitcode(status)
         with contextlib.suppress(OSError):
-            sock.send(json.dumps({"exit": pid, "code": code}).encode())
+            sock.send(Reply(exit=(pid, code)).encode())
 
 
 def serve(sock: socket.socket) -> None:
@@ -299,7 +373,7 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     gc.collect()
     gc.freeze()  # the imported objects stay in shared pages: a child's collector skips them
-    sock.send(b'{"ready": true}')
+    sock.send(Reply(ready=True).encode())
     while True:
         try:
             ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
@@ -324,11 +398,17 @@ def _fork_one(sock: socket.socket, wake_r: int, wake_w: int) -> bool:
         return False
     if not data:
         return False
-    request = json.loads(data)
+    try:
+        request = SpawnRequest.decode(data)
+    except ValueError as exc:
+        for fd in fds:
+            os.close(fd)
+        sock.send(Reply(error=f"not a spawn request: {exc}").encode())
+        return True
     if threading.active_count() != 1 or len(fds) != 2:
         for fd in fds:
             os.close(fd)
-        sock.send(json.dumps({"error": "the template is not fit to fork"}).encode())
+        sock.send(Reply(error="the template is not fit to fork").encode())
         return True
     sys.stdout.flush()
     sys.stderr.flush()
@@ -337,7 +417,7 @@ def _fork_one(sock: socket.socket, wake_r: int, wake_w: int) -> bool:
         _child(sock, wake_r, wake_w, request, fds)
     for fd in fds:
         os.close(fd)
-    sock.send(json.dumps({"pid": pid}).encode())
+    sock.send(Reply(pid=pid).encode())
     return True
 
 
