@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-from typing import Any
 
 import zmq
 
 from porch.errors import ControlError
 
-Message = dict[str, Any]
+Message = dict[str, object]  # a decoded message: JSON, read with checks by its receiver
 HEARTBEAT_INTERVAL_S = 1.0
 
 
@@ -56,7 +55,7 @@ class MessageType(enum.Enum):
     STOP = "stop"  # supervisor -> worker: stop gracefully
 
 
-def encode(kind: MessageType, **fields: Any) -> bytes:
+def encode(kind: MessageType, **fields: object) -> bytes:
     """Encode one control message."""
     return json.dumps({"type": kind.value, **fields}, separators=(",", ":")).encode("utf-8")
 
@@ -80,7 +79,7 @@ class ControlClient:
         self.socket.setsockopt(zmq.SNDHWM, 100)
         self.socket.connect(endpoint)
 
-    def send(self, kind: MessageType, **fields: Any) -> None:
+    def send(self, kind: MessageType, **fields: object) -> None:
         """Send one message; drop it when the supervisor is not keeping up (never block)."""
         with contextlib.suppress(zmq.Again):
             self.socket.send(encode(kind, **fields), zmq.NOBLOCK)

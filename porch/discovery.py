@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from porch.config import name_problem
 from porch.control import WorkerState
@@ -49,6 +49,35 @@ EXPIRY_BEACONS = 3
 # Workers' states that mean "gone for now or for good": such a pipeline is not live.
 ENDED_STATES = frozenset(state.value for state in WorkerState if state.ended)
 STATES = frozenset(state.value for state in WorkerState)
+
+
+class EntryJson(TypedDict):
+    """An entry in a beacon's JSON (the optional fields only when set)."""
+
+    name: str
+    endpoint: str | None
+    state: str
+    instance: NotRequired[int]
+    key: NotRequired[str]
+    endpoints: NotRequired[list[str]]
+    targets: NotRequired[list[str]]
+    final: NotRequired[bool]
+
+
+class BeaconJson(TypedDict):
+    """A beacon's JSON body (`part`/`parts` only when it has several parts)."""
+
+    v: int
+    daemon: str
+    origin: str
+    host: str
+    hostname: str
+    sent_at: float
+    nonce: str
+    seq: int
+    part: NotRequired[int]
+    parts: NotRequired[int]
+    entries: NotRequired[list[EntryJson]]
 
 
 class DiscoveryError(PorchError):
@@ -96,7 +125,7 @@ def encode_parts(beacon: Beacon) -> list[bytes]:
     MAX_BEACON_BYTES each, all with the beacon's header and seq. DiscoveryError over MAX_PARTS."""
     budget = MAX_BEACON_BYTES - len(_datagram(_body(replace(beacon, parts=MAX_PARTS))))
     budget -= 64  # the part numbers, the list's brackets
-    chunks: list[list[dict[str, Any]]] = [[]]
+    chunks: list[list[EntryJson]] = [[]]
     used = 0
     for entry in beacon.entries:
         raw = _entry_json(entry)
@@ -116,8 +145,8 @@ def encode_parts(beacon: Beacon) -> list[bytes]:
     return out
 
 
-def _body(beacon: Beacon) -> dict[str, Any]:
-    body: dict[str, Any] = {
+def _body(beacon: Beacon) -> BeaconJson:
+    body: BeaconJson = {
         "v": beacon.version,
         "daemon": beacon.daemon_id,
         "origin": beacon.origin,
@@ -132,7 +161,7 @@ def _body(beacon: Beacon) -> dict[str, Any]:
     return body
 
 
-def _datagram(body: Mapping[str, Any]) -> bytes:
+def _datagram(body: BeaconJson) -> bytes:
     data = (
         MAGIC + bytes((VERSION, FLAGS_UNSIGNED)) + json.dumps(body, separators=(",", ":")).encode()
     )
@@ -141,9 +170,8 @@ def _datagram(body: Mapping[str, Any]) -> bytes:
     return data
 
 
-def _entry_json(entry: Entry) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": entry.name, "endpoint": entry.endpoint,
-                           "state": entry.state.value}  # fmt: skip
+def _entry_json(entry: Entry) -> EntryJson:
+    out: EntryJson = {"name": entry.name, "endpoint": entry.endpoint, "state": entry.state.value}
     if entry.instance is not None:
         out["instance"] = entry.instance
     if entry.key is not None:
@@ -175,7 +203,7 @@ def decode(data: bytes) -> Beacon:
     return _beacon(_mapping(body, "beacon"))
 
 
-def _beacon(body: Mapping[str, Any]) -> Beacon:
+def _beacon(body: Mapping[str, object]) -> Beacon:
     if body.get("v") != VERSION:
         raise DiscoveryError("beacon body version does not match its header")
     entries = body.get("entries")
@@ -203,7 +231,7 @@ def _beacon(body: Mapping[str, Any]) -> Beacon:
     )
 
 
-def _entry(raw: Mapping[str, Any]) -> Entry:
+def _entry(raw: Mapping[str, object]) -> Entry:
     name = _text(raw, "name")
     if name_problem(name):
         raise DiscoveryError(f"entry name {name[:40]!r} is not a pipeline name")
@@ -230,7 +258,7 @@ def _entry(raw: Mapping[str, Any]) -> Entry:
                  endpoints=tuple(endpoints), targets=targets, final=final)  # fmt: skip
 
 
-def _ending(raw: Mapping[str, Any]) -> tuple[tuple[str, ...], bool]:
+def _ending(raw: Mapping[str, object]) -> tuple[tuple[str, ...], bool]:
     """An entry's targets (pipeline names) and whether it has ended for good."""
     targets = raw.get("targets", [])
     if not isinstance(targets, list) or len(targets) > MAX_TARGETS:
@@ -243,13 +271,13 @@ def _ending(raw: Mapping[str, Any]) -> tuple[tuple[str, ...], bool]:
     return tuple(targets), final
 
 
-def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+def _mapping(value: object, what: str) -> Mapping[str, object]:
     if not isinstance(value, dict):
         raise DiscoveryError(f"{what} must be a JSON object")
     return value
 
 
-def _text(raw: Mapping[str, Any], key: str, allow_empty: bool = False) -> str:
+def _text(raw: Mapping[str, object], key: str, allow_empty: bool = False) -> str:
     value = raw.get(key)
     if not isinstance(value, str) or len(value) > MAX_TEXT or (not value and not allow_empty):
         raise DiscoveryError(f"{key}: must be a string of 1 to {MAX_TEXT} characters")
@@ -258,14 +286,14 @@ def _text(raw: Mapping[str, Any], key: str, allow_empty: bool = False) -> str:
     return value
 
 
-def _number(raw: Mapping[str, Any], key: str) -> float:
+def _number(raw: Mapping[str, object], key: str) -> float:
     value = raw.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise DiscoveryError(f"{key}: must be a finite number")
     return float(value)
 
 
-def _count(raw: Mapping[str, Any], key: str) -> int:
+def _count(raw: Mapping[str, object], key: str) -> int:
     value = raw.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
         raise DiscoveryError(f"{key}: must be a whole number >= 0")
@@ -481,7 +509,7 @@ def reachable(entry: Entry, source: str | None) -> str | None:
     return entry.endpoint
 
 
-def _view(beacon: Beacon) -> tuple[Any, ...]:
+def _view(beacon: Beacon) -> tuple[object, ...]:
     """What of a beacon matters to workers and conflicts (not its times or nonce)."""
     return (beacon.host, beacon.hostname, beacon.entries, beacon.key_id, beacon.source)
 
