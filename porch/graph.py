@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 FORMATS = ("mermaid", "dot", "json")
 UNKNOWN = "unknown"
@@ -42,17 +42,43 @@ class Node:
     host: str = "local"
 
 
-def from_result(result: Mapping[str, Any]) -> list[Node]:
-    """The nodes of porchd's `graph` reply."""
-    return [
-        Node(
-            name=str(node["name"]),
-            state=str(node.get("state", "")),
-            targets=tuple(node.get("targets", ())),
-            host=str(node.get("host", "local")),
-        )
-        for node in result.get("nodes", [])
-    ]
+class NodeJson(TypedDict):
+    """A node in `--format json` (and porchd's `graph` reply)."""
+
+    name: str
+    state: str
+    host: str
+    targets: list[str]
+
+
+EdgeJson = TypedDict("EdgeJson", {"from": str, "to": str})
+
+
+class GraphJson(TypedDict):
+    """The graph as `--format json` data (only real pipelines are nodes)."""
+
+    nodes: list[NodeJson]
+    edges: list[EdgeJson]
+
+
+def from_result(result: Mapping[str, object]) -> list[Node]:
+    """The nodes of porchd's `graph` reply; ValueError when it is not one."""
+    nodes = result.get("nodes", [])
+    if not isinstance(nodes, list):
+        raise ValueError("graph reply: `nodes` is not a list")
+    return [_node(node) for node in nodes]
+
+
+def _node(raw: object) -> Node:
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ValueError(f"graph reply: a node without a name: {str(raw)[:80]}")
+    targets = raw.get("targets", ())
+    return Node(
+        name=str(raw["name"]),
+        state=str(raw.get("state", "")),
+        targets=tuple(str(t) for t in targets) if isinstance(targets, list | tuple) else (),
+        host=str(raw.get("host", "local")),
+    )
 
 
 def state_class(state: str) -> str:
@@ -159,13 +185,13 @@ def _dot(real: Sequence[Node], missing: Sequence[Node]) -> str:
 # JSON
 
 
-def to_dict(nodes: Sequence[Node]) -> dict[str, Any]:
+def to_dict(nodes: Sequence[Node]) -> GraphJson:
     """The graph as `--format json` data (also the dashboard's /api/graph)."""
     _missing(nodes)  # the same duplicate check as every format
     return _data(nodes)
 
 
-def _data(real: Sequence[Node]) -> dict[str, Any]:
+def _data(real: Sequence[Node]) -> GraphJson:
     # Only real pipelines are nodes (so the JSON round-trips); an edge may point at a missing one.
     return {
         "nodes": [

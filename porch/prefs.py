@@ -14,9 +14,9 @@ import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from porch.errors import UsageError
 
@@ -62,6 +62,9 @@ class Prefs:
 
 
 KEYS = tuple(f.name for f in fields(Prefs))
+# A checked preference: what one field of Prefs holds. Unchecked ones (a flag's, a file's or a
+# variable's value) are `object` until their check (CHECKS) has read them.
+Value = tuple[str, ...] | int | float | str | bool | None
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ def parse_peer(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _names(value: Any, where: str) -> tuple[str, ...]:
+def _names(value: object, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
@@ -104,7 +107,7 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value)
 
 
-def _peers(value: Any, where: str) -> tuple[str, ...]:
+def _peers(value: object, where: str) -> tuple[str, ...]:
     peers = _names(value, where)
     for peer in peers:
         try:
@@ -114,7 +117,7 @@ def _peers(value: Any, where: str) -> tuple[str, ...]:
     return peers
 
 
-def _port(value: Any, where: str) -> int:
+def _port(value: object, where: str) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
@@ -122,20 +125,24 @@ def _port(value: Any, where: str) -> int:
     return value
 
 
-def _interval(value: Any, where: str) -> float:
+def _interval(value: object, where: str) -> float:
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = float(value)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not MIN_BEACON_INTERVAL_S <= value <= MAX_BEACON_INTERVAL_S:
-        raise PrefsError(
-            f"{where}: must be seconds between {MIN_BEACON_INTERVAL_S:g} and "
-            f"{MAX_BEACON_INTERVAL_S:g}, got {value!r}"
-        )
-    return float(value)
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and MIN_BEACON_INTERVAL_S <= value <= MAX_BEACON_INTERVAL_S
+    ):
+        return float(value)
+    raise PrefsError(
+        f"{where}: must be seconds between {MIN_BEACON_INTERVAL_S:g} and "
+        f"{MAX_BEACON_INTERVAL_S:g}, got {value!r}"
+    )
 
 
-def _path(value: Any, where: str) -> str | None:
+def _path(value: object, where: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -143,7 +150,7 @@ def _path(value: Any, where: str) -> str | None:
     return value
 
 
-def _flag(value: Any, where: str) -> bool:
+def _flag(value: object, where: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0",
                                                           "false", "no", "off"):  # fmt: skip
         return value.strip().lower() in ("1", "true", "yes", "on")
@@ -152,7 +159,7 @@ def _flag(value: Any, where: str) -> bool:
     return value
 
 
-CHECKS: dict[str, Callable[[Any, str], Any]] = {
+CHECKS: dict[str, Callable[[object, str], Value]] = {
     "interfaces": _names,
     "discovery_port": _port,
     "beacon_interval_s": _interval,
@@ -166,7 +173,7 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
 # ---- the layers --------------------------------------------------------------------------
 
 
-def read_file(path: Path) -> dict[str, Any]:
+def read_file(path: Path) -> dict[str, Value]:
     """The checked values of a prefs file; {} when it does not exist."""
     try:
         with path.open("rb") as file:
@@ -181,7 +188,7 @@ def read_file(path: Path) -> dict[str, Any]:
     return {key: CHECKS[key](value, f"{path}: {key}") for key, value in raw.items()}
 
 
-def read_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+def read_env(env: Mapping[str, str]) -> dict[str, tuple[Value, str]]:
     """The checked values set by PORCH_* variables, each with the variable's name."""
     found = {}
     for key, var in ENV.items():
@@ -191,27 +198,52 @@ def read_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
 
 
 def resolve(
-    flags: Mapping[str, Any] | None = None,
+    flags: Mapping[str, object] | None = None,
     env: Mapping[str, str] | None = None,
     path: Path | None = None,
 ) -> Effective:
     """Flags beat environment beats file beats defaults; flags that are None are not given."""
     env = os.environ if env is None else env
     path = prefs_path(env) if path is None else path
-    values: dict[str, Any] = {}
+    values: dict[str, Value] = {}
     sources = dict.fromkeys(KEYS, "default")
     for key, value in read_file(path).items():
         values[key], sources[key] = value, f"file {path}"
     for key, (value, var) in read_env(env).items():
         values[key], sources[key] = value, f"env {var}"
-    for key, value in (flags or {}).items():
-        if value is not None and value != ():
-            values[key] = CHECKS[key](value, FLAGS[key])
+    for key, given in (flags or {}).items():
+        if given is not None and given != ():
+            values[key] = CHECKS[key](given, FLAGS[key])
             sources[key] = f"flag {FLAGS[key]}"
-    return Effective(replace(Prefs(), **values), sources, path)
+    return Effective(_prefs(values), sources, path)
 
 
-def write_file(path: Path, updates: Mapping[str, Any]) -> dict[str, Any]:
+def _prefs(values: Mapping[str, Value]) -> Prefs:
+    """Prefs of checked values (each check in CHECKS returns its field's type)."""
+    default = Prefs()
+    key_file = values.get("key_file")
+    return Prefs(
+        interfaces=_checked(values, "interfaces", default.interfaces),
+        discovery_port=_checked(values, "discovery_port", default.discovery_port),
+        beacon_interval_s=_checked(values, "beacon_interval_s", default.beacon_interval_s),
+        peers=_checked(values, "peers", default.peers),
+        key_file=key_file if isinstance(key_file, str) else None,
+        insecure=_checked(values, "insecure", default.insecure),
+        broadcast=_checked(values, "broadcast", default.broadcast),
+    )
+
+
+T = TypeVar("T")
+
+
+def _checked(values: Mapping[str, Value], key: str, default: T) -> T:
+    value = values.get(key, default)
+    if not isinstance(value, type(default)):  # a check that returns another type: a bug here
+        raise TypeError(f"prefs: {key} is {value!r}, not a {type(default).__name__}")
+    return value
+
+
+def write_file(path: Path, updates: Mapping[str, object]) -> dict[str, Value]:
     """Set `updates` in the prefs file (checked first), keeping its other values."""
     values = read_file(path)
     for key, value in updates.items():
@@ -225,7 +257,7 @@ def write_file(path: Path, updates: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _toml(value: Any) -> str:
+def _toml(value: Value) -> str:
     """One flat TOML value; JSON strings are valid TOML basic strings."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -233,4 +265,6 @@ def _toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)
+    if value is None:
+        raise ValueError("a prefs file holds no empty values")
     return "[" + ", ".join(_toml(v) for v in value) + "]"
