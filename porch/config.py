@@ -13,10 +13,9 @@ import enum
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from porch.errors import ConfigError
 from porch.restart import RestartPolicy
@@ -303,7 +302,7 @@ class _Checker:
     def warn(self, fld: str, message: str) -> None:
         self.problems.append(Problem(self.file, fld, message, Severity.WARNING))
 
-    def read(self) -> dict[str, Any] | None:
+    def read(self) -> Mapping[str, object] | None:
         try:
             text = decode_text(self.path.read_bytes())
         except UnicodeError as exc:
@@ -325,7 +324,7 @@ class _Checker:
             return None
         return data
 
-    def check_keys(self, data: dict[str, Any]) -> bool:
+    def check_keys(self, data: Mapping[str, object]) -> bool:
         ok = True
         for key in data:
             if key not in _FIELDS:
@@ -353,11 +352,12 @@ class _Checker:
         if awkward:
             self.warn("name", awkward)
 
-    def check_scripts(self, raw: list[Any]) -> tuple[Path, ...]:
-        if not raw:
+    def check_scripts(self, raw: object) -> tuple[Path, ...]:
+        items = raw if isinstance(raw, list) else []  # check_keys said so if it is not
+        if not items:
             self.error("scripts", "must name at least one .py script")
         paths: list[Path] = []
-        for i, item in enumerate(raw):
+        for i, item in enumerate(items):
             fld = f"scripts[{i}]"
             if not isinstance(item, str) or not item.strip():
                 self.error(fld, f"must be a path to a .py file, got {json.dumps(item)}")
@@ -372,7 +372,7 @@ class _Checker:
                 self.error(fld, message)
         return tuple(paths)
 
-    def check_numbers(self, data: dict[str, Any]) -> None:
+    def check_numbers(self, data: Mapping[str, object]) -> None:
         self.check_range(data, "source_pipeline_count", 0, MAX_SOURCE_PIPELINE_COUNT)
         self.check_range(data, "queue_limit", 1, MAX_QUEUE_LIMIT)
         self.check_range(data, "concurrency", 1, MAX_CONCURRENCY)
@@ -390,7 +390,7 @@ class _Checker:
             if isinstance(value, str) and value not in allowed:
                 self.error(key, f"must be one of {', '.join(allowed)}, got {value!r}")
 
-    def check_range(self, data: dict[str, Any], key: str, low: float, high: float) -> None:
+    def check_range(self, data: Mapping[str, object], key: str, low: float, high: float) -> None:
         """A number field must lie in [low, high] (and be finite: JSON's NaN and Infinity)."""
         value = data.get(key)
         if value is None or isinstance(value, bool) or not isinstance(value, int | float):
@@ -399,7 +399,7 @@ class _Checker:
             self.error(key, f"must be from {_number(low)} to {_number(high)}, got {value!r}; "
                        f"set a value in that range or remove the key for the default")  # fmt: skip
 
-    def check_concurrency(self, data: dict[str, Any], scripts: tuple[Path, ...]) -> None:
+    def check_concurrency(self, data: Mapping[str, object], scripts: tuple[Path, ...]) -> None:
         """concurrency > 1 overlaps only async steps: without one it does nothing, say so."""
         value = data.get("concurrency", 1)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -411,9 +411,9 @@ class _Checker:
                       "sync steps run one at a time; make the step that waits on I/O async, "
                       "or remove the key")  # fmt: skip
 
-    def check_targets(self, raw: list[Any], own_name: str) -> tuple[str, ...]:
+    def check_targets(self, raw: object, own_name: str) -> tuple[str, ...]:
         names: list[str] = []
-        for i, item in enumerate(raw):
+        for i, item in enumerate(raw if isinstance(raw, list) else []):
             fld = f"target_pipeline_names[{i}]"
             if not isinstance(item, str):
                 self.error(fld, f"must be a pipeline name, got {json.dumps(item)}")
@@ -435,27 +435,54 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
     data = checker.read()
     if data is None or not checker.check_keys(data):
         return None, checker.problems
-    checker.check_name(data["name"])
+    name = str(data["name"])  # check_keys: a string
+    checker.check_name(name)
     scripts = checker.check_scripts(data["scripts"])
     checker.check_numbers(data)
-    targets = checker.check_targets(data.get("target_pipeline_names", []), data["name"])
+    targets = checker.check_targets(data.get("target_pipeline_names", []), name)
     checker.check_concurrency(data, scripts)
     if any(p.severity is Severity.ERROR for p in checker.problems):
         return None, checker.problems
+    checked = _Checked(data)  # every value has its type (check_keys) and range (check_numbers)
     config = PipelineConfig(
-        name=data["name"],
+        name=name,
         scripts=scripts,
-        source_pipeline_count=data.get("source_pipeline_count", 0),
+        source_pipeline_count=checked.whole("source_pipeline_count", 0),
         target_pipeline_names=targets,
-        queue_limit=data.get("queue_limit", DEFAULT_QUEUE_LIMIT),
-        queue_limit_bytes=data.get("queue_limit_bytes", DEFAULT_QUEUE_LIMIT_BYTES),
-        heartbeat_timeout_s=float(data.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S)),
-        finish_timeout_s=float(data.get("finish_timeout_s", DEFAULT_FINISH_TIMEOUT_S)),
-        concurrency=data.get("concurrency", 1),
-        **{key: data[key] for key in CHOICE_TYPES if key in data},  # __post_init__ makes members
+        queue_limit=checked.whole("queue_limit", DEFAULT_QUEUE_LIMIT),
+        queue_limit_bytes=checked.whole("queue_limit_bytes", DEFAULT_QUEUE_LIMIT_BYTES),
+        heartbeat_timeout_s=checked.seconds("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S),
+        finish_timeout_s=checked.seconds("finish_timeout_s", DEFAULT_FINISH_TIMEOUT_S),
+        concurrency=checked.whole("concurrency", 1),
+        serializer=SerializerName(checked.word("serializer", PipelineConfig.serializer)),
+        restart=RestartPolicy(checked.word("restart", PipelineConfig.restart)),
+        on_error=OnError(checked.word("on_error", PipelineConfig.on_error)),
+        fan_in=FanIn(checked.word("fan_in", PipelineConfig.fan_in)),
+        overflow=Overflow(checked.word("overflow", PipelineConfig.overflow)),
+        delivery=Delivery(checked.word("delivery", PipelineConfig.delivery)),
+        outbox=Outbox(checked.word("outbox", PipelineConfig.outbox)),
         path=Path(path).resolve(),
     )
     return config, checker.problems
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A config file's values once checked: each read as the type its check found."""
+
+    data: Mapping[str, object]
+
+    def whole(self, key: str, default: int) -> int:
+        value = self.data.get(key, default)
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self.data.get(key, default)
+        return float(value) if isinstance(value, int | float) else default
+
+    def word(self, key: str, default: enum.StrEnum) -> str:
+        value = self.data.get(key, default)
+        return value if isinstance(value, str) else default.value
 
 
 def load_config(path: str | Path) -> PipelineConfig:
