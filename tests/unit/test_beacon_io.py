@@ -119,3 +119,16 @@ def test_without_static_peers_nothing_is_remembered_of_sources() -> None:
     peers.heard("10.0.0.2", 1.0)
     peers.check(1000.0)
     assert peers.silent == set()
+
+
+def test_a_peer_on_another_beacon_version_is_refused_and_said_once() -> None:
+    """The version decision (README, Run on several hosts): refused, never guessed at."""
+    gate = BeaconGate(loopback_only=False, keys=None)
+    newer = b"PRCH\x02" + encode(BEACON)[5:]
+    with capture_logs() as events:
+        assert gate.admit(newer, "10.0.0.7") is None
+        assert gate.admit(newer, "10.0.0.7") is None
+
+    assert gate.rejected["malformed"] == 2
+    warned = [e for e in events if e["log_level"] == "warning"]
+    assert len(warned) == 1 and "unsupported beacon version 2" in warned[0]["detail"]
