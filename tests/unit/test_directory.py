@@ -18,6 +18,8 @@ from porch.directory import (
     decode_directory,
     encode_directory,
 )
+from porch.discovery import Beacon, encode
+from porch.discovery import decode as decode_beacon
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -91,3 +93,25 @@ def test_states_are_enums_equal_to_their_names() -> None:
     assert WorkerState.RUNNING == "running" and Withdrawn.WITHDRAWN == "withdrawn"
     with pytest.raises(ValueError):
         Entry("a", None, "withdrawn")  # type: ignore[arg-type]
+
+
+# What porch before the typed directory (311efa9) put on the wire for this beacon: hosts on
+# either side of the change must read each other, so the bytes stay these.
+BEACON_V1 = (
+    b'PRCH\x01\x00{"v":1,"daemon":"d1","origin":"o1","host":"10.0.0.1","hostname":"alpha",'
+    b'"sent_at":1234.5,"nonce":"n1","seq":9,"entries":[{"name":"pipeline_a","endpoint":'
+    b'"tcp://10.0.0.1:4000","state":"running","instance":7,"key":"00112233aabbccdd",'
+    b'"endpoints":["tcp://10.0.0.1:4000","tcp://10.1.0.1:4000"],"targets":["pipeline_b"]},'
+    b'{"name":"pipeline_b","endpoint":null,"state":"finished","final":true}]}'
+)
+
+
+def test_beacons_keep_their_bytes_across_the_typed_entries() -> None:
+    first = Entry("pipeline_a", "tcp://10.0.0.1:4000", WorkerState.RUNNING, 7,
+                  key="00112233aabbccdd", endpoints=("tcp://10.0.0.1:4000", "tcp://10.1.0.1:4000"),
+                  targets=("pipeline_b",))  # fmt: skip
+    second = Entry("pipeline_b", None, WorkerState.FINISHED, final=True)
+    beacon = Beacon("d1", "o1", "10.0.0.1", "alpha", 1234.5, "n1", 9, (first, second))
+
+    assert encode(beacon) == BEACON_V1
+    assert decode_beacon(BEACON_V1).entries == (first, second)
