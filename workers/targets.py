@@ -1,5 +1,6 @@
-"""What a worker says of its targets: each output link's state for status, and the warnings
-about targets that keep the pipeline from making progress.
+"""A worker's targets: where the directory says they are (each output link connected,
+withdrawn, retired or marked down), each link's state for status, and the warnings about
+targets that keep the pipeline from making progress.
 
 A target the directory has not shown a few seconds after the start is reported missing (a
 misspelled name blocks silently once queue_limit values are held), with what is held for it
@@ -15,13 +16,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypedDict
 
 from porch import logs
+from porch.control import WorkerState
+from porch.directory import DirectoryEntry, DirectoryError, Withdrawn, decode_directory
 from porch.health import LinkState
+from porch.wire import decode_ack
 from workers.links import OutputLink
 
 log = logs.get("porch.worker")
 
 MISSING_TARGET_S = 3.0  # a target the directory has not shown by then is reported missing
 STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
+ACK_GRACE_MS = 200  # how long a finished target's final ack may still be on its way
+DOWN_STATES = frozenset(
+    {WorkerState.STOPPING, WorkerState.STOPPED, WorkerState.FAILED, WorkerState.BACKOFF}
+)
+# a target in these states is coming back
+RESTARTING_STATES = frozenset({WorkerState.BACKOFF, WorkerState.STARTING})
 
 
 class LinkStatus(TypedDict):
@@ -121,3 +131,70 @@ class TargetWatch:
             if link.withdrawn_since is not None and not link.gone
         ]
         return parts
+
+
+class TargetDirectory:
+    """What the last directory said of every pipeline, applied to our output links: connect to
+    a target's endpoint, hold the output of one withdrawn by discovery, retire a finished one,
+    mark one that is down for good or restarting."""
+
+    def __init__(self, pipeline: str, outputs: Sequence[OutputLink]) -> None:
+        self.pipeline = pipeline
+        self.outputs = outputs
+        self.known: dict[str, str] = {}  # every other pipeline the directory lists: its state
+        self._names: tuple[str, ...] = ()  # every pipeline's name (sent when they change)
+
+    def read(self, message: Mapping[str, object]) -> Mapping[str, DirectoryEntry] | None:
+        """Take one DIRECTORY message: its entries, or None (said) when it cannot be read."""
+        try:
+            directory = decode_directory(message)
+        except DirectoryError as exc:
+            log.error("bad_directory", pipeline=self.pipeline, reason=str(exc))
+            return None
+        if directory.malformed:
+            log.warning("bad_directory_entry", pipeline=self.pipeline,
+                        entries=list(directory.malformed[:10]))  # fmt: skip
+        if directory.names is not None:
+            self._names = directory.names
+        pipelines = directory.pipelines
+        self.known = dict.fromkeys(self._names, "?")
+        self.known.update({name: e.state.value for name, e in pipelines.items()})
+        self.known.pop(self.pipeline, None)
+        return pipelines
+
+    def apply(self, pipelines: Mapping[str, DirectoryEntry]) -> None:
+        """Point each output link where the directory says its target is."""
+        for link in self.outputs:
+            entry = pipelines.get(link.target)
+            if entry is None:
+                continue
+            state = entry.state
+            if state is WorkerState.FINISHED:  # its stream is over; stopped or failed may return
+                self.retire(link)
+                continue
+            if state is Withdrawn.WITHDRAWN:  # its host fell silent: hold the output till back
+                link.withdraw(entry.since if entry.since is not None else time.time())
+                continue
+            if entry.endpoint is not None:
+                link.connect(
+                    entry.endpoint,
+                    entry.instance,
+                    entry.key,
+                    force=link.withdrawn_since is not None,  # rediscovered: don't wait on TCP
+                )
+            link.down = state in DOWN_STATES and state not in RESTARTING_STATES
+            link.restarting = state in RESTARTING_STATES
+
+    def retire(self, link: OutputLink) -> None:
+        """The target finished: take its last acks, then drop (and say) what it never took."""
+        if link.gone:
+            return
+        # the target's last ack (TCP) can arrive after the directory's "finished" (IPC)
+        link.read_acks(decode_ack)
+        if link.socket is not None and link.data_held() and link.socket.poll(ACK_GRACE_MS):
+            link.read_acks(decode_ack)
+        held = link.data_held()
+        if held:
+            log.warning("target_finished", pipeline=self.pipeline, target=link.target,
+                        dropped=held)  # fmt: skip
+        link.retire()

@@ -21,7 +21,6 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from porch.control import (
     MessageType,
     WorkerState,
 )
-from porch.directory import DirectoryEntry, DirectoryError, Withdrawn, decode_directory
 from porch.errors import PorchError, ScriptError
 from porch.localsock import LocalUnavailable, socket_name, socket_path
 from porch.security import LinkSecurity
@@ -51,9 +49,9 @@ from workers.host import ScriptHost
 from workers.inbox import Inbox, Undecodable
 from workers.links import LinkSettings, OutputLink
 from workers.outbox import DurableOutbox
-from workers.scheduler import TooManySources
-from workers.signals import DRAIN_TIMEOUT_S, StopSignals
-from workers.targets import STALL_WARNING_S, TargetWatch, link_status
+from workers.signals import StopSignals
+from workers.sources import SourceWatch
+from workers.targets import STALL_WARNING_S, TargetDirectory, TargetWatch, link_status
 
 log = logs.get("porch.worker")
 
@@ -63,12 +61,6 @@ POLL_MS = 1000  # idle wake-ups (signals, messages and acks wake the loop at onc
 TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
 STEP_SAMPLE_EVERY = 8  # time one step() in 8: timing every one costs ~9% of a fast loop
 FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
-DOWN_STATES = frozenset(
-    {WorkerState.STOPPING, WorkerState.STOPPED, WorkerState.FAILED, WorkerState.BACKOFF}
-)
-# a target in these states is coming back
-RESTARTING_STATES = frozenset({WorkerState.BACKOFF, WorkerState.STARTING})
-ACK_GRACE_MS = 200  # how long a finished target's final ack may still be on its way
 POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
 
 
@@ -99,12 +91,6 @@ def link_settings(config: PipelineConfig) -> LinkSettings:
         drop_oldest=config.overflow is Overflow.DROP_OLDEST,
         acked=config.delivery is Delivery.AT_LEAST_ONCE,
     )
-
-
-def named_sources(pipelines: Mapping[str, DirectoryEntry], me: str) -> list[str]:
-    """The pipelines of a directory that name `me` among their targets (local entries list
-    their targets; a worker knows only how many sources it has, not which)."""
-    return [name for name, entry in pipelines.items() if me in entry.targets]
 
 
 class Worker:
@@ -159,13 +145,10 @@ class Worker:
             link.stream = self._stream
         self.stops = StopSignals(config.name, options.stop_budget_s)
         self.ended = False
-        # sources the directory calls finished: name -> (when to treat it as ended, seq seen)
-        self._finished_sources: dict[str, tuple[float, int]] = {}
-        self._known: dict[str, str] = {}  # every pipeline the last directory listed: its state
-        self._names: list[str] | None = None  # every pipeline's name (the directory holds ours)
-        self._named_sources: list[str] = []  # local pipelines that name us as a target
-        # sources that failed or were stopped for good: name -> state (said once, in status)
-        self._down_sources: dict[str, WorkerState] = {}
+        self.directory = TargetDirectory(config.name, self.outputs)
+        self.sources = (
+            SourceWatch(config.name, self.inbox, self.stops) if self.inbox is not None else None
+        )
         self.targets = TargetWatch(config.name, self.outputs, time.monotonic())
         self._next_tick = 0.0
         self._last_flush = 0.0
@@ -240,124 +223,22 @@ class Worker:
         self.stops.request(reason)
 
     def _on_control(self) -> None:
+        """Take what the supervisor sent: a stop, or a directory (for our targets and sources)."""
         for kind, message in self.control.receive():
             if kind is MessageType.STOP:
                 self.request_stop("supervisor")
             elif kind is MessageType.DIRECTORY:
-                try:
-                    directory = decode_directory(message)
-                except DirectoryError as exc:
-                    log.error("bad_directory", pipeline=self.name, reason=str(exc))
-                    continue
-                if directory.malformed:
-                    log.warning("bad_directory_entry", pipeline=self.name,
-                                entries=list(directory.malformed[:10]))  # fmt: skip
-                if directory.names is not None:  # every pipeline's name, when they changed
-                    self._names = list(directory.names)
-                pipelines = directory.pipelines
-                self._known = dict.fromkeys(self._names or (), "?")
-                self._known.update({name: e.state.value for name, e in pipelines.items()})
-                self._known.pop(self.name, None)
-                self._apply_directory(pipelines)
-                self._note_finished_sources(pipelines)
-
-    def _apply_directory(self, pipelines: Mapping[str, DirectoryEntry]) -> None:
-        for link in self.outputs:
-            entry = pipelines.get(link.target)
-            if entry is None:
-                continue
-            state = entry.state
-            if state is WorkerState.FINISHED:  # its stream is over; stopped or failed may return
-                self._retire(link)
-                continue
-            if state is Withdrawn.WITHDRAWN:  # its host fell silent: hold the output till back
-                link.withdraw(entry.since if entry.since is not None else time.time())
-                continue
-            if entry.endpoint is not None:
-                link.connect(
-                    entry.endpoint,
-                    entry.instance,
-                    entry.key,
-                    force=link.withdrawn_since is not None,  # rediscovered: don't wait on TCP
-                )
-            link.down = state in DOWN_STATES and state not in RESTARTING_STATES
-            link.restarting = state in RESTARTING_STATES
-
-    def _retire(self, link: OutputLink) -> None:
-        if link.gone:
-            return
-        # the target's last ack (TCP) can arrive after the directory's "finished" (IPC)
-        link.read_acks(decode_ack)
-        if link.socket is not None and link.data_held() and link.socket.poll(ACK_GRACE_MS):
-            link.read_acks(decode_ack)
-        held = link.data_held()
-        if held:
-            log.warning("target_finished", pipeline=self.name, target=link.target, dropped=held)
-        link.retire()
-
-    def _note_finished_sources(self, pipelines: Mapping[str, DirectoryEntry]) -> None:
-        """A source the directory calls finished ends its stream here too, after a grace period
-        for its last messages (its EOS may have been lost if it never had our acks).
-
-        Local entries name their targets, so a source that ended for good before it ever
-        connected (os._exit, or it finished before this worker was restarted) is known by name:
-        it counts as connected, and its stream ends after the same grace period."""
-        inbox = self.inbox
-        if inbox is None:
-            return
-        fanin = inbox.fanin
-        ours = self._named_sources = named_sources(pipelines, self.name)
-        for name in dict.fromkeys([*fanin.sources, *ours]):
-            entry = pipelines.get(name)
-            if entry is None:
-                continue
-            state, final = entry.state, entry.final
-            if final and (state is WorkerState.FAILED or state is WorkerState.STOPPED):
-                if self._down_sources.get(name) != state and not self.stopping:
-                    self._down_sources[name] = state  # not silent: say whom we wait for
-                    say = log.warning if state is WorkerState.FAILED else log.info
-                    say(f"source_{state.value}", pipeline=self.name, source=name,
-                        hint=f"waiting for it; porchctl start {name}")  # fmt: skip
-            else:
-                self._down_sources.pop(name, None)
-            if state is not WorkerState.FINISHED:
-                continue
-            if name not in fanin:
-                if not final:
-                    continue
-                try:
-                    fanin.connect(name)
-                except TooManySources:
-                    continue  # more pipelines target us than we expect: validate says so
-                log.info("source_already_finished", pipeline=self.name, source=name)
-            self._finished_sources.setdefault(name, (0.0, -1))
-
-    def _end_overdue_sources(self) -> None:
-        if self.inbox is None:
-            return
-        now = time.monotonic()
-        for name, (due, seen) in list(self._finished_sources.items()):
-            source = self.inbox.sources.get(name)
-            received = source.received if source is not None else 0
-            if received != seen:  # still arriving: its last messages are in flight
-                self._finished_sources[name] = (now + DRAIN_TIMEOUT_S, received)
-            elif now >= due:
-                del self._finished_sources[name]
-                if self.inbox.fanin.has_ended(name):
-                    continue
-                if source is None:  # it ended before this instance of ours started
-                    log.info("source_ended_earlier", pipeline=self.name, source=name)
-                else:
-                    log.warning("source_finished_without_eos", pipeline=self.name, source=name)
-                self.inbox.fanin.end(name)
+                pipelines = self.directory.read(message)
+                if pipelines is not None:
+                    self.directory.apply(pipelines)
+                    if self.sources is not None:
+                        self.sources.note(pipelines)
 
     def _warnings(self) -> str:
         """What keeps this pipeline from making progress, for `porchctl status`."""
         parts = self.targets.warnings()
-        parts += [
-            f"source {name!r} {state.value}; waiting for it"
-            for name, state in sorted(self._down_sources.items())
-        ]
+        if self.sources is not None:
+            parts += self.sources.warnings()
         return "; ".join(parts)
 
     def _report_state(self, state: WorkerState, error: str = "") -> None:
@@ -380,8 +261,9 @@ class Worker:
             link.check_events(self.name)
         if self.inbox is not None:
             self.inbox.link.check_events(self.name)
-        self._end_overdue_sources()
-        self.targets.check(now, self._known)
+        if self.sources is not None:
+            self.sources.end_overdue()
+        self.targets.check(now, self.directory.known)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
             self._heartbeat()
@@ -504,26 +386,11 @@ class Worker:
 
     def _wait_for_sources(self) -> bool:
         """Wait until every source said hello; False when a stop came first."""
-        inbox = self.inbox
-        if inbox is None or inbox.fanin.all_connected():
+        sources = self.sources
+        if sources is None or sources.inbox.fanin.all_connected():
             return True
         self._report_state(WorkerState.WAITING_FOR_SOURCES)
-        log.info("waiting_for_sources", pipeline=self.name,
-                 expected=self.config.source_pipeline_count)  # fmt: skip
-        next_warning = time.monotonic() + STALL_WARNING_S
-        while not inbox.fanin.all_connected():
-            if self.stopping:
-                return False
-            if inbox.fanin.exhausted():
-                break  # a source ended for good before the others came: no input set can form
-            self._wait(POLL_MS)
-            if time.monotonic() > next_warning:
-                next_warning += STALL_WARNING_S
-                absent = [n for n in self._named_sources if n not in inbox.fanin]
-                log.warning("still_waiting_for_sources", pipeline=self.name,
-                            expected=self.config.source_pipeline_count,
-                            connected=inbox.fanin.sources, not_connected=absent)  # fmt: skip
-        return True
+        return sources.wait_for_all(self._wait, self.config.source_pipeline_count)
 
     def _iterate(self, inputs: Any, origin: Origin = ()) -> None:
         self._step_sample = sample = (self._step_sample + 1) % STEP_SAMPLE_EVERY

@@ -15,6 +15,7 @@ from workers.links import LinkSettings, OutputLink
 from workers.targets import (
     MISSING_TARGET_S,
     STALL_WARNING_S,
+    TargetDirectory,
     TargetWatch,
     link_state,
     link_status,
@@ -135,3 +136,111 @@ def test_an_unreachable_target_is_in_the_warning_with_since_when() -> None:
     watch = TargetWatch("src", links(cut, done), 0.0, localtime=time.gmtime)
 
     assert watch.warnings() == ["target 'far' unreachable since 01:00:00; 7 held"]
+
+
+@dataclass
+class RoutedLink:
+    """A fake output link that records what the directory made of it."""
+
+    target: str
+    held: int = 0
+    socket: Any = None
+    gone: bool = False
+    down: bool = False
+    restarting: bool = False
+    withdrawn_since: float | None = None
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    acks_later: int = 0  # acknowledged by an ack read after a poll
+
+    def data_held(self) -> int:
+        return self.held
+
+    def connect(self, endpoint: str, instance: int | None, key: str | None, force: bool) -> None:
+        self.calls.append(("connect", endpoint, instance, key, force))
+        self.socket = self
+        self.withdrawn_since = None
+
+    def withdraw(self, since: float) -> None:
+        self.calls.append(("withdraw", since))
+        self.withdrawn_since = since
+
+    def read_acks(self, decode: Any) -> None:
+        self.calls.append(("read_acks",))
+
+    def poll(self, timeout_ms: int) -> int:  # the socket's: the final ack is on its way
+        self.held -= self.acks_later
+        return 1
+
+    def retire(self) -> None:
+        self.calls.append(("retire", self.held))
+        self.gone = True
+
+
+def routed(*fakes: RoutedLink) -> TargetDirectory:
+    return TargetDirectory("src", cast(list[OutputLink], list(fakes)))
+
+
+def read(targets: TargetDirectory, **entries: dict[str, object]) -> None:
+    pipelines = targets.read({"v": 1, "pipelines": entries})
+    assert pipelines is not None
+    targets.apply(pipelines)
+
+
+def test_each_link_goes_where_the_directory_says_its_target_is() -> None:
+    up, coming, down = RoutedLink("up"), RoutedLink("coming"), RoutedLink("down")
+    targets = routed(up, coming, down, RoutedLink("unlisted"))
+    read(targets,
+         up={"state": "running", "endpoint": "tcp://h:1", "instance": 7, "key": "k1"},
+         coming={"state": "backoff"},
+         down={"state": "failed", "endpoint": "tcp://h:3", "final": True})  # fmt: skip
+
+    assert up.calls == [("connect", "tcp://h:1", 7, "k1", False)]
+    assert not up.down and not up.restarting
+    assert coming.calls == [] and coming.restarting and not coming.down
+    assert down.down and not down.restarting
+    assert targets.known == {"up": "running", "coming": "backoff", "down": "failed"}
+
+
+def test_a_withdrawn_target_holds_the_output_and_a_rediscovery_reconnects_at_once() -> None:
+    far = RoutedLink("far")
+    targets = routed(far)
+    read(targets, far={"state": "withdrawn", "since": 1234.5})
+    read(targets, far={"state": "running", "endpoint": "tcp://h:9"})
+
+    assert far.calls == [("withdraw", 1234.5), ("connect", "tcp://h:9", None, None, True)]
+
+
+def test_a_finished_target_gets_a_moment_for_its_last_ack_then_is_retired() -> None:
+    acked, lost = RoutedLink("acked", held=2, acks_later=2), RoutedLink("lost", held=3)
+    acked.socket, lost.socket = acked, lost
+    targets = routed(acked, lost)
+    with capture_logs() as logs:
+        read(targets, acked={"state": "finished"}, lost={"state": "finished"})
+        read(targets, acked={"state": "finished"})  # retired once
+
+    assert acked.calls == [("read_acks",), ("read_acks",), ("retire", 0)]
+    assert lost.calls[-1] == ("retire", 3)
+    assert [(e["event"], e["target"], e["dropped"]) for e in logs] == [
+        ("target_finished", "lost", 3)
+    ]
+
+
+def test_every_name_the_directory_sent_is_known_but_ours() -> None:
+    targets = routed()
+    pipelines = targets.read({"pipelines": {"src": {"state": "running"}}, "names": ["a", "src"]})
+    assert pipelines is not None and targets.known == {"a": "?"}
+    targets.read({"pipelines": {"a": {"state": "running"}}})  # names are sent when they change
+    assert targets.known == {"a": "running"}
+
+
+def test_a_directory_of_another_version_is_refused_loudly_and_changes_nothing() -> None:
+    link = RoutedLink("t")
+    targets = routed(link)
+    with capture_logs() as logs:
+        assert targets.read({"v": 99, "pipelines": {"t": {"state": "running"}}}) is None
+        read(targets, t={"state": "running"}, bad="not an entry")
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("bad_directory", "error"),
+        ("bad_directory_entry", "warning"),
+    ]
+    assert logs[1]["entries"] == ["bad"]
