@@ -7,14 +7,15 @@ import select
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from structlog.testing import capture_logs
 
 from porch.broker import SILENT_INTERVALS, Broker, KeySource, NetworkPlan, open_socket
-from porch.discovery import Entry
+from porch.discovery import Beacon, Entry, encode
 from porch.errors import UsageError
-from porch.security import KeyRing, new_key
+from porch.security import KeyRing, new_key, sign
 from tests.conftest import free_udp_port
 
 pytestmark = pytest.mark.timeout(30)
@@ -115,3 +116,25 @@ def test_insecure_on_loopback_is_loud_too(brokers: list[Broker]) -> None:
         brokers.append(Broker(plain, "o", list, lambda: None))
     warned = [e for e in events if e["event"] == "insecure_network"]
     assert warned and "other local users" in warned[0]["detail"]
+
+
+def test_a_newcomer_is_answered_at_once_and_a_full_table_refuses_counted(
+    brokers: list[Broker],
+) -> None:
+    """The Broker's parts wired together: gate, view, sender's schedule, counters."""
+    network = replace(keyed_plan(free_udp_port(), free_udp_port()), interval_s=1.0)
+    broker = Broker(network, "o1", list, lambda: None)
+    brokers.append(broker)
+    broker.send(time.monotonic())  # the next beacon is an interval (1 s) away now
+    due_s = broker.sender.next_s
+    other = Beacon("d2", "o2", "127.0.0.1", "beta", time.time(), "n1", 1,
+                   (Entry("pipeline_b", "tcp://127.0.0.1:4000", "running"),))  # fmt: skip
+
+    assert broker._take(sign(encode(other), RING), "127.0.0.1")
+    assert broker.sender.next_s < due_s  # a newcomer learns about us at once
+    assert broker.counters["received"] == 1 and [r.name for r in broker.remotes()] == ["pipeline_b"]
+
+    broker.table.max_peers = 1
+    third = replace(other, daemon_id="d3", origin="o3", nonce="n2")
+    assert not broker._take(sign(encode(third), RING), "127.0.0.1")
+    assert broker.counters["rejected"] == 1 and broker.status()["rejected"]["table_full"] == 1
