@@ -17,6 +17,7 @@ from dataclasses import replace
 from porch import logs
 from porch.discovery import Beacon, DiscoveryError, decode, encode_parts
 from porch.errors import UsageError
+from porch.security import REJECT_REASONS as VERIFY_REASONS
 from porch.security import BeaconRejected, BeaconVerifier, KeyRing, sign
 
 log = logs.get("porch.discovery")
@@ -28,8 +29,9 @@ RECV_BUDGET_S = 0.02
 PEER_RESOLVE_S = 30.0
 MAX_WARNED = 256  # (source, reason) pairs a broker warns about once each
 SILENT_INTERVALS = 5  # a static peer not heard for this many beacon intervals is reported
-REJECT_REASONS = ("not_loopback", "malformed", "unsigned", "bad_signature", "unknown_key",
-                  "stale", "replayed", "table_full")  # fmt: skip
+# why a datagram is dropped (status counts each): the gate's own reasons, the verifier's
+# (porch/security.py), and the table's bounds
+REJECT_REASONS = ("not_loopback", "malformed", *VERIFY_REASONS, "table_full")
 QUIET_REASONS = ("not_loopback", "replayed")  # rejected without a warning: normal, or a flood
 
 
