@@ -6,7 +6,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any, TypeVar
 
 import click
@@ -58,11 +58,10 @@ def log_options(verbose: bool = True) -> Callable[[F], F]:
     """--debug (and -v/--verbose) after a subcommand too: `porch run -v` as `porch -v run`."""
 
     def decorate(fn: F) -> F:
-        flag: dict[str, Any] = {"is_flag": True, "expose_value": False, "callback": _on_log_flag}
-        fn = click.option("--debug", help="Debug logs and tracebacks of Porch's own errors.",
-                          **flag)(fn)  # fmt: skip
+        flag = partial(click.option, is_flag=True, expose_value=False, callback=_on_log_flag)
+        fn = flag("--debug", help="Debug logs and tracebacks of Porch's own errors.")(fn)
         if verbose:
-            fn = click.option("-v", "--verbose", help="Info logs (lifecycle events).", **flag)(fn)
+            fn = flag("-v", "--verbose", help="Info logs (lifecycle events).")(fn)
         return fn
 
     return decorate

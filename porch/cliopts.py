@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from porch.prefs import KEYS, Effective, resolve
+
+if TYPE_CHECKING:
+    from porch.broker import NetworkPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,12 +48,12 @@ def network_options(fn: F) -> F:
     return fn
 
 
-def network_prefs(options: dict[str, Any]) -> Effective:
+def network_prefs(options: Mapping[str, object]) -> Effective:
     """Preferences with these flags on top of environment, file and defaults."""
     return resolve({key: options.get(key) for key in KEYS})
 
 
-def network_plan(options: dict[str, Any]) -> Any:
+def network_plan(options: Mapping[str, object]) -> NetworkPlan:
     """Where to bind and beacon (a broker.NetworkPlan); UsageError when it is not allowed."""
     from porch.broker import plan  # psutil and sockets are only needed here
 

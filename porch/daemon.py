@@ -42,8 +42,9 @@ from porch.porchd_protocol import (
 )
 from porch.rates import RateMeter
 from porch.status import DaemonStatus, Snapshot, StatusReport
-from porch.supervisor import FailureMode, Supervisor, WorkerHandle, fingerprint
+from porch.supervisor import FailureMode, Supervisor
 from porch.web import TOKEN_FILE, DashboardServer, HttpPlan
+from porch.worker_handle import WorkerHandle, fingerprint
 
 log = logs.get("porch.daemon")
 
@@ -237,12 +238,12 @@ class Daemon:
         self._next_snapshot_s = now + SNAPSHOT_INTERVAL_S
         for handle in self.supervisor.workers.values():
             # timed by the heartbeat's arrival, not by this sampling, so rates don't jitter
-            at_s = handle.health_at_s if handle.health_at_s is not None else now
-            self.rates.add(at_s, handle.name, handle.health.counters())
+            at_s = handle.health.at_s if handle.health.at_s is not None else now
+            self.rates.add(at_s, handle.name, handle.health.report.counters())
         self.rates.forget(self.supervisor.workers)
         if self.web is not None:
-            steps = {h.name: h.health.step_seconds for h in self.supervisor.workers.values()
-                     if h.health.step_seconds is not None}  # fmt: skip
+            reports = [(h.name, h.health.report) for h in self.supervisor.workers.values()]
+            steps = {n: r.step_seconds for n, r in reports if r.step_seconds is not None}
             graph = to_dict(self._nodes())
             self.snapshot = Snapshot(self.status_report(), graph, steps)
 

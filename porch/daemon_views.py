@@ -12,7 +12,7 @@ from porch.discovery import Remote
 from porch.graph import Node
 from porch.rates import RateMeter
 from porch.status import PipelineStatus, RemoteStatus
-from porch.supervisor import WorkerHandle
+from porch.worker_handle import WorkerHandle
 
 RATE_COUNTERS = ("msgs_in", "msgs_out")
 

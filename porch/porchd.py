@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,6 +12,9 @@ from porch import __version__, logs
 from porch.clierrors import log_options, seconds_between
 from porch.cliopts import MAX_STOP_TIMEOUT_S, network_options, network_plan, network_prefs
 from porch.errors import ConfigError, PorchError
+
+if TYPE_CHECKING:
+    from porch.web import HttpPlan
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -160,7 +163,9 @@ def unit(configs: Sequence[str], user: str | None, bin_dir: str | None) -> None:
     click.echo(systemd.unit_text(folder, absolute, user), nl=False)
 
 
-def _http_plan(address: str | None, token: str | None, net: dict[str, Any]) -> Any:
+def _http_plan(
+    address: str | None, token: str | None, net: Mapping[str, object]
+) -> HttpPlan | None:
     """The dashboard's address and token (a web.HttpPlan), or None without --http."""
     if address is None:
         return None

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from porch.supervisor import Supervisor, WorkerHandle
+from porch.supervisor import Supervisor
+from porch.worker_handle import WorkerHandle
 
 REDRAW_S = 0.25
 MIN_ROWS = 6  # a smaller terminal gets no footer
@@ -47,7 +48,7 @@ class Row:
 def row_of(handle: WorkerHandle, now: float, reported: bool = False) -> Row:
     """A pipeline's figures from the supervisor's view of it; `reported`: its failure was
     already printed (`porch: pipeline NAME failed: ...`), so the row does not repeat it."""
-    health = handle.health
+    health = handle.health.report
     end = handle.exited_s if handle.exited_s is not None else now
     counts = [(health.counter(key), what) for key, what in TROUBLE_COUNTERS]
     return Row(
@@ -55,7 +56,7 @@ def row_of(handle: WorkerHandle, now: float, reported: bool = False) -> Row:
         state=handle.state.value,
         items=health.iterations,
         elapsed_s=max(0.0, end - handle.started_s) if handle.started_s else 0.0,
-        rate_per_s=handle.rate_per_s if handle.alive else 0.0,
+        rate_per_s=handle.health.rate_per_s if handle.alive else 0.0,
         error=handle.last_error.splitlines()[0] if handle.last_error and not reported else "",
         warning=health.warning,
         problems=", ".join(f"{n} {what}" for n, what in counts if n),

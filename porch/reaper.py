@@ -171,6 +171,11 @@ class Watchdog:
             start_new_session=True,  # a Ctrl+C meant for porch run must not reach it
         )  # fmt: skip
 
+    @property
+    def pid(self) -> int:
+        """The watchdog process's pid."""
+        return self.process.pid
+
     def watch(self, pid: int) -> None:
         """Kill worker `pid`'s tree if the supervisor dies and it outlives the grace period."""
         self._send(f"{pid}\n".encode())

@@ -16,7 +16,7 @@ from porch.health import COUNTERS
 from porch.status import PipelineStatus, TargetStatus
 
 if TYPE_CHECKING:
-    from porch.supervisor import WorkerHandle
+    from porch.worker_handle import WorkerHandle
 
 
 class UsageSampler:
@@ -51,7 +51,7 @@ def status_of(handle: WorkerHandle, now: float, usage: UsageSampler) -> Pipeline
     """What `porchctl status` shows of one pipeline at `now` (monotonic s)."""
     pid = handle.pid
     cpu, rss = usage.sample(pid)
-    health = handle.health
+    health = handle.health.report
     alive = handle.alive
     error = handle.last_error
     return PipelineStatus(
@@ -59,18 +59,18 @@ def status_of(handle: WorkerHandle, now: float, usage: UsageSampler) -> Pipeline
         state=handle.state.value,
         pid=pid,
         uptime_s=round(now - handle.started_s, 1) if alive else None,
-        counts={key: handle.totals.get(key, 0) + health.counter(key) for key in COUNTERS},
+        counts={key: handle.health.total(key) for key in COUNTERS},
         queue_depth=health.queue_depth,
         targets=tuple(TargetStatus.decode(t) for t in health.targets) if alive else (),
-        rate_per_s=round(handle.rate_per_s, 1) if alive else 0.0,
+        rate_per_s=round(handle.health.rate_per_s, 1) if alive else 0.0,
         cpu_percent=cpu,
         rss_bytes=rss,
-        restarts=handle.tracker.restarts,
+        restarts=handle.restart.tracker.restarts,
         last_error=error.splitlines()[0] if error else "",
         last_error_age_s=None if handle.error_s is None else round(now - handle.error_s, 1),
         error_current=handle.error_current,
         warning=health.warning if alive else "",
-        restart_policy=handle.tracker.policy.value,
+        restart_policy=handle.restart.tracker.policy.value,
         config=str(handle.config.path),
     )
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import types
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ class PipelineResult:
     end_errors: list[ScriptError] = field(default_factory=list)  # end() hooks that raised
     stopped: bool = False  # the stream ended itself: porch.Stop, porch.stop() or sys.exit(0)
     unprocessed: int = 0  # inputs left when the stream ended
-    modules: dict[str, Any] = field(default_factory=dict)  # script file stem -> its module
+    modules: dict[str, types.ModuleType] = field(default_factory=dict)  # file stem -> module
 
     @property
     def lines(self) -> list[str]:

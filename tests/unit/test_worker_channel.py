@@ -1,0 +1,166 @@
+"""The worker channel and directory publishing (porch/worker_channel.py) in-process: a real
+ROUTER on an inproc:// socket with DEALERs standing in for workers; fake processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from structlog.testing import capture_logs
+
+from porch.config import PipelineConfig
+from porch.control import MessageType, WorkerState, decode, encode
+from porch.directory import decode_directory
+from porch.health import HealthReport
+from porch.restart import RestartPolicy, RestartTracker
+from porch.worker_channel import DirectoryPublisher, WorkerChannel, apply_report, local_entries
+from porch.worker_handle import RestartBook, WorkerHandle
+
+pytestmark = pytest.mark.timeout(30)
+RECV_TIMEOUT_MS = 2000
+
+
+class FakePopen:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.stdout = self.stderr = None
+
+    def poll(self) -> int | None:
+        return None
+
+
+def handle(name: str, targets: tuple[str, ...] = (), pid: int = 1) -> WorkerHandle:
+    config = PipelineConfig(name=name, scripts=(), target_pipeline_names=targets,
+                            path=Path(f"/c/{name}.json"))  # fmt: skip
+    h = WorkerHandle(config, RestartBook(RestartTracker(RestartPolicy.NEVER)))
+    h.started(FakePopen(pid), 0.0)  # type: ignore[arg-type]
+    return h
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def worker(ctx: zmq.Context[zmq.Socket[bytes]], name: str) -> zmq.Socket[bytes]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, name.encode())
+    sock.connect("inproc://workers")
+    return sock
+
+
+def test_reports_of_known_alive_workers_are_read_and_garbage_is_skipped(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    channel = WorkerChannel(ctx, "inproc://workers")
+    p = handle("p")
+    a, stranger = worker(ctx, "p"), worker(ctx, "nobody")
+    stranger.send(encode(MessageType.HELLO, endpoint="tcp://x:1"))
+    a.send(b"not json")
+    a.send(encode(MessageType.HELLO, endpoint="tcp://127.0.0.1:5000", instance=7))
+    assert channel.socket.poll(RECV_TIMEOUT_MS)
+    with capture_logs() as logs:
+        reports = []
+        while len(reports) < 1:
+            channel.socket.poll(RECV_TIMEOUT_MS)
+            reports += list(channel.receive({"p": p}.get))
+    assert [(h.name, kind) for h, kind, _ in reports] == [("p", MessageType.HELLO)]
+    assert any(e["event"] == "bad_control_message" for e in logs)
+    channel.send("p", encode(MessageType.STOP))
+    assert a.poll(RECV_TIMEOUT_MS) and decode(a.recv())[0] is MessageType.STOP
+    channel.close()
+
+
+def test_a_hello_a_state_and_health_update_the_handle() -> None:
+    p = handle("p")
+    hello = {"endpoint": "tcp://h:1", "endpoints": ["tcp://h:1", 3], "instance": 7, "key": "k2"}
+    with capture_logs() as logs:
+        assert apply_report(p, MessageType.HELLO, hello, 1.0, key_id="k1")
+    assert (p.announced.endpoint, p.announced.endpoints, p.announced.instance) == (
+        "tcp://h:1", ("tcp://h:1",), 7)  # fmt: skip
+    assert any(e["event"] == "worker_key_differs" for e in logs)
+    assert not apply_report(p, MessageType.STATE, {"state": "running"}, 2.0)
+    assert apply_report(p, MessageType.STATE, {"state": "failed", "error": "boom"}, 3.0)
+    assert p.state is WorkerState.FAILED and p.last_error == "boom"
+    assert not apply_report(p, MessageType.STATE, {"state": "no such"}, 3.5)
+    apply_report(p, MessageType.HEALTH, HealthReport(iterations=10).encode(), 4.0)
+    apply_report(p, MessageType.HEALTH, HealthReport(iterations=30).encode(), 6.0)
+    assert p.health.rate_per_s == 10.0 and p.health.total("iterations") == 30
+    assert p.process is not None and p.process.heartbeat_s == 6.0
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, object]]] = []
+
+    def __call__(self, name: str, data: bytes) -> None:
+        self.messages.append((name, decode(data)[1]))
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.messages]
+
+
+def test_each_greeted_worker_gets_the_entries_it_uses_once() -> None:
+    workers = {"a": handle("a", ("b",)), "b": handle("b"), "c": handle("c")}
+    sent = Sent()
+    publisher = DirectoryPublisher(sent, workers, key_id="k1")
+    publisher.changed(10.0)
+    assert sent.messages == []  # nobody said hello: it would be dropped
+    for h in workers.values():
+        publisher.hello(h)
+    publisher.changed(11.0)
+    assert sorted(sent.names()) == ["a", "b", "c"]
+    by_name = {n: decode_directory(m) for n, m in sent.messages}
+    assert sorted(by_name["a"].pipelines) == ["a", "b"] and by_name["a"].names == ("a", "b", "c")
+    assert sorted(by_name["b"].pipelines) == ["a", "b"]  # its source
+    assert sorted(by_name["c"].pipelines) == ["c"]
+    assert by_name["c"].pipelines["c"].key == "k1"
+    sent.messages.clear()
+    workers["b"].state = WorkerState.RUNNING
+    publisher.changed(12.0)
+    assert sorted(sent.names()) == ["a", "b"]  # c's part did not change
+
+
+def test_a_burst_of_changes_is_coalesced_into_one_directory() -> None:
+    workers = {"a": handle("a")}
+    sent = Sent()
+    publisher = DirectoryPublisher(sent, workers, gap_s=0.02)
+    publisher.hello(workers["a"])
+    publisher.changed(1.0)
+    workers["a"].state = WorkerState.RUNNING
+    publisher.changed(1.001)
+    workers["a"].state = WorkerState.FINISHED
+    publisher.changed(1.002)
+    assert len(sent.messages) == 1 and publisher.due_s == pytest.approx(1.02)
+    publisher.flush(1.01)
+    assert len(sent.messages) == 1
+    publisher.flush(1.02)
+    assert len(sent.messages) == 2 and publisher.due_s is None
+    assert decode_directory(sent.messages[-1][1]).pipelines["a"].state is WorkerState.FINISHED
+
+
+def test_a_new_worker_instance_gets_nothing_before_its_own_hello() -> None:
+    workers = {"a": handle("a")}
+    sent = Sent()
+    publisher = DirectoryPublisher(sent, workers)
+    publisher.hello(workers["a"])
+    publisher.changed(1.0)
+    workers["a"].started(FakePopen(2), 2.0)  # type: ignore[arg-type]
+    publisher.changed(2.0)
+    assert len(sent.messages) == 1
+    publisher.hello(workers["a"])
+    publisher.changed(3.0)
+    assert len(sent.messages) == 2 and "names" in sent.messages[-1][1]  # everything again
+
+
+def test_discovery_announces_local_pipelines_with_their_targets() -> None:
+    a = handle("a", ("b",))
+    apply_report(a, MessageType.HELLO, {"endpoint": "tcp://h:1", "instance": 3}, 1.0)
+    [entry] = local_entries([a])
+    assert (entry.name, entry.endpoint, entry.instance, entry.targets, entry.final) == (
+        "a", "tcp://h:1", 3, ("b",), False)  # fmt: skip
