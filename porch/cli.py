@@ -19,7 +19,8 @@ import click
 from porch import __version__, logs
 from porch.clierrors import log_options, reporting, seconds_between, set_log_level
 from porch.cliopts import MAX_STOP_TIMEOUT_S, network_options, network_plan
-from porch.config import Problem, Severity, has_errors, name_problem, name_warning, validate
+from porch.config import Problem, Severity, has_errors, validate
+from porch.names import name_problem, name_warning
 from porch.paths import ensure_private_dir, state_base
 from porch.prefs import KEYS, Effective, prefs_path, resolve, write_file
 

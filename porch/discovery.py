@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NotRequired, TypedDict
 
-from porch.config import name_problem
 from porch.control import WorkerState
 from porch.directory import Entry
 from porch.errors import PorchError
+from porch.names import name_problem
 
 MAGIC = b"PRCH"
 VERSION = 1
