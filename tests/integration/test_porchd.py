@@ -625,9 +625,23 @@ def test_porchctl_stop_during_a_restart_stops_porchd(tmp_path: Path, porchd: Sta
     assert daemon.output("slow").count("slow end ran") == 1, daemon.report()
 
 
-@pytest.mark.timeout(60)
+HELD_END = """
+    import os, time
+    def step():
+        time.sleep(0.05)
+    def end():  # porchd stays stopping until the test has tried its commands
+        deadline = time.monotonic() + 30
+        while not os.path.exists(RELEASE) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("held end ran")
+"""
+
+
+@pytest.mark.timeout(90)
 def test_start_restart_and_reload_while_porchd_stops_are_refused(tmp_path: Path, porchd: Start):
-    daemon = porchd(write_pipeline(tmp_path, "slow", SLOW_END), stop_timeout_s=10)
+    release = tmp_path / "release"
+    script = f"RELEASE = {str(release)!r}\n" + textwrap.dedent(HELD_END)
+    daemon = porchd(write_pipeline(tmp_path, "slow", script), stop_timeout_s=40)
     daemon.wait_running("slow")
     stopper = subprocess.Popen(
         [str(PORCHCTL), "--control", str(daemon.control), "stop"],
@@ -638,6 +652,7 @@ def test_start_restart_and_reload_while_porchd_stops_are_refused(tmp_path: Path,
         for command in (("restart", "slow"), ("start", "slow"), ("reload",)):
             done = daemon.ctl(*command)
             assert done.returncode != 0 and "stopping" in done.stderr, (command, done.stderr)
+        release.touch()
         out, err = stopper.communicate(timeout=40)
         assert stopper.returncode == 0, out + err + daemon.report()
     finally:
