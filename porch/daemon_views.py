@@ -11,7 +11,7 @@ from porch.broker import Broker
 from porch.discovery import Remote
 from porch.graph import Node
 from porch.rates import RateMeter
-from porch.status import PipelineStatus, RemoteStatus
+from porch.status import DaemonFigures, PipelineStatus, RemoteStatus
 from porch.worker_handle import WorkerHandle
 
 RATE_COUNTERS = ("msgs_in", "msgs_out")
@@ -78,8 +78,9 @@ def with_daemon_figures(
     """Each status with the lines porchd could not write to its log file (a full disk) and
     its message rates (a pipeline without a process moves nothing)."""
 
-    def rate(p: PipelineStatus, counter: str) -> float:
-        return round(rates.per_s(p.name, counter, now) if p.pid else 0, 1)
+    def figures(p: PipelineStatus) -> DaemonFigures:
+        rate = {c: round(rates.per_s(p.name, c, now) if p.process.pid else 0, 1)
+                for c in RATE_COUNTERS}  # fmt: skip
+        return DaemonFigures(dropped.get(p.name, 0), rate["msgs_in"], rate["msgs_out"])
 
-    return [p.with_daemon_figures(dropped.get(p.name, 0), rate(p, "msgs_in"), rate(p, "msgs_out"))
-            for p in pipelines]  # fmt: skip
+    return [p.with_daemon_figures(figures(p)) for p in pipelines]

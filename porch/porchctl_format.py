@@ -73,16 +73,16 @@ def _state(pipeline: PipelineStatus) -> str:
 def _row(p: PipelineStatus) -> list[str]:
     return [
         p.name,
-        _number(p.pid),
+        _number(p.process.pid),
         _state(p),
-        human_duration(p.uptime_s),
+        human_duration(p.process.uptime_s),
         _number(p.count("iterations")),
         _number(p.count("msgs_in")),
         _number(p.count("msgs_out")),
         _number(p.queue_depth),
         _number(p.rate_per_s, ".1f"),
-        _number(p.cpu_percent, ".1f"),
-        human_mib(p.rss_bytes),
+        _number(p.process.cpu_percent, ".1f"),
+        human_mib(p.process.rss_bytes),
         _number(p.restarts),
         _one_line(_last_column(p)),
     ]
@@ -92,16 +92,16 @@ def error_text(pipeline: PipelineStatus | Mapping[str, object]) -> str:
     """The last error as shown: as it is while it keeps the pipeline down, else with its age
     (`3m05s ago: ...`), so a recovered pipeline's old error does not read as its state."""
     p = pipeline if isinstance(pipeline, PipelineStatus) else PipelineStatus.decode(pipeline)
-    age = p.last_error_age_s
-    if not p.last_error or p.error_current or age is None:
-        return p.last_error
-    return f"{human_duration(age)} ago: {p.last_error}"
+    error = p.error
+    if not error.text or error.current or error.age_s is None:
+        return error.text
+    return f"{human_duration(error.age_s)} ago: {error.text}"
 
 
 def _last_column(p: PipelineStatus) -> str:
     """The error that keeps a pipeline down, else what keeps it from making progress (a
     missing target, a failed source), else an older error with its age."""
-    if p.warning and not (p.last_error and p.error_current):
+    if p.warning and not (p.error.text and p.error.current):
         return f"warning: {p.warning}"
     return error_text(p)
 

@@ -12,7 +12,7 @@ decodes as unknown (None), shown as "-".
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from porch.health import COUNTERS
@@ -41,30 +41,50 @@ class TargetStatus:
 
 
 @dataclass(frozen=True)
+class ProcessStatus:
+    """A pipeline's worker process while one runs (every field None without one)."""
+
+    pid: int | None = None
+    uptime_s: float | None = None
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ErrorStatus:
+    """A pipeline's most recent error: JSON `last_error`, `last_error_age_s`, `error_current`."""
+
+    text: str = ""  # its first line, "" when none
+    age_s: float | None = None  # seconds since it was set
+    current: bool = True  # it keeps the pipeline down (else past); unsaid reads as current
+
+
+@dataclass(frozen=True)
+class DaemonFigures:
+    """What porchd adds to a pipeline's status (None from `porch run` or an older porchd)."""
+
+    log_lines_dropped: int | None = None  # output lines it could not write to the log file
+    msgs_in_per_s: float | None = None
+    msgs_out_per_s: float | None = None
+
+
+@dataclass(frozen=True)
 class PipelineStatus:
     """One pipeline in porchd's `status` reply (docs/supervisor-contract.md PIPELINE)."""
 
     name: str
     state: str  # a WorkerState value (kept as text: a newer porchd may know more states)
-    pid: int | None = None
-    uptime_s: float | None = None
+    process: ProcessStatus = ProcessStatus()
     counts: Mapping[str, int] = field(default_factory=dict)  # COUNTERS (totals) it reported
     queue_depth: int | None = None
     targets: tuple[TargetStatus, ...] = ()
     rate_per_s: float | None = None
-    cpu_percent: float | None = None
-    rss_bytes: int | None = None
     restarts: int | None = None
-    last_error: str = ""
-    last_error_age_s: float | None = None
-    error_current: bool = True  # an error without this flag reads as the current one
+    error: ErrorStatus = ErrorStatus()
     warning: str = ""
     restart_policy: str = ""
     config: str = ""
-    # porchd's own figures (daemon.py); None from `porch run` or an older porchd
-    log_lines_dropped: int | None = None
-    msgs_in_per_s: float | None = None
-    msgs_out_per_s: float | None = None
+    daemon: DaemonFigures = DaemonFigures()
 
     def count(self, name: str) -> int | None:
         """One counter of COUNTERS (None: not reported)."""
@@ -75,72 +95,81 @@ class PipelineStatus:
         their columns through this."""
         if name in COUNTERS:
             return self.count(name)
-        value = getattr(self, name, None)
-        return None if isinstance(value, bool) or not isinstance(value, int | float) else value
+        read = NUMBERS.get(name)
+        return read(self) if read is not None else None
 
-    def with_daemon_figures(self, log_lines_dropped: int, msgs_in_per_s: float,
-                            msgs_out_per_s: float) -> PipelineStatus:  # fmt: skip
+    def with_daemon_figures(self, figures: DaemonFigures) -> PipelineStatus:
         """This status with porchd's log and rate figures."""
-        return replace(self, log_lines_dropped=log_lines_dropped,
-                       msgs_in_per_s=msgs_in_per_s, msgs_out_per_s=msgs_out_per_s)  # fmt: skip
+        return replace(self, daemon=figures)
 
     def encode(self) -> dict[str, object]:
         """The JSON object (field order as porchctl status --json has always printed it)."""
+        process, error, daemon = self.process, self.error, self.daemon
         data: dict[str, object] = {
             "name": self.name,
-            "pid": self.pid,
+            "pid": process.pid,
             "state": self.state,
-            "uptime_s": self.uptime_s,
+            "uptime_s": process.uptime_s,
             **{key: self.counts.get(key, 0) for key in COUNTERS},
             "queue_depth": self.queue_depth,
             "targets": [t.encode() for t in self.targets],
             "rate_per_s": self.rate_per_s,
-            "cpu_percent": self.cpu_percent,
-            "rss_bytes": self.rss_bytes,
+            "cpu_percent": process.cpu_percent,
+            "rss_bytes": process.rss_bytes,
             "restarts": self.restarts,
-            "last_error": self.last_error,
-            "last_error_age_s": self.last_error_age_s,
-            "error_current": self.error_current,
+            "last_error": error.text,
+            "last_error_age_s": error.age_s,
+            "error_current": error.current,
             "warning": self.warning,
             "restart_policy": self.restart_policy,
             "config": self.config,
         }
-        if self.log_lines_dropped is not None:
-            data["log_lines_dropped"] = self.log_lines_dropped
-        if self.msgs_in_per_s is not None:
-            data["msgs_in_per_s"] = self.msgs_in_per_s
-        if self.msgs_out_per_s is not None:
-            data["msgs_out_per_s"] = self.msgs_out_per_s
+        figures = {"log_lines_dropped": daemon.log_lines_dropped,
+                   "msgs_in_per_s": daemon.msgs_in_per_s,
+                   "msgs_out_per_s": daemon.msgs_out_per_s}  # fmt: skip
+        data.update({k: v for k, v in figures.items() if v is not None})
         return data
 
     @classmethod
     def decode(cls, data: Mapping[str, object]) -> PipelineStatus:
         """Read one pipeline of a `status` reply."""
         counts = {k: v for k in COUNTERS if (v := _int(data.get(k))) is not None}
-        targets = data.get("targets")
         current = data.get("error_current")
         return cls(
             name=_text(data.get("name"), "?"),
             state=_text(data.get("state"), "?"),
-            pid=_int(data.get("pid")),
-            uptime_s=_real(data.get("uptime_s")),
+            process=ProcessStatus(_int(data.get("pid")), _real(data.get("uptime_s")),
+                                  _real(data.get("cpu_percent")), _int(data.get("rss_bytes"))),
             counts=counts,
             queue_depth=_int(data.get("queue_depth")),
-            targets=tuple(TargetStatus.decode(t) for t in _objects(targets)),
+            targets=tuple(TargetStatus.decode(t) for t in _objects(data.get("targets"))),
             rate_per_s=_real(data.get("rate_per_s")),
-            cpu_percent=_real(data.get("cpu_percent")),
-            rss_bytes=_int(data.get("rss_bytes")),
             restarts=_int(data.get("restarts")),
-            last_error=_text(data.get("last_error")),
-            last_error_age_s=_real(data.get("last_error_age_s")),
-            error_current=current if isinstance(current, bool) else True,
+            error=ErrorStatus(_text(data.get("last_error")), _real(data.get("last_error_age_s")),
+                              current if isinstance(current, bool) else True),
             warning=_text(data.get("warning")),
             restart_policy=_text(data.get("restart_policy")),
             config=_text(data.get("config")),
-            log_lines_dropped=_int(data.get("log_lines_dropped")),
-            msgs_in_per_s=_real(data.get("msgs_in_per_s")),
-            msgs_out_per_s=_real(data.get("msgs_out_per_s")),
-        )
+            daemon=DaemonFigures(_int(data.get("log_lines_dropped")),
+                                 _real(data.get("msgs_in_per_s")),
+                                 _real(data.get("msgs_out_per_s"))),
+        )  # fmt: skip
+
+
+# the numeric fields by JSON name (PipelineStatus.number; counters are in `counts`)
+NUMBERS: Mapping[str, Callable[[PipelineStatus], float | None]] = {
+    "pid": lambda p: p.process.pid,
+    "uptime_s": lambda p: p.process.uptime_s,
+    "cpu_percent": lambda p: p.process.cpu_percent,
+    "rss_bytes": lambda p: p.process.rss_bytes,
+    "queue_depth": lambda p: p.queue_depth,
+    "rate_per_s": lambda p: p.rate_per_s,
+    "restarts": lambda p: p.restarts,
+    "last_error_age_s": lambda p: p.error.age_s,
+    "log_lines_dropped": lambda p: p.daemon.log_lines_dropped,
+    "msgs_in_per_s": lambda p: p.daemon.msgs_in_per_s,
+    "msgs_out_per_s": lambda p: p.daemon.msgs_out_per_s,
+}
 
 
 @dataclass(frozen=True)

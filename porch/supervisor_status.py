@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from porch.health import COUNTERS
-from porch.status import PipelineStatus, TargetStatus
+from porch.status import ErrorStatus, PipelineStatus, ProcessStatus, TargetStatus
 
 if TYPE_CHECKING:
     from porch.worker_handle import WorkerHandle
@@ -57,18 +57,17 @@ def status_of(handle: WorkerHandle, now: float, usage: UsageSampler) -> Pipeline
     return PipelineStatus(
         name=handle.name,
         state=handle.state.value,
-        pid=pid,
-        uptime_s=round(now - handle.started_s, 1) if alive else None,
+        process=ProcessStatus(pid, round(now - handle.started_s, 1) if alive else None, cpu, rss),
         counts={key: handle.health.total(key) for key in COUNTERS},
         queue_depth=health.queue_depth,
         targets=tuple(TargetStatus.decode(t) for t in health.targets) if alive else (),
         rate_per_s=round(handle.health.rate_per_s, 1) if alive else 0.0,
-        cpu_percent=cpu,
-        rss_bytes=rss,
         restarts=handle.restart.tracker.restarts,
-        last_error=error.splitlines()[0] if error else "",
-        last_error_age_s=None if handle.error_s is None else round(now - handle.error_s, 1),
-        error_current=handle.error_current,
+        error=ErrorStatus(
+            error.splitlines()[0] if error else "",
+            None if handle.error_s is None else round(now - handle.error_s, 1),
+            handle.error_current,
+        ),
         warning=health.warning if alive else "",
         restart_policy=handle.restart.tracker.policy.value,
         config=str(handle.config.path),
@@ -80,5 +79,5 @@ def statuses(
 ) -> list[PipelineStatus]:
     """Every pipeline's status, in the handles' order; forgets the usage of exited workers."""
     result = [status_of(h, now, usage) for h in handles]
-    usage.keep_only(p.pid for p in result if p.pid is not None)
+    usage.keep_only(p.process.pid for p in result if p.process.pid is not None)
     return result

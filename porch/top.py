@@ -35,7 +35,7 @@ COLUMNS = (  # (header, width, status field, format); the last column takes what
     ("LAST ERROR", 0, "last_error", "s"),
 )
 
-TEXT_FIELDS = ("name", "state", "last_error")
+TEXT_FIELDS = ("name", "state")  # the last column (last_error) is error_text's
 Fetch = Callable[[], StatusReport]
 Status = StatusReport | Mapping[str, object]
 
@@ -72,8 +72,8 @@ def header_line(result: Status, now: str) -> str:
     daemon, pipelines = report.daemon, report.pipelines
     running = sum(p.state == "running" for p in pipelines)
     failed = sum(p.state == "failed" for p in pipelines)
-    rate_in = sum(p.msgs_in_per_s or 0 for p in pipelines)
-    rate_out = sum(p.msgs_out_per_s or 0 for p in pipelines)
+    rate_in = sum(p.daemon.msgs_in_per_s or 0 for p in pipelines)
+    rate_out = sum(p.daemon.msgs_out_per_s or 0 for p in pipelines)
     discovery = daemon.discovery or {}
     remote = len(report.remote)
     pid = "?" if daemon.pid is None else daemon.pid

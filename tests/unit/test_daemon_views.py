@@ -12,7 +12,7 @@ from porch.daemon_views import encode_nodes, graph_nodes, remote_rows, with_daem
 from porch.discovery import Remote
 from porch.rates import RateMeter
 from porch.restart import RestartPolicy, RestartTracker
-from porch.status import PipelineStatus
+from porch.status import DaemonFigures, PipelineStatus, ProcessStatus
 from porch.worker_handle import RestartBook, WorkerHandle
 
 pytestmark = pytest.mark.timeout(30)
@@ -72,7 +72,7 @@ def test_porchds_figures_join_each_status() -> None:
     rates = RateMeter(("msgs_in", "msgs_out"))
     rates.add(0.0, "p", {"msgs_in": 0, "msgs_out": 0})
     rates.add(1.0, "p", {"msgs_in": 10, "msgs_out": 4})
-    running, stopped = PipelineStatus("p", "running", pid=7), PipelineStatus("q", "stopped")
-    p, q = with_daemon_figures([running, stopped], {"q": 3}, rates, 1.0)
-    assert (p.msgs_in_per_s, p.msgs_out_per_s, p.log_lines_dropped) == (10.0, 4.0, 0)
-    assert (q.msgs_in_per_s, q.log_lines_dropped) == (0, 3)
+    running = PipelineStatus("p", "running", ProcessStatus(pid=7))
+    p, q = with_daemon_figures([running, PipelineStatus("q", "stopped")], {"q": 3}, rates, 1.0)
+    assert p.daemon == DaemonFigures(log_lines_dropped=0, msgs_in_per_s=10.0, msgs_out_per_s=4.0)
+    assert q.daemon == DaemonFigures(log_lines_dropped=3, msgs_in_per_s=0, msgs_out_per_s=0)

@@ -18,6 +18,7 @@ from porch.health import COUNTERS, HealthReport
 from porch.output_relay import OutputRelay
 from porch.restart import RestartPolicy, RestartTracker
 from porch.spawner import Spawner, SpawnSettings
+from porch.status import ProcessStatus
 from porch.supervisor_status import UsageSampler, status_of, statuses
 from porch.worker_handle import RestartBook, WorkerHandle
 
@@ -152,12 +153,12 @@ def test_status_totals_counters_over_instances_and_reports_usage() -> None:
     usage = UsageSampler()
     status = status_of(handle, 103.0, usage)
     expected = ("p", os.getpid(), "starting", 3.0)
-    assert (status.name, status.pid, status.state, status.uptime_s) == expected
+    assert (status.name, status.process.pid, status.state, status.process.uptime_s) == expected
     assert set(status.counts) == set(COUNTERS) and status.count("msgs_out") == 5
-    assert status.targets[0].held == 2 and status.last_error == "boom"
-    assert status.rss_bytes is not None and status.rss_bytes > 0
+    assert status.targets[0].held == 2 and status.error.text == "boom"
+    assert status.process.rss_bytes is not None and status.process.rss_bytes > 0
     handle.exited(0)
     handle.state = WorkerState.FINISHED
     [after] = statuses([handle], 104.0, usage)
-    assert (after.pid, after.uptime_s, after.targets, after.cpu_percent) == (None, None, (), None)
-    assert after.count("iterations") == 5 and not after.error_current
+    assert (after.process, after.targets) == (ProcessStatus(), ())
+    assert after.count("iterations") == 5 and not after.error.current

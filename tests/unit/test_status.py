@@ -12,8 +12,11 @@ from porch.health import COUNTER_INFO, COUNTERS
 from porch.porchctl_format import error_text, format_status
 from porch.status import (
     STATUS_VERSION,
+    DaemonFigures,
     DaemonStatus,
+    ErrorStatus,
     PipelineStatus,
+    ProcessStatus,
     RemoteStatus,
     Snapshot,
     StatusReport,
@@ -25,24 +28,17 @@ pytestmark = pytest.mark.timeout(30)
 PIPELINE = PipelineStatus(
     name="p",
     state="running",
-    pid=7,
-    uptime_s=1.5,
+    process=ProcessStatus(pid=7, uptime_s=1.5, cpu_percent=None, rss_bytes=1024),
     counts={name: i for i, name in enumerate(COUNTERS)},
     queue_depth=2,
     targets=(TargetStatus("q", "unreachable", 1000.0, 3),),
     rate_per_s=2.5,
-    cpu_percent=None,
-    rss_bytes=1024,
     restarts=1,
-    last_error="boom",
-    last_error_age_s=5.0,
-    error_current=False,
+    error=ErrorStatus("boom", age_s=5.0, current=False),
     warning="w",
     restart_policy="on-failure",
     config="/p.json",
-    log_lines_dropped=0,
-    msgs_in_per_s=1.0,
-    msgs_out_per_s=2.0,
+    daemon=DaemonFigures(log_lines_dropped=0, msgs_in_per_s=1.0, msgs_out_per_s=2.0),
 )
 REPORT = StatusReport(
     DaemonStatus(
@@ -76,8 +72,8 @@ def test_the_json_has_the_contracts_field_names_and_every_counter() -> None:
 
 def test_missing_and_ill_typed_fields_read_as_unknown() -> None:
     p = PipelineStatus.decode({"name": "p", "pid": "7", "iterations": True, "targets": [1]})
-    assert (p.pid, p.count("iterations"), p.targets, p.state) == (None, None, (), "?")
-    assert p.error_current  # an error without the flag is the current one
+    assert (p.process.pid, p.count("iterations"), p.targets, p.state) == (None, None, (), "?")
+    assert p.error.current  # an error without the flag is the current one
     assert StatusReport.decode("not an object") == StatusReport()
 
 
@@ -93,6 +89,8 @@ def test_every_health_counter_is_a_metric() -> None:
     families = list(metrics.pipeline_metrics([PIPELINE]))
     by_name = {f.name: f.samples[0].value for f in families if f.samples}
     assert by_name["porch_unpaired"] == COUNTERS.index("unpaired")
+    assert by_name["porch_rss_bytes"] == 1024 and by_name["porch_messages_in_per_second"] == 1.0
+    assert "porch_cpu_percent" not in by_name  # unknown: no sample
 
 
 def test_a_snapshot_reads_from_its_json_form() -> None:
