@@ -94,7 +94,9 @@ class OutputClose:
         return [
             link
             for link in self.outputs
-            if not link.delivered and not (give_up_on_down and link.down)
+            if not link.delivered
+            # at-most-once waits only for a live target to confirm our end (no replay)
+            and not (link.down and (give_up_on_down or not link.settings.acked))
         ]
 
     def check_delivered(self, finished: bool) -> None:

@@ -185,6 +185,7 @@ class Inbox:
             source.received = source.eos_seq = header.seq
             log.info("source_ended", pipeline=self.name, source=header.sender)
             self.fanin.end(header.sender)
+            self._confirm_end(source, header.seq)
 
     def _accept_one(
         self, header: Header, source: SourceState, message: list[bytes], end: int
@@ -352,6 +353,8 @@ class Inbox:
         if header.kind is FrameKind.BYE:
             log.info("source_departed", pipeline=self.name, source=header.sender)
             self.departed.add(header.sender)
+            source.route = route
+            self._confirm_end(source, source.received)
         else:
             self.departed.discard(header.sender)
             source.wants_acks = not header.seq & HELLO_NO_ACKS
@@ -444,6 +447,14 @@ class Inbox:
             source.open.clear()
         self.flush_acks()
         return left
+
+    def _confirm_end(self, source: SourceState, seq: int) -> None:
+        """An unacknowledged (at-most-once) source's EOS or BYE was read: everything it sent
+        before is off the socket. Say so (its one ack), so that it keeps its connection open
+        until then: over ipc://, ZeroMQ drops what a receiver that is behind has not read yet
+        when the sender's socket closes (the hang-up ends the connection at once)."""
+        if source.route and not source.wants_acks:
+            self.link.ack(source.route, self._acks.encode(FrameKind.ACK, seq))
 
     def _ack(self, source: SourceState) -> None:
         if source.route and source.wants_acks:

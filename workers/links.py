@@ -281,6 +281,7 @@ class OutputLink:
         self.dropped = 0
         self.replayed = 0
         self.bye_pending = False  # a BYE waits for the unsent messages it must follow
+        self.end_unconfirmed = False  # at-most-once: our EOS or BYE went out, not yet confirmed
         self._attempts: dict[int, int] = {}
         self.key_id: str | None = None
         self.monitor: Socket | None = None
@@ -345,6 +346,8 @@ class OutputLink:
         elif reopened:
             self.reconnects += 1
         self.unsent = len(self.outbox)
+        if self.end_unconfirmed and not self.outbox:  # a new connection: our BYE again
+            self.bye_pending = True
         self.pump()
 
     def withdraw(self, since: float) -> None:
@@ -610,12 +613,20 @@ class OutputLink:
             with contextlib.suppress(zmq.ZMQError):
                 sock.send(self.headers.encode(FrameKind.BYE, 0), zmq.NOBLOCK)
                 self.bye_pending = False
+                self.end_unconfirmed = not self.settings.acked
         if not self.settings.acked:
             self._forget_sent()
 
     def _forget_sent(self) -> None:
-        """At-most-once: once ZeroMQ has a message, it is no longer ours to replay."""
-        while len(self.outbox) > self.unsent:
+        """At-most-once: once ZeroMQ has a message, it is no longer ours to replay. Our EOS
+        stays until the target confirms it read it (Inbox._confirm_end), and so does the
+        connection: over ipc://, closing it loses what a target that is behind has not read
+        (ZeroMQ ends a connection whose peer hung up at once, unread bytes and all)."""
+        outbox = self.outbox
+        while len(outbox) > self.unsent:
+            if outbox[0].kind is FrameKind.EOS:
+                self.end_unconfirmed = True
+                return
             self._pop_head()
 
     # ---- acknowledgements ----------------------------------------------------------------
@@ -626,16 +637,21 @@ class OutputLink:
         if sock is None:
             return
         newest = self.acked_seq
+        heard = False
         while True:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             seq = decode(frame)
-            if seq is not None and seq > newest:
-                newest = seq
+            if seq is None:
+                continue
+            heard = True
+            newest = max(newest, seq)
         if newest > self.acked_seq:
             self.ack(newest)
+        if heard and not self.settings.acked:
+            self.end_unconfirmed = False  # an at-most-once target acks only our EOS or BYE
 
     def ack(self, seq: int) -> None:
         """The target has processed everything up to `seq`: forget it."""
@@ -649,8 +665,9 @@ class OutputLink:
 
     @property
     def delivered(self) -> bool:
-        """Whether nothing is left that the target still has to acknowledge."""
-        return self.gone or not (self.outbox or self.batch)
+        """Whether nothing is left that the target still has to acknowledge (at-most-once:
+        whether it confirmed our end of stream or BYE)."""
+        return self.gone or not (self.outbox or self.batch or self.end_unconfirmed)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close the socket; ZeroMQ keeps delivering what it holds for up to `linger_ms`."""
