@@ -1,14 +1,15 @@
-"""An output link's queue_limit in-process (inproc sockets): what counts as full per delivery
-mode."""
+"""An output link's queue_limit and end in-process (inproc sockets): what counts as full per
+delivery mode, and when an at-most-once link is done."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import zmq
 
-from porch.wire import FrameKind, HeaderEncoder
+from porch.wire import FrameKind, HeaderEncoder, decode_ack
 from workers.links import LinkSettings, OutputLink
 
 pytestmark = pytest.mark.timeout(30)
@@ -55,3 +56,40 @@ def test_at_least_once_link_at_the_limit_waits_for_acks(ctx: Context) -> None:
     assert link.held == 4 and link.unsent == 0  # sent, held until acknowledged
     link.ack(4)
     assert link.offer(FrameKind.DATA, [b"value"], 5)
+
+
+def confirm(target: zmq.Socket[bytes], seq: int) -> None:
+    """Read what the link sent, then ack `seq` as Inbox._confirm_end does."""
+    route = b""
+    while target.poll(1000):
+        route = target.recv_multipart()[0]
+        if not target.poll(100):
+            break
+    target.send_multipart([route, HeaderEncoder(0, 7, "target").encode(FrameKind.ACK, seq)])
+
+
+def read_until(link: OutputLink, condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + 5.0
+    while not condition() and time.monotonic() < deadline:
+        link.read_acks(decode_ack)
+    return condition()
+
+
+@pytest.mark.parametrize("ending", ["eos", "bye"])
+def test_at_most_once_link_is_delivered_once_the_target_confirms_its_end(
+    ctx: Context, ending: str
+) -> None:
+    """Closing an at-most-once link before the target read our end (EOS or BYE) would lose,
+    over ipc://, what a target that is behind has not read: the end waits for its ack."""
+    link, target = linked(ctx, LinkSettings(limit=4, acked=False))
+    for seq in range(1, 10):
+        assert link.offer(FrameKind.DATA, [b"value"], seq)
+    if ending == "eos":
+        link.force(FrameKind.EOS, [])
+    else:
+        link.say_bye()
+    assert not link.delivered and link.data_held() == 0
+
+    confirm(target, link.seq)
+    assert read_until(link, lambda: link.delivered)
+    assert not link.outbox
