@@ -1,5 +1,5 @@
-"""Spawning and reaping (porch/spawner.py) and status assembly (porch/supervisor_status.py)
-in-process: a fake Popen, a fake fork server and watchdog; no process is started."""
+"""Spawning and reaping (porch/spawner.py) in-process: a fake Popen, a fake fork server and
+watchdog; no process is started."""
 
 from __future__ import annotations
 
@@ -14,12 +14,10 @@ from porch import forkserver
 from porch.config import PipelineConfig
 from porch.control import WorkerState
 from porch.event_loop import EventLoop
-from porch.health import COUNTERS, HealthReport
+from porch.health import HealthReport
 from porch.output_relay import OutputRelay
 from porch.restart import RestartPolicy, RestartTracker
 from porch.spawner import Spawner, SpawnSettings
-from porch.status import ProcessStatus
-from porch.supervisor_status import UsageSampler, status_of, statuses
 from porch.worker_handle import RestartBook, WorkerHandle
 
 pytestmark = pytest.mark.timeout(30)
@@ -139,26 +137,3 @@ def test_a_spawned_worker_is_reaped_after_its_output_drained() -> None:
     assert sink.lines == [("p", "stdout", "last words")] and seen == ["exit"]
     assert not handle.alive and handle.pid is None
     loop.close()
-
-
-def test_status_totals_counters_over_instances_and_reports_usage() -> None:
-    handle = new_handle()
-
-    own = FakePopen()
-    own.pid = os.getpid()  # our own process: psutil can sample it
-    handle.started(own, 100.0)  # type: ignore[arg-type]
-    handle.health.receive(HealthReport(iterations=5, msgs_out=5, targets=(
-        {"name": "q", "state": "connected", "since": None, "held": 2},)), 101.0)  # fmt: skip
-    handle.last_error = "boom\nTraceback..."
-    usage = UsageSampler()
-    status = status_of(handle, 103.0, usage)
-    expected = ("p", os.getpid(), "starting", 3.0)
-    assert (status.name, status.process.pid, status.state, status.process.uptime_s) == expected
-    assert set(status.counts) == set(COUNTERS) and status.count("msgs_out") == 5
-    assert status.targets[0].held == 2 and status.error.text == "boom"
-    assert status.process.rss_bytes is not None and status.process.rss_bytes > 0
-    handle.exited(0)
-    handle.state = WorkerState.FINISHED
-    [after] = statuses([handle], 104.0, usage)
-    assert (after.process, after.targets) == (ProcessStatus(), ())
-    assert after.count("iterations") == 5 and not after.error.current
