@@ -136,8 +136,12 @@ class InputLink:
         # every TCP listener bound below is a CURVE server behind ZAP.
         self.local_endpoint: str | None = None
         if local is not None:
-            self.socket.bind(f"{IPC_PREFIX}{local}")
-            self.local_endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            try:
+                self.socket.bind(f"{IPC_PREFIX}{local}")
+                self.local_endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            except zmq.ZMQError as exc:  # our sources then use TCP, as other supervisors' do
+                log.warning("local_link_unavailable", path=str(local), reason=str(exc),
+                            detail="local pipelines connect over TCP")  # fmt: skip
         if security is not None:
             security.serve(self.socket)  # CURVE server behind ZAP, set before the bind
         failed = 0

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import zmq
+from structlog.testing import capture_logs
 
 from porch.errors import UsageError
 from porch.localsock import (
@@ -183,6 +184,19 @@ def test_the_unix_socket_takes_plain_zmtp_while_tcp_stays_curve(
     finally:
         link.close()
         security.stop()
+
+
+def test_a_unix_socket_that_cannot_be_bound_leaves_tcp_only_and_says_so(
+    ctx: Context, tmp_path: Path
+) -> None:
+    with capture_logs() as logged:
+        link = InputLink(ctx, "127.0.0.1", 16, None, tmp_path / "missing" / "1-a.in")
+    try:
+        assert link.local_endpoint is None and link.endpoint.startswith("tcp://")
+        [event] = [e for e in logged if e["event"] == "local_link_unavailable"]
+        assert event["path"] == str(tmp_path / "missing" / "1-a.in"), event
+    finally:
+        link.close()
 
 
 def test_an_output_link_to_a_unix_socket_connects_without_curve(
