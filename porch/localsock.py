@@ -77,9 +77,19 @@ def is_local(endpoint: str) -> bool:
     return endpoint.startswith(IPC_PREFIX)
 
 
-def socket_path(folder: Path, name: str) -> Path:
-    """Where a worker's input socket may listen in the run folder `folder`; raises
-    LocalUnavailable when the folder is not private, the path too long, or taken."""
+def folder_problem(folder: Path) -> str | None:
+    """Why the run folder cannot hold the workers' sockets (not private, or too long for every
+    socket name), or None: what the supervisor checks once before it starts any worker."""
+    try:
+        check_private(folder)
+    except LocalUnavailable as exc:
+        return str(exc)
+    return too_long(folder)
+
+
+def check_private(folder: Path) -> None:
+    """Raise LocalUnavailable unless `folder` is a real folder of this user with mode 0700
+    in a parent other users cannot rename it out of."""
     try:
         info = os.lstat(folder)
         check_safe_folder(folder.parent)
@@ -94,6 +104,12 @@ def socket_path(folder: Path, name: str) -> Path:
             f"run folder {folder}: not a folder of this user with mode 0700 (uid {info.st_uid}, "
             f"mode {stat.S_IMODE(info.st_mode):04o})"
         )
+
+
+def socket_path(folder: Path, name: str) -> Path:
+    """Where a worker's input socket may listen in the run folder `folder`; raises
+    LocalUnavailable when the folder is not private, the path too long, or taken."""
+    check_private(folder)
     path = folder / name
     size = len(os.fsencode(path))
     if size > MAX_SOCKET_PATH:

@@ -69,10 +69,10 @@ class Supervisor:
     ) -> None:
         self.loop = EventLoop()
         self.relay = OutputRelay(sink, self.loop)
+        local_links = localsock.local_links_enabled()  # our pipelines link over ipc://
         reaper.remove_stale_run_dirs()  # what a supervisor killed with kill -9 left behind
         self.runtime_dir = reaper.make_run_dir()
-        local_links = localsock.local_links_enabled()  # our pipelines link over ipc://
-        if local_links and (problem := localsock.too_long(self.runtime_dir)):
+        if local_links and (problem := localsock.folder_problem(self.runtime_dir)):
             local_links = False
             log.warning("local_links_unavailable", reason=problem,
                         detail="this supervisor's pipelines link over TCP (CURVE unless "

@@ -20,6 +20,7 @@ from porch.localsock import (
     MAX_SOCKET_PATH,
     NAME_MAX,
     LocalUnavailable,
+    folder_problem,
     local_links_enabled,
     remove_socket,
     socket_name,
@@ -94,6 +95,8 @@ def test_a_folder_whose_parent_others_may_write_is_refused(tmp_path: Path) -> No
     folder.mkdir(mode=0o700)
     with pytest.raises(LocalUnavailable, match="writable by other users"):
         socket_path(folder, "1-a.in")
+    problem = folder_problem(folder)  # the supervisor finds it once, before any worker
+    assert problem is not None and "writable by other users" in problem
 
 
 def test_a_path_too_long_for_a_unix_socket_is_refused(run_dir: Path) -> None:
@@ -108,7 +111,7 @@ def test_a_run_folder_too_long_for_every_socket_name_is_known_before_any_worker_
 ) -> None:
     longest = socket_name(4_194_304, 2**63 - 1)  # Linux's largest pid
     assert len(longest) == NAME_MAX and socket_name(7, 1) == "7-00000001.in"
-    assert too_long(run_dir) is None
+    assert too_long(run_dir) is None and folder_problem(run_dir) is None
     deep = Path("/" + "d" * (MAX_SOCKET_PATH - NAME_MAX - 2))  # "/d..d/" + name: 107 bytes
     assert too_long(deep) is None
     problem = too_long(Path(str(deep) + "d"))
