@@ -16,7 +16,6 @@ and the worker says so: an error, counted as dropped, and a failed exit where it
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import socket
 import sys
@@ -28,30 +27,26 @@ from typing import Any
 import zmq
 
 from porch import logs
-from porch.config import Delivery, FanIn, OnError, Outbox, Overflow, PipelineConfig
+from porch.config import FanIn, OnError, Outbox, PipelineConfig
 from porch.control import (
-    HEARTBEAT_INTERVAL_S,
-    ControlClient,
-    MessageType,
     WorkerState,
 )
 from porch.errors import PorchError, ScriptError
-from porch.localsock import LocalUnavailable, socket_name, socket_path
-from porch.security import LinkSecurity
 from porch.serializers import SerializationError, Serializer, get
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested
-from porch.wire import FrameKind, HeaderEncoder, Origin, decode_ack
+from porch.wire import FrameKind, Origin, decode_ack
 from workers.closing import OutputClose
 from workers.concurrent import ConcurrentLoop
 from workers.deadletter import DeadLetters, LinkLetters, summary
 from workers.heartbeat import Counters, Heartbeat
 from workers.host import ScriptHost
+from workers.housekeeping import Housekeeping
 from workers.inbox import Inbox, Undecodable
-from workers.links import LinkSettings, OutputLink
+from workers.links import OutputLink
 from workers.outbox import DurableOutbox
 from workers.signals import StopSignals
-from workers.sources import SourceWatch
-from workers.targets import STALL_WARNING_S, TargetDirectory, TargetWatch, link_status
+from workers.sockets import WorkerSockets
+from workers.targets import STALL_WARNING_S, link_status
 
 log = logs.get("porch.worker")
 
@@ -83,16 +78,6 @@ class WorkerOptions:
         return max(self.stop_timeout_s - STOP_MARGIN_S, self.stop_timeout_s / 2)
 
 
-def link_settings(config: PipelineConfig) -> LinkSettings:
-    """The output link behaviour a config asks for."""
-    return LinkSettings(
-        limit=config.queue_limit,
-        limit_bytes=config.queue_limit_bytes,
-        drop_oldest=config.overflow is Overflow.DROP_OLDEST,
-        acked=config.delivery is Delivery.AT_LEAST_ONCE,
-    )
-
-
 class Worker:
     """Runs one pipeline."""
 
@@ -100,34 +85,18 @@ class Worker:
         self.config = config
         self.options = options
         self.name = config.name
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.instance = random.getrandbits(63)
-        # the ZAP authenticator must run on this context before the input socket binds
-        self.security = LinkSecurity.start(self.ctx, options.key_file) if options.key_file else None
         self.serializer: Serializer = get(config.serializer)
         self.host = ScriptHost(config.scripts, config.name)
         self.counters = Counters()  # the loop's own counts (workers/heartbeat.py)
-        self.state = WorkerState.STARTING
-        self.control = ControlClient(self.ctx, options.control, config.name)
         state_dir = options.state_dir or Path(".porch")
         self.dead_letters = DeadLetters(state_dir / "dead-letter", config.name)
-        self.inbox = (
-            Inbox(
-                self.ctx,
-                options.bind_host,
-                name=config.name,
-                instance=self.instance,
-                expected=config.source_pipeline_count,
-                any_input=config.fan_in is FanIn.ANY,
-                serializer=self.serializer,
-                limit=config.queue_limit,
-                security=self.security,
-                local=self._local_socket(),
-            )
-            if config.source_pipeline_count
-            else None
-        )
-        self.outputs = self._make_outputs()
+        letters = LinkLetters(self.dead_letters, self.serializer)
+        self.sockets = WorkerSockets(config, options.control, options.bind_host, self.serializer,
+                                     letters, options.key_file, options.ipc_dir)  # fmt: skip
+        # the loop's sockets, read on every iteration (held here: one lookup, not two)
+        self.control = self.sockets.control
+        self.inbox = self.sockets.inbox
+        self.outputs = self.sockets.outputs
         self.durable = (
             DurableOutbox(state_dir / "outbox" / f"{config.name}.sqlite", self.outputs)
             if config.outbox is Outbox.DURABLE
@@ -145,57 +114,23 @@ class Worker:
             link.stream = self._stream
         self.stops = StopSignals(config.name, options.stop_budget_s)
         self.ended = False
-        self.directory = TargetDirectory(config.name, self.outputs)
-        self.sources = (
-            SourceWatch(config.name, self.inbox, self.stops) if self.inbox is not None else None
+        heartbeat = Heartbeat(self.counters, self.outputs, self.inbox, self.dead_letters,
+                              self.sockets.security)  # fmt: skip
+        self.house = Housekeeping(
+            config.name,
+            self.control,
+            self.outputs,
+            self.inbox,
+            self.stops,
+            heartbeat,
+            started_s=time.monotonic(),
+            parent_pid=options.parent_pid,
+            read_acks=self._read_acks,
         )
-        self.targets = TargetWatch(config.name, self.outputs, time.monotonic())
         self._next_tick = 0.0
         self._last_flush = 0.0
         self._step_sample = 0
-        self._next_heartbeat = 0.0
-        self._last_error = ""
-        self._poller = self._make_poller()
-        self.heartbeat = Heartbeat(self.counters, self.outputs, self.inbox, self.dead_letters,
-                                   self.security)  # fmt: skip
-
-    def _local_socket(self) -> Path | None:
-        """Where our input listens for our supervisor's pipelines (porch/localsock.py), or None:
-        they connect over TCP (with CURVE unless --insecure), as other supervisors' do."""
-        if self.options.ipc_dir is None:
-            return None
-        try:
-            return socket_path(self.options.ipc_dir, socket_name(os.getpid(), self.instance))
-        except LocalUnavailable as exc:
-            log.warning("local_link_unavailable", pipeline=self.name, reason=str(exc),
-                        detail="local pipelines connect over TCP")  # fmt: skip
-            return None
-
-    def _make_outputs(self) -> list[OutputLink]:
-        headers = HeaderEncoder(self.serializer.id, self.instance, self.name)
-        settings = link_settings(self.config)
-        letters = LinkLetters(self.dead_letters, self.serializer)
-        return [
-            OutputLink(
-                self.ctx,
-                target,
-                headers,
-                settings,
-                letters,
-                security=self.security,
-            )
-            for target in self.config.target_pipeline_names
-        ]
-
-    # ---- signals and control -------------------------------------------------------------
-
-    def _make_poller(self) -> zmq.Poller:
-        poller = zmq.Poller()
-        poller.register(self.control.socket, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        if self.inbox is not None:
-            poller.register(self.inbox.link.socket, zmq.POLLIN)
-        return poller
+        self._poller = self.sockets.poller(self.stops.wake_r)
 
     @property
     def stopping(self) -> bool:
@@ -223,31 +158,10 @@ class Worker:
         self.stops.request(reason)
 
     def _on_control(self) -> None:
-        """Take what the supervisor sent: a stop, or a directory (for our targets and sources)."""
-        for kind, message in self.control.receive():
-            if kind is MessageType.STOP:
-                self.request_stop("supervisor")
-            elif kind is MessageType.DIRECTORY:
-                pipelines = self.directory.read(message)
-                if pipelines is not None:
-                    self.directory.apply(pipelines)
-                    if self.sources is not None:
-                        self.sources.note(pipelines)
-
-    def _warnings(self) -> str:
-        """What keeps this pipeline from making progress, for `porchctl status`."""
-        parts = self.targets.warnings()
-        if self.sources is not None:
-            parts += self.sources.warnings()
-        return "; ".join(parts)
+        self.house.on_control()
 
     def _report_state(self, state: WorkerState, error: str = "") -> None:
-        self.state = state
-        self.control.send(MessageType.STATE, state=state.value, error=error)
-
-    def _heartbeat(self) -> None:
-        report = self.heartbeat.report(self.state.value, self._warnings())
-        self.control.send(MessageType.HEALTH, **report.encode())
+        self.house.report_state(state, error)
 
     def _tick(self) -> None:
         """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat."""
@@ -255,19 +169,7 @@ class Worker:
         if now < self._next_tick:
             return
         self._next_tick = now + TICK_S
-        self._on_control()
-        self._read_acks()
-        for link in self.outputs:
-            link.check_events(self.name)
-        if self.inbox is not None:
-            self.inbox.link.check_events(self.name)
-        if self.sources is not None:
-            self.sources.end_overdue()
-        self.targets.check(now, self.directory.known)
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
-            self._heartbeat()
-            self.stops.check_parent(self.options.parent_pid)
+        self.house.tick(now)
 
     def _read_acks(self) -> None:
         for link in self.outputs:
@@ -386,7 +288,7 @@ class Worker:
 
     def _wait_for_sources(self) -> bool:
         """Wait until every source said hello; False when a stop came first."""
-        sources = self.sources
+        sources = self.house.sources
         if sources is None or sources.inbox.fanin.all_connected():
             return True
         self._report_state(WorkerState.WAITING_FOR_SOURCES)
@@ -420,7 +322,7 @@ class Worker:
 
     def _step_time(self, seconds: float) -> None:
         """Count one step() duration in the histogram the health report carries."""
-        self.heartbeat.steps.add(seconds)
+        self.house.heartbeat.steps.add(seconds)
 
     def _on_poison(self, exc: ScriptError, inputs: Any) -> None:
         """on_error skip / dead-letter: record the input that made step() raise, and go on."""
@@ -526,7 +428,7 @@ class Worker:
 
     def _fail(self, exc: PorchError) -> WorkerState:
         error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        self._last_error = self._last_error or error  # the first error is the cause
+        self.house.last_error = self.house.last_error or error  # the first error is the cause
         # The traceback ends with the error; the supervisor says once more which pipeline failed.
         if isinstance(exc, ScriptError) and exc.user_traceback:
             sys.stderr.write(exc.user_traceback)
@@ -537,21 +439,15 @@ class Worker:
 
     def run(self) -> int:
         """Run the pipeline to its end; the exit code is 0 unless it failed."""
-        endpoint = self.inbox.endpoint if self.inbox is not None else None
-        endpoints = self.inbox.link.endpoints if self.inbox is not None else []
-        key_id = self.security.key_id if self.security is not None else None
-        local = self.inbox.link.local_endpoint if self.inbox is not None else None
-        self.control.send(MessageType.HELLO, pid=os.getpid(), endpoint=endpoint,
-                          instance=self.instance, key=key_id, local=local,
-                          endpoints=endpoints if len(endpoints) > 1 else [])  # fmt: skip
+        self.sockets.hello()
         self._report_state(WorkerState.STARTING)
         try:
             outcome = self._run_scripts()
         except PorchError as exc:
             outcome = self._fail(exc)
-        self._report_state(WorkerState.STOPPING, self._last_error)
+        self._report_state(WorkerState.STOPPING, self.house.last_error)
         self._finish(outcome)
-        return 1 if self.state is WorkerState.FAILED else 0
+        return 1 if self.house.state is WorkerState.FAILED else 0
 
     def _finish(self, outcome: WorkerState) -> None:
         finished = outcome is WorkerState.FINISHED
@@ -569,15 +465,10 @@ class Worker:
         for error in self.host.end():
             outcome = self._fail(error)
         self.host.close()
-        self._heartbeat()
-        self._report_state(outcome, self._last_error)
+        self.house.send_health()
+        self._report_state(outcome, self.house.last_error)
         log.info("worker_exit", pipeline=self.name, state=outcome.value,
                  iterations=self.counters.iterations)  # fmt: skip
         if self.durable is not None:
             self.durable.close()
-        if self.inbox is not None:
-            self.inbox.close()
-        self.control.close()
-        if self.security is not None:
-            self.security.stop()
-        self.ctx.term()
+        self.sockets.close()

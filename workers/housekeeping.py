@@ -1,0 +1,100 @@
+"""A worker's side of the control channel, and what it does between iterations.
+
+The worker tells its supervisor its state (STATE, with the error that failed it) and, every
+HEARTBEAT_INTERVAL_S, its health (HEALTH: counters, target links, warnings); it hears a stop
+(STOP) and where every pipeline is (DIRECTORY, applied to its targets and sources).
+
+Between iterations, at most every TICK_S (the loop decides when), `tick` reads the control
+channel and the acknowledgements, looks at the links' socket events, ends the streams of
+sources that finished without an EOS, checks for missing targets, and sends the heartbeat; a
+supervisor that died without a parent-death signal is noticed then too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
+from workers.heartbeat import Heartbeat
+from workers.inbox import Inbox
+from workers.links import OutputLink
+from workers.signals import StopSignals
+from workers.sources import SourceWatch
+from workers.targets import TargetDirectory, TargetWatch
+
+
+class Housekeeping:
+    """What a worker says to and hears from its supervisor, and its periodic checks."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        control: ControlClient,
+        outputs: Sequence[OutputLink],
+        inbox: Inbox | None,
+        stops: StopSignals,
+        heartbeat: Heartbeat,
+        *,
+        started_s: float,
+        parent_pid: int | None,
+        read_acks: Callable[[], None],
+    ) -> None:
+        self.pipeline = pipeline
+        self.control = control
+        self.outputs = outputs
+        self.inbox = inbox
+        self.stops = stops
+        self.heartbeat = heartbeat
+        self.directory = TargetDirectory(pipeline, outputs)
+        self.sources = SourceWatch(pipeline, inbox, stops) if inbox is not None else None
+        self.targets = TargetWatch(pipeline, outputs, started_s)
+        self.state = WorkerState.STARTING
+        self.last_error = ""  # the first error that failed the worker: its cause
+        self._parent_pid = parent_pid
+        self._read_acks = read_acks
+        self._next_heartbeat = 0.0
+
+    def report_state(self, state: WorkerState, error: str = "") -> None:
+        """Tell the supervisor our state (and the error, when it is a failure's)."""
+        self.state = state
+        self.control.send(MessageType.STATE, state=state.value, error=error)
+
+    def on_control(self) -> None:
+        """Take what the supervisor sent: a stop, or a directory (for our targets and sources)."""
+        for kind, message in self.control.receive():
+            if kind is MessageType.STOP:
+                self.stops.request("supervisor")
+            elif kind is MessageType.DIRECTORY:
+                pipelines = self.directory.read(message)
+                if pipelines is not None:
+                    self.directory.apply(pipelines)
+                    if self.sources is not None:
+                        self.sources.note(pipelines)
+
+    def warnings(self) -> str:
+        """What keeps this pipeline from making progress, for `porchctl status`."""
+        parts = self.targets.warnings()
+        if self.sources is not None:
+            parts += self.sources.warnings()
+        return "; ".join(parts)
+
+    def send_health(self) -> None:
+        """The heartbeat: our health report now."""
+        report = self.heartbeat.report(self.state.value, self.warnings())
+        self.control.send(MessageType.HEALTH, **report.encode())
+
+    def tick(self, now: float) -> None:
+        """The housekeeping between iterations (module doc); `now` is time.monotonic()."""
+        self.on_control()
+        self._read_acks()
+        for link in self.outputs:
+            link.check_events(self.pipeline)
+        if self.inbox is not None:
+            self.inbox.link.check_events(self.pipeline)
+        if self.sources is not None:
+            self.sources.end_overdue()
+        self.targets.check(now, self.directory.known)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
+            self.send_health()
+            self.stops.check_parent(self._parent_pid)
