@@ -3,6 +3,7 @@ report is filled from where it is counted, and the step() histogram buckets dura
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, cast
@@ -102,3 +103,10 @@ def test_a_duration_on_a_bound_counts_in_that_bucket() -> None:
         steps.add(seconds)
     assert steps.counts == [2, 0, 0, 0, 1, 0, 1, 1]
     assert len(steps.counts) == len(STEP_BOUNDS_S) + 1  # the last bucket is +Inf
+
+
+def test_what_the_loop_and_the_inbox_count_are_counters_of_the_report() -> None:
+    # counted under the names porch/health.py gives them (status totals them as COUNTERS)
+    counted = {f.name for f in dataclasses.fields(Counters)}
+    counted |= {f.name for f in dataclasses.fields(InboxCounters)}
+    assert counted <= set(COUNTERS)
