@@ -128,7 +128,7 @@ class Spawner:
         passed), else None. When the exit is first seen, `on_exit_seen` runs (its last reports
         may still wait), then what its scripts left in its group is killed."""
         process = handle.process
-        if process is None or not handle.alive:
+        if process is None or process.exit_code is not None:  # not alive
             return None
         code = process.popen.poll()
         if code is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from porch import logs
@@ -111,7 +111,7 @@ class SupervisionPolicy:
             return  # already stopping: a second SIGTERM would make the worker exit at once
         book.stop_pending = True  # signalled at the end of this loop turn (signal_stops)
 
-    def signal_stops(self, handles: Sequence[WorkerHandle], now: float) -> None:
+    def signal_stops(self, handles: Collection[WorkerHandle], now: float) -> None:
         """SIGTERM the pipelines commanded to stop that may go now (see ready_to_stop)."""
         pending = [h.name for h in handles if h.restart.stop_pending and h.alive]
         if not pending:
@@ -136,15 +136,15 @@ class SupervisionPolicy:
             log.info("worker_restarting", pipeline=handle.name, restarts=book.tracker.restarts)
             self.processes.spawn(handle)
             return
-        if not handle.alive:
+        process = handle.process
+        if process is None or process.exit_code is not None:  # not alive
             return
-        assert handle.process is not None
-        self._check_stop_timeout(handle, handle.process, now)
-        self._check_heartbeat(handle, handle.process, now)
+        if process.kill_at is not None and now > process.kill_at:
+            self._stop_timed_out(handle, process)
+        if now - process.heartbeat_s > handle.config.heartbeat_timeout_s:
+            self._check_heartbeat(handle, process, now)
 
-    def _check_stop_timeout(self, handle: WorkerHandle, process: WorkerProcess, now: float) -> None:
-        if process.kill_at is None or now <= process.kill_at:
-            return
+    def _stop_timed_out(self, handle: WorkerHandle, process: WorkerProcess) -> None:
         process.kill_at = None
         message = (f"killed: did not stop within {self.stop_timeout_s:g} s of SIGTERM "
                    "(--stop-timeout); its end() hooks did not run or finish")  # fmt: skip

@@ -234,7 +234,7 @@ class Supervisor:
         # porchd's idle CPU. Anything else (output, an exit, a signal, a command) sweeps now.
         sweep = any(key is not self.channel.socket for key in keys)
         self.loop.dispatch(keys)
-        self.policy.signal_stops(list(self.workers.values()), time.monotonic())
+        self.policy.signal_stops(self.workers.values(), time.monotonic())
         if self.loop.children_changed:
             self.loop.children_changed = False
             self._reap_adopted()

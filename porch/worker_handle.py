@@ -157,7 +157,8 @@ class WorkerHandle:
     @property
     def alive(self) -> bool:
         """Whether a worker process exists that has not been reaped yet."""
-        return self.process is not None and not self.process.reaped
+        process = self.process  # read at every sweep of every worker: kept cheap
+        return process is not None and process.exit_code is None
 
     @property
     def pid(self) -> int | None:
