@@ -32,8 +32,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from porch import paths
 from porch.broker import MAX_WITHDRAWN
 from porch.discovery import MAX_REMOTE_PIPELINES, Beacon, Entry, encode
+from porch.porchd_protocol import Client
 from porch.wire import FrameKind, encode_header
 from tests.conftest import NETWORK_VARIABLES, free_udp_port
 from tests.integration.conftest import PORCHD, REPO_ROOT, Porchd, PorchRun
@@ -309,8 +311,8 @@ def _rss_mib(daemon: Porchd) -> float:
 
 def flood(daemon: Porchd, attacker: Attacker, seconds: float = FLOOD_S) -> tuple[int, float, float]:
     """The issue's flood: 500-entry unsigned beacons from 40 made-up supervisors, as fast as
-    the attacker can send them, while porchctl asks for status. Datagrams sent, porchctl's
-    slowest answer (s), and how much porchd and its workers grew (MiB)."""
+    the attacker can send them, while porchctl asks for status. Datagrams sent, porchd's
+    slowest answer to a status request (s), and how much porchd and its workers grew (MiB)."""
     entries = tuple(Entry(f"flood_{i:04d}", f"tcp://127.0.0.1:{10000 + i}", "running", 1)
                     for i in range(500))  # fmt: skip
     files = [attacker.file(f"flood{n}", encode(Beacon(f"{n:016x}", f"o{n}", "127.0.0.1", "h",
@@ -319,11 +321,16 @@ def flood(daemon: Porchd, attacker: Attacker, seconds: float = FLOOD_S) -> tuple
     before = _rss_mib(daemon)
     command = attacker.command("flood", str(discovery_port(daemon)), str(seconds), *files)
     flooding = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    # porchd's answer time is measured from this process (a porchctl process would add its own
+    # interpreter start-up, seconds on a loaded machine); porchctl itself must answer too
+    path, address = paths.control_address(str(daemon.control))
+    client = Client(address, path, timeout_s=10)
     try:
         slowest_s = 0.0
+        assert daemon.ctl("status", timeout_s=10).returncode == 0
         while flooding.poll() is None:
             started = time.monotonic()
-            assert daemon.ctl("status", timeout_s=10).returncode == 0
+            client.call("status")
             slowest_s = max(slowest_s, time.monotonic() - started)
         out, _ = flooding.communicate(timeout=30)
     finally:
@@ -339,7 +346,7 @@ def test_a_beacon_flood_costs_no_memory_and_porchctl_keeps_answering(
     assert status["remote"] == [], "a flooded beacon got into the table"
     assert status["daemon"]["discovery"]["rejected"]["unsigned"] >= min(sent, 1000) // 2
     assert grown_mib <= MEMORY_SLACK_MIB, (grown_mib, sent)
-    assert slowest_s < 5.0, f"porchctl status took {slowest_s:.1f} s during the flood"
+    assert slowest_s < 5.0, f"porchd took {slowest_s:.1f} s to answer status during the flood"
     assert_stream_goes_on_whole(victim)
 
 
@@ -357,7 +364,7 @@ def test_without_signatures_a_flood_stays_bounded_and_empties_again(
     assert status["daemon"]["discovery"]["beacons_received"] > 0, "the flood never arrived"
     assert len(live) <= MAX_REMOTE_PIPELINES  # tests/unit/test_discovery.py checks the bound
     assert grown_mib <= MEMORY_SLACK_MIB, (grown_mib, sent)
-    assert slowest_s < 5.0, f"porchctl status took {slowest_s:.1f} s during the flood"
+    assert slowest_s < 5.0, f"porchd took {slowest_s:.1f} s to answer status during the flood"
     # What the flood announced expires; at most MAX_WITHDRAWN names are remembered as withdrawn.
     # Up to 4 MB of flood still queued in the socket is worked off first: each new announcer
     # costs porchd a directory update and conflict logs, which takes long on a loaded machine.
