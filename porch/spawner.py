@@ -227,6 +227,18 @@ class Spawner:
         self.watcher.close()
 
 
+def local_links_dir(run_dir: Path) -> Path | None:
+    """The run folder, where this supervisor's pipelines link over ipc:// (workers get it as
+    --ipc-dir), or None when it cannot hold their sockets (then they link over TCP)."""
+    problem = localsock.folder_problem(run_dir)
+    if problem:
+        log.warning("local_links_unavailable", reason=problem,
+                    detail="this supervisor's pipelines link over TCP (CURVE unless "
+                    "--insecure)")  # fmt: skip
+        return None
+    return run_dir
+
+
 def signal_group(pid: int, signum: int) -> None:
     """Send `signum` to the process group `pid` leads (gone or not ours: nothing)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

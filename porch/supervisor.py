@@ -34,7 +34,7 @@ from porch.directory import DirectoryEntry
 from porch.event_loop import EventLoop, SweepTimer, timeout_ms
 from porch.output_relay import ConsoleSink as ConsoleSink  # re-exported for porch run
 from porch.output_relay import LineSink, OutputRelay
-from porch.spawner import Spawner, SpawnSettings, reap_adopted
+from porch.spawner import Spawner, SpawnSettings, local_links_dir, reap_adopted
 from porch.status import PipelineStatus
 from porch.supervision import FailureMode as FailureMode  # re-exported for cli and daemon
 from porch.supervision import SupervisionPolicy, settled
@@ -72,11 +72,6 @@ class Supervisor:
         local_links = localsock.local_links_enabled()  # our pipelines link over ipc://
         reaper.remove_stale_run_dirs()  # what a supervisor killed with kill -9 left behind
         self.runtime_dir = reaper.make_run_dir()
-        if local_links and (problem := localsock.folder_problem(self.runtime_dir)):
-            local_links = False
-            log.warning("local_links_unavailable", reason=problem,
-                        detail="this supervisor's pipelines link over TCP (CURVE unless "
-                        "--insecure)")  # fmt: skip
         self.channel = WorkerChannel(zmq.Context(), f"ipc://{self.runtime_dir}/workers")
         self.loop.add(self.channel.socket, self._on_control)
         settings = SpawnSettings(
@@ -86,7 +81,7 @@ class Supervisor:
             state_dir,
             network.key_file if network else None,
             iterations,
-            self.runtime_dir if local_links else None,
+            local_links_dir(self.runtime_dir) if local_links else None,
         )
         watchdog = reaper.Watchdog(self.runtime_dir, grace_s=stop_timeout_s)
         self.spawner = Spawner(settings, self.loop, watchdog, self.relay, self._children_changed)

@@ -17,7 +17,7 @@ from porch.event_loop import EventLoop
 from porch.health import HealthReport
 from porch.output_relay import OutputRelay
 from porch.restart import RestartPolicy, RestartTracker
-from porch.spawner import Spawner, SpawnSettings
+from porch.spawner import Spawner, SpawnSettings, local_links_dir
 from porch.worker_handle import RestartBook, WorkerHandle
 
 pytestmark = pytest.mark.timeout(30)
@@ -137,3 +137,14 @@ def test_a_spawned_worker_is_reaped_after_its_output_drained() -> None:
     assert sink.lines == [("p", "stdout", "last words")] and seen == ["exit"]
     assert not handle.alive and handle.pid is None
     loop.close()
+
+
+def test_local_links_need_a_run_folder_that_can_hold_their_sockets(tmp_path: Path) -> None:
+    private = tmp_path / "run"
+    private.mkdir(mode=0o700)
+    assert local_links_dir(private) == private
+    deep = private / ("x" * 120)
+    deep.mkdir(mode=0o700)
+    with capture_logs() as logs:
+        assert local_links_dir(deep) is None
+    assert [e["event"] for e in logs] == ["local_links_unavailable"]
