@@ -884,17 +884,27 @@ PAUSING_SINK = """
 """
 
 
+@pytest.fixture(params=["ipc", "tcp"])
+def local_links(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """PORCH_LOCAL_LINKS for porch run (set before run_porch copies the environment): links
+    between its pipelines over Unix sockets (the default) or TCP (as between hosts)."""
+    links: str = request.param
+    monkeypatch.setenv("PORCH_LOCAL_LINKS", links)
+    return links
+
+
 @pytest.mark.timeout(90)
 def test_at_most_once_chain_whose_stages_fall_behind_for_seconds_loses_no_value(
-    tmp_path: Path, run_porch: StartPorch
+    tmp_path: Path, local_links: str, run_porch: StartPorch
 ) -> None:
     """An at-most-once A -> B -> C -> D chain flooded by its source: the middle stages block
     on their output (and read no input) for seconds, and D reads nothing for longer than
     ZeroMQ's heartbeat timeout (4 s). A connection whose receiver is behind reads nothing, no
     PING and no PONG: before aa11f8d such busy links were timed out as dead and dropped with
-    what they queued (checked: D got 31,672 to 33,065 of 150,000 values, and libzmq aborted B
-    in 2 runs of 3), as make bench's at-most-once chain lost 14-33%. Only an acknowledged
-    sender pings now: nothing is lost."""
+    what they queued (checked with aa11f8d's change undone: over TCP D got 31,672 to 33,065
+    of 150,000 values, and libzmq aborted B in 2 runs of 3; over ipc:// 118,322 to 132,207,
+    3 runs of 3), as make bench's at-most-once chain lost 14-33%. Only an acknowledged sender
+    pings now: nothing is lost."""
     n = 150_000
     names = ["chain_a", "chain_b", "chain_c", "chain_d"]
     configs = [
@@ -910,6 +920,7 @@ def test_at_most_once_chain_whose_stages_fall_behind_for_seconds_loses_no_value(
     run = run_porch("run", *map(str, configs))
 
     assert run.wait_exit(60.0) == 0, run.report()
+    assert run.env["PORCH_LOCAL_LINKS"] == local_links
     assert run.lines_of(names[3]) == [
         f"received {n}, distinct {n}, in order True, first 1, last {n}"
     ], run.report()
