@@ -172,6 +172,8 @@ class Inbox:
             self._on_new_instance(header, source)
         if header.seq <= source.received:
             self.counters.duplicates += 1
+            if kind is FrameKind.EOS and header.seq == source.eos_seq:
+                self._confirm_end(source, header.seq)  # our confirmation was lost: again
             return
         source.route = message[0]
         self.departed.discard(header.sender)

@@ -286,6 +286,7 @@ class OutputLink:
         self.replayed = 0
         self.bye_pending = False  # a BYE waits for the unsent messages it must follow
         self.end_unconfirmed = False  # at-most-once: our EOS or BYE went out, not yet confirmed
+        self._end_lost = False  # ...and its connection dropped: send it again on the next one
         self._attempts: dict[int, int] = {}
         self.key_id: str | None = None
         self.monitor: Socket | None = None
@@ -369,8 +370,11 @@ class OutputLink:
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshaken = True
+                if self._end_lost:
+                    self._send_end_again()
             elif kind == zmq.EVENT_DISCONNECTED:
                 lost, self.handshaken = self.handshaken, False  # ZeroMQ reconnects by itself
+                self._end_lost = self.end_unconfirmed
                 if not (lost and self.settings.acked and self.endpoint is not None):
                     continue
                 log.info("link_reconnecting", pipeline=pipeline, target=self.target,
@@ -381,6 +385,21 @@ class OutputLink:
                 return  # the old monitor is closed; the new socket reports on its own
             elif kind in HANDSHAKE_FAILED:
                 self._handshake_failed(pipeline, HANDSHAKE_FAILED[kind])
+
+    def _send_end_again(self) -> None:
+        """At-most-once: the connection that carried our EOS or BYE dropped before the target
+        confirmed it; say hello on the new one and send the end again (the target confirms a
+        repeated end too), instead of waiting for a confirmation that cannot come."""
+        self._end_lost = False
+        if self.socket is None or not self.end_unconfirmed:
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            self.socket.send(self.headers.encode(FrameKind.HELLO, HELLO_NO_ACKS), zmq.NOBLOCK)
+        if self.outbox:
+            self.unsent = len(self.outbox)  # the kept EOS
+        else:
+            self.bye_pending = True
+        self.pump()
 
     def _handshake_failed(self, pipeline: str, reason: str) -> None:
         self.handshakes_failed += 1
