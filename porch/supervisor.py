@@ -95,9 +95,8 @@ class Supervisor:
         self.publisher = DirectoryPublisher(self.channel.send, self.workers, key_id)
         self.broker: Broker | None = None
         if network is not None:  # remote pipelines join the directory
-            now = time.monotonic
             self.broker = Broker(network, origin, self.publisher.local_entries,
-                                 lambda: self.publisher.changed(now()))  # fmt: skip
+                                 self.publisher.changed)  # fmt: skip
             self.publisher.broker = self.broker
             self.loop.add(self.broker.fileno(), self.broker.on_readable)
         self.sweep = SweepTimer(SWEEP_S)

@@ -10,6 +10,7 @@ workers starting) is coalesced into a few directories, at most one per DIRECTORY
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -108,8 +109,10 @@ class DirectoryPublisher:
         """The pipeline was removed."""
         self._sent.pop(pipeline, None)
 
-    def changed(self, now: float) -> None:
-        """The directory changed: send it now, or (one was just sent) at due_s."""
+    def changed(self, now: float | None = None) -> None:
+        """The directory changed (at `now`, monotonic s; default: now): send it now, or (one
+        was just sent) at due_s."""
+        now = time.monotonic() if now is None else now
         if now - self._sent_s >= self.gap_s:
             self.due_s, self._sent_s = None, now
             self.publish()
