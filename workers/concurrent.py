@@ -100,7 +100,7 @@ class ConcurrentLoop:
                 if worker.stopping:
                     return
                 continue
-            if worker.stopping and time.monotonic() >= worker._stop_deadline:
+            if worker.stopping and time.monotonic() >= worker.stops.stop_deadline:
                 return  # what is still in flight is cancelled: a source has no sender to owe
             self._wait()
 
@@ -122,7 +122,7 @@ class ConcurrentLoop:
                 if not fanin.ready():
                     worker._wait(IDLE_MS)
                 continue
-            if worker.stopping and time.monotonic() >= worker._stop_deadline:
+            if worker.stopping and time.monotonic() >= worker.stops.stop_deadline:
                 return  # not acknowledged: the sources keep it and replay it
             self._wait()
 
@@ -224,7 +224,7 @@ class ConcurrentLoop:
             fd = sock.getsockopt(zmq.FD)
             self._fds.append(fd)
             self.loop.add_reader(fd, self._wake_zmq, sock)
-        fd = worker._wake_r.fileno()
+        fd = worker.stops.wake_r.fileno()
         self._fds.append(fd)
         self.loop.add_reader(fd, self._wake_signal)
 
@@ -236,7 +236,7 @@ class ConcurrentLoop:
 
     def _wake_signal(self) -> None:
         with contextlib.suppress(BlockingIOError):
-            self.worker._wake_r.recv(4096)  # the handler has run: the byte only woke us
+            self.worker.stops.wake_r.recv(4096)  # the handler has run: the byte only woke us
         self._wake()
 
     def _wake(self) -> None:
