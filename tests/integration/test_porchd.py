@@ -490,7 +490,9 @@ def test_killing_porchd_leaves_no_script_child_behind(tmp_path: Path, porchd: St
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["SIGTERM", "porchctl stop"])
 def test_sigterm_or_porchctl_stop_stops_porchd_gracefully(tmp_path: Path, porchd: Start, how: str):
-    daemon = porchd(*chain(tmp_path))
+    # a stop timeout well above a loaded machine's stop time: this test is about end() running,
+    # test_worker_ignoring_sigterm_is_killed_with_its_child_after_stop_timeout about the kill
+    daemon = porchd(*chain(tmp_path), stop_timeout_s=20)
     workers = list(pids(daemon.wait_running("ticker", "printer")).values())
 
     if how == "SIGTERM":
