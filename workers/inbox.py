@@ -355,8 +355,9 @@ class Inbox:
         if header.kind is FrameKind.BYE:
             log.info("source_departed", pipeline=self.name, source=header.sender)
             self.departed.add(header.sender)
-            source.route = route
-            self._confirm_end(source, source.received)
+            if not source.wants_acks:
+                source.route = route
+                self._confirm_end(source, source.received)
         else:
             self.departed.discard(header.sender)
             source.wants_acks = not header.seq & HELLO_NO_ACKS
