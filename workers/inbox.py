@@ -422,20 +422,23 @@ class Inbox:
     def commit(self, taken: dict[str, Any]) -> None:
         """An iteration consumed these: acknowledge them (at once, or batched)."""
         for name, item in taken.items():
-            source = self.sources[name]
-            if item[3] != source.generation:
-                continue  # a placeholder, or queued by an earlier instance of the source
-            seq = item[0]
-            opened = source.open
-            if opened and opened[0] == seq:
-                opened.popleft()
-            elif seq in opened:
-                opened.remove(seq)
-            if source.careful:
-                source.careful -= 1
-                self._ack(source)
-            elif seq - source.acked >= self._ack_every:
-                self._ack(source)
+            self.commit_one(self.sources[name], item[0], item[3])
+
+    def commit_one(self, source: SourceState, seq: int, generation: int) -> None:
+        """An iteration consumed `source`'s message `seq`: acknowledge it (at once, or
+        batched); nothing for a placeholder or an item of an earlier instance of the source."""
+        if generation != source.generation:
+            return
+        opened = source.open
+        if opened and opened[0] == seq:
+            opened.popleft()
+        elif seq in opened:
+            opened.remove(seq)
+        if source.careful:
+            source.careful -= 1
+            self._ack(source)
+        elif seq - source.acked >= self._ack_every:
+            self._ack(source)
 
     def flush_acks(self) -> None:
         """Acknowledge everything consumed (and ends whose data is all consumed)."""

@@ -264,6 +264,7 @@ class OutputLink:
         self.target = target
         self.headers = headers
         self.settings = settings
+        self._limit, self._limit_bytes = settings.limit, settings.limit_bytes
         self.on_dead_letter = on_dead_letter
         self.endpoint: str | None = None
         self.instance: int | None = None
@@ -525,6 +526,25 @@ class OutputLink:
         frames = self._frames(kind, payload, alone)
         self._append(Outgoing(self.seq, frames, _size(payload), kind, runs=alone))
         self.pump()
+        return True
+
+    def add(self, item: bytes, origin: Origin | int) -> bool:
+        """offer()'s hot path: one small serialized value into the batch. False when offer()
+        must decide instead: the link is full or finished, or the value travels alone."""
+        batch = self.batch
+        size = len(item)
+        if (
+            self.held + len(batch) >= self._limit
+            or self.bytes_held + self.batch_bytes >= self._limit_bytes
+            or size > BATCH_ITEM_MAX
+            or self.gone
+        ):
+            return False
+        batch.append(item)
+        self.batch_origins.append(origin)
+        self.batch_bytes += size
+        if len(batch) >= MAX_BATCH or self.batch_bytes >= MAX_BATCH_BYTES:
+            self.flush()
         return True
 
     def _append(self, message: Outgoing) -> None:

@@ -118,6 +118,10 @@ class FanIn:
         item = self._only.popleft()
         return {self._only_name: item}
 
+    def single(self) -> tuple[str, deque[Any]]:
+        """One expected source: its name and its queue (items leave it from the left)."""
+        return self._only_name, self._only
+
     def appender(self, source: str) -> Callable[[Any], None]:
         """What queues one item of `source`: the fastest callable for the current pairing."""
         if self.pairing is Pairing.FIFO or self.pairing is Pairing.ANY:

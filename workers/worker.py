@@ -228,8 +228,14 @@ class Worker:
                 self.durable.store(payload, (self._stream, own), own)
         elif self.durable is not None:
             self.durable.store(payload, origin)
-        for link in self.outputs:
-            self._hand_over(link, FrameKind.DATA, payload, stamp)
+        if len(payload) == 1:  # the hot path: one small frame joins each link's batch
+            item = payload[0]
+            for link in self.outputs:
+                if not link.add(item, stamp):
+                    self._hand_over(link, FrameKind.DATA, payload, stamp)
+        else:
+            for link in self.outputs:
+                self._hand_over(link, FrameKind.DATA, payload, stamp)
         self.counters.msgs_out += 1
         return True
 
@@ -357,20 +363,28 @@ class Worker:
 
     def _source_loop(self) -> None:
         limit = self.options.iterations
+        iterate, clock, counters = self._iterate, time.perf_counter, self.counters
         while not self.stopping and not self.ended:
-            self._iterate(None)
-            if limit is not None and self.counters.iterations >= limit:
+            iterate(None)
+            if limit is not None and counters.iterations >= limit:
                 self.ended = True
-            self._after_iteration()
+            if clock() - self._last_flush >= FLUSH_INTERVAL_S:
+                self._after_iteration()
 
     def _sink_loop(self, inbox: Inbox) -> None:
         fanin = inbox.fanin
         if fanin.any_input:  # a feedback loop needs one member to go first
             self._iterate(dict.fromkeys(fanin.sources))
+        single = fanin.expected == 1 and not fanin.any_input
         while not self.ended:
             if self.stopping and not self._draining(inbox):
                 return  # a live upstream keeps what we did not acknowledge and replays it
-            if fanin.ready():
+            if single and fanin.ready():
+                if not self._run_queue(inbox):
+                    return
+                self._flush_outputs()  # no more input queued: don't hold output back
+                self._tick()
+            elif fanin.ready():
                 values, taken, origin, marked = inbox.take()
                 if marked:  # filtered out upstream, or a join partner that never comes
                     if inbox.undecodable:
@@ -393,6 +407,27 @@ class Worker:
                 return  # everything that was sent has been processed
             else:
                 self._wait(POLL_MS)
+
+    def _run_queue(self, inbox: Inbox) -> bool:
+        """One source: run what it queued in a tight loop, committing each input as take()
+        and commit() would; False when a stop ends the loop."""
+        name, queue = inbox.fanin.single()
+        source = inbox.sources[name]
+        iterate, commit, clock = self._iterate, inbox.commit_one, time.perf_counter
+        while queue and not self.ended:
+            if self.stopping and not self._draining(inbox):
+                return False  # a live upstream keeps what we did not acknowledge
+            seq, value, origin, generation = queue.popleft()
+            if value is SKIP:  # filtered out upstream
+                self._pass_marker(origin)
+            elif not inbox.undecodable or self._decoded(inbox, {name: value}):
+                iterate({name: value}, origin)
+            else:
+                self._pass_marker(origin)
+            commit(source, seq, generation)
+            if clock() - self._last_flush >= FLUSH_INTERVAL_S:
+                self._after_iteration()
+        return True
 
     def _draining(self, inbox: Inbox) -> bool:
         """Whether a stopping worker still takes input: for a moment from live sources, and
