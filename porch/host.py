@@ -225,6 +225,22 @@ class ScriptHost:
         except Exception as exc:
             raise ScriptError(f"step() raised {_summary(exc)}", user_traceback(exc)) from None
 
+    def direct_step(self) -> tuple[Callable[..., Any], bool] | None:
+        """The one script's own step() and whether it takes input, when calling it directly
+        is all step() would do (one sync script without delta_time): the worker's tight
+        loops call it, and turn what it raises into step()'s exception with failure()."""
+        if len(self.scripts) != 1 or self.is_async or self.scripts[0].tracks_delta:
+            return None
+        return self.scripts[0].step, self.scripts[0].takes_input
+
+    def failure(self, exc: BaseException) -> Exception:
+        """What step() raises when a script's step() raised `exc` (Stop or a ScriptError)."""
+        if isinstance(exc, Stop):
+            return exc
+        if isinstance(exc, SystemExit):
+            return _exit_error(exc, "step()") or Stop()
+        return ScriptError(f"step() raised {_summary(exc)}", user_traceback(exc))
+
     async def astep(self, value: Any) -> Any:
         """Run one iteration, awaiting each async step(); many may be in flight at once.
         `delta_time` is set as each script's step() is called, for whichever iteration calls

@@ -59,6 +59,10 @@ class Serializer:
     name: str
     dumps: Callable[[Any], Frames]
     loads: Callable[[Sequence[Any]], Any]
+    # the hot path: the one frame of a plain value, or None when dumps() must decide (the
+    # value fails, travels by value, or has buffers of its own); None: dumps() always
+    dumps_one: Callable[[Any], bytes | None] | None = None
+    loads_one: Callable[[Any], Any] | None = None  # loads() of one frame, when it is faster
 
 
 # ---- by value ----------------------------------------------------------------------------
@@ -190,6 +194,23 @@ def _pickle_dumps(value: Any) -> Frames:
     if buffers:
         return [head, *(b.raw() for b in buffers)]
     return [head]
+
+
+_NO_BUFFERS: list[pickle.PickleBuffer] = []  # dumps_one's out-of-band buffers (it gives up)
+
+
+def _pickle_dumps_one(value: Any) -> bytes | None:
+    try:
+        head = pickle.dumps(value, protocol=5, buffer_callback=_NO_BUFFERS.append)
+    except Exception:
+        _NO_BUFFERS.clear()
+        return None
+    if _NO_BUFFERS:
+        _NO_BUFFERS.clear()
+        return None
+    if _STACK_GLOBAL in head and _SCRIPT_MARK in head:
+        return None
+    return head
 
 
 def _pickle_loads(frames: Sequence[Any]) -> Any:
@@ -367,7 +388,7 @@ def _json_loads(frames: Sequence[Any]) -> Any:
 SERIALIZERS: dict[str, Serializer] = {
     s.name: s
     for s in (
-        Serializer(1, "pickle", _pickle_dumps, _pickle_loads),
+        Serializer(1, "pickle", _pickle_dumps, _pickle_loads, _pickle_dumps_one, pickle.loads),
         Serializer(2, "dill", _dill_dumps, _dill_loads),
         Serializer(3, "json", _json_dumps, _json_loads),
     )

@@ -17,7 +17,7 @@ is their point) and keep the newest MAX_STREAMS streams per source.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,11 @@ class SourceState:
                 window[stream] = seq
                 new = True
         return not new
+
+
+def _one_frame(loads: Callable[[Sequence[Any]], Any]) -> Callable[[Any], Any]:
+    """A serializer's loads() of one frame."""
+    return lambda frame: loads([frame])
 
 
 @dataclass
@@ -240,7 +245,7 @@ class Inbox:
         refused: str,
     ) -> None:
         """Consecutive values of one origin stream (the hot path: a source's batch)."""
-        loads = serializer.loads
+        loads = serializer.loads_one or _one_frame(serializer.loads)
         push = self.fanin.appender(name)
         opened = source.open.append
         generation = source.generation
@@ -260,7 +265,7 @@ class Inbox:
                         try:
                             if refused:
                                 raise WireError(refused)
-                            value = loads([part])
+                            value = loads(part)
                         except Exception as exc:
                             value = self._undecodable(serializer, [part], exc, name)
                     opened(seq)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -546,6 +546,32 @@ class OutputLink:
         if len(batch) >= MAX_BATCH or self.batch_bytes >= MAX_BATCH_BYTES:
             self.flush()
         return True
+
+    def room(self) -> int:
+        """How many more small values the link takes now without blocking or dropping (a
+        finished target takes, and drops, everything)."""
+        if self.gone:
+            return MAX_BATCH
+        if self.bytes_held + self.batch_bytes >= self._limit_bytes:
+            return 0
+        return max(0, self._limit - self.held - len(self.batch))
+
+    def extend(self, items: list[bytes], origins: Sequence[Any]) -> None:
+        """Several small serialized values (each at most BATCH_ITEM_MAX bytes) into the batch,
+        `origins` as for offer(); the caller checked room()."""
+        if self.gone:
+            self.dropped += len(items)
+            return
+        start = 0
+        while start < len(items):
+            take = MAX_BATCH - len(self.batch)
+            chunk = items[start : start + take]
+            self.batch += chunk
+            self.batch_origins += origins[start : start + take]
+            self.batch_bytes += sum(map(len, chunk))
+            start += take
+            if len(self.batch) >= MAX_BATCH or self.batch_bytes >= MAX_BATCH_BYTES:
+                self.flush()
 
     def _append(self, message: Outgoing) -> None:
         self.outbox.append(message)

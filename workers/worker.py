@@ -40,6 +40,7 @@ from workers.concurrent import ConcurrentLoop
 from workers.deadletter import DeadLetters, LinkLetters, summary
 from workers.heartbeat import Counters, Heartbeat
 from workers.host import ScriptHost
+from workers.hotloop import FLUSH_INTERVAL_S, HotLoop
 from workers.housekeeping import Housekeeping
 from workers.inbox import Inbox, Undecodable
 from workers.links import OutputLink
@@ -55,7 +56,6 @@ STOP_MARGIN_S = 1.5  # of --stop-timeout, kept for the end() hooks and the exit
 POLL_MS = 1000  # idle wake-ups (signals, messages and acks wake the loop at once)
 TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
 STEP_SAMPLE_EVERY = 8  # time one step() in 8: timing every one costs ~9% of a fast loop
-FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
 POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
 
 
@@ -307,15 +307,24 @@ class Worker:
             value = self.host.step(inputs)
             if not sample:
                 self._step_time(time.perf_counter() - started)
-        except Stop:
+        except (Stop, ScriptError) as exc:
+            self._step_failed(exc, inputs, origin)
+            return
+        self._after_step(value, inputs, origin)
+
+    def _step_failed(self, exc: Exception, inputs: Any, origin: Origin) -> None:
+        """step() raised `exc` (Stop, or a ScriptError: on_error decides)."""
+        if isinstance(exc, Stop):
             self.ended = True
             return
-        except ScriptError as exc:
-            if self.config.on_error is OnError.STOP:
-                raise
-            self._on_poison(exc, inputs)
-            self._pass_marker(origin)
-            return
+        if self.config.on_error is OnError.STOP:
+            raise exc
+        assert isinstance(exc, ScriptError)
+        self._on_poison(exc, inputs)
+        self._pass_marker(origin)
+
+    def _after_step(self, value: Any, inputs: Any, origin: Origin) -> None:
+        """What follows a step() that returned `value`: send it (or a marker), count it."""
         if value is SKIP:
             self._pass_marker(origin)
         elif not self._emit(value, inputs, origin):
@@ -364,8 +373,10 @@ class Worker:
     def _source_loop(self) -> None:
         limit = self.options.iterations
         iterate, clock, counters = self._iterate, time.perf_counter, self.counters
+        burst = HotLoop(self).source_burst
         while not self.stopping and not self.ended:
-            iterate(None)
+            if not burst(None if limit is None else limit - counters.iterations):
+                iterate(None)
             if limit is not None and counters.iterations >= limit:
                 self.ended = True
             if clock() - self._last_flush >= FLUSH_INTERVAL_S:
@@ -376,26 +387,17 @@ class Worker:
         if fanin.any_input:  # a feedback loop needs one member to go first
             self._iterate(dict.fromkeys(fanin.sources))
         single = fanin.expected == 1 and not fanin.any_input
+        run_queue = HotLoop(self).run_queue
         while not self.ended:
             if self.stopping and not self._draining(inbox):
                 return  # a live upstream keeps what we did not acknowledge and replays it
             if single and fanin.ready():
-                if not self._run_queue(inbox):
+                if not run_queue(inbox):
                     return
                 self._flush_outputs()  # no more input queued: don't hold output back
                 self._tick()
             elif fanin.ready():
-                values, taken, origin, marked = inbox.take()
-                if marked:  # filtered out upstream, or a join partner that never comes
-                    if inbox.undecodable:
-                        bad = [v for v in values.values() if isinstance(v, Undecodable)]
-                        inbox.undecodable -= len(bad)
-                    self._pass_marker(origin)
-                elif not inbox.undecodable or self._decoded(inbox, values):
-                    self._iterate(values, origin)
-                else:
-                    self._pass_marker(origin)
-                inbox.commit(taken)
+                self._take_one(inbox)
                 if fanin.ready():
                     self._after_iteration()
                 else:
@@ -408,26 +410,19 @@ class Worker:
             else:
                 self._wait(POLL_MS)
 
-    def _run_queue(self, inbox: Inbox) -> bool:
-        """One source: run what it queued in a tight loop, committing each input as take()
-        and commit() would; False when a stop ends the loop."""
-        name, queue = inbox.fanin.single()
-        source = inbox.sources[name]
-        iterate, commit, clock = self._iterate, inbox.commit_one, time.perf_counter
-        while queue and not self.ended:
-            if self.stopping and not self._draining(inbox):
-                return False  # a live upstream keeps what we did not acknowledge
-            seq, value, origin, generation = queue.popleft()
-            if value is SKIP:  # filtered out upstream
-                self._pass_marker(origin)
-            elif not inbox.undecodable or self._decoded(inbox, {name: value}):
-                iterate({name: value}, origin)
-            else:
-                self._pass_marker(origin)
-            commit(source, seq, generation)
-            if clock() - self._last_flush >= FLUSH_INTERVAL_S:
-                self._after_iteration()
-        return True
+    def _take_one(self, inbox: Inbox) -> None:
+        """One iteration on one input set of the fan-in, then acknowledge it."""
+        values, taken, origin, marked = inbox.take()
+        if marked:  # filtered out upstream, or a join partner that never comes
+            if inbox.undecodable:
+                bad = [v for v in values.values() if isinstance(v, Undecodable)]
+                inbox.undecodable -= len(bad)
+            self._pass_marker(origin)
+        elif not inbox.undecodable or self._decoded(inbox, values):
+            self._iterate(values, origin)
+        else:
+            self._pass_marker(origin)
+        inbox.commit(taken)
 
     def _draining(self, inbox: Inbox) -> bool:
         """Whether a stopping worker still takes input: for a moment from live sources, and

@@ -1,0 +1,211 @@
+"""The worker's tight loops: a source's iterations, and a one-source stage's queue, per burst.
+
+What `Worker._iterate` does per message (call step(), serialize, hand the value to every
+link, count) costs more in the calls between those steps than in the steps themselves. Here
+the common case runs as one loop per burst: the script's own step() is called directly
+(`ScriptHost.direct_step`: one sync script without delta_time), small values are serialized
+into a list, and the list goes to each link in one `OutputLink.extend`, with the origin seqs
+and counters of the whole burst at once. A burst is at most what every link has room for
+(so the window and backpressure stay exact), at most MAX_BATCH values, and ends once it has
+run FLUSH_INTERVAL_S (so a slow step() still sends each value at once: batching adds nothing
+when idle). Anything else (an exception, a SKIP in a stage, a value that must travel alone)
+ends the burst: what was gathered goes out first, then the regular per-message path handles
+that one value, so the order of values and every on_error rule are the same as there.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from porch.serializers import SerializationError
+from porch.stream import SKIP, clear_stop_request, stop_requested
+from porch.wire import Origin
+from workers.links import BATCH_ITEM_MAX, MAX_BATCH
+
+if TYPE_CHECKING:
+    from workers.inbox import Inbox
+    from workers.worker import Worker
+
+FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
+SAMPLE_MASK = 7  # a stage times one step() in 8 (a source: each burst's mean)
+
+
+class HotLoop:
+    """The per-burst loops of one worker (built once its scripts are loaded)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        direct = worker.host.direct_step()
+        self.step: Callable[..., Any] | None = direct[0] if direct else None
+        self.takes_input = bool(direct and direct[1])
+        # a durable outbox stores each value on its own as it is emitted
+        self.bursts = self.step is not None and worker.durable is None
+        serializer = worker.serializer
+        self.dumps_one = serializer.dumps_one or functools.partial(_one_frame, serializer.dumps)
+
+    def budget(self) -> int:
+        """How many values every link takes now (0: the regular path must wait)."""
+        outputs = self.worker.outputs
+        if not outputs or not self.bursts:
+            return MAX_BATCH if self.bursts else 0
+        return min(MAX_BATCH, *(link.room() for link in outputs))
+
+    # ---- a source -----------------------------------------------------------------------
+
+    def source_burst(self, left: int | None) -> bool:
+        """Run up to `left` (None: no limit) source iterations as one burst; False when it
+        cannot run (no room on a link, or no direct step()): call Worker._iterate instead."""
+        worker = self.worker
+        step = self.step
+        budget = self.budget()
+        if left is not None:
+            budget = min(budget, left)
+        if step is None or budget <= 0:
+            return False
+        dumps_one = self.dumps_one
+        items: list[bytes] = []
+        append = items.append
+        sends = bool(worker.outputs)
+        takes_input = self.takes_input
+        clock = time.perf_counter
+        started = clock()
+        done = 0
+        failed: Exception | None = None
+        for _ in range(budget):
+            try:
+                value = step(None) if takes_input else step()
+            except (Exception, SystemExit) as exc:
+                failed = worker.host.failure(exc)
+                break
+            done += 1
+            if value is not SKIP and sends:
+                item = dumps_one(value)
+                if item is not None and len(item) <= BATCH_ITEM_MAX:
+                    append(item)
+                else:  # it travels alone (or fails: on_error), after what came before it
+                    self._emit_own(items)
+                    done -= 1  # _after_step counts it
+                    worker._after_step(value, None, ())
+            if stop_requested():
+                clear_stop_request()
+                worker.ended = True
+                break
+            if clock() - started >= FLUSH_INTERVAL_S:
+                break
+        worker._step_time((clock() - started) / max(done, 1))
+        self._emit_own(items)
+        worker.counters.iterations += done
+        if failed is not None:
+            worker._step_failed(failed, None, ())
+        return True
+
+    def _emit_own(self, items: list[bytes]) -> None:
+        """Send a burst of a stamping pipeline's values: its next origin seqs, in order."""
+        if not items:
+            return
+        worker = self.worker
+        first = worker._origin_seq
+        worker._origin_seq = first + len(items)
+        origins = range(first, first + len(items))
+        for link in worker.outputs:
+            link.extend(items, origins)
+        worker.counters.msgs_out += len(items)
+        items.clear()
+
+    # ---- a stage with one source --------------------------------------------------------
+
+    def run_queue(self, inbox: Inbox) -> bool:
+        """Run what the one source queued, in bursts, committing each input as take() and
+        commit() would; False when a stop ends the loop."""
+        worker = self.worker
+        name, queue = inbox.fanin.single()
+        clock = time.perf_counter
+        while queue and not worker.ended:
+            if worker.stopping and not worker._draining(inbox):
+                return False  # a live upstream keeps what we did not acknowledge
+            budget = self.budget()
+            if budget and self.step is not None and self.takes_input and not inbox.undecodable:
+                self._stage_burst(inbox, name, queue, budget)
+            else:  # the regular path: one input set (it waits while a link is full)
+                worker._take_one(inbox)
+            if clock() - worker._last_flush >= FLUSH_INTERVAL_S:
+                worker._after_iteration()
+        return True
+
+    def _stage_burst(self, inbox: Inbox, name: str, queue: deque[Any], budget: int) -> None:
+        """Up to `budget` of the queued inputs through the script's own step(), their outputs
+        gathered and handed to the links at once (with their inputs' origins)."""
+        worker = self.worker
+        step = self.step
+        assert step is not None
+        source = inbox.sources[name]
+        commit, dumps_one, clock = inbox.commit_one, self.dumps_one, time.perf_counter
+        sends = bool(worker.outputs)
+        items: list[bytes] = []
+        origins: list[Origin] = []
+        started = clock()
+        done = 0
+        for _ in range(budget):
+            if not queue or worker.ended or inbox.undecodable:
+                break
+            seq, value, origin, generation = queue.popleft()
+            inputs = {name: value}
+            if value is SKIP:  # filtered out upstream: pass the marker on
+                output: Any = SKIP
+            else:
+                try:
+                    output = step(inputs)
+                except (Exception, SystemExit) as exc:
+                    self._emit(items, origins)
+                    worker._step_failed(worker.host.failure(exc), inputs, origin)
+                    commit(source, seq, generation)
+                    continue
+                done += 1
+            if not sends:
+                pass
+            elif output is SKIP:  # a marker (b""), so that a join drops this origin's partner
+                if origin:
+                    items.append(b"")
+                    origins.append(origin)
+            elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
+                items.append(item)
+                origins.append(origin)
+            else:  # it travels alone (or fails: on_error decides), in its place
+                self._emit(items, origins)
+                done -= 1  # _after_step counts it
+                worker._after_step(output, inputs, origin)
+            commit(source, seq, generation)
+            if stop_requested():
+                clear_stop_request()
+                worker.ended = True
+                break
+            if clock() - started >= FLUSH_INTERVAL_S:
+                break
+        if done:
+            worker._step_time((clock() - started) / done)
+        self._emit(items, origins)
+        worker.counters.iterations += done
+
+    def _emit(self, items: list[bytes], origins: list[Origin]) -> None:
+        """Send gathered values (and markers: b"") of a stage, with their inputs' origins."""
+        if not items:
+            return
+        worker = self.worker
+        for link in worker.outputs:
+            link.extend(items, origins)
+        worker.counters.msgs_out += len(items) - items.count(b"")
+        items.clear()
+        origins.clear()
+
+
+def _one_frame(dumps: Callable[[Any], list[Any]], value: Any) -> bytes | None:
+    """dumps_one for a serializer without its own: the frame, if there is just one."""
+    try:
+        frames = dumps(value)
+    except SerializationError:
+        return None
+    return frames[0] if len(frames) == 1 and type(frames[0]) is bytes else None
