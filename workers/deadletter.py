@@ -15,7 +15,7 @@ from porch.serializers import Serializer
 from porch.wire import decode_prefix
 
 if TYPE_CHECKING:
-    from workers.links import Outgoing
+    from workers.sendqueue import Outgoing
 
 log = logs.get("porch.worker")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from porch.serializers import SerializationError
 from porch.stream import SKIP, clear_stop_request, stop_requested
 from porch.wire import Origin
-from workers.links import BATCH_ITEM_MAX, MAX_BATCH
+from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH
 
 if TYPE_CHECKING:
     from workers.inbox import Inbox

@@ -112,89 +112,18 @@ class InboxCounters:
     unpaired: int = 0  # join values dropped: their partner was filtered out or never comes
 
 
-class Inbox:
-    """Receives, deduplicates, queues and acknowledges a pipeline's input."""
+class Intake:
+    """Decodes data messages into queued values: each value once (by link seq and by origin),
+    in the fan-in's queue of its source; a payload that does not decode queues an
+    Undecodable in its place."""
 
-    def __init__(
-        self,
-        ctx: Context,
-        host: str,
-        *,
-        name: str,
-        instance: int,
-        expected: int,
-        any_input: bool,
-        serializer: Serializer,
-        limit: int,
-        security: LinkSecurity | None = None,
-        local: Path | None = None,
-    ) -> None:
-        self.link = InputLink(ctx, host, limit, security, local)
-        self.fanin = FanIn(expected, any_input)
-        self.serializer = serializer
-        self.name = name
-        self.sources: dict[str, SourceState] = {}
-        self.departed: set[str] = set()
-        self._rejected: set[tuple[str, int]] = set()
-        self.counters = InboxCounters()
+    def __init__(self, fanin: FanIn, counters: InboxCounters, serializer: Serializer) -> None:
+        self.fanin = fanin
+        self.counters = counters
+        self.serializer = serializer  # the pipeline's own (json refuses the others)
         self.undecodable = 0  # Undecodable values queued (the worker looks for them if any)
-        self._careful = limit
-        self._ack_every = max(1, limit // 4)
-        self._acks = HeaderEncoder(0, instance, name)
-        self._fill = any_input and expected > 1  # sets name every source (None: no value)
 
-    @property
-    def endpoint(self) -> str:
-        """Where sources connect."""
-        return self.link.endpoint
-
-    # ---- receiving -----------------------------------------------------------------------
-
-    def receive(self) -> None:
-        """Take every waiting message off the socket; bad ones are dropped and counted."""
-        for message in self.link.receive(RECV_BATCH):
-            try:
-                self._accept(message)
-            except WireError as exc:
-                self.counters.bad_frames += 1
-                log.warning("bad_frame_dropped", pipeline=self.name, reason=str(exc),
-                            total=self.counters.bad_frames)  # fmt: skip
-
-    def _accept(self, message: list[bytes]) -> None:
-        if len(message) < 2:
-            raise WireError("message without a header frame")
-        header, end = decode_prefix(message[1])
-        source = self.sources.get(header.sender) or self._new_source(header.sender)
-        kind = header.kind
-        if kind is FrameKind.HELLO or kind is FrameKind.BYE:
-            self._on_presence(header, source, message[0])
-            return
-        if kind is FrameKind.ACK:
-            raise WireError("an ACK on an input socket")
-        if header.instance != source.instance:
-            if source.instance != -1:
-                self._reject_instance(header)
-            self._on_new_instance(header, source)
-        if header.seq <= source.received:
-            self.counters.duplicates += 1
-            if kind is FrameKind.EOS and header.seq == source.eos_seq:
-                self._confirm_end(source, header.seq)  # our confirmation was lost: again
-            return
-        source.route = message[0]
-        self.departed.discard(header.sender)
-        if not source.received and not source.open:  # the first message of this link:
-            source.received = header.seq - 1  # everything before it was acknowledged
-        if kind is FrameKind.DATA_BATCH:
-            self._accept_batch(header, source, message[1], end)
-        elif kind is FrameKind.DATA:
-            self._accept_one(header, source, message, end)
-        else:  # EOS
-            source.received = source.eos_seq = header.seq
-            log.info("source_ended", pipeline=self.name, source=header.sender)
-            self.fanin.end(header.sender)
-            self._confirm_end(source, header.seq)
-
-    def _accept_one(
+    def accept_one(
         self, header: Header, source: SourceState, message: list[bytes], end: int
     ) -> None:
         runs = header.origins
@@ -212,7 +141,7 @@ class Inbox:
         self.fanin.push(header.sender, (header.seq, value, origin, source.generation))
         self.counters.msgs_in += 1
 
-    def _accept_batch(self, header: Header, source: SourceState, frame: bytes, end: int) -> None:
+    def accept_batch(self, header: Header, source: SourceState, frame: bytes, end: int) -> None:
         parts = decode_batch(frame, end)
         serializer = BY_ID.get(header.serializer)
         if serializer is None:
@@ -329,6 +258,112 @@ class Inbox:
         self.undecodable += 1
         return Undecodable(sender, error, payload)
 
+    def _decode(self, serializer_id: int, frames: Sequence[Any], sender: str) -> Any:
+        """The value, or an Undecodable in its place (the payload is well-framed: a member
+        sent it, so the pipeline's on_error decides, not the wire layer)."""
+        serializer = BY_ID.get(serializer_id)
+        if serializer is None:
+            raise WireError(f"unknown serializer id {serializer_id}")
+        if not frames:
+            raise WireError("data message without payload")
+        try:
+            if refused := self._refusal(serializer, sender):
+                raise WireError(refused)
+            return serializer.loads(frames)
+        except Exception as exc:
+            return self._undecodable(serializer, frames, exc, sender)
+
+
+class Inbox:
+    """Receives, deduplicates, queues and acknowledges a pipeline's input."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        host: str,
+        *,
+        name: str,
+        instance: int,
+        expected: int,
+        any_input: bool,
+        serializer: Serializer,
+        limit: int,
+        security: LinkSecurity | None = None,
+        local: Path | None = None,
+    ) -> None:
+        self.link = InputLink(ctx, host, limit, security, local)
+        self.fanin = FanIn(expected, any_input)
+        self.name = name
+        self.sources: dict[str, SourceState] = {}
+        self.departed: set[str] = set()
+        self._rejected: set[tuple[str, int]] = set()
+        self.counters = InboxCounters()
+        self.intake = Intake(self.fanin, self.counters, serializer)
+        self._careful = limit
+        self._ack_every = max(1, limit // 4)
+        self._acks = HeaderEncoder(0, instance, name)
+        self._fill = any_input and expected > 1  # sets name every source (None: no value)
+
+    @property
+    def undecodable(self) -> int:
+        """Undecodable values queued (the worker looks for them if any)."""
+        return self.intake.undecodable
+
+    @undecodable.setter
+    def undecodable(self, count: int) -> None:
+        self.intake.undecodable = count
+
+    @property
+    def endpoint(self) -> str:
+        """Where sources connect."""
+        return self.link.endpoint
+
+    # ---- receiving -----------------------------------------------------------------------
+
+    def receive(self) -> None:
+        """Take every waiting message off the socket; bad ones are dropped and counted."""
+        for message in self.link.receive(RECV_BATCH):
+            try:
+                self._accept(message)
+            except WireError as exc:
+                self.counters.bad_frames += 1
+                log.warning("bad_frame_dropped", pipeline=self.name, reason=str(exc),
+                            total=self.counters.bad_frames)  # fmt: skip
+
+    def _accept(self, message: list[bytes]) -> None:
+        if len(message) < 2:
+            raise WireError("message without a header frame")
+        header, end = decode_prefix(message[1])
+        source = self.sources.get(header.sender) or self._new_source(header.sender)
+        kind = header.kind
+        if kind is FrameKind.HELLO or kind is FrameKind.BYE:
+            self._on_presence(header, source, message[0])
+            return
+        if kind is FrameKind.ACK:
+            raise WireError("an ACK on an input socket")
+        if header.instance != source.instance:
+            if source.instance != -1:
+                self._reject_instance(header)
+            self._on_new_instance(header, source)
+        if header.seq <= source.received:
+            self.counters.duplicates += 1
+            if kind is FrameKind.EOS and header.seq == source.eos_seq:
+                self._confirm_end(source, header.seq)  # our confirmation was lost: again
+            return
+        source.route = message[0]
+        self.departed.discard(header.sender)
+        if not source.received and not source.open:  # the first message of this link:
+            source.received = header.seq - 1  # everything before it was acknowledged
+        if kind is FrameKind.DATA_BATCH:
+            self.intake.accept_batch(header, source, message[1], end)
+        elif kind is FrameKind.DATA:
+            self.intake.accept_one(header, source, message, end)
+        else:  # EOS
+            source.received = source.eos_seq = header.seq
+            log.info("source_ended", pipeline=self.name, source=header.sender)
+            self.fanin.end(header.sender)
+            self._confirm_end(source, header.seq)
+
     def _new_source(self, name: str) -> SourceState:
         try:
             self.fanin.connect(name)
@@ -383,21 +418,6 @@ class Inbox:
         source.generation += 1
         source.open = deque()
         self.fanin.connect(header.sender)  # a new stream: forget an earlier end
-
-    def _decode(self, serializer_id: int, frames: Sequence[Any], sender: str) -> Any:
-        """The value, or an Undecodable in its place (the payload is well-framed: a member
-        sent it, so the pipeline's on_error decides, not the wire layer)."""
-        serializer = BY_ID.get(serializer_id)
-        if serializer is None:
-            raise WireError(f"unknown serializer id {serializer_id}")
-        if not frames:
-            raise WireError("data message without payload")
-        try:
-            if refused := self._refusal(serializer, sender):
-                raise WireError(refused)
-            return serializer.loads(frames)
-        except Exception as exc:
-            return self._undecodable(serializer, frames, exc, sender)
 
     # ---- taking input --------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +31,12 @@ from porch.localsock import IPC_PREFIX, is_local
 from porch.security import LinkSecurity
 from porch.wire import (
     HELLO_NO_ACKS,
-    INLINE_MAX,
     FrameKind,
     HeaderEncoder,
     Origin,
-    Run,
-    Stream,
     decode_ack,
-    encode_batch,
-    run_origins,
-    runs_of,
 )
+from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH, Batch, Framer, Outgoing, SendQueue
 
 log = logs.get("porch.worker")
 
@@ -107,12 +101,7 @@ def close_monitor(sock: Socket, monitor: Socket | None) -> None:
 
 
 ACK_LINGER_MS = 500
-MAX_DELIVERY_ATTEMPTS = 3
-MAX_BATCH = 256  # messages coalesced into one frame while the worker is busy
-MAX_BATCH_BYTES = 256 * 1024
-BATCH_ITEM_MAX = (
-    16 * 1024
-)  # larger payloads travel alone  # a message its target crashed on this often is dead-lettered
+MAX_DELIVERY_ATTEMPTS = 3  # a message its target crashed on this often is dead-lettered
 
 
 class InputLink:
@@ -224,183 +213,61 @@ class LinkSettings:
     acked: bool = True  # at-least-once; False: a message is done once ZeroMQ has it
 
 
-@dataclass
-class Outgoing:
-    """One message (or one batch of small messages) held until it is acknowledged."""
-
-    seq: int  # the last sequence number it carries
-    frames: list[Any]
-    size: int
-    kind: FrameKind
-    first: int = 0  # a batch: the first sequence number it carries
-    parts: list[bytes] | None = None  # a batch: its messages' payloads, to split for a replay
-    runs: list[Run] | None = None  # its messages' origins (see porch.wire)
-
-    @property
-    def count(self) -> int:
-        """How many messages it carries."""
-        return self.seq - self.first + 1 if self.parts is not None else 1
-
-
 def _size(frames: list[Any]) -> int:
     return sum(len(f) if isinstance(f, bytes) else memoryview(f).nbytes for f in frames)
 
 
-class OutputLink:
-    """The link to one target: a DEALER once the target's endpoint is known, a queue before."""
+class LinkSocket:
+    """An output link's DEALER: its connection to one endpoint of the target, what the
+    connection's events say (handshakes, disconnects), and whether discovery lost the target."""
 
-    def __init__(
-        self,
-        ctx: Context,
-        target: str,
-        headers: HeaderEncoder,
-        settings: LinkSettings,
-        on_dead_letter: Callable[[str, Outgoing, str], None] | None = None,
-        *,
-        security: LinkSecurity | None = None,
-    ) -> None:
+    def __init__(self, ctx: Context, target: str, security: LinkSecurity | None) -> None:
         self.ctx = ctx
-        self.security = security
         self.target = target
-        self.headers = headers
-        self.settings = settings
-        self._limit, self._limit_bytes = settings.limit, settings.limit_bytes
-        self.on_dead_letter = on_dead_letter
+        self.security = security
+        self.socket: Socket | None = None
+        self.monitor: Socket | None = None
         self.endpoint: str | None = None
         self.instance: int | None = None
-        self.socket: Socket | None = None
-        self.outbox: deque[Outgoing] = deque()
-        self.unsent = 0  # how many of the newest outbox entries ZeroMQ has not been given
-        self.held = 0  # messages in the outbox (a batch counts as its messages)
-        self.bytes_held = 0
-        self.batch: list[bytes] = []  # small payloads waiting to go out as one frame
-        self.batch_bytes = 0
-        self.batch_origins: list[Any] = []  # the origin of each batched payload (see offer)
-        self.stream: Stream | None = None  # whose origin seqs come as bare ints (see offer)
-        self.seq = 0
-        self.acked_seq = 0
-        self.gone = False  # the target finished its stream: nothing more will be accepted
-        self.down = False  # the directory says the target is not running now
-        self.restarting = False  # ...and that its supervisor is starting it again
-        self.released = 0  # every seq up to this one has left the outbox for good
-        self.dropped = 0
-        self.replayed = 0
-        self.bye_pending = False  # a BYE waits for the unsent messages it must follow
-        self.end_unconfirmed = False  # at-most-once: our EOS or BYE went out, not yet confirmed
-        self._end_lost = False  # ...and its connection dropped: send it again on the next one
-        self._attempts: dict[int, int] = {}
         self.key_id: str | None = None
-        self.monitor: Socket | None = None
         self.handshaken = False  # the current socket completed a handshake
         self.withdrawn_since: float | None = None  # wall clock: discovery lost the target then
         self.reconnects = 0  # reopened after a dead connection or a rediscovery
         self.handshakes_failed = 0
         self._next_handshake_log = 0.0
 
-    # ---- connection ----------------------------------------------------------------------
-
-    def connect(
-        self,
-        endpoint: str,
-        instance: int | None = None,
-        key_id: str | None = None,
-        *,
-        force: bool = False,
-    ) -> None:
-        """(Re)connect to the target, say hello, and send everything not yet acknowledged.
-
-        `force` reopens even an unchanged endpoint: after a dead connection or a rediscovery,
-        a fresh socket connects at once instead of waiting on TCP's or ZeroMQ's backoff; what
-        the old connection may have lost is sent again (the target drops what it has seen).
-        """
-        same = (endpoint, instance, key_id) == (self.endpoint, self.instance, self.key_id)
-        # at-most-once has nothing to send again, and a new socket would drop what ZeroMQ
-        # still queues: its socket reconnects by itself (heartbeats, bounded backoff)
-        if same and self.socket is not None and not (force and self.settings.acked):
-            self.withdrawn_since = None
-            return
-        if self.socket is not None:
-            # the old instance's last acks may still wait unread: a graceful restart of the
-            # target acknowledged them, and replaying those messages would duplicate them
-            self.read_acks(decode_ack)
-        restarted = (
-            self.instance is not None
-            and instance != self.instance
-            and len(self.outbox) > self.unsent
-        )
-        reopened = self.socket is not None
-        self._close_socket(linger_ms=0)
+    def open(self, endpoint: str, instance: int | None, key_id: str | None,
+             settings: LinkSettings) -> Socket:  # fmt: skip
+        """A new socket connected to `endpoint` (the old one is closed at once)."""
+        self.close(linger_ms=0)
         sock: Socket = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.SNDHWM, self.settings.limit + 16)
+        sock.setsockopt(zmq.SNDHWM, settings.limit + 16)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
-        set_heartbeats(sock, pings=self.settings.acked)
+        set_heartbeats(sock, pings=settings.acked)
         if self.security is not None and not is_local(endpoint):
             self.security.client(sock, key_id)  # CURVE client of the target's key
         self.monitor = sock.get_monitor_socket(LINK_EVENTS)
         self.handshaken = False
         sock.connect(endpoint)
-        # an at-most-once sender must not be acked: unread acks in its TCP receive buffer
-        # would make the kernel reset the connection (losing the tail) when it exits
-        sock.send(self.headers.encode(FrameKind.HELLO, 0 if self.settings.acked else HELLO_NO_ACKS))
         self.socket, self.endpoint, self.instance, self.key_id = sock, endpoint, instance, key_id
-        self.gone = self.down = False
         self.withdrawn_since = None
-        if restarted:
-            self._split_batches()  # the target acks one by one after a restart: keep it exact
-            self.replayed += self.held
-            self._count_attempt()
-        elif reopened:
-            self.reconnects += 1
-        self.unsent = len(self.outbox)
-        if self.end_unconfirmed and not self.outbox:  # a new connection: our BYE again
-            self.bye_pending = True
-        self.pump()
+        return sock
 
-    def withdraw(self, since: float) -> None:
-        """Discovery lost the target (its host fell silent): hold everything until it is back.
-
-        The socket stays: ZeroMQ keeps trying the old endpoint, and a rediscovery reopens it.
-        """
-        if self.withdrawn_since is None:
-            self.withdrawn_since = since
-
-    def check_events(self, pipeline: str) -> None:
-        """React to the socket's events: reopen a connection that died (heartbeats), count and
-        log failed handshakes (at most every HANDSHAKE_LOG_INTERVAL_S)."""
+    def events(self, pipeline: str) -> list[tuple[int, bool]]:
+        """The socket's handshakes and disconnects, in order, each with whether the connection
+        had completed its handshake (failed handshakes are counted and logged here)."""
+        found = []
         for event in monitor_events(self.monitor):
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshaken = True
-                if self._end_lost:
-                    self._send_end_again()
+                found.append((kind, True))
             elif kind == zmq.EVENT_DISCONNECTED:
                 lost, self.handshaken = self.handshaken, False  # ZeroMQ reconnects by itself
-                self._end_lost = self.end_unconfirmed
-                if not (lost and self.settings.acked and self.endpoint is not None):
-                    continue
-                log.info("link_reconnecting", pipeline=pipeline, target=self.target,
-                         endpoint=self.endpoint, reason="connection lost")  # fmt: skip
-                withdrawn_since = self.withdrawn_since  # still withdrawn until rediscovered
-                self.connect(self.endpoint, self.instance, self.key_id, force=True)
-                self.withdrawn_since = withdrawn_since
-                return  # the old monitor is closed; the new socket reports on its own
+                found.append((kind, lost))
             elif kind in HANDSHAKE_FAILED:
                 self._handshake_failed(pipeline, HANDSHAKE_FAILED[kind])
-
-    def _send_end_again(self) -> None:
-        """At-most-once: the connection that carried our EOS or BYE dropped before the target
-        confirmed it; say hello on the new one and send the end again (the target confirms a
-        repeated end too), instead of waiting for a confirmation that cannot come."""
-        self._end_lost = False
-        if self.socket is None or not self.end_unconfirmed:
-            return
-        with contextlib.suppress(zmq.ZMQError):
-            self.socket.send(self.headers.encode(FrameKind.HELLO, HELLO_NO_ACKS), zmq.NOBLOCK)
-        if self.outbox:
-            self.unsent = len(self.outbox)  # the kept EOS
-        else:
-            self.bye_pending = True
-        self.pump()
+        return found
 
     def _handshake_failed(self, pipeline: str, reason: str) -> None:
         self.handshakes_failed += 1
@@ -423,39 +290,176 @@ class OutputLink:
                     endpoint=self.endpoint, key=self.key_id, reason=reason,
                     total=self.handshakes_failed, hint=hint)  # fmt: skip
 
+    def newest_ack(self, decode: Callable[[bytes], int | None], newest: int) -> tuple[int, bool]:
+        """The highest seq of the acknowledgements waiting on the socket (or `newest`), and
+        whether there was any."""
+        heard = False
+        while self.socket is not None:
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            seq = decode(frame)
+            if seq is not None:
+                heard = True
+                newest = max(newest, seq)
+        return newest, heard
+
+    def close(self, linger_ms: int) -> None:
+        """Close the socket (ZeroMQ keeps delivering what it holds for up to `linger_ms`)."""
+        if self.socket is not None:
+            close_monitor(self.socket, self.monitor)
+            self.socket.close(linger=linger_ms)
+        self.socket = self.monitor = None
+
+
+class OutputLink:
+    """The link to one target: a DEALER once the target's endpoint is known, a queue before.
+
+    Every message has a per-link sequence number and stays in the link's SendQueue until the
+    target acknowledges that it has processed it (cumulative acks); small values first gather
+    in a Batch that leaves as one frame.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        target: str,
+        headers: HeaderEncoder,
+        settings: LinkSettings,
+        on_dead_letter: Callable[[str, Outgoing, str], None] | None = None,
+        *,
+        security: LinkSecurity | None = None,
+    ) -> None:
+        self.target = target
+        self.framer = Framer(headers)
+        self.settings = settings
+        self.on_dead_letter = on_dead_letter
+        self.conn = LinkSocket(ctx, target, security)
+        self.outbox = SendQueue()
+        self.batch = Batch()
+        self.seq = 0
+        self.acked_seq = 0
+        self.gone = False  # the target finished its stream: nothing more will be accepted
+        self.down = False  # the directory says the target is not running now
+        self.restarting = False  # ...and that its supervisor is starting it again
+        self.dropped = 0
+        self.replayed = 0
+        self.bye_pending = False  # a BYE waits for the unsent messages it must follow
+        self.end_unconfirmed = False  # at-most-once: our EOS or BYE went out, not yet confirmed
+        self._end_lost = False  # ...and its connection dropped: send it again on the next one
+
+    # what status and the worker read of the connection
+    socket = property(lambda self: self.conn.socket)
+    endpoint = property(lambda self: self.conn.endpoint)
+    handshaken = property(lambda self: self.conn.handshaken)
+    handshakes_failed = property(lambda self: self.conn.handshakes_failed)
+    reconnects = property(lambda self: self.conn.reconnects)
+    withdrawn_since = property(lambda self: self.conn.withdrawn_since)
+    unsent = property(lambda self: self.outbox.unsent)
+    released = property(lambda self: self.outbox.released)
+
+    # ---- connection ----------------------------------------------------------------------
+
+    def connect(
+        self,
+        endpoint: str,
+        instance: int | None = None,
+        key_id: str | None = None,
+        *,
+        force: bool = False,
+    ) -> None:
+        """(Re)connect to the target, say hello, and send everything not yet acknowledged.
+
+        `force` reopens even an unchanged endpoint: after a dead connection or a rediscovery,
+        a fresh socket connects at once instead of waiting on TCP's or ZeroMQ's backoff; what
+        the old connection may have lost is sent again (the target drops what it has seen).
+        """
+        conn, outbox = self.conn, self.outbox
+        same = (endpoint, instance, key_id) == (conn.endpoint, conn.instance, conn.key_id)
+        # at-most-once has nothing to send again, and a new socket would drop what ZeroMQ
+        # still queues: its socket reconnects by itself (heartbeats, bounded backoff)
+        if same and conn.socket is not None and not (force and self.settings.acked):
+            conn.withdrawn_since = None
+            return
+        if conn.socket is not None:
+            # the old instance's last acks may still wait unread: a graceful restart of the
+            # target acknowledged them, and replaying those messages would duplicate them
+            self.read_acks(decode_ack)
+        restarted = (
+            conn.instance is not None and instance != conn.instance and len(outbox) > outbox.unsent
+        )
+        reopened = conn.socket is not None
+        sock = conn.open(endpoint, instance, key_id, self.settings)
+        # an at-most-once sender must not be acked: unread acks in its TCP receive buffer
+        # would make the kernel reset the connection (losing the tail) when it exits
+        sock.send(
+            self.framer.headers.encode(FrameKind.HELLO, 0 if self.settings.acked else HELLO_NO_ACKS)
+        )
+        self.gone = self.down = False
+        if restarted:
+            outbox.split_batches(self.framer.headers)  # the target acks one by one after a restart
+            self.replayed += outbox.held
+            self._count_attempt()
+        elif reopened:
+            conn.reconnects += 1
+        outbox.resend_all()
+        if self.end_unconfirmed and not self.outbox:  # a new connection: our BYE again
+            self.bye_pending = True
+        self.pump()
+
+    def withdraw(self, since: float) -> None:
+        """Discovery lost the target (its host fell silent): hold everything until it is back.
+
+        The socket stays: ZeroMQ keeps trying the old endpoint, and a rediscovery reopens it.
+        """
+        if self.conn.withdrawn_since is None:
+            self.conn.withdrawn_since = since
+
+    def check_events(self, pipeline: str) -> None:
+        """React to the socket's events: reopen a connection that died (heartbeats), send an
+        unconfirmed end again on a new connection, count and log failed handshakes (at most
+        every HANDSHAKE_LOG_INTERVAL_S)."""
+        conn = self.conn
+        for kind, lost in conn.events(pipeline):
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self._end_lost:
+                    self._send_end_again()
+                continue
+            self._end_lost = self.end_unconfirmed
+            if not (lost and self.settings.acked and conn.endpoint is not None):
+                continue
+            log.info("link_reconnecting", pipeline=pipeline, target=self.target,
+                     endpoint=conn.endpoint, reason="connection lost")  # fmt: skip
+            withdrawn_since = conn.withdrawn_since  # still withdrawn until rediscovered
+            self.connect(conn.endpoint, conn.instance, conn.key_id, force=True)
+            conn.withdrawn_since = withdrawn_since
+            return  # the old monitor is closed; the new socket reports on its own
+
+    def _send_end_again(self) -> None:
+        """At-most-once: the connection that carried our EOS or BYE dropped before the target
+        confirmed it; say hello on the new one and send the end again (the target confirms a
+        repeated end too), instead of waiting for a confirmation that cannot come."""
+        self._end_lost = False
+        sock = self.conn.socket
+        if sock is None or not self.end_unconfirmed:
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            sock.send(self.framer.headers.encode(FrameKind.HELLO, HELLO_NO_ACKS), zmq.NOBLOCK)
+        if self.outbox:
+            self.outbox.resend_all()  # the kept EOS
+        else:
+            self.bye_pending = True
+        self.pump()
+
     def _count_attempt(self) -> None:
         """The target came back while our oldest message was unacknowledged: count it."""
-        head = self.outbox[0]
-        attempts = self._attempts.get(head.seq, 0) + 1
-        self._attempts = {head.seq: attempts}
-        if attempts >= MAX_DELIVERY_ATTEMPTS and head.kind is FrameKind.DATA:
+        attempts = self.outbox.attempt()
+        if attempts >= MAX_DELIVERY_ATTEMPTS and self.outbox[0].kind is FrameKind.DATA:
             self._drop_head(f"{self.target} crashed {attempts} times while it was delivered")
 
-    def _split_batches(self) -> None:
-        split: deque[Outgoing] = deque()
-        for message in self.outbox:
-            if message.parts is None:
-                split.append(message)
-                continue
-            origins = run_origins(message.runs or [(message.count, ())])
-            for seq, part, origin in zip(
-                range(message.first, message.seq + 1), message.parts, origins, strict=True
-            ):
-                runs = [(1, origin)]
-                frame = self.headers.encode_data(FrameKind.DATA, seq, runs) + part
-                split.append(Outgoing(seq, [frame], len(part), FrameKind.DATA, runs=runs))
-        self.outbox = split
-
-    def _pop_head(self) -> Outgoing:
-        head = self.outbox.popleft()
-        self.released = max(self.released, head.seq)
-        self.bytes_held -= head.size
-        self.held -= head.count
-        self.unsent = min(self.unsent, len(self.outbox))
-        return head
-
     def _drop_head(self, reason: str) -> None:
-        head = self._pop_head()
+        head = self.outbox.pop_head()
         if self.on_dead_letter is not None:
             self.on_dead_letter(self.target, head, reason)
 
@@ -463,27 +467,32 @@ class OutputLink:
         """The target finished for good: drop what is held and whatever comes later."""
         self.gone = True
         self.dropped += self.data_held()
-        self.released = self.next_seq - 1
-        self.outbox.clear()
-        self.batch.clear()
-        self.batch_origins.clear()
-        self.unsent = self.bytes_held = self.held = self.batch_bytes = 0
+        self.outbox.clear(released=self.next_seq - 1)
+        self.batch.take()
         self.close(linger_ms=0)
-        self.endpoint = self.instance = None
+        self.conn.endpoint = self.conn.instance = None
 
     # ---- sending -------------------------------------------------------------------------
 
     def full(self) -> bool:
         """Whether the link holds as many messages or bytes as it may."""
         return (
-            self.held + len(self.batch) >= self.settings.limit
-            or self.bytes_held + self.batch_bytes >= self.settings.limit_bytes
+            self.outbox.held + len(self.batch) >= self.settings.limit
+            or self.outbox.nbytes + self.batch.nbytes >= self.settings.limit_bytes
         )
+
+    def room(self) -> int:
+        """How many more small values the link takes now without blocking or dropping (a
+        finished target takes, and drops, everything)."""
+        if self.gone:
+            return MAX_BATCH
+        if self.outbox.nbytes + self.batch.nbytes >= self.settings.limit_bytes:
+            return 0
+        return max(0, self.settings.limit - self.outbox.held - len(self.batch))
 
     def data_held(self) -> int:
         """How many data messages the link still holds."""
-        batched = len(self.batch)
-        return batched + sum(m.count for m in self.outbox if m.kind is FrameKind.DATA)
+        return len(self.batch) + self.outbox.data_held()
 
     @property
     def next_seq(self) -> int:
@@ -511,73 +520,34 @@ class OutputLink:
                 self.flush()
                 return False
             self._drop_oldest()
-        if kind is FrameKind.DATA and len(payload) == 1 and type(payload[0]) is bytes:
-            item = payload[0]
-            if len(item) <= BATCH_ITEM_MAX:
-                self.batch.append(item)
-                self.batch_bytes += len(item)
-                self.batch_origins.append(origin)
-                if len(self.batch) >= MAX_BATCH or self.batch_bytes >= MAX_BATCH_BYTES:
-                    self.flush()
-                return True
-        self._close_batch()
-        self.seq += 1
-        alone: list[Run] | None = [(1, self._origin(origin))] if kind is FrameKind.DATA else None
-        frames = self._frames(kind, payload, alone)
-        self._append(Outgoing(self.seq, frames, _size(payload), kind, runs=alone))
-        self.pump()
+        item = payload[0] if kind is FrameKind.DATA and len(payload) == 1 else None
+        if type(item) is bytes and len(item) <= BATCH_ITEM_MAX:
+            if self.batch.add(item, origin):
+                self.flush()
+            return True
+        self.force(kind, payload, origin)
         return True
 
     def add(self, item: bytes, origin: Origin | int) -> bool:
-        """offer()'s hot path: one small serialized value into the batch. False when offer()
-        must decide instead: the link is full or finished, or the value travels alone."""
-        batch = self.batch
-        size = len(item)
-        if (
-            self.held + len(batch) >= self._limit
-            or self.bytes_held + self.batch_bytes >= self._limit_bytes
-            or size > BATCH_ITEM_MAX
-            or self.gone
-        ):
+        """offer()'s hot path, for one small serialized value; False when offer() must decide
+        (the link is full or finished, or the value travels alone)."""
+        if self.gone or len(item) > BATCH_ITEM_MAX or self.full():
             return False
-        batch.append(item)
-        self.batch_origins.append(origin)
-        self.batch_bytes += size
-        if len(batch) >= MAX_BATCH or self.batch_bytes >= MAX_BATCH_BYTES:
+        if self.batch.add(item, origin):
             self.flush()
         return True
 
-    def room(self) -> int:
-        """How many more small values the link takes now without blocking or dropping (a
-        finished target takes, and drops, everything)."""
-        if self.gone:
-            return MAX_BATCH
-        if self.bytes_held + self.batch_bytes >= self._limit_bytes:
-            return 0
-        return max(0, self._limit - self.held - len(self.batch))
-
-    def extend(self, items: list[bytes], origins: Sequence[Any]) -> None:
+    def extend(self, items: Sequence[bytes], origins: Sequence[Any]) -> None:
         """Several small serialized values (each at most BATCH_ITEM_MAX bytes) into the batch,
         `origins` as for offer(); the caller checked room()."""
         if self.gone:
             self.dropped += len(items)
             return
-        start = 0
-        while start < len(items):
-            take = MAX_BATCH - len(self.batch)
-            chunk = items[start : start + take]
-            self.batch += chunk
-            self.batch_origins += origins[start : start + take]
-            self.batch_bytes += sum(map(len, chunk))
-            start += take
-            if len(self.batch) >= MAX_BATCH or self.batch_bytes >= MAX_BATCH_BYTES:
+        while items:
+            taken = self.batch.fill(items, origins)
+            items, origins = items[taken:], origins[taken:]
+            if self.batch.full():
                 self.flush()
-
-    def _append(self, message: Outgoing) -> None:
-        self.outbox.append(message)
-        self.bytes_held += message.size
-        self.held += message.count
-        self.unsent += 1
 
     def flush(self) -> None:
         """Send the batch now, and whatever else ZeroMQ will take."""
@@ -586,65 +556,26 @@ class OutputLink:
 
     def _close_batch(self) -> None:
         """Turn the batch into one outbox entry: one frame carrying every payload."""
-        batch = self.batch
-        count = len(batch)
-        if not count:
-            return
-        origins = self.batch_origins
-        first = origins[0]
-        if type(first) is not int:  # a stage passing its inputs' origins on
-            runs: list[Run] = runs_of(origins)
-        elif origins[-1] - first == count - 1:  # our own seqs: they only increase
-            runs = [(count, (self.stream, first))]
-        else:
-            runs = runs_of([self._origin(origin) for origin in origins])
-        if count == 1:
-            self.seq += 1
-            frames = self._frames(FrameKind.DATA, batch, runs)
-            self._append(Outgoing(self.seq, frames, self.batch_bytes, FrameKind.DATA, runs=runs))
-        else:
-            first = self.seq + 1
-            self.seq += count
-            header = self.headers.encode_data(FrameKind.DATA_BATCH, first, runs)
-            frame = encode_batch(header, batch)
-            self._append(
-                Outgoing(self.seq, [frame], self.batch_bytes, FrameKind.DATA, first, batch, runs)
-            )
-        self.batch = []
-        self.batch_origins = []
-        self.batch_bytes = 0
-
-    def _origin(self, origin: Origin | int) -> Origin:
-        return (self.stream, origin) if type(origin) is int else origin  # type: ignore[return-value]
+        if self.batch:
+            items, origins, nbytes = self.batch.take()
+            self.outbox.append(self.framer.batch(self.seq + 1, items, origins, nbytes))
+            self.seq += len(items)
 
     def outbox_restore(self, kind: FrameKind, payload: list[Any], origin: Origin = ()) -> None:
         """Queue a message recovered from the durable outbox, past the usual limits."""
         self.seq += 1
-        runs = [(1, origin)]
-        frames = self._frames(kind, payload, runs)
-        self._append(Outgoing(self.seq, frames, _size(payload), kind, runs=runs))
-
-    def _frames(self, kind: FrameKind, payload: list[Any], runs: list[Run] | None) -> list[Any]:
-        """The wire frames: a small first payload frame rides in the header's frame."""
-        if runs:
-            header = self.headers.encode_data(kind, self.seq, runs)
-        else:
-            header = self.headers.encode(kind, self.seq)
-        if payload and isinstance(payload[0], bytes) and len(payload[0]) <= INLINE_MAX:
-            return [header + payload[0], *payload[1:]]
-        return [header, *payload]
+        self.outbox.append(self.framer.single(kind, self.seq, payload, origin, _size(payload)))
 
     def _drop_oldest(self) -> None:
         if self.outbox:
-            self.dropped += self._pop_head().count
+            self.dropped += self.outbox.pop_head().count
         else:
             # the dropped value keeps its seq (a gap the receiver ignores), so the seqs of the
             # others stay those a durable outbox stored them under
-            self.batch_bytes -= len(self.batch.pop(0))
+            self.batch.drop_first()
             self.seq += 1
-            self.released = self.seq
+            self.outbox.released = self.seq
             self.dropped += 1
-            self.batch_origins.pop(0)
 
     def force(self, kind: FrameKind, payload: list[Any], origin: Origin | int = ()) -> None:
         """Take one message past the limits: the end of stream, or a stopping worker's output
@@ -654,9 +585,7 @@ class OutputLink:
             return
         self._close_batch()
         self.seq += 1
-        alone: list[Run] | None = [(1, self._origin(origin))] if kind is FrameKind.DATA else None
-        frames = self._frames(kind, payload, alone)
-        self._append(Outgoing(self.seq, frames, _size(payload), kind, runs=alone))
+        self.outbox.append(self.framer.single(kind, self.seq, payload, origin, _size(payload)))
         self.pump()
 
     def say_bye(self) -> None:
@@ -667,56 +596,26 @@ class OutputLink:
 
     def pump(self) -> None:
         """Give ZeroMQ the messages it has not had yet, for as long as it takes them."""
-        sock = self.socket
-        if sock is None:
+        sock = self.conn.socket
+        if sock is None or not self.outbox.send(sock):
             return
-        outbox = self.outbox
-        while self.unsent:
-            message = outbox[len(outbox) - self.unsent]
-            try:
-                sock.send_multipart(message.frames, zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.unsent -= 1
         if self.bye_pending:
             with contextlib.suppress(zmq.ZMQError):
-                sock.send(self.headers.encode(FrameKind.BYE, 0), zmq.NOBLOCK)
+                sock.send(self.framer.headers.encode(FrameKind.BYE, 0), zmq.NOBLOCK)
                 self.bye_pending = False
                 self.end_unconfirmed = not self.settings.acked
-        if not self.settings.acked:
-            self._forget_sent()
-
-    def _forget_sent(self) -> None:
-        """At-most-once: once ZeroMQ has a message, it is no longer ours to replay. Our EOS
-        stays until the target confirms it read it (Inbox._confirm_end), and so does the
-        connection: over ipc://, closing it loses what a target that is behind has not read
-        (ZeroMQ ends a connection whose peer hung up at once, unread bytes and all)."""
-        outbox = self.outbox
-        while len(outbox) > self.unsent:
-            if outbox[0].kind is FrameKind.EOS:
-                self.end_unconfirmed = True
-                return
-            self._pop_head()
+        # At-most-once forgets what ZeroMQ has, but for our EOS: it stays until the target
+        # confirms it read it (Inbox._confirm_end), and so does the connection: over ipc://,
+        # closing it loses what a target that is behind has not read (ZeroMQ ends a
+        # connection whose peer hung up at once, unread bytes and all).
+        if not self.settings.acked and self.outbox.forget_sent():
+            self.end_unconfirmed = True
 
     # ---- acknowledgements ----------------------------------------------------------------
 
     def read_acks(self, decode: Callable[[bytes], int | None]) -> None:
         """Apply every acknowledgement waiting on the socket (`decode` gives the acked seq)."""
-        sock = self.socket
-        if sock is None:
-            return
-        newest = self.acked_seq
-        heard = False
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            seq = decode(frame)
-            if seq is None:
-                continue
-            heard = True
-            newest = max(newest, seq)
+        newest, heard = self.conn.newest_ack(decode, self.acked_seq)
         if newest > self.acked_seq:
             self.ack(newest)
         if heard and not self.settings.acked:
@@ -725,11 +624,7 @@ class OutputLink:
     def ack(self, seq: int) -> None:
         """The target has processed everything up to `seq`: forget it."""
         self.acked_seq = max(self.acked_seq, seq)
-        outbox = self.outbox
-        sent = len(outbox) - self.unsent
-        while sent and outbox[0].seq <= seq:
-            self._pop_head()
-            sent -= 1
+        self.outbox.acknowledged(seq)
         self.pump()
 
     @property
@@ -740,10 +635,4 @@ class OutputLink:
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close the socket; ZeroMQ keeps delivering what it holds for up to `linger_ms`."""
-        self._close_socket(linger_ms)
-
-    def _close_socket(self, linger_ms: int) -> None:
-        if self.socket is not None:
-            close_monitor(self.socket, self.monitor)
-            self.socket.close(linger=linger_ms)
-        self.socket = self.monitor = None
+        self.conn.close(linger_ms)

@@ -111,7 +111,7 @@ class Worker:
             epoch, self._origin_seq = self.durable.origin_start(epoch)
         self._stream = (config.name, epoch)
         for link in self.outputs:
-            link.stream = self._stream
+            link.framer.stream = self._stream
         self.stops = StopSignals(config.name, options.stop_budget_s)
         self.ended = False
         heartbeat = Heartbeat(self.counters, self.outputs, self.inbox, self.dead_letters,
