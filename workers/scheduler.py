@@ -96,20 +96,22 @@ class FanIn:
             self.pairing = Pairing.FIFO
         self._queues: dict[str, deque[Any]] = {}
         self._ended: set[str] = set()
-        self.unpaired = 0  # values dropped: a partner was filtered out upstream or never came
-        # ALIGNED only
-        self.aligned_on: tuple[str, ...] = ()
-        self._one: str | None = None  # the one pipeline aligned on (the common case)
-        self._partner: dict[str, tuple[str, dict[Key, Any]]] = {}  # two sources: the other one
-        self._pending: dict[str, dict[Key, Any]] = {}
-        self._frontiers: dict[str, _Frontier] = {}
-        self._sets: deque[dict[str, Any]] = deque()
-        self._counts: dict[str, int] = {}
+        self._aligner = Aligner(self._queues, self._ended)  # used once pairing is ALIGNED
         self._only: deque[Any] = deque()  # one source: its queue (for the fast paths)
         self._only_name = ""
         if expected == 1:
             self.ready = self._ready_only  # type: ignore[method-assign]
             self.pop = self._pop_only  # type: ignore[method-assign]
+
+    @property
+    def unpaired(self) -> int:
+        """Values dropped: a partner was filtered out upstream or never came."""
+        return self._aligner.unpaired
+
+    @property
+    def aligned_on(self) -> tuple[str, ...]:
+        """The origin pipelines an ALIGNED gate pairs values by."""
+        return self._aligner.aligned_on
 
     def _ready_only(self) -> bool:
         return bool(self._only)
@@ -127,7 +129,7 @@ class FanIn:
         if self.pairing is Pairing.FIFO or self.pairing is Pairing.ANY:
             return self._queues[source].append
         if self.pairing is Pairing.ALIGNED:
-            return functools.partial(self._align, source)
+            return functools.partial(self._aligner.align, source)
         return functools.partial(self.push, source)
 
     @property
@@ -145,9 +147,7 @@ class FanIn:
         self._queues[source] = deque()
         if self.expected == 1:
             self._only, self._only_name = self._queues[source], source
-        self._pending[source] = {}
-        self._frontiers[source] = _Frontier()
-        self._counts[source] = 0
+        self._aligner.connect(source)
 
     def __contains__(self, source: object) -> bool:
         return source in self._queues
@@ -163,14 +163,14 @@ class FanIn:
             if self.pairing is Pairing.UNDECIDED and self.ready_to_decide():
                 self._decide()
             return
-        self._align(source, item)
+        self._aligner.align(source, item)
 
     def end(self, source: str) -> None:
         """Mark a source's stream as ended; what it queued is still delivered."""
         if source in self._queues:
             self._ended.add(source)
             if self.pairing is Pairing.ALIGNED:
-                self._sweep(source)
+                self._aligner.sweep(source)
 
     def has_ended(self, source: str) -> bool:
         """Whether `source` sent end of stream."""
@@ -180,7 +180,7 @@ class FanIn:
         """Whether an input set can be taken now."""
         pairing = self.pairing
         if pairing is Pairing.ALIGNED:
-            return bool(self._sets)
+            return bool(self._aligner.sets)
         queues = self._queues
         if pairing is Pairing.ANY:
             return any(queues.values())
@@ -193,11 +193,7 @@ class FanIn:
     def pop(self) -> dict[str, Any]:
         """Take one input set's items by source (only `ready()` ones; SKIP items are markers)."""
         if self.pairing is Pairing.ALIGNED:
-            taken = self._sets.popleft()
-            for name, item in taken.items():
-                if item is not UNPAIRED:
-                    self._counts[name] -= 1
-            return taken
+            return self._aligner.pop()
         queues = self._queues
         if len(queues) > 1 or self.any_input:
             for name, queue in queues.items():
@@ -210,20 +206,20 @@ class FanIn:
         if self.any_input:
             return len(self._ended) >= self.expected and not any(self._queues.values())
         if self.pairing is Pairing.ALIGNED:
-            return not self._sets and any(not self._pending[name] for name in self._ended)
+            return self._aligner.exhausted()
         return any(not self._queues[name] for name in self._ended)
 
     def queued(self, source: str) -> int:
         """How many values of `source` wait."""
         if self.pairing is Pairing.ALIGNED:
-            return self._counts.get(source, 0)
+            return self._aligner.counts.get(source, 0)
         queue = self._queues.get(source)
         return len(queue) if queue is not None else 0
 
     def depth(self) -> int:
         """How many values are queued across all sources."""
         if self.pairing is Pairing.ALIGNED:
-            return sum(self._counts.values())
+            return sum(self._aligner.counts.values())
         return sum(len(q) for q in self._queues.values())
 
     # ---- choosing how to pair --------------------------------------------------------------
@@ -243,23 +239,61 @@ class FanIn:
             self.pairing = Pairing.FIFO
             return
         self.pairing = Pairing.ALIGNED
-        self.aligned_on = tuple(sorted(common))
-        self._one = self.aligned_on[0] if len(self.aligned_on) == 1 else None
-        if len(self._pending) == 2:
-            (first, one), (second, two) = self._pending.items()
-            self._partner = {first: (second, two), second: (first, one)}
+        self._aligner.start(tuple(sorted(common)))
         # Every queued value moves to pending before any end counts: a source that ended
         # while the gate was undecided still holds values that are not in pending yet, and
         # must not be taken as having passed its partners' iterations.
-        ended, self._ended = self._ended, set()
+        ended = set(self._ended)
+        self._ended.clear()
         for name, queue in self._queues.items():
             while queue:
-                self._align(name, queue.popleft())
-        self._ended = ended
+                self._aligner.align(name, queue.popleft())
+        self._ended.update(ended)
         for name in ended:
-            self._sweep(name)
+            self._aligner.sweep(name)
 
-    # ---- aligned pairing -------------------------------------------------------------------
+
+class Aligner:
+    """An ALIGNED gate: pairs the values of several sources by their id in the aligned origin
+    pipelines (see the module docstring), whatever order they arrive in."""
+
+    def __init__(self, queues: dict[str, deque[Any]], ended: set[str]) -> None:
+        self.queues = queues  # the gate's sources, in order (shared with FanIn)
+        self.ended = ended  # sources that ended their stream (shared with FanIn)
+        self.unpaired = 0  # values dropped: a partner was filtered out upstream or never came
+        self.aligned_on: tuple[str, ...] = ()
+        self._one: str | None = None  # the one pipeline aligned on (the common case)
+        self._partner: dict[str, tuple[str, dict[Key, Any]]] = {}  # two sources: the other one
+        self._pending: dict[str, dict[Key, Any]] = {}
+        self._frontiers: dict[str, _Frontier] = {}
+        self.sets: deque[dict[str, Any]] = deque()  # complete sets, ready to be taken
+        self.counts: dict[str, int] = {}  # values waiting per source
+
+    def connect(self, source: str) -> None:
+        """Register a new source."""
+        self._pending[source] = {}
+        self._frontiers[source] = _Frontier()
+        self.counts[source] = 0
+
+    def start(self, aligned_on: tuple[str, ...]) -> None:
+        """Pair by the ids of these origin pipelines from now on."""
+        self.aligned_on = aligned_on
+        self._one = aligned_on[0] if len(aligned_on) == 1 else None
+        if len(self._pending) == 2:
+            (first, one), (second, two) = self._pending.items()
+            self._partner = {first: (second, two), second: (first, one)}
+
+    def pop(self) -> dict[str, Any]:
+        """The oldest complete set."""
+        taken = self.sets.popleft()
+        for name, item in taken.items():
+            if item is not UNPAIRED:
+                self.counts[name] -= 1
+        return taken
+
+    def exhausted(self) -> bool:
+        """Whether no set can form again (a source ended with nothing left waiting)."""
+        return not self.sets and any(not self._pending[name] for name in self.ended)
 
     def _key(self, origin: tuple[Any, ...]) -> Key | None:
         """`origin`'s ids in the aligned pipelines, in their order; None if one is missing."""
@@ -273,8 +307,8 @@ class FanIn:
         except KeyError:
             return None
 
-    def _align(self, source: str, item: Any) -> None:
-        self._counts[source] += 1
+    def align(self, source: str, item: Any) -> None:
+        self.counts[source] += 1
         origin = item[2]
         partner = self._partner.get(source)
         if partner is not None and len(origin) == 2 and origin[0][0] == self._one:
@@ -286,13 +320,13 @@ class FanIn:
                 if origin in other:  # its partner waits: the set is complete
                     mate = other.pop(origin)
                     if other and self._may_have_passed(origin, next(iter(other))):
-                        self._sweep(source)  # older values of the other one, passed, go first
+                        self.sweep(source)  # older values of the other one, passed, go first
                     self._release({source: item, other_name: mate})
                     return
                 pending[origin] = item
                 if other and self._may_have_passed(origin, next(iter(other))):
-                    self._sweep(source)
-                if other_name in self._ended or self._frontiers[other_name].passed(origin):
+                    self.sweep(source)
+                if other_name in self.ended or self._frontiers[other_name].passed(origin):
                     self._settle(origin)
                 return
         key = self._key(origin)
@@ -304,11 +338,11 @@ class FanIn:
         if all(key in p for name, p in self._pending.items() if name != source):  # complete
             found = {name: (item if name == source else p.pop(key))
                      for name, p in self._pending.items()}  # fmt: skip
-            self._sweep(source)  # older values of the others that this one has passed go first
+            self.sweep(source)  # older values of the others that this one has passed go first
             self._release(found)
             return
         pending[key] = item
-        self._sweep(source)
+        self.sweep(source)
         self._settle(key)
 
     @staticmethod
@@ -317,9 +351,9 @@ class FanIn:
         waiting value); False for the usual case of a later value of the same stream."""
         return not (len(oldest) == 2 and oldest[0] == origin[0] and oldest[1] > origin[1])
 
-    def _sweep(self, source: str) -> None:
+    def sweep(self, source: str) -> None:
         """`source` moved on (or ended): settle the other sources' values it has passed."""
-        ended = source in self._ended
+        ended = source in self.ended
         frontier = self._frontiers[source]
         own = self._pending[source]
         passed = []
@@ -341,17 +375,17 @@ class FanIn:
         for name, pending in self._pending.items():
             if key in pending:
                 holders[name] = pending
-            elif not (name in self._ended or self._frontiers[name].passed(key)):
+            elif not (name in self.ended or self._frontiers[name].passed(key)):
                 return  # still to come from `name`
         if holders:
             self._release({name: pending.pop(key) for name, pending in holders.items()})
 
     def _release(self, found: dict[str, Any]) -> None:
-        taken = {name: found.get(name, UNPAIRED) for name in self._queues}
+        taken = {name: found.get(name, UNPAIRED) for name in self.queues}
         kept = 0
         for item in found.values():
             if item[1] is not SKIP:
                 kept += 1
         if kept and kept < len(taken):  # real values that go without their partners
             self.unpaired += kept
-        self._sets.append(taken)
+        self.sets.append(taken)

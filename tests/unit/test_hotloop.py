@@ -1,0 +1,121 @@
+"""The worker's tight loops, in-process: a source's bursts and a one-source stage's queue
+give the links exactly what the per-message path would (values, markers, origins, order)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from porch.config import PipelineConfig
+from porch.stream import SKIP
+from porch.wire import FrameKind, HeaderEncoder, decode_batch, decode_prefix
+from workers.hotloop import HotLoop
+from workers.worker import Worker, WorkerOptions
+
+pytestmark = pytest.mark.timeout(30)
+
+SOURCE = """
+import porch
+n = 0
+def step():
+    global n
+    n += 1
+    if n == 3:
+        return porch.SKIP
+    if n == 5:
+        raise ValueError("five")
+    if n == 7:
+        porch.stop()
+    return {"n": n}
+"""
+
+STAGE = """
+import porch
+def step(input_data):
+    value = input_data["src"]
+    if value == 2:
+        return porch.SKIP
+    if value == 4:
+        raise ValueError("four")
+    return value * 10
+"""
+
+
+def worker(tmp_path: Path, name: str, script: str, sources: int = 0) -> Worker:
+    path = tmp_path / f"{name}.py"
+    path.write_text(script)
+    config = PipelineConfig(name, (path,), sources, ("sink",), on_error="skip")
+    made = Worker(config, WorkerOptions(control="tcp://127.0.0.1:1", state_dir=tmp_path))
+    made.host.load()
+    return made
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[Worker]:
+    made = worker(tmp_path, "src", SOURCE)
+    yield made
+    made.ctx.destroy(linger=0)
+
+
+def sent(made: Worker) -> list[tuple[object, object]]:
+    """Every value the worker's one link holds, with its origin seq, in order."""
+    link = made.outputs[0]
+    link.flush()
+    found = []
+    for entry in link.outbox:
+        header, end = decode_prefix(bytes(entry.frames[0]))
+        runs = [(count, origin) for count, origin in header.origins]
+        if header.kind is FrameKind.DATA_BATCH:
+            parts = [bytes(p) for p in decode_batch(bytes(entry.frames[0]), end)]
+        else:
+            parts = [bytes(entry.frames[0])[end:]]
+        origins = [origin[1] + i for count, origin in runs for i in range(count)]
+        found += [(pickle.loads(p) if p else SKIP, o) for p, o in zip(parts, origins, strict=True)]
+    return found
+
+
+def test_a_source_burst_sends_its_values_with_consecutive_origins(source: Worker) -> None:
+    hot = HotLoop(source)
+    while not source.ended:
+        assert hot.source_burst(None)
+    # 3 returned SKIP (a source sends nothing for it), 5 raised (on_error skip), 7 stopped
+    assert sent(source) == [({"n": 1}, 1), ({"n": 2}, 2), ({"n": 4}, 3), ({"n": 6}, 4),
+                            ({"n": 7}, 5)]  # fmt: skip
+    assert source.counters.iterations == 6 and source.counters.skipped == 1
+    assert source.counters.msgs_out == 5
+
+
+def test_a_source_burst_stops_at_the_iteration_limit_and_at_the_links_room(
+    source: Worker,
+) -> None:
+    hot = HotLoop(source)
+    assert hot.source_burst(2) and source.counters.iterations == 2
+    link = source.outputs[0]
+    link.seq = 0
+    link.outbox.held = link.settings.limit - len(link.batch)  # the window is full
+    assert hot.budget() == 0 and not hot.source_burst(None)
+
+
+def test_a_stage_burst_passes_markers_and_origins_on(tmp_path: Path) -> None:
+    stage = worker(tmp_path, "stage", STAGE, sources=1)
+    inbox = stage.inbox
+    assert inbox is not None
+    headers = HeaderEncoder(1, 9, "src")
+    inbox._accept([b"r", headers.encode(FrameKind.HELLO, 0)])
+    stream = ("src", 3)
+    for seq, value in enumerate([1, 2, 3, 4, SKIP, 6], start=1):
+        payload = b"" if value is SKIP else pickle.dumps(value)
+        frame = headers.encode_data(FrameKind.DATA, seq, [(1, (stream, seq + 100))]) + payload
+        inbox._accept([b"r", frame])
+    try:
+        assert HotLoop(stage).run_queue(inbox)
+        # 2 returned SKIP, 4 raised, 5 was a marker already: each passes a marker on
+        assert sent(stage) == [(10, 101), (SKIP, 102), (30, 103), (SKIP, 104), (SKIP, 105),
+                               (60, 106)]  # fmt: skip
+        assert inbox.sources["src"].processed == 6
+        assert stage.counters.iterations == 4 and stage.counters.skipped == 1
+    finally:
+        stage.ctx.destroy(linger=0)
