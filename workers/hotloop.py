@@ -93,9 +93,8 @@ class HotLoop:
             if stop_requested():
                 clear_stop_request()
                 worker.ended = True
-                break
-            if clock() - started >= FLUSH_INTERVAL_S:
-                break
+            if worker.ended or clock() - started >= FLUSH_INTERVAL_S:
+                break  # (_after_step may have ended the stream too)
         worker._step_time((clock() - started) / max(done, 1))
         self._emit_own(items)
         worker.counters.iterations += done

@@ -88,6 +88,18 @@ def test_a_source_burst_sends_its_values_with_consecutive_origins(source: Worker
     assert source.counters.msgs_out == 5
 
 
+def test_a_value_that_travels_alone_can_end_the_stream_too(tmp_path: Path) -> None:
+    big = worker(tmp_path, "big", SOURCE.replace('return {"n": n}', 'return b"x" * 20000'))
+    try:
+        hot = HotLoop(big)
+        while not big.ended:
+            assert hot.source_burst(None)
+        assert big.counters.iterations == 6  # 7 called stop(): no 8th step()
+        assert len(sent(big)) == 5
+    finally:
+        big.ctx.destroy(linger=0)
+
+
 def test_a_source_burst_stops_at_the_iteration_limit_and_at_the_links_room(
     source: Worker,
 ) -> None:
