@@ -34,6 +34,7 @@ from porch.wire import (
     FrameKind,
     HeaderEncoder,
     Origin,
+    Stream,
     decode_ack,
 )
 from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH, Batch, Framer, Outgoing, SendQueue
@@ -357,7 +358,17 @@ class OutputLink:
     reconnects = property(lambda self: self.conn.reconnects)
     withdrawn_since = property(lambda self: self.conn.withdrawn_since)
     unsent = property(lambda self: self.outbox.unsent)
+    held = property(lambda self: self.outbox.held)
     released = property(lambda self: self.outbox.released)
+
+    @property
+    def stream(self) -> Stream | None:
+        """Whose origin seqs come as bare ints (see offer)."""
+        return self.framer.stream
+
+    @stream.setter
+    def stream(self, stream: Stream | None) -> None:
+        self.framer.stream = stream
 
     # ---- connection ----------------------------------------------------------------------
 
@@ -397,10 +408,14 @@ class OutputLink:
             self.framer.headers.encode(FrameKind.HELLO, 0 if self.settings.acked else HELLO_NO_ACKS)
         )
         self.gone = self.down = False
-        if restarted:
-            outbox.split_batches(self.framer.headers)  # the target acks one by one after a restart
+        if restarted:  # it acks one by one after a restart; its crashes on our head count
             self.replayed += outbox.held
-            self._count_attempt()
+            poison = outbox.replay(self.framer.headers, MAX_DELIVERY_ATTEMPTS)
+            if poison is not None and self.on_dead_letter is not None:
+                reason = (
+                    f"{self.target} crashed {MAX_DELIVERY_ATTEMPTS} times while it was delivered"
+                )
+                self.on_dead_letter(self.target, poison, reason)
         elif reopened:
             conn.reconnects += 1
         outbox.resend_all()
@@ -451,17 +466,6 @@ class OutputLink:
         else:
             self.bye_pending = True
         self.pump()
-
-    def _count_attempt(self) -> None:
-        """The target came back while our oldest message was unacknowledged: count it."""
-        attempts = self.outbox.attempt()
-        if attempts >= MAX_DELIVERY_ATTEMPTS and self.outbox[0].kind is FrameKind.DATA:
-            self._drop_head(f"{self.target} crashed {attempts} times while it was delivered")
-
-    def _drop_head(self, reason: str) -> None:
-        head = self.outbox.pop_head()
-        if self.on_dead_letter is not None:
-            self.on_dead_letter(self.target, head, reason)
 
     def retire(self) -> None:
         """The target finished for good: drop what is held and whatever comes later."""

@@ -224,6 +224,15 @@ class SendQueue:
         self._attempts = {head: attempts}
         return attempts
 
+    def replay(self, headers: HeaderEncoder, max_attempts: int) -> Outgoing | None:
+        """The target restarted before acknowledging what it was sent: every batch becomes
+        single messages (it acks one by one now), and the oldest one, if the target crashed
+        on it `max_attempts` times, is released and returned (to be dead-lettered)."""
+        self.split_batches(headers)
+        if self.attempt() >= max_attempts and self.entries[0].kind is FrameKind.DATA:
+            return self.pop_head()
+        return None
+
     def resend_all(self) -> None:
         """A new connection: every held message goes out again."""
         self.unsent = len(self.entries)
