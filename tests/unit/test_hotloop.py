@@ -57,7 +57,7 @@ def worker(tmp_path: Path, name: str, script: str, sources: int = 0) -> Worker:
 def source(tmp_path: Path) -> Iterator[Worker]:
     made = worker(tmp_path, "src", SOURCE)
     yield made
-    made.ctx.destroy(linger=0)
+    made.sockets.ctx.destroy(linger=0)
 
 
 def sent(made: Worker) -> list[tuple[object, object]]:
@@ -97,7 +97,7 @@ def test_a_value_that_travels_alone_can_end_the_stream_too(tmp_path: Path) -> No
         assert big.counters.iterations == 6  # 7 called stop(): no 8th step()
         assert len(sent(big)) == 5
     finally:
-        big.ctx.destroy(linger=0)
+        big.sockets.ctx.destroy(linger=0)
 
 
 def test_a_source_burst_stops_at_the_iteration_limit_and_at_the_links_room(
@@ -130,4 +130,4 @@ def test_a_stage_burst_passes_markers_and_origins_on(tmp_path: Path) -> None:
         assert inbox.sources["src"].processed == 6
         assert stage.counters.iterations == 4 and stage.counters.skipped == 1
     finally:
-        stage.ctx.destroy(linger=0)
+        stage.sockets.ctx.destroy(linger=0)
