@@ -215,7 +215,10 @@ def test_porchctl_stop_and_start_cycles_lose_nothing_and_duplicate_nothing(
 ) -> None:
     n = 1500
     record = Record(tmp_path / "got.txt")
-    daemon = porchd(*slow_chain(tmp_path, n, 0.005), stop_timeout_s=10.0)
+    # the source at most 200 values ahead: a stop at 300 leaves it near 500, so the second
+    # cycle's stop at 700 comes long before its last value (with 1,000 ahead it was at ~1,300
+    # after the first stop and sometimes finished its stream before the second: "finished")
+    daemon = porchd(*slow_chain(tmp_path, n, 0.005, queue_limit=200), stop_timeout_s=10.0)
     daemon.wait_running("numbers", "recorder")
     for mark in (300, 700):
         daemon.wait_until(lambda m=mark: record.refresh() >= m, RUN_S, f"{mark} values")
