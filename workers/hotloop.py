@@ -189,6 +189,39 @@ class HotLoop:
         self._emit(items, origins)
         worker.counters.iterations += done
 
+    def run_sets(self, inbox: Inbox) -> bool:
+        """Several sources: run every ready input set (a join's pair, a FIFO set) with the
+        script's own step(), committing each as the regular path does; False on a stop."""
+        worker = self.worker
+        fanin = inbox.fanin
+        step = self.step if self.takes_input else None
+        clock = time.perf_counter
+        sampled = 0
+        while fanin.ready() and not worker.ended:
+            if worker.stopping and not worker._draining(inbox):
+                return False  # a live upstream keeps what we did not acknowledge
+            if step is None or inbox.undecodable:
+                worker._take_one(inbox)
+            else:
+                values, taken, origin, marked = inbox.take()
+                if marked:  # filtered out upstream, or a join partner that never comes
+                    worker._pass_marker(origin)
+                else:
+                    sampled += 1
+                    started = clock() if not sampled & SAMPLE_MASK else 0.0
+                    try:
+                        output = step(values)
+                    except (Exception, SystemExit) as exc:
+                        worker._step_failed(worker.host.failure(exc), values, origin)
+                    else:
+                        if started:
+                            worker._step_time(clock() - started)
+                        worker._after_step(output, values, origin)
+                inbox.commit(taken)
+            if clock() - worker._last_flush >= FLUSH_INTERVAL_S:
+                worker._after_iteration()
+        return True
+
     def _emit(self, items: list[bytes], origins: list[Origin]) -> None:
         """Send gathered values (and markers: b"") of a stage, with their inputs' origins."""
         if not items:

@@ -265,6 +265,7 @@ class Aligner:
         self._one: str | None = None  # the one pipeline aligned on (the common case)
         self._partner: dict[str, tuple[str, dict[Key, Any]]] = {}  # two sources: the other one
         self._pending: dict[str, dict[Key, Any]] = {}
+        self._first = ""  # two sources: the one that connected first (sets list it first)
         self._frontiers: dict[str, _Frontier] = {}
         self.sets: deque[dict[str, Any]] = deque()  # complete sets, ready to be taken
         self.counts: dict[str, int] = {}  # values waiting per source
@@ -282,6 +283,7 @@ class Aligner:
         if len(self._pending) == 2:
             (first, one), (second, two) = self._pending.items()
             self._partner = {first: (second, two), second: (first, one)}
+            self._first = next(iter(self.queues))
 
     def pop(self) -> dict[str, Any]:
         """The oldest complete set."""
@@ -321,7 +323,12 @@ class Aligner:
                     mate = other.pop(origin)
                     if other and self._may_have_passed(origin, next(iter(other))):
                         self.sweep(source)  # older values of the other one, passed, go first
-                    self._release({source: item, other_name: mate})
+                    if item[1] is SKIP or mate[1] is SKIP:
+                        self._release({source: item, other_name: mate})
+                    elif source == self._first:  # a whole pair, in the sources' order
+                        self.sets.append({source: item, other_name: mate})
+                    else:
+                        self.sets.append({other_name: mate, source: item})
                     return
                 pending[origin] = item
                 if other and self._may_have_passed(origin, next(iter(other))):

@@ -386,23 +386,16 @@ class Worker:
         fanin = inbox.fanin
         if fanin.any_input:  # a feedback loop needs one member to go first
             self._iterate(dict.fromkeys(fanin.sources))
-        single = fanin.expected == 1 and not fanin.any_input
-        run_queue = HotLoop(self).run_queue
+        hot = HotLoop(self)
+        run = hot.run_queue if fanin.expected == 1 and not fanin.any_input else hot.run_sets
         while not self.ended:
             if self.stopping and not self._draining(inbox):
                 return  # a live upstream keeps what we did not acknowledge and replays it
-            if single and fanin.ready():
-                if not run_queue(inbox):
+            if fanin.ready():
+                if not run(inbox):
                     return
                 self._flush_outputs()  # no more input queued: don't hold output back
                 self._tick()
-            elif fanin.ready():
-                self._take_one(inbox)
-                if fanin.ready():
-                    self._after_iteration()
-                else:
-                    self._flush_outputs()  # no more input queued: don't hold output back
-                    self._tick()
             elif fanin.exhausted():
                 return
             elif self.stopping and inbox.quiet():

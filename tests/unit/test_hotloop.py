@@ -131,3 +131,33 @@ def test_a_stage_burst_passes_markers_and_origins_on(tmp_path: Path) -> None:
         assert stage.counters.iterations == 4 and stage.counters.skipped == 1
     finally:
         stage.sockets.ctx.destroy(linger=0)
+
+
+JOIN = """
+def step(input_data):
+    return input_data["b"] + input_data["c"]
+"""
+
+
+def test_a_join_runs_its_sets_and_passes_a_marker_for_a_set_without_a_partner(
+    tmp_path: Path,
+) -> None:
+    join = worker(tmp_path, "join", JOIN, sources=2)
+    inbox = join.inbox
+    assert inbox is not None
+    stream = ("a", 4)
+    for name, values in (("b", [1, 2, SKIP]), ("c", [10, 20, 30])):
+        headers = HeaderEncoder(1, 9, name)
+        inbox._accept([name.encode(), headers.encode(FrameKind.HELLO, 0)])
+        for seq, value in enumerate(values, start=1):
+            payload = b"" if value is SKIP else pickle.dumps(value)
+            runs = [(1, (stream, seq))]
+            inbox._accept([name.encode(), headers.encode_data(FrameKind.DATA, seq, runs) + payload])
+    try:
+        assert HotLoop(join).run_sets(inbox)
+        # iteration 3 of `a` was filtered out on b's side: its set passes a marker on
+        assert sent(join) == [(11, 1), (22, 2), (SKIP, 3)]
+        assert join.counters.iterations == 2
+        assert all(source.processed == 3 for source in inbox.sources.values())
+    finally:
+        join.sockets.ctx.destroy(linger=0)
