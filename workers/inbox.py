@@ -40,7 +40,7 @@ from porch.wire import (
     union,
 )
 from workers.links import Context, InputLink
-from workers.scheduler import FanIn, TooManySources
+from workers.scheduler import FanIn, Inputs, Taken, TooManySources
 
 log = logs.get("porch.worker")
 
@@ -421,7 +421,7 @@ class Inbox:
 
     # ---- taking input --------------------------------------------------------------------
 
-    def take(self) -> tuple[dict[str, Any], dict[str, Any], Origin, bool]:
+    def take(self) -> tuple[Inputs, Taken, Origin, bool]:
         """One input set: the values by source name, the items taken (for commit()), their
         origin (the union), and whether it holds a skip marker (then there is nothing to do
         but pass the marker on)."""
@@ -430,7 +430,7 @@ class Inbox:
             for name, item in taken.items():
                 value = item[1]
                 return {name: value}, taken, item[2], value is SKIP
-        values: dict[str, Any] = {}
+        values: Inputs = {}
         origin: Origin = ()
         marked = False
         for name, item in taken.items():
@@ -444,12 +444,12 @@ class Inbox:
             self.counters.unpaired = self.fanin.unpaired
         return values, taken, origin, marked
 
-    def commit(self, taken: dict[str, Any]) -> None:
+    def commit(self, taken: Taken) -> None:
         """An iteration consumed these: acknowledge them (at once, or batched)."""
         for name, item in taken.items():
             self.commit_one(self.sources[name], item[0], item[3])
 
-    def commit_one(self, source: SourceState, seq: int, generation: int) -> None:
+    def commit_one(self, source: SourceState, seq: int, generation: int | None) -> None:
         """An iteration consumed `source`'s message `seq`: acknowledge it (at once, or
         batched); nothing for a placeholder or an item of an earlier instance of the source."""
         if generation != source.generation:

@@ -81,12 +81,12 @@ def set_heartbeats(sock: Socket, pings: bool) -> None:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
 
 
-def monitor_events(monitor: Socket | None) -> list[dict[str, Any]]:
-    """Every socket event waiting on a monitor socket (non-blocking)."""
-    found: list[dict[str, Any]] = []
+def monitor_events(monitor: Socket | None) -> list[zmq.Event]:
+    """The kind of every socket event waiting on a monitor socket (non-blocking)."""
+    found: list[zmq.Event] = []
     while monitor is not None:
         try:
-            found.append(dict(recv_monitor_message(monitor, zmq.NOBLOCK)))
+            found.append(zmq.Event(recv_monitor_message(monitor, zmq.NOBLOCK)["event"]))
         except zmq.Again:
             break
     return found
@@ -151,8 +151,8 @@ class InputLink:
 
     def check_events(self, pipeline: str) -> None:
         """Count (and log, at most every HANDSHAKE_LOG_INTERVAL_S) failed handshakes."""
-        for event in monitor_events(self.monitor):
-            reason = HANDSHAKE_FAILED.get(event["event"])
+        for kind in monitor_events(self.monitor):
+            reason = HANDSHAKE_FAILED.get(kind)
             if reason is None:
                 continue
             if reason != "auth":  # ZAP denials are counted by LinkSecurity (`denied`)
@@ -254,12 +254,11 @@ class LinkSocket:
         self.withdrawn_since = None
         return sock
 
-    def events(self, pipeline: str) -> list[tuple[int, bool]]:
+    def events(self, pipeline: str) -> list[tuple[zmq.Event, bool]]:
         """The socket's handshakes and disconnects, in order, each with whether the connection
         had completed its handshake (failed handshakes are counted and logged here)."""
-        found = []
-        for event in monitor_events(self.monitor):
-            kind = event["event"]
+        found: list[tuple[zmq.Event, bool]] = []
+        for kind in monitor_events(self.monitor):
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshaken = True
                 found.append((kind, True))

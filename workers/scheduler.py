@@ -26,9 +26,15 @@ from collections.abc import Callable
 from typing import Any
 
 from porch.stream import SKIP
+from porch.wire import Origin, Stream
+
+UserValue = Any  # what a step() returned: any Python value (the one free-form alias here)
+Item = tuple[int, UserValue, Origin, int | None]  # (link seq, value, origin, generation)
+Taken = dict[str, Item]  # one input set's queue items by source name (what is committed)
+Inputs = dict[str, UserValue]  # one input set's values by source name (step()'s input_data)
 
 OLD_EPOCHS = 16  # epochs of one origin pipeline remembered per source (restarts of it)
-UNPAIRED: tuple[Any, ...] = (0, SKIP, (), None)  # the place of a partner that will never come
+UNPAIRED: Item = (0, SKIP, (), None)  # the place of a partner that will never come
 
 
 class TooManySources(Exception):
@@ -51,8 +57,8 @@ class _Frontier:
     """How far one source has come in each origin stream (its values arrive in order)."""
 
     def __init__(self) -> None:
-        self.highest: dict[Any, int] = {}  # stream (pipeline, epoch) -> highest seq sent
-        self.current: dict[str, Any] = {}  # pipeline -> the stream (epoch) it sends now
+        self.highest: dict[Stream, int] = {}  # stream (pipeline, epoch) -> highest seq sent
+        self.current: dict[str, Stream] = {}  # pipeline -> the stream (epoch) it sends now
 
     def advance(self, key: Key) -> None:
         highest = self.highest
@@ -116,7 +122,7 @@ class FanIn:
     def _ready_only(self) -> bool:
         return bool(self._only)
 
-    def _pop_only(self) -> dict[str, Any]:
+    def _pop_only(self) -> Taken:
         item = self._only.popleft()
         return {self._only_name: item}
 
@@ -190,7 +196,7 @@ class FanIn:
             return True
         return any(q and q[0][1] is SKIP for q in queues.values())  # a marker leaves alone
 
-    def pop(self) -> dict[str, Any]:
+    def pop(self) -> Taken:
         """Take one input set's items by source (only `ready()` ones; SKIP items are markers)."""
         if self.pairing is Pairing.ALIGNED:
             return self._aligner.pop()
@@ -267,7 +273,7 @@ class Aligner:
         self._pending: dict[str, dict[Key, Any]] = {}
         self._first = ""  # two sources: the one that connected first (sets list it first)
         self._frontiers: dict[str, _Frontier] = {}
-        self.sets: deque[dict[str, Any]] = deque()  # complete sets, ready to be taken
+        self.sets: deque[Taken] = deque()  # complete sets, ready to be taken
         self.counts: dict[str, int] = {}  # values waiting per source
 
     def connect(self, source: str) -> None:
@@ -285,7 +291,7 @@ class Aligner:
             self._partner = {first: (second, two), second: (first, one)}
             self._first = next(iter(self.queues))
 
-    def pop(self) -> dict[str, Any]:
+    def pop(self) -> Taken:
         """The oldest complete set."""
         taken = self.sets.popleft()
         for name, item in taken.items():
@@ -387,7 +393,7 @@ class Aligner:
         if holders:
             self._release({name: pending.pop(key) for name, pending in holders.items()})
 
-    def _release(self, found: dict[str, Any]) -> None:
+    def _release(self, found: Taken) -> None:
         taken = {name: found.get(name, UNPAIRED) for name in self.queues}
         kept = 0
         for item in found.values():

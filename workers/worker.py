@@ -45,6 +45,7 @@ from workers.housekeeping import Housekeeping
 from workers.inbox import Inbox, Undecodable
 from workers.links import OutputLink
 from workers.outbox import DurableOutbox
+from workers.scheduler import Inputs
 from workers.signals import StopSignals
 from workers.sockets import WorkerSockets
 from workers.targets import STALL_WARNING_S, link_status
@@ -349,7 +350,7 @@ class Worker:
             log.warning("input_skipped", pipeline=self.name, error=str(exc),
                         input=summary(inputs)[:200])  # fmt: skip
 
-    def _decoded(self, inbox: Inbox, values: dict[str, Any]) -> bool:
+    def _decoded(self, inbox: Inbox, values: Inputs) -> bool:
         """Whether every value of this input set decoded; if not, on_error decides, as for a
         failing step(): stop fails the pipeline, skip and dead-letter go on."""
         bad = [v for v in values.values() if isinstance(v, Undecodable)]
