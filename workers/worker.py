@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -138,18 +137,6 @@ class Worker:
         """Whether a stop was requested (see workers/signals.py)."""
         return self.stops.requested
 
-    @property
-    def _drain_deadline(self) -> float:
-        return self.stops.drain_deadline
-
-    @property
-    def _stop_deadline(self) -> float:
-        return self.stops.stop_deadline
-
-    @property
-    def _wake_r(self) -> socket.socket:
-        return self.stops.wake_r
-
     def install_signals(self) -> None:
         """First SIGTERM/SIGINT: graceful stop; second: exit at once."""
         self.stops.install()
@@ -196,9 +183,9 @@ class Worker:
         if self.inbox is not None:
             self.inbox.flush_acks()  # about to idle: tell our sources what we have done
         events = dict((poller or self._poller).poll(timeout_ms))
-        if self._wake_r in events or self._wake_r.fileno() in events:
+        if self.stops.wake_r in events or self.stops.wake_r.fileno() in events:
             with contextlib.suppress(BlockingIOError):
-                self._wake_r.recv(4096)
+                self.stops.wake_r.recv(4096)
         if self.control.socket in events:
             self._on_control()
         if self.inbox is not None and self.inbox.link.socket in events:
@@ -256,7 +243,7 @@ class Worker:
         next_warning = time.monotonic() + STALL_WARNING_S
         while not link.offer(kind, payload, origin):
             now = time.monotonic()
-            if self.stopping and now > self._drain_deadline:
+            if self.stopping and now > self.stops.drain_deadline:
                 # the input is processed (and will be acknowledged): its output must not be
                 # dropped; the stop sequence waits for the target to take it
                 link.force(kind, payload, origin)
@@ -274,7 +261,7 @@ class Worker:
         while ZeroMQ itself holds unsent entries, room in its queue; never a busy loop."""
         poller = zmq.Poller()
         poller.register(self.control.socket, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self.stops.wake_r, zmq.POLLIN)
         if link.socket is not None:
             poller.register(link.socket, POLL_BOTH if link.unsent else zmq.POLLIN)
         return poller
@@ -422,11 +409,11 @@ class Worker:
         """Whether a stopping worker still takes input: for a moment from live sources, and
         until the stop deadline what stopped sources sent (they wait for its acknowledgement)."""
         now = time.monotonic()
-        if now < self._drain_deadline:
+        if now < self.stops.drain_deadline:
             return True
         fanin = inbox.fanin
         return (
-            now < self._stop_deadline
+            now < self.stops.stop_deadline
             and fanin.ready()
             and any(fanin.queued(name) for name in inbox.departed)
         )
