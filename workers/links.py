@@ -30,13 +30,12 @@ from porch import logs
 from porch.localsock import IPC_PREFIX, is_local
 from porch.security import LinkSecurity
 from porch.wire import (
-    HELLO_NO_ACKS,
     FrameKind,
     HeaderEncoder,
     Origin,
     Stream,
-    decode_ack,
 )
+from workers import linkpeer
 from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH, Batch, Framer, Outgoing, SendQueue
 
 log = logs.get("porch.worker")
@@ -102,7 +101,6 @@ def close_monitor(sock: Socket, monitor: Socket | None) -> None:
 
 
 ACK_LINGER_MS = 500
-MAX_DELIVERY_ATTEMPTS = 3  # a message its target crashed on this often is dead-lettered
 
 
 class InputLink:
@@ -313,6 +311,15 @@ class LinkSocket:
         self.socket = self.monitor = None
 
 
+@dataclass
+class StreamEnd:
+    """How far an output link's end of stream (EOS) or BYE has got."""
+
+    bye_pending: bool = False  # a BYE waits for the unsent messages it must follow
+    unconfirmed: bool = False  # at-most-once: our EOS or BYE went out, not yet confirmed
+    lost: bool = False  # ...and its connection dropped: send it again on the next one
+
+
 class OutputLink:
     """The link to one target: a DEALER once the target's endpoint is known, a queue before.
 
@@ -345,9 +352,7 @@ class OutputLink:
         self.restarting = False  # ...and that its supervisor is starting it again
         self.dropped = 0
         self.replayed = 0
-        self.bye_pending = False  # a BYE waits for the unsent messages it must follow
-        self.end_unconfirmed = False  # at-most-once: our EOS or BYE went out, not yet confirmed
-        self._end_lost = False  # ...and its connection dropped: send it again on the next one
+        self.end = StreamEnd()
 
     # what status and the worker read of the connection
     socket = property(lambda self: self.conn.socket)
@@ -369,102 +374,21 @@ class OutputLink:
     def stream(self, stream: Stream | None) -> None:
         self.framer.stream = stream
 
-    # ---- connection ----------------------------------------------------------------------
+    # ---- connection (workers/linkpeer.py) -------------------------------------------------
 
-    def connect(
-        self,
-        endpoint: str,
-        instance: int | None = None,
-        key_id: str | None = None,
-        *,
-        force: bool = False,
-    ) -> None:
-        """(Re)connect to the target, say hello, and send everything not yet acknowledged.
-
-        `force` reopens even an unchanged endpoint: after a dead connection or a rediscovery,
-        a fresh socket connects at once instead of waiting on TCP's or ZeroMQ's backoff; what
-        the old connection may have lost is sent again (the target drops what it has seen).
-        """
-        conn, outbox = self.conn, self.outbox
-        same = (endpoint, instance, key_id) == (conn.endpoint, conn.instance, conn.key_id)
-        # at-most-once has nothing to send again, and a new socket would drop what ZeroMQ
-        # still queues: its socket reconnects by itself (heartbeats, bounded backoff)
-        if same and conn.socket is not None and not (force and self.settings.acked):
-            conn.withdrawn_since = None
-            return
-        if conn.socket is not None:
-            # the old instance's last acks may still wait unread: a graceful restart of the
-            # target acknowledged them, and replaying those messages would duplicate them
-            self.read_acks(decode_ack)
-        restarted = (
-            conn.instance is not None and instance != conn.instance and len(outbox) > outbox.unsent
-        )
-        reopened = conn.socket is not None
-        sock = conn.open(endpoint, instance, key_id, self.settings)
-        # an at-most-once sender must not be acked: unread acks in its TCP receive buffer
-        # would make the kernel reset the connection (losing the tail) when it exits
-        sock.send(
-            self.framer.headers.encode(FrameKind.HELLO, 0 if self.settings.acked else HELLO_NO_ACKS)
-        )
-        self.gone = self.down = False
-        if restarted:  # it acks one by one after a restart; its crashes on our head count
-            self.replayed += outbox.held
-            poison = outbox.replay(self.framer.headers, MAX_DELIVERY_ATTEMPTS)
-            if poison is not None and self.on_dead_letter is not None:
-                reason = (
-                    f"{self.target} crashed {MAX_DELIVERY_ATTEMPTS} times while it was delivered"
-                )
-                self.on_dead_letter(self.target, poison, reason)
-        elif reopened:
-            conn.reconnects += 1
-        outbox.resend_all()
-        if self.end_unconfirmed and not self.outbox:  # a new connection: our BYE again
-            self.bye_pending = True
-        self.pump()
+    def connect(self, endpoint: str, instance: int | None = None, key_id: str | None = None,
+                *, force: bool = False) -> None:  # fmt: skip
+        """(Re)connect to the target, say hello, and send everything not yet acknowledged
+        (`force`: even to an unchanged endpoint; see linkpeer.connect)."""
+        linkpeer.connect(self, endpoint, instance, key_id, force=force)
 
     def withdraw(self, since: float) -> None:
-        """Discovery lost the target (its host fell silent): hold everything until it is back.
-
-        The socket stays: ZeroMQ keeps trying the old endpoint, and a rediscovery reopens it.
-        """
-        if self.conn.withdrawn_since is None:
-            self.conn.withdrawn_since = since
+        """Discovery lost the target: hold everything until it is back."""
+        linkpeer.withdraw(self, since)
 
     def check_events(self, pipeline: str) -> None:
-        """React to the socket's events: reopen a connection that died (heartbeats), send an
-        unconfirmed end again on a new connection, count and log failed handshakes (at most
-        every HANDSHAKE_LOG_INTERVAL_S)."""
-        conn = self.conn
-        for kind, lost in conn.events(pipeline):
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                if self._end_lost:
-                    self._send_end_again()
-                continue
-            self._end_lost = self.end_unconfirmed
-            if not (lost and self.settings.acked and conn.endpoint is not None):
-                continue
-            log.info("link_reconnecting", pipeline=pipeline, target=self.target,
-                     endpoint=conn.endpoint, reason="connection lost")  # fmt: skip
-            withdrawn_since = conn.withdrawn_since  # still withdrawn until rediscovered
-            self.connect(conn.endpoint, conn.instance, conn.key_id, force=True)
-            conn.withdrawn_since = withdrawn_since
-            return  # the old monitor is closed; the new socket reports on its own
-
-    def _send_end_again(self) -> None:
-        """At-most-once: the connection that carried our EOS or BYE dropped before the target
-        confirmed it; say hello on the new one and send the end again (the target confirms a
-        repeated end too), instead of waiting for a confirmation that cannot come."""
-        self._end_lost = False
-        sock = self.conn.socket
-        if sock is None or not self.end_unconfirmed:
-            return
-        with contextlib.suppress(zmq.ZMQError):
-            sock.send(self.framer.headers.encode(FrameKind.HELLO, HELLO_NO_ACKS), zmq.NOBLOCK)
-        if self.outbox:
-            self.outbox.resend_all()  # the kept EOS
-        else:
-            self.bye_pending = True
-        self.pump()
+        """React to the socket's events (dead connections, lost ends, failed handshakes)."""
+        linkpeer.check_events(self, pipeline)
 
     def retire(self) -> None:
         """The target finished for good: drop what is held and whatever comes later."""
@@ -594,7 +518,7 @@ class OutputLink:
     def say_bye(self) -> None:
         """Tell the target we are stopping, after every message already given to the link."""
         self._close_batch()
-        self.bye_pending = True
+        self.end.bye_pending = True
         self.pump()
 
     def pump(self) -> None:
@@ -602,17 +526,17 @@ class OutputLink:
         sock = self.conn.socket
         if sock is None or not self.outbox.send(sock):
             return
-        if self.bye_pending:
+        if self.end.bye_pending:
             with contextlib.suppress(zmq.ZMQError):
                 sock.send(self.framer.headers.encode(FrameKind.BYE, 0), zmq.NOBLOCK)
-                self.bye_pending = False
-                self.end_unconfirmed = not self.settings.acked
+                self.end.bye_pending = False
+                self.end.unconfirmed = not self.settings.acked
         # At-most-once forgets what ZeroMQ has, but for our EOS: it stays until the target
         # confirms it read it (Inbox._confirm_end), and so does the connection: over ipc://,
         # closing it loses what a target that is behind has not read (ZeroMQ ends a
         # connection whose peer hung up at once, unread bytes and all).
         if not self.settings.acked and self.outbox.forget_sent():
-            self.end_unconfirmed = True
+            self.end.unconfirmed = True
 
     # ---- acknowledgements ----------------------------------------------------------------
 
@@ -622,7 +546,7 @@ class OutputLink:
         if newest > self.acked_seq:
             self.ack(newest)
         if heard and not self.settings.acked:
-            self.end_unconfirmed = False  # an at-most-once target acks only our EOS or BYE
+            self.end.unconfirmed = False  # an at-most-once target acks only our EOS or BYE
 
     def ack(self, seq: int) -> None:
         """The target has processed everything up to `seq`: forget it."""
@@ -634,7 +558,7 @@ class OutputLink:
     def delivered(self) -> bool:
         """Whether nothing is left that the target still has to acknowledge (at-most-once:
         whether it confirmed our end of stream or BYE)."""
-        return self.gone or not (self.outbox or self.batch or self.end_unconfirmed)
+        return self.gone or not (self.outbox or self.batch or self.end.unconfirmed)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close the socket; ZeroMQ keeps delivering what it holds for up to `linger_ms`."""
