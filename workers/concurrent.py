@@ -33,6 +33,7 @@ from porch.errors import ScriptError
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested_here
 from porch.wire import Origin
 from workers.inbox import Inbox, Undecodable
+from workers.scheduler import Inputs, Taken, UserValue
 
 if TYPE_CHECKING:
     from workers.worker import Worker
@@ -52,10 +53,10 @@ MARKER = Outcome()
 class InFlight:
     """One iteration in flight: its task (None: a marker to pass on), input and origin."""
 
-    task: asyncio.Task[tuple[Any, bool, float]] | None
-    inputs: Any
+    task: asyncio.Task[tuple[UserValue, bool, float]] | None
+    inputs: Inputs | None  # None: a source's iteration
     origin: Origin
-    taken: dict[str, Any] | None  # the inbox items to acknowledge once it has left
+    taken: Taken | None  # the inbox items to acknowledge once it has left
 
 
 class ConcurrentLoop:
@@ -144,11 +145,11 @@ class ConcurrentLoop:
             else:
                 self.inflight.append(InFlight(None, values, origin, taken))
 
-    def _start(self, inputs: Any, origin: Origin, taken: dict[str, Any] | None) -> None:
+    def _start(self, inputs: Inputs | None, origin: Origin, taken: Taken | None) -> None:
         task = self.loop.create_task(self._iteration(inputs))
         self.inflight.append(InFlight(task, inputs, origin, taken))
 
-    async def _iteration(self, inputs: Any) -> tuple[Any, bool, float]:
+    async def _iteration(self, inputs: Inputs | None) -> tuple[UserValue, bool, float]:
         """One iteration: its value, whether it called porch.stop(), how long it took."""
         started = time.perf_counter()
         value = await self.host.astep(inputs)
@@ -217,18 +218,18 @@ class ConcurrentLoop:
     def _watch(self, inbox: Inbox | None) -> None:
         """Wake the event loop on input, control messages and signals."""
         worker = self.worker
-        sockets: list[Any] = [worker.control.socket]
+        sockets: list[zmq.Socket[bytes]] = [worker.control.socket]
         if inbox is not None:
             sockets.append(inbox.link.socket)
         for sock in sockets:
-            fd = sock.getsockopt(zmq.FD)
+            fd = sock.fileno()  # ZMQ_FD: readable when the socket's events may have changed
             self._fds.append(fd)
             self.loop.add_reader(fd, self._wake_zmq, sock)
         fd = worker.stops.wake_r.fileno()
         self._fds.append(fd)
         self.loop.add_reader(fd, self._wake_signal)
 
-    def _wake_zmq(self, sock: Any) -> None:
+    def _wake_zmq(self, sock: zmq.Socket[bytes]) -> None:
         """A zmq socket's FD woke: reading ZMQ_EVENTS lets zmq clear it (else the event loop,
         level-triggered, would call us again and again); what arrived is read after the wait."""
         sock.getsockopt(zmq.EVENTS)
@@ -247,10 +248,10 @@ class ConcurrentLoop:
         """Whether input or a control message waits (checking ZMQ_EVENTS also re-arms the
         edge-triggered zmq FD the event loop watches)."""
         worker = self.worker
-        sockets: list[Any] = [worker.control.socket]
+        sockets: list[zmq.Socket[bytes]] = [worker.control.socket]
         if worker.inbox is not None:
             sockets.append(worker.inbox.link.socket)
-        return any(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN for sock in sockets)
+        return any(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN for sock in sockets)
 
     def _wait(self) -> None:
         """Run the event loop until the head completes (or, below the bound, any iteration
