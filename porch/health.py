@@ -13,7 +13,6 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 HEALTH_VERSION = 1  # sent as `version`; a report without it is read the same (version 1)
 
@@ -62,9 +61,9 @@ class HealthReport:
     queue_depth: int = 0  # a gauge: inputs waiting now
     state: str = ""  # the worker's WorkerState value when it sent the report
     warning: str = ""  # what keeps it from making progress, "" when nothing
-    targets: tuple[Mapping[str, Any], ...] = ()  # one per link (workers/targets.py link_status)
+    targets: tuple[Mapping[str, object], ...] = ()  # one per link (workers/targets.py LinkStatus)
     # the step() duration histogram: {"bounds": [s...], "counts": [n...], "sum": s}
-    step_seconds: Mapping[str, Any] | None = None
+    step_seconds: Mapping[str, object] | None = None
 
     def counter(self, name: str) -> int:
         """One counter by name (a field of this class)."""
