@@ -17,8 +17,8 @@ from typing import Any
 import click
 
 from porch import __version__, logs
-from porch.clierrors import log_options, reporting, seconds_between, set_log_level
-from porch.cliopts import MAX_STOP_TIMEOUT_S, network_options, network_plan
+from porch.clierrors import log_options, reporting, set_log_level
+from porch.cliopts import network_options, network_plan, stop_timeout_option
 from porch.config import Problem, Severity, has_errors, validate
 from porch.names import name_problem, name_warning
 from porch.paths import ensure_private_dir, state_base
@@ -134,15 +134,7 @@ def validate_cmd(configs: Sequence[str]) -> None:
     default=None,
     help="Source pipelines end their stream after N iterations (then porch exits).",
 )
-@click.option(
-    "--stop-timeout",
-    type=float,
-    metavar="SECONDS",
-    callback=seconds_between(0.1, MAX_STOP_TIMEOUT_S),
-    default=10.0,
-    show_default=True,
-    help="Seconds a pipeline gets to stop gracefully before it is killed.",
-)
+@stop_timeout_option
 @network_options
 @handle_errors
 def run(configs: Sequence[str], iterations: int | None, stop_timeout: float, **net: Any) -> None:

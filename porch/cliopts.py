@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from porch.clierrors import seconds_between
 from porch.prefs import KEYS, Effective, resolve
 
 if TYPE_CHECKING:
@@ -15,6 +16,17 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_STOP_TIMEOUT_S = 86_400.0  # a day: longer is a stop that never ends
+
+# `porch run --stop-timeout` and `porchd start --stop-timeout`
+stop_timeout_option = click.option(
+    "--stop-timeout",
+    type=float,
+    metavar="SECONDS",
+    callback=seconds_between(0.1, MAX_STOP_TIMEOUT_S),
+    default=10.0,
+    show_default=True,
+    help="Seconds a pipeline gets to stop gracefully before it is killed.",
+)
 
 # ---- network options (porch run, porchd start) ---------------------------------------------
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from porch import __version__, logs
-from porch.clierrors import log_options, seconds_between
-from porch.cliopts import MAX_STOP_TIMEOUT_S, network_options, network_plan, network_prefs
+from porch.clierrors import log_options
+from porch.cliopts import network_options, network_plan, network_prefs, stop_timeout_option
 from porch.errors import ConfigError, PorchError
 
 if TYPE_CHECKING:
@@ -43,15 +43,7 @@ def porchd(debug: bool) -> None:
     help="This daemon's folder for pipeline logs (default: $PORCH_STATE_DIR, "
     "/var/lib/porch or ~/.local/state/porch, plus a per-daemon subfolder).",
 )
-@click.option(
-    "--stop-timeout",
-    type=float,
-    metavar="SECONDS",
-    callback=seconds_between(0.1, MAX_STOP_TIMEOUT_S),
-    default=10.0,
-    show_default=True,
-    help="Seconds a pipeline gets to stop gracefully before it is killed.",
-)
+@stop_timeout_option
 @click.option(
     "--http",
     "http_address",
