@@ -105,6 +105,9 @@ DEFAULT_FINISH_TIMEOUT_S = 600.0
 # how long a finished stream may wait for its targets: from a moment to a week
 MIN_FINISH_TIMEOUT_S = 0.1
 MAX_FINISH_TIMEOUT_S = 604_800.0
+# the first restart's wait under porchd (each failure in the window doubles it, up to 30 s)
+DEFAULT_RESTART_BACKOFF_S = 0.5
+MAX_RESTART_BACKOFF_S = 30.0
 # iterations in flight at once in one worker (async steps): each holds its input and a task
 MAX_CONCURRENCY = 10_000
 
@@ -144,6 +147,7 @@ class PipelineConfig:
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
     finish_timeout_s: float = DEFAULT_FINISH_TIMEOUT_S
+    restart_backoff_s: float = DEFAULT_RESTART_BACKOFF_S
     on_error: OnError = OnError.STOP
     fan_in: FanIn = FanIn.ALL
     overflow: Overflow = Overflow.BLOCK
@@ -185,6 +189,11 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
         False,
         (int, float),
         f"a number of seconds from {MIN_FINISH_TIMEOUT_S:g} to {MAX_FINISH_TIMEOUT_S:g}",
+    ),
+    "restart_backoff_s": (
+        False,
+        (int, float),
+        f"a number of seconds from 0 to {MAX_RESTART_BACKOFF_S:g}",
     ),
     **{key: (False, (str,), f"one of {', '.join(allowed)}") for key, allowed in CHOICES.items()},
 }
@@ -331,6 +340,7 @@ class _Checker:
             data, "heartbeat_timeout_s", MIN_HEARTBEAT_TIMEOUT_S, MAX_HEARTBEAT_TIMEOUT_S
         )
         self.check_range(data, "finish_timeout_s", MIN_FINISH_TIMEOUT_S, MAX_FINISH_TIMEOUT_S)
+        self.check_range(data, "restart_backoff_s", 0, MAX_RESTART_BACKOFF_S)
         if data.get("outbox") == Outbox.DURABLE and data.get("delivery") == Delivery.AT_MOST_ONCE:
             self.error("outbox", "a durable outbox replays what a crash left unacknowledged, "
                        "which delivery at-most-once forbids: use outbox \"memory\" with it, "
@@ -403,6 +413,7 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
         queue_limit_bytes=checked.whole("queue_limit_bytes", DEFAULT_QUEUE_LIMIT_BYTES),
         heartbeat_timeout_s=checked.seconds("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S),
         finish_timeout_s=checked.seconds("finish_timeout_s", DEFAULT_FINISH_TIMEOUT_S),
+        restart_backoff_s=checked.seconds("restart_backoff_s", DEFAULT_RESTART_BACKOFF_S),
         concurrency=checked.whole("concurrency", 1),
         serializer=SerializerName(checked.word("serializer", PipelineConfig.serializer)),
         restart=RestartPolicy(checked.word("restart", PipelineConfig.restart)),

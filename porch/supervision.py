@@ -14,8 +14,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from porch import logs
+from porch.config import PipelineConfig
 from porch.control import WorkerState
-from porch.restart import Action, RestartPolicy, RestartTracker
+from porch.restart import Action, BackoffSettings, RestartPolicy, RestartTracker
 from porch.worker_handle import RestartBook, WorkerHandle, WorkerProcess
 
 log = logs.get("porch.supervisor")
@@ -67,9 +68,12 @@ class SupervisionPolicy:
         self.run = run
         self.removed: set[str] = set()  # forgotten once their worker has exited
 
-    def new_book(self, restart: RestartPolicy) -> RestartBook:
-        """A pipeline's bookkeeping: `porch run` never restarts, porchd follows the config."""
-        return RestartBook(RestartTracker(self.restart_policy(restart)))
+    def new_book(self, config: PipelineConfig) -> RestartBook:
+        """A pipeline's bookkeeping: `porch run` never restarts, porchd follows the config
+        (`restart`, and `restart_backoff_s` as the first restart's wait)."""
+        base_s = config.restart_backoff_s
+        settings = BackoffSettings(base_s=base_s, max_s=max(base_s, BackoffSettings.max_s))
+        return RestartBook(RestartTracker(self.restart_policy(config.restart), settings))
 
     def restart_policy(self, restart: RestartPolicy) -> RestartPolicy:
         """The policy in force for a pipeline configured with `restart`."""

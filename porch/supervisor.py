@@ -112,7 +112,7 @@ class Supervisor:
         return self.policy.mode
 
     def _handle(self, config: PipelineConfig) -> WorkerHandle:
-        return WorkerHandle(config, self.policy.new_book(config.restart))
+        return WorkerHandle(config, self.policy.new_book(config))
 
     def add_handler(self, sock: zmq.Socket[bytes], on_readable: Callable[[], None]) -> None:
         """Also poll `sock` in the loop and call `on_readable` when it has input (porchd)."""
@@ -179,7 +179,7 @@ class Supervisor:
         """A pipeline's config or scripts changed (reload): restart it with the new ones."""
         handle = self.workers[config.name]
         handle.config = config
-        handle.restart.tracker = self.policy.new_book(config.restart).tracker
+        handle.restart.tracker = self.policy.new_book(config).tracker
         self.restart_pipeline(handle)
 
     # ---- acts the policy asks for (supervision.py RunActions) ----------------------------

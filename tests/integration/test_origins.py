@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Porchd
-from tests.integration.test_reliability import replaced, write_pipeline
+from tests.integration.test_reliability import KILLED_BACKOFF_S, replaced, write_pipeline
 
 pytestmark = [pytest.mark.integration]
 
@@ -95,8 +95,9 @@ def branch(name: str, skip_if: str = "False") -> str:
 def middle(folder: Path, name: str, script: str, targets: tuple[str, ...]) -> Path:
     # durable: a killed branch replays what it sent but had not seen acknowledged (no loss);
     # a small queue_limit: acknowledgements every few values, so a kill leaves some unsent
+    # restart_backoff_s: each is killed again and again, and the kills are what is tested
     return write_pipeline(folder, name, script, sources=1, targets=targets, outbox="durable",
-                          queue_limit=12)  # fmt: skip
+                          queue_limit=12, restart_backoff_s=KILLED_BACKOFF_S)  # fmt: skip
 
 
 def progress(daemon: Porchd, record: Path, name: str, old_pid: int) -> int:

@@ -225,6 +225,12 @@ def seed() -> int:
 # ---- 1. downstream kill -9: acknowledged links replay ---------------------------------------
 
 
+# A pipeline killed again and again restarts after 0.05 s, doubling per kill (0.8 s by the
+# fifth) instead of the default 0.5 s doubling to 8 s: the kills are what is tested, not the
+# backoff (test_porchd.py::test_flapping_worker_backs_off_then_fails_and_restart_revives_it)
+KILLED_BACKOFF_S = 0.05
+
+
 @pytest.mark.timeout(180)
 def test_sink_killed_five_times_loses_nothing_and_duplicates_stay_bounded(
     tmp_path: Path, porchd: StartDaemon, seed: int
@@ -245,6 +251,7 @@ def test_sink_killed_five_times_loses_nothing_and_duplicates_stay_bounded(
             recording_sink(str(record.path), "numbers", "value % 10 == 0", 0.002),
             sources=1,
             queue_limit=queue_limit,
+            restart_backoff_s=KILLED_BACKOFF_S,
         ),
     ]
     daemon = porchd(*configs)
@@ -289,6 +296,7 @@ def test_source_with_durable_outbox_killed_five_times_loses_nothing_it_committed
             targets=("recorder",),
             queue_limit=queue_limit,
             outbox="durable",
+            restart_backoff_s=KILLED_BACKOFF_S,
         ),
         write_pipeline(
             tmp_path / "cfg",

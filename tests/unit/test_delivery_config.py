@@ -50,3 +50,12 @@ def test_finish_timeout_defaults_to_ten_minutes_and_must_be_positive(folder: Pat
     line = only_problem(write_config(folder, dporch(finish_timeout_s=0)))
 
     assert "finish_timeout_s: must be from 0.1 to " in line
+
+
+def test_restart_backoff_defaults_to_half_a_second_from_zero_to_thirty(folder: Path) -> None:
+    assert load_config(write_config(folder, dporch())).restart_backoff_s == 0.5
+    assert load_config(write_config(folder, dporch(restart_backoff_s=0))).restart_backoff_s == 0.0
+
+    line = only_problem(write_config(folder, dporch(restart_backoff_s=31)))
+
+    assert "restart_backoff_s: must be from 0 to 30" in line

@@ -59,13 +59,15 @@ def setup(
     mode: FailureMode = FailureMode.RESTART,
     restart: str = "on-failure",
     targets: tuple[str, ...] = (),
+    restart_backoff_s: float = 0.5,
 ) -> tuple[SupervisionPolicy, Acts, WorkerHandle]:
     acts = Acts()
     policy = SupervisionPolicy(mode, stop_timeout_s=10.0, processes=acts, run=acts)
     config = PipelineConfig(name="p", scripts=(), restart=RestartPolicy(restart),
                             target_pipeline_names=targets, heartbeat_timeout_s=5.0,
+                            restart_backoff_s=restart_backoff_s,
                             path=Path("/c/p.json"))  # fmt: skip
-    handle = WorkerHandle(config, policy.new_book(config.restart))
+    handle = WorkerHandle(config, policy.new_book(config))
     acts.spawn(handle)
     acts.done.clear()
     return policy, acts, handle
@@ -87,6 +89,16 @@ def test_a_crash_backs_off_then_restarts_when_the_delay_has_passed() -> None:
     acts.now = 100.5
     policy.check_timers(handle, 100.5, stopping=False)
     assert acts.done == [("spawn", "p")] and handle.state is WorkerState.STARTING
+
+
+def test_restart_backoff_s_sets_the_first_wait_and_each_failure_doubles_it() -> None:
+    policy, acts, handle = setup(restart_backoff_s=0.05)
+    for n, now in enumerate((10.0, 20.0, 30.0)):
+        handle.state = WorkerState.RUNNING
+        exit_with(policy, handle, 1, now=now)
+        assert handle.restart.restart_at == pytest.approx(now + 0.05 * 2**n)
+        policy.check_timers(handle, now + 1.0, stopping=False)
+        assert acts.done[-1] == ("spawn", "p")
 
 
 def test_porch_run_never_restarts_a_failure_it_records_it() -> None:
