@@ -1,7 +1,7 @@
 """The worker's loop for async steps and `concurrency` > 1: iterations in flight on one event loop.
 
 Only pipelines with an `async def step()` run here (sync steps cannot overlap, whatever
-`concurrency` says); the others keep the plain loop in workers/worker.py (its hot path is
+`concurrency` says); the others keep the plain loop in workers/loop.py (its hot path is
 benchmarked).
 
 Up to `concurrency` iterations run at once as asyncio tasks on the script host's event loop.
@@ -24,22 +24,19 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
-from porch.config import OnError
 from porch.errors import ScriptError
 from porch.stream import SKIP, Stop, clear_stop_request, stop_requested_here
 from porch.wire import Origin
 from workers.inbox import Inbox, Undecodable
+from workers.loop import MessageLoop
 from workers.scheduler import Inputs, Taken, UserValue
 
-if TYPE_CHECKING:
-    from workers.worker import Worker
-
 WAIT_S = 0.05  # longest the event loop runs before the sockets and the control channel are read
-IDLE_MS = 1000  # nothing in flight: how long the loop may block on its sockets (worker.POLL_MS)
+IDLE_MS = 1000  # nothing in flight: how long the loop may block on its sockets (waiting.POLL_MS)
 
 
 class Outcome:
@@ -60,25 +57,27 @@ class InFlight:
 
 
 class ConcurrentLoop:
-    """Runs one worker's iterations concurrently, outputs in input order (see module doc)."""
+    """Runs one worker's iterations concurrently, outputs in input order (see module doc):
+    `plain` is the worker's message loop, whose parts (output, on_error, waits) it uses."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.host = worker.host
-        self.loop = worker.host.loop
-        self.bound = worker.config.concurrency
+    def __init__(self, plain: MessageLoop, concurrency: int) -> None:
+        self.plain = plain
+        self.host = plain.host
+        self.loop = plain.host.loop
+        self.bound = concurrency
         self.inflight: deque[InFlight] = deque()
         self._waker: asyncio.Future[None] | None = None
         self._fds: list[int] = []
 
     # ---- running -------------------------------------------------------------------------
 
-    def run(self, inbox: Inbox | None) -> None:
-        """The source or sink loop; returns when the stream ended, or the stop is done."""
+    def run(self, inbox: Inbox | None, limit: int | None = None) -> None:
+        """The source (at most `limit` iterations) or sink loop; returns when the stream
+        ended, or the stop is done."""
         self._watch(inbox)
         try:
             if inbox is None:
-                self._source(self.worker.options.iterations)
+                self._source(limit)
             else:
                 self._sink(inbox)
         finally:
@@ -87,52 +86,52 @@ class ConcurrentLoop:
                 self.loop.remove_reader(fd)
 
     def _source(self, limit: int | None) -> None:
-        worker = self.worker
+        plain = self.plain
         while True:
-            while len(self.inflight) < self.bound and not (worker.stopping or worker.ended):
-                if limit is not None and worker.counters.iterations + len(self.inflight) >= limit:
+            while len(self.inflight) < self.bound and not (plain.stopping or plain.ended):
+                if limit is not None and plain.counters.iterations + len(self.inflight) >= limit:
                     break
                 self._start(None, (), None)
             self._leave_done()
-            if worker.ended or (limit is not None and worker.counters.iterations >= limit):
-                worker.ended = True
+            if plain.ended or (limit is not None and plain.counters.iterations >= limit):
+                plain.ended = True
                 return
             if not self.inflight:
-                if worker.stopping:
+                if plain.stopping:
                     return
                 continue
-            if worker.stopping and time.monotonic() >= worker.stops.stop_deadline:
+            if plain.stopping and time.monotonic() >= plain.stops.stop_deadline:
                 return  # what is still in flight is cancelled: a source has no sender to owe
             self._wait()
 
     def _sink(self, inbox: Inbox) -> None:
-        worker = self.worker
+        plain = self.plain
         fanin = inbox.fanin
         if fanin.any_input:  # a feedback loop needs one member to go first
             self._start(dict.fromkeys(fanin.sources), (), None)
         while True:
             self._leave_done()  # first: the slots it frees are filled before any wait
-            if worker.ended:
+            if plain.ended:
                 return
             self._take(inbox)
             if not self.inflight:
                 if fanin.exhausted():
                     return
-                if worker.stopping and (not worker._draining(inbox) or inbox.quiet()):
+                if plain.stopping and (not plain.draining(inbox) or inbox.quiet()):
                     return  # a live upstream replays what we did not acknowledge
                 if not fanin.ready():
-                    worker._wait(IDLE_MS)
+                    plain.waiter.wait(IDLE_MS)
                 continue
-            if worker.stopping and time.monotonic() >= worker.stops.stop_deadline:
+            if plain.stopping and time.monotonic() >= plain.stops.stop_deadline:
                 return  # not acknowledged: the sources keep it and replay it
             self._wait()
 
     def _take(self, inbox: Inbox) -> None:
         """Start iterations for the input sets that are ready, up to the bound."""
-        worker = self.worker
+        plain = self.plain
         fanin = inbox.fanin
-        while len(self.inflight) < self.bound and not worker.ended and fanin.ready():
-            if worker.stopping and not worker._draining(inbox):
+        while len(self.inflight) < self.bound and not plain.ended and fanin.ready():
+            if plain.stopping and not plain.draining(inbox):
                 return
             values, taken, origin, marked = inbox.take()
             if marked:
@@ -140,7 +139,7 @@ class ConcurrentLoop:
                     bad = [v for v in values.values() if isinstance(v, Undecodable)]
                     inbox.undecodable -= len(bad)
                 self.inflight.append(InFlight(None, values, origin, taken))
-            elif not inbox.undecodable or worker._decoded(inbox, values):
+            elif not inbox.undecodable or plain.errors.decoded(inbox, values):
                 self._start(values, origin, taken)
             else:
                 self.inflight.append(InFlight(None, values, origin, taken))
@@ -159,50 +158,51 @@ class ConcurrentLoop:
 
     def _leave_done(self) -> None:
         """Hand on the outputs of the completed iterations at the head, in input order."""
-        worker = self.worker
+        plain = self.plain
         inflight = self.inflight
         left = False
-        while inflight and not worker.ended:
+        while inflight and not plain.ended:
             head = inflight[0]
             if head.task is not None and not head.task.done():
                 break
             inflight.popleft()
             self._leave(head)
             left = True
-            if worker.inbox is not None and head.taken is not None:
-                worker.inbox.commit(head.taken)
+            if plain.inbox is not None and head.taken is not None:
+                plain.inbox.commit(head.taken)
         if left:
-            worker._after_iteration()
-        if worker.ended:
+            plain.after_iteration()
+        if plain.ended:
             self._cancel_all()
 
     def _leave(self, entry: InFlight) -> None:
-        """What `Worker._iterate` does once step() has returned or raised."""
-        worker = self.worker
+        """What `MessageLoop.iterate` does once step() has returned or raised."""
+        plain = self.plain
+        emitter = plain.emitter
         if entry.task is None:
-            worker._pass_marker(entry.origin)
+            emitter.pass_marker(entry.origin)
             return
         try:
             value, stop_here, seconds = entry.task.result()
         except Stop:
-            worker.ended = True
+            plain.ended = True
             return
         except ScriptError as exc:
-            if worker.config.on_error is OnError.STOP:
+            if plain.errors.fails:
                 raise
-            worker._on_poison(exc, entry.inputs)
-            worker._pass_marker(entry.origin)
+            plain.errors.poison(exc, entry.inputs)
+            emitter.pass_marker(entry.origin)
             return
-        worker._step_time(seconds)  # the step_seconds histogram: each iteration's own time
+        plain.step_time(seconds)  # the step_seconds histogram: each iteration's own time
         if value is SKIP:
-            worker._pass_marker(entry.origin)
-        elif not worker._emit(value, entry.inputs, entry.origin):
-            worker._pass_marker(entry.origin)
+            emitter.pass_marker(entry.origin)
+        elif not emitter.emit(value, entry.inputs, entry.origin):
+            emitter.pass_marker(entry.origin)
             return
-        worker.counters.iterations += 1
+        plain.counters.iterations += 1
         if stop_here:
             clear_stop_request()
-            worker.ended = True
+            plain.ended = True
 
     def _cancel_all(self) -> None:
         """Cancel what is still in flight (its inputs stay unacknowledged) and let it unwind."""
@@ -217,15 +217,15 @@ class ConcurrentLoop:
 
     def _watch(self, inbox: Inbox | None) -> None:
         """Wake the event loop on input, control messages and signals."""
-        worker = self.worker
-        sockets: list[zmq.Socket[bytes]] = [worker.control.socket]
+        plain = self.plain
+        sockets: list[zmq.Socket[bytes]] = [plain.waiter.control.socket]
         if inbox is not None:
             sockets.append(inbox.link.socket)
         for sock in sockets:
             fd = sock.fileno()  # ZMQ_FD: readable when the socket's events may have changed
             self._fds.append(fd)
             self.loop.add_reader(fd, self._wake_zmq, sock)
-        fd = worker.stops.wake_r.fileno()
+        fd = plain.stops.wake_r.fileno()
         self._fds.append(fd)
         self.loop.add_reader(fd, self._wake_signal)
 
@@ -237,7 +237,7 @@ class ConcurrentLoop:
 
     def _wake_signal(self) -> None:
         with contextlib.suppress(BlockingIOError):
-            self.worker.stops.wake_r.recv(4096)  # the handler has run: the byte only woke us
+            self.plain.stops.wake_r.recv(4096)  # the handler has run: the byte only woke us
         self._wake()
 
     def _wake(self) -> None:
@@ -247,10 +247,10 @@ class ConcurrentLoop:
     def _readable(self) -> bool:
         """Whether input or a control message waits (checking ZMQ_EVENTS also re-arms the
         edge-triggered zmq FD the event loop watches)."""
-        worker = self.worker
-        sockets: list[zmq.Socket[bytes]] = [worker.control.socket]
-        if worker.inbox is not None:
-            sockets.append(worker.inbox.link.socket)
+        plain = self.plain
+        sockets: list[zmq.Socket[bytes]] = [plain.waiter.control.socket]
+        if plain.inbox is not None:
+            sockets.append(plain.inbox.link.socket)
         return any(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN for sock in sockets)
 
     def _wait(self) -> None:
@@ -259,10 +259,10 @@ class ConcurrentLoop:
         acknowledgements sent at once (more input is wanted); at the bound only the
         housekeeping runs (at most every TICK_S): acks go out every ack_every inputs, as in
         the plain loop, not one per output."""
-        worker = self.worker
-        worker._flush_outputs()  # about to wait: nothing may wait in a batch
+        plain = self.plain
+        plain.flush_outputs()  # about to wait: nothing may wait in a batch
         head = self.inflight[0].task
-        room = len(self.inflight) < self.bound and worker.inbox is not None
+        room = len(self.inflight) < self.bound and plain.inbox is not None
         if head is not None and not head.done():
             if not room:
                 self._run_until([head])
@@ -272,9 +272,9 @@ class ConcurrentLoop:
                 self._run_until([*waits, self._waker])
                 self._waker = None
         if room:
-            worker._wait(0)
+            plain.waiter.wait(0)
         else:
-            worker._tick()
+            plain.waiter.tick()
 
     def _run_until(self, futures: list[asyncio.Future[Any]]) -> None:
         """Run the event loop until one of `futures` is done, at most WAIT_S (cheaper than

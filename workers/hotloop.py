@@ -1,7 +1,8 @@
 """The worker's tight loops: a source's iterations, and a one-source stage's queue, per burst.
 
-What `Worker._iterate` does per message (call step(), serialize, hand the value to every
-link, count) costs more in the calls between those steps than in the steps themselves. Here
+What `MessageLoop.iterate` (workers/loop.py) does per message (call step(), serialize, hand
+the value to every link, count) costs more in the calls between those steps than in the steps
+themselves. Here
 the common case runs as one loop per burst: the script's own step() is called directly
 (`ScriptHost.direct_step`: one sync script without delta_time), small values are serialized
 into a list, and the list goes to each link in one `OutputLink.extend`, with the origin seqs
@@ -19,37 +20,37 @@ import functools
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from porch.serializers import SerializationError
 from porch.stream import SKIP, clear_stop_request, stop_requested
 from porch.wire import Origin
+from workers.inbox import Inbox
+from workers.loop import FLUSH_INTERVAL_S, MessageLoop
 from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH
 
-if TYPE_CHECKING:
-    from workers.inbox import Inbox
-    from workers.worker import Worker
+__all__ = ["FLUSH_INTERVAL_S", "HotLoop"]
 
-FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
 SAMPLE_MASK = 7  # a stage times one step() in 8 (a source: each burst's mean)
 
 
 class HotLoop:
-    """The per-burst loops of one worker (built once its scripts are loaded)."""
+    """The per-burst loops of one worker's message loop (built once its scripts are loaded)."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        direct = worker.host.direct_step()
+    def __init__(self, loop: MessageLoop) -> None:
+        self.loop = loop
+        self.emitter = loop.emitter
+        direct = loop.host.direct_step()
         self.step: Callable[..., Any] | None = direct[0] if direct else None
         self.takes_input = bool(direct and direct[1])
         # a durable outbox stores each value on its own as it is emitted
-        self.bursts = self.step is not None and worker.durable is None
-        serializer = worker.serializer
+        self.bursts = self.step is not None and self.emitter.durable is None
+        serializer = self.emitter.serializer
         self.dumps_one = serializer.dumps_one or functools.partial(_one_frame, serializer.dumps)
 
     def budget(self) -> int:
         """How many values every link takes now (0: the regular path must wait)."""
-        outputs = self.worker.outputs
+        outputs = self.loop.outputs
         if not outputs or not self.bursts:
             return MAX_BATCH if self.bursts else 0
         return min(MAX_BATCH, *(link.room() for link in outputs))
@@ -58,8 +59,8 @@ class HotLoop:
 
     def source_burst(self, left: int | None) -> bool:
         """Run up to `left` (None: no limit) source iterations as one burst; False when it
-        cannot run (no room on a link, or no direct step()): call Worker._iterate instead."""
-        worker = self.worker
+        cannot run (no room on a link, or no direct step()): call MessageLoop.iterate instead."""
+        loop = self.loop
         step = self.step
         budget = self.budget()
         if left is not None:
@@ -69,7 +70,7 @@ class HotLoop:
         dumps_one = self.dumps_one
         items: list[bytes] = []
         append = items.append
-        sends = bool(worker.outputs)
+        sends = bool(loop.outputs)
         takes_input = self.takes_input
         clock = time.perf_counter
         started = clock()
@@ -79,7 +80,7 @@ class HotLoop:
             try:
                 value = step(None) if takes_input else step()
             except (Exception, SystemExit) as exc:
-                failed = worker.host.failure(exc)
+                failed = loop.host.failure(exc)
                 break
             done += 1
             if value is not SKIP and sends:
@@ -88,31 +89,29 @@ class HotLoop:
                     append(item)
                 else:  # it travels alone (or fails: on_error), after what came before it
                     self._emit_own(items)
-                    done -= 1  # _after_step counts it
-                    worker._after_step(value, None, ())
+                    done -= 1  # after_step counts it
+                    loop.after_step(value, None, ())
             if stop_requested():
                 clear_stop_request()
-                worker.ended = True
-            if worker.ended or clock() - started >= FLUSH_INTERVAL_S:
-                break  # (_after_step may have ended the stream too)
-        worker._step_time((clock() - started) / max(done, 1))
+                loop.ended = True
+            if loop.ended or clock() - started >= FLUSH_INTERVAL_S:
+                break  # (after_step may have ended the stream too)
+        loop.step_time((clock() - started) / max(done, 1))
         self._emit_own(items)
-        worker.counters.iterations += done
+        loop.counters.iterations += done
         if failed is not None:
-            worker._step_failed(failed, None, ())
+            loop.step_failed(failed, None, ())
         return True
 
     def _emit_own(self, items: list[bytes]) -> None:
         """Send a burst of a stamping pipeline's values: its next origin seqs, in order."""
         if not items:
             return
-        worker = self.worker
-        first = worker._origin_seq
-        worker._origin_seq = first + len(items)
-        origins = range(first, first + len(items))
-        for link in worker.outputs:
+        loop = self.loop
+        origins = self.emitter.own_origins(len(items))
+        for link in loop.outputs:
             link.extend(items, origins)
-        worker.counters.msgs_out += len(items)
+        loop.counters.msgs_out += len(items)
         items.clear()
 
     # ---- a stage with one source --------------------------------------------------------
@@ -120,36 +119,36 @@ class HotLoop:
     def run_queue(self, inbox: Inbox) -> bool:
         """Run what the one source queued, in bursts, committing each input as take() and
         commit() would; False when a stop ends the loop."""
-        worker = self.worker
+        loop = self.loop
         name, queue = inbox.fanin.single()
         clock = time.perf_counter
-        while queue and not worker.ended:
-            if worker.stopping and not worker._draining(inbox):
+        while queue and not loop.ended:
+            if loop.stopping and not loop.draining(inbox):
                 return False  # a live upstream keeps what we did not acknowledge
             budget = self.budget()
             if budget and self.step is not None and self.takes_input and not inbox.undecodable:
                 self._stage_burst(inbox, name, queue, budget)
             else:  # the regular path: one input set (it waits while a link is full)
-                worker._take_one(inbox)
-            if clock() - worker._last_flush >= FLUSH_INTERVAL_S:
-                worker._after_iteration()
+                loop.take_one(inbox)
+            if clock() - loop.last_flush >= FLUSH_INTERVAL_S:
+                loop.after_iteration()
         return True
 
     def _stage_burst(self, inbox: Inbox, name: str, queue: deque[Any], budget: int) -> None:
         """Up to `budget` of the queued inputs through the script's own step(), their outputs
         gathered and handed to the links at once (with their inputs' origins)."""
-        worker = self.worker
+        loop = self.loop
         step = self.step
         assert step is not None
         source = inbox.sources[name]
         commit, dumps_one, clock = inbox.commit_one, self.dumps_one, time.perf_counter
-        sends = bool(worker.outputs)
+        sends = bool(loop.outputs)
         items: list[bytes] = []
         origins: list[Origin] = []
         started = clock()
         done = 0
         for _ in range(budget):
-            if not queue or worker.ended or inbox.undecodable:
+            if not queue or loop.ended or inbox.undecodable:
                 break
             seq, value, origin, generation = queue.popleft()
             inputs = {name: value}
@@ -160,7 +159,7 @@ class HotLoop:
                     output = step(inputs)
                 except (Exception, SystemExit) as exc:
                     self._emit(items, origins)
-                    worker._step_failed(worker.host.failure(exc), inputs, origin)
+                    loop.step_failed(loop.host.failure(exc), inputs, origin)
                     commit(source, seq, generation)
                     continue
                 done += 1
@@ -175,61 +174,62 @@ class HotLoop:
                 origins.append(origin)
             else:  # it travels alone (or fails: on_error decides), in its place
                 self._emit(items, origins)
-                done -= 1  # _after_step counts it
-                worker._after_step(output, inputs, origin)
+                done -= 1  # after_step counts it
+                loop.after_step(output, inputs, origin)
             commit(source, seq, generation)
             if stop_requested():
                 clear_stop_request()
-                worker.ended = True
+                loop.ended = True
                 break
             if clock() - started >= FLUSH_INTERVAL_S:
                 break
         if done:
-            worker._step_time((clock() - started) / done)
+            loop.step_time((clock() - started) / done)
         self._emit(items, origins)
-        worker.counters.iterations += done
+        loop.counters.iterations += done
 
     def run_sets(self, inbox: Inbox) -> bool:
         """Several sources: run every ready input set (a join's pair, a FIFO set) with the
         script's own step(), committing each as the regular path does; False on a stop."""
-        worker = self.worker
+        loop = self.loop
         fanin = inbox.fanin
         step = self.step if self.takes_input else None
+        pass_marker = self.emitter.pass_marker
         clock = time.perf_counter
         sampled = 0
-        while fanin.ready() and not worker.ended:
-            if worker.stopping and not worker._draining(inbox):
+        while fanin.ready() and not loop.ended:
+            if loop.stopping and not loop.draining(inbox):
                 return False  # a live upstream keeps what we did not acknowledge
             if step is None or inbox.undecodable:
-                worker._take_one(inbox)
+                loop.take_one(inbox)
             else:
                 values, taken, origin, marked = inbox.take()
                 if marked:  # filtered out upstream, or a join partner that never comes
-                    worker._pass_marker(origin)
+                    pass_marker(origin)
                 else:
                     sampled += 1
                     started = clock() if not sampled & SAMPLE_MASK else 0.0
                     try:
                         output = step(values)
                     except (Exception, SystemExit) as exc:
-                        worker._step_failed(worker.host.failure(exc), values, origin)
+                        loop.step_failed(loop.host.failure(exc), values, origin)
                     else:
                         if started:
-                            worker._step_time(clock() - started)
-                        worker._after_step(output, values, origin)
+                            loop.step_time(clock() - started)
+                        loop.after_step(output, values, origin)
                 inbox.commit(taken)
-            if clock() - worker._last_flush >= FLUSH_INTERVAL_S:
-                worker._after_iteration()
+            if clock() - loop.last_flush >= FLUSH_INTERVAL_S:
+                loop.after_iteration()
         return True
 
     def _emit(self, items: list[bytes], origins: list[Origin]) -> None:
         """Send gathered values (and markers: b"") of a stage, with their inputs' origins."""
         if not items:
             return
-        worker = self.worker
-        for link in worker.outputs:
+        loop = self.loop
+        for link in loop.outputs:
             link.extend(items, origins)
-        worker.counters.msgs_out += len(items) - items.count(b"")
+        loop.counters.msgs_out += len(items) - items.count(b"")
         items.clear()
         origins.clear()
 

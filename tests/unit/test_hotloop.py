@@ -78,7 +78,7 @@ def sent(made: Worker) -> list[tuple[object, object]]:
 
 
 def test_a_source_burst_sends_its_values_with_consecutive_origins(source: Worker) -> None:
-    hot = HotLoop(source)
+    hot = HotLoop(source.loop)
     while not source.ended:
         assert hot.source_burst(None)
     # 3 returned SKIP (a source sends nothing for it), 5 raised (on_error skip), 7 stopped
@@ -91,7 +91,7 @@ def test_a_source_burst_sends_its_values_with_consecutive_origins(source: Worker
 def test_a_value_that_travels_alone_can_end_the_stream_too(tmp_path: Path) -> None:
     big = worker(tmp_path, "big", SOURCE.replace('return {"n": n}', 'return b"x" * 20000'))
     try:
-        hot = HotLoop(big)
+        hot = HotLoop(big.loop)
         while not big.ended:
             assert hot.source_burst(None)
         assert big.counters.iterations == 6  # 7 called stop(): no 8th step()
@@ -103,7 +103,7 @@ def test_a_value_that_travels_alone_can_end_the_stream_too(tmp_path: Path) -> No
 def test_a_source_burst_stops_at_the_iteration_limit_and_at_the_links_room(
     source: Worker,
 ) -> None:
-    hot = HotLoop(source)
+    hot = HotLoop(source.loop)
     assert hot.source_burst(2) and source.counters.iterations == 2
     link = source.outputs[0]
     link.seq = 0
@@ -123,7 +123,7 @@ def test_a_stage_burst_passes_markers_and_origins_on(tmp_path: Path) -> None:
         frame = headers.encode_data(FrameKind.DATA, seq, [(1, (stream, seq + 100))]) + payload
         inbox._accept([b"r", frame])
     try:
-        assert HotLoop(stage).run_queue(inbox)
+        assert HotLoop(stage.loop).run_queue(inbox)
         # 2 returned SKIP, 4 raised, 5 was a marker already: each passes a marker on
         assert sent(stage) == [(10, 101), (SKIP, 102), (30, 103), (SKIP, 104), (SKIP, 105),
                                (60, 106)]  # fmt: skip
@@ -154,7 +154,7 @@ def test_a_join_runs_its_sets_and_passes_a_marker_for_a_set_without_a_partner(
             runs = [(1, (stream, seq))]
             inbox._accept([name.encode(), headers.encode_data(FrameKind.DATA, seq, runs) + payload])
     try:
-        assert HotLoop(join).run_sets(inbox)
+        assert HotLoop(join.loop).run_sets(inbox)
         # iteration 3 of `a` was filtered out on b's side: its set passes a marker on
         assert sent(join) == [(11, 1), (22, 2), (SKIP, 3)]
         assert join.counters.iterations == 2

@@ -1,0 +1,112 @@
+"""How the message loop waits: idle until something arrives, the housekeeping between
+iterations, and a producer blocked on a full output link.
+
+An idle loop first sends what its links have batched and acknowledges what it has processed,
+then blocks on its sockets (control channel, input, the signal pipe) for at most POLL_MS;
+whatever woke it is read at once. A busy loop reads the control channel and the
+acknowledgements at most every TICK_S (workers/housekeeping.py). A value that a full link does
+not take waits here, serving control and acks, until the link has room; once a stop's drain
+deadline has passed it is forced in (its input is processed and will be acknowledged: the
+stop sequence waits for the target to take it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from porch import logs
+from porch.wire import FrameKind, Origin
+from workers.housekeeping import Housekeeping
+from workers.links import OutputLink
+from workers.signals import StopSignals
+from workers.sockets import WorkerSockets
+from workers.targets import STALL_WARNING_S, link_status
+
+log = logs.get("porch.worker")
+
+POLL_MS = 1000  # idle wake-ups (signals, messages and acks wake the loop at once)
+TICK_S = 0.05  # how often a busy loop looks at the control channel and acknowledgements
+POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
+
+
+class Waiter:
+    """The message loop's waits (module doc); `flush` sends what the links have batched."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        sockets: WorkerSockets,
+        stops: StopSignals,
+        house: Housekeeping,
+        flush: Callable[[], None],
+        read_acks: Callable[[], None],
+    ) -> None:
+        self.pipeline = pipeline
+        self.control = sockets.control
+        self.inbox = sockets.inbox
+        self.stops = stops
+        self.house = house
+        self._flush = flush
+        self._read_acks = read_acks
+        self._poller = sockets.poller(stops.wake_r)
+        self._next_tick = 0.0
+
+    def tick(self) -> None:
+        """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat."""
+        now = time.monotonic()
+        if now < self._next_tick:
+            return
+        self._next_tick = now + TICK_S
+        self.house.tick(now)
+
+    def wait(self, timeout_ms: int, poller: zmq.Poller | None = None) -> None:
+        """Block until input, a control message, an ack or a signal arrives, or the timeout."""
+        self._flush()  # about to idle: nothing may wait in a batch
+        if self.inbox is not None:
+            self.inbox.flush_acks()  # about to idle: tell our sources what we have done
+        events = dict((poller or self._poller).poll(timeout_ms))
+        wake = self.stops.wake_r
+        if wake in events or wake.fileno() in events:
+            with contextlib.suppress(BlockingIOError):
+                wake.recv(4096)
+        if self.control.socket in events:
+            self.house.on_control()
+        if self.inbox is not None and self.inbox.link.socket in events:
+            self.inbox.receive()
+        self._read_acks()
+        self.tick()
+
+    def hand_over(
+        self, link: OutputLink, kind: FrameKind, payload: list[Any], origin: Origin | int = ()
+    ) -> None:
+        """Give one message to a link, waiting (while serving control) as long as it is full."""
+        next_warning = time.monotonic() + STALL_WARNING_S
+        while not link.offer(kind, payload, origin):
+            now = time.monotonic()
+            if self.stops.requested and now > self.stops.drain_deadline:
+                # the input is processed (and will be acknowledged): its output must not be
+                # dropped; the stop sequence waits for the target to take it
+                link.force(kind, payload, origin)
+                return
+            if now > next_warning:
+                next_warning = now + STALL_WARNING_S
+                status = link_status(link)
+                log.warning("output_blocked", pipeline=self.pipeline, target=link.target,
+                            reason=status["state"].blocked_reason, held=status["held"],
+                            since=status["since"])  # fmt: skip
+            self.wait(POLL_MS, self.blocked_poller(link))
+
+    def blocked_poller(self, link: OutputLink) -> zmq.Poller:
+        """What a producer blocked on `link` waits for: acks (the outbox is full) and, only
+        while ZeroMQ itself holds unsent entries, room in its queue; never a busy loop."""
+        poller = zmq.Poller()
+        poller.register(self.control.socket, zmq.POLLIN)
+        poller.register(self.stops.wake_r, zmq.POLLIN)
+        if link.socket is not None:
+            poller.register(link.socket, POLL_BOTH if link.unsent else zmq.POLLIN)
+        return poller
