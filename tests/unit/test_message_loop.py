@@ -1,0 +1,292 @@
+"""The worker's message loop and its parts, in-process (workers/loop.py, emitter.py,
+waiting.py, onerror.py): the per-message path gives the links what the bursts give them, a
+value the serializer refuses is on_error's, a full link is forced only once a stop's drain
+time is over, the housekeeping runs at most every TICK_S, and async steps leave in order.
+No subprocess: the worker's supervisor address is never answered."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from porch.config import OnError, PipelineConfig
+from porch.errors import ScriptError
+from porch.serializers import SerializationError
+from porch.stream import SKIP, clear_stop_request
+from porch.wire import FrameKind, HeaderEncoder
+from tests.unit.test_hotloop import SOURCE, STAGE, sent
+from workers.concurrent import ConcurrentLoop
+from workers.deadletter import DeadLetters
+from workers.heartbeat import Counters
+from workers.inbox import Inbox, Undecodable
+from workers.onerror import ErrorPolicy
+from workers.waiting import TICK_S
+from workers.worker import Worker, WorkerOptions
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture(autouse=True)
+def clean_process_state() -> Iterator[None]:
+    """ScriptHost.load() puts script folders on sys.path; porch.stop() leaves a request."""
+    saved = list(sys.path)
+    clear_stop_request()
+    yield
+    sys.path[:] = saved
+    clear_stop_request()
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Iterator[list[Worker]]:
+    """The workers a test builds, their sockets closed after it."""
+    workers: list[Worker] = []
+    yield workers
+    for each in workers:
+        each.sockets.ctx.destroy(linger=0)
+
+
+def build(
+    made: list[Worker], tmp_path: Path, script: str, sources: int = 0, on_error: str = "skip"
+) -> Worker:
+    path = tmp_path / f"p{len(made)}.py"
+    path.write_text(script)
+    config = PipelineConfig(f"p{len(made)}", (path,), sources, ("sink",), on_error=on_error)
+    worker = Worker(config, WorkerOptions(control="tcp://127.0.0.1:1", state_dir=tmp_path))
+    made.append(worker)
+    worker.host.load()
+    return worker
+
+
+def feed(inbox: Inbox, values: list[Any]) -> None:
+    """`values` from one source `src`, origins (src, 3, 101...); SKIP: a marker."""
+    headers = HeaderEncoder(1, 9, "src")
+    inbox._accept([b"r", headers.encode(FrameKind.HELLO, 0)])
+    for seq, value in enumerate(values, start=1):
+        payload = b"" if value is SKIP else pickle.dumps(value)
+        runs = [(1, (("src", 3), seq + 100))]
+        inbox._accept([b"r", headers.encode_data(FrameKind.DATA, seq, runs) + payload])
+
+
+# ---- MessageLoop: the per-message path -------------------------------------------------------
+
+
+def test_a_source_one_message_at_a_time_sends_what_its_bursts_send(
+    made: list[Worker], tmp_path: Path
+) -> None:
+    source = build(made, tmp_path, SOURCE)
+    loop = source.loop
+    while not loop.ended:
+        loop.iterate(None)
+    # as test_hotloop's bursts: 3 SKIP (nothing sent), 5 raised (skipped), 7 called stop()
+    assert sent(source) == [({"n": 1}, 1), ({"n": 2}, 2), ({"n": 4}, 3), ({"n": 6}, 4),
+                            ({"n": 7}, 5)]  # fmt: skip
+    assert source.counters.iterations == 6 and source.counters.skipped == 1
+    assert source.counters.msgs_out == 5 and source.ended
+
+
+def test_a_stage_one_input_set_at_a_time_passes_markers_and_origins_on(
+    made: list[Worker], tmp_path: Path
+) -> None:
+    stage = build(made, tmp_path, STAGE, sources=1)
+    inbox = stage.inbox
+    assert inbox is not None
+    feed(inbox, [1, 2, 3, 4, SKIP, 6])
+    while inbox.fanin.ready():
+        stage.loop.take_one(inbox)
+    assert sent(stage) == [(10, 101), (SKIP, 102), (30, 103), (SKIP, 104), (SKIP, 105),
+                           (60, 106)]  # fmt: skip
+    assert inbox.sources["src"].processed == 6
+    assert stage.counters.iterations == 4 and stage.counters.skipped == 1
+
+
+def test_a_stopping_loop_drains_until_its_drain_deadline_then_only_departed_sources(
+    made: list[Worker], tmp_path: Path
+) -> None:
+    stage = build(made, tmp_path, STAGE, sources=1)
+    inbox = stage.inbox
+    assert inbox is not None
+    feed(inbox, [1, 2])
+    stage.request_stop("test")
+    assert stage.loop.stopping and stage.loop.draining(inbox)
+    stage.stops.drain_deadline = 0.0  # the moment for live sources is over
+    assert not stage.loop.draining(inbox)  # `src` is live: it replays what we did not ack
+    inbox.departed.add("src")
+    assert stage.loop.draining(inbox)  # a stopped source waits for our acknowledgement
+    stage.stops.stop_deadline = 0.0
+    assert not stage.loop.draining(inbox)
+
+
+# ---- Emitter ------------------------------------------------------------------------------
+
+
+def test_a_value_the_serializer_refuses_is_skipped_and_its_origin_marked(
+    made: list[Worker], tmp_path: Path
+) -> None:
+    stage = build(made, tmp_path, "def step(input_data):\n    return 1\n", sources=1)
+    origin = (("src", 3), 101)
+    unpicklable = (i for i in range(3))
+    assert not stage.loop.emitter.emit(unpicklable, {"src": 1}, origin)
+    assert stage.counters.skipped == 1 and stage.counters.msgs_out == 0
+    stage.loop.after_step(unpicklable, {"src": 1}, origin)
+    assert sent(stage) == [(SKIP, 101)]  # a join downstream drops this origin's partner
+    assert stage.counters.iterations == 0 and stage.counters.skipped == 2
+
+
+def test_a_value_the_serializer_refuses_fails_the_pipeline_under_on_error_stop(
+    made: list[Worker], tmp_path: Path
+) -> None:
+    script = "def step():\n    return (i for i in range(3))\n"
+    source = build(made, tmp_path, script, on_error="stop")
+    with pytest.raises(ScriptError, match=r"p0\.py:1: step\(\) returned"):
+        source.loop.iterate(None)
+    assert source.counters.skipped == 0
+
+
+def test_a_stamping_pipeline_numbers_its_values_and_bursts_in_one_sequence(
+    made: list[Worker], tmp_path: Path
+) -> None:
+    source = build(made, tmp_path, "def step():\n    return 1\n")
+    emitter = source.loop.emitter
+    assert emitter.emit("a", None, ())
+    assert emitter.own_origins(3) == range(2, 5)
+    assert emitter.emit("b", None, ())
+    emitter.pass_marker((("x", 1), 7))  # a source's own ids are never joined: no marker
+    assert sent(source) == [("a", 1), ("b", 5)]
+    assert source.outputs[0].framer.stream == emitter.stream == ("p0", emitter.stream[1])
+
+
+# ---- Waiter -------------------------------------------------------------------------------
+
+
+def full(worker: Worker) -> None:
+    link = worker.outputs[0]
+    link.seq = 0
+    link.outbox.held = link.settings.limit - len(link.batch)  # the window is full
+    assert link.room() == 0 and not link.offer(FrameKind.DATA, [b"x"], 1)
+
+
+def test_a_full_link_takes_a_stopping_workers_output_once_the_drain_time_is_over(
+    made: list[Worker], tmp_path: Path
+) -> None:
+    source = build(made, tmp_path, "def step():\n    return 1\n")
+    full(source)
+    link = source.outputs[0]
+    held = len(link.outbox)
+    source.request_stop("test")
+    source.stops.drain_deadline = 0.0
+    source.loop.waiter.hand_over(link, FrameKind.DATA, [pickle.dumps("late")], 1)
+    assert len(link.outbox) == held + 1  # forced in: its input is processed and acknowledged
+
+
+class Ticks:
+    """The housekeeping's tick, counted."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def tick(self, now: float) -> None:
+        self.at.append(now)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_housekeeping_runs_at_most_every_tick(
+    made: list[Worker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = build(made, tmp_path, "def step():\n    return 1\n")
+    waiter = source.loop.waiter
+    ticks, clock = Ticks(), Clock()
+    monkeypatch.setattr(waiter, "house", ticks)
+    monkeypatch.setattr("workers.waiting.time", clock)
+    waiter.tick()
+    waiter.tick()
+    clock.now += TICK_S / 2
+    waiter.tick()
+    clock.now += TICK_S
+    waiter.tick()
+    assert ticks.at == [100.0, 100.0 + 1.5 * TICK_S]
+
+
+def test_a_wait_returns_when_a_signal_wakes_it_and_reads_the_wake_up(
+    made: list[Worker], tmp_path: Path
+) -> None:
+    source = build(made, tmp_path, "def step():\n    return 1\n")
+    stops = source.stops
+    stops.wake_r.setblocking(False)
+    stops.wake_w.send(b"\x0f")  # what the signal handler's wakeup fd receives
+    source.loop.waiter.wait(20_000)  # the test's timeout fails it if the byte does not wake it
+    with pytest.raises(BlockingIOError):
+        stops.wake_r.recv(1)  # read: the next wait blocks again
+
+
+# ---- ErrorPolicy --------------------------------------------------------------------------
+
+
+class Queue:
+    """What ErrorPolicy.decoded reads of an inbox."""
+
+    undecodable = 1
+
+
+def bad_input() -> dict[str, Any]:
+    return {"a": 1, "b": Undecodable("b", "cannot unpickle Thing: import it", [b"\x80junk"])}
+
+
+def test_an_input_that_did_not_decode_is_dead_lettered_with_its_bytes(tmp_path: Path) -> None:
+    counters = Counters()
+    letters = DeadLetters(tmp_path, "p")
+    policy = ErrorPolicy("p", OnError.DEAD_LETTER, counters, letters)
+    queue: Any = Queue()
+    assert not policy.decoded(queue, bad_input())
+    assert queue.undecodable == 0 and counters.skipped == 1
+    (line,) = letters.path.read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["source"] == "b" and entry["reason"] == "cannot unpickle Thing: import it"
+    assert entry["payload_b64"] == ["gGp1bms="]
+
+
+def test_an_input_that_did_not_decode_fails_the_pipeline_under_on_error_stop(
+    tmp_path: Path,
+) -> None:
+    counters = Counters()
+    policy = ErrorPolicy("p", OnError.STOP, counters, DeadLetters(tmp_path, "p"))
+    assert policy.fails
+    queue: Any = Queue()
+    with pytest.raises(SerializationError, match='set "on_error" to skip or dead-letter'):
+        policy.decoded(queue, bad_input())
+    assert counters.skipped == 0
+
+
+# ---- ConcurrentLoop on the message loop ----------------------------------------------------
+
+ASYNC_SOURCE = """
+import asyncio
+n = 0
+async def step():
+    global n
+    n += 1
+    mine = n
+    await asyncio.sleep(0.002 * (5 - mine % 5))  # later ones finish first
+    return mine
+"""
+
+
+def test_async_steps_in_flight_leave_in_order_through_the_message_loop(
+    made: list[Worker], tmp_path: Path
+) -> None:
+    source = build(made, tmp_path, ASYNC_SOURCE)
+    ConcurrentLoop(source.loop, concurrency=4).run(None, limit=10)
+    assert sent(source) == [(n, n) for n in range(1, 11)]
+    assert source.counters.iterations == 10 and source.ended
