@@ -139,8 +139,10 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "porch.forkserver", str(theirs.fileno()), str(os.getpid()),
-             "x" * TITLE_PAD],
+            # -P: the template imports Porch from where the interpreter finds it (site-packages,
+            # PYTHONPATH), never from the directory porch run / porchd was started in
+            [sys.executable, "-P", "-m", "porch.forkserver", str(theirs.fileno()),
+             str(os.getpid()), "x" * TITLE_PAD],
             stdin=subprocess.DEVNULL,
             pass_fds=(theirs.fileno(),),
             env=env,
@@ -329,7 +331,7 @@ def _child(sock: socket.socket, wake_r: int, wake_w: int, request: SpawnRequest,
         os.chdir(request.cwd)
         os.environ.clear()
         os.environ.update(request.env)
-        sys.path[0] = os.getcwd()  # as `python -m workers` run in the config's folder has it
+        sys.path.insert(0, os.getcwd())  # as `python -m workers` run in the config's folder has it
         set_title(f"porch worker {request.name}")
         sys.argv = ["workers", *request.argv]
         # The template's objects stay frozen: a full collection in the worker never walks

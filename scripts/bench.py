@@ -281,6 +281,9 @@ def spawned(
             stderr=err,
             text=True,
             env=env,
+            # not the checkout: an interpreter started with `-m` imports from its cwd first,
+            # which would measure the working tree instead of an exported --commit
+            cwd=workdir,
             start_new_session=True,
         )
     child = Child(proc, Path(name), started)
