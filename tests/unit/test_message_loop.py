@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from porch.config import OnError, PipelineConfig
 from porch.errors import ScriptError
 from porch.serializers import SerializationError
-from porch.stream import SKIP, clear_stop_request
+from porch.stream import SKIP
 from porch.wire import FrameKind, HeaderEncoder
 from tests.unit.test_hotloop import SOURCE, STAGE, sent
 from workers.concurrent import ConcurrentLoop
@@ -29,17 +28,7 @@ from workers.onerror import ErrorPolicy
 from workers.waiting import TICK_S
 from workers.worker import Worker, WorkerOptions
 
-pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(autouse=True)
-def clean_process_state() -> Iterator[None]:
-    """ScriptHost.load() puts script folders on sys.path; porch.stop() leaves a request."""
-    saved = list(sys.path)
-    clear_stop_request()
-    yield
-    sys.path[:] = saved
-    clear_stop_request()
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_process_state")]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from the supervisor, and the error of a script that fails. No subprocess."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,22 +14,11 @@ import pytest
 import zmq
 
 from porch.config import PipelineConfig
-from porch.stream import clear_stop_request
 from workers.worker import Worker, WorkerOptions
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_process_state")]
 
 DEADLINE_MS = 10_000
-
-
-@pytest.fixture(autouse=True)
-def clean_process_state() -> Iterator[None]:
-    """ScriptHost.load() puts script folders on sys.path; porch.stop() leaves a request."""
-    saved = list(sys.path)
-    clear_stop_request()
-    yield
-    sys.path[:] = saved
-    clear_stop_request()
 
 
 class Supervisor:
