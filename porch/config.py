@@ -110,6 +110,8 @@ DEFAULT_RESTART_BACKOFF_S = 0.5
 MAX_RESTART_BACKOFF_S = 30.0
 # iterations in flight at once in one worker (async steps): each holds its input and a task
 MAX_CONCURRENCY = 10_000
+# worker processes of one pipeline on one supervisor (each a connection to each of its peers)
+MAX_REPLICAS = 64
 
 
 class Severity(enum.Enum):
@@ -154,12 +156,27 @@ class PipelineConfig:
     delivery: Delivery = Delivery.AT_LEAST_ONCE
     outbox: Outbox = Outbox.MEMORY
     concurrency: int = 1
+    # Replicas (docs/replicas.md, README "Scaling a stage"): `replicas` worker processes run
+    # this pipeline; `replicated` says the config has the key (then its processes are named
+    # NAME#TAG-K, even for 1, and the same config on several hosts forms one pipeline).
+    replicas: int = 1
+    replicated: bool = False
+    ordered: bool = False  # targets get the output in the order of the input
+    partition_by: str | None = None  # senders route each value by value[FIELD]
+    # Set on a replica's worker only: the pipeline's name (`name` is then the process name,
+    # NAME#TAG-K, from `python -m workers --replica`).
+    replica_of: str | None = None
     path: Path = field(default=Path("config.json"), compare=False)
 
     def __post_init__(self) -> None:
         # a config built in code with plain words gets the enum members all the same
         for key, kind in CHOICE_TYPES.items():
             object.__setattr__(self, key, kind(getattr(self, key)))
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline's name: `name`, or for a replica's worker the name it is a replica of."""
+        return self.replica_of or self.name
 
     @property
     def folder(self) -> Path:
@@ -195,6 +212,9 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
         (int, float),
         f"a number of seconds from 0 to {MAX_RESTART_BACKOFF_S:g}",
     ),
+    "replicas": (False, (int,), f"a whole number from 1 to {MAX_REPLICAS}"),
+    "ordered": (False, (bool,), "true or false"),
+    "partition_by": (False, (str,), "the name of a field (a dict key or an attribute)"),
     **{key: (False, (str,), f"one of {', '.join(allowed)}") for key, allowed in CHOICES.items()},
 }
 
@@ -297,7 +317,7 @@ class _Checker:
                     ok = False
                 continue
             value = data[key]
-            if isinstance(value, bool) or not isinstance(value, types):
+            if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
                 self.error(key, f"must be {human}, got {json.dumps(value)}")
                 ok = False
         return ok
@@ -341,6 +361,7 @@ class _Checker:
         )
         self.check_range(data, "finish_timeout_s", MIN_FINISH_TIMEOUT_S, MAX_FINISH_TIMEOUT_S)
         self.check_range(data, "restart_backoff_s", 0, MAX_RESTART_BACKOFF_S)
+        self.check_range(data, "replicas", 1, MAX_REPLICAS)
         if data.get("outbox") == Outbox.DURABLE and data.get("delivery") == Delivery.AT_MOST_ONCE:
             self.error("outbox", "a durable outbox replays what a crash left unacknowledged, "
                        "which delivery at-most-once forbids: use outbox \"memory\" with it, "
@@ -370,6 +391,19 @@ class _Checker:
             self.warn("concurrency", f"is {value}, but no script has an `async def step()`: "
                       "sync steps run one at a time; make the step that waits on I/O async, "
                       "or remove the key")  # fmt: skip
+
+    def check_replicas(self, data: Mapping[str, object]) -> None:
+        """ordered and partition_by shape how a replicated pipeline's values travel."""
+        field_name = data.get("partition_by")
+        if isinstance(field_name, str) and not field_name.strip():
+            self.error("partition_by", "must name a field of the values (a dict key or an "
+                       "attribute), got an empty string; name one or remove the key")  # fmt: skip
+        if "replicas" in data:
+            return
+        for key in ("ordered", "partition_by"):
+            if key in data and data[key] not in (False, None):
+                self.warn(key, "does nothing without \"replicas\": add \"replicas\": N "
+                          "(1 or more) or remove the key")  # fmt: skip
 
     def check_targets(self, raw: object, own_name: str) -> tuple[str, ...]:
         names: list[str] = []
@@ -401,6 +435,7 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
     checker.check_numbers(data)
     targets = checker.check_targets(data.get("target_pipeline_names", []), name)
     checker.check_concurrency(data, scripts)
+    checker.check_replicas(data)
     if any(p.severity is Severity.ERROR for p in checker.problems):
         return None, checker.problems
     checked = _Checked(data)  # every value has its type (check_keys) and range (check_numbers)
@@ -415,6 +450,12 @@ def check_config(path: str | Path) -> tuple[PipelineConfig | None, list[Problem]
         finish_timeout_s=checked.seconds("finish_timeout_s", DEFAULT_FINISH_TIMEOUT_S),
         restart_backoff_s=checked.seconds("restart_backoff_s", DEFAULT_RESTART_BACKOFF_S),
         concurrency=checked.whole("concurrency", 1),
+        replicas=checked.whole("replicas", 1),
+        replicated="replicas" in data,
+        ordered=data.get("ordered") is True,
+        partition_by=partition_by
+        if isinstance(partition_by := data.get("partition_by"), str)
+        else None,
         serializer=SerializerName(checked.word("serializer", PipelineConfig.serializer)),
         restart=RestartPolicy(checked.word("restart", PipelineConfig.restart)),
         on_error=OnError(checked.word("on_error", PipelineConfig.on_error)),

@@ -66,6 +66,8 @@ class Entry:
     endpoints: tuple[str, ...] = ()  # one per data interface, `endpoint` first (several only)
     targets: tuple[str, ...] = ()  # its target pipelines: a target learns its sources' names
     final: bool = False  # ended for good: its supervisor will not start it again on its own
+    ordered: bool = False  # a replica of a pipeline with `"ordered": true`
+    partition_by: str | None = None  # a replica of a pipeline with `"partition_by": FIELD`
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, WorkerState):  # a state's name: "running"
@@ -89,6 +91,10 @@ class DirectoryEntry:
     targets: tuple[str, ...] = ()  # its target pipelines (a target learns its sources)
     final: bool = False  # ended for good: nothing will start it again on its own
     since: float | None = None  # withdrawn: since when (unix s)
+    # Replicas (docs/replicas.md): an entry named NAME#TAG-K is one replica of pipeline NAME
+    # (porch.names.pipeline_of); these two are its config's, for its senders and targets.
+    ordered: bool = False  # its targets re-sequence its output into its input's order
+    partition_by: str | None = None  # its senders route each value by value[FIELD]
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,10 @@ def encode_entry(entry: DirectoryEntry) -> dict[str, object]:
     }
     if entry.since is not None:
         out["since"] = entry.since
+    if entry.ordered:
+        out["ordered"] = True
+    if entry.partition_by is not None:
+        out["partition_by"] = entry.partition_by
     return out
 
 
@@ -181,6 +191,8 @@ def decode_entry(value: object) -> DirectoryEntry | None:
         else (),
         final=value.get("final") is True,
         since=since,
+        ordered=value.get("ordered") is True,
+        partition_by=_text(value.get("partition_by")),
     )
 
 

@@ -27,7 +27,7 @@ from typing import NotRequired, TypedDict
 from porch.control import WorkerState
 from porch.directory import Entry
 from porch.errors import PorchError
-from porch.names import name_problem
+from porch.names import name_problem, process_name_problem
 
 MAGIC = b"PRCH"
 VERSION = 1
@@ -62,6 +62,8 @@ class EntryJson(TypedDict):
     endpoints: NotRequired[list[str]]
     targets: NotRequired[list[str]]
     final: NotRequired[bool]
+    ordered: NotRequired[bool]
+    partition_by: NotRequired[str]
 
 
 class BeaconJson(TypedDict):
@@ -182,6 +184,10 @@ def _entry_json(entry: Entry) -> EntryJson:
         out["targets"] = list(entry.targets[:MAX_TARGETS])
     if entry.final:
         out["final"] = True
+    if entry.ordered:
+        out["ordered"] = True
+    if entry.partition_by is not None:
+        out["partition_by"] = entry.partition_by
     return out
 
 
@@ -233,7 +239,7 @@ def _beacon(body: Mapping[str, object]) -> Beacon:
 
 def _entry(raw: Mapping[str, object]) -> Entry:
     name = _text(raw, "name")
-    if name_problem(name):
+    if process_name_problem(name):
         raise DiscoveryError(f"entry name {name[:40]!r} is not a pipeline name")
     endpoint = raw.get("endpoint")
     if endpoint is not None:
@@ -254,8 +260,15 @@ def _entry(raw: Mapping[str, object]) -> Entry:
         if not _text({"e": endpoints[index]}, "e").startswith("tcp://"):
             raise DiscoveryError("entry endpoints must be tcp:// addresses")
     targets, final = _ending(raw)
+    ordered = raw.get("ordered", False)
+    if not isinstance(ordered, bool):
+        raise DiscoveryError("entry ordered: must be true or false")
+    partition_by = raw.get("partition_by")
+    if partition_by is not None:
+        partition_by = _text(raw, "partition_by")
     return Entry(name=name, endpoint=endpoint, state=WorkerState(state), instance=instance, key=key,
-                 endpoints=tuple(endpoints), targets=targets, final=final)  # fmt: skip
+                 endpoints=tuple(endpoints), targets=targets, final=final, ordered=ordered,
+                 partition_by=partition_by)  # fmt: skip
 
 
 def _ending(raw: Mapping[str, object]) -> tuple[tuple[str, ...], bool]:

@@ -38,7 +38,62 @@ def name_problem(name: str) -> str | None:
             )
         if char == "/":
             return f"must not contain '/' (names are file names), got {name!r}; use '_' or '-'"
+        if char == REPLICA_MARK:
+            return (
+                f"must not contain {REPLICA_MARK!r} (it names one replica of a replicated "
+                f"pipeline), got {name!r}; use '_' or '-'"
+            )
     return None
+
+
+# Replicas (config field `replicas`, docs/replicas.md). Each replica of pipeline NAME is a
+# worker process named NAME#TAG-K: TAG is its supervisor's (a few hex digits of its daemon or
+# run id, so the replicas of several hosts never share a name) and K its index there. That
+# process name is its ZeroMQ routing id, directory entry and file names; everything that means
+# the pipeline (targets, `input_data` keys, source_pipeline_count) uses NAME.
+REPLICA_MARK = "#"
+REPLICA_SUFFIX_RE = re.compile(r"#([0-9a-f]{1,16})-([0-9]{1,3})")
+
+
+def replica_name(pipeline: str, tag: str, index: int) -> str:
+    """The process name of replica `index` of `pipeline` under the supervisor tagged `tag`."""
+    return f"{pipeline}{REPLICA_MARK}{tag}-{index}"
+
+
+def pipeline_of(name: str) -> str:
+    """The pipeline a process name belongs to: NAME for NAME#TAG-K, else the name itself."""
+    return name.split(REPLICA_MARK, 1)[0]
+
+
+def is_replica(name: str) -> bool:
+    """Whether a process name is one replica of a replicated pipeline."""
+    return REPLICA_MARK in name
+
+
+def replica_index(name: str) -> int | None:
+    """K of NAME#TAG-K; None for a plain pipeline name."""
+    mark = name.find(REPLICA_MARK)
+    if mark < 0:
+        return None
+    found = REPLICA_SUFFIX_RE.fullmatch(name, mark)
+    return int(found.group(2)) if found else None
+
+
+def replica_tag(name: str) -> str | None:
+    """TAG of NAME#TAG-K (which supervisor runs it); None for a plain pipeline name."""
+    mark = name.find(REPLICA_MARK)
+    found = REPLICA_SUFFIX_RE.fullmatch(name, mark) if mark >= 0 else None
+    return found.group(1) if found else None
+
+
+def process_name_problem(name: str) -> str | None:
+    """Why `name` is neither a pipeline name nor a replica's process name; None when it is."""
+    mark = name.find(REPLICA_MARK)
+    if mark < 0:
+        return name_problem(name)
+    if not REPLICA_SUFFIX_RE.fullmatch(name, mark):
+        return f"a replica's name is NAME#TAG-INDEX, got {name!r}"
+    return name_problem(name[:mark])
 
 
 def name_warning(name: str) -> str | None:
