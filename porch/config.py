@@ -606,9 +606,28 @@ def check_graph(configs: Sequence[PipelineConfig]) -> list[Problem]:
                     Severity.WARNING,
                 )
             )
+    problems.extend(_replicated_sources(by_name.values()))
     problems.extend(_cycle_problems(by_name))
     problems.extend(_beacon_problems(list(by_name.values())))
     return problems
+
+
+def _replicated_sources(configs: Iterable[PipelineConfig]) -> list[Problem]:
+    """A replicated pipeline counts once as a source of its targets (its replicas are one
+    pipeline there); but a source pipeline with several replicas runs its stream that many
+    times, each replica making it whole."""
+    return [
+        Problem(
+            str(c.path),
+            "replicas",
+            f"is {c.replicas}, but {c.name} is a source pipeline (source_pipeline_count 0): "
+            f"each replica runs its own stream, so its targets get every value {c.replicas} "
+            "times; give it 1 replica, or replicate the stage after it",
+            Severity.WARNING,
+        )
+        for c in configs
+        if c.replicas > 1 and c.source_pipeline_count == 0
+    ]
 
 
 def _beacon_problems(configs: Sequence[PipelineConfig]) -> list[Problem]:

@@ -109,7 +109,7 @@ class Daemon:
             stop_timeout_s=stop_timeout_s,
             state_dir=state_dir,
             network=network,
-            origin=daemon_origin(state_dir) if network is not None else "",
+            origin=daemon_origin(state_dir),  # discovery's origin and the replicas' TAG
         )
         self.started_s = time.monotonic()
         self.socket: zmq.Socket[bytes] = self.supervisor.ctx.socket(zmq.ROUTER)

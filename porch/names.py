@@ -6,6 +6,7 @@ One small module that config loading, discovery and the CLI all check names with
 from __future__ import annotations
 
 import re
+import secrets
 
 # Names: DPorch asks only for 3 characters or more; Porch refuses what it cannot carry.
 MIN_NAME_CHARS = 3
@@ -58,6 +59,19 @@ REPLICA_SUFFIX_RE = re.compile(r"#([0-9a-f]{1,16})-([0-9]{1,3})")
 def replica_name(pipeline: str, tag: str, index: int) -> str:
     """The process name of replica `index` of `pipeline` under the supervisor tagged `tag`."""
     return f"{pipeline}{REPLICA_MARK}{tag}-{index}"
+
+
+TAG_HEX_DIGITS = 6  # a supervisor's replica tag: this many hex digits of its origin
+
+
+def supervisor_tag(origin: str) -> str:
+    """The TAG of the replicas a supervisor runs: the first TAG_HEX_DIGITS hex digits of its
+    origin (porchd: its daemon id; porch run: the hex of `run-<hex>`), or random ones when it
+    has none (porchd without discovery before it had a daemon id)."""
+    digits = origin.removeprefix("run-").lower()
+    if len(digits) >= TAG_HEX_DIGITS and all(c in "0123456789abcdef" for c in digits):
+        return digits[:TAG_HEX_DIGITS]
+    return secrets.token_hex(TAG_HEX_DIGITS // 2)
 
 
 def pipeline_of(name: str) -> str:

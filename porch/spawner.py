@@ -93,6 +93,8 @@ class Spawner:
             "--parent-pid", str(parent_pid or os.getpid()),
             "--stop-timeout", str(s.stop_timeout_s),
         ]  # fmt: skip
+        if config.replica_of is not None:  # one replica: the worker runs as NAME#TAG-K
+            cmd += ["--replica", config.name]
         if s.state_dir is not None:
             cmd += ["--state-dir", str(s.state_dir)]
         if s.key_file is not None:

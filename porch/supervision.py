@@ -16,6 +16,7 @@ from typing import Protocol
 from porch import logs
 from porch.config import PipelineConfig
 from porch.control import WorkerState
+from porch.names import pipeline_of
 from porch.restart import Action, BackoffSettings, RestartPolicy, RestartTracker
 from porch.worker_handle import RestartBook, WorkerHandle, WorkerProcess
 
@@ -258,7 +259,10 @@ def ready_to_stop(
     ready = [
         name
         for name in pending
-        if not any(up != name and name in targets.get(up, ()) for up in stopping)
+        if not any(
+            pipeline_of(up) != pipeline_of(name) and pipeline_of(name) in targets.get(up, ())
+            for up in stopping
+        )
     ]
     if not ready and set(stopping) <= set(pending):
         return list(pending)

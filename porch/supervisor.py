@@ -32,6 +32,7 @@ from porch.config import PipelineConfig
 from porch.control import MessageType, WorkerState
 from porch.directory import DirectoryEntry
 from porch.event_loop import EventLoop, SweepTimer, timeout_ms
+from porch.names import supervisor_tag
 from porch.output_relay import ConsoleSink as ConsoleSink  # re-exported for porch run
 from porch.output_relay import LineSink, OutputRelay
 from porch.spawner import Spawner, SpawnSettings, local_links_dir, reap_adopted
@@ -42,7 +43,7 @@ from porch.supervision import exit_description as exit_description  # re-exporte
 from porch.supervision import ready_to_stop as ready_to_stop  # re-exported
 from porch.supervisor_status import UsageSampler, statuses
 from porch.worker_channel import DirectoryPublisher, WorkerChannel, apply_report
-from porch.worker_handle import WorkerHandle
+from porch.worker_handle import WorkerHandle, replica_configs
 
 log = logs.get("porch.supervisor")
 
@@ -86,7 +87,8 @@ class Supervisor:
         watchdog = reaper.Watchdog(self.runtime_dir, grace_s=stop_timeout_s)
         self.spawner = Spawner(settings, self.loop, watchdog, self.relay, self._children_changed)
         self.policy = SupervisionPolicy(mode, stop_timeout_s, self.spawner, self)
-        self.workers = {c.name: self._handle(c) for c in configs}
+        self.tag = supervisor_tag(origin)  # replicas' process names: NAME#TAG-K
+        self.workers = {p.name: self._handle(p) for c in configs for p in self.processes(c)}
         self.stopping = False
         self.forced = False
         self.failed: list[str] = []
@@ -113,6 +115,11 @@ class Supervisor:
 
     def _handle(self, config: PipelineConfig) -> WorkerHandle:
         return WorkerHandle(config, self.policy.new_book(config))
+
+    def processes(self, config: PipelineConfig, count: int | None = None) -> list[PipelineConfig]:
+        """The worker processes a pipeline's config runs as: itself, or (the config has
+        `replicas`) `count` replicas (default: its `replicas`), each named NAME#TAG-K."""
+        return replica_configs(config, self.tag, count)
 
     def add_handler(self, sock: zmq.Socket[bytes], on_readable: Callable[[], None]) -> None:
         """Also poll `sock` in the loop and call `on_readable` when it has input (porchd)."""

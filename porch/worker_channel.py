@@ -1,11 +1,13 @@
 """The worker channel and directory publishing.
 
 Workers connect a DEALER to the supervisor's ROUTER (porch/control.py messages, identity = the
-pipeline's name) and report hello (where they serve), state changes and health. The supervisor
-answers with directories (porch/directory.py): each worker gets the entries it uses (itself,
-its targets, the pipelines that target it) when they changed, and every pipeline's name when
-the names changed (for its `did you mean` on a missing target). A burst of changes (1,000
-workers starting) is coalesced into a few directories, at most one per DIRECTORY_GAP_S.
+process name) and report hello (where they serve), state changes and health. The supervisor
+answers with directories (porch/directory.py), one entry per worker process (a replica's is
+NAME#TAG-K): each worker gets the entries it uses (itself, every entry of its target
+pipelines, every entry naming its pipeline among its targets) when they changed, and every
+entry's name when the names changed (for its `did you mean` on a missing target). A burst of
+changes (1,000 workers starting) is coalesced into a few directories, at most one per
+DIRECTORY_GAP_S.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from porch.control import MessageType, WorkerState, decode
 from porch.directory import LOCAL_HOST, DirectoryEntry, Entry, encode_directory
 from porch.errors import ControlError
 from porch.health import HealthReport
+from porch.names import pipeline_of
 from porch.worker_handle import Announcement, WorkerHandle, WorkerProcess
 
 log = logs.get("porch.supervisor")
@@ -142,22 +145,35 @@ class DirectoryPublisher:
         if names != self._names:
             self._names = names
             self._names_version += 1
-        sources: dict[str, list[str]] = {}
+        sources: dict[str, list[str]] = {}  # pipeline -> the entries naming it a target
+        processes: dict[str, list[str]] = {}  # pipeline -> its entries (its replicas)
         for name, entry in pipelines.items():
+            processes.setdefault(pipeline_of(name), []).append(name)
             for target in entry.targets:
                 sources.setdefault(target, []).append(name)
         for handle in recipients:
             sent = self._sent.get(handle.name)
             if sent is None or sent.process is not handle.process:  # no hello yet: dropped
                 continue
-            wanted = (handle.name, *handle.config.target_pipeline_names,
-                      *sources.get(handle.name, ()))  # fmt: skip
-            part = {n: pipelines[n] for n in wanted if n in pipelines}
+            part = {n: pipelines[n] for n in wanted_entries(handle, processes, sources)}
             fresh_names = sent.names_version != self._names_version
             if part == sent.part and not fresh_names:
                 continue
             self.send(handle.name, encode_directory(part, names if fresh_names else None))
             sent.part, sent.names_version = part, self._names_version
+
+
+def wanted_entries(
+    handle: WorkerHandle, processes: Mapping[str, Sequence[str]],
+    sources: Mapping[str, Sequence[str]],
+) -> list[str]:  # fmt: skip
+    """The directory entries a worker uses, in order: its own, every entry (every replica) of
+    each of its target pipelines, and every entry whose targets name its pipeline."""
+    names = [handle.name]
+    for target in handle.config.target_pipeline_names:
+        names.extend(processes.get(target, ()))
+    names.extend(sources.get(handle.pipeline, ()))
+    return list(dict.fromkeys(names))
 
 
 def apply_report(
@@ -202,8 +218,14 @@ def local_entries(handles: Iterable[WorkerHandle]) -> list[Entry]:
     """The local pipelines as discovery announces them to other hosts."""
     return [Entry(h.name, h.announced.endpoint, h.state, h.announced.instance, h.announced.key_id,
                   h.announced.endpoints if h.announced.endpoint else (),
-                  h.config.target_pipeline_names, h.final)
+                  h.config.target_pipeline_names, h.final, *_replica_fields(h))
             for h in handles]  # fmt: skip
+
+
+def _replica_fields(handle: WorkerHandle) -> tuple[bool, str | None]:
+    """A replica entry's `ordered` and `partition_by` (a plain pipeline's: False, None)."""
+    config = handle.config
+    return (config.ordered, config.partition_by) if config.replica_of else (False, None)
 
 
 def directory(
@@ -217,7 +239,10 @@ def directory(
     for h in handles:
         a = h.announced
         # our workers reach ours over ipc:// (no CURVE); the broker announces TCP
+        ordered, partition_by = _replica_fields(h)
         pipelines[h.name] = DirectoryEntry(h.state, a.local_endpoint or a.endpoint, LOCAL_HOST,
                                            a.instance, a.key_id or key_id,
-                                           h.config.target_pipeline_names, h.final)  # fmt: skip
+                                           h.config.target_pipeline_names, h.final,
+                                           ordered=ordered,
+                                           partition_by=partition_by)  # fmt: skip
     return pipelines

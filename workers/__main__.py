@@ -1,4 +1,5 @@
-"""Entry point of a worker process: `python -m workers --config FILE --control ENDPOINT`."""
+"""Entry point of a worker process: `python -m workers --config FILE --control ENDPOINT`
+(`--replica NAME#TAG-K`: one replica of a replicated pipeline)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import ctypes
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from porch import logs, reaper
-from porch.config import load_config
+from porch.config import PipelineConfig, load_config
 from porch.errors import PorchError
+from porch.names import is_replica, pipeline_of, process_name_problem
 from workers.signals import PARENT_DEATH_SIGNAL
 from workers.worker import STOP_TIMEOUT_S, Worker, WorkerOptions
 
@@ -43,7 +46,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--key-file", type=Path, default=None)  # a path, never the key itself
     parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S)
     parser.add_argument("--ipc-dir", type=Path, default=None)  # the supervisor's run folder
+    parser.add_argument("--replica", default=None)  # its process name NAME#TAG-K: one replica
     return parser.parse_args(argv)
+
+
+def as_replica(config: PipelineConfig, process_name: str | None) -> PipelineConfig:
+    """The config a worker runs with: as loaded, or for `--replica NAME#TAG-K` one replica of
+    it (the process name is its routing id, directory entry, files and log prefix; its
+    pipeline, config.pipeline, stays NAME). A process name of another pipeline is refused."""
+    if process_name is None:
+        return config
+    problem = process_name_problem(process_name)
+    if problem is None and (
+        not is_replica(process_name) or pipeline_of(process_name) != config.name
+    ):
+        problem = f"is not a replica of {config.name!r} (NAME#TAG-K with NAME {config.name!r})"
+    if problem is not None:
+        raise PorchError(f"--replica {process_name!r}: {problem}")
+    return replace(config, name=process_name, replica_of=config.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure()
     try:
-        config = load_config(args.config)
+        config = as_replica(load_config(args.config), args.replica)
     except PorchError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2

@@ -81,3 +81,25 @@ def test_ordered_without_replicas_is_a_warning(tmp_path: Path) -> None:
     config, problems = check_config(_config(tmp_path, ordered=True))
     assert config is not None
     assert [p.field for p in problems] == ["ordered"] and "replicas" in problems[0].message
+
+
+def test_a_replicated_pipeline_counts_once_as_a_source_and_a_replicated_source_warns() -> None:
+    from porch.config import PipelineConfig, check_graph
+    from porch.names import supervisor_tag
+
+    def make(name: str, targets: tuple[str, ...] = (), sources: int = 0, replicas: int = 1
+             ) -> PipelineConfig:  # fmt: skip
+        return PipelineConfig(name=name, scripts=(), target_pipeline_names=targets,
+                              source_pipeline_count=sources, replicas=replicas,
+                              replicated=replicas > 1, path=Path(f"/c/{name}.json"))  # fmt: skip
+
+    graph = [make("src", ("hash",)), make("hash", ("sink",), 1, 4), make("sink", (), 1)]
+    assert check_graph(graph) == []
+    [problem] = check_graph([make("src", ("sink",), 0, 3), make("sink", (), 1)])
+    assert (problem.field, problem.file) == ("replicas", "/c/src.json")
+    assert "source pipeline" in problem.message and "3 times" in problem.message
+    # the TAG of a supervisor's replicas: its origin's first hex digits
+    assert supervisor_tag("run-0123456789abcdef") == "012345"
+    assert supervisor_tag("fedcba9876543210fedcba9876543210") == "fedcba"
+    made = supervisor_tag("")  # no origin: random, still a valid tag
+    assert process_name_problem(replica_name("stage", made, 0)) is None

@@ -148,3 +148,32 @@ def test_local_links_need_a_run_folder_that_can_hold_their_sockets(tmp_path: Pat
     with capture_logs() as logs:
         assert local_links_dir(deep) is None
     assert [e["event"] for e in logs] == ["local_links_unavailable"]
+
+
+def test_a_replica_is_started_with_its_process_name_and_runs_as_it() -> None:
+    from dataclasses import replace
+
+    from porch.errors import PorchError
+    from porch.worker_handle import replica_configs
+    from workers.__main__ import as_replica, parse_args
+
+    loop = EventLoop()
+    made, _, _ = spawner(loop, fork=False)
+    plain = config("hash")
+    assert "--replica" not in made.command(plain)
+    assert replica_configs(plain, "abc123") == [plain]  # no "replicas" key: one process
+    replicated = replace(plain, replicas=2, replicated=True)
+    first, second = replica_configs(replicated, "abc123")
+    assert first.name == "hash#abc123-0"
+    assert (second.name, second.replica_of, second.pipeline) == ("hash#abc123-1", "hash", "hash")
+    cmd = made.command(second, parent_pid=42)
+    assert cmd[cmd.index("--replica") + 1] == "hash#abc123-1"
+    assert cmd[cmd.index("--config") + 1] == "/c/hash.json"  # the pipeline's one config
+    # the worker's side (also what the fork server runs: the same argv after `-m workers`)
+    args = parse_args(cmd[3:])
+    assert as_replica(replicated, args.replica) == second
+    assert as_replica(plain, None) is plain
+    for wrong in ("other#abc123-1", "hash", "hash#zz-1"):
+        with pytest.raises(PorchError, match="--replica"):
+            as_replica(replicated, wrong)
+    loop.close()

@@ -33,3 +33,14 @@ def test_a_cycle_of_waiting_pipelines_stops_all_at_once() -> None:
     loop = {"feed": ("a",), "a": ("b",), "b": ("a",)}
     assert ready_to_stop(["feed", "a", "b"], ["feed", "a", "b"], loop) == ["feed"]
     assert ready_to_stop(["a", "b"], ["a", "b"], loop) == ["a", "b"]  # feed exited
+
+
+def test_replicas_stop_after_their_sources_and_before_their_targets_together() -> None:
+    # process names: the replicas of mid are mid#abc123-K; targets name pipelines
+    mids = ["mid#abc123-0", "mid#abc123-1"]
+    targets = {"src": ("mid",), mids[0]: ("sink",), mids[1]: ("sink",), "sink": ()}
+    everyone = ["src", *mids, "sink"]
+    assert ready_to_stop(everyone, everyone, targets) == ["src"]
+    assert ready_to_stop([*mids, "sink"], [*mids, "sink"], targets) == mids  # src exited
+    assert ready_to_stop(["sink"], ["sink", mids[1]], targets) == []  # one replica drains
+    assert ready_to_stop(["sink"], ["sink"], targets) == ["sink"]

@@ -16,7 +16,7 @@ from porch.directory import decode_directory
 from porch.health import HealthReport
 from porch.restart import RestartPolicy, RestartTracker
 from porch.worker_channel import DirectoryPublisher, WorkerChannel, apply_report, local_entries
-from porch.worker_handle import RestartBook, WorkerHandle
+from porch.worker_handle import RestartBook, WorkerHandle, replica_configs
 
 pytestmark = pytest.mark.timeout(30)
 RECV_TIMEOUT_MS = 2000
@@ -164,3 +164,57 @@ def test_discovery_announces_local_pipelines_with_their_targets() -> None:
     [entry] = local_entries([a])
     assert (entry.name, entry.endpoint, entry.instance, entry.targets, entry.final) == (
         "a", "tcp://h:1", 3, ("b",), False)  # fmt: skip
+
+
+def replicas_of(name: str, count: int, targets: tuple[str, ...] = (), **fields: object
+                ) -> list[WorkerHandle]:  # fmt: skip
+    config = PipelineConfig(name=name, scripts=(), target_pipeline_names=targets,
+                            replicas=count, replicated=True, path=Path(f"/c/{name}.json"),
+                            **fields)  # type: ignore[arg-type]  # fmt: skip
+    made = []
+    for pid, process in enumerate(replica_configs(config, "abc123"), start=100):
+        h = WorkerHandle(process, RestartBook(RestartTracker(RestartPolicy.NEVER)))
+        h.started(FakePopen(pid), 0.0)  # type: ignore[arg-type]
+        made.append(h)
+    return made
+
+
+def test_replicas_are_one_entry_per_process_and_each_worker_gets_its_pipelines_replicas() -> None:
+    hashers = replicas_of("hash", 2, ("sink",), ordered=True, partition_by="key")
+    handles = [handle("src", ("hash",)), *hashers, handle("sink"), handle("other")]
+    workers = {h.name: h for h in handles}
+    sent = Sent()
+    publisher = DirectoryPublisher(sent, workers)
+    for h in handles:
+        publisher.hello(h)
+    publisher.changed(1.0)
+    by_name = {n: decode_directory(m).pipelines for n, m in sent.messages}
+    assert sorted(by_name) == ["hash#abc123-0", "hash#abc123-1", "other", "sink", "src"]
+    # a sender gets every replica of its target, each with the config's ordered/partition_by
+    assert sorted(by_name["src"]) == ["hash#abc123-0", "hash#abc123-1", "src"]
+    entry = by_name["src"]["hash#abc123-1"]
+    assert entry.ordered and entry.partition_by == "key" and entry.targets == ("sink",)
+    # a replica gets itself, its targets, and the entries that target its pipeline
+    assert sorted(by_name["hash#abc123-0"]) == ["hash#abc123-0", "sink", "src"]
+    # a target of a replicated pipeline gets every replica as a source
+    assert sorted(by_name["sink"]) == ["hash#abc123-0", "hash#abc123-1", "sink"]
+    assert not by_name["src"]["src"].ordered and by_name["src"]["src"].partition_by is None
+    # discovery announces each replica process, with the same fields
+    announced = {e.name: e for e in local_entries(handles)}
+    assert announced["hash#abc123-0"].ordered and announced["hash#abc123-0"].partition_by == "key"
+    assert not announced["src"].ordered
+
+
+def test_a_replica_that_is_forgotten_leaves_the_directory() -> None:
+    hashers = replicas_of("hash", 3)
+    src = handle("src", ("hash",))
+    workers = {h.name: h for h in [src, *hashers]}
+    sent = Sent()
+    publisher = DirectoryPublisher(sent, workers)
+    publisher.hello(src)
+    publisher.changed(1.0)
+    del workers["hash#abc123-2"]
+    publisher.forget("hash#abc123-2")
+    publisher.changed(2.0)
+    assert sorted(decode_directory(sent.messages[-1][1]).pipelines) == [
+        "hash#abc123-0", "hash#abc123-1", "src"]  # fmt: skip
