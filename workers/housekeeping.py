@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
+from porch.names import pipeline_of
 from workers.heartbeat import Heartbeat
 from workers.inbox import Inbox
 from workers.links import OutputLink
@@ -46,7 +47,9 @@ class Housekeeping:
         self.stops = stops
         self.heartbeat = heartbeat
         self.directory = TargetDirectory(pipeline, outputs)
-        self.sources = SourceWatch(pipeline, inbox, stops) if inbox is not None else None
+        # sources name our pipeline among their targets (a replica's process name is not it)
+        me = pipeline_of(pipeline)
+        self.sources = SourceWatch(me, inbox, stops) if inbox is not None else None
         self.targets = TargetWatch(pipeline, outputs, started_s)
         self.state = WorkerState.STARTING
         self.last_error = ""  # the first error that failed the worker: its cause

@@ -69,14 +69,15 @@ class FakeLink:
 
 
 def house(
-    channel: FakeChannel, links: list[FakeLink], inbox: Any = None, parent_pid: int | None = None
-) -> tuple[Housekeeping, StopSignals, list[int]]:
+    channel: FakeChannel, links: list[FakeLink], inbox: Any = None, parent_pid: int | None = None,
+    name: str = "mid",
+) -> tuple[Housekeeping, StopSignals, list[int]]:  # fmt: skip
     stops = StopSignals("mid", 8.5, orphaned=lambda: None)
     acks: list[int] = []
     outputs = cast(list[OutputLink], links)
     beat = Heartbeat(Counters(), outputs, cast(Inbox | None, inbox),
                      cast(DeadLetters, SimpleNamespace(count=0)), None)  # fmt: skip
-    keeper = Housekeeping("mid", cast(ControlClient, channel), outputs, cast(Inbox | None, inbox),
+    keeper = Housekeeping(name, cast(ControlClient, channel), outputs, cast(Inbox | None, inbox),
                           stops, beat, started_s=0.0, parent_pid=parent_pid,
                           read_acks=lambda: acks.append(1))  # fmt: skip
     return keeper, stops, acks
@@ -106,6 +107,17 @@ def test_a_directory_points_the_links_and_tells_of_the_sources() -> None:
     keeper.on_control()
 
     assert sink.socket == "tcp://127.0.0.1:5"
+    assert keeper.warnings() == "source 'src' failed; waiting for it"
+
+
+def test_a_replica_knows_its_sources_by_its_pipeline_name() -> None:
+    channel = FakeChannel()
+    fanin = FanIn(1)  # src never connected: only the directory names it
+    inbox = SimpleNamespace(fanin=fanin, sources={}, link=SimpleNamespace(handshakes_failed=0))
+    keeper, _, _ = house(channel, [], inbox, name="mid#abc123-1")
+    pipelines = {"src": {"state": "failed", "final": True, "targets": ["mid"]}}
+    channel.inbox.append((MessageType.DIRECTORY, {"type": "directory", "pipelines": pipelines}))
+    keeper.on_control()
     assert keeper.warnings() == "source 'src' failed; waiting for it"
 
 
