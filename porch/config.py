@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from porch import discovery
+from porch.control import WorkerState
+from porch.directory import Entry
 from porch.errors import ConfigError
 from porch.names import (
     name_problem,
     name_warning,
+    replica_name,
 )
 from porch.restart import RestartPolicy
 
@@ -398,6 +401,12 @@ class _Checker:
         if isinstance(field_name, str) and not field_name.strip():
             self.error("partition_by", "must name a field of the values (a dict key or an "
                        "attribute), got an empty string; name one or remove the key")  # fmt: skip
+        elif isinstance(field_name, str) and (
+            len(field_name) > discovery.MAX_TEXT or not field_name.isprintable()
+        ):  # discovery beacons carry it to the senders on other hosts
+            self.error("partition_by", f"must be at most {discovery.MAX_TEXT} printable "
+                       f"characters (beacons carry it), got {field_name[:40]!r}; use a "
+                       "shorter field name")  # fmt: skip
         if "replicas" in data:
             return
         for key in ("ordered", "partition_by"):
@@ -635,15 +644,25 @@ def _beacon_problems(configs: Sequence[PipelineConfig]) -> list[Problem]:
     other hosts' tables hold up to MAX_REMOTE_PIPELINES: more (or names too long) and other
     hosts would not see them all."""
 
-    size = discovery.announced_bytes([c.name for c in configs])
+    # a replicated pipeline is announced as one entry per replica (NAME#TAG-K, TAG 6 hex)
+    entries = [
+        Entry(replica_name(c.name, "ffffff", k), None, WorkerState.RUNNING, ordered=c.ordered,
+              partition_by=c.partition_by)
+        if c.replicated else Entry(c.name, None, WorkerState.RUNNING)
+        for c in configs
+        for k in range(c.replicas if c.replicated else 1)
+    ]  # fmt: skip
+    replicated = any(c.replicated for c in configs)
+    size = discovery.announced_bytes(entries)
     room = discovery.MAX_PARTS * (discovery.MAX_BEACON_BYTES - discovery.BEACON_OVERHEAD_BYTES)
-    if len(configs) <= discovery.MAX_REMOTE_PIPELINES and size <= room:
+    if len(entries) <= discovery.MAX_REMOTE_PIPELINES and size <= room:
         return []
     return [
         Problem(
             str(configs[-1].path),
             "name",
-            f"{len(configs)} pipelines under one supervisor: other hosts hold at most "
+            f"{len(entries)} pipelines{' (each replica counts)' if replicated else ''} under "
+            "one supervisor: other hosts hold at most "
             f"{discovery.MAX_REMOTE_PIPELINES:,} of one host's pipelines, in a discovery "
             f"beacon of at most {room:,} bytes (this one needs up to {size:,}): other hosts "
             "would not see them all; run them under several porchd or porch run, or shorten "

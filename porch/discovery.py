@@ -12,6 +12,9 @@ count `parts`, and a share of the entries; each part is one datagram, signed on 
 The table merges the beacons of other supervisors into `name -> endpoint, host, daemon,
 state, last seen`, withdraws what is no longer announced, and detects two live pipelines with
 the same name (a conflict: neither remote is handed to workers, a local pipeline wins locally).
+Replicas (porch/names.py: NAME#TAG-K, TAG from each supervisor's origin) of one pipeline on
+several hosts are that pipeline's processes, all of them handed to workers; but a pipeline that
+runs as one process (plain NAME) on one host and as replicas on another is a conflict too.
 Parts merge: an entry is withdrawn only once every part of a newer beacon has arrived without
 it, or when no part has named it for the expiry (a part lost for good, every time).
 """
@@ -27,7 +30,7 @@ from typing import NotRequired, TypedDict
 from porch.control import WorkerState
 from porch.directory import Entry
 from porch.errors import PorchError
-from porch.names import name_problem, process_name_problem
+from porch.names import is_replica, name_problem, pipeline_of, process_name_problem
 
 MAGIC = b"PRCH"
 VERSION = 1
@@ -348,15 +351,20 @@ class Remote:
     origin: str = ""  # its daemon's persistent id
     targets: tuple[str, ...] = ()  # its target pipelines (so a target knows its sources)
     final: bool = False  # ended for good (not restarted by its supervisor)
+    ordered: bool = False  # a replica of an ordered pipeline (its entry's)
+    partition_by: str | None = None  # a replica of a partitioned pipeline (its entry's)
 
 
 @dataclass(frozen=True)
 class Conflict:
-    """Two or more live pipelines with one name: `hosts` names every side, local first."""
+    """Two or more live pipelines with one name: `hosts` names every side, local first.
+    `replicas_on`: the sides that run it as replicas (empty for a plain duplicate; the others
+    run it as one process)."""
 
     name: str
     hosts: tuple[str, ...]
     local: bool
+    replicas_on: tuple[str, ...] = ()
 
 
 @dataclass
@@ -435,34 +443,52 @@ class Table:
         found = [
             Remote(e.name, reachable(e, p.beacon.source), e.state, _address(p.beacon),
                    p.beacon.hostname, p.beacon.daemon_id, p.last_seen, e.instance,
-                   e.key or p.beacon.key_id, p.beacon.origin, e.targets, e.final)
+                   e.key or p.beacon.key_id, p.beacon.origin, e.targets, e.final, e.ordered,
+                   e.partition_by)
             for p in self.peers.values()
             for e in p.beacon.entries
         ]  # fmt: skip
         return sorted(found, key=lambda r: (r.name, r.host, r.daemon_id))
 
     def conflicts(self, local: Mapping[str, WorkerState], here: str = "local") -> list[Conflict]:
-        """Names announced live by two supervisors; `local` maps our names to their states,
-        `here` names this supervisor in the conflict's list of hosts."""
-        live: dict[str, list[str]] = {}
+        """Pipelines announced live by two supervisors as one process each, or as one process
+        by one and as replicas by another; `local` maps our process names to their states,
+        `here` names this supervisor in the conflict's list of hosts. Replicas of one pipeline
+        on several supervisors are not a conflict (unless two announce one replica name)."""
+        sides: dict[str, dict[str, list[str]]] = {}  # pipeline -> side -> live process names
+        for name, state in local.items():
+            if not WorkerState(state).ended:
+                sides.setdefault(pipeline_of(name), {}).setdefault(here, []).append(name)
         for remote in self.remotes():
             if not remote.state.ended:
-                live.setdefault(remote.name, []).append(_label(remote))
+                side = sides.setdefault(pipeline_of(remote.name), {})
+                side.setdefault(_label(remote), []).append(remote.name)
         found = []
-        for name, hosts in sorted(live.items()):
-            ours = name in local and not WorkerState(local[name]).ended
-            if ours or len(hosts) > 1:
-                found.append(Conflict(name, ((here,) if ours else ()) + tuple(hosts), ours))
+        for pipeline, by_side in sorted(sides.items()):
+            names = [n for ns in by_side.values() for n in ns]
+            plain = [side for side, ns in by_side.items() if pipeline in ns]
+            if len(by_side) < 2 or (not plain and len(set(names)) == len(names)):
+                continue
+            replicas_on = tuple(s for s, ns in by_side.items() if any(map(is_replica, ns)))
+            found.append(Conflict(pipeline, tuple(by_side), here in by_side, replicas_on))
         return found
 
     def resolve(self, local_names: Iterable[str]) -> dict[str, Remote]:
         """The remote entry to hand to workers for each name that is not local and not in
-        conflict: the one live announcer, else (all ended) the most recently seen."""
+        conflict: the one live announcer, else (all ended) the most recently seen. A local
+        pipeline wins locally: a local NAME hides the remote NAME and its replicas, local
+        replicas of NAME hide a remote plain NAME (remote replicas join them)."""
         skip = set(local_names)
+        local_plain = {n for n in skip if not is_replica(n)}
+        local_replicated = {pipeline_of(n) for n in skip if is_replica(n)}
         by_name: dict[str, list[Remote]] = {}
         for remote in self.remotes():
-            if remote.name not in skip:
-                by_name.setdefault(remote.name, []).append(remote)
+            pipeline = pipeline_of(remote.name)
+            if remote.name in skip or pipeline in local_plain:
+                continue
+            if remote.name == pipeline and pipeline in local_replicated:
+                continue
+            by_name.setdefault(remote.name, []).append(remote)
         resolved = {}
         for name, candidates in by_name.items():
             live = [r for r in candidates if not r.state.ended]
@@ -470,7 +496,32 @@ class Table:
                 resolved[name] = live[0]
             elif not live:
                 resolved[name] = max(candidates, key=lambda r: r.last_seen)
-        return resolved
+        return _one_kind(resolved)
+
+
+def _one_kind(resolved: dict[str, Remote]) -> dict[str, Remote]:
+    """Without the pipelines resolved both as one process (NAME) and as replicas (NAME#TAG-K)
+    while both are live (a conflict); when only one kind is live, that kind; when neither is,
+    the kind seen last."""
+    kinds: dict[str, tuple[list[Remote], list[Remote]]] = {}  # pipeline -> (plain, replicas)
+    for name, remote in resolved.items():
+        plain, replicas = kinds.setdefault(pipeline_of(name), ([], []))
+        (replicas if is_replica(name) else plain).append(remote)
+    for plain, replicas in kinds.values():
+        if not plain or not replicas:
+            continue
+        plain_live = any(not r.state.ended for r in plain)
+        replicas_live = any(not r.state.ended for r in replicas)
+        if plain_live and replicas_live:
+            dropped = plain + replicas
+        elif plain_live or replicas_live:
+            dropped = replicas if plain_live else plain
+        else:
+            latest = max(plain + replicas, key=lambda r: r.last_seen)
+            dropped = replicas if latest in plain else plain
+        for remote in dropped:
+            del resolved[remote.name]
+    return resolved
 
 
 def _assemble(beacon: Beacon, known: Peer | None, now: float) -> Peer:
@@ -539,7 +590,9 @@ _WORST_ENTRY = Entry("", "tcp://255.255.255.255:65535", WorkerState.WAITING_FOR_
 BEACON_OVERHEAD_BYTES = 1024
 
 
-def announced_bytes(names: Sequence[str]) -> int:
-    """How large a beacon announcing `names` can grow (what config validation checks)."""
-    entries = [_entry_json(replace(_WORST_ENTRY, name=name)) for name in names]
-    return BEACON_OVERHEAD_BYTES + len(json.dumps(entries, separators=(",", ":")))
+def announced_bytes(entries: Sequence[Entry]) -> int:
+    """How large a beacon announcing these entries (their names, ordered and partition_by)
+    can grow (what config validation checks)."""
+    worst = [_entry_json(replace(_WORST_ENTRY, name=e.name, ordered=e.ordered,
+                                 partition_by=e.partition_by)) for e in entries]  # fmt: skip
+    return BEACON_OVERHEAD_BYTES + len(json.dumps(worst, separators=(",", ":")))

@@ -14,6 +14,7 @@ from typing import NamedTuple
 from porch import logs
 from porch.directory import DirectoryEntry, Entry, Withdrawn
 from porch.discovery import Beacon, Conflict, Remote, Table
+from porch.names import is_replica, pipeline_of
 
 log = logs.get("porch.discovery")
 
@@ -86,12 +87,13 @@ class RemoteView:
 
     def _check_conflicts(self, local: Sequence[Entry], here: str) -> None:
         """Log each new conflict once, loudly, naming every host; and when it is resolved."""
-        current = {c.name: c.hosts for c in self.conflicts(local, here)}
-        for name, hosts in current.items():
-            if self._conflicts.get(name) != hosts:
-                log.error("duplicate_pipeline", pipeline=name, hosts=list(hosts),
-                          detail=f"pipeline {name!r} runs on {' and '.join(hosts)}; no data "
-                          "goes to a remote copy until only one is left")  # fmt: skip
+        found = self.conflicts(local, here)
+        current = {c.name: c.hosts for c in found}
+        for conflict in found:
+            if self._conflicts.get(conflict.name) != conflict.hosts:
+                log.error("duplicate_pipeline", pipeline=conflict.name, hosts=list(conflict.hosts),
+                          replicas_on=list(conflict.replicas_on),
+                          detail=conflict_detail(conflict))  # fmt: skip
         for name in set(self._conflicts) - set(current):
             log.warning("duplicate_pipeline_resolved", pipeline=name)
         self._conflicts = current
@@ -115,9 +117,14 @@ class RemoteView:
         targeted = {t for e in local for t in e.targets}
         for name in set(self._resolved) - set(resolved):
             log.info("remote_pipeline_withdrawn", pipeline=name, host=self._resolved[name].host)
-            # its host fell silent (not a conflict, not local now), and our workers send to it:
-            # remembered, so that status and the workers say it is unreachable, and since when
-            if name not in announced and name in targeted:
+            # its host fell silent (not a conflict, not local now), and our workers send to it
+            # (to its pipeline, for a replica): remembered, so that status and the workers say
+            # it is unreachable, and since when (senders hand a replica's unacknowledged
+            # values to the pipeline's other replicas)
+            last = self._resolved[name]
+            if is_replica(name) and last.final and last.state.ended:
+                continue  # a replica that ended for good (scaled away, stopped), then left
+            if name not in announced and pipeline_of(name) in targeted:
                 self.withdrawn[name] = Withdrawal(self._resolved[name], time.time())
         while len(self.withdrawn) > MAX_WITHDRAWN:
             del self.withdrawn[next(iter(self.withdrawn))]
@@ -130,12 +137,30 @@ class RemoteView:
             return {}
         gone = Withdrawn.WITHDRAWN
         found = {
-            name: DirectoryEntry(gone, None, w.remote.host, w.remote.instance, w.remote.key_id,
-                                 since=w.since)
-            for name, w in self.withdrawn.items()
+            name: DirectoryEntry(gone, None, r.host, r.instance, r.key_id, since=since,
+                                 ordered=r.ordered, partition_by=r.partition_by)
+            for name, (r, since) in self.withdrawn.items()
             if name not in local_names
         }  # fmt: skip
         for name, r in self.table.resolve(local_names).items():
             found[name] = DirectoryEntry(r.state, r.endpoint, r.host, r.instance, r.key_id,
-                                         r.targets, r.final)  # fmt: skip
+                                         r.targets, r.final, ordered=r.ordered,
+                                         partition_by=r.partition_by)  # fmt: skip
         return found
+
+
+def conflict_detail(conflict: Conflict) -> str:
+    """What a conflict means and what to do, for its log line."""
+    name, hosts = conflict.name, conflict.hosts
+    plain = [h for h in hosts if h not in conflict.replicas_on]
+    if conflict.replicas_on and plain:
+        return (
+            f"pipeline {name!r} runs as replicas on {' and '.join(conflict.replicas_on)} but as "
+            f'one process (no "replicas" in its config) on {" and ".join(plain)}; a '
+            'pipeline spread over several hosts needs the same config, with "replicas", on '
+            "each; no data goes to a remote copy until they agree"
+        )
+    return (
+        f"pipeline {name!r} runs on {' and '.join(hosts)}; no data goes to a remote copy "
+        'until only one is left (to run it on several hosts, give its config "replicas")'
+    )

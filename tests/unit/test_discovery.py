@@ -472,3 +472,110 @@ def test_bad_targets_or_final_are_refused(field: str, value: object) -> None:
     data = MAGIC + bytes((1, 0)) + json.dumps(body).encode()
     with pytest.raises(DiscoveryError, match=field):
         decode(data)
+
+
+# ---- issue 13: replicas of one pipeline on several hosts ---------------------------------
+
+
+def replicas(tag: str, *indexes: int, **kw: object) -> list[Entry]:
+    """Entries of replicas NAME#TAG-K of pipeline_a, as their supervisor announces them."""
+    return [replace(A, name=f"pipeline_a#{tag}-{k}", endpoint=f"tcp://10.0.0.1:{4000 + k}",
+                    **kw) for k in indexes]  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_replicas_on_several_hosts_are_all_resolved_and_no_conflict() -> None:
+    t = table()
+    t.merge(beacon("d1", *replicas("aaaaaa", 0, 1, ordered=True, partition_by="key")), now=0.0)
+    t.merge(beacon("d2", *replicas("bbbbbb", 0, 1), host="10.0.0.2"), now=0.0)
+
+    assert t.conflicts({"pipeline_a#cccccc-0": "running"}) == []
+    got = t.resolve(["pipeline_a#cccccc-0", "pipeline_a#cccccc-1"])
+    assert sorted(got) == ["pipeline_a#aaaaaa-0", "pipeline_a#aaaaaa-1", "pipeline_a#bbbbbb-0",
+                           "pipeline_a#bbbbbb-1"]  # fmt: skip
+    first = got["pipeline_a#aaaaaa-0"]
+    assert (first.ordered, first.partition_by, first.host) == (True, "key", "10.0.0.1")
+    assert (got["pipeline_a#bbbbbb-1"].ordered, got["pipeline_a#bbbbbb-1"].host) == (
+        False, "10.0.0.2")  # fmt: skip
+
+
+def test_one_process_on_one_host_and_replicas_on_another_conflict() -> None:
+    t = table()
+    t.merge(beacon("d1", A), now=0.0)  # plain pipeline_a
+    t.merge(beacon("d2", *replicas("bbbbbb", 0, 1), host="10.0.0.2", hostname="beta"), now=0.0)
+
+    (conflict,) = t.conflicts({})
+    assert conflict.name == "pipeline_a" and not conflict.local
+    assert [h.split()[:2] for h in conflict.hosts] == [["alpha", "10.0.0.1"], ["beta", "10.0.0.2"]]
+    assert len(conflict.replicas_on) == 1 and "10.0.0.2" in conflict.replicas_on[0]
+    assert t.resolve([]) == {}  # neither kind is handed to workers
+
+
+def test_local_kind_wins_locally_against_the_other_kind_but_is_reported() -> None:
+    t = table()
+    t.merge(beacon("d1", A), now=0.0)
+    t.merge(beacon("d2", *replicas("bbbbbb", 0), host="10.0.0.2"), now=0.0)
+
+    here_plain = t.conflicts({"pipeline_a": "running"}, here="me")
+    assert [(c.name, c.hosts[0], c.local) for c in here_plain] == [("pipeline_a", "me", True)]
+    assert t.resolve(["pipeline_a"]) == {}  # a local NAME hides the remote replicas too
+    here_replicas = t.conflicts({"pipeline_a#cccccc-0": "running"}, here="me")
+    assert here_replicas[0].replicas_on[0] == "me" and here_replicas[0].local
+    # local replicas hide the remote plain one (ours is the kind used here); the remote
+    # replicas join the local ones
+    assert list(t.resolve(["pipeline_a#cccccc-0"])) == ["pipeline_a#bbbbbb-0"]
+
+
+def test_an_ended_kind_gives_way_to_the_live_one() -> None:
+    t = table()
+    t.merge(beacon("d1", replace(A, state="finished")), now=0.0)
+    t.merge(beacon("d2", *replicas("bbbbbb", 0), host="10.0.0.2"), now=1.0)
+    assert t.conflicts({}) == [] and list(t.resolve([])) == ["pipeline_a#bbbbbb-0"]
+    assert t.conflicts({"pipeline_a": "finished"}) == []
+
+    t.merge(beacon("d2", *replicas("bbbbbb", 0, state="stopped"), host="10.0.0.2", seq=2),
+            now=2.0)  # fmt: skip
+    assert list(t.resolve([])) == ["pipeline_a#bbbbbb-0"]  # all ended: the latest kind
+    t.merge(beacon("d1", A, seq=2), now=3.0)
+    assert list(t.resolve([])) == ["pipeline_a"]
+
+
+def test_one_replica_name_on_two_hosts_is_a_conflict() -> None:
+    t = table()
+    t.merge(beacon("d1", *replicas("aaaaaa", 0, 1)), now=0.0)
+    t.merge(beacon("d2", *replicas("aaaaaa", 1), host="10.0.0.2"), now=0.0)
+    (conflict,) = t.conflicts({})
+    assert conflict.name == "pipeline_a" and len(conflict.hosts) == 2
+    assert list(t.resolve([])) == ["pipeline_a#aaaaaa-0"]
+
+
+def test_replica_entries_round_trip_in_beacons() -> None:
+    sent = beacon("d1", *replicas("aaaaaa", 0, ordered=True, partition_by="user"))
+    (entry,) = decode(encode(sent)).entries
+    assert (entry.name, entry.ordered, entry.partition_by) == ("pipeline_a#aaaaaa-0", True, "user")
+
+
+def test_the_config_check_counts_each_replica_in_the_beacon() -> None:
+    from porch.config import PipelineConfig, check_graph
+
+    def config(name: str, replicas: int) -> PipelineConfig:
+        return PipelineConfig(name=name, scripts=(), path=Path(f"/c/{name}.json"),
+                              replicas=replicas, replicated=True, partition_by="user")  # fmt: skip
+
+    assert check_graph([config(f"stage_{i}", 64) for i in range(60)]) == []  # 3,840 entries
+    (problem,) = check_graph([config(f"stage_{i}", 64) for i in range(65)])  # 4,160
+    assert str(problem).startswith("/c/stage_64.json: name: warning: 4160 pipelines (each "
+                                   "replica counts) under one supervisor"), problem  # fmt: skip
+
+
+@pytest.mark.parametrize("field", ["u" * 256, "user\x00"])
+def test_a_partition_field_beacons_cannot_carry_is_refused(tmp_path: Path, field: str) -> None:
+    from porch.config import check_config
+
+    (tmp_path / "s.py").write_text("def step(x):\n    return x\n")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"name": "stage", "scripts": ["s.py"], "replicas": 2,
+                                "partition_by": field}))  # fmt: skip
+    config, problems = check_config(path)
+    assert config is None
+    (problem,) = problems
+    assert problem.field == "partition_by" and "at most 255 printable" in problem.message

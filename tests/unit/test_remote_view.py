@@ -99,3 +99,64 @@ def test_a_conflict_is_logged_once_and_its_end_too() -> None:
         view.changed([], "here")
     assert [e["event"] for e in events if "duplicate" in e["event"]] == [
         "duplicate_pipeline", "duplicate_pipeline_resolved"]  # fmt: skip
+
+
+# ---- issue 13: replicas across hosts -----------------------------------------------------
+
+B_REPLICAS = [Entry(f"stage_b#bbbbbb-{k}", f"tcp://10.0.0.2:{4000 + k}", WorkerState.RUNNING,
+                    1, targets=("sink_c",), ordered=True, partition_by="key")
+              for k in (0, 1)]  # fmt: skip
+SENDER = [Entry("source_a", "tcp://127.0.0.1:5000", WorkerState.RUNNING, targets=("stage_b",)),
+          Entry("stage_b#aaaaaa-0", "tcp://127.0.0.1:5001", WorkerState.RUNNING,
+                targets=("sink_c",))]  # fmt: skip
+
+
+def test_remote_replicas_join_the_directory_with_their_config() -> None:
+    view = warm_view()
+    view.merge(beacon("d2", *B_REPLICAS), now=1.0)
+    got = view.directory([e.name for e in SENDER])
+    assert sorted(got) == ["stage_b#bbbbbb-0", "stage_b#bbbbbb-1"]
+    entry = got["stage_b#bbbbbb-1"]
+    assert (entry.endpoint, entry.host, entry.targets, entry.ordered, entry.partition_by) == (
+        "tcp://10.0.0.2:4001", "10.0.0.2", ("sink_c",), True, "key")  # fmt: skip
+    assert view.conflicts(SENDER, "here") == []
+
+
+def test_replicas_of_a_targeted_pipeline_are_withdrawn_when_their_host_falls_silent() -> None:
+    view = warm_view()
+    view.merge(beacon("d2", *B_REPLICAS), now=1.0)
+    view.changed(SENDER, "here")
+    view.expire(1.0 + EXPIRY_S + 0.1)
+    view.changed(SENDER, "here")
+
+    got = view.directory([e.name for e in SENDER])
+    assert sorted(got) == ["stage_b#bbbbbb-0", "stage_b#bbbbbb-1"]
+    assert all(e.state is Withdrawn.WITHDRAWN and e.endpoint is None for e in got.values())
+    assert got["stage_b#bbbbbb-0"].partition_by == "key"  # senders still know what it was
+
+
+def test_a_replica_that_ended_for_good_then_left_is_not_withdrawn() -> None:
+    view = warm_view()
+    view.merge(beacon("d2", *B_REPLICAS), now=1.0)
+    view.changed(SENDER, "here")
+    stopped = replace(B_REPLICAS[1], state=WorkerState.STOPPED, final=True)
+    view.merge(beacon("d2", B_REPLICAS[0], stopped, seq=2), now=1.5)
+    view.changed(SENDER, "here")
+    view.merge(beacon("d2", B_REPLICAS[0], seq=3), now=2.0)  # scaled away: no longer announced
+    view.changed(SENDER, "here")
+
+    assert list(view.directory([])) == ["stage_b#bbbbbb-0"] and view.withdrawn == {}
+
+
+def test_one_process_here_and_replicas_there_is_a_loud_conflict() -> None:
+    view = warm_view()
+    mine = [Entry("stage_b", "tcp://127.0.0.1:5000", WorkerState.RUNNING)]
+    with capture_logs() as events:
+        view.merge(beacon("d2", *B_REPLICAS), now=1.0)
+        view.changed(mine, "alpha 10.0.0.1")
+    (logged,) = [e for e in events if e["event"] == "duplicate_pipeline"]
+    assert logged["log_level"] == "error" and logged["pipeline"] == "stage_b"
+    assert logged["hosts"][0] == "alpha 10.0.0.1" and "10.0.0.2" in logged["hosts"][1]
+    assert "runs as replicas on beta 10.0.0.2" in logged["detail"], logged["detail"]
+    assert 'as one process (no "replicas" in its config) on alpha 10.0.0.1' in logged["detail"]
+    assert view.directory(["stage_b"]) == {}  # the local one wins here
