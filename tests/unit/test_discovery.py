@@ -561,8 +561,12 @@ def test_the_config_check_counts_each_replica_in_the_beacon() -> None:
         return PipelineConfig(name=name, scripts=(), path=Path(f"/c/{name}.json"),
                               replicas=replicas, replicated=True, partition_by="user")  # fmt: skip
 
-    assert check_graph([config(f"stage_{i}", 64) for i in range(60)]) == []  # 3,840 entries
-    (problem,) = check_graph([config(f"stage_{i}", 64) for i in range(65)])  # 4,160
+    def beacon_problems(count: int) -> list[object]:
+        return [p for p in check_graph([config(f"stage_{i}", 64) for i in range(count)])
+                if p.field == "name"]  # fmt: skip
+
+    assert beacon_problems(60) == []  # 3,840 entries
+    (problem,) = beacon_problems(65)  # 4,160
     assert str(problem).startswith("/c/stage_64.json: name: warning: 4160 pipelines (each "
                                    "replica counts) under one supervisor"), problem  # fmt: skip
 
