@@ -1,11 +1,15 @@
-"""Render the pipeline graph (`porchctl graph`) as Mermaid, Graphviz DOT or JSON."""
+"""Render the pipeline graph (`porchctl graph`) as Mermaid, Graphviz DOT or JSON.
+
+A replicated pipeline is one node (its name, the state derived from its replicas' and how many
+are in which state); its replica processes are listed in the node, not drawn as nodes.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 FORMATS = ("mermaid", "dot", "json")
 UNKNOWN = "unknown"
@@ -33,22 +37,43 @@ COLORS = {
 
 
 @dataclass(frozen=True)
+class Replica:
+    """One replica process (NAME#TAG-K) of a replicated pipeline's node."""
+
+    name: str
+    state: str
+    host: str = "local"
+
+
+@dataclass(frozen=True)
 class Node:
-    """One pipeline in the graph: its state and the pipelines it sends to."""
+    """One pipeline in the graph: its state and the pipelines it sends to (and, when it runs
+    as replicas, each replica process)."""
 
     name: str
     state: str
     targets: tuple[str, ...]
     host: str = "local"
+    replicas: tuple[Replica, ...] = ()
+
+
+class ReplicaJson(TypedDict):
+    """A replica of a node in `--format json`."""
+
+    name: str
+    state: str
+    host: str
 
 
 class NodeJson(TypedDict):
-    """A node in `--format json` (and porchd's `graph` reply)."""
+    """A node in `--format json` (and porchd's `graph` reply); `replicas` only for a
+    replicated pipeline."""
 
     name: str
     state: str
     host: str
     targets: list[str]
+    replicas: NotRequired[list[ReplicaJson]]
 
 
 EdgeJson = TypedDict("EdgeJson", {"from": str, "to": str})
@@ -72,13 +97,40 @@ def from_result(result: Mapping[str, object]) -> list[Node]:
 def _node(raw: object) -> Node:
     if not isinstance(raw, dict) or "name" not in raw:
         raise ValueError(f"graph reply: a node without a name: {str(raw)[:80]}")
-    targets = raw.get("targets", ())
+    targets, replicas = raw.get("targets", ()), raw.get("replicas", ())
     return Node(
         name=str(raw["name"]),
         state=str(raw.get("state", "")),
         targets=tuple(str(t) for t in targets) if isinstance(targets, list | tuple) else (),
         host=str(raw.get("host", "local")),
+        replicas=tuple(
+            Replica(str(r.get("name", "?")), str(r.get("state", "")), str(r.get("host", "local")))
+            for r in (replicas if isinstance(replicas, list | tuple) else ())
+            if isinstance(r, dict)
+        ),
     )
+
+
+def replica_summary(node: Node) -> str:
+    """`3 replicas`, or `3 replicas: 2 running, 1 failed` when they are not all in the node's
+    state; "" for a pipeline that is not replicated."""
+    if not node.replicas:
+        return ""
+    states = [r.state for r in node.replicas]
+    total = f"{len(states)} replica" + ("s" if len(states) != 1 else "")
+    if all(state == node.state for state in states):
+        return total
+    counts = {state: states.count(state) for state in states}
+    return total + ": " + ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def _label_parts(node: Node) -> list[str]:
+    parts = [node.name, node.state]
+    if node.replicas:
+        parts.append(replica_summary(node))
+    if node.host and node.host != "local":
+        parts.append(node.host)
+    return parts
 
 
 def state_class(state: str) -> str:
@@ -125,10 +177,7 @@ def _mermaid_text(text: str) -> str:
 
 
 def _mermaid_label(node: Node) -> str:
-    parts = [node.name, node.state]
-    if node.host and node.host != "local":
-        parts.append(node.host)
-    return "<br/>".join(_mermaid_text(part) for part in parts)
+    return "<br/>".join(_mermaid_text(part) for part in _label_parts(node))
 
 
 def _mermaid(real: Sequence[Node], missing: Sequence[Node]) -> str:
@@ -159,9 +208,7 @@ def _dot_quote(text: str) -> str:
 
 def _dot_node(node: Node, placeholder: bool) -> str:
     fill, stroke = COLORS[state_class(node.state)]
-    parts = [node.name, node.state]
-    if node.host and node.host != "local":
-        parts.append(node.host)
+    parts = _label_parts(node)
     # The "\n" inside a DOT label is DOT's own line break, so join after quoting each part.
     label = "\\n".join(_dot_quote(part)[1:-1] for part in parts)
     style = "rounded,dashed" if placeholder else "rounded,filled"
@@ -193,13 +240,18 @@ def to_dict(nodes: Sequence[Node]) -> GraphJson:
 
 def _data(real: Sequence[Node]) -> GraphJson:
     # Only real pipelines are nodes (so the JSON round-trips); an edge may point at a missing one.
-    return {
-        "nodes": [
-            {"name": n.name, "state": n.state, "host": n.host, "targets": list(n.targets)}
-            for n in real
-        ],
-        "edges": [{"from": a, "to": b} for a, b in _edges(real)],
-    }
+    return {"nodes": [node_json(n) for n in real],
+            "edges": [{"from": a, "to": b} for a, b in _edges(real)]}  # fmt: skip
+
+
+def node_json(node: Node) -> NodeJson:
+    """One node as `--format json` and porchd's `graph` reply write it."""
+    data: NodeJson = {"name": node.name, "state": node.state, "host": node.host,
+                      "targets": list(node.targets)}  # fmt: skip
+    if node.replicas:
+        data["replicas"] = [{"name": r.name, "state": r.state, "host": r.host}
+                            for r in node.replicas]  # fmt: skip
+    return data
 
 
 def _json(real: Sequence[Node], missing: Sequence[Node]) -> str:

@@ -4,6 +4,11 @@ The collector never touches the supervisor: it turns the last snapshot (the `sta
 that `porchctl status --json` prints, plus each pipeline's step-duration histogram when its
 worker reports one) into metric families at scrape time, so a scrape from the HTTP thread
 needs no lock.
+
+A pipeline's series are labelled `pipeline="NAME"`. A replicated pipeline (config `replicas`)
+has a series per replica process instead, labelled `pipeline="NAME", replica="K"` (its index
+on this host: porch/names.py), so `sum by (pipeline)` gives its totals without counting them
+twice, and `porch_pipeline_replicas` says how many replica processes it has.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from porch.control import WorkerState
 from porch.health import COUNTER_INFO
+from porch.names import is_replica, pipeline_of, replica_index
 from porch.status import PipelineStatus, Snapshot, StatusReport
 
 # (metric name without porch_ and _total, status field, help): counters per pipeline, the
@@ -56,6 +62,9 @@ DISCOVERY_COUNTERS = (
 )  # fmt: skip
 
 STATES = tuple(state.value for state in WorkerState)
+# Label names of the per-pipeline families. add_metric pairs them with the values it is given,
+# so a pipeline that is not replicated gives only its name and its series keep their labels.
+PIPELINE_LABELS = ["pipeline", "replica"]
 # the snapshot porchd publishes, or its JSON form {"status", "graph", "steps"}
 Readable = Snapshot | Mapping[str, object]
 
@@ -75,36 +84,68 @@ class SnapshotCollector(Collector):
         status = snapshot.status
         yield from pipeline_metrics(status.pipelines)
         yield state_metric(status.pipelines)
+        yield from replicas_metric(status.pipelines)
         yield from step_metrics(snapshot.steps)
         yield from daemon_metrics(status)
 
 
 def pipeline_metrics(pipelines: Sequence[PipelineStatus]) -> Iterator[Metric]:
-    """The per-pipeline counters and gauges; a gauge without a value (no process) is left out."""
+    """The per-pipeline counters and gauges (per replica for a replicated pipeline); a gauge
+    without a value (no process) is left out."""
+    series = [(labels(p.name), p) for p in processes(pipelines)]
     for name, key, text in PIPELINE_COUNTERS:
-        counter = CounterMetricFamily(f"porch_{name}", text, labels=["pipeline"])
-        for p in pipelines:
-            counter.add_metric([p.name], float(p.number(key) or 0))
+        counter = CounterMetricFamily(f"porch_{name}", text, labels=PIPELINE_LABELS)
+        for label, p in series:
+            counter.add_metric(label, float(p.number(key) or 0))
         yield counter
     for name, key, text in PIPELINE_GAUGES:
-        gauge = GaugeMetricFamily(f"porch_{name}", text, labels=["pipeline"])
-        for p in pipelines:
+        gauge = GaugeMetricFamily(f"porch_{name}", text, labels=PIPELINE_LABELS)
+        for label, p in series:
             value = p.number(key)
             if value is not None:
-                gauge.add_metric([p.name], float(value))
+                gauge.add_metric(label, float(value))
         yield gauge
 
 
+def processes(pipelines: Sequence[PipelineStatus]) -> list[PipelineStatus]:
+    """Each pipeline, or each replica of a replicated one: what has a series of its own."""
+    return [r for p in pipelines for r in p.replicas or (p,)]
+
+
+def labels(process_name: str) -> list[str]:
+    """The label values of a process: [pipeline], or [pipeline, replica index] for a replica
+    (its whole name when the name has no index)."""
+    if not is_replica(process_name):
+        return [process_name]
+    index = replica_index(process_name)
+    return [pipeline_of(process_name), process_name if index is None else str(index)]
+
+
 def state_metric(pipelines: Sequence[PipelineStatus]) -> Metric:
-    """porch_pipeline_state: 1 for each pipeline's current state, 0 for the others."""
+    """porch_pipeline_state: 1 for each pipeline's (replica's) current state, 0 for the others."""
     gauge = GaugeMetricFamily(
         "porch_pipeline_state", "Current state of each pipeline (1) among all states (0).",
-        labels=["pipeline", "state"],
+        labels=["pipeline", "state", "replica"],
     )  # fmt: skip
-    for p in pipelines:
+    for p in processes(pipelines):
+        name, *replica = labels(p.name)
         for state in STATES:
-            gauge.add_metric([p.name, state], 1.0 if p.state == state else 0.0)
+            gauge.add_metric([name, state, *replica], 1.0 if p.state == state else 0.0)
     return gauge
+
+
+def replicas_metric(pipelines: Sequence[PipelineStatus]) -> Iterator[Metric]:
+    """porch_pipeline_replicas: the replica processes of each replicated pipeline."""
+    gauge = GaugeMetricFamily(
+        "porch_pipeline_replicas",
+        "Replica processes of a replicated pipeline (config `replicas`) on this host.",
+        labels=["pipeline"],
+    )
+    for p in pipelines:
+        if p.replicas:
+            gauge.add_metric([p.name], float(len(p.replicas)))
+    if gauge.samples:
+        yield gauge
 
 
 def step_metrics(steps: Mapping[str, Mapping[str, object]]) -> Iterator[Metric]:
@@ -112,13 +153,13 @@ def step_metrics(steps: Mapping[str, Mapping[str, object]]) -> Iterator[Metric]:
     family = HistogramMetricFamily(
         "porch_step_duration_seconds",
         "Duration of one iteration (all of the pipeline's step() calls).",
-        labels=["pipeline"],
+        labels=PIPELINE_LABELS,
     )
     for name, report in steps.items():
         histogram = step_histogram(report)
         if histogram is not None:
             buckets, total_s = histogram
-            family.add_metric([name], buckets, total_s)
+            family.add_metric(labels(name), buckets, total_s)
     if family.samples:
         yield family
 

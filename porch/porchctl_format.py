@@ -2,6 +2,7 @@
 
 The `status` reply is read as a typed StatusReport (porch/status.py); each function also takes
 the reply as porchd sent it (JSON), decoding it once. `porchctl top` shares `error_text`.
+A replicated pipeline is one row of totals with a row per replica process under it.
 """
 
 from __future__ import annotations
@@ -65,14 +66,32 @@ def _one_line(text: str) -> str:
 
 def _state(pipeline: PipelineStatus) -> str:
     """The state, and whether a target is unreachable (it is `running`, but cannot send)."""
+    state = pipeline.state + replica_count(pipeline)
     if any(t.state == LinkState.UNREACHABLE for t in pipeline.targets):
-        return f"{pipeline.state}, target unreachable"
-    return pipeline.state
+        return f"{state}, target unreachable"
+    return state
 
 
-def _row(p: PipelineStatus) -> list[str]:
+def replica_count(pipeline: PipelineStatus) -> str:
+    """` (3 replicas)`, or ` (2/3 replicas)` when only 2 are in the pipeline's state; "" for a
+    pipeline that is not replicated."""
+    total = len(pipeline.replicas)
+    if not total:
+        return ""
+    same = sum(r.state == pipeline.state for r in pipeline.replicas)
+    return f" ({total} replicas)" if same == total else f" ({same}/{total} replicas)"
+
+
+def _rows(p: PipelineStatus) -> list[list[str]]:
+    """A pipeline's row; a replicated one's with its errors left to a row per replica under it."""
+    if not p.replicas:
+        return [_row(p)]
+    return [[*_row(p)[:-1], "-"], *(_row(r, "  ") for r in p.replicas)]
+
+
+def _row(p: PipelineStatus, indent: str = "") -> list[str]:
     return [
-        p.name,
+        indent + p.name,
         _number(p.process.pid),
         _state(p),
         human_duration(p.process.uptime_s),
@@ -112,7 +131,7 @@ def _truncate(text: str, width: int) -> str:
 
 def format_status(result: Status, width: int | None = None) -> str:
     """The `status` result as a table sized to its content; LAST ERROR is cut to `width`."""
-    rows = [list(HEADERS), *(_row(p) for p in read(result).pipelines)]
+    rows = [list(HEADERS), *(row for p in read(result).pipelines for row in _rows(p))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS) - 1)]
     if width is not None:
         room = max(MIN_ERROR_WIDTH, width - sum(widths) - 2 * len(widths))
@@ -126,7 +145,8 @@ def format_targets(result: Status, now: float | None = None) -> str:
     there is none. (A target not found yet is in the pipeline's warning.)"""
     now = time.time() if now is None else now
     lines = []
-    for pipeline in read(result).pipelines:
+    processes = [r for p in read(result).pipelines for r in p.replicas or (p,)]
+    for pipeline in processes:
         for target in pipeline.targets:
             if target.state not in TARGET_TROUBLE:
                 continue

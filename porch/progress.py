@@ -3,7 +3,9 @@
 The footer lives in the bottom lines of the terminal, outside a scroll region (DECSTBM, as apt
 draws its progress bar): every `NAME | line` and every message of porch's own scrolls above it
 and can never be overwritten or erased by a redraw. The summary goes to stderr: a table on a
-terminal, one short line per pipeline otherwise.
+terminal, one short line per pipeline otherwise. A replicated pipeline is one line of totals
+(`hash (2 replicas)`); the summary table lists its replicas under it, the short summary says how
+its items split between them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from porch.names import pipeline_of
+from porch.status import derived_state
 from porch.supervisor import Supervisor
 from porch.worker_handle import WorkerHandle
 
@@ -38,6 +42,13 @@ class Row:
     error: str = ""
     warning: str = ""  # what kept it from making progress (a missing target...)
     problems: str = ""  # dead-lettered, dropped... counts worth a look
+    counts: tuple[int, ...] = ()  # the TROUBLE_COUNTERS that `problems` says
+    replicas: tuple[Row, ...] = ()  # a replicated pipeline's: this row is their totals
+
+    @property
+    def label(self) -> str:
+        """The name, with how many replicas run it: `hash (2 replicas)`."""
+        return f"{self.name} ({len(self.replicas)} replicas)" if self.replicas else self.name
 
     @property
     def average_per_s(self) -> float:
@@ -59,7 +70,49 @@ def row_of(handle: WorkerHandle, now: float, reported: bool = False) -> Row:
         rate_per_s=handle.health.rate_per_s if handle.alive else 0.0,
         error=handle.last_error.splitlines()[0] if handle.last_error and not reported else "",
         warning=health.warning,
-        problems=", ".join(f"{n} {what}" for n, what in counts if n),
+        problems=_problems([n for n, _ in counts]),
+        counts=tuple(n for n, _ in counts),
+    )
+
+
+def _problems(counts: Sequence[int]) -> str:
+    pairs = zip(counts, TROUBLE_COUNTERS, strict=True)
+    return ", ".join(f"{n} {what}" for n, (_, what) in pairs if n)
+
+
+def grouped(rows: Sequence[Row]) -> list[Row]:
+    """One row per pipeline: a replicated pipeline's replicas (NAME#TAG-K) become one row of
+    their totals where the first of them was, with their own rows in it."""
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(pipeline_of(row.name), []).append(row)
+    result = []
+    for name, members in groups.items():
+        result += [r for r in members if r.name == name]
+        replicas = tuple(r for r in members if r.name != name)
+        if replicas:
+            result.append(replicated(name, replicas))
+    return result
+
+
+def replicated(name: str, replicas: tuple[Row, ...]) -> Row:
+    """Pipeline `name`'s row from its replicas': totals, the state derived from theirs, the
+    first error and warning (naming the replica)."""
+    counts = tuple(
+        sum(r.counts[i] for r in replicas if r.counts) for i in range(len(TROUBLE_COUNTERS))
+    )
+    failed = next((r for r in replicas if r.error), None)
+    return Row(
+        name=name,
+        state=derived_state(r.state for r in replicas),
+        items=sum(r.items for r in replicas),
+        elapsed_s=max(r.elapsed_s for r in replicas),
+        rate_per_s=sum(r.rate_per_s for r in replicas),
+        error=f"{failed.name}: {failed.error}" if failed else "",
+        warning=next((r.warning for r in replicas if r.warning), ""),
+        problems=_problems(counts),
+        counts=counts,
+        replicas=replicas,
     )
 
 
@@ -72,9 +125,9 @@ def clock(seconds: float) -> str:
 
 def footer_lines(rows: Sequence[Row], height: int, width: int) -> list[str]:
     """At most `height` lines, one per pipeline (the last one sums up the rest)."""
-    name_w = max((len(r.name) for r in rows), default=0)
+    name_w = max((len(r.label) for r in rows), default=0)
     lines = [
-        f"{r.name.ljust(name_w)}  {r.state:<19} {r.items:>9,} items  {r.rate_per_s:>8.1f}/s  "
+        f"{r.label.ljust(name_w)}  {r.state:<19} {r.items:>9,} items  {r.rate_per_s:>8.1f}/s  "
         f"{clock(r.elapsed_s):>7}" + (f"  {r.error or r.warning}" if r.error or r.warning else "")
         for r in rows
     ]
@@ -92,14 +145,13 @@ def summary_lines(rows: Sequence[Row], total_s: float, table: bool) -> list[str]
     if not table:
         return [
             f"porch: {r.name}: {r.state}, {r.items} items in {r.elapsed_s:.1f} s "
-            f"({r.average_per_s:.1f}/s)" + _trouble(r, ", ")
+            f"({r.average_per_s:.1f}/s)" + _split(r) + _trouble(r, ", ")
             for r in rows
         ]
-    cells = [["PIPELINE", "STATE", "ITEMS", "TIME", "RATE", "ERRORS"]] + [
-        [r.name, r.state, f"{r.items:,}", f"{r.elapsed_s:.1f}s", f"{r.average_per_s:.1f}/s",
-         _trouble(r, "") or "-"]
-        for r in rows
-    ]  # fmt: skip
+    cells = [["PIPELINE", "STATE", "ITEMS", "TIME", "RATE", "ERRORS"]]
+    for r in rows:
+        cells.append(_cells(r, "", _trouble(r, "") if not r.replicas else r.problems))
+        cells += [_cells(replica, "  ", _trouble(replica, "")) for replica in r.replicas]
     widths = [max(len(row[i]) for row in cells) for i in range(5)]
     right = (False, False, True, True, True)
     lines = [f"porch: summary after {total_s:.1f} s"]
@@ -109,6 +161,20 @@ def summary_lines(rows: Sequence[Row], total_s: float, table: bool) -> list[str]
         ]
         lines.append("  " + "  ".join([*fixed, row[5]]))
     return lines
+
+
+def _cells(r: Row, indent: str, trouble: str) -> list[str]:
+    return [indent + r.label, r.state, f"{r.items:,}", f"{r.elapsed_s:.1f}s",
+            f"{r.average_per_s:.1f}/s", trouble or "-"]  # fmt: skip
+
+
+def _split(row: Row) -> str:
+    """How a replicated pipeline's items split between its replicas: `, 2 replicas (480 + 520
+    items)`."""
+    if not row.replicas:
+        return ""
+    items = " + ".join(str(r.items) for r in row.replicas)
+    return f", {len(row.replicas)} replicas ({items} items)"
 
 
 def _trouble(row: Row, lead: str) -> str:
@@ -141,7 +207,8 @@ class Progress:
         if self.supervisor is None:
             return []
         printed = set(self.supervisor.failed) if summary else set()
-        return [row_of(h, now, h.name in printed) for h in self.supervisor.workers.values()]
+        handles = self.supervisor.workers.values()
+        return grouped([row_of(h, now, h.name in printed) for h in handles])
 
     def tick(self, now: float) -> None:
         """Redraw the footer (at most every REDRAW_S)."""

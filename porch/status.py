@@ -8,16 +8,35 @@ sends a StatusReport. porchctl's tables (porch/porchctl_format.py), `porchctl to
 a new counter shows everywhere from its one line there. The JSON field names are
 docs/supervisor-contract.md's PIPELINE; a field a porchd of another version did not send
 decodes as unknown (None), shown as "-".
+
+A replicated pipeline (config key `replicas`) is one PipelineStatus too: its figures are the
+totals of its replica processes and its state is derived from theirs (`replicated`), and
+`replicas` holds one PipelineStatus per process (named NAME#TAG-K, porch/names.py). A pipeline
+that is not replicated has no `replicas` and reads exactly as before; so a reader that does not
+know `replicas` still sees each pipeline once, with its totals (STATUS_VERSION stays 1: the
+change only adds a field).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from porch.health import COUNTERS
+from porch.control import WorkerState
+from porch.health import COUNTERS, LinkState
+from porch.names import pipeline_of, replica_index, replica_tag
 
 STATUS_VERSION = 1  # sent as the reply's `status_version`; a reply without it reads the same
+
+# A replicated pipeline's state is the first of these that one of its replicas is in: running
+# while any replica runs; a failed replica before finished ones (it needs a look); a state this
+# version does not know after all of them.
+STATE_PRECEDENCE = tuple(
+    s.value
+    for s in (WorkerState.RUNNING, WorkerState.STARTING, WorkerState.WAITING_FOR_SOURCES,
+              WorkerState.BACKOFF, WorkerState.STOPPING, WorkerState.FAILED,
+              WorkerState.STOPPED, WorkerState.FINISHED)
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,44 @@ class PipelineStatus:
     restart_policy: str = ""
     config: str = ""
     daemon: DaemonFigures = DaemonFigures()
+    # a replicated pipeline's processes (NAME#TAG-K), each with its own figures; the fields
+    # above are then their totals (see `replicated`); () for a pipeline that is not replicated
+    replicas: tuple[PipelineStatus, ...] = ()
+
+    @classmethod
+    def replicated(cls, name: str, replicas: Sequence[PipelineStatus]) -> PipelineStatus:
+        """Pipeline `name` run as `replicas`: their totals and a state derived from theirs."""
+        ordered = tuple(sorted(replicas, key=_replica_order))
+        alive = [r.process for r in ordered if r.process.pid is not None]
+        first = ordered[0] if ordered else cls(name, "?")
+        return cls(
+            name=name,
+            state=derived_state(r.state for r in ordered),
+            process=ProcessStatus(None, _most(p.uptime_s for p in alive),
+                                  _sum(p.cpu_percent for p in alive),
+                                  _sum_int(p.rss_bytes for p in alive)),
+            counts={k: sum(r.counts.get(k, 0) for r in ordered)
+                    for k in COUNTERS if any(k in r.counts for r in ordered)},
+            queue_depth=_sum_int(r.queue_depth for r in ordered),
+            targets=merged_targets(t for r in ordered for t in r.targets),
+            rate_per_s=_sum(r.rate_per_s for r in ordered),
+            restarts=_sum_int(r.restarts for r in ordered),
+            error=_replica_error(ordered),
+            warning=next((r.warning for r in ordered if r.warning), ""),
+            restart_policy=first.restart_policy,
+            config=first.config,
+            daemon=DaemonFigures(_sum_int(r.daemon.log_lines_dropped for r in ordered),
+                                 _sum(r.daemon.msgs_in_per_s for r in ordered),
+                                 _sum(r.daemon.msgs_out_per_s for r in ordered)),
+            replicas=ordered,
+        )  # fmt: skip
+
+    def each_process(self, change: Callable[[PipelineStatus], PipelineStatus]) -> PipelineStatus:
+        """This status with `change` applied to each of its processes: to itself when it is not
+        replicated, else to each replica, with the totals taken again."""
+        if not self.replicas:
+            return change(self)
+        return PipelineStatus.replicated(self.name, [change(r) for r in self.replicas])
 
     def count(self, name: str) -> int | None:
         """One counter of COUNTERS (None: not reported)."""
@@ -124,6 +181,8 @@ class PipelineStatus:
             "restart_policy": self.restart_policy,
             "config": self.config,
         }
+        if self.replicas:
+            data["replicas"] = [r.encode() for r in self.replicas]
         figures = {"log_lines_dropped": daemon.log_lines_dropped,
                    "msgs_in_per_s": daemon.msgs_in_per_s,
                    "msgs_out_per_s": daemon.msgs_out_per_s}  # fmt: skip
@@ -153,7 +212,81 @@ class PipelineStatus:
             daemon=DaemonFigures(_int(data.get("log_lines_dropped")),
                                  _real(data.get("msgs_in_per_s")),
                                  _real(data.get("msgs_out_per_s"))),
+            replicas=tuple(replace(cls.decode(r), replicas=())
+                           for r in _objects(data.get("replicas"))),
         )  # fmt: skip
+
+
+def grouped(processes: Iterable[PipelineStatus]) -> list[PipelineStatus]:
+    """One status per pipeline from one per process: the replicas of a pipeline (NAME#TAG-K)
+    become one replicated PipelineStatus where its first replica was; the others stay as they
+    are."""
+    groups: dict[str, list[PipelineStatus]] = {}
+    for p in processes:
+        groups.setdefault(pipeline_of(p.name), []).append(p)
+    result = []
+    for name, members in groups.items():
+        plain = [p for p in members if p.name == name]
+        replicas = [p for p in members if p.name != name]
+        result += plain  # a plain pipeline beside replicas of its name (a conflict) stays apart
+        if replicas:
+            result.append(PipelineStatus.replicated(name, replicas))
+    return result
+
+
+def derived_state(states: Iterable[str]) -> str:
+    """A replicated pipeline's state from its replicas' (STATE_PRECEDENCE); "?" with none."""
+    found = list(states)
+    known = [s for s in STATE_PRECEDENCE if s in found]
+    return known[0] if known else (found[0] if found else "?")
+
+
+def merged_targets(targets: Iterable[TargetStatus]) -> tuple[TargetStatus, ...]:
+    """One target per name over several processes' links: the messages they hold summed, the
+    first state that is trouble (else the first), the earliest `since`."""
+    by_name: dict[str, list[TargetStatus]] = {}
+    for t in targets:
+        by_name.setdefault(t.name, []).append(t)
+    merged = []
+    for name, links in by_name.items():
+        bad = [t for t in links if t.state not in _FINE_LINKS] or links
+        since = [t.since for t in links if t.since is not None]
+        merged.append(TargetStatus(name, bad[0].state, min(since, default=None),
+                                   sum(t.held for t in links)))  # fmt: skip
+    return tuple(merged)
+
+
+_FINE_LINKS = frozenset((LinkState.CONNECTED, LinkState.CONNECTING, LinkState.FINISHED))
+
+
+def _replica_order(p: PipelineStatus) -> tuple[str, int, str]:
+    index = replica_index(p.name)
+    return (replica_tag(p.name) or "", -1 if index is None else index, p.name)
+
+
+def _replica_error(replicas: Sequence[PipelineStatus]) -> ErrorStatus:
+    """The error to show for the whole pipeline: one that keeps a replica down, else the most
+    recent; named by the replica it came from."""
+    errors = [r for r in replicas if r.error.text]
+    if not errors:
+        return ErrorStatus()
+    newest = min(errors, key=lambda r: (not r.error.current, r.error.age_s or 0.0))
+    error = newest.error
+    return ErrorStatus(f"{newest.name}: {error.text}", error.age_s, error.current)
+
+
+def _sum(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _sum_int(values: Iterable[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _most(values: Iterable[float | None]) -> float | None:
+    return max((v for v in values if v is not None), default=None)
 
 
 # the numeric fields by JSON name (PipelineStatus.number; counters are in `counts`)

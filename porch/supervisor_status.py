@@ -2,7 +2,9 @@
 
 The figures come from the pipeline's handle (its process, restart bookkeeping and its current
 worker's last HealthReport) and from psutil (CPU and RSS of its worker process). Counters are
-totals over every worker instance the pipeline has had (porch/health.py COUNTERS).
+totals over every worker instance the pipeline has had (porch/health.py COUNTERS). A handle is
+one worker process: the replicas of a replicated pipeline (NAME#TAG-K) are one handle each,
+and `statuses` shows them as one pipeline with its replicas under it (porch/status.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from porch.health import COUNTERS
-from porch.status import ErrorStatus, PipelineStatus, ProcessStatus, TargetStatus
+from porch.status import ErrorStatus, PipelineStatus, ProcessStatus, TargetStatus, grouped
 
 if TYPE_CHECKING:
     from porch.worker_handle import WorkerHandle
@@ -48,7 +50,8 @@ class UsageSampler:
 
 
 def status_of(handle: WorkerHandle, now: float, usage: UsageSampler) -> PipelineStatus:
-    """What `porchctl status` shows of one pipeline at `now` (monotonic s)."""
+    """What `porchctl status` shows of one worker process (a pipeline, or one replica of one)
+    at `now` (monotonic s)."""
     pid = handle.pid
     cpu, rss = usage.sample(pid)
     health = handle.health.report
@@ -77,7 +80,8 @@ def status_of(handle: WorkerHandle, now: float, usage: UsageSampler) -> Pipeline
 def statuses(
     handles: Iterable[WorkerHandle], now: float, usage: UsageSampler
 ) -> list[PipelineStatus]:
-    """Every pipeline's status, in the handles' order; forgets the usage of exited workers."""
-    result = [status_of(h, now, usage) for h in handles]
-    usage.keep_only(p.process.pid for p in result if p.process.pid is not None)
-    return result
+    """Every pipeline's status, in the handles' order, a replicated pipeline's replicas under
+    it; forgets the usage of exited workers."""
+    processes = [status_of(h, now, usage) for h in handles]
+    usage.keep_only(p.process.pid for p in processes if p.process.pid is not None)
+    return grouped(processes)

@@ -2,7 +2,8 @@
 
 The frame is built by pure functions (tested without a terminal); curses draws it every
 interval and restores the terminal on `q`, Ctrl+C or an error. Without a terminal, one frame is
-printed (like `top -b -n 1`).
+printed (like `top -b -n 1`). A replicated pipeline is a row of totals (its state with how many
+of its replicas are in it) and a row per replica under it (`  #TAG-K`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from porch.errors import ControlError
 from porch.graph import state_class
+from porch.names import REPLICA_MARK
 from porch.porchctl_format import error_text
 from porch.status import PipelineStatus, StatusReport, read
 
@@ -99,15 +101,31 @@ def frame(result: Status, width: int, now: str) -> list[tuple[str, str]]:
     lines = [(header_line(report, now)[:width], "header"), ("", "")]
     lines.append((format_row([c[0] for c in COLUMNS], width), "title"))
     for p in report.pipelines:
-        values = [_cell(p, field, fmt) for _, _, field, fmt in COLUMNS]
-        values[-1] = " ".join(error_text(p).split())
-        lines.append((format_row(values, width), state_class(p.state)))
+        lines += [(format_row(values, width), style) for values, style in _rows(p)]
     for r in report.remote:
         values = ["-"] * len(COLUMNS)
         values[0], values[1] = r.name, r.state
         values[-1] = f"remote: {r.hostname or r.host}"
         lines.append((format_row(values, width), "remote"))
     return lines
+
+
+def _rows(p: PipelineStatus) -> list[tuple[list[str], str]]:
+    """A pipeline's row (values, style); a replicated one's totals, then its replicas'."""
+    values = [_cell(p, field, fmt) for _, _, field, fmt in COLUMNS]
+    if not p.replicas:
+        values[-1] = " ".join(error_text(p).split())
+        return [(values, state_class(p.state))]
+    same = sum(r.state == p.state for r in p.replicas)
+    values[1], values[-1] = f"{p.state} {same}/{len(p.replicas)}", ""
+    rows = [(values, state_class(p.state))]
+    for r in p.replicas:
+        cells = [_cell(r, field, fmt) for _, _, field, fmt in COLUMNS]
+        mark = r.name.find(REPLICA_MARK)
+        cells[0] = "  " + (r.name[mark:] if mark >= 0 else r.name)
+        cells[-1] = " ".join(error_text(r).split())
+        rows.append((cells, state_class(r.state)))
+    return rows
 
 
 # ---- the terminal --------------------------------------------------------------------------
