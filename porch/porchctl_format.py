@@ -11,7 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 
 from porch.health import LinkState
-from porch.status import PipelineStatus, StatusReport, read
+from porch.names import is_replica, pipeline_of
+from porch.status import PipelineStatus, RemoteStatus, StatusReport, derived_state, read
 
 MIN_ERROR_WIDTH = 20
 
@@ -160,18 +161,32 @@ def format_targets(result: Status, now: float | None = None) -> str:
 
 
 def format_remote(result: Status) -> str:
-    """Remote pipelines (from discovery) as a second table; "" when there are none."""
+    """Remote pipelines (from discovery) as a second table; "" when there are none. Other
+    hosts' replicas of a pipeline (NAME#TAG-K) are listed under one row of that pipeline."""
     remote = read(result).remote
     if not remote:
         return ""
-    rows = [list(REMOTE_HEADERS)] + [
-        [r.name, r.host, r.state, r.endpoint or "-", f"{_number(r.last_seen_s, '.1f')}s ago",
-         "yes" if r.used else "no"]
-        for r in remote
-    ]  # fmt: skip
+    groups: dict[tuple[str, bool], list[RemoteStatus]] = {}
+    for r in remote:
+        groups.setdefault((pipeline_of(r.name), is_replica(r.name)), []).append(r)
+    rows = [list(REMOTE_HEADERS)]
+    for (name, replicated), members in groups.items():
+        if not replicated:
+            rows += [_remote_row(r) for r in members]
+            continue
+        hosts = ", ".join(dict.fromkeys(r.host for r in members))
+        rows.append([name, hosts, derived_state(r.state for r in members) +
+                     f" ({len(members)} replicas)", "-", "-",
+                     "yes" if any(r.used for r in members) else "no"])  # fmt: skip
+        rows += [_remote_row(r, "  ") for r in members]
     widths = [max(len(row[i]) for row in rows) for i in range(len(REMOTE_HEADERS))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)  # fmt: skip
+
+
+def _remote_row(r: RemoteStatus, indent: str = "") -> list[str]:
+    return [indent + r.name, r.host, r.state, r.endpoint or "-",
+            f"{_number(r.last_seen_s, '.1f')}s ago", "yes" if r.used else "no"]  # fmt: skip
 
 
 def format_discovery(result: Status) -> str:

@@ -1,5 +1,6 @@
 // porchd dashboard: polls /api/status and /api/graph every second and draws the pipeline
 // graph as plain SVG (layered: sources left, sinks right) plus a table of the same figures.
+// A replicated pipeline is one node and one row of totals, with a row per replica under it.
 "use strict";
 
 const REFRESH_MS = 1000;
@@ -180,7 +181,8 @@ function drawGraph(graph, status) {
       "stroke-dasharray": node ? "" : "5 4" }));
     g.append(el("text", { class: "name", x: 10, y: 19 }, name));
     const where = node && node.host !== "local" ? ` @ ${node.host}` : "";
-    g.append(el("text", { x: 10, y: 37 }, (node ? state : "not found") + where));
+    const copies = node && node.replicas ? ` · ×${node.replicas.length}` : "";
+    g.append(el("text", { x: 10, y: 37, "data-field": "state" }, (node ? state : "not found") + copies + where));
     if (local) {
       g.append(el("text", { x: 10, y: 56, "data-field": "iterations" },
         `iter ${local.iterations} · ${local.rate_per_s.toFixed(1)}/s · q ${local.queue_depth}`));
@@ -212,12 +214,12 @@ function cell(row, field, text) {
   return td;
 }
 
-function stateCell(row, state) {
+function stateCell(row, state, more) {
   const td = cell(row, "state", "");
   const dot = document.createElement("span");
   dot.className = "dot";
   dot.style.background = colorOf(state)[0];
-  td.append(dot, document.createTextNode(state));
+  td.append(dot, document.createTextNode(state + (more || "")));
 }
 
 // A recovered pipeline's old error is history, shown with its age; only a failed or
@@ -228,23 +230,38 @@ function errorText(p) {
   return duration(p.last_error_age_s) + " ago: " + p.last_error;
 }
 
+// " (3 replicas)", or " (2/3 replicas)" when only 2 are in the pipeline's state (as porchctl).
+function replicaCount(p) {
+  if (!p.replicas || !p.replicas.length) return "";
+  const same = p.replicas.filter((r) => r.state === p.state).length;
+  return same === p.replicas.length ? ` (${same} replicas)` : ` (${same}/${p.replicas.length} replicas)`;
+}
+
+function pipelineRow(p, replica) {
+  const tr = document.createElement("tr");
+  tr.dataset.name = p.name;
+  if (replica) tr.className = "replica";
+  cell(tr, "name", p.name); cell(tr, "host", "local"); stateCell(tr, p.state, replicaCount(p));
+  cell(tr, "pid", num(p.pid)); cell(tr, "uptime", duration(p.uptime_s));
+  cell(tr, "iterations", num(p.iterations)); cell(tr, "rate", num(p.rate_per_s, 1));
+  cell(tr, "msgs_in", num(p.msgs_in)); cell(tr, "msgs_in_per_s", num(p.msgs_in_per_s, 1));
+  cell(tr, "msgs_out", num(p.msgs_out)); cell(tr, "msgs_out_per_s", num(p.msgs_out_per_s, 1));
+  cell(tr, "queue_depth", num(p.queue_depth)); cell(tr, "cpu", num(p.cpu_percent, 1));
+  cell(tr, "rss", mib(p.rss_bytes)); cell(tr, "restarts", num(p.restarts));
+  cell(tr, "dropped", num(p.dropped)); cell(tr, "dead_letters", num(p.dead_letters));
+  // a replicated pipeline's errors are in its replicas' rows, right under it
+  const shown = p.replicas && p.replicas.length ? "" : errorText(p);
+  const error = cell(tr, "last_error", shown);
+  if (shown && !p.error_current) error.className = "past";
+  return tr;
+}
+
 function drawTable(status) {
   const body = document.querySelector("#pipelines tbody");
   const rows = [];
   for (const p of status.pipelines) {
-    const tr = document.createElement("tr");
-    tr.dataset.name = p.name;
-    cell(tr, "name", p.name); cell(tr, "host", "local"); stateCell(tr, p.state);
-    cell(tr, "pid", num(p.pid)); cell(tr, "uptime", duration(p.uptime_s));
-    cell(tr, "iterations", num(p.iterations)); cell(tr, "rate", num(p.rate_per_s, 1));
-    cell(tr, "msgs_in", num(p.msgs_in)); cell(tr, "msgs_in_per_s", num(p.msgs_in_per_s, 1));
-    cell(tr, "msgs_out", num(p.msgs_out)); cell(tr, "msgs_out_per_s", num(p.msgs_out_per_s, 1));
-    cell(tr, "queue_depth", num(p.queue_depth)); cell(tr, "cpu", num(p.cpu_percent, 1));
-    cell(tr, "rss", mib(p.rss_bytes)); cell(tr, "restarts", num(p.restarts));
-    cell(tr, "dropped", num(p.dropped)); cell(tr, "dead_letters", num(p.dead_letters));
-    const error = cell(tr, "last_error", errorText(p));
-    if (p.last_error && !p.error_current) error.className = "past";
-    rows.push(tr);
+    rows.push(pipelineRow(p, false));
+    for (const r of p.replicas || []) rows.push(pipelineRow(r, true));
   }
   for (const r of status.remote || []) {
     const tr = document.createElement("tr");
