@@ -4,8 +4,7 @@ The footer lives in the bottom lines of the terminal, outside a scroll region (D
 draws its progress bar): every `NAME | line` and every message of porch's own scrolls above it
 and can never be overwritten or erased by a redraw. The summary goes to stderr: a table on a
 terminal, one short line per pipeline otherwise. A replicated pipeline is one line of totals
-(`hash (2 replicas)`); the summary table lists its replicas under it, the short summary says how
-its items split between them.
+(`hash (2 replicas)`); the summary (table or lines) lists its replicas under it.
 """
 
 from __future__ import annotations
@@ -143,11 +142,7 @@ def footer_lines(rows: Sequence[Row], height: int, width: int) -> list[str]:
 def summary_lines(rows: Sequence[Row], total_s: float, table: bool) -> list[str]:
     """The end-of-run summary: a table, or one short line per pipeline."""
     if not table:
-        return [
-            f"porch: {r.name}: {r.state}, {r.items} items in {r.elapsed_s:.1f} s "
-            f"({r.average_per_s:.1f}/s)" + _split(r) + _trouble(r, ", ")
-            for r in rows
-        ]
+        return [line for r in rows for line in _short(r)]
     cells = [["PIPELINE", "STATE", "ITEMS", "TIME", "RATE", "ERRORS"]]
     for r in rows:
         cells.append(_cells(r, "", _trouble(r, "") if not r.replicas else r.problems))
@@ -168,13 +163,14 @@ def _cells(r: Row, indent: str, trouble: str) -> list[str]:
             f"{r.average_per_s:.1f}/s", trouble or "-"]  # fmt: skip
 
 
-def _split(row: Row) -> str:
-    """How a replicated pipeline's items split between its replicas: `, 2 replicas (480 + 520
-    items)`."""
-    if not row.replicas:
-        return ""
-    items = " + ".join(str(r.items) for r in row.replicas)
-    return f", {len(row.replicas)} replicas ({items} items)"
+def _short(row: Row, indent: str = "") -> list[str]:
+    """A pipeline's line; a replicated one's with its problems only, then a line per replica
+    (with its own error)."""
+    trouble = f", {row.problems}" if row.replicas and row.problems else _trouble(row, ", ")
+    count = f", {len(row.replicas)} replicas" if row.replicas else ""
+    line = (f"porch: {indent}{row.name}: {row.state}, {row.items} items in {row.elapsed_s:.1f} s "
+            f"({row.average_per_s:.1f}/s){count}{trouble}")  # fmt: skip
+    return [line, *(text for r in row.replicas for text in _short(r, "  "))]
 
 
 def _trouble(row: Row, lead: str) -> str:

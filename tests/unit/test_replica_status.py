@@ -257,10 +257,11 @@ def test_porch_run_shows_a_replicated_pipeline_once_and_its_replicas_in_the_summ
     assert [(r.label, r.state, r.items) for r in rows] == [
         ("source", "finished", 1000), ("hash (2 replicas)", "failed", 1000)]  # fmt: skip
     assert rows[1].problems == "3 dropped" and rows[1].error == f"{HASH1}: boom"
-    assert summary_lines(rows, 10.0, table=False)[1] == (
-        "porch: hash: failed, 1000 items in 10.0 s (100.0/s), 2 replicas (480 + 520 items), "
-        f"3 dropped; error: {HASH1}: boom"
-    )
+    assert summary_lines(rows, 10.0, table=False)[1:] == [
+        "porch: hash: failed, 1000 items in 10.0 s (100.0/s), 2 replicas, 3 dropped",
+        f"porch:   {HASH0}: finished, 480 items in 9.0 s (53.3/s)",
+        f"porch:   {HASH1}: failed, 520 items in 10.0 s (52.0/s), error: boom",
+    ]
     table = summary_lines(rows, 10.0, table=True)
     assert [line.split()[0] for line in table[2:]] == ["source", "hash", HASH0, HASH1]
     assert table[3].rstrip().endswith("3 dropped") and table[5].endswith("error: boom")
