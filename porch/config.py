@@ -21,6 +21,7 @@ from porch.control import WorkerState
 from porch.directory import Entry
 from porch.errors import ConfigError
 from porch.names import (
+    TAG_HEX_DIGITS,
     name_problem,
     name_warning,
     replica_name,
@@ -644,10 +645,10 @@ def _beacon_problems(configs: Sequence[PipelineConfig]) -> list[Problem]:
     other hosts' tables hold up to MAX_REMOTE_PIPELINES: more (or names too long) and other
     hosts would not see them all."""
 
-    # a replicated pipeline is announced as one entry per replica (NAME#TAG-K, TAG 6 hex)
+    # a replicated pipeline is announced as one entry per replica (NAME#TAG-K)
     entries = [
-        Entry(replica_name(c.name, "ffffff", k), None, WorkerState.RUNNING, ordered=c.ordered,
-              partition_by=c.partition_by)
+        Entry(replica_name(c.name, "f" * TAG_HEX_DIGITS, k), None, WorkerState.RUNNING,
+              ordered=c.ordered, partition_by=c.partition_by)
         if c.replicated else Entry(c.name, None, WorkerState.RUNNING)
         for c in configs
         for k in range(c.replicas if c.replicated else 1)
