@@ -1,0 +1,154 @@
+"""Replicas across hosts (issue 13): the same replicated config under porchd on two network
+namespace hosts is one pipeline whose replicas are all of theirs, and kill -9 of one host's
+porchd mid-stream loses nothing (what its replicas had not acknowledged goes to the others).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from porch.names import is_replica, pipeline_of
+from tests.integration.netns import Cluster, NetnsPorchd, StartIn, cluster, porchd_in
+
+__all__ = ["cluster", "porchd_in"]  # fixtures, imported so that pytest finds them here
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+WAIT_S = 30.0
+COUNT = 3000
+BEACON = ("--beacon-interval", "0.5")  # silent hosts still expire after 3 s (MIN_EXPIRY_S)
+
+SOURCE = """
+import time
+import porch
+n = 0
+def step():
+    global n
+    n += 1
+    time.sleep(0.001)  # a stream of a few seconds: the kill lands in the middle of it
+    if n == {count}:
+        porch.stop()
+    return n
+"""
+# Each replica says which host (its config's folder) and which process it is.
+STAGE = """
+import os
+where = os.path.basename(os.getcwd())
+def step(input_data):
+    return f"{where} {os.getpid()} {input_data['rx_src']}"
+"""
+SINK = """
+def step(input_data):
+    print("got", input_data["rx_mid"])
+"""
+
+
+def write(folder: Path, name: str, script: str, **config: object) -> str:
+    """NAME.json and NAME.py in `folder`; the config's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(script)
+    fields = {"name": name, "scripts": [f"{name}.py"], "source_pipeline_count": 0,
+              "target_pipeline_names": [], "restart_backoff_s": 0, **config}  # fmt: skip
+    (folder / f"{name}.json").write_text(json.dumps(fields))
+    return str(folder / f"{name}.json")
+
+
+def stage(folder: Path) -> str:
+    """The one replicated config both hosts run (the same file content)."""
+    return write(folder, "rx_mid", STAGE, replicas=2, source_pipeline_count=1,
+                 target_pipeline_names=["rx_sink"])  # fmt: skip
+
+
+def received(daemon: NetnsPorchd) -> list[tuple[str, int, int]]:
+    """What the sink printed: (host folder, replica pid, value) per line."""
+    found = []
+    for line in daemon.output("rx_sink"):
+        if line.startswith("got "):
+            where, pid, value = line.split()[1:]
+            found.append((where, int(pid), int(value)))
+    return found
+
+
+def status(daemon: NetnsPorchd) -> dict[str, Any] | None:
+    """`porchctl status --json`, None while porchd does not answer yet."""
+    done = daemon.ctl("status", "--json")
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def local_processes(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every local pipeline process in a status (replicas listed flat or under their NAME)."""
+    found = []
+    for row in report["pipelines"]:
+        found.append(row)
+        found.extend(row.get("replicas") or [])
+    return found
+
+
+def replica_rows(report: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
+    """The local replica processes of rx_mid, and the remote ones with their states
+    ("unused": known, but not handed to this host's workers)."""
+    local = {p["name"] for p in local_processes(report)
+             if is_replica(p["name"]) and pipeline_of(p["name"]) == "rx_mid"}  # fmt: skip
+    remote = {r["name"]: r["state"] if r["state"] == "withdrawn" or r["used"] else "unused"
+              for r in report["remote"] if pipeline_of(r["name"]) == "rx_mid"}  # fmt: skip
+    return local, remote
+
+
+def test_replicas_on_two_hosts_kill_9_of_one(
+    tmp_path: Path, cluster: Any, porchd_in: StartIn
+) -> None:
+    net: Cluster = cluster(2)
+    h1, h2 = net.hosts
+    d1 = porchd_in(h1, write(tmp_path / "h1", "rx_src", SOURCE.format(count=COUNT),
+                             target_pipeline_names=["rx_mid"]),
+                   stage(tmp_path / "h1"),
+                   write(tmp_path / "h1", "rx_sink", SINK, source_pipeline_count=1),
+                   name="d1", extra=BEACON)  # fmt: skip
+    d2 = porchd_in(h2, stage(tmp_path / "h2"), name="d2", extra=BEACON)
+
+    # One pipeline, 2 + 2 replicas: h1 lists its own two and h2's two, none in conflict.
+    def four() -> tuple[set[str], dict[str, str]] | None:
+        report = status(d1)
+        if report is None:
+            return None
+        local, remote = replica_rows(report)
+        used = [n for n, state in remote.items() if state not in ("withdrawn", "unused")]
+        return (local, remote) if len(local) == 2 and len(used) == 2 else None
+
+    local, remote = d1.wait_until(four, WAIT_S, "2 local and 2 remote replicas of rx_mid")
+    assert local.isdisjoint(remote), (local, remote)
+    assert d1.status()["daemon"]["discovery"]["conflicts"] == []
+
+    # Values go through the replicas of both hosts; then h2's porchd dies mid-stream.
+    def both_hosts() -> bool:
+        pids = {(where, pid) for where, pid, _ in received(d1)}
+        return {where for where, _ in pids} == {"h1", "h2"} and len(pids) == 4
+
+    d1.wait_until(both_hosts, WAIT_S, "output of all 4 replicas at the sink")
+    d2.kill()  # SIGKILL porchd; its workers die with it
+    at_kill = len(received(d1))
+    assert at_kill < COUNT * 0.8, f"the stream was over before the kill ({at_kill} values)"
+
+    def finished() -> bool:
+        report = status(d1)
+        return report is not None and all(
+            p["state"] == "finished" for p in local_processes(report) if p["name"] != "rx_mid"
+        )  # fmt: skip
+
+    d1.wait_until(finished, WAIT_S, "every pipeline on h1 finished")
+    got = Counter(value for _, _, value in received(d1))
+    missing = sorted(set(range(1, COUNT + 1)) - set(got))
+    duplicates = sum(got.values()) - len(got)
+    after = Counter(where for where, _, _ in received(d1)[at_kill:])
+    print(f"\n{COUNT} values, {at_kill} at the sink when h2 was killed; "
+          f"{duplicates} delivered twice; after the kill by host: {dict(after)}")  # fmt: skip
+    assert missing == [], f"{len(missing)} values lost, first {missing[:20]}"
+    assert set(got) == set(range(1, COUNT + 1))
+    _, remote = replica_rows(d1.status())
+    assert sorted(remote.values()) == ["withdrawn", "withdrawn"], remote
