@@ -6,7 +6,6 @@ porchd mid-stream loses nothing (what its replicas had not acknowledged goes to 
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
