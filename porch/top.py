@@ -2,8 +2,9 @@
 
 The frame is built by pure functions (tested without a terminal); curses draws it every
 interval and restores the terminal on `q`, Ctrl+C or an error. Without a terminal, one frame is
-printed (like `top -b -n 1`). A replicated pipeline is a row of totals (its state with how many
-of its replicas are in it) and a row per replica under it (`  #TAG-K`).
+printed (like `top -b -n 1`). A replicated pipeline is a row of totals (PID `2x`: its replica
+count; its state, with how many replicas are in it when not all) and a row per replica under it
+(`  #TAG-K`).
 """
 
 from __future__ import annotations
@@ -116,8 +117,10 @@ def _rows(p: PipelineStatus) -> list[tuple[list[str], str]]:
     if not p.replicas:
         values[-1] = " ".join(error_text(p).split())
         return [(values, state_class(p.state))]
-    same = sum(r.state == p.state for r in p.replicas)
-    values[1], values[-1] = f"{p.state} {same}/{len(p.replicas)}", ""
+    total, same = len(p.replicas), sum(r.state == p.state for r in p.replicas)
+    # no pid of its own: that column says how many replicas; the state, how many are in it
+    values[1] = p.state if same == total else f"{p.state} {same}/{total}"
+    values[2], values[-1] = f"{total}x", ""
     rows = [(values, state_class(p.state))]
     for r in p.replicas:
         cells = [_cell(r, field, fmt) for _, _, field, fmt in COLUMNS]

@@ -168,7 +168,7 @@ def test_other_hosts_replicas_are_listed_under_their_pipeline_in_the_remote_tabl
 def test_top_shows_the_totals_and_each_replica_by_its_tag() -> None:
     lines = top.frame(StatusReport(pipelines=tuple(assembled())), 200, "12:00:00")
     _, total, first, second = lines[3:]
-    assert total[0].split()[:3] == ["hash", "running", "1/2"] and total[1] == "running"
+    assert total[0].split()[:4] == ["hash", "running", "1/2", "2x"] and total[1] == "running"
     assert first[0].split()[:3] == [f"#{TAG}-0", "running", "107374~"]  # its pid, cut
     assert second[1] == "waiting" and second[0].endswith("ValueError: bad")  # backoff's colour
 
