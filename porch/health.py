@@ -58,6 +58,10 @@ class HealthReport:
         "Output links reopened (a dead connection, or a target rediscovered after a cut)."
     )
     unpaired: int = counter_field("Join values dropped: their partner was filtered out upstream.")
+    reorder_window_overflow: int = counter_field(
+        "Gaps in an ordered replicated source's values given up (window full, or a value "
+        "missing too long): the values after it were delivered out of order."
+    )
     queue_depth: int = 0  # a gauge: inputs waiting now
     state: str = ""  # the worker's WorkerState value when it sent the report
     warning: str = ""  # what keeps it from making progress, "" when nothing

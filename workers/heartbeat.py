@@ -81,7 +81,10 @@ class Heartbeat:
             duplicates=inbox.counters.duplicates if inbox is not None else 0,
             bad_frames=inbox.counters.bad_frames if inbox is not None else 0,
             unpaired=inbox.counters.unpaired if inbox is not None else 0,
-            queue_depth=inbox.fanin.depth() if inbox is not None else 0,
+            reorder_window_overflow=(
+                inbox.counters.reorder_window_overflow if inbox is not None else 0
+            ),
+            queue_depth=inbox.held() if inbox is not None else 0,
             # CURVE clients turned away: by the ZAP handler, or by another server key
             handshakes_rejected=denied + (inbox.link.handshakes_failed if inbox is not None else 0),
             dead_letters=self.dead_letters.count,

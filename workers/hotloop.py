@@ -140,7 +140,6 @@ class HotLoop:
         loop = self.loop
         step = self.step
         assert step is not None
-        source = inbox.sources[name]
         commit, dumps_one, clock = inbox.commit_one, self.dumps_one, time.perf_counter
         sends = bool(loop.outputs)
         items: list[bytes] = []
@@ -160,7 +159,7 @@ class HotLoop:
                 except (Exception, SystemExit) as exc:
                     self._emit(items, origins)
                     loop.step_failed(loop.host.failure(exc), inputs, origin)
-                    commit(source, seq, generation)
+                    commit(seq, generation)
                     continue
                 done += 1
             if not sends:
@@ -176,7 +175,7 @@ class HotLoop:
                 self._emit(items, origins)
                 done -= 1  # after_step counts it
                 loop.after_step(output, inputs, origin)
-            commit(source, seq, generation)
+            commit(seq, generation)
             if stop_requested():
                 clear_stop_request()
                 loop.ended = True

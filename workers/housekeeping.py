@@ -94,6 +94,7 @@ class Housekeeping:
             link.check_events(self.pipeline)
         if self.inbox is not None:
             self.inbox.link.check_events(self.pipeline)
+            self.inbox.expire_order(now)
         if self.sources is not None:
             self.sources.end_overdue()
         self.targets.check(now, self.directory.known)

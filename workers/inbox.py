@@ -12,10 +12,20 @@ Per source, a window keeps the highest origin seq seen of each origin stream (pi
 each link delivers a stream's origins in increasing order, so a value whose every origin id is
 at or below its window is one we already have. The windows outlive the source's restarts (that
 is their point) and keep the newest MAX_STREAMS streams per source.
+
+Replicas (NAME#TAG-K) of a replicated source are one source NAME of the fan-in
+(workers/scheduler.py) while link seqs, acks, instances and dedup stay per process (a
+SourceState each). Origin windows are not kept where values of one origin stream may come out
+of order: from a replica (it may be handed the unacknowledged values of a replica that went
+away), and in a replica (the same, from its senders). The values of an ordered replicated
+source are re-sequenced (workers/reorder.py) before they are queued, and their order id is
+stripped from their origin.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +34,7 @@ from typing import Any
 
 from porch import logs
 from porch.errors import WireError
+from porch.names import is_replica, pipeline_of
 from porch.security import LinkSecurity
 from porch.serializers import BY_ID, Serializer, decode_failure
 from porch.stream import SKIP
@@ -40,7 +51,8 @@ from porch.wire import (
     union,
 )
 from workers.links import Context, InputLink
-from workers.scheduler import FanIn, Inputs, Taken, TooManySources
+from workers.reorder import Reorder, order_stream, split_order
+from workers.scheduler import FanIn, Inputs, Item, Taken, TooManySources
 
 log = logs.get("porch.worker")
 
@@ -54,7 +66,7 @@ class SourceState:
 
     careful: int  # messages still to acknowledge one by one after our start
     instance: int = -1
-    generation: int = 0  # which instance of the source queued items came from
+    generation: int = 0  # which instance of the source queued items came from (inbox-wide)
     received: int = 0  # highest seq taken off the wire (duplicates are at or below it)
     acked: int = 0
     eos_seq: int = 0
@@ -63,6 +75,10 @@ class SourceState:
     # seqs queued or being processed, oldest first: everything below the first one is done
     open: deque[int] = field(default_factory=deque)
     window: dict[Stream, int] = field(default_factory=dict)  # origin stream -> highest seq
+    pipeline: str = ""  # its fan-in source: the pipeline (NAME of a replica NAME#TAG-K)
+    dedup: bool = True  # by origin window (not where a stream's values may come out of order)
+    order: str | None = None  # a replica's: the order stream its values carry ("#" + NAME)
+    reorder: Reorder | None = None  # NAME's re-sequencer (None: the ids are only stripped)
 
     @property
     def processed(self) -> int:
@@ -110,6 +126,11 @@ class InboxCounters:
     duplicates: int = 0  # by link seq or by origin
     bad_frames: int = 0
     unpaired: int = 0  # join values dropped: their partner was filtered out or never comes
+    reorder_window_overflow: int = 0  # gaps of ordered sources given up (workers/reorder.py)
+
+    def overflowed(self) -> None:
+        """An ordered source's gap was given up."""
+        self.reorder_window_overflow += 1
 
 
 class Intake:
@@ -133,13 +154,28 @@ class Intake:
         first = message[1]
         payload = [memoryview(first)[end:], *message[2:]] if len(first) > end else message[2:]
         source.received = header.seq
-        if origin and source.seen(origin):
+        if origin and source.dedup and source.seen(origin):
             self.counters.duplicates += 1
             return
         value = self._decode(header.serializer, payload, header.sender) if payload else SKIP
         source.open.append(header.seq)
-        self.fanin.push(header.sender, (header.seq, value, origin, source.generation))
+        self._queue(source, (header.seq, value, origin, source.generation))
         self.counters.msgs_in += 1
+
+    def _queue(self, source: SourceState, item: Item) -> None:
+        """Queue one value in the fan-in: at once, or (an ordered source's) in its order."""
+        if source.order is None:
+            self.fanin.push(source.pipeline, item)
+            return
+        origin, stream, seq = split_order(item[2], source.order)
+        if stream is None:  # sent without an order id (its sender numbers nothing)
+            self.fanin.push(source.pipeline, item)
+            return
+        item = (item[0], item[1], origin, item[3])
+        if source.reorder is None:
+            self.fanin.push(source.pipeline, item)
+        else:
+            source.reorder.add(stream, seq, item)
 
     def accept_batch(self, header: Header, source: SourceState, frame: bytes, end: int) -> None:
         parts = decode_batch(frame, end)
@@ -152,8 +188,9 @@ class Intake:
             raise WireError("a batch's origin runs do not cover its values")
         seq = header.seq
         index = 0
+        order = source.order
         for count, first in runs:
-            if len(first) == 2:
+            if len(first) == 2 and (order is None or first[0][0] != order):
                 self._accept_run(header.sender, source, serializer, parts[index : index + count],
                                  seq, first, refused)  # fmt: skip
             else:
@@ -175,13 +212,14 @@ class Intake:
     ) -> None:
         """Consecutive values of one origin stream (the hot path: a source's batch)."""
         loads = serializer.loads_one or _one_frame(serializer.loads)
-        push = self.fanin.appender(name)
+        push = self.fanin.appender(source.pipeline)
         opened = source.open.append
         generation = source.generation
         received = source.received
         stream, origin_seq = first
         window = source.window
-        highest = window.get(stream, 0)
+        dedup = source.dedup
+        highest = window.get(stream, 0) if dedup else -1
         accepted = 0
         for part in parts:
             if seq > received:
@@ -206,7 +244,7 @@ class Intake:
         self.counters.duplicates += len(parts) - accepted
         self.counters.msgs_in += accepted
         source.received = received
-        if accepted:
+        if accepted and dedup:
             source.seen((stream, highest))
 
     def _accept_item(
@@ -223,7 +261,7 @@ class Intake:
             self.counters.duplicates += 1
             return
         source.received = seq
-        if origin and source.seen(origin):
+        if origin and source.dedup and source.seen(origin):
             self.counters.duplicates += 1
             return
         value: Any
@@ -237,7 +275,7 @@ class Intake:
             except Exception as exc:
                 value = self._undecodable(serializer, [part], exc, name)
         source.open.append(seq)
-        self.fanin.push(name, (seq, value, origin, source.generation))
+        self._queue(source, (seq, value, origin, source.generation))
         self.counters.msgs_in += 1
 
     def _refusal(self, serializer: Serializer, sender: str) -> str:
@@ -290,11 +328,18 @@ class Inbox:
         limit: int,
         security: LinkSecurity | None = None,
         local: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.link = InputLink(ctx, host, limit, security, local)
         self.fanin = FanIn(expected, any_input)
+        self.fanin.before_end = self._flush_order
         self.name = name
-        self.sources: dict[str, SourceState] = {}
+        self.replica = is_replica(name)  # one replica of a replicated pipeline
+        self.sources: dict[str, SourceState] = {}  # by process name (a replica's: NAME#TAG-K)
+        self._owners: dict[int | None, SourceState] = {}  # current generation -> its source
+        self._generations = itertools.count(1)
+        self._reorders: dict[str, Reorder] = {}  # ordered sources' re-sequencers by pipeline
+        self._clock = clock
         self.departed: set[str] = set()
         self._rejected: set[tuple[str, int]] = set()
         self.counters = InboxCounters()
@@ -373,8 +418,37 @@ class Inbox:
                 f"{self.fanin.expected} and {self.fanin.sources} already connected"
             ) from None
         log.info("source_connected", pipeline=self.name, source=name)
-        self.sources[name] = SourceState(careful=self._careful)
-        return self.sources[name]
+        source = self.sources[name] = SourceState(careful=self._careful, pipeline=name)
+        if self.replica:
+            source.dedup = False  # a replica may be handed values another one did not take
+        if is_replica(name):
+            source.pipeline = pipeline_of(name)
+            source.dedup = False  # it may be handed values another replica did not take
+            source.order = order_stream(source.pipeline)
+            if not self.replica:  # a replica sees some of the order ids: it only strips them
+                source.reorder = self._reorder(source.pipeline)
+        return source
+
+    def _reorder(self, pipeline: str) -> Reorder:
+        """The re-sequencer of an ordered source pipeline (made when its first replica came)."""
+        reorder = self._reorders.get(pipeline)
+        if reorder is None:
+            push = self.fanin.push
+            reorder = Reorder(pipeline, self.name, lambda item: push(pipeline, item),
+                              self._clock, self.counters.overflowed)  # fmt: skip
+            self._reorders[pipeline] = reorder
+        return reorder
+
+    def _flush_order(self, pipeline: str) -> None:
+        """A replicated source's stream ends: deliver what its re-sequencer holds, in order."""
+        reorder = self._reorders.get(pipeline)
+        if reorder is not None:
+            reorder.flush()
+
+    def expire_order(self, now: float) -> None:
+        """Give up the gaps in ordered sources' values that are too old (`now`: the clock's)."""
+        for reorder in self._reorders.values():
+            reorder.expire(now)
 
     def _reject_instance(self, header: Header) -> None:
         """Every connection starts with HELLO, which switches to a restarted source's new
@@ -415,7 +489,9 @@ class Inbox:
         source.received = source.acked = source.eos_seq = 0
         # what the old instance left queued is still processed, but its sequence numbers
         # mean nothing to the new instance: they must never be acknowledged to it
-        source.generation += 1
+        self._owners.pop(source.generation, None)
+        source.generation = next(self._generations)
+        self._owners[source.generation] = source
         source.open = deque()
         self.fanin.connect(header.sender)  # a new stream: forget an earlier end
 
@@ -438,7 +514,7 @@ class Inbox:
             if value is SKIP:
                 marked = True
             origin = union(origin, item[2]) if origin else item[2]
-        if self._fill and len(values) < len(self.sources):
+        if self._fill and len(values) < len(self.fanin.sources):
             values = {name: values.get(name) for name in self.fanin.sources}
         if marked:
             self.counters.unpaired = self.fanin.unpaired
@@ -446,13 +522,14 @@ class Inbox:
 
     def commit(self, taken: Taken) -> None:
         """An iteration consumed these: acknowledge them (at once, or batched)."""
-        for name, item in taken.items():
-            self.commit_one(self.sources[name], item[0], item[3])
+        for item in taken.values():
+            self.commit_one(item[0], item[3])
 
-    def commit_one(self, source: SourceState, seq: int, generation: int | None) -> None:
-        """An iteration consumed `source`'s message `seq`: acknowledge it (at once, or
-        batched); nothing for a placeholder or an item of an earlier instance of the source."""
-        if generation != source.generation:
+    def commit_one(self, seq: int, generation: int | None) -> None:
+        """An iteration consumed message `seq` of the source instance `generation`: acknowledge
+        it (at once, or batched); nothing for a placeholder or an item of an earlier instance."""
+        source = self._owners.get(generation)
+        if source is None:
             return
         opened = source.open
         if opened and opened[0] == seq:
@@ -474,6 +551,9 @@ class Inbox:
     def discard_rest(self) -> int:
         """The stream is over: acknowledge what will never be processed; return how much."""
         left = self.fanin.depth()
+        for reorder in self._reorders.values():
+            left += reorder.held
+            reorder.streams.clear()
         for source in self.sources.values():
             source.open.clear()
         self.flush_acks()
@@ -496,8 +576,17 @@ class Inbox:
     # ---- state ---------------------------------------------------------------------------
 
     def quiet(self) -> bool:
-        """Whether every source has ended its stream or said it stopped."""
-        return all(s in self.departed or self.fanin.has_ended(s) for s in self.fanin.sources)
+        """Whether every source (each replica of one) has ended its stream or said it stopped."""
+        fanin, departed = self.fanin, self.departed
+        return all(
+            fanin.has_ended(source)
+            or all(name in departed or fanin.has_ended(name) for name in fanin.members(source))
+            for source in fanin.sources
+        )
+
+    def held(self) -> int:
+        """Values queued, and held back by ordered sources' re-sequencers."""
+        return self.fanin.depth() + sum(r.held for r in self._reorders.values())
 
     def close(self) -> None:
         """Close the socket."""

@@ -15,6 +15,14 @@ How a wait-for-all set forms (the README's "Joins and origin ids" states the sam
 - Several sources with no common origin: FIFO, one value of each in arrival order (DPorch).
 - `any_input`: a set is ready as soon as one source has a value; the missing ones are None (for
   feedback loops). Markers leave alone.
+
+Replicas: the processes NAME#TAG-K of a replicated pipeline are ONE source, NAME (its queue, its
+key in a set, one of source_pipeline_count). Methods that take a source accept a replica's
+process name for it (connect, end, has_ended, `in`, queued), `push` and `appender` take the
+source's name (NAME). NAME's stream ends once every replica the directory lists as live
+(`set_live`) has ended, and at least one has; before any directory, every replica that connected.
+Its replicas' values interleave, so a join never takes NAME as having passed an id (its values
+wait for their partners, or for the end of the stream).
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ from __future__ import annotations
 import enum
 import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Set
+from dataclasses import dataclass, field
 from typing import Any
 
+from porch.names import is_replica, pipeline_of
 from porch.stream import SKIP
 from porch.wire import Origin, Stream
 
@@ -91,6 +101,28 @@ class _Frontier:
         return False
 
 
+class _Interleaved(_Frontier):
+    """The frontier of a replicated source: its replicas' values interleave, so it is never
+    known to be past an id (until its stream ends)."""
+
+    def passed(self, key: Key) -> bool:
+        return False
+
+
+@dataclass
+class _Replicas:
+    """The replica processes of one replicated source, and which of them ended their stream."""
+
+    members: set[str] = field(default_factory=set)  # connected (or finished before they came)
+    ended: set[str] = field(default_factory=set)
+    live: Set[str] | None = None  # the directory's live replicas (None: no directory yet)
+
+    def over(self) -> bool:
+        """Whether the source's stream ended: every live replica ended, and at least one."""
+        live = self.members if self.live is None else self.live
+        return bool(self.ended) and all(name in self.ended for name in live)
+
+
 class FanIn:
     """Collects values per source and releases them as one input set per iteration."""
 
@@ -102,6 +134,10 @@ class FanIn:
             self.pairing = Pairing.FIFO
         self._queues: dict[str, deque[Any]] = {}
         self._ended: set[str] = set()
+        self._replicas: dict[str, _Replicas] = {}  # replicated sources by pipeline name
+        # called with a replicated source's name just before its stream ends (the inbox
+        # delivers the values it still holds back for ordering)
+        self.before_end: Callable[[str], None] | None = None
         self._aligner = Aligner(self._queues, self._ended)  # used once pairing is ALIGNED
         self._only: deque[Any] = deque()  # one source: its queue (for the fast paths)
         self._only_name = ""
@@ -144,7 +180,17 @@ class FanIn:
         return list(self._queues)
 
     def connect(self, source: str) -> None:
-        """Register a source (idempotent); raise TooManySources past the expected count."""
+        """Register a source or one replica of it (idempotent); raise TooManySources past the
+        expected count."""
+        replica = is_replica(source)
+        if replica:
+            name = pipeline_of(source)
+            if name not in self._queues and len(self._queues) >= self.expected:
+                raise TooManySources(source)
+            group = self._replicas.setdefault(name, _Replicas())
+            group.members.add(source)
+            group.ended.discard(source)  # a restarted replica starts a new stream
+            source = name
         if source in self._queues:
             self._ended.discard(source)  # a restarted source starts a new stream
             return
@@ -153,10 +199,26 @@ class FanIn:
         self._queues[source] = deque()
         if self.expected == 1:
             self._only, self._only_name = self._queues[source], source
-        self._aligner.connect(source)
+        self._aligner.connect(source, interleaved=replica)
 
     def __contains__(self, source: object) -> bool:
+        if isinstance(source, str) and is_replica(source):
+            group = self._replicas.get(pipeline_of(source))
+            return group is not None and source in group.members
         return source in self._queues
+
+    def members(self, source: str) -> list[str]:
+        """The processes of a source: its connected replicas, or the source itself."""
+        group = self._replicas.get(source)
+        return sorted(group.members) if group is not None else [source]
+
+    def set_live(self, source: str, live: Set[str]) -> None:
+        """The replicas of `source` the directory lists as live (neither gone, withdrawn, nor
+        failed or stopped for good): its stream ends once each of them ended."""
+        group = self._replicas.setdefault(source, _Replicas())
+        group.live = live
+        if source in self._queues and source not in self._ended and group.over():
+            self._end(source)
 
     def all_connected(self) -> bool:
         """Whether every expected source has said hello."""
@@ -172,14 +234,32 @@ class FanIn:
         self._aligner.align(source, item)
 
     def end(self, source: str) -> None:
-        """Mark a source's stream as ended; what it queued is still delivered."""
+        """Mark a source's stream (or one replica's) as ended; what it queued is still
+        delivered."""
+        if is_replica(source):
+            name = pipeline_of(source)
+            group = self._replicas.get(name)
+            if group is None or source not in group.members:
+                return
+            group.ended.add(source)
+            if name in self._ended or not group.over():
+                return
+            source = name
         if source in self._queues:
-            self._ended.add(source)
-            if self.pairing is Pairing.ALIGNED:
-                self._aligner.sweep(source)
+            self._end(source)
+
+    def _end(self, source: str) -> None:
+        if self.before_end is not None and source in self._replicas:
+            self.before_end(source)
+        self._ended.add(source)
+        if self.pairing is Pairing.ALIGNED:
+            self._aligner.sweep(source)
 
     def has_ended(self, source: str) -> bool:
-        """Whether `source` sent end of stream."""
+        """Whether `source` (or that replica of it) sent end of stream."""
+        if is_replica(source):
+            group = self._replicas.get(pipeline_of(source))
+            return group is not None and source in group.ended
         return source in self._ended
 
     def ready(self) -> bool:
@@ -216,7 +296,8 @@ class FanIn:
         return any(not self._queues[name] for name in self._ended)
 
     def queued(self, source: str) -> int:
-        """How many values of `source` wait."""
+        """How many values of `source` (of every replica of it) wait."""
+        source = pipeline_of(source)
         if self.pairing is Pairing.ALIGNED:
             return self._aligner.counts.get(source, 0)
         queue = self._queues.get(source)
@@ -276,10 +357,10 @@ class Aligner:
         self.sets: deque[Taken] = deque()  # complete sets, ready to be taken
         self.counts: dict[str, int] = {}  # values waiting per source
 
-    def connect(self, source: str) -> None:
-        """Register a new source."""
+    def connect(self, source: str, *, interleaved: bool = False) -> None:
+        """Register a new source (`interleaved`: a replicated one)."""
         self._pending[source] = {}
-        self._frontiers[source] = _Frontier()
+        self._frontiers[source] = _Interleaved() if interleaved else _Frontier()
         self.counts[source] = 0
 
     def start(self, aligned_on: tuple[str, ...]) -> None:

@@ -10,6 +10,11 @@ all connected, and what the directory says of them.
   connected, and its stream ends after the same grace period.
 - Down: a source that failed or was stopped for good is said once (a log line) and shown in
   status's warning until it comes back: the pipeline waits for it.
+- Replicas: the processes NAME#TAG-K of a replicated source are one source NAME (connected once
+  one of them said hello). Each one's finish counts as above; NAME's stream ends once every
+  replica the directory lists as live has ended (workers/scheduler.py FanIn.set_live): one gone
+  from the directory (scaled away), withdrawn, or down for good does not hold it open. NAME is
+  down (and waited for) only when none of its replicas is live.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from collections.abc import Callable, Mapping
 
 from porch import logs
 from porch.control import WorkerState
-from porch.directory import DirectoryEntry
+from porch.directory import DirectoryEntry, Withdrawn
+from porch.names import is_replica, pipeline_of
 from workers.inbox import Inbox
 from workers.scheduler import TooManySources
 from workers.signals import DRAIN_TIMEOUT_S, StopSignals
@@ -36,6 +42,26 @@ def named_sources(pipelines: Mapping[str, DirectoryEntry], me: str) -> list[str]
     return [name for name, entry in pipelines.items() if me in entry.targets]
 
 
+def down_for_good(entry: DirectoryEntry) -> bool:
+    """Whether the directory says a pipeline failed or was stopped for good."""
+    return entry.final and (entry.state is WorkerState.FAILED or entry.state is WorkerState.STOPPED)
+
+
+def live_replicas(
+    pipelines: Mapping[str, DirectoryEntry], sources: set[str]
+) -> dict[str, set[str]]:
+    """The replicas of each replicated source in `sources` that the directory lists as live:
+    neither withdrawn nor down for good (a finished one is live until its stream ended)."""
+    live: dict[str, set[str]] = {}
+    for name, entry in pipelines.items():
+        if not is_replica(name) or (pipeline := pipeline_of(name)) not in sources:
+            continue
+        replicas = live.setdefault(pipeline, set())
+        if entry.state is not Withdrawn.WITHDRAWN and not down_for_good(entry):
+            replicas.add(name)
+    return live
+
+
 class SourceWatch:
     """A worker's sources as the directory shows them (module doc)."""
 
@@ -47,6 +73,7 @@ class SourceWatch:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pipeline = pipeline
+        self.me = pipeline_of(pipeline)  # what our sources name as their target
         self.inbox = inbox
         self.stop = stop
         self.named: list[str] = []  # local pipelines that name us as a target
@@ -70,7 +97,7 @@ class SourceWatch:
             wait(POLL_MS)
             if self._clock() > next_warning:
                 next_warning += STALL_WARNING_S
-                absent = [n for n in self.named if n not in fanin]
+                absent = sorted({pipeline_of(n) for n in self.named} - set(fanin.sources))
                 log.warning("still_waiting_for_sources", pipeline=self.pipeline,
                             expected=expected, connected=fanin.sources,
                             not_connected=absent)  # fmt: skip
@@ -79,13 +106,20 @@ class SourceWatch:
     def note(self, pipelines: Mapping[str, DirectoryEntry]) -> None:
         """Read a directory: sources down for good, finished, or finished before they came."""
         fanin = self.inbox.fanin
-        self.named = named_sources(pipelines, self.pipeline)
-        for name in dict.fromkeys([*fanin.sources, *self.named]):
+        self.named = named_sources(pipelines, self.me)
+        sources = {*fanin.sources, *(pipeline_of(name) for name in self.named)}
+        live = live_replicas(pipelines, sources)
+        for pipeline, replicas in live.items():
+            fanin.set_live(pipeline, replicas)
+            self._note_replicas(pipeline, replicas, pipelines)
+        for name in dict.fromkeys([*fanin.sources, *self.named, *self._replicas_of(live)]):
             entry = pipelines.get(name)
             if entry is None:
                 continue
             state, final = entry.state, entry.final
-            if final and (state is WorkerState.FAILED or state is WorkerState.STOPPED):
+            if is_replica(name):
+                pass  # said for the pipeline (_note_replicas)
+            elif final and (state is WorkerState.FAILED or state is WorkerState.STOPPED):
                 self._say_down(name, state)
             else:
                 self.down.pop(name, None)
@@ -100,6 +134,26 @@ class SourceWatch:
                     continue  # more pipelines target us than we expect: validate says so
                 log.info("source_already_finished", pipeline=self.pipeline, source=name)
             self._finished.setdefault(name, (0.0, -1))
+
+    @staticmethod
+    def _replicas_of(live: Mapping[str, set[str]]) -> list[str]:
+        return sorted(name for replicas in live.values() for name in replicas)
+
+    def _note_replicas(
+        self, pipeline: str, live: set[str], pipelines: Mapping[str, DirectoryEntry]
+    ) -> None:
+        """A replicated source is down only when none of its replicas is live."""
+        if live:
+            self.down.pop(pipeline, None)
+            return
+        states = [
+            entry.state
+            for name, entry in pipelines.items()
+            if is_replica(name) and pipeline_of(name) == pipeline and down_for_good(entry)
+        ]
+        if states:
+            failed = WorkerState.FAILED in states
+            self._say_down(pipeline, WorkerState.FAILED if failed else WorkerState.STOPPED)
 
     def _say_down(self, name: str, state: WorkerState) -> None:
         if self.down.get(name) == state or self.stop.requested:

@@ -1,0 +1,498 @@
+"""Receiving from a replicated pipeline (issue 13), in-process: the replicas NAME#TAG-K of a
+source are one fan-in source NAME, its stream ends when every live replica ended, and an
+ordered one's values are re-sequenced into their input's order (workers/reorder.py)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+from structlog.testing import capture_logs
+
+from porch.directory import DirectoryEntry, decode_directory
+from porch.serializers import get
+from porch.stream import SKIP
+from porch.wire import FrameKind, Origin, decode_ack, encode_batch, encode_header
+from workers.inbox import Inbox
+from workers.reorder import REORDER_GAP_S, REORDER_WINDOW, Reorder, split_order
+from workers.scheduler import FanIn, Item, Pairing
+from workers.signals import DRAIN_TIMEOUT_S, StopSignals
+from workers.sources import SourceWatch
+
+pytestmark = pytest.mark.timeout(30)
+
+B1, B2, B3 = "B#ab12cd-1", "B#ab12cd-2", "B#ab12cd-3"
+A = ("A", 7)  # the origin stream of the source upstream of B
+ORDER = ("#B", 99)  # the order stream A's sender appends for the ordered pipeline B
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+class Peer:
+    """One sender process: a DEALER on the inbox's endpoint, with its own name and seqs."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], inbox: Inbox, name: str) -> None:
+        self.name = name
+        self.socket = ctx.socket(zmq.DEALER)
+        self.socket.linger = 0
+        self.socket.connect(inbox.endpoint)
+        self.seq = 0
+        self.instance = 1
+
+    def hello(self) -> None:
+        self.socket.send(encode_header(FrameKind.HELLO, 1, self.instance, 0, self.name))
+
+    def data(self, value: Any, origin: Origin = ()) -> None:
+        self.seq += 1
+        runs = [(1, origin)] if origin else []
+        header = encode_header(FrameKind.DATA, 1, self.instance, self.seq, self.name, runs)
+        self.socket.send(header if value is SKIP else header + pickle.dumps(value))
+
+    def batch(self, values: list[Any], first: Origin) -> None:
+        """One DATA_BATCH of consecutive origins (one run)."""
+        header = encode_header(FrameKind.DATA_BATCH, 1, self.instance, self.seq + 1, self.name,
+                               [(len(values), first)])  # fmt: skip
+        self.seq += len(values)
+        self.socket.send(encode_batch(header, [pickle.dumps(v) for v in values]))
+
+    def eos(self) -> None:
+        self.seq += 1
+        self.socket.send(encode_header(FrameKind.EOS, 1, self.instance, self.seq, self.name))
+
+    def acks(self) -> list[int]:
+        found = []
+        while self.socket.poll(100):
+            seq = decode_ack(self.socket.recv())
+            assert seq is not None
+            found.append(seq)
+        return found
+
+
+class Wired:
+    def __init__(self, name: str, expected: int, clock: Clock) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.inbox = Inbox(self.ctx, "127.0.0.1", name=name, instance=5, expected=expected,
+                           any_input=False, serializer=get("pickle"), limit=64,
+                           clock=clock)  # fmt: skip
+        self.peers: list[Peer] = []
+
+    def peer(self, name: str) -> Peer:
+        peer = Peer(self.ctx, self.inbox, name)
+        self.peers.append(peer)
+        peer.hello()
+        return peer
+
+    def pump(self, messages: int) -> None:
+        """Receive until `messages` more messages (hello, data, eos) came off the socket."""
+        inbox = self.inbox
+        goal = inbox.counters.msgs_in + inbox.counters.duplicates + messages
+        for _ in range(400):
+            if inbox.link.socket.poll(25):
+                inbox.receive()
+            if inbox.counters.msgs_in + inbox.counters.duplicates >= goal:
+                return
+        raise AssertionError(f"{inbox.counters.msgs_in} values in, wanted {goal}")
+
+    def settle(self) -> None:
+        """Receive what is still on the way (hellos, ends)."""
+        while self.inbox.link.socket.poll(50):
+            self.inbox.receive()
+
+    def drain(self) -> list[tuple[dict[str, Any], Origin]]:
+        out = []
+        while self.inbox.fanin.ready():
+            values, taken, origin, _ = self.inbox.take()
+            out.append((values, origin))
+            self.inbox.commit(taken)
+        return out
+
+    def close(self) -> None:
+        for peer in self.peers:
+            peer.socket.close()
+        self.inbox.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sink(clock: Clock) -> Iterator[Wired]:
+    wired = Wired("sink", 1, clock)
+    yield wired
+    wired.close()
+
+
+def entries(states: dict[str, str | tuple[str, bool]]) -> dict[str, DirectoryEntry]:
+    found: dict[str, object] = {}
+    for name, spec in states.items():
+        state, final = spec if isinstance(spec, tuple) else (spec, False)
+        found[name] = {"state": state, "targets": ["sink"], "final": final}
+    return decode_directory({"pipelines": found}).pipelines
+
+
+# ---- one source ------------------------------------------------------------------------------
+
+
+def test_two_replicas_are_one_source_with_acks_per_process(sink: Wired) -> None:
+    one, two = sink.peer(B1), sink.peer(B2)
+    one.data("a1", (A, 1))
+    two.data("b1", (A, 2))
+    one.data("a2", (A, 3))
+    sink.pump(3)
+
+    assert sink.inbox.fanin.sources == ["B"]
+    assert sink.inbox.fanin.all_connected()
+    assert sorted(sink.inbox.sources) == [B1, B2]
+    got = sink.drain()
+    assert sorted(values["B"] for values, _ in got) == ["a1", "a2", "b1"]
+    sink.inbox.flush_acks()
+    assert one.acks()[-1] == 2 and two.acks()[-1] == 1  # each its own link seqs
+
+
+def test_a_third_pipeline_is_still_too_many_sources(sink: Wired) -> None:
+    sink.peer(B1)
+    sink.peer(B2)
+    other = sink.peer("other")
+    other.data("x")
+    sink.settle()
+    assert sink.inbox.fanin.sources == ["B"]
+    assert sink.inbox.counters.bad_frames >= 1
+
+
+def test_a_fifo_join_takes_the_next_value_from_any_replica(clock: Clock) -> None:
+    wired = Wired("sink", 2, clock)
+    try:
+        one, two, d = wired.peer(B1), wired.peer(B2), wired.peer("ddd")
+        one.data("b1")
+        wired.pump(1)  # (the order of arrival across connections is ZeroMQ's)
+        d.data("d1")
+        d.data("d2")
+        wired.pump(2)
+        two.data("b2")
+        wired.pump(1)
+        assert wired.inbox.fanin.pairing is Pairing.FIFO
+        got = [values for values, _ in wired.drain()]
+        assert got == [{"B": "b1", "ddd": "d1"}, {"B": "b2", "ddd": "d2"}]
+    finally:
+        wired.close()
+
+
+def test_an_aligned_join_waits_for_partners_whatever_replica_sends_them(clock: Clock) -> None:
+    wired = Wired("sink", 2, clock)
+    try:
+        one, two, d = wired.peer(B1), wired.peer(B2), wired.peer("ddd")
+        d.data("d1", (A, 1))
+        one.data("b1", (A, 1))
+        wired.pump(2)
+        assert wired.inbox.fanin.pairing is Pairing.ALIGNED
+        # replica 1 is ahead: d's 2 and 3 wait for B's, which replica 2 sends later
+        one.data("b4", (A, 4))
+        d.data("d2", (A, 2))
+        d.data("d3", (A, 3))
+        d.data("d4", (A, 4))
+        wired.pump(4)
+        two.data("b3", (A, 3))
+        two.data("b2", (A, 2))
+        wired.pump(2)
+        got = sorted((v["B"], v["ddd"]) for v, _ in wired.drain())
+        assert got == [("b1", "d1"), ("b2", "d2"), ("b3", "d3"), ("b4", "d4")]
+        assert wired.inbox.counters.unpaired == 0
+    finally:
+        wired.close()
+
+
+def test_values_of_a_replica_are_not_dropped_by_origin_when_they_come_late(sink: Wired) -> None:
+    """A replica handed the values of one that went away sends older origins after newer."""
+    one = sink.peer(B1)
+    one.data("x5", (A, 5))
+    one.data("x2", (A, 2))  # handed over from a replica scaled away
+    sink.pump(2)
+    assert [v["B"] for v, _ in sink.drain()] == ["x5", "x2"]
+    assert sink.inbox.counters.duplicates == 0
+
+
+def test_a_replica_receiver_keeps_no_origin_windows(clock: Clock) -> None:
+    wired = Wired("C#ab12cd-1", 1, clock)
+    try:
+        a = wired.peer("A_plain")
+        a.data("x5", (A, 5))
+        a.data("x2", (A, 2))
+        wired.pump(2)
+        assert [v["A_plain"] for v, _ in wired.drain()] == ["x5", "x2"]
+    finally:
+        wired.close()
+
+
+# ---- end of stream ---------------------------------------------------------------------------
+
+
+def test_one_replica_ending_does_not_end_the_source(sink: Wired) -> None:
+    one, two = sink.peer(B1), sink.peer(B2)
+    sink.settle()
+    one.eos()
+    sink.settle()
+    fanin = sink.inbox.fanin
+    assert fanin.has_ended(B1) and not fanin.has_ended("B")
+    two.data("late")
+    two.eos()
+    sink.settle()
+    assert fanin.has_ended("B")
+    assert [v["B"] for v, _ in sink.drain()] == ["late"]
+    assert fanin.exhausted()
+
+
+def test_a_live_replica_that_never_came_holds_the_stream_open(sink: Wired) -> None:
+    watch = SourceWatch("sink", sink.inbox, StopSignals("sink", 8.5))
+    one = sink.peer(B1)
+    sink.settle()
+    watch.note(entries({B1: "running", B2: "starting"}))
+    one.eos()
+    sink.settle()
+    assert not sink.inbox.fanin.has_ended("B")
+    # B2 is scaled away: its entry leaves the directory, and no longer holds B open
+    watch.note(entries({B1: "finished"}))
+    assert sink.inbox.fanin.has_ended("B")
+
+
+def test_a_replica_down_for_good_or_withdrawn_does_not_hold_the_stream_open(sink: Wired) -> None:
+    watch = SourceWatch("sink", sink.inbox, StopSignals("sink", 8.5))
+    one = sink.peer(B1)
+    sink.peer(B2)
+    sink.peer(B3)
+    sink.settle()
+    with capture_logs() as logs:
+        watch.note(entries({B1: "running", B2: ("failed", True), B3: "withdrawn"}))
+    assert watch.warnings() == []  # B1 carries on: B is not waited for
+    assert logs == []
+    one.eos()
+    sink.settle()
+    assert sink.inbox.fanin.has_ended("B")
+
+
+def test_a_source_whose_replicas_are_all_down_is_waited_for(sink: Wired) -> None:
+    watch = SourceWatch("sink", sink.inbox, StopSignals("sink", 8.5))
+    sink.peer(B1)
+    sink.settle()
+    watch.note(entries({B1: ("failed", True), B2: ("stopped", True)}))
+    assert watch.warnings() == ["source 'B' failed; waiting for it"]
+    watch.note(entries({B1: "backoff", B2: ("stopped", True)}))
+    assert watch.warnings() == []
+
+
+def test_a_finished_replica_without_eos_ends_after_the_grace(sink: Wired, clock: Clock) -> None:
+    watch = SourceWatch("sink", sink.inbox, StopSignals("sink", 8.5, clock=clock), clock=clock)
+    sink.peer(B1)
+    two = sink.peer(B2)
+    sink.settle()
+    watch.note(entries({B1: "finished", B2: "running"}))
+    watch.end_overdue()
+    clock.now_s += DRAIN_TIMEOUT_S
+    watch.end_overdue()
+    fanin = sink.inbox.fanin
+    assert fanin.has_ended(B1) and not fanin.has_ended("B")
+    two.eos()
+    sink.settle()
+    assert fanin.has_ended("B")
+
+
+def test_waiting_for_sources_needs_one_replica_of_each() -> None:
+    fanin = FanIn(2)
+    fanin.connect(B1)
+    assert not fanin.all_connected()
+    fanin.connect(B2)
+    assert not fanin.all_connected() and fanin.sources == ["B"]
+    fanin.connect("ddd")
+    assert fanin.all_connected()
+
+
+def test_a_restarted_replica_reopens_its_source() -> None:
+    fanin = FanIn(1)
+    fanin.connect(B1)
+    fanin.end(B1)
+    assert fanin.has_ended("B")
+    fanin.connect(B1)  # a new instance: a new stream
+    assert not fanin.has_ended("B") and not fanin.has_ended(B1)
+
+
+# ---- ordered: re-sequencing ------------------------------------------------------------------
+
+
+def ordered(peer: Peer, n: int, value: Any = None) -> None:
+    """Value n of A, handed out as order seq n-1 of B."""
+    peer.data(f"v{n}" if value is None else value, (A, n, ORDER, n - 1))
+
+
+def test_ordered_values_from_two_replicas_come_in_input_order_stripped(sink: Wired) -> None:
+    one, two = sink.peer(B1), sink.peer(B2)
+    ordered(two, 2)
+    ordered(two, 4)
+    ordered(one, 1)
+    ordered(one, 3)
+    ordered(two, 5, SKIP)  # its step skipped input 5: the marker fills the slot
+    ordered(one, 6)
+    sink.pump(6)
+
+    got = sink.drain()
+    assert [v["B"] for v, _ in got] == ["v1", "v2", "v3", "v4", SKIP, "v6"]
+    assert [origin for _, origin in got] == [(A, n) for n in range(1, 7)]
+    sink.inbox.flush_acks()
+    assert one.acks()[-1] == 3 and two.acks()[-1] == 3
+
+
+def test_held_values_are_not_acknowledged(sink: Wired) -> None:
+    one = sink.peer(B1)
+    ordered(one, 2)
+    ordered(one, 3)
+    sink.pump(2)
+    assert not sink.inbox.fanin.ready() and sink.inbox.held() == 2
+    sink.inbox.flush_acks()
+    assert one.acks() == []
+
+
+def test_a_batch_of_order_ids_only_is_re_sequenced(sink: Wired) -> None:
+    one, two = sink.peer(B1), sink.peer(B2)
+    one.batch(["v3", "v4"], (ORDER, 2))
+    sink.pump(2)
+    assert not sink.inbox.fanin.ready()
+    two.batch(["v1", "v2"], (ORDER, 0))
+    sink.pump(2)
+    assert [(v["B"], origin) for v, origin in sink.drain()] == [
+        ("v1", ()), ("v2", ()), ("v3", ()), ("v4", ()),
+    ]  # fmt: skip
+
+
+def test_values_below_next_and_several_outputs_of_one_input_go_at_once(sink: Wired) -> None:
+    one, two = sink.peer(B1), sink.peer(B2)
+    ordered(one, 1)
+    ordered(one, 1, "v1 again")  # a second output of input 1
+    ordered(two, 3)
+    ordered(two, 3, "v3 again")  # held with its twin
+    ordered(one, 2)
+    sink.pump(5)
+    assert [v["B"] for v, _ in sink.drain()] == ["v1", "v1 again", "v2", "v3", "v3 again"]
+    ordered(two, 2, "v2 replayed")  # below next: at once
+    sink.pump(1)
+    assert [v["B"] for v, _ in sink.drain()] == ["v2 replayed"]
+
+
+def test_a_gap_older_than_the_limit_is_given_up(sink: Wired, clock: Clock) -> None:
+    one = sink.peer(B1)
+    ordered(one, 2)
+    ordered(one, 3)
+    sink.pump(2)
+    sink.inbox.expire_order(clock() + REORDER_GAP_S - 0.1)
+    assert not sink.inbox.fanin.ready()
+    with capture_logs() as logs:
+        sink.inbox.expire_order(clock() + REORDER_GAP_S)
+    assert [v["B"] for v, _ in sink.drain()] == ["v2", "v3"]
+    assert sink.inbox.counters.reorder_window_overflow == 1
+    assert [e["event"] for e in logs] == ["reorder_gap_given_up"]
+    ordered(one, 1, "v1 at last")  # below next now: at once, nothing hangs
+    sink.pump(1)
+    assert [v["B"] for v, _ in sink.drain()] == ["v1 at last"]
+
+
+def test_the_end_of_the_stream_flushes_what_is_held_in_order(sink: Wired) -> None:
+    one, two = sink.peer(B1), sink.peer(B2)
+    ordered(two, 4)
+    ordered(one, 3)
+    ordered(two, 6)
+    sink.pump(3)
+    one.eos()
+    sink.settle()
+    assert not sink.inbox.fanin.ready()  # B2 is still live
+    two.eos()
+    sink.settle()
+    assert [v["B"] for v, _ in sink.drain()] == ["v3", "v4", "v6"]
+    assert sink.inbox.fanin.exhausted()
+
+
+def test_a_replica_receiver_strips_the_order_id_without_waiting(clock: Clock) -> None:
+    """C's replicas each see some of B's order ids: none of them can re-sequence."""
+    wired = Wired("C#ab12cd-1", 1, clock)
+    try:
+        one = wired.peer(B1)
+        ordered(one, 5)
+        ordered(one, 2)
+        wired.pump(2)
+        assert [(v["B"], o) for v, o in wired.drain()] == [("v5", (A, 5)), ("v2", (A, 2))]
+    finally:
+        wired.close()
+
+
+def test_a_plain_source_is_not_re_sequenced(sink: Wired) -> None:
+    plain = sink.peer("B")
+    plain.data("v2", (A, 2, ORDER, 1))
+    sink.pump(1)
+    assert [(v["B"], o) for v, o in sink.drain()] == [("v2", (A, 2, ORDER, 1))]
+
+
+# ---- the re-sequencer alone ------------------------------------------------------------------
+
+
+def item(n: int) -> Item:
+    return (n, f"v{n}", (), 1)
+
+
+def test_the_window_overflows_into_the_lowest_held_value() -> None:
+    out: list[Item] = []
+    overflows: list[int] = []
+    clock = Clock()
+    reorder = Reorder("B", "sink", out.append, clock, lambda: overflows.append(1))
+    for n in range(2, REORDER_WINDOW + 2):  # seq 0 and 1 are missing
+        reorder.add(ORDER, n, item(n))
+    assert out == [] and reorder.held == REORDER_WINDOW
+    with capture_logs() as logs:
+        reorder.add(ORDER, REORDER_WINDOW + 2, item(REORDER_WINDOW + 2))
+        reorder.add(ORDER, REORDER_WINDOW + 4, item(REORDER_WINDOW + 4))
+    assert [i[0] for i in out] == list(range(2, REORDER_WINDOW + 3))
+    assert reorder.held == 1 and len(overflows) == 1
+    assert len(logs) == 1  # said once
+    reorder.add(ORDER, 0, item(0))  # late: at once
+    assert out[-1] == item(0)
+    for _ in range(REORDER_WINDOW):  # a second overflow is counted, not said again
+        reorder.add(ORDER, REORDER_WINDOW + 10, item(0))
+    assert len(overflows) == 2
+
+
+def test_streams_of_several_senders_are_ordered_apart() -> None:
+    out: list[Item] = []
+    reorder = Reorder("B", "sink", out.append, Clock(), lambda: None)
+    other = ("#B", 100)
+    reorder.add(ORDER, 1, item(1))
+    reorder.add(other, 0, item(10))
+    reorder.add(ORDER, 0, item(0))
+    assert [i[0] for i in out] == [10, 0, 1]
+
+
+def test_progress_restarts_the_gap_clock() -> None:
+    out: list[Item] = []
+    clock = Clock()
+    reorder = Reorder("B", "sink", out.append, clock, lambda: None)
+    reorder.add(ORDER, 1, item(1))
+    reorder.add(ORDER, 3, item(3))
+    clock.now_s += REORDER_GAP_S - 1
+    reorder.add(ORDER, 0, item(0))  # progress: 0 and 1 go, 2 is the new gap
+    clock.now_s += 2
+    reorder.expire(clock())
+    assert [i[0] for i in out] == [0, 1]
+    reorder.expire(clock() + REORDER_GAP_S)
+    assert [i[0] for i in out] == [0, 1, 3]
+
+
+def test_split_order_strips_only_the_named_stream() -> None:
+    assert split_order((A, 3, ORDER, 2), "#B") == ((A, 3), ORDER, 2)
+    assert split_order((ORDER, 2, A, 3), "#B") == ((A, 3), ORDER, 2)
+    assert split_order((A, 3, ("#C", 1), 2), "#B") == ((A, 3, ("#C", 1), 2), None, 0)

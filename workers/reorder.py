@@ -1,0 +1,163 @@
+"""Re-sequencing an ordered replicated source: its values in the order of its input.
+
+A pipeline with `"ordered": true` runs as replicas (NAME#TAG-K), each of which gets some of its
+input; their output reaches a target in arrival order. So that the target sees it in input order,
+the sender of that input numbers what it hands out: it appends one origin id per value, of the
+order stream `("#" + NAME, its epoch)` ('#' cannot start a pipeline name), seq 0, 1, 2, ...
+without gaps; the replicas pass origins through. The target (this module, for each source
+pipeline whose replicas send such ids) delivers seq n once every seq below it came:
+
+- it holds at most REORDER_WINDOW values; one more, and the gap before the lowest held value is
+  given up (that value is delivered and what follows it in order), counted as
+  reorder_window_overflow and said once; so is a gap older than REORDER_GAP_S (nothing hangs:
+  the housekeeping tick calls `expire`);
+- a value below the next expected seq (a replay after a restart, one of several outputs of one
+  input, a value whose gap was given up) is delivered at once;
+- at the end of the source's stream, everything held is delivered in order (`flush`).
+
+The order id is stripped from each value's origin before it is delivered, so joins further down
+see the origins they would without replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from porch import logs
+from porch.wire import Origin, Stream
+from workers.scheduler import Item
+
+log = logs.get("porch.worker")
+
+REORDER_WINDOW = 1024  # values held per order stream at most
+REORDER_GAP_S = 5.0  # a missing seq is given up after this long without progress
+MAX_ORDER_STREAMS = 64  # order streams (senders' epochs) remembered per source pipeline
+
+
+def order_stream(pipeline: str) -> str:
+    """The stream name of the ids a sender appends to the values it hands to `pipeline`."""
+    return "#" + pipeline
+
+
+def split_order(origin: Origin, name: str) -> tuple[Origin, Stream | None, int]:
+    """`origin` without its id of the order stream `name`, that stream and the id's seq;
+    (origin, None, 0) when it has none."""
+    for i in range(0, len(origin), 2):
+        stream = origin[i]
+        if stream[0] == name:
+            return origin[:i] + origin[i + 2 :], stream, origin[i + 1]
+    return origin, None, 0
+
+
+class _Order:
+    """One order stream: the next seq to deliver and the values held until it comes."""
+
+    __slots__ = ("count", "held", "next", "since")
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.held: dict[int, list[Item]] = {}
+        self.count = 0  # values held
+        self.since = 0.0  # when the current gap was first waited on (monotonic s)
+
+
+class Reorder:
+    """The order streams of one source pipeline (module doc); `deliver` queues a value in the
+    fan-in, `clock` is time.monotonic (a fake in tests), `overflowed` counts a gap given up."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        receiver: str,
+        deliver: Callable[[Item], None],
+        clock: Callable[[], float],
+        overflowed: Callable[[], None],
+    ) -> None:
+        self.pipeline = pipeline
+        self.receiver = receiver
+        self.deliver = deliver
+        self.clock = clock
+        self.overflowed = overflowed  # counts a gap given up (window full, or too old)
+        self.streams: dict[Stream, _Order] = {}
+        self._warned = False
+
+    @property
+    def held(self) -> int:
+        """Values held across the order streams."""
+        return sum(order.count for order in self.streams.values())
+
+    def add(self, stream: Stream, seq: int, item: Item) -> None:
+        """A value of order id (stream, seq), its origin already stripped: deliver it and what
+        it makes next, or hold it."""
+        order = self.streams.get(stream)
+        if order is None:
+            order = self.streams[stream] = _Order()
+            if len(self.streams) > MAX_ORDER_STREAMS:
+                oldest = next(iter(self.streams))
+                self._drain(self.streams.pop(oldest))
+        if seq < order.next:
+            self.deliver(item)  # a replay, or one more output of an input delivered already
+            return
+        if seq == order.next:
+            self.deliver(item)
+            order.next = seq + 1
+            if order.held:
+                self._advance(order)
+            return
+        if not order.count:
+            order.since = self.clock()
+        held = order.held.get(seq)
+        if held is None:
+            order.held[seq] = [item]
+        else:
+            held.append(item)
+        order.count += 1
+        if order.count > REORDER_WINDOW:
+            self._give_up(order, f"more than {REORDER_WINDOW} values held")
+
+    def expire(self, now: float) -> None:
+        """Give up each gap waited on for REORDER_GAP_S or longer."""
+        for order in self.streams.values():
+            if order.count and now - order.since >= REORDER_GAP_S:
+                self._give_up(order, f"a value missing for {REORDER_GAP_S:g} s")
+
+    def flush(self) -> None:
+        """The stream ended: deliver everything held, in order."""
+        for order in self.streams.values():
+            self._drain(order)
+
+    def _advance(self, order: _Order) -> None:
+        """Deliver the held values that are next in order; restart the gap's clock if one
+        remains (progress was made)."""
+        held = order.held
+        seq = order.next
+        while seq in held:
+            items = held.pop(seq)
+            order.count -= len(items)
+            for item in items:
+                self.deliver(item)
+            seq += 1
+        order.next = seq
+        if order.count:
+            order.since = self.clock()
+
+    def _give_up(self, order: _Order, why: str) -> None:
+        """Deliver from the lowest held seq on: the gap before it will not be waited for."""
+        lowest = min(order.held)
+        skipped = lowest - order.next
+        self.overflowed()
+        if not self._warned:
+            self._warned = True
+            log.warning("reorder_gap_given_up", pipeline=self.receiver, source=self.pipeline,
+                        reason=why, missing=skipped, next=order.next,
+                        hint="values of this ordered source are delivered out of order when "
+                             "a replica is slower than this (counted as "
+                             "reorder_window_overflow; said once)")  # fmt: skip
+        order.next = lowest
+        self._advance(order)
+
+    def _drain(self, order: _Order) -> None:
+        """Deliver everything `order` holds, lowest seq first."""
+        while order.count:
+            order.next = min(order.held)
+            self._advance(order)
