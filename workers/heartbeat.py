@@ -84,7 +84,7 @@ class Heartbeat:
             reorder_window_overflow=(
                 inbox.counters.reorder_window_overflow if inbox is not None else 0
             ),
-            queue_depth=inbox.held() if inbox is not None else 0,
+            queue_depth=inbox.fanin.depth() if inbox is not None else 0,
             # CURVE clients turned away: by the ZAP handler, or by another server key
             handshakes_rejected=denied + (inbox.link.handshakes_failed if inbox is not None else 0),
             dead_letters=self.dead_letters.count,

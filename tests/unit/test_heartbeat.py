@@ -43,7 +43,9 @@ def parts(counts: int) -> Heartbeat:
     n = counts
     outputs = [FakeLink(t, n, n, n, n) for t in ("a", "b")]
     inbox = SimpleNamespace(
-        counters=InboxCounters(msgs_in=n, duplicates=n, bad_frames=n, unpaired=n),
+        counters=InboxCounters(
+            msgs_in=n, duplicates=n, bad_frames=n, unpaired=n, reorder_window_overflow=n
+        ),
         fanin=SimpleNamespace(depth=lambda: n),
         link=SimpleNamespace(handshakes_failed=n),
     )
