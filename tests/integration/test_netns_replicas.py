@@ -6,16 +6,19 @@ porchd mid-stream loses nothing (what its replicas had not acknowledged goes to 
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from porch.names import is_replica, pipeline_of
-from tests.integration.netns import Cluster, NetnsPorchd, StartIn, cluster, porchd_in
+from tests.integration.netns import Cluster, Host, NetnsPorchd, StartIn, porchd_in, require_netns
+from tests.integration.test_discovery import events
 
-__all__ = ["cluster", "porchd_in"]  # fixtures, imported so that pytest finds them here
+__all__ = ["porchd_in"]  # a fixture, imported so that pytest finds it here
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -46,6 +49,17 @@ SINK = """
 def step(input_data):
     print("got", input_data["rx_mid"])
 """
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[Host]]:
+    """Two namespace hosts for every test of this module (each test uses its own names)."""
+    require_netns()
+    net = Cluster(f"pr{uuid.uuid4().hex[:6]}", 2)
+    try:
+        yield net.hosts
+    finally:
+        net.down()
 
 
 def write(folder: Path, name: str, script: str, **config: object) -> str:
@@ -100,13 +114,12 @@ def replica_rows(report: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
 
 
 def test_replicas_on_two_hosts_kill_9_of_one(
-    tmp_path: Path, cluster: Any, porchd_in: StartIn
+    tmp_path: Path, hosts: list[Host], porchd_in: StartIn
 ) -> None:
     # Until the senders' replica group (workers/replicas.py, issue 13) lands, a sender cannot
     # send to a replicated pipeline at all: skipped then, not failed (remove with it landed).
     pytest.importorskip("workers.replicas", reason="senders to replicas not landed yet")
-    net: Cluster = cluster(2)
-    h1, h2 = net.hosts
+    h1, h2 = hosts
     d1 = porchd_in(h1, write(tmp_path / "h1", "rx_src", SOURCE.format(count=COUNT),
                              target_pipeline_names=["rx_mid"]),
                    stage(tmp_path / "h1"),
@@ -154,3 +167,27 @@ def test_replicas_on_two_hosts_kill_9_of_one(
     assert set(got) == set(range(1, COUNT + 1))
     _, remote = replica_rows(d1.status())
     assert sorted(remote.values()) == ["withdrawn", "withdrawn"], remote
+
+
+def test_one_process_here_and_replicas_there_is_a_loud_conflict(
+    tmp_path: Path, hosts: list[Host], porchd_in: StartIn
+) -> None:
+    """A pipeline without "replicas" keeps today's duplicate rule, also against replicas of
+    its name on another host: both hosts say so, naming both, and status lists the conflict."""
+    h1, h2 = hosts
+    sink = SINK.replace("rx_mid", "rx_up")
+    d1 = porchd_in(h1, write(tmp_path / "h1", "rx_dup", sink, replicas=2, source_pipeline_count=1),
+                   name="c1", extra=BEACON)  # fmt: skip
+    d2 = porchd_in(h2, write(tmp_path / "h2", "rx_dup", sink, source_pipeline_count=1),
+                   name="c2", extra=BEACON)  # fmt: skip
+    for daemon in (d1, d2):
+        record = daemon.wait_until(lambda d=daemon: events(d.stderr, "duplicate_pipeline"),
+                                   WAIT_S, "duplicate_pipeline")[0]  # fmt: skip
+        assert record["pipeline"] == "rx_dup" and record["level"] == "error", record
+        named = " ".join(map(str, record["hosts"]))
+        assert h1.address in named and h2.address in named, record
+        assert [h1.address in str(h) for h in record["replicas_on"]] == [True], record
+        assert "runs as replicas on" in str(record["detail"]), record
+    conflicts = d1.status()["daemon"]["discovery"]["conflicts"]
+    assert [c["name"] for c in conflicts] == ["rx_dup"], conflicts
+    assert not [r for r in d1.status()["remote"] if r["used"]]  # neither kind is used
