@@ -181,7 +181,7 @@ function drawGraph(graph, status) {
       "stroke-dasharray": node ? "" : "5 4" }));
     g.append(el("text", { class: "name", x: 10, y: 19 }, name));
     const where = node && node.host !== "local" ? ` @ ${node.host}` : "";
-    const copies = node && node.replicas ? ` · ×${node.replicas.length}` : "";
+    const copies = node && node.replicas ? ` · ${node.replicas.length}x` : "";
     g.append(el("text", { x: 10, y: 37, "data-field": "state" }, (node ? state : "not found") + copies + where));
     if (local) {
       g.append(el("text", { x: 10, y: 56, "data-field": "iterations" },

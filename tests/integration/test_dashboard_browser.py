@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from porch import web
+from porch.graph import Node, Replica, to_dict
+from porch.status import DaemonStatus, PipelineStatus, ProcessStatus, Snapshot, StatusReport
 from tests.integration.conftest import REPO_ROOT, Porchd
 from tests.integration.test_dashboard import dashboard_url
 
@@ -101,3 +104,48 @@ def test_dashboard_draws_the_diamond_live(tmp_path: Path, porchd: Start) -> None
     assert shot.stat().st_size > 10_000
     if os.environ.get("PORCH_UPDATE_SCREENSHOTS") == "1":  # refresh the README's picture
         shutil.copyfile(shot, README_SHOT)
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_shows_a_replicated_pipeline_once_with_its_replicas_under_it() -> None:
+    """The page's script on a replicated pipeline's status (issue 13), served by porchd's own
+    HTTP server in this process from a fixed snapshot: no porchd needed to draw it."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    names = ("hash#a1b2c3-0", "hash#a1b2c3-1")
+    replicas = [PipelineStatus(names[0], "running", ProcessStatus(pid=11), {"iterations": 4},
+                               rate_per_s=1.0, queue_depth=0),
+                PipelineStatus(names[1], "failed", ProcessStatus(), {"iterations": 6},
+                               rate_per_s=0.0, queue_depth=0)]  # fmt: skip
+    hashed = PipelineStatus.replicated("hash", replicas)
+    nodes = [
+        Node("hash", hashed.state, (), replicas=tuple(Replica(r.name, r.state) for r in replicas))
+    ]
+    snapshot = Snapshot(StatusReport(DaemonStatus(pid=1, version="x"), (hashed,)), to_dict(nodes))
+    server = web.DashboardServer(web.HttpPlan("127.0.0.1", 0, "t0ken", loopback=True),
+                                 lambda: snapshot)  # fmt: skip
+    server.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(server.url, timeout=PAGE_TIMEOUT_MS)
+                page.wait_for_selector("body[data-ready=true]", timeout=PAGE_TIMEOUT_MS)
+                rows = page.locator("#pipelines tbody tr")
+                shown = [rows.nth(i).get_attribute("data-name") for i in range(rows.count())]
+                state = page.locator('tr[data-name="hash"] td[data-field="state"]')
+                iterations = page.locator('tr[data-name="hash"] td[data-field="iterations"]')
+                label = page.locator('g.node[data-name="hash"] text[data-field="state"]')
+                replica_rows = page.locator("tr.replica").count()
+                texts = (state.text_content(), iterations.text_content(), label.text_content())
+            finally:
+                browser.close()
+    finally:
+        server.close()
+    assert not errors, errors
+    assert shown == ["hash", *names] and replica_rows == 2
+    assert texts == ("running (1/2 replicas)", "10", "running · 2x")
