@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import stat
 import urllib.error
 import urllib.request
@@ -16,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Porchd
-from tests.integration.test_porchd import chain
+from tests.integration.test_porchd import chain, ticker
 
 pytestmark = [pytest.mark.integration]
 
@@ -196,3 +198,61 @@ def test_non_loopback_without_a_key_is_refused(tmp_path: Path, porchd: Start) ->
     assert "refusing to serve the dashboard on 0.0.0.0:0" in err, daemon.report()
     assert "cluster key" in err
     assert not daemon.control.exists()
+
+
+@pytest.mark.timeout(90)
+def test_a_replicated_pipeline_is_one_entry_with_its_replicas_everywhere(
+    tmp_path: Path, porchd: Start
+) -> None:
+    """issue 13: status --json, the table, top, graph and /metrics show `tick` (2 replicas)
+    once, with each replica process under it; a replica killed with SIGKILL is restarted and
+    counted under its own row, and the pipeline stays running."""
+    solo = ticker(tmp_path, "solo")
+    tick = ticker(tmp_path, "tick", replicas=2, restart_backoff_s=0)
+    daemon = porchd(solo, tick, extra=("--http", "127.0.0.1:0"))
+    base, auth = api_base(daemon)
+
+    def both_running() -> dict[str, Any] | None:
+        entry = daemon.pipeline("tick")
+        replicas = entry.get("replicas", [])
+        ok = len(replicas) == 2 and all(r["state"] == "running" and r["pid"] for r in replicas)
+        return entry if ok and entry["iterations"] > 0 else None
+
+    entry = daemon.wait_until(both_running, 20.0, "both replicas of tick running")
+    names = [r["name"] for r in entry["replicas"]]
+    assert all(re.fullmatch(r"tick#[0-9a-f]{6}-[01]", n) for n in names), names
+    assert entry["pid"] is None and entry["state"] == "running"
+    assert entry["iterations"] == sum(r["iterations"] for r in entry["replicas"])
+    assert "replicas" not in daemon.pipeline("solo")  # a plain pipeline is as before
+    table = daemon.ctl("status").stdout.splitlines()
+    assert [line.split()[0] for line in table[:5]] == ["PIPELINE", "solo", "tick", *names]
+    assert "running (2 replicas)" in table[2]
+    frame = daemon.ctl("top").stdout  # no terminal: one frame
+    assert re.search(r"\n  #[0-9a-f]{6}-0 +running", frame), frame
+    [node] = [n for n in json.loads(daemon.ctl("graph", "--format", "json").stdout)["nodes"]
+              if n["name"] == "tick"]  # fmt: skip
+    assert sorted(r["name"] for r in node["replicas"]) == sorted(names)
+
+    def scraped() -> dict[Any, float] | None:
+        status, body = fetch(base + "/metrics", auth)
+        found = samples(body) if status == 200 else {}
+        key = ("porch_iterations_total", (("pipeline", "tick"), ("replica", "1")))
+        return found if found.get(key) else None
+
+    values = daemon.wait_until(scraped, 20.0, "tick's replica 1 in /metrics")
+    assert values[("porch_pipeline_replicas", (("pipeline", "tick"),))] == 2
+    assert ("porch_iterations_total", (("pipeline", "solo"),)) in values
+
+    victim = entry["replicas"][1]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def restarted() -> dict[str, Any] | None:
+        found = daemon.pipeline("tick")
+        again = found["replicas"][1]
+        moved = again["pid"] not in (None, victim["pid"]) and again["state"] == "running"
+        return found if moved and again["restarts"] == 1 else None
+
+    after = daemon.wait_until(restarted, 20.0, "the killed replica restarted")
+    assert after["state"] == "running" and after["restarts"] == 1
+    assert after["replicas"][0]["pid"] == entry["replicas"][0]["pid"]  # the other one untouched
+    assert after["replicas"][0]["restarts"] == 0
