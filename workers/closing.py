@@ -8,7 +8,8 @@ worker serves its links until the targets have acknowledged what they were sent:
 - a failed worker waits as long as a stop would take, and not for targets that are down.
 Past the deadline, what is held is lost (memory outbox: an error, counted as dropped) or kept
 for the next start (durable outbox: a warning). A loss, or a finished stream that could not be
-delivered, raises DeliveryError: the worker exits failed.
+delivered, raises DeliveryError: the worker exits failed. A replicated target is waited for
+replica by replica (its EOS goes out once no replica holds a value: workers/replicas.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from porch import logs
 from porch.errors import DeliveryError
 from porch.wire import FrameKind
 from workers.links import OutputLink
+from workers.replicas import Output, all_links
 from workers.signals import StopSignals
 from workers.targets import STALL_WARNING_S
 
@@ -35,7 +37,7 @@ class OutputClose:
     def __init__(
         self,
         pipeline: str,
-        outputs: Sequence[OutputLink],
+        outputs: Sequence[Output],
         stop: StopSignals,
         *,
         finish_timeout_s: float,
@@ -83,7 +85,7 @@ class OutputClose:
         try:
             self.check_delivered(finished)
         finally:
-            for link in self.outputs:
+            for link in all_links(self.outputs):
                 # at-most-once has nothing to wait for but ZeroMQ's own queue: give it time
                 link.close(linger_ms=300 if link.settings.acked else int(FLUSH_TIMEOUT_S * 1000))
 
@@ -93,7 +95,7 @@ class OutputClose:
         give_up_on_down = self.stop.requested or not finished
         return [
             link
-            for link in self.outputs
+            for link in all_links(self.outputs)
             if not link.delivered
             # at-most-once waits only for a live target to confirm our end (no replay)
             and not (link.down and (give_up_on_down or not link.settings.acked))
@@ -103,7 +105,8 @@ class OutputClose:
         """Say what the targets did not acknowledge: an error where it is lost, or where a
         finished stream could not be delivered; a warning where a durable outbox keeps it."""
         kept = self.kept
-        undelivered = [(link, link.data_held()) for link in self.outputs if not link.gone]
+        links = all_links(self.outputs)
+        undelivered = [(link, link.data_held()) for link in links if not link.gone]
         undelivered = [(link, held) for link, held in undelivered if held]
         if not undelivered:
             return

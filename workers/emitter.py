@@ -7,6 +7,9 @@ its own origin ids, `(stream, seq)` (the seq travels as a bare int, the stream i
 header); every other stage passes its inputs' origin on. A stage that sends nothing for an
 input (SKIP, a failed step()) passes a marker (an empty frame) on, so a join downstream drops
 that origin's partner. With a durable outbox each value is stored before it is sent.
+
+A replicated target (workers/replicas.py) takes a value like a link does; one that routes by
+`partition_by` is first told the value (a value it cannot route fails like step() would).
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from porch.serializers import SerializationError, Serializer
 from porch.wire import FrameKind, Origin
 from workers.heartbeat import Counters
 from workers.host import ScriptHost
-from workers.links import OutputLink
 from workers.onerror import ErrorPolicy
 from workers.outbox import DurableOutbox
+from workers.replicas import Output, PartitionError, TargetGroup
 
-HandOver = Callable[[OutputLink, FrameKind, list[Any], Origin | int], None]
+HandOver = Callable[[Output, FrameKind, list[Any], Origin | int], None]
 
 
 class Emitter:
@@ -33,7 +36,7 @@ class Emitter:
     def __init__(
         self,
         pipeline: str,
-        outputs: Sequence[OutputLink],
+        outputs: Sequence[Output],
         serializer: Serializer,
         durable: DurableOutbox | None,
         counters: Counters,
@@ -57,7 +60,13 @@ class Emitter:
             epoch, self.origin_seq = durable.origin_start(epoch)
         self.stream = (pipeline, epoch)
         for link in outputs:
-            link.framer.stream = self.stream
+            if not isinstance(link, TargetGroup):
+                link.framer.stream = self.stream
+        self.routed: list[TargetGroup] = []  # targets that route each value by partition_by
+
+    def outputs_changed(self) -> None:
+        """A target became replicas, or its replicas' partition_by changed."""
+        self.routed = [o for o in self.outputs if isinstance(o, TargetGroup) and o.partition_by]
 
     def own_origins(self, count: int) -> range:
         """The next `count` of our own origin seqs (a burst of a stamping pipeline's values)."""
@@ -72,7 +81,9 @@ class Emitter:
             return True
         try:
             payload = self.serializer.dumps(value)
-        except SerializationError as exc:
+            for group in self.routed:
+                group.aim(value)
+        except (SerializationError, PartitionError) as exc:
             error = ScriptError(f"{self.host.output_origin()}: step() returned {exc}")
             if self.errors.fails:
                 raise error from None

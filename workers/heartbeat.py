@@ -18,7 +18,7 @@ from porch.health import HealthReport
 from porch.security import LinkSecurity
 from workers.deadletter import DeadLetters
 from workers.inbox import Inbox
-from workers.links import OutputLink
+from workers.replicas import Output, all_links
 from workers.targets import link_status
 
 # upper bounds of the step() duration histogram (seconds), as Prometheus buckets
@@ -57,7 +57,7 @@ class Heartbeat:
     def __init__(
         self,
         counters: Counters,
-        outputs: Sequence[OutputLink],
+        outputs: Sequence[Output],
         inbox: Inbox | None,
         dead_letters: DeadLetters,
         security: LinkSecurity | None,
@@ -71,7 +71,7 @@ class Heartbeat:
 
     def report(self, state: str, warning: str) -> HealthReport:
         """The health report now (`state`: the worker's WorkerState value)."""
-        counters, outputs, inbox = self.counters, self.outputs, self.inbox
+        counters, outputs, inbox = self.counters, all_links(self.outputs), self.inbox
         denied = self.security.denied if self.security is not None else 0
         return HealthReport(
             iterations=counters.iterations,

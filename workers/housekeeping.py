@@ -12,13 +12,14 @@ supervisor that died without a parent-death signal is noticed then too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableSequence, Sequence
+from typing import Any
 
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
 from porch.names import pipeline_of
 from workers.heartbeat import Heartbeat
 from workers.inbox import Inbox
-from workers.links import OutputLink
+from workers.replicas import Output
 from workers.signals import StopSignals
 from workers.sources import SourceWatch
 from workers.targets import TargetDirectory, TargetWatch
@@ -31,7 +32,7 @@ class Housekeeping:
         self,
         pipeline: str,
         control: ControlClient,
-        outputs: Sequence[OutputLink],
+        outputs: MutableSequence[Output],
         inbox: Inbox | None,
         stops: StopSignals,
         heartbeat: Heartbeat,
@@ -39,6 +40,7 @@ class Housekeeping:
         started_s: float,
         parent_pid: int | None,
         read_acks: Callable[[], None],
+        loads: Callable[[Sequence[Any]], Any] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.control = control
@@ -46,7 +48,7 @@ class Housekeeping:
         self.inbox = inbox
         self.stops = stops
         self.heartbeat = heartbeat
-        self.directory = TargetDirectory(pipeline, outputs)
+        self.directory = TargetDirectory(pipeline, outputs, loads=loads)
         # sources name our pipeline among their targets (a replica's process name is not it)
         me = pipeline_of(pipeline)
         self.sources = SourceWatch(me, inbox, stops) if inbox is not None else None

@@ -36,7 +36,15 @@ from porch.wire import (
     Stream,
 )
 from workers import linkpeer
-from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH, Batch, Framer, Outgoing, SendQueue
+from workers.sendqueue import (
+    BATCH_ITEM_MAX,
+    MAX_BATCH,
+    Batch,
+    Framer,
+    Outgoing,
+    SendQueue,
+    data_of,
+)
 
 log = logs.get("porch.worker")
 
@@ -398,6 +406,15 @@ class OutputLink:
         self.batch.take()
         self.close(linger_ms=0)
         self.conn.endpoint = self.conn.instance = None
+
+    def take_data(self) -> list[tuple[list[Any], Origin]]:
+        """Take out every value the target has not acknowledged, in order, as (payload,
+        origin), and forget everything held: a replica gone for good hands its values to the
+        others (workers/replicas.py)."""
+        self._close_batch()
+        taken = [item for m in self.outbox if m.kind is FrameKind.DATA for item in data_of(m)]
+        self.outbox.clear(released=self.next_seq - 1)
+        return taken
 
     # ---- sending -------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from porch.wire import (
     Origin,
     Run,
     Stream,
+    decode_prefix,
     encode_batch,
     run_origins,
     runs_of,
@@ -49,6 +50,19 @@ class Outgoing:
     def count(self) -> int:
         """How many messages it carries."""
         return self.seq - self.first + 1 if self.parts is not None else 1
+
+
+def data_of(message: Outgoing) -> list[tuple[list[Any], Origin]]:
+    """The values a data message carries, each as (payload frames, origin), in order: to send
+    them again on another link (a replica that is gone hands its values to the others)."""
+    origins = run_origins(message.runs or [(message.count, ())])
+    if message.parts is not None:
+        return [([part], origin) for part, origin in zip(message.parts, origins, strict=True)]
+    head = bytes(message.frames[0])
+    _, end = decode_prefix(head)
+    rest = list(message.frames[1:])
+    payload = [head[end:], *rest] if len(head) > end or not rest else rest  # b"": a marker
+    return [(payload, origins[0])]
 
 
 class Batch:

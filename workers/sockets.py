@@ -24,6 +24,7 @@ from porch.wire import HeaderEncoder
 from workers.deadletter import LinkLetters
 from workers.inbox import Inbox
 from workers.links import LinkSettings, OutputLink
+from workers.replicas import Output
 
 log = logs.get("porch.worker")
 
@@ -75,10 +76,11 @@ class WorkerSockets:
         )
         headers = HeaderEncoder(serializer.id, self.instance, config.name)
         settings = link_settings(config)
-        self.outputs = [
+        self.links = [  # one per target; a replicated one becomes a group (workers/replicas.py)
             OutputLink(self.ctx, target, headers, settings, letters, security=security)
             for target in config.target_pipeline_names
         ]
+        self.outputs: list[Output] = list(self.links)
 
     def _local_socket(self, pipeline: str, ipc_dir: Path | None) -> Path | None:
         """Where our input listens for our supervisor's pipelines (porch/localsock.py), or None:

@@ -12,26 +12,21 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TypedDict
+from collections.abc import Callable, Mapping, MutableSequence, Sequence
+from typing import Any, TypedDict
 
 from porch import logs
 from porch.control import WorkerState
-from porch.directory import DirectoryEntry, DirectoryError, Withdrawn, decode_directory
+from porch.directory import DirectoryEntry, DirectoryError, decode_directory
 from porch.health import LinkState
-from porch.wire import decode_ack
+from porch.names import is_replica, pipeline_of
 from workers.links import OutputLink
+from workers.replicas import Output, TargetGroup, all_links, finish, follow
 
 log = logs.get("porch.worker")
 
 MISSING_TARGET_S = 3.0  # a target the directory has not shown by then is reported missing
 STALL_WARNING_S = 10.0  # how often a pipeline that cannot make progress says why
-ACK_GRACE_MS = 200  # how long a finished target's final ack may still be on its way
-DOWN_STATES = frozenset(
-    {WorkerState.STOPPING, WorkerState.STOPPED, WorkerState.FAILED, WorkerState.BACKOFF}
-)
-# a target in these states is coming back
-RESTARTING_STATES = frozenset({WorkerState.BACKOFF, WorkerState.STARTING})
 
 
 class LinkStatus(TypedDict):
@@ -87,7 +82,7 @@ class TargetWatch:
     def __init__(
         self,
         pipeline: str,
-        outputs: Sequence[OutputLink],
+        outputs: Sequence[Output],
         started_s: float,
         localtime: Callable[[float], time.struct_time] = time.localtime,
     ) -> None:
@@ -127,7 +122,7 @@ class TargetWatch:
             f"target {link.target!r} unreachable since "
             f"{time.strftime('%H:%M:%S', self._localtime(link.withdrawn_since))}; "
             f"{link.data_held()} held"
-            for link in self.outputs
+            for link in all_links(self.outputs)
             if link.withdrawn_since is not None and not link.gone
         ]
         return parts
@@ -136,13 +131,22 @@ class TargetWatch:
 class TargetDirectory:
     """What the last directory said of every pipeline, applied to our output links: connect to
     a target's endpoint, hold the output of one withdrawn by discovery, retire a finished one,
-    mark one that is down for good or restarting."""
+    mark one that is down for good or restarting. A target the directory lists as replicas
+    becomes a TargetGroup in `outputs` (workers/replicas.py), its link's values handed to it."""
 
-    def __init__(self, pipeline: str, outputs: Sequence[OutputLink]) -> None:
+    def __init__(
+        self,
+        pipeline: str,
+        outputs: MutableSequence[Output],
+        *,
+        loads: Callable[[Sequence[Any]], Any] | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.outputs = outputs
+        self.loads = loads  # the serializer's (partition_by routes values taken out of a link)
         self.known: dict[str, str] = {}  # every other pipeline the directory lists: its state
         self._names: tuple[str, ...] = ()  # every pipeline's name (sent when they change)
+        self.on_groups: Callable[[], None] | None = None  # the groups' routing may have changed
 
     def read(self, message: Mapping[str, object]) -> Mapping[str, DirectoryEntry] | None:
         """Take one DIRECTORY message: its entries, or None (said) when it cannot be read."""
@@ -157,44 +161,61 @@ class TargetDirectory:
         if directory.names is not None:
             self._names = directory.names
         pipelines = directory.pipelines
-        self.known = dict.fromkeys(self._names, "?")
-        self.known.update({name: e.state.value for name, e in pipelines.items()})
+        # replicas are known by their pipeline's name (a running one's state, if any)
+        self.known = dict.fromkeys(map(pipeline_of, self._names), "?")
+        for name, listed in pipelines.items():
+            known = pipeline_of(name)
+            if known == name or self.known.get(known) != WorkerState.RUNNING.value:
+                self.known[known] = listed.state.value
         self.known.pop(self.pipeline, None)
+        self.known.pop(pipeline_of(self.pipeline), None)
         return pipelines
 
     def apply(self, pipelines: Mapping[str, DirectoryEntry]) -> None:
         """Point each output link where the directory says its target is."""
-        for link in self.outputs:
-            entry = pipelines.get(link.target)
-            if entry is None:
+        replicas: dict[str, dict[str, DirectoryEntry]] = {}
+        for name, entry in pipelines.items():
+            if is_replica(name):
+                replicas.setdefault(pipeline_of(name), {})[name] = entry
+        grouped = False
+        for index, link in enumerate(self.outputs):
+            if isinstance(link, TargetGroup):
+                link.apply(replicas.get(link.target, {}))
+                grouped = True
                 continue
-            state = entry.state
-            if state is WorkerState.FINISHED:  # its stream is over; stopped or failed may return
+            listed = pipelines.get(link.target)
+            if listed is None:
+                if link.target in replicas:
+                    self.outputs[index] = self._group(link, replicas[link.target])
+                    grouped = True
+                continue
+            if listed.state is WorkerState.FINISHED:  # over; stopped or failed may return
                 self.retire(link)
                 continue
-            if state is Withdrawn.WITHDRAWN:  # its host fell silent: hold the output till back
-                link.withdraw(entry.since if entry.since is not None else time.time())
-                continue
-            if entry.endpoint is not None:
-                link.connect(
-                    entry.endpoint,
-                    entry.instance,
-                    entry.key,
-                    force=link.withdrawn_since is not None,  # rediscovered: don't wait on TCP
-                )
-            link.down = state in DOWN_STATES and state not in RESTARTING_STATES
-            link.restarting = state in RESTARTING_STATES
+            follow(link, listed)
+        if grouped and self.on_groups is not None:
+            self.on_groups()
+
+    def _group(self, link: OutputLink, entries: Mapping[str, DirectoryEntry]) -> TargetGroup:
+        """The target turned out to be replicas: a group of links like `link`, given what
+        `link` held, in order (numbered then, for an ordered target)."""
+        conn, framer = link.conn, link.framer
+
+        def make_link(name: str) -> OutputLink:
+            return OutputLink(conn.ctx, name, framer.headers, link.settings, link.on_dead_letter,
+                              security=conn.security)  # fmt: skip
+
+        group = TargetGroup(link.target, self.pipeline, make_link, link.settings, framer.stream,
+                            loads=self.loads)  # fmt: skip
+        group.apply(entries)
+        held = link.take_data()
+        link.retire()
+        log.info("target_replicated", pipeline=self.pipeline, target=link.target,
+                 replicas=len(entries), ordered=group.ordered,
+                 partition_by=group.partition_by, handed_on=len(held))  # fmt: skip
+        group.hand_on(held, renumber=True)
+        return group
 
     def retire(self, link: OutputLink) -> None:
         """The target finished: take its last acks, then drop (and say) what it never took."""
-        if link.gone:
-            return
-        # the target's last ack (TCP) can arrive after the directory's "finished" (IPC)
-        link.read_acks(decode_ack)
-        if link.socket is not None and link.data_held() and link.socket.poll(ACK_GRACE_MS):
-            link.read_acks(decode_ack)
-        held = link.data_held()
-        if held:
-            log.warning("target_finished", pipeline=self.pipeline, target=link.target,
-                        dropped=held)  # fmt: skip
-        link.retire()
+        finish(link, self.pipeline)

@@ -22,10 +22,10 @@ import zmq
 from porch import logs
 from porch.wire import FrameKind, Origin
 from workers.housekeeping import Housekeeping
-from workers.links import OutputLink
+from workers.replicas import Output, TargetGroup, links_of
 from workers.signals import StopSignals
 from workers.sockets import WorkerSockets
-from workers.targets import STALL_WARNING_S, link_status
+from workers.targets import STALL_WARNING_S, LinkStatus, link_status
 
 log = logs.get("porch.worker")
 
@@ -82,7 +82,7 @@ class Waiter:
         self.tick()
 
     def hand_over(
-        self, link: OutputLink, kind: FrameKind, payload: list[Any], origin: Origin | int = ()
+        self, link: Output, kind: FrameKind, payload: list[Any], origin: Origin | int = ()
     ) -> None:
         """Give one message to a link, waiting (while serving control) as long as it is full."""
         next_warning = time.monotonic() + STALL_WARNING_S
@@ -95,18 +95,32 @@ class Waiter:
                 return
             if now > next_warning:
                 next_warning = now + STALL_WARNING_S
-                status = link_status(link)
+                status = blocked_status(link)
                 log.warning("output_blocked", pipeline=self.pipeline, target=link.target,
                             reason=status["state"].blocked_reason, held=status["held"],
                             since=status["since"])  # fmt: skip
             self.wait(POLL_MS, self.blocked_poller(link))
 
-    def blocked_poller(self, link: OutputLink) -> zmq.Poller:
-        """What a producer blocked on `link` waits for: acks (the outbox is full) and, only
-        while ZeroMQ itself holds unsent entries, room in its queue; never a busy loop."""
+    def blocked_poller(self, output: Output) -> zmq.Poller:
+        """What a producer blocked on `output` waits for: acks (the outbox is full) and, only
+        while ZeroMQ itself holds unsent entries, room in its queue; never a busy loop (a
+        replicated target: any replica's)."""
         poller = zmq.Poller()
         poller.register(self.control.socket, zmq.POLLIN)
         poller.register(self.stops.wake_r, zmq.POLLIN)
-        if link.socket is not None:
-            poller.register(link.socket, POLL_BOTH if link.unsent else zmq.POLLIN)
+        for link in links_of(output):
+            if link.socket is not None:
+                poller.register(link.socket, POLL_BOTH if link.unsent else zmq.POLLIN)
         return poller
+
+
+def blocked_status(output: Output) -> LinkStatus:
+    """What a producer blocked on `output` says of it: a link's status; a replicated target's
+    busiest live replica's, or, with none live, its first replica's."""
+    if not isinstance(output, TargetGroup):
+        return link_status(output)
+    links = output.live or list(output.links.values())
+    status = link_status(max(links, key=lambda link: link.data_held()))
+    status["name"] = output.target
+    status["held"] = output.data_held()
+    return status

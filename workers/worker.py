@@ -82,7 +82,7 @@ class Worker:
         self.inbox = self.sockets.inbox
         self.outputs = self.sockets.outputs
         self.durable = (
-            DurableOutbox(state_dir / "outbox" / f"{config.name}.sqlite", self.outputs)
+            DurableOutbox(state_dir / "outbox" / f"{config.name}.sqlite", self.sockets.links)
             if config.outbox is Outbox.DURABLE
             else None
         )
@@ -99,11 +99,14 @@ class Worker:
             started_s=time.monotonic(),
             parent_pid=options.parent_pid,
             read_acks=self._read_acks,
+            loads=serializer.loads,
         )
         self.loop = MessageLoop(config, self.host, self.sockets, serializer, self.durable,
                                 stops=self.stops, house=self.house, counters=self.counters,
                                 dead_letters=self.dead_letters,
                                 read_acks=self._read_acks)  # fmt: skip
+        # a target the directory shows as replicas may route by value (partition_by)
+        self.house.directory.on_groups = self.loop.emitter.outputs_changed
 
     @property
     def stopping(self) -> bool:
