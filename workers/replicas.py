@@ -178,9 +178,9 @@ class TargetGroup:
                 self._rejoined(link)
         self.away.update(name for name in self.links if name not in entries)
         members = self.members()
+        self.live = [link for link in members if _takes(link)]
         for name in sorted(self.away):
             self._leave(self.links[name], entries.get(name), members)
-        self.live = [link for link in members if _takes(link)]
         self._end_when_delivered()
 
     def members(self) -> list[OutputLink]:

@@ -1,0 +1,425 @@
+"""Sending to a replicated target (workers/replicas.py) in-process, over inproc sockets: a
+target the directory lists as replicas becomes a group, credit picks the replica holding the
+fewest, a replica gone for good hands its unacknowledged values to the others in order,
+partition_by is stable, ordered numbers every value once, the EOS reaches every replica."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+from structlog.testing import capture_logs
+
+from porch.wire import FrameKind, HeaderEncoder, decode_batch, decode_prefix, run_origins
+from workers.links import LinkSettings, OutputLink
+from workers.replicas import (
+    Output,
+    PartitionError,
+    TargetGroup,
+    partition_index,
+)
+from workers.targets import TargetDirectory, TargetWatch
+
+pytestmark = pytest.mark.timeout(20)
+
+Context = zmq.Context[zmq.Socket[bytes]]
+STREAM = ("src", 77)  # the sender's own origin stream (its seqs come as bare ints)
+TAG = "abc123"
+
+
+def name(k: int, pipeline: str = "work") -> str:
+    return f"{pipeline}#{TAG}-{k}"
+
+
+@pytest.fixture
+def ctx() -> Iterator[Context]:
+    context: Context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+class Replica:
+    """A fake replica: a ROUTER on inproc:// that reads what it is sent and acknowledges."""
+
+    def __init__(self, ctx: Context, k: int) -> None:
+        self.name = name(k)
+        self.endpoint = f"inproc://{self.name}"
+        self.socket = ctx.socket(zmq.ROUTER)
+        self.socket.bind(self.endpoint)
+        self.acks = HeaderEncoder(0, 1000 + k, self.name)
+        self.route = b""
+        self.values: list[tuple[bytes, tuple[Any, ...]]] = []  # (payload, origin) in order
+        self.kinds: list[FrameKind] = []
+        self.last_seq = 0
+
+    def entry(self, state: str = "running", **more: object) -> dict[str, object]:
+        return {"state": state, "endpoint": self.endpoint, "instance": 1, **more}
+
+    def read(self) -> None:
+        while self.socket.poll(50):
+            route, head, *rest = self.socket.recv_multipart()
+            self.route = route
+            header, end = decode_prefix(head)
+            self.kinds.append(header.kind)
+            origins = run_origins(header.origins) if header.origins else []
+            if header.kind is FrameKind.DATA_BATCH:
+                parts = [bytes(p) for p in decode_batch(head, end)]
+                self.values += zip(parts, origins, strict=True)
+                self.last_seq = header.seq + len(parts) - 1
+            elif header.kind is FrameKind.DATA:
+                self.values.append((head[end:] or b"".join(rest), origins[0] if origins else ()))
+                self.last_seq = header.seq
+            elif header.kind is FrameKind.EOS:
+                self.last_seq = header.seq
+
+    def ack(self) -> None:
+        self.read()
+        self.socket.send_multipart([self.route, self.acks.encode(FrameKind.ACK, self.last_seq)])
+
+
+def sender(ctx: Context, target: str = "work", acked: bool = True) -> OutputLink:
+    link = OutputLink(ctx, target, HeaderEncoder(1, 5, "src"), LinkSettings(limit=32, acked=acked))
+    link.stream = STREAM
+    return link
+
+
+def directory(outputs: list[Output], **loads: Any) -> TargetDirectory:
+    return TargetDirectory("src", outputs, loads=pickle.loads if loads else None)
+
+
+def show(targets: TargetDirectory, entries: dict[str, dict[str, object]]) -> None:
+    pipelines = targets.read({"v": 1, "pipelines": entries})
+    assert pipelines is not None
+    targets.apply(pipelines)
+
+
+def group_of(outputs: list[Output]) -> TargetGroup:
+    group = outputs[0]
+    assert isinstance(group, TargetGroup)
+    return group
+
+
+def value(n: int) -> bytes:
+    return pickle.dumps({"n": n, "user": f"u{n % 5}"})
+
+
+def numbers(replica: Replica) -> list[int]:
+    return [pickle.loads(payload)["n"] for payload, _ in replica.values]
+
+
+def both(ctx: Context, **extra: object) -> tuple[list[Output], TargetDirectory, list[Replica]]:
+    replicas = [Replica(ctx, 0), Replica(ctx, 1)]
+    outputs: list[Output] = [sender(ctx)]
+    targets = directory(outputs, loads=True)
+    show(targets, {r.name: r.entry(**extra) for r in replicas})
+    return outputs, targets, replicas
+
+
+def test_a_target_listed_as_replicas_becomes_a_group_given_what_its_link_held(
+    ctx: Context,
+) -> None:
+    outputs: list[Output] = [sender(ctx)]
+    for seq in range(1, 4):  # held before the directory showed where the target is
+        assert outputs[0].offer(FrameKind.DATA, [value(seq)], seq)
+    targets = directory(outputs)
+    replicas = [Replica(ctx, 0), Replica(ctx, 1)]
+    show(targets, {r.name: r.entry() for r in replicas})
+
+    group = group_of(outputs)
+    assert sorted(group.links) == [r.name for r in replicas]
+    for r in replicas:
+        r.read()
+    got = sorted(n for r in replicas for n in numbers(r))
+    assert got == [1, 2, 3]
+    origins = [o for r in replicas for _, o in r.values]
+    assert sorted(origins) == [(STREAM, 1), (STREAM, 2), (STREAM, 3)]
+    # a plain target stays a link
+    plain: list[Output] = [sender(ctx, "plain")]
+    show(directory(plain), {"plain": {"state": "running", "endpoint": "inproc://nowhere"}})
+    assert isinstance(plain[0], OutputLink)
+
+
+def test_credit_goes_to_the_replica_holding_the_fewest_ties_in_turn(ctx: Context) -> None:
+    outputs, _, (r0, r1) = both(ctx)
+    group = group_of(outputs)
+    for seq in range(1, 5):  # both hold nothing, then one each: in turn
+        assert group.offer(FrameKind.DATA, [value(seq)], seq)
+        group.flush()
+    held = {link.target: link.held for link in group.links.values()}
+    assert held == {r0.name: 2, r1.name: 2}
+
+    r1.ack()  # r1 acknowledged its two: the next ones go to r1 until it holds as many
+    group.read_acks(_decode_ack)
+    for seq in range(5, 7):
+        assert group.offer(FrameKind.DATA, [value(seq)], seq)
+        group.flush()
+    r0.read()
+    r1.read()
+    assert numbers(r0) == [1, 3] or numbers(r0) == [2, 4]
+    assert numbers(r1)[-2:] == [5, 6]
+
+
+def test_a_burst_goes_whole_to_the_lightest_replica_and_room_is_its(ctx: Context) -> None:
+    outputs, _, (_r0, _r1) = both(ctx)
+    group = group_of(outputs)
+    group.offer(FrameKind.DATA, [value(0)], 1)
+    group.flush()
+    heavy = next(link for link in group.links.values() if link.held)
+    assert group.room() == 32  # the empty replica's
+    group.extend([value(n) for n in range(1, 4)], range(2, 5))
+    group.flush()
+    light = next(link for link in group.links.values() if link is not heavy)
+    assert (heavy.held, light.held) == (1, 3)
+
+
+def test_no_value_goes_to_a_restarting_replica_which_keeps_what_it_holds(ctx: Context) -> None:
+    outputs, targets, (r0, r1) = both(ctx)
+    group = group_of(outputs)
+    for seq in range(1, 5):
+        group.offer(FrameKind.DATA, [value(seq)], seq)
+        group.flush()
+    show(targets, {r0.name: {"state": "backoff"}, r1.name: r1.entry()})
+    assert group.links[r0.name].held == 2  # replayed to its next instance, not handed on
+    for seq in range(5, 9):
+        group.offer(FrameKind.DATA, [value(seq)], seq)
+    group.flush()
+    assert group.links[r0.name].held == 2 and group.links[r1.name].held == 6
+
+
+@pytest.mark.parametrize(
+    "leaves",
+    [
+        {},  # scaled away: its entry left the directory
+        {"state": "failed", "final": True},
+        {"state": "stopped", "final": True},
+        {"state": "withdrawn", "since": 5.0},
+        {"state": "finished"},
+    ],
+)
+def test_a_replica_gone_for_good_hands_its_unacknowledged_values_on_in_order(
+    ctx: Context, leaves: dict[str, object]
+) -> None:
+    outputs, targets, (r0, r1) = both(ctx)
+    group = group_of(outputs)
+    group.live = [group.links[r0.name]]  # everything to r0 first
+    for seq in range(1, 7):
+        group.offer(FrameKind.DATA, [value(seq)], seq)
+    group.flush()
+    r0.read()
+    assert numbers(r0) == [1, 2, 3, 4, 5, 6]
+
+    entries = {r1.name: r1.entry()}
+    if leaves:
+        entries[r0.name] = {"endpoint": r0.endpoint, "instance": 1, **leaves}
+    with capture_logs() as logs:
+        show(targets, entries)
+    group.flush()
+    r1.read()
+    assert numbers(r1) == [1, 2, 3, 4, 5, 6]
+    assert [(e["replica"], e["messages"]) for e in logs if e["event"] == "replica_gone"] == [
+        (r0.name, 6)
+    ]
+    assert group.links[r0.name].data_held() == 0 and group.dropped == 0
+
+
+def test_a_replica_gone_with_no_other_keeps_its_values_until_one_comes(ctx: Context) -> None:
+    outputs, targets, (r0, _r1) = both(ctx)
+    group = group_of(outputs)
+    group.live = [group.links[r0.name]]
+    for seq in range(1, 4):
+        group.offer(FrameKind.DATA, [value(seq)], seq)
+    show(targets, {r0.name: {"state": "withdrawn", "since": 5.0}})  # r1 scaled away too
+    assert group.links[r0.name].data_held() == 3
+    assert not group.offer(FrameKind.DATA, [value(4)], 4)  # nowhere to go: the producer waits
+
+    r2 = Replica(ctx, 2)
+    show(targets, {r0.name: {"state": "withdrawn", "since": 5.0}, r2.name: r2.entry()})
+    group.flush()
+    r2.read()
+    assert numbers(r2) == [1, 2, 3]
+
+
+def test_partition_by_sends_each_key_to_one_replica_by_the_sorted_names(ctx: Context) -> None:
+    outputs, _targets, replicas = both(ctx, partition_by="user")
+    group = group_of(outputs)
+    assert group.partition_by == "user" and group.room() == 0  # each value routed by itself
+    for seq in range(1, 21):
+        group.aim({"n": seq, "user": f"u{seq % 5}"})
+        assert group.offer(FrameKind.DATA, [value(seq)], seq)
+    group.flush()
+    for r in replicas:
+        r.read()
+    names = sorted(r.name for r in replicas)
+    for r in replicas:
+        users = {pickle.loads(p)["user"] for p, _ in r.values}
+        assert all(names[partition_index(user, 2)] == r.name for user in users)
+    assert sum(len(r.values) for r in replicas) == 20
+    assert (
+        partition_index("u1", 2)
+        == int.from_bytes(__import__("hashlib").blake2b(pickle.dumps("u1", 4)).digest()[:8], "big")
+        % 2
+    )
+
+    class Point:
+        user = "u3"
+
+    group.aim(Point())  # an attribute works too
+    with pytest.raises(PartitionError, match=r"a dict without the key 'user'.*partition_by"):
+        group.aim({"n": 1})
+    with pytest.raises(PartitionError, match=r"a int without the attribute 'user'"):
+        group.aim(5)
+
+
+@pytest.mark.parametrize("on_error", ["skip", "stop"])
+def test_a_value_without_the_partition_field_goes_through_on_error(
+    ctx: Context, tmp_path: Any, on_error: str
+) -> None:
+    from porch.config import OnError
+    from porch.errors import ScriptError
+    from porch.serializers import get
+    from workers.deadletter import DeadLetters
+    from workers.emitter import Emitter
+    from workers.heartbeat import Counters
+    from workers.onerror import ErrorPolicy
+
+    outputs, targets, _ = both(ctx, partition_by="user")
+    counters = Counters()
+    errors = ErrorPolicy("src", OnError(on_error), counters, DeadLetters(tmp_path, "src"))
+
+    class Host:
+        def output_origin(self) -> str:
+            return "step.py:3"
+
+    emitter = Emitter("src", outputs, get("pickle"), None, counters, stamps=True,
+                      host=Host(), errors=errors, hand_over=_no_hand_over)  # type: ignore[arg-type]  # fmt: skip
+    targets.on_groups = emitter.outputs_changed
+    show(targets, {name(0): {"state": "running", "partition_by": "user"}})  # routes now
+    assert emitter.emit({"user": "u1"}, None, ())
+    if on_error == "stop":
+        with pytest.raises(ScriptError, match=r"step.py:3: step\(\) returned a list without"):
+            emitter.emit([1, 2], None, ())
+        return
+    with capture_logs() as logs:
+        assert not emitter.emit([1, 2], None, ())
+    assert counters.skipped == 1 and counters.msgs_out == 1
+    assert "a list without the key 'user'" not in logs[0]["error"]
+    assert "a list without the attribute 'user'" in logs[0]["error"]
+
+
+def _no_hand_over(*args: Any) -> None:
+    raise AssertionError("every replica had room")
+
+
+def test_partition_by_holds_a_key_for_its_replica_while_it_is_down(ctx: Context) -> None:
+    outputs, targets, replicas = both(ctx, partition_by="user")
+    group = group_of(outputs)
+    names = sorted(r.name for r in replicas)
+    key = next(f"u{i}" for i in range(20) if names[partition_index(f"u{i}", 2)] == names[0])
+    show(targets, {names[0]: {"state": "backoff", "partition_by": "user"},
+                   names[1]: replicas[1].entry(partition_by="user")})  # fmt: skip
+    group.aim({"user": key})
+    assert group.offer(FrameKind.DATA, [pickle.dumps({"user": key})], 1)
+    assert group.links[names[0]].data_held() == 1 and group.links[names[1]].data_held() == 0
+
+
+def test_ordered_appends_one_order_id_per_value_from_0_without_gaps(ctx: Context) -> None:
+    outputs, targets, (r0, r1) = both(ctx, ordered=True)
+    group = group_of(outputs)
+    order = group.order_stream
+    assert order[0] == "#work"
+    group.add(value(1), 1)
+    group.offer(FrameKind.DATA, [value(2)], 2)
+    group.extend([value(3), value(4)], range(3, 5))
+    group.offer(FrameKind.DATA, [b""], (("up", 9), 1))  # a skip marker fills its slot too
+    group.flush()
+    for r in (r0, r1):
+        r.read()
+    origins = sorted((o for r in (r0, r1) for _, o in r.values), key=lambda o: o[-1])
+    assert origins == [
+        (STREAM, 1, order, 0),
+        (STREAM, 2, order, 1),
+        (STREAM, 3, order, 2),
+        (STREAM, 4, order, 3),
+        (("up", 9), 1, order, 4),
+    ]
+
+    # handed on, a value keeps its number
+    before = {o for _, o in r0.values}
+    show(targets, {r1.name: r1.entry(ordered=True)})
+    group.flush()
+    r1.read()
+    assert before <= {o for _, o in r1.values}
+    assert group.order_seq == 5
+
+
+def test_the_eos_reaches_every_replica_once_none_holds_a_value(ctx: Context) -> None:
+    outputs, _, (r0, r1) = both(ctx)
+    group = group_of(outputs)
+    for seq in range(1, 5):
+        group.offer(FrameKind.DATA, [value(seq)], seq)
+        group.flush()
+    group.force(FrameKind.EOS, [])
+    r0.read()
+    r1.read()
+    assert FrameKind.EOS not in r0.kinds + r1.kinds and not group.delivered
+
+    r0.ack()  # r1 still holds two: it might die, and r0 must be able to take them
+    group.read_acks(_decode_ack)
+    r0.read()
+    assert FrameKind.EOS not in r0.kinds
+
+    r1.ack()
+    group.read_acks(_decode_ack)
+    r0.read()
+    r1.read()
+    assert r0.kinds[-1] is FrameKind.EOS and r1.kinds[-1] is FrameKind.EOS
+    r0.ack()
+    r1.ack()
+    group.read_acks(_decode_ack)
+    assert group.delivered
+
+
+def test_bye_goes_to_every_replica_at_once(ctx: Context) -> None:
+    outputs, _, replicas = both(ctx)
+    group = group_of(outputs)
+    group.offer(FrameKind.DATA, [value(1)], 1)
+    group.say_bye()
+    for r in replicas:
+        r.read()
+        assert r.kinds[-1] is FrameKind.BYE
+
+
+def test_status_reports_each_replica_and_a_target_without_any_up_is_missing(
+    ctx: Context,
+) -> None:
+    outputs: list[Output] = [sender(ctx)]
+    targets = directory(outputs)
+    show(targets, {name(0): {"state": "starting"}, name(1): {"state": "starting"}})
+    assert targets.known == {"work": "starting"}
+    group = group_of(outputs)
+    watch = TargetWatch("src", outputs, started_s=0.0)
+    with capture_logs() as logs:
+        watch.check(100.0, targets.known)
+    assert [(e["event"], e["target"]) for e in logs] == [("target_missing", "work")]
+    assert watch.warnings() == [
+        "target 'work' is starting, no endpoint yet; 0 held (queue_limit 32)"
+    ]
+
+    from workers.heartbeat import Counters, Heartbeat
+
+    report = Heartbeat(Counters(), outputs, None, _Letters(), None).report("running", "")
+    assert [t["name"] for t in report.targets] == [name(0), name(1)]
+    assert not group.live
+
+
+class _Letters:
+    count = 0
+
+
+def _decode_ack(frame: bytes) -> int | None:
+    from porch.wire import decode_ack
+
+    return decode_ack(frame)
