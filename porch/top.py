@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 from porch.errors import ControlError
 from porch.graph import state_class
-from porch.names import REPLICA_MARK
+from porch.names import REPLICA_MARK, is_replica, pipeline_of
 from porch.porchctl_format import error_text
-from porch.status import PipelineStatus, StatusReport, read
+from porch.status import PipelineStatus, RemoteStatus, StatusReport, derived_state, read
 
 INTERVAL_S = 1.0
 KEY_POLL_MS = 100
@@ -103,12 +103,31 @@ def frame(result: Status, width: int, now: str) -> list[tuple[str, str]]:
     lines.append((format_row([c[0] for c in COLUMNS], width), "title"))
     for p in report.pipelines:
         lines += [(format_row(values, width), style) for values, style in _rows(p)]
-    for r in report.remote:
-        values = ["-"] * len(COLUMNS)
-        values[0], values[1] = r.name, r.state
-        values[-1] = f"remote: {r.hostname or r.host}"
-        lines.append((format_row(values, width), "remote"))
+    lines += [(format_row(values, width), "remote") for values in _remote_rows(report.remote)]
     return lines
+
+
+def _remote_rows(remote: Sequence[RemoteStatus]) -> list[list[str]]:
+    """A row per remote pipeline; other hosts' replicas of one (NAME#TAG-K) under a row of it."""
+    groups: dict[tuple[str, bool], list[RemoteStatus]] = {}
+    for r in remote:
+        groups.setdefault((pipeline_of(r.name), is_replica(r.name)), []).append(r)
+    rows = []
+    for (name, replicated), members in groups.items():
+        if replicated:
+            hosts = ", ".join(dict.fromkeys(r.hostname or r.host for r in members))
+            state = derived_state(r.state for r in members)
+            rows.append(_remote_row(name, state, f"{len(members)}x", f"remote: {hosts}"))
+        for r in members:
+            shown = "  " + r.name[r.name.find(REPLICA_MARK) :] if replicated else r.name
+            rows.append(_remote_row(shown, r.state, "-", f"remote: {r.hostname or r.host}"))
+    return rows
+
+
+def _remote_row(name: str, state: str, pid: str, where: str) -> list[str]:
+    values = ["-"] * len(COLUMNS)
+    values[0], values[1], values[2], values[-1] = name, state, pid, where
+    return values
 
 
 def _rows(p: PipelineStatus) -> list[tuple[list[str], str]]:

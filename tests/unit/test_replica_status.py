@@ -265,3 +265,14 @@ def test_porch_run_shows_a_replicated_pipeline_once_and_its_replicas_in_the_summ
     table = summary_lines(rows, 10.0, table=True)
     assert [line.split()[0] for line in table[2:]] == ["source", "hash", HASH0, HASH1]
     assert table[3].rstrip().endswith("3 dropped") and table[5].endswith("error: boom")
+
+
+def test_top_lists_other_hosts_replicas_under_one_row_of_their_pipeline() -> None:
+    far = [RemoteStatus(replica_name("hash", tag, 0), host=host, state="running")
+           for tag, host in (("0f0f0f", "10.0.0.2"), ("e0e0e0", "10.0.0.3"))]  # fmt: skip
+    lines = top.frame(StatusReport(remote=(far[0], RemoteStatus("far"), far[1])), 200, "now")
+    rows = [line.split() for line, style in lines[3:] if style == "remote"]
+    assert [row[:3] for row in rows] == [
+        ["hash", "running", "2x"], ["#0f0f0f-0", "running", "-"], ["#e0e0e0-0", "running", "-"],
+        ["far", "?", "-"]]  # fmt: skip
+    assert rows[0][-2:] == ["10.0.0.2,", "10.0.0.3"] and rows[1][-1] == "10.0.0.2"
