@@ -88,6 +88,17 @@ def received(daemon: NetnsPorchd) -> list[tuple[str, int, int]]:
     return found
 
 
+def logged(daemon: NetnsPorchd, pipeline: str, event: str) -> list[dict[str, Any]]:
+    """The JSON records of one event in a pipeline's log file (`TIME stderr {...}` lines)."""
+    found = []
+    for line in daemon.log_path(pipeline).read_text().splitlines():
+        if f'"{event}"' in line:
+            record = json.loads(line[line.index("{") :])
+            if record.get("event") == event:
+                found.append(record)
+    return found
+
+
 def status(daemon: NetnsPorchd) -> dict[str, Any] | None:
     """`porchctl status --json`, None while porchd does not answer yet."""
     done = daemon.ctl("status", "--json")
@@ -163,10 +174,14 @@ def test_replicas_on_two_hosts_kill_9_of_one(
     after = Counter(where for where, _, _ in received(d1)[at_kill:])
     print(f"\n{COUNT} values, {at_kill} at the sink when h2 was killed; "
           f"{duplicates} delivered twice; after the kill by host: {dict(after)}")  # fmt: skip
-    assert missing == [], f"{len(missing)} values lost, first {missing[:20]}"
-    assert set(got) == set(range(1, COUNT + 1))
     _, remote = replica_rows(d1.status())
     assert sorted(remote.values()) == ["withdrawn", "withdrawn"], remote
+    assert missing == [], f"{len(missing)} values lost, first {missing[:20]}"
+    # the path this is about: h2's replicas were withdrawn (h2 fell silent) and the source
+    # handed what they had not acknowledged to h1's
+    gone = [e for e in logged(d1, "rx_src", "replica_gone") if e["state"] == "withdrawn"]
+    assert gone and all(str(e["replica"]) in remote for e in gone), gone
+    assert set(got) == set(range(1, COUNT + 1))
 
 
 def test_one_process_here_and_replicas_there_is_a_loud_conflict(
