@@ -16,7 +16,7 @@ import zmq
 
 from porch import __version__, logs
 from porch.broker import NetworkPlan, daemon_origin
-from porch.config import PipelineConfig, Problem, has_errors, validate
+from porch.config import MAX_REPLICAS, PipelineConfig, Problem, has_errors, validate
 from porch.daemon_views import (
     RATE_COUNTERS,
     encode_nodes,
@@ -44,7 +44,7 @@ from porch.rates import RateMeter
 from porch.status import DaemonStatus, Snapshot, StatusReport
 from porch.supervisor import FailureMode, Supervisor
 from porch.web import TOKEN_FILE, DashboardServer, HttpPlan
-from porch.worker_handle import WorkerHandle, fingerprint
+from porch.worker_handle import WorkerHandle
 
 log = logs.get("porch.daemon")
 
@@ -121,6 +121,7 @@ class Daemon:
             Command.START: self._start,
             Command.RESTART: self._restart,
             Command.RELOAD: self._reload,
+            Command.SCALE: self._scale,
             Command.GRAPH: lambda args: encode_nodes(self._nodes()),
             Command.LOGS: self._logs,
         }
@@ -198,17 +199,24 @@ class Daemon:
     # ---- commands ------------------------------------------------------------------------
 
     def _handles(self, args: Args, allow_empty: bool = False) -> list[WorkerHandle]:
+        """The processes the names mean: a pipeline's name means all its replicas, a
+        replica's process name (NAME#TAG-K) that one."""
         names = args.get("names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise CommandError(ErrorCode.BAD_REQUEST, "names must be a list of pipeline names")
         if not names and not allow_empty:
             raise CommandError(ErrorCode.BAD_REQUEST, "name at least one pipeline")
-        unknown = [n for n in names if n not in self.supervisor.workers]
-        if unknown:
-            known = ", ".join(sorted(self.supervisor.workers)) or "none"
-            message = f"no pipeline {unknown[0]!r} (known: {known})"
-            raise CommandError(ErrorCode.UNKNOWN_PIPELINE, message)
-        return [self.supervisor.workers[n] for n in names]
+        found: dict[str, WorkerHandle] = {}
+        for name in names:
+            handles = self.supervisor.handles_of(name)
+            if not handles:
+                raise self._unknown(name)
+            found.update((h.name, h) for h in handles)
+        return list(found.values())
+
+    def _unknown(self, name: str) -> CommandError:
+        known = ", ".join(sorted(self.supervisor.pipelines)) or "none"
+        return CommandError(ErrorCode.UNKNOWN_PIPELINE, f"no pipeline {name!r} (known: {known})")
 
     def _ping(self, args: Args) -> Result:
         return {"pid": os.getpid(), "version": __version__}
@@ -274,28 +282,67 @@ class Daemon:
     def _reload(self, args: Args) -> Result:
         configs, self.warnings = load_all(self.sources)
         new = {c.name: c for c in configs}
-        current = self.supervisor.workers
-        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        current = dict(self.supervisor.pipelines)
+        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "scaled": [],
+                                      "unchanged": []}  # fmt: skip
         for name in sorted(set(current) - set(new)):
             self.supervisor.remove_pipeline(name)
             diff["removed"].append(name)
         for name, config in sorted(new.items()):
-            if name not in current:
+            old = current.get(name)
+            if old is None:
                 self.supervisor.add_pipeline(config)
                 diff["added"].append(name)
-            elif fingerprint(config) != current[name].digest or config != current[name].config:
-                self.supervisor.replace_config(config)
+            elif old.replicated != config.replicated:  # one process <-> replicas: new names
+                self.supervisor.remove_pipeline(name)
+                self.supervisor.add_pipeline(config)
                 diff["changed"].append(name)
             else:
-                diff["unchanged"].append(name)
+                diff[self._reload_one(old, config)].append(name)
         log.info("reloaded", **{k: v for k, v in diff.items() if k != "unchanged"})
         return diff
 
+    def _reload_one(self, old: PipelineConfig, config: PipelineConfig) -> str:
+        """Apply a pipeline's re-read config: its replica count first (unchanged replicas keep
+        running), then restart the processes whose config or scripts changed."""
+        scaled = config.replicated and config.replicas != old.replicas
+        self.supervisor.pipelines[config.name] = config  # new replicas start with it
+        if scaled:
+            self.supervisor.scale(config.name, config.replicas)
+        if self.supervisor.replace_config(config):
+            return "changed"
+        return "scaled" if scaled else "unchanged"
+
+    def _scale(self, args: Args) -> Result:
+        name, count = args.get("name"), args.get("replicas")
+        if not isinstance(name, str):
+            raise CommandError(ErrorCode.BAD_REQUEST, "name must be a pipeline's name")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_REPLICAS:
+            raise CommandError(ErrorCode.BAD_REQUEST,
+                               f"replicas must be a whole number from 1 to {MAX_REPLICAS}, "
+                               f"got {count!r}")  # fmt: skip
+        config = self.supervisor.pipelines.get(name)
+        if config is None:
+            raise self._unknown(name)
+        if not config.replicated:
+            raise CommandError(ErrorCode.BAD_REQUEST,
+                               f"{name} runs as one process, not as replicas: add \"replicas\": "
+                               f"N to {config.path} and run `porchctl reload`")  # fmt: skip
+        plan = self.supervisor.scale(name, count)
+        return {"pipeline": name, "replicas": count,
+                "started": self.supervisor.table.started_names(name, plan),
+                "stopping": list(plan.remove)}  # fmt: skip
+
     def _logs(self, args: Args) -> Result:
         name = args.get("name")
-        if not isinstance(name, str) or name not in self.supervisor.workers:
+        handles = self.supervisor.handles_of(name) if isinstance(name, str) else []
+        if not handles:
             raise CommandError(ErrorCode.UNKNOWN_PIPELINE, f"no pipeline {name!r}")
-        return {"path": str(self.sink.path_of(name))}
+        if len(handles) > 1:  # each replica writes its own log
+            raise CommandError(ErrorCode.BAD_REQUEST,
+                               f"{name} runs as {len(handles)} replicas, each with its own log; "
+                               f"name one: {', '.join(h.name for h in handles)}")  # fmt: skip
+        return {"path": str(self.sink.path_of(handles[0].name))}
 
 
 def refuse_if_running(path: Path) -> None:

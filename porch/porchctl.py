@@ -18,6 +18,7 @@ import click
 
 from porch import __version__, graph, logfiles, paths
 from porch.clierrors import log_options, reporting, seconds_between
+from porch.config import MAX_REPLICAS
 from porch.errors import ControlError
 from porch.porchctl_format import (
     format_discovery,
@@ -71,7 +72,7 @@ pass_client = click.make_pass_decorator(Client)
 @handle_errors
 def porchctl(ctx: click.Context, control: str | None, timeout_s: float, debug: bool) -> None:
     """Control porchd, the Porch supervisor: status, top, graph, logs, start, stop, restart,
-    reload. --debug works before or after the command."""
+    scale, reload. --debug works before or after the command."""
     path, address = paths.control_address(control)
     ctx.obj = Client(address, path, timeout_s)
 
@@ -174,6 +175,21 @@ def restart(client: Client, names: Sequence[str]) -> None:
 def reload(client: Client) -> None:
     """Re-read the configs: start added pipelines, stop removed ones, restart changed ones."""
     click.echo(format_reload(client.call(Command.RELOAD)))
+
+
+@porchctl.command(short_help="Run N replicas of a replicated pipeline, without stopping it.")
+@log_options(verbose=False)
+@click.argument("name")
+@click.argument("replicas", type=click.IntRange(min=1, max=MAX_REPLICAS))
+@pass_client
+@handle_errors
+def scale(client: Client, name: str, replicas: int) -> None:
+    """Run REPLICAS replicas of the pipeline NAME (its config has "replicas"): new ones start
+    at once, the highest ones above the count stop gracefully (what they did not acknowledge
+    goes to the others). Until `porchctl reload` sees a changed "replicas" in the config."""
+    result = client.call(Command.SCALE, name=name, replicas=replicas)
+    click.echo(f"{name}: {replicas} replica(s); started: {names_text(result.get('started'))}; "
+               f"stopping: {names_text(result.get('stopping'))}")  # fmt: skip
 
 
 @porchctl.command(short_help="Print the dashboard's address with its token.")

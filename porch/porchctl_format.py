@@ -219,9 +219,11 @@ def _join(row: Sequence[str], widths: Sequence[int]) -> str:
 
 
 def format_reload(result: Mapping[str, object]) -> str:
-    """One line per kind of change: `added: a, b` ... `unchanged: (none)`."""
-    kinds = ("added", "removed", "changed", "unchanged")
-    return "\n".join(f"{kind}: {names_text(result.get(kind))}" for kind in kinds)
+    """One line per kind of change: `added: a, b` ... `unchanged: (none)` (`scaled`, only
+    when some are: pipelines whose replica count alone changed)."""
+    kinds = ("added", "removed", "changed", "scaled", "unchanged")
+    shown = [k for k in kinds if k != "scaled" or result.get(k)]
+    return "\n".join(f"{kind}: {names_text(result.get(kind))}" for kind in shown)
 
 
 def names_text(names: object) -> str:

@@ -40,12 +40,13 @@ class Command(enum.Enum):
     START = "start"
     RESTART = "restart"
     RELOAD = "reload"
+    SCALE = "scale"  # args: name (a replicated pipeline), replicas (1..64)
     GRAPH = "graph"
     LOGS = "logs"
 
 
 # refused once porchd is stopping: what they start would keep it from ever stopping
-STARTING_COMMANDS = frozenset({Command.START, Command.RESTART, Command.RELOAD})
+STARTING_COMMANDS = frozenset({Command.START, Command.RESTART, Command.RELOAD, Command.SCALE})
 
 
 class ErrorCode(enum.Enum):

@@ -35,6 +35,7 @@ from porch.event_loop import EventLoop, SweepTimer, timeout_ms
 from porch.names import supervisor_tag
 from porch.output_relay import ConsoleSink as ConsoleSink  # re-exported for porch run
 from porch.output_relay import LineSink, OutputRelay
+from porch.scaling import ProcessTable, ScalePlan
 from porch.spawner import Spawner, SpawnSettings, local_links_dir, reap_adopted
 from porch.status import PipelineStatus
 from porch.supervision import FailureMode as FailureMode  # re-exported for cli and daemon
@@ -43,7 +44,7 @@ from porch.supervision import exit_description as exit_description  # re-exporte
 from porch.supervision import ready_to_stop as ready_to_stop  # re-exported
 from porch.supervisor_status import UsageSampler, statuses
 from porch.worker_channel import DirectoryPublisher, WorkerChannel, apply_report
-from porch.worker_handle import WorkerHandle, replica_configs
+from porch.worker_handle import WorkerHandle
 
 log = logs.get("porch.supervisor")
 
@@ -87,8 +88,9 @@ class Supervisor:
         watchdog = reaper.Watchdog(self.runtime_dir, grace_s=stop_timeout_s)
         self.spawner = Spawner(settings, self.loop, watchdog, self.relay, self._children_changed)
         self.policy = SupervisionPolicy(mode, stop_timeout_s, self.spawner, self)
-        self.tag = supervisor_tag(origin)  # replicas' process names: NAME#TAG-K
-        self.workers = {p.name: self._handle(p) for c in configs for p in self.processes(c)}
+        self.table = ProcessTable(configs, supervisor_tag(origin), self.policy, self)
+        self.pipelines = self.table.pipelines  # as configured, by pipeline name
+        self.workers = self.table.workers  # every worker process, by its process name
         self.stopping = False
         self.forced = False
         self.failed: list[str] = []
@@ -113,13 +115,10 @@ class Supervisor:
         """What a worker failure does."""
         return self.policy.mode
 
-    def _handle(self, config: PipelineConfig) -> WorkerHandle:
-        return WorkerHandle(config, self.policy.new_book(config))
-
-    def processes(self, config: PipelineConfig, count: int | None = None) -> list[PipelineConfig]:
-        """The worker processes a pipeline's config runs as: itself, or (the config has
-        `replicas`) `count` replicas (default: its `replicas`), each named NAME#TAG-K."""
-        return replica_configs(config, self.tag, count)
+    @property
+    def tag(self) -> str:
+        """The TAG in its replicas' process names NAME#TAG-K."""
+        return self.table.tag
 
     def add_handler(self, sock: zmq.Socket[bytes], on_readable: Callable[[], None]) -> None:
         """Also poll `sock` in the loop and call `on_readable` when it has input (porchd)."""
@@ -165,29 +164,36 @@ class Supervisor:
         """Graceful restart: stop it, then start it again as soon as it has exited."""
         self.policy.restart(handle, self.stopping)
 
+    def handles_of(self, name: str) -> list[WorkerHandle]:
+        """The processes a name in a command means: the process of that name, or every
+        replica of the pipeline of that name (scaling.py)."""
+        return self.table.handles_of(name)
+
     def add_pipeline(self, config: PipelineConfig) -> None:
-        """Add a pipeline (reload) and start it."""
-        handle = self._handle(config)
-        self.workers[config.name] = handle
-        self.spawner.spawn(handle)
+        """Add a pipeline (reload) and start its processes."""
+        self.table.add_pipeline(config)
 
     def remove_pipeline(self, name: str) -> None:
-        """Stop a pipeline and forget it once it has exited (reload)."""
-        handle = self.workers[name]
-        handle.restart.respawn = False
-        self.stop_worker(handle)
-        if handle.alive:
-            self.policy.removed.add(name)  # forgotten once it has exited (forget)
-        else:
-            self.forget(handle)
-            self._publish_directory()
+        """Stop a pipeline's processes and forget them once they have exited (reload)."""
+        self.table.remove_pipeline(name)
 
-    def replace_config(self, config: PipelineConfig) -> None:
-        """A pipeline's config or scripts changed (reload): restart it with the new ones."""
-        handle = self.workers[config.name]
-        handle.config = config
-        handle.restart.tracker = self.policy.new_book(config).tracker
-        self.restart_pipeline(handle)
+    def replace_config(self, config: PipelineConfig) -> list[str]:
+        """A pipeline's config or scripts changed (reload): restart the processes that run an
+        older one; return their names."""
+        return self.table.replace_config(config)
+
+    def scale(self, pipeline: str, count: int) -> ScalePlan:
+        """Run `count` replicas of a replicated pipeline (porchctl scale, reload)."""
+        return self.table.scale(pipeline, count)
+
+    def spawn(self, handle: WorkerHandle) -> None:
+        """Start a new worker process (scaling.py TableActs)."""
+        self.spawner.spawn(handle)
+
+    def drop(self, handle: WorkerHandle) -> None:
+        """Forget a process that has exited and tell the others (scaling.py TableActs)."""
+        self.forget(handle)
+        self._publish_directory()
 
     # ---- acts the policy asks for (supervision.py RunActions) ----------------------------
 

@@ -22,7 +22,6 @@ from porch import forkserver, localsock
 from porch.config import PipelineConfig
 from porch.control import WorkerState
 from porch.health import COUNTERS, EMPTY, HealthReport
-from porch.names import replica_name
 from porch.restart import RestartTracker
 
 Process = subprocess.Popen[bytes] | forkserver.ForkedProcess
@@ -207,18 +206,6 @@ class WorkerHandle:
         """Ended for good: exited, and nothing will start it again on its own."""
         book = self.restart
         return self.state.ended and not self.alive and book.restart_at is None and not book.respawn
-
-
-def replica_configs(config: PipelineConfig, tag: str, count: int | None = None
-                    ) -> list[PipelineConfig]:  # fmt: skip
-    """The processes a pipeline's config runs as: the config itself, or (it has `replicas`,
-    even 1) `count` replicas (default its `replicas`), replica K's config named NAME#TAG-K
-    (porch.names.replica_name) with replica_of NAME."""
-    if not config.replicated:
-        return [config]
-    pipeline = config.pipeline
-    return [replace(config, name=replica_name(pipeline, tag, k), replica_of=pipeline)
-            for k in range(config.replicas if count is None else count)]  # fmt: skip
 
 
 def fingerprint(config: PipelineConfig) -> str:

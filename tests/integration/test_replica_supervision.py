@@ -4,13 +4,15 @@ replica, each under its own process name NAME#TAG-K, and ends when every one of 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PorchRun
+from tests.integration.conftest import Porchd, PorchRun
+from tests.integration.test_porchd import ticker
 from tests.integration.test_run import pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -49,3 +51,63 @@ def test_porch_run_starts_one_process_per_replica_and_ends_when_all_ended(
     stderr = "\n".join(run.stderr)
     assert "source pipeline" in stderr  # each replica of a source runs its own stream
     assert stderr.count("finished") >= 2, run.report()
+
+
+def replicas(daemon: Porchd, name: str) -> dict[str, tuple[str, int | None]]:
+    """The replicas porchd lists under pipeline `name`: process name -> (state, pid)."""
+    [pipeline] = [p for p in daemon.status()["pipelines"] if p["name"] == name]
+    return {r["name"]: (r["state"], r.get("pid")) for r in pipeline.get("replicas", [])}
+
+
+def running(daemon: Porchd, name: str, indexes: set[int]) -> dict[str, int | None] | None:
+    """The replicas' pids once exactly `indexes` are listed and all running, else None."""
+    listed = replicas(daemon, name)
+    if {int(n.rsplit("-", 1)[1]) for n in listed} != indexes:
+        return None
+    if any(state != "running" for state, _ in listed.values()):
+        return None
+    return {n: pid for n, (_, pid) in listed.items()}
+
+
+def test_porchctl_scales_stops_starts_and_reloads_every_replica_of_a_pipeline(
+    tmp_path: Path, porchd: Callable[..., Porchd]
+) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    work = ticker(folder, "work", replicas=2, restart_backoff_s=0)
+    ticker(folder, "plain")
+    daemon = porchd(folder)
+    daemon.wait_running("plain")  # porchd answers
+    daemon.wait_until(lambda: running(daemon, "work", {0, 1}), 30, "2 replicas running")
+    tag = re.fullmatch(r"work#([0-9a-f]{6})-0", min(replicas(daemon, "work"))).group(1)  # type: ignore[union-attr]
+
+    done = daemon.ctl("scale", "work", "3")
+    assert done.returncode == 0 and f"started: work#{tag}-2" in done.stdout, done.stderr
+    pids = daemon.wait_until(lambda: running(daemon, "work", {0, 1, 2}), 30, "3 running")
+
+    done = daemon.ctl("scale", "work", "1")  # the highest stop gracefully, then leave
+    assert done.returncode == 0 and f"stopping: work#{tag}-2, work#{tag}-1" in done.stdout
+    kept = daemon.wait_until(lambda: running(daemon, "work", {0}), 30, "1 left")
+    assert kept == {f"work#{tag}-0": pids[f"work#{tag}-0"]}  # never restarted
+    assert "work end ran" in daemon.output(f"work#{tag}-2")  # stopped gracefully, own log
+
+    assert daemon.ctl("stop", "work").returncode == 0  # every replica
+    daemon.wait_until(lambda: {s for s, _ in replicas(daemon, "work").values()} == {"stopped"},
+                      30, "work stopped")  # fmt: skip
+    assert daemon.ctl("start", "work").returncode == 0
+    daemon.wait_until(lambda: running(daemon, "work", {0}), 30, "work started")
+
+    data = json.loads(work.read_text())
+    before = running(daemon, "work", {0})
+    assert "unchanged: plain, work" in daemon.ctl("reload").stdout  # the scaled count stays
+    work.write_text(json.dumps({**data, "replicas": 3}))
+    done = daemon.ctl("reload")
+    assert done.returncode == 0 and "scaled: work" in done.stdout, done.stdout + done.stderr
+    after = daemon.wait_until(lambda: running(daemon, "work", {0, 1, 2}), 30, "reloaded to 3")
+    assert before is not None and after[f"work#{tag}-0"] == before[f"work#{tag}-0"]
+
+    refused = daemon.ctl("scale", "plain", "2")
+    assert refused.returncode == 1 and '"replicas"' in refused.stderr
+    logs = daemon.ctl("logs", "work")
+    assert logs.returncode == 1 and f"work#{tag}-1" in logs.stderr
+    assert daemon.ctl("logs", f"work#{tag}-1").returncode == 0

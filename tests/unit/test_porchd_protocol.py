@@ -117,10 +117,11 @@ def test_every_error_code_and_command_is_the_contracts() -> None:
         "start",
         "restart",
         "reload",
+        "scale",
         "graph",
         "logs",
     }
-    assert {c.value for c in STARTING_COMMANDS} == {"start", "restart", "reload"}
+    assert {c.value for c in STARTING_COMMANDS} == {"start", "restart", "reload", "scale"}
 
 
 def test_answers_tells_a_porchd_that_replies_from_silence(tmp_path: Path) -> None:

@@ -154,16 +154,16 @@ def test_a_replica_is_started_with_its_process_name_and_runs_as_it() -> None:
     from dataclasses import replace
 
     from porch.errors import PorchError
-    from porch.worker_handle import replica_configs
+    from porch.scaling import process_configs
     from workers.__main__ import as_replica, parse_args
 
     loop = EventLoop()
     made, _, _ = spawner(loop, fork=False)
     plain = config("hash")
     assert "--replica" not in made.command(plain)
-    assert replica_configs(plain, "abc123") == [plain]  # no "replicas" key: one process
+    assert process_configs(plain, "abc123") == [plain]  # no "replicas" key: one process
     replicated = replace(plain, replicas=2, replicated=True)
-    first, second = replica_configs(replicated, "abc123")
+    first, second = process_configs(replicated, "abc123")
     assert first.name == "hash#abc123-0"
     assert (second.name, second.replica_of, second.pipeline) == ("hash#abc123-1", "hash", "hash")
     cmd = made.command(second, parent_pid=42)

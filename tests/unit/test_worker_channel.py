@@ -15,8 +15,9 @@ from porch.control import MessageType, WorkerState, decode, encode
 from porch.directory import decode_directory
 from porch.health import HealthReport
 from porch.restart import RestartPolicy, RestartTracker
+from porch.scaling import process_configs
 from porch.worker_channel import DirectoryPublisher, WorkerChannel, apply_report, local_entries
-from porch.worker_handle import RestartBook, WorkerHandle, replica_configs
+from porch.worker_handle import RestartBook, WorkerHandle
 
 pytestmark = pytest.mark.timeout(30)
 RECV_TIMEOUT_MS = 2000
@@ -172,7 +173,7 @@ def replicas_of(name: str, count: int, targets: tuple[str, ...] = (), **fields: 
                             replicas=count, replicated=True, path=Path(f"/c/{name}.json"),
                             **fields)  # type: ignore[arg-type]  # fmt: skip
     made = []
-    for pid, process in enumerate(replica_configs(config, "abc123"), start=100):
+    for pid, process in enumerate(process_configs(config, "abc123"), start=100):
         h = WorkerHandle(process, RestartBook(RestartTracker(RestartPolicy.NEVER)))
         h.started(FakePopen(pid), 0.0)  # type: ignore[arg-type]
         made.append(h)
