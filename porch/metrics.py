@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from porch.control import WorkerState
 from porch.health import COUNTER_INFO
 from porch.names import is_replica, pipeline_of, replica_index
-from porch.status import PipelineStatus, Snapshot, StatusReport
+from porch.status import PipelineStatus, Snapshot, StatusReport, remote_pipeline_count
 
 # (metric name without porch_ and _total, status field, help): counters per pipeline, the
 # health counters (porch/health.py, one line each there) and porchd's own two.
@@ -207,7 +207,7 @@ def daemon_metrics(status: StatusReport) -> Iterator[Metric]:
         yield by_reason
     yield GaugeMetricFamily(
         "porch_remote_pipelines", "Pipelines other hosts announce (discovery table).",
-        value=float(len(status.remote)),
+        value=float(remote_pipeline_count(status.remote)),
     )  # fmt: skip
 
 

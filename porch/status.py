@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from porch.control import WorkerState
 from porch.health import COUNTERS, LinkState
-from porch.names import pipeline_of, replica_index, replica_tag
+from porch.names import is_replica, pipeline_of, replica_index, replica_tag
 
 STATUS_VERSION = 1  # sent as the reply's `status_version`; a reply without it reads the same
 
@@ -232,6 +232,14 @@ def grouped(processes: Iterable[PipelineStatus]) -> list[PipelineStatus]:
         if replicas:
             result.append(PipelineStatus.replicated(name, replicas))
     return result
+
+
+def remote_pipeline_count(remote: Iterable[RemoteStatus]) -> int:
+    """How many pipelines the remote rows are: each plain one, and once each pipeline whose
+    replicas (NAME#TAG-K) other hosts run."""
+    rows = list(remote)
+    replicated = {pipeline_of(r.name) for r in rows if is_replica(r.name)}
+    return sum(not is_replica(r.name) for r in rows) + len(replicated)
 
 
 def derived_state(states: Iterable[str]) -> str:

@@ -18,7 +18,14 @@ from porch.errors import ControlError
 from porch.graph import state_class
 from porch.names import REPLICA_MARK, is_replica, pipeline_of
 from porch.porchctl_format import error_text
-from porch.status import PipelineStatus, RemoteStatus, StatusReport, derived_state, read
+from porch.status import (
+    PipelineStatus,
+    RemoteStatus,
+    StatusReport,
+    derived_state,
+    read,
+    remote_pipeline_count,
+)
 
 INTERVAL_S = 1.0
 KEY_POLL_MS = 100
@@ -78,7 +85,7 @@ def header_line(result: Status, now: str) -> str:
     rate_in = sum(p.daemon.msgs_in_per_s or 0 for p in pipelines)
     rate_out = sum(p.daemon.msgs_out_per_s or 0 for p in pipelines)
     discovery = daemon.discovery or {}
-    remote = len(report.remote)
+    remote = remote_pipeline_count(report.remote)
     pid = "?" if daemon.pid is None else daemon.pid
     return (
         f"porchd pid {pid}  up {_uptime(daemon.uptime_s)}  "

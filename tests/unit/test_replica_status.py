@@ -34,6 +34,7 @@ from porch.status import (
     TargetStatus,
     derived_state,
 )
+from porch.status import grouped as grouped_statuses
 from porch.supervisor_status import UsageSampler, statuses
 from porch.worker_handle import RestartBook, WorkerHandle
 
@@ -276,3 +277,29 @@ def test_top_lists_other_hosts_replicas_under_one_row_of_their_pipeline() -> Non
         ["hash", "running", "2x"], ["#0f0f0f-0", "running", "-"], ["#e0e0e0-0", "running", "-"],
         ["far", "?", "-"]]  # fmt: skip
     assert rows[0][-2:] == ["10.0.0.2,", "10.0.0.3"] and rows[1][-1] == "10.0.0.2"
+
+
+def test_other_hosts_replicas_count_once_among_the_remote_pipelines() -> None:
+    far = [RemoteStatus(replica_name("hash", tag, 0)) for tag in ("0f0f0f", "e0e0e0")]
+    report = StatusReport(remote=(*far, RemoteStatus("other")))
+    assert "(0 running, 0 failed, 2 remote)" in top.header_line(report, "now")
+    assert parse(Snapshot(report, {}))["porch_remote_pipelines"][()] == 2
+
+
+def test_a_plain_pipeline_beside_replicas_of_its_name_stays_apart() -> None:
+    # a conflict (the supervisor and discovery refuse it), shown as it is, not merged
+    rows = [PipelineStatus("hash", "failed"), PipelineStatus(HASH0, "running")]
+    plain, hashed = grouped_statuses(rows)
+    assert (plain.name, plain.replicas) == ("hash", ())
+    assert [r.name for r in hashed.replicas] == [HASH0]
+
+
+def test_a_change_to_each_process_takes_the_totals_again() -> None:
+    hashed = PipelineStatus.replicated(
+        "hash", [PipelineStatus(n, "running", ProcessStatus(pid=1)) for n in (HASH1, HASH0)]
+    )
+    assert [r.name for r in hashed.replicas] == [HASH0, HASH1]  # by index
+    stopped = hashed.each_process(lambda r: replace(r, state="stopped"))
+    assert stopped.state == "stopped" and {r.state for r in stopped.replicas} == {"stopped"}
+    plain = PipelineStatus("p", "running")
+    assert plain.each_process(lambda r: replace(r, state="failed")).state == "failed"
