@@ -26,12 +26,17 @@ WAIT_S = 30.0
 COUNT = 3000
 BEACON = ("--beacon-interval", "0.5")  # silent hosts still expire after 3 s (MIN_EXPIRY_S)
 
+# Starts once the test created the go-file (every replica known), then 1..COUNT and stops.
 SOURCE = """
+import os
 import time
 import porch
 n = 0
 def step():
     global n
+    if n == 0 and not os.path.exists({go!r}):
+        time.sleep(0.02)
+        return porch.SKIP
     n += 1
     time.sleep(0.001)  # a stream of a few seconds: the kill lands in the middle of it
     if n == {count}:
@@ -127,11 +132,9 @@ def replica_rows(report: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
 def test_replicas_on_two_hosts_kill_9_of_one(
     tmp_path: Path, hosts: list[Host], porchd_in: StartIn
 ) -> None:
-    # Until the senders' replica group (workers/replicas.py, issue 13) lands, a sender cannot
-    # send to a replicated pipeline at all: skipped then, not failed (remove with it landed).
-    pytest.importorskip("workers.replicas", reason="senders to replicas not landed yet")
     h1, h2 = hosts
-    d1 = porchd_in(h1, write(tmp_path / "h1", "rx_src", SOURCE.format(count=COUNT),
+    go = tmp_path / "go"
+    d1 = porchd_in(h1, write(tmp_path / "h1", "rx_src", SOURCE.format(count=COUNT, go=str(go)),
                              target_pipeline_names=["rx_mid"]),
                    stage(tmp_path / "h1"),
                    write(tmp_path / "h1", "rx_sink", SINK, source_pipeline_count=1),
@@ -150,11 +153,15 @@ def test_replicas_on_two_hosts_kill_9_of_one(
     local, remote = d1.wait_until(four, WAIT_S, "2 local and 2 remote replicas of rx_mid")
     assert local.isdisjoint(remote), (local, remote)
     assert d1.status()["daemon"]["discovery"]["conflicts"] == []
+    go.touch()
 
     # Values go through the replicas of both hosts; then h2's porchd dies mid-stream.
     def both_hosts() -> bool:
-        pids = {(where, pid) for where, pid, _ in received(d1)}
-        return {where for where, _ in pids} == {"h1", "h2"} and len(pids) == 4
+        got = received(d1)
+        pids = {(where, pid) for where, pid, _ in got}
+        return {where for where, _ in pids} == {"h1", "h2"} and len(pids) == 4 and (
+            len(got) >= COUNT // 10
+        )  # fmt: skip
 
     d1.wait_until(both_hosts, WAIT_S, "output of all 4 replicas at the sink")
     d2.kill()  # SIGKILL porchd; its workers die with it
