@@ -285,7 +285,7 @@ def _replica_error(replicas: Sequence[PipelineStatus]) -> ErrorStatus:
 
 def _sum(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None]
-    return sum(known) if known else None
+    return round(sum(known), 1) if known else None  # the figures summed have one decimal
 
 
 def _sum_int(values: Iterable[int | None]) -> int | None:
