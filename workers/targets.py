@@ -20,6 +20,7 @@ from porch.control import WorkerState
 from porch.directory import DirectoryEntry, DirectoryError, decode_directory
 from porch.health import LinkState
 from porch.names import is_replica, pipeline_of
+from porch.wire import FrameKind
 from workers.links import OutputLink
 from workers.replicas import Output, TargetGroup, all_links, finish, follow
 
@@ -208,12 +209,17 @@ class TargetDirectory:
         group = TargetGroup(link.target, self.pipeline, make_link, link.settings, framer.stream,
                             loads=self.loads)  # fmt: skip
         group.apply(entries)
+        ended = any(message.kind is FrameKind.EOS for message in link.outbox)
         held = link.take_data()
         link.retire()
         log.info("target_replicated", pipeline=self.pipeline, target=link.target,
                  replicas=len(entries), ordered=group.ordered,
                  partition_by=group.partition_by, handed_on=len(held))  # fmt: skip
         group.hand_on(held, renumber=True)
+        if ended:  # the directory came while the worker was closing
+            group.force(FrameKind.EOS, [])
+        elif link.end.bye_pending or link.end.unconfirmed:
+            group.say_bye()
         return group
 
     def retire(self, link: OutputLink) -> None:

@@ -49,6 +49,7 @@ class Waiter:
         self.pipeline = pipeline
         self.control = sockets.control
         self.inbox = sockets.inbox
+        self.outputs = sockets.outputs
         self.stops = stops
         self.house = house
         self._flush = flush
@@ -100,6 +101,9 @@ class Waiter:
                             reason=status["state"].blocked_reason, held=status["held"],
                             since=status["since"])  # fmt: skip
             self.wait(POLL_MS, self.blocked_poller(link))
+            # the directory may have shown the target as replicas: its group took the link's
+            # values, and takes this one after them
+            link = next((o for o in self.outputs if o.target == link.target), link)
 
     def blocked_poller(self, output: Output) -> zmq.Poller:
         """What a producer blocked on `output` waits for: acks (the outbox is full) and, only
