@@ -275,9 +275,15 @@ class TargetGroup:
                 best, least = link, load
         return best
 
-    def _target(self) -> OutputLink | None:
+    def _target(self, payload: list[Any]) -> OutputLink | None:
+        """Where the next value goes: where aim() said, else by its key (a value emitted before
+        the directory showed the replicas: decoded), else by credit."""
         aimed = self._aimed
-        return aimed if aimed is not None else self._choose()
+        if aimed is not None:
+            return aimed
+        if self.partition_by is not None:
+            return self._by_payload(payload, self.members()) or self._choose()
+        return self._choose()
 
     def _numbered(self, origin: Origin | int) -> Origin:
         """`origin` with this value's order id (the next order number) after it."""
@@ -293,7 +299,7 @@ class TargetGroup:
 
     def add(self, item: bytes, origin: Origin | int) -> bool:
         """One small serialized value to one replica; False when offer() must decide."""
-        link = self._target()
+        link = self._target([item])
         if link is None:
             return False
         if self.ordered:
@@ -307,6 +313,10 @@ class TargetGroup:
 
     def extend(self, items: Sequence[bytes], origins: Sequence[Any]) -> None:
         """A burst of small values to one replica (by credit; the caller checked room())."""
+        if self.partition_by is not None:  # a burst begun before the replicas were known
+            for item, origin in zip(items, origins, strict=True):
+                self.force(FrameKind.DATA, [item], origin)
+            return
         link = self._choose() or _lightest(self.members())
         if link is None:
             self.dropped += len(items)
@@ -335,7 +345,7 @@ class TargetGroup:
         if self.gone:
             self.dropped += kind is FrameKind.DATA
             return True
-        link = self._target()
+        link = self._target(payload)
         if link is None:
             return False  # no replica is up: wait (the directory wakes the wait)
         numbered = self._numbered(origin) if self.ordered else origin
@@ -352,7 +362,7 @@ class TargetGroup:
             self.ending = True
             self._end_when_delivered()
             return
-        link = self._target() or _lightest(self.members())
+        link = self._target(payload) or _lightest(self.members())
         if link is None:
             self.dropped += kind is FrameKind.DATA
             return

@@ -13,6 +13,7 @@ import pytest
 import zmq
 from structlog.testing import capture_logs
 
+from porch.serializers import get
 from porch.wire import FrameKind, HeaderEncoder, decode_batch, decode_prefix, run_origins
 from workers.links import LinkSettings, OutputLink
 from workers.replicas import (
@@ -87,7 +88,7 @@ def sender(ctx: Context, target: str = "work", acked: bool = True) -> OutputLink
 
 
 def directory(outputs: list[Output], **loads: Any) -> TargetDirectory:
-    return TargetDirectory("src", outputs, loads=pickle.loads if loads else None)
+    return TargetDirectory("src", outputs, loads=get("pickle").loads if loads else None)
 
 
 def show(targets: TargetDirectory, entries: dict[str, dict[str, object]]) -> None:
@@ -273,13 +274,30 @@ def test_partition_by_sends_each_key_to_one_replica_by_the_sorted_names(ctx: Con
         group.aim(5)
 
 
+def test_partition_by_routes_a_value_by_its_bytes_when_it_was_not_aimed(ctx: Context) -> None:
+    """A value emitted before the directory showed the replicas (held in the link, waiting on
+    it, or in a burst) is routed by its key all the same: decoded (before, by credit)."""
+    outputs, _, replicas = both(ctx, partition_by="user")
+    group = group_of(outputs)
+    names = sorted(r.name for r in replicas)
+    for seq in range(1, 11):
+        assert group.offer(FrameKind.DATA, [value(seq)], seq)
+    group.add(value(11), 11)
+    group.extend([value(12), value(13)], [12, 13])
+    group.flush()
+    for r in replicas:
+        r.read()
+        users = {pickle.loads(p)["user"] for p, _ in r.values}
+        assert all(names[partition_index(user, 2)] == r.name for user in users)
+    assert sum(len(r.values) for r in replicas) == 13
+
+
 @pytest.mark.parametrize("on_error", ["skip", "stop"])
 def test_a_value_without_the_partition_field_goes_through_on_error(
     ctx: Context, tmp_path: Any, on_error: str
 ) -> None:
     from porch.config import OnError
     from porch.errors import ScriptError
-    from porch.serializers import get
     from workers.deadletter import DeadLetters
     from workers.emitter import Emitter
     from workers.heartbeat import Counters
