@@ -198,6 +198,14 @@ class ConflictStatus(TypedDict):
     hosts: list[str]
 
 
+class DisagreementStatus(TypedDict):
+    """A replicated pipeline whose hosts run it with different ordered/partition_by: each
+    setting with the hosts that use it."""
+
+    name: str
+    settings: dict[str, list[str]]
+
+
 class DiscoveryStatus(TypedDict):
     """The broker's settings and counters in `porchctl status --json` (daemon.discovery)."""
 
@@ -219,6 +227,7 @@ class DiscoveryStatus(TypedDict):
     key_ids: list[str]
     send_errors: int
     conflicts: list[ConflictStatus]
+    replica_config_differs: list[DisagreementStatus]
 
 
 class Broker:
@@ -383,6 +392,10 @@ class Broker:
             "key_ids": list(network.keys.ids) if network.keys is not None else [],
             "send_errors": self.sender.errors,
             "conflicts": [{"name": c.name, "hosts": list(c.hosts)} for c in self.conflicts()],
+            "replica_config_differs": [
+                {"name": d.name, "settings": {s: list(hosts) for s, hosts in d.settings}}
+                for d in self.remote.table.disagreements(self.local(), self.label)
+            ],
         }
 
     def close(self) -> None:

@@ -367,6 +367,21 @@ class Conflict:
     replicas_on: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Disagreement:
+    """Live replicas of one pipeline whose hosts run it with different `ordered` or
+    `partition_by` (not the same config): each setting, as text, with the hosts that use it,
+    local first."""
+
+    name: str
+    settings: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def replica_setting(ordered: bool, partition_by: str | None) -> str:
+    """A replica's `ordered` and `partition_by`, as a disagreement shows them."""
+    return f"ordered={str(ordered).lower()} partition_by={partition_by or 'none'}"
+
+
 @dataclass
 class Table:
     """Remote pipelines by name, from the beacons of other supervisors."""
@@ -472,6 +487,24 @@ class Table:
             replicas_on = tuple(s for s, ns in by_side.items() if any(map(is_replica, ns)))
             found.append(Conflict(pipeline, tuple(by_side), here in by_side, replicas_on))
         return found
+
+    def disagreements(self, local: Sequence[Entry], here: str = "local") -> list[Disagreement]:
+        """Replicated pipelines whose live replicas (ours among them, `here`) do not all have
+        the same `ordered` and `partition_by`: senders would route and number by one of them."""
+        found: dict[str, dict[str, dict[str, None]]] = {}  # pipeline -> setting -> hosts
+
+        def note(name: str, ordered: bool, partition_by: str | None, host: str) -> None:
+            settings = found.setdefault(pipeline_of(name), {})
+            settings.setdefault(replica_setting(ordered, partition_by), {})[host] = None
+
+        for entry in local:
+            if is_replica(entry.name) and entry.live:
+                note(entry.name, entry.ordered, entry.partition_by, here)
+        for remote in self.remotes():
+            if is_replica(remote.name) and not remote.state.ended:
+                note(remote.name, remote.ordered, remote.partition_by, _label(remote))
+        return [Disagreement(name, tuple((s, tuple(h)) for s, h in settings.items()))
+                for name, settings in sorted(found.items()) if len(settings) > 1]  # fmt: skip
 
     def resolve(self, local_names: Iterable[str]) -> dict[str, Remote]:
         """The remote entry to hand to workers for each name that is not local and not in

@@ -44,6 +44,7 @@ class RemoteView:
     withdrawn: dict[str, Withdrawal] = field(default_factory=dict)
     _resolved: dict[str, Remote] = field(default_factory=dict)
     _conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _disagreements: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = field(default_factory=dict)
     _entries_checked: float = 0.0
 
     @classmethod
@@ -81,9 +82,27 @@ class RemoteView:
         return self.table.conflicts({e.name: e.state for e in local}, here=here)
 
     def changed(self, local: Sequence[Entry], here: str) -> None:
-        """After a change: log new and resolved conflicts, and what workers may now use."""
+        """After a change: log new and resolved conflicts and disagreements, and what workers
+        may now use."""
         self._check_conflicts(local, here)
+        self._check_disagreements(local, here)
         self._log_resolved(local)
+
+    def _check_disagreements(self, local: Sequence[Entry], here: str) -> None:
+        """Log, once per change, replicated pipelines whose hosts run them with different
+        `ordered`/`partition_by` (their replicas are still used: they are one pipeline)."""
+        current = {d.name: d.settings for d in self.table.disagreements(local, here)}
+        for name, settings in current.items():
+            if self._disagreements.get(name) != settings:
+                where = "; ".join(f"{s} on {' and '.join(hosts)}" for s, hosts in settings)
+                log.error("replica_config_differs", pipeline=name,
+                          settings={s: list(hosts) for s, hosts in settings},
+                          detail=f"the replicas of {name!r} do not share one config ({where}): "
+                          "senders number and route its values by one of them; give every "
+                          "host the same config")  # fmt: skip
+        for name in set(self._disagreements) - set(current):
+            log.warning("replica_config_differs_resolved", pipeline=name)
+        self._disagreements = current
 
     def _check_conflicts(self, local: Sequence[Entry], here: str) -> None:
         """Log each new conflict once, loudly, naming every host; and when it is resolved."""

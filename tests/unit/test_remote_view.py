@@ -160,3 +160,26 @@ def test_one_process_here_and_replicas_there_is_a_loud_conflict() -> None:
     assert "runs as replicas on beta 10.0.0.2" in logged["detail"], logged["detail"]
     assert 'as one process (no "replicas" in its config) on alpha 10.0.0.1' in logged["detail"]
     assert view.directory(["stage_b"]) == {}  # the local one wins here
+
+
+def test_replicas_whose_hosts_differ_in_ordered_or_partition_by_are_said_once() -> None:
+    view = warm_view()
+    mine = [Entry("stage_b#aaaaaa-0", "tcp://127.0.0.1:5001", WorkerState.RUNNING,
+                  partition_by="user")]  # fmt: skip
+    with capture_logs() as events:
+        view.merge(beacon("d2", *B_REPLICAS), now=1.0)  # ordered, partition_by "key"
+        view.changed(mine, "alpha 10.0.0.1")
+        view.changed(mine, "alpha 10.0.0.1")
+        assert sorted(view.directory([e.name for e in mine])) == [
+            "stage_b#bbbbbb-0", "stage_b#bbbbbb-1"]  # still one pipeline  # fmt: skip
+        agreed = [replace(mine[0], ordered=True, partition_by="key")]
+        view.changed(agreed, "alpha 10.0.0.1")
+    said = [e for e in events if e["event"].startswith("replica_config_differs")]
+    assert [e["event"] for e in said] == ["replica_config_differs",
+                                          "replica_config_differs_resolved"]  # fmt: skip
+    first = said[0]
+    assert first["log_level"] == "error" and first["pipeline"] == "stage_b"
+    assert first["settings"]["ordered=false partition_by=user"] == ["alpha 10.0.0.1"]
+    (theirs,) = first["settings"]["ordered=true partition_by=key"]
+    assert "10.0.0.2" in theirs and "same config" in first["detail"]
+    assert view.table.disagreements(agreed, "here") == []
