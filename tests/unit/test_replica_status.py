@@ -21,7 +21,7 @@ from porch.graph import Node, Replica, from_result, render, to_dict
 from porch.health import HealthReport
 from porch.names import replica_name
 from porch.porchctl_format import format_remote, format_status, format_targets
-from porch.progress import Row, grouped, summary_lines
+from porch.progress import Row, footer_lines, grouped, summary_lines
 from porch.rates import RateMeter
 from porch.restart import RestartPolicy, RestartTracker
 from porch.status import (
@@ -303,3 +303,10 @@ def test_a_change_to_each_process_takes_the_totals_again() -> None:
     assert stopped.state == "stopped" and {r.state for r in stopped.replicas} == {"stopped"}
     plain = PipelineStatus("p", "running")
     assert plain.each_process(lambda r: replace(r, state="failed")).state == "failed"
+
+
+def test_porch_runs_footer_is_one_line_per_pipeline_saying_its_replicas() -> None:
+    rows = grouped([Row(HASH0, "running", 10, 2.0, 5.0), Row(HASH1, "backoff", 4, 2.0, 0.0)])
+    [line] = footer_lines(rows, height=5, width=120)
+    assert line.split()[:6] == ["hash", "(2", "replicas)", "running", "14", "items"]
+    assert "5.0/s" in line
