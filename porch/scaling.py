@@ -49,9 +49,9 @@ def handles_of(
 ) -> list[WorkerHandle]:
     """What a name in a command means: the process of that name, else every process (every
     replica, by index) of the pipeline of that name; none of those already being removed."""
-    if name in workers:
-        return [] if name in removing else [workers[name]]
-    found = [h for h in workers.values() if h.pipeline == name and h.name not in removing]
+    if name in workers and name not in removing:
+        return [workers[name]]
+    found = [h for h in workers.values() if h.replica_of == name and h.name not in removing]
     return sorted(found, key=lambda h: replica_index(h.name) or 0)
 
 

@@ -173,3 +173,13 @@ def test_removing_a_pipeline_stops_every_replica() -> None:
     assert "hash" not in made.pipelines
     exit_all(made, acts)
     assert sorted(made.workers) == ["src"]
+
+
+def test_a_pipeline_turned_into_replicas_is_its_replicas_while_its_old_process_exits() -> None:
+    made, acts = table(config("hash"))
+    made.remove_pipeline("hash")  # reload: the config now has "replicas"
+    made.add_pipeline(config("hash", 2))
+    assert "hash" in made.workers  # still exiting
+    assert [h.name for h in made.handles_of("hash")] == ["hash#abc123-0", "hash#abc123-1"]
+    exit_all(made, acts)
+    assert sorted(made.workers) == ["hash#abc123-0", "hash#abc123-1"]
