@@ -36,12 +36,12 @@ COUNTER = """
 def test_porch_run_starts_one_process_per_replica_and_ends_when_all_ended(
     tmp_path: Path, run_porch: Start
 ) -> None:
-    config = pipeline(tmp_path, "gen", COUNTER, replicas=2)
+    config = pipeline(tmp_path, "replicated_gen", COUNTER, replicas=2)
     run = run_porch("run", config)
     assert run.wait_exit(30) == 0, run.report()
     prefixes = {line.split(" | ")[0] for line in run.stdout if " | " in line}
     assert len(prefixes) == 2, run.report()
-    assert all(re.fullmatch(r"gen#[0-9a-f]{6}-[01]", p) for p in prefixes), prefixes
+    assert all(re.fullmatch(r"replicated_gen#[0-9a-f]{6}-[01]", p) for p in prefixes), prefixes
     tags = {p.split("#")[1].split("-")[0] for p in prefixes}
     assert len(tags) == 1  # one supervisor: one TAG
     pids = {run.lines_of(p)[0].split()[1] for p in prefixes}
@@ -74,40 +74,45 @@ def test_porchctl_scales_stops_starts_and_reloads_every_replica_of_a_pipeline(
 ) -> None:
     folder = tmp_path / "configs"
     folder.mkdir()
-    work = ticker(folder, "work", replicas=2, restart_backoff_s=0)
-    ticker(folder, "plain")
+    name = "scaled_work"  # names no other test uses: porchd's discovery sees other runs
+    config = ticker(folder, name, replicas=2, restart_backoff_s=0)
+    ticker(folder, "scaled_plain")
     daemon = porchd(folder)
-    daemon.wait_running("plain")  # porchd answers
-    daemon.wait_until(lambda: running(daemon, "work", {0, 1}), 30, "2 replicas running")
-    tag = re.fullmatch(r"work#([0-9a-f]{6})-0", min(replicas(daemon, "work"))).group(1)  # type: ignore[union-attr]
+    daemon.wait_running("scaled_plain")  # porchd answers
 
-    done = daemon.ctl("scale", "work", "3")
-    assert done.returncode == 0 and f"started: work#{tag}-2" in done.stdout, done.stderr
-    pids = daemon.wait_until(lambda: running(daemon, "work", {0, 1, 2}), 30, "3 running")
+    def up(*indexes: int) -> dict[str, int | None]:
+        found = daemon.wait_until(lambda: running(daemon, name, set(indexes)), 30, f"{indexes}")
+        return dict(found)
 
-    done = daemon.ctl("scale", "work", "1")  # the highest stop gracefully, then leave
-    assert done.returncode == 0 and f"stopping: work#{tag}-2, work#{tag}-1" in done.stdout
-    kept = daemon.wait_until(lambda: running(daemon, "work", {0}), 30, "1 left")
-    assert kept == {f"work#{tag}-0": pids[f"work#{tag}-0"]}  # never restarted
-    assert "work end ran" in daemon.output(f"work#{tag}-2")  # stopped gracefully, own log
+    first = min(up(0, 1))
+    tag = first.split("#")[1].split("-")[0]
 
-    assert daemon.ctl("stop", "work").returncode == 0  # every replica
-    daemon.wait_until(lambda: {s for s, _ in replicas(daemon, "work").values()} == {"stopped"},
-                      30, "work stopped")  # fmt: skip
-    assert daemon.ctl("start", "work").returncode == 0
-    daemon.wait_until(lambda: running(daemon, "work", {0}), 30, "work started")
+    def proc(k: int) -> str:
+        return f"{name}#{tag}-{k}"
 
-    data = json.loads(work.read_text())
-    before = running(daemon, "work", {0})
-    assert "unchanged: plain, work" in daemon.ctl("reload").stdout  # the scaled count stays
-    work.write_text(json.dumps({**data, "replicas": 3}))
+    done = daemon.ctl("scale", name, "3")
+    assert done.returncode == 0 and f"started: {proc(2)}" in done.stdout, done.stderr
+    pids = up(0, 1, 2)
+
+    done = daemon.ctl("scale", name, "1")  # the highest stop gracefully, then leave
+    assert done.returncode == 0 and f"stopping: {proc(2)}, {proc(1)}" in done.stdout
+    assert up(0) == {proc(0): pids[proc(0)]}  # never restarted
+    assert f"{name} end ran" in daemon.output(proc(2))  # stopped gracefully; its own log
+
+    assert daemon.ctl("stop", name).returncode == 0  # every replica
+    daemon.wait_until(lambda: {s for s, _ in replicas(daemon, name).values()} == {"stopped"},
+                      30, "stopped")  # fmt: skip
+    assert daemon.ctl("start", name).returncode == 0
+    before = up(0)
+
+    assert "unchanged: scaled_plain, scaled_work" in daemon.ctl("reload").stdout  # count stays
+    config.write_text(json.dumps({**json.loads(config.read_text()), "replicas": 3}))
     done = daemon.ctl("reload")
-    assert done.returncode == 0 and "scaled: work" in done.stdout, done.stdout + done.stderr
-    after = daemon.wait_until(lambda: running(daemon, "work", {0, 1, 2}), 30, "reloaded to 3")
-    assert before is not None and after[f"work#{tag}-0"] == before[f"work#{tag}-0"]
+    assert done.returncode == 0 and f"scaled: {name}" in done.stdout, done.stdout + done.stderr
+    assert up(0, 1, 2)[proc(0)] == before[proc(0)]  # the replica that stays keeps running
 
-    refused = daemon.ctl("scale", "plain", "2")
+    refused = daemon.ctl("scale", "scaled_plain", "2")
     assert refused.returncode == 1 and '"replicas"' in refused.stderr
-    logs = daemon.ctl("logs", "work")
-    assert logs.returncode == 1 and f"work#{tag}-1" in logs.stderr
-    assert daemon.ctl("logs", f"work#{tag}-1").returncode == 0
+    logs = daemon.ctl("logs", name)
+    assert logs.returncode == 1 and proc(1) in logs.stderr
+    assert daemon.ctl("logs", proc(1)).returncode == 0
