@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from porch import graph, logs, metrics
 from porch.errors import PorchError, UsageError
-from porch.status import Snapshot
+from porch.status import STATE_PRECEDENCE, Snapshot
 
 log = logs.get("porch.web")
 
@@ -118,6 +118,8 @@ def static_file(name: str) -> bytes:
         colors = {state: graph.COLORS[graph.state_class(state)] for state in graph.STATE_CLASSES}
         colors["unknown"] = graph.COLORS[graph.UNKNOWN]
         data = data.replace(b"__PORCH_COLORS__", json.dumps(colors).encode())
+        # how a replicated pipeline's state is derived from its replicas', as porchctl does
+        data = data.replace(b"__PORCH_STATE_ORDER__", json.dumps(STATE_PRECEDENCE).encode())
     return data
 
 

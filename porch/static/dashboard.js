@@ -7,6 +7,7 @@ const REFRESH_MS = 1000;
 const NODE_W = 190, NODE_H = 70, COL_GAP = 90, ROW_GAP = 28, PAD = 20;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const COLORS = JSON.parse(document.getElementById("colors").textContent);
+const STATE_ORDER = JSON.parse(document.getElementById("state-order").textContent);
 const TOKEN = new URLSearchParams(location.search).get("token");
 
 function colorOf(state) {
@@ -263,17 +264,55 @@ function drawTable(status) {
     rows.push(pipelineRow(p, false));
     for (const r of p.replicas || []) rows.push(pipelineRow(r, true));
   }
-  for (const r of status.remote || []) {
-    const tr = document.createElement("tr");
-    tr.className = "remote";
-    tr.dataset.name = r.name;
-    cell(tr, "name", r.name); cell(tr, "host", r.hostname ? `${r.hostname} (${r.host})` : r.host);
-    stateCell(tr, r.state);
-    for (let i = 0; i < 14; i++) cell(tr, "", i === 0 ? `seen ${r.last_seen_s}s ago` : "");
-    cell(tr, "last_error", r.used ? "" : "not used (duplicate or local)");
-    rows.push(tr);
+  for (const group of remoteGroups(status.remote || [])) {
+    if (group.pipeline !== null) rows.push(remoteGroupRow(group));
+    for (const r of group.rows) rows.push(remoteRow(r, group.pipeline !== null));
   }
   body.replaceChildren(...rows);
+}
+
+// Other hosts' replicas of a pipeline (NAME#TAG-K) together, where the first of them was;
+// plain remote pipelines one by one (pipeline null).
+function remoteGroups(remote) {
+  const groups = [], byPipeline = new Map();
+  for (const r of remote) {
+    const mark = r.name.indexOf("#");
+    if (mark < 0) { groups.push({ pipeline: null, rows: [r] }); continue; }
+    const pipeline = r.name.slice(0, mark);
+    if (!byPipeline.has(pipeline)) {
+      byPipeline.set(pipeline, { pipeline, rows: [] });
+      groups.push(byPipeline.get(pipeline));
+    }
+    byPipeline.get(pipeline).rows.push(r);
+  }
+  return groups;
+}
+
+function derivedState(states) {
+  return STATE_ORDER.find((s) => states.includes(s)) || states[0] || "unknown";
+}
+
+function remoteGroupRow(group) {
+  const tr = document.createElement("tr");
+  tr.className = "remote";
+  tr.dataset.name = group.pipeline;
+  const hosts = [...new Set(group.rows.map((r) => r.hostname || r.host))].join(", ");
+  cell(tr, "name", group.pipeline); cell(tr, "host", hosts);
+  stateCell(tr, derivedState(group.rows.map((r) => r.state)), ` (${group.rows.length} replicas)`);
+  for (let i = 0; i < 14; i++) cell(tr, "", "");
+  cell(tr, "last_error", "");
+  return tr;
+}
+
+function remoteRow(r, replica) {
+  const tr = document.createElement("tr");
+  tr.className = replica ? "remote replica" : "remote";
+  tr.dataset.name = r.name;
+  cell(tr, "name", r.name); cell(tr, "host", r.hostname ? `${r.hostname} (${r.host})` : r.host);
+  stateCell(tr, r.state);
+  for (let i = 0; i < 14; i++) cell(tr, "", i === 0 ? `seen ${r.last_seen_s}s ago` : "");
+  cell(tr, "last_error", r.used ? "" : "not used (duplicate or local)");
+  return tr;
 }
 
 function drawHeader(status) {

@@ -14,7 +14,14 @@ import pytest
 
 from porch import web
 from porch.graph import Node, Replica, to_dict
-from porch.status import DaemonStatus, PipelineStatus, ProcessStatus, Snapshot, StatusReport
+from porch.status import (
+    DaemonStatus,
+    PipelineStatus,
+    ProcessStatus,
+    RemoteStatus,
+    Snapshot,
+    StatusReport,
+)
 from tests.integration.conftest import REPO_ROOT, Porchd
 from tests.integration.test_dashboard import dashboard_url
 
@@ -122,7 +129,11 @@ def test_dashboard_shows_a_replicated_pipeline_once_with_its_replicas_under_it()
     nodes = [
         Node("hash", hashed.state, (), replicas=tuple(Replica(r.name, r.state) for r in replicas))
     ]
-    snapshot = Snapshot(StatusReport(DaemonStatus(pid=1, version="x"), (hashed,)), to_dict(nodes))
+    far = tuple(RemoteStatus(f"far#{tag}-0", host=host, state=state, used=True)
+                for tag, host, state in (("0f0f0f", "10.0.0.2", "failed"),
+                                         ("e0e0e0", "10.0.0.3", "running")))  # fmt: skip
+    report = StatusReport(DaemonStatus(pid=1, version="x"), (hashed,), far)
+    snapshot = Snapshot(report, to_dict(nodes))
     server = web.DashboardServer(web.HttpPlan("127.0.0.1", 0, "t0ken", loopback=True),
                                  lambda: snapshot)  # fmt: skip
     server.start()
@@ -142,10 +153,14 @@ def test_dashboard_shows_a_replicated_pipeline_once_with_its_replicas_under_it()
                 label = page.locator('g.node[data-name="hash"] text[data-field="state"]')
                 replica_rows = page.locator("tr.replica").count()
                 texts = (state.text_content(), iterations.text_content(), label.text_content())
+                remote = page.locator('tr.remote[data-name="far"] td[data-field="state"]')
+                remote_state = remote.text_content()
             finally:
                 browser.close()
     finally:
         server.close()
     assert not errors, errors
-    assert shown == ["hash", *names] and replica_rows == 2
+    assert shown == ["hash", *names, "far", "far#0f0f0f-0", "far#e0e0e0-0"]
+    assert replica_rows == 4  # the local ones and the other hosts'
+    assert remote_state == "running (2 replicas)"  # running while any replica runs
     assert texts == ("running (1/2 replicas)", "10", "running · 2x")

@@ -25,6 +25,7 @@ from porch.progress import Row, footer_lines, grouped, summary_lines
 from porch.rates import RateMeter
 from porch.restart import RestartPolicy, RestartTracker
 from porch.status import (
+    STATE_PRECEDENCE,
     DaemonStatus,
     PipelineStatus,
     ProcessStatus,
@@ -310,3 +311,9 @@ def test_porch_runs_footer_is_one_line_per_pipeline_saying_its_replicas() -> Non
     [line] = footer_lines(rows, height=5, width=120)
     assert line.split()[:6] == ["hash", "(2", "replicas)", "running", "14", "items"]
     assert "5.0/s" in line
+
+
+def test_the_dashboard_page_derives_a_state_in_porchctls_order() -> None:
+    page = web.static_file("index.html").decode()
+    assert "__PORCH_" not in page
+    assert f'id="state-order">{json.dumps(STATE_PRECEDENCE)}<' in page
