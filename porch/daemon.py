@@ -281,37 +281,9 @@ class Daemon:
 
     def _reload(self, args: Args) -> Result:
         configs, self.warnings = load_all(self.sources)
-        new = {c.name: c for c in configs}
-        current = dict(self.supervisor.pipelines)
-        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "scaled": [],
-                                      "unchanged": []}  # fmt: skip
-        for name in sorted(set(current) - set(new)):
-            self.supervisor.remove_pipeline(name)
-            diff["removed"].append(name)
-        for name, config in sorted(new.items()):
-            old = current.get(name)
-            if old is None:
-                self.supervisor.add_pipeline(config)
-                diff["added"].append(name)
-            elif old.replicated != config.replicated:  # one process <-> replicas: new names
-                self.supervisor.remove_pipeline(name)
-                self.supervisor.add_pipeline(config)
-                diff["changed"].append(name)
-            else:
-                diff[self._reload_one(old, config)].append(name)
+        diff = self.supervisor.table.reload(configs)
         log.info("reloaded", **{k: v for k, v in diff.items() if k != "unchanged"})
         return diff
-
-    def _reload_one(self, old: PipelineConfig, config: PipelineConfig) -> str:
-        """Apply a pipeline's re-read config: its replica count first (unchanged replicas keep
-        running), then restart the processes whose config or scripts changed."""
-        scaled = config.replicated and config.replicas != old.replicas
-        self.supervisor.pipelines[config.name] = config  # new replicas start with it
-        if scaled:
-            self.supervisor.scale(config.name, config.replicas)
-        if self.supervisor.replace_config(config):
-            return "changed"
-        return "scaled" if scaled else "unchanged"
 
     def _scale(self, args: Args) -> Result:
         name, count = args.get("name"), args.get("replicas")

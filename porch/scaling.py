@@ -183,3 +183,38 @@ class ProcessTable:
     def started_names(self, pipeline: str, plan: ScalePlan) -> list[str]:
         """The processes a scale plan starts (or keeps from stopping)."""
         return [*plan.revive, *(replica_name(pipeline, self.tag, k) for k in plan.start)]
+
+    def reload(self, configs: Sequence[PipelineConfig]) -> dict[str, list[str]]:
+        """Apply re-read configs (porchctl reload): add, remove, scale (a changed `replicas`
+        alone: the replicas that stay keep running) and restart what changed; the pipelines'
+        names by what happened to them."""
+        new = {c.name: c for c in configs}
+        current = dict(self.pipelines)
+        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "scaled": [],
+                                      "unchanged": []}  # fmt: skip
+        for name in sorted(set(current) - set(new)):
+            self.remove_pipeline(name)
+            diff["removed"].append(name)
+        for name, config in sorted(new.items()):
+            old = current.get(name)
+            if old is None:
+                self.add_pipeline(config)
+                diff["added"].append(name)
+            elif old.replicated != config.replicated:  # one process <-> replicas: new names
+                self.remove_pipeline(name)
+                self.add_pipeline(config)
+                diff["changed"].append(name)
+            else:
+                diff[self._reload_one(old, config)].append(name)
+        return diff
+
+    def _reload_one(self, old: PipelineConfig, config: PipelineConfig) -> str:
+        """Apply a pipeline's re-read config: its replica count first (from the new config),
+        then restart the processes whose config or scripts changed."""
+        scaled = config.replicated and config.replicas != old.replicas
+        self.pipelines[config.name] = config  # new replicas start with it
+        if scaled:
+            self.scale(config.name, config.replicas)
+        if self.replace_config(config):
+            return "changed"
+        return "scaled" if scaled else "unchanged"

@@ -183,3 +183,21 @@ def test_a_pipeline_turned_into_replicas_is_its_replicas_while_its_old_process_e
     assert [h.name for h in made.handles_of("hash")] == ["hash#abc123-0", "hash#abc123-1"]
     exit_all(made, acts)
     assert sorted(made.workers) == ["hash#abc123-0", "hash#abc123-1"]
+
+
+def test_reload_adds_removes_scales_and_restarts_what_changed() -> None:
+    made, acts = table(config("keep"), config("gone"), config("hash", 2), config("edit", 2),
+                       config("flip"))  # fmt: skip
+    diff = made.reload([config("keep"), config("hash", 3), config("edit", 2, queue_limit=5),
+                        config("flip", 2), config("fresh")])  # fmt: skip
+    assert diff == {"added": ["fresh"], "removed": ["gone"], "changed": ["edit", "flip"],
+                    "scaled": ["hash"], "unchanged": ["keep"]}  # fmt: skip
+    assert ("spawn", "hash#abc123-2") in acts.done
+    assert not any(n.startswith("hash#") for kind, n in acts.done if kind != "spawn")
+    assert ("restart", "edit#abc123-0") in acts.done and ("stop", "flip") in acts.done
+    assert made.pipelines["hash"].replicas == 3
+    exit_all(made, acts)  # the restarted ones run their new config now
+    assert "flip" not in made.workers and made.workers["edit#abc123-1"].config.queue_limit == 5
+    made.scale("hash", 1)  # porchctl scale: the count holds while the config's does not change
+    assert made.reload(list(made.pipelines.values()))["unchanged"] == [
+        "edit", "flip", "fresh", "hash", "keep"]  # fmt: skip
