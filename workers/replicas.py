@@ -166,6 +166,7 @@ class TargetGroup:
                                      None)  # fmt: skip
         for name, entry in entries.items():
             link = self.links.get(name)
+            new = link is None
             if link is None:
                 link = self.links[name] = self._make_link(name)
                 link.framer.stream = self.stream
@@ -173,9 +174,9 @@ class TargetGroup:
                 follow(link, entry)
             if gone_for_good(entry):
                 self.away.add(name)
-            elif name in self.away:
+            elif new or name in self.away:
                 self.away.discard(name)
-                self._rejoined(link)
+                self._joined(link)
         self.away.update(name for name in self.links if name not in entries)
         members = self.members()
         self.live = [link for link in members if _takes(link)]
@@ -187,8 +188,9 @@ class TargetGroup:
         """The replicas that are not gone for good (live, down or restarting)."""
         return [link for name, link in self.links.items() if name not in self.away]
 
-    def _rejoined(self, link: OutputLink) -> None:
-        """A replica that had left is back: it missed our end or BYE if those went out."""
+    def _joined(self, link: OutputLink) -> None:
+        """A replica started (scaled up) or came back: it missed our end or BYE if those went
+        out already."""
         if self.ended:
             link.force(FrameKind.EOS, [])
         elif self.said_bye:

@@ -374,7 +374,7 @@ def test_ordered_appends_one_order_id_per_value_from_0_without_gaps(ctx: Context
 
 
 def test_the_eos_reaches_every_replica_once_none_holds_a_value(ctx: Context) -> None:
-    outputs, _, (r0, r1) = both(ctx)
+    outputs, targets, (r0, r1) = both(ctx)
     group = group_of(outputs)
     for seq in range(1, 5):
         group.offer(FrameKind.DATA, [value(seq)], seq)
@@ -398,6 +398,11 @@ def test_the_eos_reaches_every_replica_once_none_holds_a_value(ctx: Context) -> 
     r1.ack()
     group.read_acks(_decode_ack)
     assert group.delivered
+
+    r2 = Replica(ctx, 2)  # scaled up after our end: it gets the end too
+    show(targets, {r.name: r.entry() for r in (r0, r1, r2)})
+    r2.read()
+    assert r2.kinds == [FrameKind.HELLO, FrameKind.EOS] and not group.delivered
 
 
 def test_bye_goes_to_every_replica_at_once(ctx: Context) -> None:
