@@ -12,6 +12,12 @@ Each row keeps its value's origin (porch.wire), so a replay after a crash carrie
 first sending had and receivers drop what they already processed. A pipeline that stamps
 origins (a source, a `fan_in: any` stage) keeps its epoch and its next origin seq here too,
 updated in the transaction that stores the value: its origin ids survive its restarts.
+
+A replicated target (workers/replicas.py): a value's row is under the replica it goes to (the
+group picks it before the row is written); a value handed from a replica gone for good to
+another gets a row under that one (`keep`) before the first's rows go. At the next start the
+rows of a target's replicas are queued for the target and go to its replicas (whichever there
+are then) once the directory shows them.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from typing import Any
 
 from porch import logs
 from porch.errors import StorageError
+from porch.names import pipeline_of
 from porch.paths import ensure_private_dir, open_private_file
 from porch.wire import FrameKind, Origin
 from workers.links import OutputLink
+from workers.replicas import Output, TargetGroup, all_links
 
 log = logs.get("porch.worker")
 
@@ -45,10 +53,11 @@ def _check_private(path: Path) -> None:
 class DurableOutbox:
     """Persists a pipeline's unacknowledged output across crashes."""
 
-    def __init__(self, path: Path, links: Sequence[OutputLink]) -> None:
+    def __init__(self, path: Path, outputs: Sequence[Output]) -> None:
         self.path = path
-        self.links = {link.target: link for link in links}
-        self._released = {link.target: 0 for link in links}  # rows deleted up to this seq
+        self.outputs = outputs  # the worker's: a target may become a TargetGroup
+        self.links = {link.target: link for link in all_links(outputs)}  # every link ever seen
+        self._released: dict[str, int] = {}  # rows deleted up to this seq, by link
         _check_private(path)
         with self._disk("open it"):
             self.db = sqlite3.connect(str(path), isolation_level=None)
@@ -106,18 +115,36 @@ class DurableOutbox:
         `own_seq`: the origin seq this pipeline stamped on it (0: it inherited its origin).
         """
         blob = pickle.dumps(([bytes(f) for f in payload], origin), protocol=5)
-        rows = [(t, link.next_seq, blob) for t, link in self.links.items() if not link.gone]
+        rows = []
+        for output in self.outputs:
+            link = output.pick(payload) if isinstance(output, TargetGroup) else output
+            if link is not None and not link.gone:
+                rows.append((link.target, link.next_seq, blob))
         with self._transaction("store a value"):
             self.db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?)", rows)
             if own_seq:  # in the same transaction: a stored value's seq is never stamped again
                 self.db.execute("UPDATE origin SET next_seq = ? WHERE id = 0", (own_seq + 1,))
 
+    def keep(self, link: OutputLink, payload: list[Any], origin: Origin) -> None:
+        """A row for a value about to be handed to `link` from another (a replica gone for
+        good, or the target's link before its replicas were known); that one's row goes at the
+        next sync()."""
+        self.links.setdefault(link.target, link)
+        blob = pickle.dumps(([bytes(f) for f in payload], origin), protocol=5)
+        with self._disk("store a value handed on"), self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?)", (link.target, link.next_seq, blob)
+            )
+
     def sync(self) -> None:
         """Delete the rows of every message that has left its link since the last call."""
+        for link in all_links(self.outputs):
+            self.links.setdefault(link.target, link)
+        released = self._released
         done = [
             (target, link.released)
             for target, link in self.links.items()
-            if link.released > self._released[target]
+            if link.released > released.get(target, 0)
         ]
         if not done:
             return
@@ -137,6 +164,7 @@ class DurableOutbox:
         keyed: list[tuple[str, int, bytes]] = []
         next_seq = {target: link.seq + 1 for target, link in self.links.items()}
         for target, blob in rows:
+            target = pipeline_of(target)  # a replica's rows: its pipeline's link takes them
             if target in next_seq:  # else the config no longer targets it
                 keyed.append((target, next_seq[target], blob))
                 next_seq[target] += 1

@@ -53,6 +53,7 @@ FINAL_STATES = frozenset({WorkerState.FAILED, WorkerState.STOPPED})  # ...with `
 ORDER_MARK = "#"  # an order stream's name: "#" + the target pipeline (no pipeline starts so)
 
 Value = tuple[list[Any], Origin]  # one value taken out of a link: payload frames, origin
+Keep = Callable[[OutputLink, list[Any], Origin], None]  # a durable outbox's row for a value
 
 
 class PartitionError(ValueError):
@@ -135,11 +136,13 @@ class TargetGroup:
         stream: Stream | None,
         *,
         loads: Callable[[Sequence[Any]], Any] | None = None,
+        keep: Keep | None = None,
     ) -> None:
         self.target = target  # the pipeline its replicas are
         self.pipeline = pipeline  # ours (for the logs)
         self._make_link = make_link  # a link to one replica, by its process name
         self._loads = loads  # to find the partition key of a value taken out of a link
+        self._keep = keep  # a durable outbox: a value handed on gets a row under its new link
         self.settings = settings
         self.stream = stream  # our origin stream: whose seqs come as bare ints
         self.links: dict[str, OutputLink] = {}  # by replica process name, kept after they left
@@ -226,9 +229,11 @@ class TargetGroup:
             if link is None:
                 self.dropped += 1
                 continue
-            if renumber and self.ordered:
-                origin = self._numbered(origin)
+            if renumber and self.ordered:  # (one restored from disk: its old number goes)
+                origin = self._numbered(_unordered(origin, self.order_stream[0]))
                 self.order_seq += 1
+            if self._keep is not None:
+                self._keep(link, payload, origin)
             link.force(FrameKind.DATA, payload, origin)
 
     def _by_payload(self, payload: list[Any], members: list[OutputLink]) -> OutputLink | None:
@@ -260,6 +265,13 @@ class TargetGroup:
                 f"a partition_by {field!r} key that cannot be pickled ({type(key).__name__}: {exc})"
             ) from None
         self._aimed = self.links[names[index]]
+
+    def pick(self, payload: list[Any]) -> OutputLink | None:
+        """A durable outbox stores a value under its replica before it is handed over: choose
+        that replica now (it takes the value then); None when no replica would."""
+        link = self._target(payload) or _lightest(self.members())
+        self._aimed = link
+        return link
 
     def _choose(self) -> OutputLink | None:
         """The live replica holding the fewest messages (ties in turn); None when none is live."""
@@ -448,6 +460,12 @@ def links_of(output: Output) -> Sequence[OutputLink]:
 def all_links(outputs: Iterable[Output]) -> list[OutputLink]:
     """Every output link of a worker's targets, replicas' each on its own (status, counters)."""
     return [link for output in outputs for link in links_of(output)]
+
+
+def _unordered(origin: Origin, order: str) -> Origin:
+    """`origin` without the ids of the order stream named `order`."""
+    pairs = zip(origin[::2], origin[1::2], strict=True)
+    return tuple(x for stream, seq in pairs if stream[0] != order for x in (stream, seq))
 
 
 def _takes(link: OutputLink) -> bool:

@@ -22,7 +22,7 @@ from porch.health import LinkState
 from porch.names import is_replica, pipeline_of
 from porch.wire import FrameKind
 from workers.links import OutputLink
-from workers.replicas import Output, TargetGroup, all_links, finish, follow
+from workers.replicas import Keep, Output, TargetGroup, all_links, finish, follow
 
 log = logs.get("porch.worker")
 
@@ -148,6 +148,7 @@ class TargetDirectory:
         self.known: dict[str, str] = {}  # every other pipeline the directory lists: its state
         self._names: tuple[str, ...] = ()  # every pipeline's name (sent when they change)
         self.on_groups: Callable[[], None] | None = None  # the groups' routing may have changed
+        self.keep: Keep | None = None  # a durable outbox's row for a value handed on
 
     def read(self, message: Mapping[str, object]) -> Mapping[str, DirectoryEntry] | None:
         """Take one DIRECTORY message: its entries, or None (said) when it cannot be read."""
@@ -207,7 +208,7 @@ class TargetDirectory:
                               security=conn.security)  # fmt: skip
 
         group = TargetGroup(link.target, self.pipeline, make_link, link.settings, framer.stream,
-                            loads=self.loads)  # fmt: skip
+                            loads=self.loads, keep=self.keep)  # fmt: skip
         group.apply(entries)
         ended = any(message.kind is FrameKind.EOS for message in link.outbox)
         held = link.take_data()

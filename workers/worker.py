@@ -82,7 +82,7 @@ class Worker:
         self.inbox = self.sockets.inbox
         self.outputs = self.sockets.outputs
         self.durable = (
-            DurableOutbox(state_dir / "outbox" / f"{config.name}.sqlite", self.sockets.links)
+            DurableOutbox(state_dir / "outbox" / f"{config.name}.sqlite", self.outputs)
             if config.outbox is Outbox.DURABLE
             else None
         )
@@ -107,6 +107,8 @@ class Worker:
                                 read_acks=self._read_acks)  # fmt: skip
         # a target the directory shows as replicas may route by value (partition_by)
         self.house.directory.on_groups = self.loop.emitter.outputs_changed
+        if self.durable is not None:  # values handed from one replica to another keep a row
+            self.house.directory.keep = self.durable.keep
 
     @property
     def stopping(self) -> bool:

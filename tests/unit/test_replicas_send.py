@@ -482,3 +482,48 @@ def test_a_value_waiting_on_a_full_link_goes_to_the_group_that_replaced_it(
         assert link.dropped == 0 and group.dropped == 0
     finally:
         worker.sockets.ctx.destroy(linger=0)
+
+
+def test_a_durable_outbox_keeps_each_value_under_its_replica_and_across_a_handover(
+    ctx: Context, tmp_path: Any
+) -> None:
+    """Rows are under the replica a value went to, move with the values of a replica gone
+    for good, go once acknowledged, and a restart queues a target's replicas' rows for it."""
+    from workers.outbox import DurableOutbox
+
+    path = tmp_path / "outbox" / "src.sqlite"
+    outputs: list[Output] = [sender(ctx)]
+    durable = DurableOutbox(path, outputs)
+    targets = directory(outputs)
+    targets.keep = durable.keep
+    r0, r1 = Replica(ctx, 0), Replica(ctx, 1)
+    show(targets, {r.name: r.entry() for r in (r0, r1)})
+    group = group_of(outputs)
+
+    def rows() -> dict[str, int]:
+        query = "SELECT target, count(*) FROM outbox GROUP BY target"
+        return dict(durable.db.execute(query).fetchall())
+
+    for seq in range(1, 5):  # as the emitter does: the row, then the value to the links
+        durable.store([value(seq)], (STREAM, seq))
+        assert group.offer(FrameKind.DATA, [value(seq)], seq)
+    group.flush()
+    assert rows() == {r0.name: 2, r1.name: 2}
+
+    show(targets, {r1.name: r1.entry()})  # r0 scaled away: its two go to r1, rows with them
+    durable.sync()
+    assert rows() == {r1.name: 4}
+
+    durable.close()  # killed: a restart queues the four for the target, whoever runs it then
+    restarted: list[Output] = [sender(ctx)]
+    again = DurableOutbox(path, restarted)
+    assert again.restore() == 4
+    assert rows_of(again) == {"work": 4}
+    link = restarted[0]
+    assert isinstance(link, OutputLink) and link.data_held() == 4
+    again.close()
+
+
+def rows_of(durable: Any) -> dict[str, int]:
+    query = "SELECT target, count(*) FROM outbox GROUP BY target"
+    return dict(durable.db.execute(query).fetchall())
