@@ -339,6 +339,7 @@ class Inbox:
         self._owners: dict[int | None, SourceState] = {}  # current generation -> its source
         self._generations = itertools.count(1)
         self._reorders: dict[str, Reorder] = {}  # ordered sources' re-sequencers by pipeline
+        self._holding = True  # False once a stop released what the re-sequencers hold
         self._clock = clock
         self.departed: set[str] = set()
         self._rejected: set[tuple[str, int]] = set()
@@ -408,6 +409,8 @@ class Inbox:
             log.info("source_ended", pipeline=self.name, source=header.sender)
             self.fanin.end(header.sender)
             self._confirm_end(source, header.seq)
+            if source.reorder is not None:
+                self._settle_order(source)
 
     def _new_source(self, name: str) -> SourceState:
         try:
@@ -436,6 +439,7 @@ class Inbox:
             push = self.fanin.push
             reorder = Reorder(pipeline, self.name, lambda item: push(pipeline, item),
                               self._clock, self.counters.overflowed)  # fmt: skip
+            reorder.holding = self._holding
             self._reorders[pipeline] = reorder
         return reorder
 
@@ -444,6 +448,23 @@ class Inbox:
         reorder = self._reorders.get(pipeline)
         if reorder is not None:
             reorder.flush()
+
+    def _settle_order(self, source: SourceState) -> None:
+        """No replica of an ordered source sends any more (each ended or stopped): deliver what
+        is held, in order (the gaps will not be filled soon, and stopped replicas wait for our
+        acknowledgements until their stop deadline)."""
+        fanin, departed = self.fanin, self.departed
+        members = fanin.members(source.pipeline)
+        if source.reorder is not None and all(m in departed or fanin.has_ended(m) for m in members):
+            source.reorder.flush()
+
+    def release_held(self) -> None:
+        """We are stopping: what ordered sources' values wait for may not come before we stop
+        (their senders wait for our acknowledgements), so deliver it all now, in order."""
+        if self._holding:
+            self._holding = False
+            for reorder in self._reorders.values():
+                reorder.release()
 
     def expire_order(self, now: float) -> None:
         """Give up the gaps in ordered sources' values that are too old (`now`: the clock's)."""
@@ -472,6 +493,8 @@ class Inbox:
             if not source.wants_acks:
                 source.route = route
                 self._confirm_end(source, source.received)
+            if source.reorder is not None:
+                self._settle_order(source)
         else:
             self.departed.discard(header.sender)
             source.wants_acks = not header.seq & HELLO_NO_ACKS

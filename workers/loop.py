@@ -156,7 +156,9 @@ class MessageLoop:
 
     def draining(self, inbox: Inbox) -> bool:
         """Whether a stopping worker still takes input: for a moment from live sources, and
-        until the stop deadline what stopped sources sent (they wait for its acknowledgement)."""
+        until the stop deadline what stopped sources sent (they wait for its acknowledgement).
+        Values held back for ordering go now: a stopping worker waits for no gap."""
+        inbox.release_held()
         now = time.monotonic()
         if now < self.stops.drain_deadline:
             return True

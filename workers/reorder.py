@@ -13,7 +13,9 @@ pipeline whose replicas send such ids) delivers seq n once every seq below it ca
   the housekeeping tick calls `expire`);
 - a value below the next expected seq (a replay after a restart, one of several outputs of one
   input, a value whose gap was given up) is delivered at once;
-- at the end of the source's stream, everything held is delivered in order (`flush`).
+- at the end of the source's stream, or once none of its replicas sends any more (each ended
+  or stopped), everything held is delivered in order (`flush`); a stopping receiver waits for
+  no gap (`release`: from then on each value is delivered as it comes).
 
 The order id is stripped from each value's origin before it is delivered, so joins further down
 see the origins they would without replicas.
@@ -79,6 +81,7 @@ class Reorder:
         self.clock = clock
         self.overflowed = overflowed  # counts a gap given up (window full, or too old)
         self.streams: dict[Stream, _Order] = {}
+        self.holding = True  # False once released: each value goes as it comes
         self._warned = False
 
     @property
@@ -89,6 +92,9 @@ class Reorder:
     def add(self, stream: Stream, seq: int, item: Item) -> None:
         """A value of order id (stream, seq), its origin already stripped: deliver it and what
         it makes next, or hold it."""
+        if not self.holding:
+            self.deliver(item)
+            return
         order = self.streams.get(stream)
         if order is None:
             order = self.streams[stream] = _Order()
@@ -125,6 +131,11 @@ class Reorder:
         """The stream ended: deliver everything held, in order."""
         for order in self.streams.values():
             self._drain(order)
+
+    def release(self) -> None:
+        """The receiver stops: deliver what is held, in order, and hold nothing from now on."""
+        self.flush()
+        self.holding = False
 
     def _advance(self, order: _Order) -> None:
         """Deliver the held values that are next in order; restart the gap's clock if one

@@ -64,6 +64,9 @@ class Peer:
         self.seq += len(values)
         self.socket.send(encode_batch(header, [pickle.dumps(v) for v in values]))
 
+    def bye(self) -> None:
+        self.socket.send(encode_header(FrameKind.BYE, 1, self.instance, 0, self.name))
+
     def eos(self) -> None:
         self.seq += 1
         self.socket.send(encode_header(FrameKind.EOS, 1, self.instance, self.seq, self.name))
@@ -417,6 +420,35 @@ def test_the_end_of_the_stream_flushes_what_is_held_in_order(sink: Wired) -> Non
     sink.settle()
     assert [v["B"] for v, _ in sink.drain()] == ["v3", "v4", "v6"]
     assert sink.inbox.fanin.exhausted()
+
+
+def test_what_is_held_goes_once_no_replica_sends_any_more(sink: Wired) -> None:
+    """Stopped replicas (BYE) wait for our acknowledgements: the gap is not waited for."""
+    one, two = sink.peer(B1), sink.peer(B2)
+    ordered(one, 3)
+    ordered(one, 2)
+    sink.pump(2)
+    one.bye()
+    sink.settle()
+    assert not sink.inbox.fanin.ready()  # B2 may still fill the gap
+    two.eos()
+    sink.settle()
+    assert [v["B"] for v, _ in sink.drain()] == ["v2", "v3"]
+    assert not sink.inbox.fanin.has_ended("B")  # B1 stopped: it may come back
+    sink.inbox.flush_acks()
+    assert one.acks()[-1] == 2
+
+
+def test_a_stopping_receiver_waits_for_no_gap(sink: Wired) -> None:
+    one = sink.peer(B1)
+    ordered(one, 3)
+    ordered(one, 2)
+    sink.pump(2)
+    sink.inbox.release_held()
+    assert [v["B"] for v, _ in sink.drain()] == ["v2", "v3"]
+    ordered(one, 5)
+    sink.pump(1)
+    assert [v["B"] for v, _ in sink.drain()] == ["v5"]
 
 
 def test_a_replica_receiver_strips_the_order_id_without_waiting(clock: Clock) -> None:
