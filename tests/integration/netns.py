@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -117,9 +118,12 @@ class NetnsPorchd(Porchd):
         self.control = home / "ctl.sock"
         self.state_dir = home / "state"
         self.sources = sources
+        # porchd's run folder ($TMPDIR/porch-run-PID-X) holds Unix sockets (at most 107 bytes
+        # a path): under pytest's numbered base folder and a namespace's name it can overflow
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="pn-", dir="/tmp"))
         env = {k: v for k, v in os.environ.items() if k != "PORCH_CONTROL"}
         self.env = {**env, "PORCH_RUNTIME_DIR": str(home / "runtime"),
-                    "PORCH_STATE_DIR": str(home / "state-base"), "TMPDIR": str(home),
+                    "PORCH_STATE_DIR": str(home / "state-base"), "TMPDIR": str(self.tmpdir),
                     RUN_MARKER: uuid.uuid4().hex}  # fmt: skip
         control = self.control if control_at is None else control_at / "ctl.sock"
         interface = [] if "--interface" in extra else ["--interface", host.interface]
@@ -132,6 +136,11 @@ class NetnsPorchd(Porchd):
             command[4:4] = ["sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh",
                             str(home), str(control_at)]  # fmt: skip
         self.proc, self.stdout, self.stderr, self._readers = spawn_captured(command, home, self.env)
+
+    def kill(self) -> None:
+        """SIGKILL porchd and its workers, then remove its run folder's parent."""
+        super().kill()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
 StartIn = Callable[..., NetnsPorchd]
