@@ -145,10 +145,11 @@ def run(configs: Sequence[str], iterations: int | None, stop_timeout: float, **n
     """
     from porch.broker import run_origin
     from porch.progress import Progress
+    from porch.scaling import run_problems
     from porch.supervisor import ConsoleSink, Supervisor  # zmq is only needed here
 
     good, problems = validate(configs)
-    _print_problems(problems, err=True)
+    _print_problems([*problems, *run_problems(good)], err=True)
     if has_errors(problems):
         click.echo("porch: not starting: fix the errors above (see `porch validate`)", err=True)
         sys.exit(EXIT_USAGE)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from porch import logs
-from porch.config import PipelineConfig
+from porch.config import Outbox, PipelineConfig, Problem, Severity
 from porch.names import replica_index, replica_name
 from porch.supervision import SupervisionPolicy
 from porch.worker_handle import WorkerHandle, fingerprint
@@ -42,6 +42,25 @@ def process_config(config: PipelineConfig, process_name: str) -> PipelineConfig:
     if not config.replicated:
         return config
     return replace(config, name=process_name, replica_of=config.pipeline)
+
+
+def run_problems(configs: Iterable[PipelineConfig]) -> list[Problem]:
+    """What `porch run` warns of in replicated configs: its replicas get new names each run
+    (TAG comes from the run's random id), so a durable outbox of one run is never replayed by
+    the next (porchd's replicas keep their names: its TAG is its persistent daemon id)."""
+    return [
+        Problem(
+            str(c.path),
+            "outbox",
+            f"is durable, but porch run names {c.name}'s replicas anew each run "
+            f"({c.name}#TAG-K with a new TAG): what a replica still held when a run ended is "
+            "not replayed by the next run; run it under porchd, whose replicas keep their "
+            "names across restarts",
+            Severity.WARNING,
+        )
+        for c in configs
+        if c.replicated and c.outbox is Outbox.DURABLE
+    ]
 
 
 def handles_of(

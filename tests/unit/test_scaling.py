@@ -201,3 +201,13 @@ def test_reload_adds_removes_scales_and_restarts_what_changed() -> None:
     made.scale("hash", 1)  # porchctl scale: the count holds while the config's does not change
     assert made.reload(list(made.pipelines.values()))["unchanged"] == [
         "edit", "flip", "fresh", "hash", "keep"]  # fmt: skip
+
+
+def test_porch_run_warns_that_a_replicated_durable_outbox_is_not_replayed_next_run() -> None:
+    from porch.config import Outbox
+    from porch.scaling import run_problems
+
+    durable = config("hash", 2, outbox=Outbox.DURABLE)
+    [problem] = run_problems([durable, config("plain", outbox=Outbox.DURABLE), config("h2", 2)])
+    assert (problem.file, problem.field) == ("/c/hash.json", "outbox")
+    assert "porchd" in problem.message and "not replayed" in problem.message
