@@ -12,6 +12,7 @@ DIRECTORY_GAP_S.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from porch import logs
 from porch.broker import Broker
 from porch.control import MessageType, WorkerState, decode
 from porch.directory import LOCAL_HOST, DirectoryEntry, Entry, encode_directory
-from porch.errors import ControlError
+from porch.errors import ControlError, UsageError
 from porch.health import HealthReport
+from porch.localsock import IPC_PREFIX, MAX_SOCKET_PATH
 from porch.names import pipeline_of
 from porch.worker_handle import Announcement, WorkerHandle, WorkerProcess
 
@@ -38,6 +40,13 @@ class WorkerChannel:
     """The ROUTER socket the workers report to."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
+        path = endpoint.removeprefix(IPC_PREFIX)
+        if endpoint.startswith(IPC_PREFIX) and len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise UsageError(
+                f"the supervisor's socket {path} is {len(os.fsencode(path))} bytes long, over "
+                f"the {MAX_SOCKET_PATH} a Unix socket's path may have: its run folder is in "
+                "TMPDIR; set TMPDIR to a shorter folder (such as /tmp)"
+            )
         self.endpoint = endpoint
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)

@@ -219,3 +219,14 @@ def test_a_replica_that_is_forgotten_leaves_the_directory() -> None:
     publisher.changed(2.0)
     assert sorted(decode_directory(sent.messages[-1][1]).pipelines) == [
         "hash#abc123-0", "hash#abc123-1", "src"]  # fmt: skip
+
+
+def test_a_run_folder_too_long_for_the_channel_socket_is_a_clear_error() -> None:
+    from porch.errors import UsageError
+
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        with pytest.raises(UsageError, match=r"over the 107 .* set TMPDIR to a shorter"):
+            WorkerChannel(ctx, "ipc:///tmp/" + "d" * 100 + "/workers")
+    finally:
+        ctx.term()
