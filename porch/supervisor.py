@@ -1,12 +1,15 @@
-"""The supervisor: spawns one worker process per pipeline, relays their output, brokers the
-directory of endpoints, watches heartbeats, restarts or stops workers on one path.
+"""The supervisor: spawns one worker process per pipeline (one per replica of a pipeline with
+`replicas`), relays their output, brokers the directory of endpoints, watches heartbeats,
+restarts or stops workers on one path.
 
 Two modes share this code: `porch run` (FailureMode.STOP_ALL: a failure stops everything, the
-run ends when every pipeline has ended) and `porchd` (FailureMode.RESTART: each pipeline's
+run ends when every process has ended) and `porchd` (FailureMode.RESTART: each pipeline's
 restart policy decides, and the daemon runs until it is told to stop).
 
 The Supervisor is the loop and the commands; its parts, each testable alone:
-- worker_handle.py: the view of one pipeline (process, restart bookkeeping, health, hello);
+- worker_handle.py: the view of one worker process (process, restart bookkeeping, health,
+  hello): a pipeline's, or one replica's (NAME#TAG-K);
+- scaling.py: the pipelines and their processes (replicas, scale, reload's decisions);
 - spawner.py: process spawning (fork server first) and killing;
 - supervision.py: restart and watchdog policy (exits, timers, commanded stops);
 - output_relay.py: workers' output lines to a sink;
