@@ -18,7 +18,7 @@ from porch.health import HealthReport
 from porch.security import LinkSecurity
 from workers.deadletter import DeadLetters
 from workers.inbox import Inbox
-from workers.replicas import Output, all_links
+from workers.replicas import Output, TargetGroup, all_links
 from workers.targets import link_status
 
 # upper bounds of the step() duration histogram (seconds), as Prometheus buckets
@@ -72,6 +72,7 @@ class Heartbeat:
     def report(self, state: str, warning: str) -> HealthReport:
         """The health report now (`state`: the worker's WorkerState value)."""
         counters, outputs, inbox = self.counters, all_links(self.outputs), self.inbox
+        groups = [output for output in self.outputs if isinstance(output, TargetGroup)]
         denied = self.security.denied if self.security is not None else 0
         return HealthReport(
             iterations=counters.iterations,
@@ -88,7 +89,8 @@ class Heartbeat:
             # CURVE clients turned away: by the ZAP handler, or by another server key
             handshakes_rejected=denied + (inbox.link.handshakes_failed if inbox is not None else 0),
             dead_letters=self.dead_letters.count,
-            dropped=sum(link.dropped for link in outputs),
+            # (a replicated target counts what it got once every replica had finished too)
+            dropped=sum(link.dropped for link in outputs) + sum(group.dropped for group in groups),
             replayed=sum(link.replayed for link in outputs),
             handshakes_failed=sum(link.handshakes_failed for link in outputs),
             reconnects=sum(link.reconnects for link in outputs),

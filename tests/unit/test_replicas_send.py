@@ -527,3 +527,19 @@ def test_a_durable_outbox_keeps_each_value_under_its_replica_and_across_a_handov
 def rows_of(durable: Any) -> dict[str, int]:
     query = "SELECT target, count(*) FROM outbox GROUP BY target"
     return dict(durable.db.execute(query).fetchall())
+
+
+def test_values_for_a_target_whose_replicas_all_finished_are_dropped_and_counted(
+    ctx: Context,
+) -> None:
+    from workers.heartbeat import Counters, Heartbeat
+
+    outputs, targets, (r0, r1) = both(ctx)
+    group = group_of(outputs)
+    group.offer(FrameKind.DATA, [value(1)], 1)
+    with capture_logs() as logs:
+        show(targets, {r.name: {"state": "finished"} for r in (r0, r1)})
+    assert group.gone and group.offer(FrameKind.DATA, [value(2)], 2)
+    assert [e["event"] for e in logs if e["event"] == "target_finished"] == ["target_finished"]
+    report = Heartbeat(Counters(), outputs, None, _Letters(), None).report("running", "")
+    assert report.dropped == 2  # the one a finished replica held, the one offered after
