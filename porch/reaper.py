@@ -120,21 +120,43 @@ def reap_adopted(known: set[int]) -> int:
 # ---- run folders ---------------------------------------------------------------------------
 
 
+# Linux limits a Unix socket's path to 107 bytes; the run folder's sockets are named at most
+# this long ("workers", "<pid>.in" with a 7-digit pid), and mkdtemp's suffix is 8 characters.
+RUN_SOCKET_NAME_MAX = 12
+MAX_SOCKET_PATH = 107
+FALLBACK_RUN_BASE = Path("/tmp")
+
+
+def run_dir_base() -> Path:
+    """Where run folders go: the temp folder (TMPDIR), or /tmp when TMPDIR is so long that the
+    sockets in a run folder there would not fit a Unix socket's 107-byte path."""
+    base = Path(tempfile.gettempdir())
+    longest = len(os.fsencode(base)) + len(f"/{RUN_DIR_PREFIX}{os.getpid()}-12345678/") + 1
+    if longest + RUN_SOCKET_NAME_MAX <= MAX_SOCKET_PATH:
+        return base
+    return FALLBACK_RUN_BASE
+
+
 def make_run_dir() -> Path:
-    """A private folder for this supervisor's sockets, named after its pid."""
-    return Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
+    """A private folder (0700) for this supervisor's sockets, named after its pid."""
+    return Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=run_dir_base()))
 
 
 def remove_stale_run_dirs(base: Path | None = None) -> list[Path]:
     """Remove this user's run folders whose supervisor is gone; return them."""
-    folder = base if base is not None else Path(tempfile.gettempdir())
+    folders = (
+        [base]
+        if base is not None
+        else list(dict.fromkeys([run_dir_base(), Path(tempfile.gettempdir())]))
+    )
     removed = []
-    with contextlib.suppress(OSError):
-        for entry in folder.iterdir():
-            match = _RUN_DIR.fullmatch(entry.name)
-            if match and _is_stale(entry, int(match[1])):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for entry in folder.iterdir():
+                match = _RUN_DIR.fullmatch(entry.name)
+                if match and _is_stale(entry, int(match[1])):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
     return removed
 
 

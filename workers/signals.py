@@ -23,7 +23,14 @@ from porch import logs
 
 log = logs.get("porch.worker")
 
-DRAIN_TIMEOUT_S = 2.0  # after a stop, how long a pipeline keeps taking input from live sources
+# a finished source's last messages: how long after they stop arriving its stream is ended
+DRAIN_TIMEOUT_S = 2.0
+# After a stop, how long a pipeline keeps taking input from sources that still run. What it
+# does not take stays unacknowledged upstream and is replayed to its next start, so a longer
+# drain only saves a few replays; every restart (porchctl restart, reload, a scale-down) waits
+# for it, so it is kept short. Input from sources that stopped too is drained until the stop
+# deadline (MessageLoop.draining).
+LIVE_DRAIN_S = 0.5
 # Linux sends this when the supervisor dies (prctl PR_SET_PDEATHSIG): a signal of our own,
 # so it can't be mistaken for a user's SIGTERM or a second Ctrl+C.
 PARENT_DEATH_SIGNAL = signal.SIGRTMIN + 1
@@ -69,7 +76,7 @@ class StopSignals:
         self.requested = True
         now = self._clock()
         self.stop_deadline = now + self.stop_budget_s
-        self.drain_deadline = min(now + DRAIN_TIMEOUT_S, self.stop_deadline)
+        self.drain_deadline = min(now + LIVE_DRAIN_S, self.stop_deadline)
 
     def install(self) -> None:
         """First SIGTERM/SIGINT: graceful stop; second: exit at once."""

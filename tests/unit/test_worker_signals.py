@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
-from workers.signals import DRAIN_TIMEOUT_S, PARENT_DEATH_SIGNAL, StopSignals
+from workers.signals import LIVE_DRAIN_S, PARENT_DEATH_SIGNAL, StopSignals
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -53,7 +53,7 @@ def test_a_stop_drains_for_a_while_and_must_be_done_within_the_budget(recorder: 
 
     assert stop.requested
     assert stop.stop_deadline == 108.5
-    assert stop.drain_deadline == 100.0 + DRAIN_TIMEOUT_S
+    assert stop.drain_deadline == 100.0 + LIVE_DRAIN_S
     assert [(e["event"], e["reason"]) for e in logs] == [("stop_requested", "supervisor")]
 
 
