@@ -79,6 +79,7 @@ class SourceState:
     dedup: bool = True  # by origin window (not where a stream's values may come out of order)
     order: str | None = None  # a replica's: the order stream its values carry ("#" + NAME)
     reorder: Reorder | None = None  # NAME's re-sequencer (None: the ids are only stripped)
+    resumed: bool = False  # its first message here followed some acknowledged before we started
 
     @property
     def processed(self) -> int:
@@ -175,7 +176,7 @@ class Intake:
         if source.reorder is None:
             self.fanin.push(source.pipeline, item)
         else:
-            source.reorder.add(stream, seq, item)
+            source.reorder.add(stream, seq, item, source.resumed)
 
     def accept_batch(self, header: Header, source: SourceState, frame: bytes, end: int) -> None:
         parts = decode_batch(frame, end)
@@ -400,6 +401,7 @@ class Inbox:
         self.departed.discard(header.sender)
         if not source.received and not source.open:  # the first message of this link:
             source.received = header.seq - 1  # everything before it was acknowledged
+            source.resumed = header.seq > 1  # (by an earlier instance of ours)
         if kind is FrameKind.DATA_BATCH:
             self.intake.accept_batch(header, source, message[1], end)
         elif kind is FrameKind.DATA:

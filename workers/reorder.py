@@ -13,6 +13,8 @@ pipeline whose replicas send such ids) delivers seq n once every seq below it ca
   the housekeeping tick calls `expire`);
 - a value below the next expected seq (a replay after a restart, one of several outputs of one
   input, a value whose gap was given up) is delivered at once;
+- an order stream first seen in a value that an earlier instance of the receiver did not
+  acknowledge (it restarted: the stream goes on mid-way) starts at that value's seq, not 0;
 - at the end of the source's stream, or once none of its replicas sends any more (each ended
   or stopped), everything held is delivered in order (`flush`); a stopping receiver waits for
   no gap (`release`: from then on each value is delivered as it comes).
@@ -89,15 +91,17 @@ class Reorder:
         """Values held across the order streams."""
         return sum(order.count for order in self.streams.values())
 
-    def add(self, stream: Stream, seq: int, item: Item) -> None:
+    def add(self, stream: Stream, seq: int, item: Item, resumed: bool = False) -> None:
         """A value of order id (stream, seq), its origin already stripped: deliver it and what
-        it makes next, or hold it."""
+        it makes next, or hold it (`resumed`: its link went on from an earlier receiver's)."""
         if not self.holding:
             self.deliver(item)
             return
         order = self.streams.get(stream)
         if order is None:
             order = self.streams[stream] = _Order()
+            if resumed:
+                order.next = seq
             if len(self.streams) > MAX_ORDER_STREAMS:
                 oldest = next(iter(self.streams))
                 self._drain(self.streams.pop(oldest))

@@ -451,6 +451,21 @@ def test_a_stopping_receiver_waits_for_no_gap(sink: Wired) -> None:
     assert [v["B"] for v, _ in sink.drain()] == ["v5"]
 
 
+def test_after_our_restart_an_order_stream_goes_on_where_it_resumes(sink: Wired) -> None:
+    """Replicas replay what an earlier instance of ours did not acknowledge: link seq 41 on."""
+    one, two = sink.peer(B1), sink.peer(B2)
+    one.seq = 40
+    ordered(one, 501)
+    sink.pump(1)
+    assert [v["B"] for v, _ in sink.drain()] == ["v501"]  # not held waiting for seq 0
+    two.seq = 30
+    ordered(two, 499)  # replayed by the other replica: below next, at once
+    ordered(two, 503)
+    ordered(one, 502)
+    sink.pump(3)
+    assert sorted(v["B"] for v, _ in sink.drain()) == ["v499", "v502", "v503"]
+
+
 def test_a_replica_receiver_strips_the_order_id_without_waiting(clock: Clock) -> None:
     """C's replicas each see some of B's order ids: none of them can re-sequence."""
     wired = Wired("C#ab12cd-1", 1, clock)
