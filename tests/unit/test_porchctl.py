@@ -218,6 +218,12 @@ class FakeDaemon:
                 ]
             },
             "logs": {"path": str(self.log_path)},
+            "scale": {
+                "pipeline": args.get("name"),
+                "replicas": args.get("replicas"),
+                "started": ["hash#abc123-2"],
+                "stopping": [],
+            },
         }
         if command not in results:
             return error("unknown_command", f"unknown command {command!r}")
@@ -373,6 +379,26 @@ def test_commands_on_named_pipelines(daemon: FakeDaemon, command: str, printed: 
     assert daemon.requests[-1] == {
         "id": daemon.requests[-1]["id"], "command": command, "args": {"names": ["a", "b"]},
     }  # fmt: skip
+
+
+def test_scale_sends_the_count_and_says_what_started_and_stops(daemon: FakeDaemon) -> None:
+    result = run(daemon.path, "scale", "hash", "3")
+    assert result.exit_code == 0, result.output
+    assert daemon.requests[-1]["args"] == {"name": "hash", "replicas": 3}
+    assert result.stdout == "hash: 3 replica(s); started: hash#abc123-2; stopping: (none)\n"
+    for bad in ("0", "65", "two"):
+        assert run(daemon.path, "scale", "hash", bad).exit_code == 2  # refused before sending
+    assert len(daemon.requests) == 1
+    refused = run(daemon.path, "scale", "nope", "2")
+    assert refused.exit_code == 1 and "no pipeline 'nope'" in refused.stderr
+
+
+def test_reload_says_scaled_only_when_a_count_changed() -> None:
+    from porch.porchctl_format import format_reload
+
+    diff = {"added": [], "removed": [], "changed": [], "scaled": ["hash"], "unchanged": ["a"]}
+    assert format_reload(diff).splitlines()[3] == "scaled: hash"
+    assert "scaled" not in format_reload({**diff, "scaled": []})
 
 
 def test_start_needs_names(daemon: FakeDaemon) -> None:
