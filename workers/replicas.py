@@ -247,6 +247,26 @@ class TargetGroup:
         except Exception:  # it was routed once; if it cannot be now, credit decides
             return None
 
+    def dissolve(self) -> OutputLink:
+        """The target runs as one process again (a reload without `replicas`): one link to it,
+        given what every replica's link held, in order (without our order ids)."""
+        link = self._make_link(self.target)
+        link.framer.stream = self.stream
+        order = self.order_stream[0]
+        for member in self.links.values():
+            member.read_acks(decode_ack)
+            for payload, origin in member.take_data():
+                origin = _unordered(origin, order)
+                if self._keep is not None:
+                    self._keep(link, payload, origin)
+                link.force(FrameKind.DATA, payload, origin)
+            member.retire()
+        if self.ending:
+            link.force(FrameKind.EOS, [])
+        elif self.said_bye:
+            link.say_bye()
+        return link
+
     # ---- routing -------------------------------------------------------------------------
 
     def aim(self, value: object) -> None:

@@ -180,11 +180,17 @@ class TargetDirectory:
             if is_replica(name):
                 replicas.setdefault(pipeline_of(name), {})[name] = entry
         grouped = False
-        for index, link in enumerate(self.outputs):
-            if isinstance(link, TargetGroup):
-                link.apply(replicas.get(link.target, {}))
-                grouped = True
+        for index, output in enumerate(self.outputs):
+            grouped = grouped or isinstance(output, TargetGroup)
+            if isinstance(output, TargetGroup) and pipelines.get(output.target) is None:
+                output.apply(replicas.get(output.target, {}))
                 continue
+            if isinstance(output, TargetGroup):  # it runs as one process again (a reload)
+                link = self.outputs[index] = output.dissolve()
+                log.info("target_unreplicated", pipeline=self.pipeline, target=link.target,
+                         handed_on=link.data_held())  # fmt: skip
+            else:
+                link = output
             listed = pipelines.get(link.target)
             if listed is None:
                 if link.target in replicas:

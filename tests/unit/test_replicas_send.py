@@ -543,3 +543,25 @@ def test_values_for_a_target_whose_replicas_all_finished_are_dropped_and_counted
     assert [e["event"] for e in logs if e["event"] == "target_finished"] == ["target_finished"]
     report = Heartbeat(Counters(), outputs, None, _Letters(), None).report("running", "")
     assert report.dropped == 2  # the one a finished replica held, the one offered after
+
+
+def test_a_target_that_runs_as_one_process_again_gets_what_its_replicas_held(
+    ctx: Context,
+) -> None:
+    """A reload without `replicas`: the directory lists the plain name again; one link to it
+    takes every value the replicas' links held (without the order ids)."""
+    outputs, targets, (r0, r1) = both(ctx, ordered=True)
+    group = group_of(outputs)
+    for seq in range(1, 5):
+        group.offer(FrameKind.DATA, [value(seq)], seq)
+        group.flush()
+    one = Replica(ctx, 9)
+    with capture_logs() as logs:
+        show(targets, {"work": {"state": "running", "endpoint": one.endpoint, "instance": 3}})
+    link = outputs[0]
+    assert isinstance(link, OutputLink) and link.target == "work"
+    assert [e["handed_on"] for e in logs if e["event"] == "target_unreplicated"] == [4]
+    one.read()
+    assert sorted(numbers(one)) == [1, 2, 3, 4]
+    assert sorted(o for _, o in one.values) == [(STREAM, seq) for seq in range(1, 5)]
+    assert all(member.gone for member in group.links.values())
