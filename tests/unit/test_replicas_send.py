@@ -550,7 +550,7 @@ def test_a_target_that_runs_as_one_process_again_gets_what_its_replicas_held(
 ) -> None:
     """A reload without `replicas`: the directory lists the plain name again; one link to it
     takes every value the replicas' links held (without the order ids)."""
-    outputs, targets, (r0, r1) = both(ctx, ordered=True)
+    outputs, targets, _ = both(ctx, ordered=True)
     group = group_of(outputs)
     for seq in range(1, 5):
         group.offer(FrameKind.DATA, [value(seq)], seq)
