@@ -6,21 +6,36 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 from structlog.testing import capture_logs
 
+from porch.config import PipelineConfig
 from porch.directory import DirectoryEntry, decode_directory
 from porch.serializers import get
 from porch.stream import SKIP
-from porch.wire import FrameKind, Origin, decode_ack, encode_batch, encode_header
+from porch.wire import (
+    FrameKind,
+    HeaderEncoder,
+    Origin,
+    decode_ack,
+    decode_batch,
+    decode_prefix,
+    encode_batch,
+    encode_header,
+    run_origins,
+)
+from workers.hotloop import HotLoop
 from workers.inbox import Inbox
 from workers.reorder import REORDER_GAP_S, REORDER_WINDOW, Reorder, split_order
 from workers.scheduler import FanIn, Item, Pairing
 from workers.signals import DRAIN_TIMEOUT_S, StopSignals
 from workers.sources import SourceWatch
+from workers.worker import Worker, WorkerOptions
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -543,3 +558,67 @@ def test_split_order_strips_only_the_named_stream() -> None:
     assert split_order((A, 3, ORDER, 2), "#B") == ((A, 3), ORDER, 2)
     assert split_order((ORDER, 2, A, 3), "#B") == ((A, 3), ORDER, 2)
     assert split_order((A, 3, ("#C", 1), 2), "#B") == ((A, 3, ("#C", 1), 2), None, 0)
+
+
+# ---- a replica of an ordered pipeline fills the slots it skips ---------------------------------
+
+STAGE = """
+import porch
+def step(input_data):
+    value = input_data["src"]
+    if value == 2:
+        return porch.SKIP
+    if value == 4:
+        raise ValueError("four")
+    return value * 10
+"""
+MID_ORDER = ("#mid", 77)  # what src's sender appends for the ordered pipeline mid
+
+
+@pytest.mark.usefixtures("clean_process_state")
+@pytest.mark.parametrize("bursts", [False, True], ids=["per message", "bursts"])
+def test_an_ordered_replica_sends_a_marker_for_each_input_it_skips(
+    tmp_path: Path, bursts: bool
+) -> None:
+    script = tmp_path / "mid.py"
+    script.write_text(STAGE)
+    config = replace(PipelineConfig("mid", (script,), 1, ("sink",), on_error="skip"),
+                     name="mid#ab12cd-0", replica_of="mid", replicas=2, replicated=True,
+                     ordered=True)  # fmt: skip
+    made = Worker(config, WorkerOptions(control="tcp://127.0.0.1:1", state_dir=tmp_path))
+    try:
+        made.host.load()
+        inbox = made.inbox
+        assert inbox is not None
+        headers = HeaderEncoder(1, 9, "src")
+        inbox._accept([b"r", headers.encode(FrameKind.HELLO, 0)])
+        for seq, value in enumerate([1, 2, 3, 4, SKIP, 6], start=1):
+            payload = b"" if value is SKIP else pickle.dumps(value)
+            runs = [(1, (("src", 3), seq + 100, MID_ORDER, seq - 1))]
+            inbox._accept([b"r", headers.encode_data(FrameKind.DATA, seq, runs) + payload])
+        if bursts:
+            assert HotLoop(made.loop).run_queue(inbox)
+        else:
+            while inbox.fanin.ready():
+                made.loop.take_one(inbox)
+        link = made.outputs[0]
+        link.flush()
+        found = []
+        for entry in link.outbox:
+            header, end = decode_prefix(bytes(entry.frames[0]))
+            if header.kind is FrameKind.DATA_BATCH:
+                parts = [bytes(p) for p in decode_batch(bytes(entry.frames[0]), end)]
+            else:
+                parts = [bytes(entry.frames[0])[end:]]
+            origins = run_origins(header.origins)
+            found += [
+                (pickle.loads(p) if p else SKIP, o) for p, o in zip(parts, origins, strict=True)
+            ]
+        # every input's slot of mid's order stream is filled: a value, or a marker
+        assert found == [
+            (10 if n == 1 else 30 if n == 3 else 60 if n == 6 else SKIP,
+             (("src", 3), 100 + n, MID_ORDER, n - 1))
+            for n in range(1, 7)
+        ]  # fmt: skip
+    finally:
+        made.sockets.ctx.destroy(linger=0)
