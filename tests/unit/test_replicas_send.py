@@ -565,3 +565,34 @@ def test_a_target_that_runs_as_one_process_again_gets_what_its_replicas_held(
     assert sorted(numbers(one)) == [1, 2, 3, 4]
     assert sorted(o for _, o in one.values) == [(STREAM, seq) for seq in range(1, 5)]
     assert all(member.gone for member in group.links.values())
+
+
+def test_the_close_protocol_waits_for_every_replica_and_their_end(ctx: Context) -> None:
+    """A finished stream: the EOS waits for r1's acks, then goes to both; the close is done
+    once both acknowledged it (workers/closing.py with a real group and fake time)."""
+    from workers.closing import OutputClose
+    from workers.signals import StopSignals
+
+    outputs, _, (r0, r1) = both(ctx)
+    group = group_of(outputs)
+    for seq in range(1, 5):
+        group.offer(FrameKind.DATA, [value(seq)], seq)
+        group.flush()
+    now = [0.0]
+    stop = StopSignals("src", 8.5, clock=lambda: now[0])
+    close = OutputClose("src", outputs, stop, finish_timeout_s=30.0, stop_timeout_s=10.0,
+                        kept=False, clock=lambda: now[0])  # fmt: skip
+    waits = []
+
+    def wait(timeout_ms: int) -> None:  # time passes; r0 acks at once, r1 after 3 waits
+        now[0] += timeout_ms / 1000
+        waits.append(timeout_ms)
+        r0.ack()
+        if len(waits) >= 3:
+            r1.ack()
+        group.read_acks(_decode_ack)
+
+    close.run(True, wait, lambda: group.read_acks(_decode_ack))
+    assert FrameKind.EOS in r0.kinds and FrameKind.EOS in r1.kinds
+    assert r0.kinds.index(FrameKind.EOS) == len(r0.kinds) - 1
+    assert group.delivered and 3 < len(waits) < 10
