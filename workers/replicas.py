@@ -5,9 +5,10 @@ first time the directory lists replicas of it (what its link held until then goe
 group, in order).
 
 - Credit: a value, or a burst of them, goes to the live replica holding the fewest messages
-  (unacknowledged; at-most-once: queued), ties in turn. Never to one that is down, restarting
-  or withdrawn: a restarting replica keeps what it holds (replayed to its new instance, as for
-  a plain target).
+  (unacknowledged; at-most-once: queued), ties in turn. Never to one that is down, waiting to
+  restart (backoff) or withdrawn: a restarting replica keeps what it holds (replayed to its new
+  instance, as for a plain target); once its new process said hello (starting, with an
+  endpoint) it is live again.
 - Gone for good (its entry left the directory: scaled away; finished; failed or stopped for
   good; withdrawn by discovery): what it had not acknowledged goes, in order, to the others
   (logged with counts). With no other replica to take it, it stays (a finished one's is
@@ -182,7 +183,8 @@ class TargetGroup:
                 self._joined(link)
         self.away.update(name for name in self.links if name not in entries)
         members = self.members()
-        self.live = [link for link in members if _takes(link)]
+        backoff = {name for name, entry in entries.items() if entry.state is WorkerState.BACKOFF}
+        self.live = [link for link in members if _takes(link, link.target in backoff)]
         for name in sorted(self.away):
             self._leave(self.links[name], entries.get(name), members)
         self._end_when_delivered()
@@ -488,11 +490,13 @@ def _unordered(origin: Origin, order: str) -> Origin:
     return tuple(x for stream, seq in pairs if stream[0] != order for x in (stream, seq))
 
 
-def _takes(link: OutputLink) -> bool:
-    """Whether a replica's link may get new values: connected, up, not withdrawn."""
+def _takes(link: OutputLink, backoff: bool) -> bool:
+    """Whether a replica's link may get new values: connected, up, not withdrawn. A starting
+    one with an endpoint is up (its process said hello: what it is sent waits in its socket;
+    the supervisor announces its next states only when they end it)."""
     return (
         link.socket is not None
-        and not (link.down or link.restarting or link.gone)
+        and not (link.down or link.gone or backoff)
         and link.withdrawn_since is None
     )
 

@@ -190,6 +190,24 @@ def test_no_value_goes_to_a_restarting_replica_which_keeps_what_it_holds(ctx: Co
     assert group.links[r0.name].held == 2 and group.links[r1.name].held == 6
 
 
+def test_a_restarted_replica_gets_values_again_once_its_new_process_said_hello(
+    ctx: Context,
+) -> None:
+    """Its supervisor announces it `starting` with the new endpoint, then not again while it
+    runs (only ended states are announced): starting with an endpoint is live. Before, it got
+    no value again after a kill -9 (all went to the other replica)."""
+    outputs, targets, (r0, r1) = both(ctx)
+    group = group_of(outputs)
+    show(targets, {r0.name: {"state": "backoff"}, r1.name: r1.entry()})
+    assert group.live == [group.links[r1.name]]
+    again = {"state": "starting", "endpoint": r0.endpoint, "instance": 2}
+    show(targets, {r0.name: again, r1.name: r1.entry()})
+    for seq in range(1, 5):
+        group.offer(FrameKind.DATA, [value(seq)], seq)
+        group.flush()
+    assert group.links[r0.name].held == 2 and group.links[r1.name].held == 2
+
+
 @pytest.mark.parametrize(
     "leaves",
     [
