@@ -14,7 +14,9 @@ pipeline whose replicas send such ids) delivers seq n once every seq below it ca
 - a value below the next expected seq (a replay after a restart, one of several outputs of one
   input, a value whose gap was given up) is delivered at once;
 - an order stream first seen in a value that an earlier instance of the receiver did not
-  acknowledge (it restarted: the stream goes on mid-way) starts at that value's seq, not 0;
+  acknowledge (it restarted: the stream goes on mid-way, each replica replaying what it was not
+  acknowledged) does not start at 0: what comes in RESUME_WAIT_S is held, then the stream starts
+  at the lowest seq held (not counted as a gap given up);
 - at the end of the source's stream, or once none of its replicas sends any more (each ended
   or stopped), everything held is delivered in order (`flush`); a stopping receiver waits for
   no gap (`release`: from then on each value is delivered as it comes).
@@ -35,6 +37,7 @@ log = logs.get("porch.worker")
 
 REORDER_WINDOW = 1024  # values held per order stream at most
 REORDER_GAP_S = 5.0  # a missing seq is given up after this long without progress
+RESUME_WAIT_S = 0.5  # a stream resumed after the receiver's restart: replays gathered this long
 MAX_ORDER_STREAMS = 64  # order streams (senders' epochs) remembered per source pipeline
 
 
@@ -56,13 +59,19 @@ def split_order(origin: Origin, name: str) -> tuple[Origin, Stream | None, int]:
 class _Order:
     """One order stream: the next seq to deliver and the values held until it comes."""
 
-    __slots__ = ("count", "held", "next", "since")
+    __slots__ = ("count", "held", "next", "resuming", "since")
 
     def __init__(self) -> None:
         self.next = 0
         self.held: dict[int, list[Item]] = {}
         self.count = 0  # values held
         self.since = 0.0  # when the current gap was first waited on (monotonic s)
+        self.resuming = False  # gathering replays: the stream starts at the lowest seq held
+
+    @property
+    def patience_s(self) -> float:
+        """How long the current gap is waited on."""
+        return RESUME_WAIT_S if self.resuming else REORDER_GAP_S
 
 
 class Reorder:
@@ -100,8 +109,7 @@ class Reorder:
         order = self.streams.get(stream)
         if order is None:
             order = self.streams[stream] = _Order()
-            if resumed:
-                order.next = seq
+            order.resuming = resumed
             if len(self.streams) > MAX_ORDER_STREAMS:
                 oldest = next(iter(self.streams))
                 self._drain(self.streams.pop(oldest))
@@ -111,6 +119,7 @@ class Reorder:
         if seq == order.next:
             self.deliver(item)
             order.next = seq + 1
+            order.resuming = False
             if order.held:
                 self._advance(order)
             return
@@ -126,9 +135,9 @@ class Reorder:
             self._give_up(order, f"more than {REORDER_WINDOW} values held")
 
     def expire(self, now: float) -> None:
-        """Give up each gap waited on for REORDER_GAP_S or longer."""
+        """Give up each gap waited on for REORDER_GAP_S or longer (start a resumed stream)."""
         for order in self.streams.values():
-            if order.count and now - order.since >= REORDER_GAP_S:
+            if order.count and now - order.since >= order.patience_s:
                 self._give_up(order, f"a value missing for {REORDER_GAP_S:g} s")
 
     def flush(self) -> None:
@@ -159,6 +168,11 @@ class Reorder:
     def _give_up(self, order: _Order, why: str) -> None:
         """Deliver from the lowest held seq on: the gap before it will not be waited for."""
         lowest = min(order.held)
+        if order.resuming:  # the start of a resumed stream: nothing is missing
+            order.resuming = False
+            order.next = lowest
+            self._advance(order)
+            return
         skipped = lowest - order.next
         self.overflowed()
         if not self._warned:

@@ -31,7 +31,13 @@ from porch.wire import (
 )
 from workers.hotloop import HotLoop
 from workers.inbox import Inbox
-from workers.reorder import REORDER_GAP_S, REORDER_WINDOW, Reorder, split_order
+from workers.reorder import (
+    REORDER_GAP_S,
+    REORDER_WINDOW,
+    RESUME_WAIT_S,
+    Reorder,
+    split_order,
+)
 from workers.scheduler import FanIn, Item, Pairing
 from workers.signals import DRAIN_TIMEOUT_S, StopSignals
 from workers.sources import SourceWatch
@@ -466,19 +472,26 @@ def test_a_stopping_receiver_waits_for_no_gap(sink: Wired) -> None:
     assert [v["B"] for v, _ in sink.drain()] == ["v5"]
 
 
-def test_after_our_restart_an_order_stream_goes_on_where_it_resumes(sink: Wired) -> None:
-    """Replicas replay what an earlier instance of ours did not acknowledge: link seq 41 on."""
+def test_after_our_restart_an_order_stream_starts_at_the_lowest_replay(
+    sink: Wired, clock: Clock
+) -> None:
+    """Replicas replay what an earlier instance of ours did not acknowledge (link seq 41 on):
+    the stream does not wait for seq 0, it starts at the lowest seq replayed in RESUME_WAIT_S."""
     one, two = sink.peer(B1), sink.peer(B2)
-    one.seq = 40
+    one.seq, two.seq = 40, 30
     ordered(one, 501)
+    ordered(one, 503)
+    ordered(two, 499)
+    ordered(two, 502)
+    sink.pump(4)
+    sink.inbox.expire_order(clock() + RESUME_WAIT_S - 0.01)
+    assert not sink.inbox.fanin.ready()
+    sink.inbox.expire_order(clock() + RESUME_WAIT_S)
+    assert [v["B"] for v, _ in sink.drain()] == ["v499"]  # 500 is next
+    ordered(two, 500)
     sink.pump(1)
-    assert [v["B"] for v, _ in sink.drain()] == ["v501"]  # not held waiting for seq 0
-    two.seq = 30
-    ordered(two, 499)  # replayed by the other replica: below next, at once
-    ordered(two, 503)
-    ordered(one, 502)
-    sink.pump(3)
-    assert sorted(v["B"] for v, _ in sink.drain()) == ["v499", "v502", "v503"]
+    assert [v["B"] for v, _ in sink.drain()] == ["v500", "v501", "v502", "v503"]
+    assert sink.inbox.counters.reorder_window_overflow == 0
 
 
 def test_a_replica_receiver_strips_the_order_id_without_waiting(clock: Clock) -> None:
