@@ -22,7 +22,7 @@ from porch.health import LinkState
 from porch.names import is_replica, pipeline_of
 from porch.wire import FrameKind
 from workers.links import OutputLink
-from workers.replicas import Keep, Output, TargetGroup, all_links, finish, follow
+from workers.replicas import Keep, Output, TargetGroup, all_links, dissolve, finish, follow
 
 log = logs.get("porch.worker")
 
@@ -186,7 +186,7 @@ class TargetDirectory:
                 output.apply(replicas.get(output.target, {}))
                 continue
             if isinstance(output, TargetGroup):  # it runs as one process again (a reload)
-                link = self.outputs[index] = output.dissolve()
+                link = self.outputs[index] = dissolve(output)
                 log.info("target_unreplicated", pipeline=self.pipeline, target=link.target,
                          handed_on=link.data_held())  # fmt: skip
             else:

@@ -123,7 +123,7 @@ def blocked_status(output: Output) -> LinkStatus:
     busiest live replica's, or, with none live, its first replica's."""
     if not isinstance(output, TargetGroup):
         return link_status(output)
-    links = output.live or list(output.links.values())
+    links = output.router.live or list(output.links.values())
     status = link_status(max(links, key=lambda link: link.data_held()))
     status["name"] = output.target
     status["held"] = output.data_held()

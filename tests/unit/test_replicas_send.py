@@ -16,12 +16,8 @@ from structlog.testing import capture_logs
 from porch.serializers import get
 from porch.wire import FrameKind, HeaderEncoder, decode_batch, decode_prefix, run_origins
 from workers.links import LinkSettings, OutputLink
-from workers.replicas import (
-    Output,
-    PartitionError,
-    TargetGroup,
-    partition_index,
-)
+from workers.replicas import Output, TargetGroup
+from workers.routing import PartitionError, partition_index
 from workers.targets import TargetDirectory, TargetWatch
 
 pytestmark = pytest.mark.timeout(20)
@@ -199,7 +195,7 @@ def test_a_restarted_replica_gets_values_again_once_its_new_process_said_hello(
     outputs, targets, (r0, r1) = both(ctx)
     group = group_of(outputs)
     show(targets, {r0.name: {"state": "backoff"}, r1.name: r1.entry()})
-    assert group.live == [group.links[r1.name]]
+    assert group.router.live == [group.links[r1.name]]
     again = {"state": "starting", "endpoint": r0.endpoint, "instance": 2}
     show(targets, {r0.name: again, r1.name: r1.entry()})
     for seq in range(1, 5):
@@ -223,7 +219,7 @@ def test_a_replica_gone_for_good_hands_its_unacknowledged_values_on_in_order(
 ) -> None:
     outputs, targets, (r0, r1) = both(ctx)
     group = group_of(outputs)
-    group.live = [group.links[r0.name]]  # everything to r0 first
+    group.router.live = [group.links[r0.name]]  # everything to r0 first
     for seq in range(1, 7):
         group.offer(FrameKind.DATA, [value(seq)], seq)
     group.flush()
@@ -247,7 +243,7 @@ def test_a_replica_gone_for_good_hands_its_unacknowledged_values_on_in_order(
 def test_a_replica_gone_with_no_other_keeps_its_values_until_one_comes(ctx: Context) -> None:
     outputs, targets, (r0, _r1) = both(ctx)
     group = group_of(outputs)
-    group.live = [group.links[r0.name]]
+    group.router.live = [group.links[r0.name]]
     for seq in range(1, 4):
         group.offer(FrameKind.DATA, [value(seq)], seq)
     show(targets, {r0.name: {"state": "withdrawn", "since": 5.0}})  # r1 scaled away too
@@ -364,7 +360,7 @@ def test_partition_by_holds_a_key_for_its_replica_while_it_is_down(ctx: Context)
 def test_ordered_appends_one_order_id_per_value_from_0_without_gaps(ctx: Context) -> None:
     outputs, targets, (r0, r1) = both(ctx, ordered=True)
     group = group_of(outputs)
-    order = group.order_stream
+    order = group.numbers.order
     assert order[0] == "#work"
     group.add(value(1), 1)
     group.offer(FrameKind.DATA, [value(2)], 2)
@@ -388,7 +384,7 @@ def test_ordered_appends_one_order_id_per_value_from_0_without_gaps(ctx: Context
     group.flush()
     r1.read()
     assert before <= {o for _, o in r1.values}
-    assert group.order_seq == 5
+    assert group.numbers.next == 5
 
 
 def test_the_eos_reaches_every_replica_once_none_holds_a_value(ctx: Context) -> None:
@@ -453,7 +449,7 @@ def test_status_reports_each_replica_and_a_target_without_any_up_is_missing(
 
     report = Heartbeat(Counters(), outputs, None, _Letters(), None).report("running", "")
     assert [t["name"] for t in report.targets] == [name(0), name(1)]
-    assert not group.live
+    assert not group.router.live
 
 
 class _Letters:
