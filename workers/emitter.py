@@ -66,7 +66,9 @@ class Emitter:
 
     def outputs_changed(self) -> None:
         """A target became replicas, or its replicas' partition_by changed."""
-        self.routed = [o for o in self.outputs if isinstance(o, TargetGroup) and o.partition_by]
+        self.routed = [
+            o for o in self.outputs if isinstance(o, TargetGroup) and o.router.partition_by
+        ]
 
     def own_origins(self, count: int) -> range:
         """The next `count` of our own origin seqs (a burst of a stamping pipeline's values)."""

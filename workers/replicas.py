@@ -183,28 +183,31 @@ class TargetGroup:
         """A replica gone for good: what it holds goes to the others (if any)."""
         finished = entry is not None and entry.state is WorkerState.FINISHED
         if link.data_held() and members:
-            if finished:
-                last_acks(link)
-            else:
-                link.read_acks(decode_ack)
-            values = link.take_data()
-            if values:
-                log.warning("replica_gone", pipeline=self.pipeline, target=self.target,
-                            replica=link.target, state=entry.state.value if entry else "removed",
-                            messages=len(values), replicas=len(members))  # fmt: skip
-                self.hand_on(values, renumber=False)
+            last_acks(link) if finished else link.read_acks(decode_ack)
+            self._move(link, "replica_gone", entry.state.value if entry else "removed")
         if finished:
             finish(link, self.pipeline)
         elif entry is None and link.socket is not None and not link.data_held():
             link.close(linger_ms=0)  # scaled away: nothing to say to it any more
 
-    def hand_on(self, values: Iterable[Value], *, renumber: bool) -> None:
+    def _move(self, link: OutputLink, event: str, state: str, *, live: bool = False) -> None:
+        """Hand what `link` holds to the others (`live`: to live replicas only), and say so."""
+        values = link.take_data()
+        if values:
+            log.warning(event, pipeline=self.pipeline, target=self.target, replica=link.target,
+                        state=state, messages=len(values),
+                        replicas=len(self.router.members))  # fmt: skip
+            self.hand_on(values, renumber=False, live=live)
+
+    def hand_on(self, values: Iterable[Value], *, renumber: bool, live: bool = False) -> None:
         """Give values taken out of a link to the replicas, in order, past the limits (they
         were accepted once already). `renumber`: they never had our order number (held
-        before the directory showed the replicas), or one from an earlier start."""
+        before the directory showed the replicas), or one from an earlier start. `live`: by
+        credit among the live replicas only (not to a down key's replica)."""
         router = self.router
         for payload, origin in values:
-            link = router.by_payload(payload) or router.choose() or lightest(router.members)
+            by_key = None if live else router.by_payload(payload)
+            link = by_key or router.choose() or lightest(router.members)
             if link is None:
                 self.dropped += 1
                 continue
@@ -215,16 +218,6 @@ class TargetGroup:
             link.force(FrameKind.DATA, payload, origin)
 
     # ---- routing (workers/routing.py) ----------------------------------------------------
-
-    @property
-    def partition_by(self) -> str | None:
-        """The field the target's values are routed by (None: by credit)."""
-        return self.router.partition_by
-
-    @property
-    def ordered(self) -> bool:
-        """Whether each value gets our order number."""
-        return self.numbers.on
 
     def aim(self, value: object) -> None:
         """partition_by: the next value goes to its key's replica (PartitionError)."""
@@ -306,7 +299,12 @@ class TargetGroup:
         link.force(kind, payload, numbered)
 
     def say_bye(self) -> None:
-        """Tell every replica we are stopping."""
+        """Tell every replica we are stopping; what those that are down hold goes to the live
+        ones first (a stopping worker does not wait for a target that is down)."""
+        live = self.router.live
+        for link in self.members() if live else ():
+            if link not in live and link.data_held():
+                self._move(link, "replica_down_handed_on", "down", live=True)
         self.end.said_bye = True
         for link in self.links.values():
             if not link.gone:

@@ -220,8 +220,8 @@ class TargetDirectory:
         held = link.take_data()
         link.retire()
         log.info("target_replicated", pipeline=self.pipeline, target=link.target,
-                 replicas=len(entries), ordered=group.ordered,
-                 partition_by=group.partition_by, handed_on=len(held))  # fmt: skip
+                 replicas=len(entries), ordered=group.numbers.on,
+                 partition_by=group.router.partition_by, handed_on=len(held))  # fmt: skip
         group.hand_on(held, renumber=True)
         if ended:  # the directory came while the worker was closing
             group.force(FrameKind.EOS, [])

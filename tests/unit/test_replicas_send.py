@@ -260,7 +260,7 @@ def test_a_replica_gone_with_no_other_keeps_its_values_until_one_comes(ctx: Cont
 def test_partition_by_sends_each_key_to_one_replica_by_the_sorted_names(ctx: Context) -> None:
     outputs, _targets, replicas = both(ctx, partition_by="user")
     group = group_of(outputs)
-    assert group.partition_by == "user" and group.room() == 0  # each value routed by itself
+    assert group.router.partition_by == "user" and group.room() == 0  # each value routed by itself
     for seq in range(1, 21):
         group.aim({"n": seq, "user": f"u{seq % 5}"})
         assert group.offer(FrameKind.DATA, [value(seq)], seq)
@@ -610,3 +610,21 @@ def test_the_close_protocol_waits_for_every_replica_and_their_end(ctx: Context) 
     assert FrameKind.EOS in r0.kinds and FrameKind.EOS in r1.kinds
     assert r0.kinds.index(FrameKind.EOS) == len(r0.kinds) - 1
     assert group.delivered and 3 < len(waits) < 10
+
+
+def test_a_stopping_sender_hands_what_a_down_replica_holds_to_a_live_one(ctx: Context) -> None:
+    """A stop does not wait for a target that is down; with replicas, what the down one holds
+    goes to a live one before the BYE (else it would be lost with the sender)."""
+    outputs, targets, (r0, r1) = both(ctx)
+    group = group_of(outputs)
+    group.router.live = [group.links[r0.name]]
+    for seq in range(1, 4):
+        group.offer(FrameKind.DATA, [value(seq)], seq)
+    group.flush()
+    show(targets, {r0.name: {"state": "backoff"}, r1.name: r1.entry()})  # r0 restarting
+    with capture_logs() as logs:
+        group.say_bye()
+    r1.read()
+    assert numbers(r1) == [1, 2, 3] and r1.kinds[-1] is FrameKind.BYE
+    assert group.links[r0.name].data_held() == 0
+    assert [(e["event"], e["messages"]) for e in logs] == [("replica_down_handed_on", 3)]
