@@ -117,8 +117,8 @@ class SourceWatch:
             if entry is None:
                 continue
             state, final = entry.state, entry.final
-            if is_replica(name):
-                pass  # said for the pipeline (_note_replicas)
+            if is_replica(name):  # a replicated source is down as one (_note_replicas)
+                pass
             elif final and (state is WorkerState.FAILED or state is WorkerState.STOPPED):
                 self._say_down(name, state)
             else:
