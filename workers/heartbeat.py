@@ -18,7 +18,7 @@ from porch.health import HealthReport
 from porch.security import LinkSecurity
 from workers.deadletter import DeadLetters
 from workers.inbox import Inbox
-from workers.replicas import Output, TargetGroup, all_links
+from workers.replicas import Output, TargetGroup, all_links, shown_links
 from workers.targets import link_status
 
 # upper bounds of the step() duration histogram (seconds), as Prometheus buckets
@@ -96,6 +96,6 @@ class Heartbeat:
             reconnects=sum(link.reconnects for link in outputs),
             state=state,
             warning=warning,
-            targets=tuple(link_status(link) for link in outputs),
+            targets=tuple(link_status(link) for link in shown_links(self.outputs)),
             step_seconds=self.steps.encode(),
         )

@@ -392,8 +392,18 @@ def links_of(output: Output) -> Sequence[OutputLink]:
 
 
 def all_links(outputs: Iterable[Output]) -> list[OutputLink]:
-    """Every output link of a worker's targets, replicas' each on its own (status, counters)."""
+    """Every output link of a worker's targets, replicas' each on its own (counters, close)."""
     return [link for output in outputs for link in links_of(output)]
+
+
+def shown_links(outputs: Iterable[Output]) -> list[OutputLink]:
+    """The links status shows: a replica gone for good only while it still holds values."""
+    return [
+        link
+        for output in outputs
+        for link in links_of(output)
+        if not isinstance(output, TargetGroup) or link.target not in output.away or link.data_held()
+    ]
 
 
 def _takes(link: OutputLink, backoff: bool) -> bool:

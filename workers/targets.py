@@ -22,7 +22,7 @@ from porch.health import LinkState
 from porch.names import is_replica, pipeline_of
 from porch.wire import FrameKind
 from workers.links import OutputLink
-from workers.replicas import Keep, Output, TargetGroup, all_links, dissolve, finish, follow
+from workers.replicas import Keep, Output, TargetGroup, dissolve, finish, follow, shown_links
 
 log = logs.get("porch.worker")
 
@@ -123,7 +123,7 @@ class TargetWatch:
             f"target {link.target!r} unreachable since "
             f"{time.strftime('%H:%M:%S', self._localtime(link.withdrawn_since))}; "
             f"{link.data_held()} held"
-            for link in all_links(self.outputs)
+            for link in shown_links(self.outputs)
             if link.withdrawn_since is not None and not link.gone
         ]
         return parts

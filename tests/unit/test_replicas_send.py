@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from porch.serializers import get
 from porch.wire import FrameKind, HeaderEncoder, decode_batch, decode_prefix, run_origins
 from workers.links import LinkSettings, OutputLink
-from workers.replicas import Output, TargetGroup
+from workers.replicas import Output, TargetGroup, links_of
 from workers.routing import PartitionError, partition_index
 from workers.targets import TargetDirectory, TargetWatch
 
@@ -628,3 +628,17 @@ def test_a_stopping_sender_hands_what_a_down_replica_holds_to_a_live_one(ctx: Co
     assert numbers(r1) == [1, 2, 3] and r1.kinds[-1] is FrameKind.BYE
     assert group.links[r0.name].data_held() == 0
     assert [(e["event"], e["messages"]) for e in logs] == [("replica_down_handed_on", 3)]
+
+
+def test_status_shows_a_replica_gone_for_good_only_while_it_holds_values(ctx: Context) -> None:
+    from workers.heartbeat import Counters, Heartbeat
+
+    outputs, targets, (r0, r1) = both(ctx)
+    group = group_of(outputs)
+    group.router.live = [group.links[r0.name]]
+    group.offer(FrameKind.DATA, [value(1)], 1)
+    show(targets, {r1.name: r1.entry()})  # r0 scaled away: its value goes to r1
+
+    report = Heartbeat(Counters(), outputs, None, _Letters(), None).report("running", "")
+    assert [t["name"] for t in report.targets] == [r1.name]
+    assert [link.target for link in links_of(group)] == [r0.name, r1.name]  # counters: both
