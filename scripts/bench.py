@@ -90,12 +90,13 @@ class Sizes:
     start_chains: int = 32  # source->sink chains of each of those starts (64 pipelines)
     thousand: int = 1000  # pipelines under one porchd (issue 18)
     thousand_deadline_s: float = 180.0  # slower than this is an error, not a MISS
+    cpu_n: int = 4000  # messages through the 1 ms CPU stage, replicas 2 and replicas 1 (issue 13)
 
 
 FULL = Sizes()
 QUICK = Sizes(n=20_000, latency_s=1.0, large_count=8, chains=4, settle_s=1.0, idle_s=2.0,
               cut_s=10.0, async_n=3000, slow_n=100, starts=2, start_chains=4,
-              thousand=40)  # fmt: skip
+              thousand=40, cpu_n=1200)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -1560,6 +1561,48 @@ def bench_sync_sleep(settings: Settings) -> Sample:
     return sleeping_stage(settings, "sync10ms", SYNC_SLEEP_STAGE, 1, settings.sizes.slow_n)
 
 
+# A CPU-bound stage (issue 13): each step() burns 1 ms of this thread's CPU time (not wall time:
+# a replica that waits for a core does not count the wait as work).
+CPU_STAGE = (
+    """\
+import time
+
+BURN_S = 0.001
+
+
+def step(input_data):
+    until = time.thread_time() + BURN_S
+    while time.thread_time() < until:
+        pass
+    for value in input_data.values():
+        return value
+"""
+    + CPU_REPORT
+)
+
+
+def cpu_stage_rate(settings: Settings, replicas: int) -> Sample:
+    """source -> the 1 ms CPU stage with `replicas` worker processes -> counting sink."""
+    n = settings.sizes.cpu_n
+    nodes = [
+        Node("bench_a", THROUGHPUT_SOURCE, ("bench_cpu",)),
+        Node("bench_cpu", CPU_STAGE, ("bench_b",), 1, config={"replicas": replicas}),
+        Node("bench_b", THROUGHPUT_SINK, (), 1),
+    ]
+    got = run_porch(settings, f"replicas{replicas}", nodes, "bench_b", n)
+    return throughput_sample(got, n)
+
+
+def bench_replicas(settings: Settings) -> Sample:
+    """The 1 ms CPU stage with `"replicas": 2`, then with `"replicas": 1`, back to back (one
+    round, one load): `rate` and `rate_r1`."""
+    two = cpu_stage_rate(settings, 2)
+    one = cpu_stage_rate(settings, 1)
+    metrics = {"rate": two.metrics["rate"], "rate_r1": one.metrics["rate"]}
+    return Sample(metrics, two.count + one.count, two.expected + one.expected,
+                  two.notes + one.notes)  # fmt: skip
+
+
 BENCHMARKS: list[Benchmark] = [
     Benchmark("raw", "raw pyzmq PUSH->PULL, pickle per message", bench_raw),
     Benchmark("ceiling", "pyzmq+pickle, step() per msg, 100 values per frame", bench_ceiling),
@@ -1596,6 +1639,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("async_c100", "async step() awaiting 10 ms, concurrency 100", bench_async_c100),
     Benchmark("async_c1", "async step() awaiting 10 ms, concurrency 1", bench_async_c1),
     Benchmark("sync_sleep", "sync step() sleeping 10 ms", bench_sync_sleep),
+    Benchmark("replicas", "step() burning 1 ms CPU, replicas 2 and 1", bench_replicas),
 ]
 
 ROWS: list[Row] = [
@@ -1654,6 +1698,8 @@ ROWS: list[Row] = [
         "async_c1.rate", "concurrency 1", ">=", 50.0, issue=17),
     Row("async 10 ms stage (conc. 1) vs sync", "async_c1.rate", "msgs/s",
         "sync_sleep.rate", "sync 10 ms", ">=", 0.95, issue=17),
+    Row("replicas 2 vs 1 (1 ms CPU step)", "replicas.rate", "msgs/s",
+        "replicas.rate_r1", "replicas 1", ">=", 1.8, issue=13),
 ]  # fmt: skip
 
 
