@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from porch.testing import run_graph
+
 if TYPE_CHECKING:
     from tests.integration.conftest import PorchRun
 
@@ -198,6 +200,19 @@ def test_batch_ends_by_itself_and_writes_every_row(porch_cli: StartPorch, out_di
     expected = expected_batch_result()
     assert written == expected
     assert run.lines_of("join") == [f"wrote {len(expected) - 1} rows to {result}"]
+    assert_no_traceback(run)
+
+
+@pytest.mark.timeout(60)
+def test_replicas_example_prints_what_one_process_computes(porch_cli: StartPorch) -> None:
+    run = porch_cli("run", *example_configs("replicas"))
+
+    assert run.wait_exit(EXIT_S) == 0, run.report()
+    # the same graph in one process (porch.testing): one chain per sensor, never split
+    alone = run_graph(sorted((EXAMPLES / "replicas").glob("*.json")))["report"].lines
+    assert run.lines_of("report")[:-1] == alone[:-1]
+    # 16 sensors over 2 replicas: all on one has a chance of 1 in 32,768
+    assert run.lines_of("report")[-1] == "320 readings from 16 sensors, digested in 2 processes"
     assert_no_traceback(run)
 
 

@@ -5,6 +5,7 @@ fan-in dicts, delta_time, on_error, async steps, unsendable output and aligned j
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import textwrap
 import time
@@ -261,4 +262,23 @@ def test_async_io_example_reports_in_id_order(monkeypatch: pytest.MonkeyPatch) -
     assert result["report"].lines == [
         *(f"id {n}: square {n * n}" for n in range(1, 41)),
         "40 lookups",
+    ]
+
+
+def sensor_chain(sensor: int, readings: int = 20) -> str:
+    """The replicas example's digest chain of one sensor, computed here from its description."""
+    digest = b"start"
+    for index in range(readings):
+        message = f"s{sensor:02d} {index} {15 + (sensor * 7 + index) % 13}".encode()
+        digest = hashlib.pbkdf2_hmac("sha256", message, digest, 4000)
+    return digest.hex()[:16]
+
+
+def test_replicas_example_chains_each_sensor_in_one_process() -> None:
+    result = run_graph(example("replicas"))
+
+    assert result["readings"].stopped
+    assert result["report"].lines == [
+        *(f"s{s:02d}: 20 readings, chain {sensor_chain(s)}" for s in range(16)),
+        "320 readings from 16 sensors, digested in 1 process",
     ]
