@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import NETWORK_VARIABLES, free_udp_port
 from tests.integration.conftest import Porchd, PorchRun
 from tests.integration.test_reliability import gone, wait_for, write_pipeline
 
@@ -192,7 +193,8 @@ class Graph:
         try:
             self.daemon.wait_until(check, timeout_s, what)
         except AssertionError as exc:
-            got = f"{len(self.tally.counts)} values, replica pids {self.started_pids()}"
+            got = (f"{len(self.tally.counts)} values from replica pids {sorted(self.tally.pids)}; "
+                   f"replicas started {self.started_pids()}, alive {self.live_pids()}")  # fmt: skip
             raise AssertionError(f"{self.stage}: {got}\n{exc}") from None
 
     def wait_finished(self) -> None:
@@ -229,7 +231,14 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Graph
     graphs = {prefix: Graph(files, prefix) for prefix in specs}
     for prefix, (n, pace_every, stage) in specs.items():
         configs += graphs[prefix].configs(folder, n, pace_every, **stage)
-    daemon = Porchd(home, [str(c) for c in configs], stop_timeout_s=5.0)
+    # the autouse private_discovery fixture is per test, set up after this one: the same here
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PORCH_DISCOVERY_PORT", str(free_udp_port()))
+        env.setenv("PORCH_PREFS", str(home / "no-prefs.toml"))
+        env.setenv("PORCH_STATE_DIR", str(home / "state-base"))
+        for name in NETWORK_VARIABLES:
+            env.delenv(name, raising=False)
+        daemon = Porchd(home, [str(c) for c in configs], stop_timeout_s=5.0)
     try:
         for graph in graphs.values():
             graph.daemon = daemon
