@@ -440,10 +440,17 @@ class Inbox:
         if reorder is None:
             push = self.fanin.push
             reorder = Reorder(pipeline, self.name, lambda item: push(pipeline, item),
-                              self._clock, self.counters.overflowed)  # fmt: skip
+                              self._clock, self.counters.overflowed, self._replayed)  # fmt: skip
             reorder.holding = self._holding
             self._reorders[pipeline] = reorder
         return reorder
+
+    def _replayed(self, item: Item) -> None:
+        """An ordered source's replica sent a value another instance of one sent already:
+        drop it as a duplicate (it is done: acknowledged with the rest)."""
+        self.counters.duplicates += 1
+        self.counters.msgs_in -= 1
+        self.commit_one(item[0], item[3])
 
     def _flush_order(self, pipeline: str) -> None:
         """A replicated source's stream ends: deliver what its re-sequencer holds, in order."""

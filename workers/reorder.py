@@ -11,8 +11,11 @@ pipeline whose replicas send such ids) delivers seq n once every seq below it ca
   given up (that value is delivered and what follows it in order), counted as
   reorder_window_overflow and said once; so is a gap older than REORDER_GAP_S (nothing hangs:
   the housekeeping tick calls `expire`);
-- a value below the next expected seq (a replay after a restart, one of several outputs of one
-  input, a value whose gap was given up) is delivered at once;
+- a value below the next expected seq (one of several outputs of one input, a value whose gap
+  was given up) is delivered at once, unless it is a replay: a value of a seq delivered (or
+  held) from another instance of a replica (a restarted one re-processing what its sender had
+  not seen acknowledged, or a replica handed what another one had not acknowledged); replays
+  of the newest SENT_SEQS seqs are dropped and counted as duplicates;
 - an order stream first seen in a value that an earlier instance of the receiver did not
   acknowledge (it restarted: the stream goes on mid-way, each replica replaying what it was not
   acknowledged) does not start at 0: what comes in RESUME_WAIT_S is held, then the stream starts
@@ -39,6 +42,7 @@ REORDER_WINDOW = 1024  # values held per order stream at most
 REORDER_GAP_S = 5.0  # a missing seq is given up after this long without progress
 RESUME_WAIT_S = 0.5  # a stream resumed after the receiver's restart: replays gathered this long
 MAX_ORDER_STREAMS = 64  # order streams (senders' epochs) remembered per source pipeline
+SENT_SEQS = 4096  # delivered seqs remembered per order stream (with their sender's instance)
 
 
 def order_stream(pipeline: str) -> str:
@@ -59,11 +63,13 @@ def split_order(origin: Origin, name: str) -> tuple[Origin, Stream | None, int]:
 class _Order:
     """One order stream: the next seq to deliver and the values held until it comes."""
 
-    __slots__ = ("count", "held", "next", "resuming", "since")
+    __slots__ = ("count", "held", "next", "resuming", "sent", "since")
 
     def __init__(self) -> None:
         self.next = 0
         self.held: dict[int, list[Item]] = {}
+        # the newest delivered seqs: which instance of a replica sent each (Item[3])
+        self.sent: dict[int, int | None] = {}
         self.count = 0  # values held
         self.since = 0.0  # when the current gap was first waited on (monotonic s)
         self.resuming = False  # gathering replays: the stream starts at the lowest seq held
@@ -85,10 +91,12 @@ class Reorder:
         deliver: Callable[[Item], None],
         clock: Callable[[], float],
         overflowed: Callable[[], None],
+        dropped: Callable[[Item], None],
     ) -> None:
         self.pipeline = pipeline
         self.receiver = receiver
         self.deliver = deliver
+        self.dropped = dropped  # a replay: counted as a duplicate and acknowledged
         self.clock = clock
         self.overflowed = overflowed  # counts a gap given up (window full, or too old)
         self.streams: dict[Stream, _Order] = {}
@@ -114,10 +122,14 @@ class Reorder:
                 oldest = next(iter(self.streams))
                 self._drain(self.streams.pop(oldest))
         if seq < order.next:
-            self.deliver(item)  # a replay, or one more output of an input delivered already
+            sender = order.sent.get(seq, item[3])
+            if sender != item[3]:
+                self.dropped(item)  # a replay of another instance's value
+            else:  # another output of an input delivered already, or a late one
+                self._send(order, seq, item)
             return
         if seq == order.next:
-            self.deliver(item)
+            self._send(order, seq, item)
             order.next = seq + 1
             order.resuming = False
             if order.held:
@@ -128,6 +140,9 @@ class Reorder:
         held = order.held.get(seq)
         if held is None:
             order.held[seq] = [item]
+        elif held[0][3] != item[3]:
+            self.dropped(item)  # a replay of a value that waits already
+            return
         else:
             held.append(item)
         order.count += 1
@@ -159,7 +174,7 @@ class Reorder:
             items = held.pop(seq)
             order.count -= len(items)
             for item in items:
-                self.deliver(item)
+                self._send(order, seq, item)
             seq += 1
         order.next = seq
         if order.count:
@@ -184,6 +199,15 @@ class Reorder:
                              "reorder_window_overflow; said once)")  # fmt: skip
         order.next = lowest
         self._advance(order)
+
+    def _send(self, order: _Order, seq: int, item: Item) -> None:
+        """Deliver the value of `seq`, remembering which replica instance sent it."""
+        sent = order.sent
+        if seq not in sent:
+            sent[seq] = item[3]
+            if len(sent) > SENT_SEQS:
+                del sent[next(iter(sent))]
+        self.deliver(item)
 
     def _drain(self, order: _Order) -> None:
         """Deliver everything `order` holds, lowest seq first."""
