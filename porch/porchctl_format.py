@@ -190,7 +190,9 @@ def _remote_row(r: RemoteStatus, indent: str = "") -> list[str]:
 
 
 def format_discovery(result: Status) -> str:
-    """One line about beacons: counts, and what was dropped for which reason."""
+    """One line about beacons: counts, and what was dropped for which reason; then a line per
+    name in conflict across hosts and per replicated pipeline whose hosts' replicas disagree on
+    ordered/partition_by (both errors: JSON `conflicts`, `replica_config_differs`)."""
     found = read(result).daemon.discovery
     if found is None:
         return ""
@@ -205,9 +207,31 @@ def format_discovery(result: Status) -> str:
     silent = found.get("peers_silent")
     names = [str(s) for s in silent] if isinstance(silent, list) else []
     warning = f"; SILENT static peers: {', '.join(names)}" if names else ""
-    return (f"discovery: beacons {signed}; sent {found.get('beacons_sent', 0)}, received "
+    line = (f"discovery: beacons {signed}; sent {found.get('beacons_sent', 0)}, received "
             f"{found.get('beacons_received', 0)}, dropped {found.get('beacons_rejected', 0)} "
             f"({dropped}){warning}")  # fmt: skip
+    return "\n".join([line, *_discovery_problems(found)])
+
+
+def _discovery_problems(found: Mapping[str, object]) -> list[str]:
+    lines = []
+    for conflict in _listed(found.get("conflicts")):
+        hosts = ", ".join(str(h) for h in _list(conflict.get("hosts")))
+        lines.append(f"CONFLICT: {conflict.get('name')} is announced by {hosts}")
+    for differ in _listed(found.get("replica_config_differs")):
+        settings = differ.get("settings")
+        pairs = settings.items() if isinstance(settings, Mapping) else ()
+        said = "; ".join(f"{s} on {', '.join(str(h) for h in _list(hosts))}" for s, hosts in pairs)
+        lines.append(f"REPLICAS DIFFER: {differ.get('name')}: {said}")
+    return lines
+
+
+def _listed(value: object) -> list[Mapping[str, object]]:
+    return [item for item in _list(value) if isinstance(item, Mapping)]
+
+
+def _list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else []
 
 
 def _join(row: Sequence[str], widths: Sequence[int]) -> str:

@@ -20,7 +20,7 @@ from porch.discovery import Remote
 from porch.graph import Node, Replica, from_result, render, to_dict
 from porch.health import HealthReport
 from porch.names import replica_name
-from porch.porchctl_format import format_remote, format_status, format_targets
+from porch.porchctl_format import format_discovery, format_remote, format_status, format_targets
 from porch.progress import Row, footer_lines, grouped, summary_lines
 from porch.rates import RateMeter
 from porch.restart import RestartPolicy, RestartTracker
@@ -317,3 +317,16 @@ def test_the_dashboard_page_derives_a_state_in_porchctls_order() -> None:
     page = web.static_file("index.html").decode()
     assert "__PORCH_" not in page
     assert f'id="state-order">{json.dumps(STATE_PRECEDENCE)}<' in page
+
+
+def test_discovery_says_which_names_conflict_and_which_replicas_disagree() -> None:
+    found = {"beacons_sent": 1, "conflicts": [{"name": "dup", "hosts": ["local", "10.0.0.2"]}],
+             "replica_config_differs": [{"name": "hash", "settings": {
+                 "ordered=true partition_by=none": ["local"],
+                 "ordered=false partition_by=none": ["10.0.0.2"]}}]}  # fmt: skip
+    report = StatusReport(DaemonStatus(discovery=found))
+    first, conflict, differ = format_discovery(report).splitlines()
+    assert first.startswith("discovery: beacons")
+    assert conflict == "CONFLICT: dup is announced by local, 10.0.0.2"
+    assert differ == ("REPLICAS DIFFER: hash: ordered=true partition_by=none on local; "
+                      "ordered=false partition_by=none on 10.0.0.2")  # fmt: skip
