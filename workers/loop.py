@@ -74,7 +74,8 @@ class MessageLoop:
         self.stops = stops
         self.ended = False  # the stream ended: Stop, porch.stop(), the iteration limit
         self.errors = ErrorPolicy(config.name, config.on_error, counters, dead_letters)
-        self.waiter = Waiter(config.name, sockets, stops, house, self.flush_outputs, read_acks)
+        self.waiter = Waiter(config.name, sockets, stops, house, self.flush_outputs, read_acks,
+                             keep=durable.keep if durable is not None else None)  # fmt: skip
         # A source (or a fan_in any stage: a loop must not carry one origin round and round)
         # stamps its values with its own origin ids; every other stage passes its inputs' on.
         stamps = self.inbox is None or config.fan_in is FanIn.ANY

@@ -219,6 +219,9 @@ class TargetDirectory:
         ended = any(message.kind is FrameKind.EOS for message in link.outbox)
         held = link.take_data()
         link.retire()
+        # a value stored for it (durable outbox) while it waited on this link goes to the
+        # group with a row of its own (Waiter.hand_over): this one's row goes too
+        link.outbox.released = link.next_seq
         log.info("target_replicated", pipeline=self.pipeline, target=link.target,
                  replicas=len(entries), ordered=group.numbers.on,
                  partition_by=group.router.partition_by, handed_on=len(held))  # fmt: skip

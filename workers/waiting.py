@@ -22,7 +22,7 @@ import zmq
 from porch import logs
 from porch.wire import FrameKind, Origin
 from workers.housekeeping import Housekeeping
-from workers.replicas import Output, TargetGroup, links_of
+from workers.replicas import Keep, Output, TargetGroup, links_of
 from workers.signals import StopSignals
 from workers.sockets import WorkerSockets
 from workers.targets import STALL_WARNING_S, LinkStatus, link_status
@@ -45,11 +45,14 @@ class Waiter:
         house: Housekeeping,
         flush: Callable[[], None],
         read_acks: Callable[[], None],
+        *,
+        keep: Keep | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.control = sockets.control
         self.inbox = sockets.inbox
         self.outputs = sockets.outputs
+        self.keep = keep  # a durable outbox's row for a value whose link became a group
         self.stops = stops
         self.house = house
         self._flush = flush
@@ -101,9 +104,19 @@ class Waiter:
                             reason=status["state"].blocked_reason, held=status["held"],
                             since=status["since"])  # fmt: skip
             self.wait(POLL_MS, self.blocked_poller(link))
-            # the directory may have shown the target as replicas: its group took the link's
-            # values, and takes this one after them
-            link = next((o for o in self.outputs if o.target == link.target), link)
+            link = self._current(link, payload, origin)
+
+    def _current(self, link: Output, payload: list[Any], origin: Origin | int) -> Output:
+        """The directory may have shown the target as replicas while we waited: its group
+        took the link's values and takes this one after them (with a durable outbox, its row
+        goes under the replica the group picks now: the link let go of the one it had)."""
+        current = next((o for o in self.outputs if o.target == link.target), link)
+        if current is not link and isinstance(current, TargetGroup) and self.keep is not None:
+            member = current.pick(payload)
+            if member is not None:
+                stored = (current.stream, origin) if isinstance(origin, int) else origin
+                self.keep(member, payload, stored)
+        return current
 
     def blocked_poller(self, output: Output) -> zmq.Poller:
         """What a producer blocked on `output` waits for: acks (the outbox is full) and, only

@@ -642,3 +642,41 @@ def test_status_shows_a_replica_gone_for_good_only_while_it_holds_values(ctx: Co
     report = Heartbeat(Counters(), outputs, None, _Letters(), None).report("running", "")
     assert [t["name"] for t in report.targets] == [r1.name]
     assert [link.target for link in links_of(group)] == [r0.name, r1.name]  # counters: both
+
+
+def test_a_durable_value_waiting_on_a_link_that_became_a_group_keeps_one_row(
+    tmp_path: Any, clean_process_state: None
+) -> None:
+    """Its row was written under the target's link; the group's replica gets one and the
+    link's goes (before, it stayed behind: replayed at every next start)."""
+    from porch.config import Outbox, PipelineConfig
+    from workers.worker import Worker, WorkerOptions
+
+    script = tmp_path / "p.py"
+    script.write_text("def step():\n    return 1\n")
+    config = PipelineConfig("src", (script,), 0, ("work",), queue_limit=4, outbox=Outbox.DURABLE)
+    worker = Worker(config, WorkerOptions(control="tcp://127.0.0.1:1", state_dir=tmp_path))
+    durable = worker.durable
+    assert durable is not None
+    try:
+        replicas = [Replica(worker.sockets.ctx, k) for k in (0, 1)]
+        link = worker.outputs[0]
+        assert isinstance(link, OutputLink)
+        stream = link.framer.stream
+        for seq in range(1, 6):  # as the emitter does: the row, then the link
+            durable.store([value(seq)], (stream, seq), seq)
+            if seq < 5:
+                assert link.offer(FrameKind.DATA, [value(seq)], seq)
+
+        def directory_comes(timeout_ms: int, poller: Any = None) -> None:
+            show(worker.house.directory, {r.name: r.entry() for r in replicas})
+            durable.sync()
+
+        worker.loop.waiter.wait = directory_comes  # type: ignore[method-assign]
+        worker.loop.waiter.hand_over(link, FrameKind.DATA, [value(5)], 5)
+        durable.sync()
+        rows = rows_of(durable)
+        assert "work" not in rows and sum(rows.values()) == 5, rows
+    finally:
+        durable.close()
+        worker.sockets.ctx.destroy(linger=0)
