@@ -14,12 +14,14 @@ at or below its window is one we already have. The windows outlive the source's 
 is their point) and keep the newest MAX_STREAMS streams per source.
 
 Replicas (NAME#TAG-K) of a replicated source are one source NAME of the fan-in
-(workers/scheduler.py) while link seqs, acks, instances and dedup stay per process (a
-SourceState each). Origin windows are not kept where values of one origin stream may come out
-of order: from a replica (it may be handed the unacknowledged values of a replica that went
-away), and in a replica (the same, from its senders). The values of an ordered replicated
-source are re-sequenced (workers/reorder.py) before they are queued, and their order id is
-stripped from their origin.
+(workers/scheduler.py) while link seqs, acks and instances stay per process (a SourceState
+each). Where values of one origin stream may come out of order, from a replica (it may be
+handed the unacknowledged values of a replica that went away) and in a replica (the same, from
+its senders), origin windows would drop them: there a source pipeline's newest REPLAY_ORIGINS
+origins are remembered with the instance that sent each (Replays), and a value of an origin
+another instance sent is a replay (a restarted replica re-processing, a hand-over of values
+already processed): dropped. The values of an ordered replicated source are re-sequenced
+(workers/reorder.py) before they are queued, and their order id is stripped from their origin.
 """
 
 from __future__ import annotations
@@ -58,6 +60,26 @@ log = logs.get("porch.worker")
 
 RECV_BATCH = 256
 MAX_STREAMS = 64  # origin streams remembered per source (a stream: one start of an origin)
+REPLAY_ORIGINS = 4096  # origins remembered per source pipeline where windows cannot be kept
+
+
+class Replays:
+    """The newest origins of one source pipeline's values and which source instance (an
+    inbox-wide generation) sent each (module doc)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[Origin, int] = {}
+
+    def replayed(self, origin: Origin, generation: int) -> bool:
+        """Whether another instance sent a value of `origin` (else: remember it)."""
+        sent = self.sent
+        first = sent.get(origin)
+        if first is None:
+            sent[origin] = generation
+            if len(sent) > REPLAY_ORIGINS:
+                del sent[next(iter(sent))]
+            return False
+        return first != generation
 
 
 @dataclass
@@ -76,7 +98,7 @@ class SourceState:
     open: deque[int] = field(default_factory=deque)
     window: dict[Stream, int] = field(default_factory=dict)  # origin stream -> highest seq
     pipeline: str = ""  # its fan-in source: the pipeline (NAME of a replica NAME#TAG-K)
-    dedup: bool = True  # by origin window (not where a stream's values may come out of order)
+    replays: Replays | None = None  # its pipeline's, where windows cannot be kept (module doc)
     order: str | None = None  # a replica's: the order stream its values carry ("#" + NAME)
     reorder: Reorder | None = None  # NAME's re-sequencer (None: the ids are only stripped)
     resumed: bool = False  # its first message here followed some acknowledged before we started
@@ -155,13 +177,21 @@ class Intake:
         first = message[1]
         payload = [memoryview(first)[end:], *message[2:]] if len(first) > end else message[2:]
         source.received = header.seq
-        if origin and source.dedup and source.seen(origin):
+        if origin and self._duplicate(source, origin):
             self.counters.duplicates += 1
             return
         value = self._decode(header.serializer, payload, header.sender) if payload else SKIP
         source.open.append(header.seq)
         self._queue(source, (header.seq, value, origin, source.generation))
         self.counters.msgs_in += 1
+
+    @staticmethod
+    def _duplicate(source: SourceState, origin: Origin) -> bool:
+        """Whether a value of `origin` came before (by window, or from another instance)."""
+        replays = source.replays
+        if replays is None:
+            return source.seen(origin)
+        return replays.replayed(origin, source.generation)
 
     def _queue(self, source: SourceState, item: Item) -> None:
         """Queue one value in the fan-in: at once, or (an ordered source's) in its order."""
@@ -189,9 +219,9 @@ class Intake:
             raise WireError("a batch's origin runs do not cover its values")
         seq = header.seq
         index = 0
-        order = source.order
+        windows = source.replays is None  # (a replica's values go one by one)
         for count, first in runs:
-            if len(first) == 2 and (order is None or first[0][0] != order):
+            if len(first) == 2 and windows:
                 self._accept_run(header.sender, source, serializer, parts[index : index + count],
                                  seq, first, refused)  # fmt: skip
             else:
@@ -219,8 +249,7 @@ class Intake:
         received = source.received
         stream, origin_seq = first
         window = source.window
-        dedup = source.dedup
-        highest = window.get(stream, 0) if dedup else -1
+        highest = window.get(stream, 0)
         accepted = 0
         for part in parts:
             if seq > received:
@@ -245,7 +274,7 @@ class Intake:
         self.counters.duplicates += len(parts) - accepted
         self.counters.msgs_in += accepted
         source.received = received
-        if accepted and dedup:
+        if accepted:
             source.seen((stream, highest))
 
     def _accept_item(
@@ -262,7 +291,10 @@ class Intake:
             self.counters.duplicates += 1
             return
         source.received = seq
-        if origin and source.dedup and source.seen(origin):
+        replays = source.replays
+        if origin and (
+            source.seen(origin) if replays is None else replays.replayed(origin, source.generation)
+        ):
             self.counters.duplicates += 1
             return
         value: Any
@@ -340,6 +372,7 @@ class Inbox:
         self._owners: dict[int | None, SourceState] = {}  # current generation -> its source
         self._generations = itertools.count(1)
         self._reorders: dict[str, Reorder] = {}  # ordered sources' re-sequencers by pipeline
+        self._replays: dict[str, Replays] = {}  # by source pipeline (module doc)
         self._holding = True  # False once a stop released what the re-sequencers hold
         self._clock = clock
         self.departed: set[str] = set()
@@ -424,14 +457,13 @@ class Inbox:
             ) from None
         log.info("source_connected", pipeline=self.name, source=name)
         source = self.sources[name] = SourceState(careful=self._careful, pipeline=name)
-        if self.replica:
-            source.dedup = False  # a replica may be handed values another one did not take
         if is_replica(name):
             source.pipeline = pipeline_of(name)
-            source.dedup = False  # it may be handed values another replica did not take
             source.order = order_stream(source.pipeline)
             if not self.replica:  # a replica sees some of the order ids: it only strips them
                 source.reorder = self._reorder(source.pipeline)
+        if self.replica or is_replica(name):  # values may come out of order: a hand-over
+            source.replays = self._replays.setdefault(source.pipeline, Replays())
         return source
 
     def _reorder(self, pipeline: str) -> Reorder:

@@ -251,6 +251,27 @@ def test_values_of_a_replica_are_not_dropped_by_origin_when_they_come_late(sink:
     assert sink.inbox.counters.duplicates == 0
 
 
+def test_a_value_another_replica_instance_sent_already_is_a_duplicate(sink: Wired) -> None:
+    one, two = sink.peer(B1), sink.peer(B2)
+    one.data("x5", (A, 5))
+    one.data("x6", (A, 6))
+    sink.pump(2)
+    assert [v["B"] for v, _ in sink.drain()] == ["x5", "x6"]
+    two.data("x6 again", (A, 6))  # handed the input of x6 before B1's ack reached its sender
+    two.data("x3", (A, 3))  # handed over, never sent before: late, not a duplicate
+    sink.pump(2)
+    one.instance, one.seq = 2, 0  # B1 restarted and re-processes the input of x5
+    one.hello()
+    sink.settle()
+    one.data("x5 again", (A, 5))
+    one.data("x7", (A, 7))
+    sink.pump(2)
+    assert [v["B"] for v, _ in sink.drain()] == ["x3", "x7"]
+    assert sink.inbox.counters.duplicates == 2
+    sink.inbox.flush_acks()
+    assert two.acks()[-1] == 2 and one.acks()[-1] == 2
+
+
 def test_a_replica_receiver_keeps_no_origin_windows(clock: Clock) -> None:
     wired = Wired("C#ab12cd-1", 1, clock)
     try:
