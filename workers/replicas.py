@@ -183,7 +183,7 @@ class TargetGroup:
         """A replica gone for good: what it holds goes to the others (if any)."""
         finished = entry is not None and entry.state is WorkerState.FINISHED
         if link.data_held() and members:
-            last_acks(link) if finished else link.read_acks(decode_ack)
+            (last_acks if finished else _read_acks)(link)
             self._move(link, "replica_gone", entry.state.value if entry else "removed")
         if finished:
             finish(link, self.pipeline)
@@ -404,6 +404,10 @@ def shown_links(outputs: Iterable[Output]) -> list[OutputLink]:
         for link in links_of(output)
         if not isinstance(output, TargetGroup) or link.target not in output.away or link.data_held()
     ]
+
+
+def _read_acks(link: OutputLink) -> None:
+    link.read_acks(decode_ack)
 
 
 def _takes(link: OutputLink, backoff: bool) -> bool:
