@@ -134,6 +134,7 @@ class RemoteView:
         for name in announced:
             self.withdrawn.pop(name, None)
         targeted = {t for e in local for t in e.targets}
+        heard = {p.beacon.origin for p in self.table.peers.values()}  # supervisors still heard
         for name in set(self._resolved) - set(resolved):
             log.info("remote_pipeline_withdrawn", pipeline=name, host=self._resolved[name].host)
             # its host fell silent (not a conflict, not local now), and our workers send to it
@@ -141,8 +142,10 @@ class RemoteView:
             # it is unreachable, and since when (senders hand a replica's unacknowledged
             # values to the pipeline's other replicas)
             last = self._resolved[name]
-            if is_replica(name) and last.final and last.state.ended:
-                continue  # a replica that ended for good (scaled away, stopped), then left
+            ended = last.state.ended and last.final
+            if is_replica(name) and (ended or last.origin in heard):
+                continue  # a replica that ended for good, or that its live host let go (scaled
+                # away, removed): gone from the directory, not withdrawn
             if name not in announced and pipeline_of(name) in targeted:
                 self.withdrawn[name] = Withdrawal(self._resolved[name], time.time())
         while len(self.withdrawn) > MAX_WITHDRAWN:

@@ -183,3 +183,16 @@ def test_replicas_whose_hosts_differ_in_ordered_or_partition_by_are_said_once() 
     (theirs,) = first["settings"]["ordered=true partition_by=key"]
     assert "10.0.0.2" in theirs and "same config" in first["detail"]
     assert view.table.disagreements(agreed, "here") == []
+
+
+def test_a_replica_its_live_host_let_go_is_gone_not_withdrawn() -> None:
+    view = warm_view()
+    view.merge(beacon("d2", *B_REPLICAS), now=1.0)
+    view.changed(SENDER, "here")
+    view.merge(beacon("d2", B_REPLICAS[0], seq=2), now=1.5)  # scaled away while running
+    view.changed(SENDER, "here")
+    assert list(view.directory([])) == ["stage_b#bbbbbb-0"] and view.withdrawn == {}
+
+    view.expire(1.5 + EXPIRY_S + 0.1)  # then the host falls silent: its last one is withdrawn
+    view.changed(SENDER, "here")
+    assert list(view.withdrawn) == ["stage_b#bbbbbb-0"]
