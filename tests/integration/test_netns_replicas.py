@@ -278,3 +278,31 @@ def test_one_process_here_and_replicas_there_is_a_loud_conflict(
     conflicts = d1.status()["daemon"]["discovery"]["conflicts"]
     assert [c["name"] for c in conflicts] == ["rx_dup"], conflicts
     assert not [r for r in d1.status()["remote"] if r["used"]]  # neither kind is used
+
+
+def test_scaling_down_on_one_host_leaves_the_others_one_replica_fewer(
+    tmp_path: Path, hosts: list[Host], porchd_in: StartIn
+) -> None:
+    """`porchctl scale` on h2 while streaming: h1 drops the replica h2 let go (gone, not
+    withdrawn: h2 is still heard), the stream goes on through the rest, nothing is lost."""
+    h1, h2 = hosts
+    graph = Graph(tmp_path, "sd", 0)
+    d1 = porchd_in(h1, *graph.h1(), name="s1", extra=BEACON)
+    d2 = porchd_in(h2, graph.stage("h2"), name="s2", extra=BEACON)
+    _, remote = graph.four(d1)
+    graph.go.touch()
+    d1.wait_until(lambda: len({p for w, p, _ in graph.received(d1) if w == "h2"}) == 2,
+                  WAIT_S, "output through both h2 replicas")  # fmt: skip
+    done = d2.ctl("scale", graph.mid, "1")
+    assert done.returncode == 0, done.stderr
+    kept = {name: "running" for name in remote if name.endswith("-0")}
+    d1.wait_until(lambda: graph.replicas(d1.status())[1] == kept, WAIT_S,
+                  f"h1 lists only {sorted(kept)} of h2's")  # fmt: skip
+    count = len(graph.received(d1))
+    d1.wait_until(lambda: len(graph.received(d1)) > count + 100, WAIT_S, "the stream goes on")
+    graph.stop.touch()
+    graph.finished(d1)
+    sent = int(Path(f"{graph.stop}.sent").read_text())
+    got = {value for _, _, value in graph.received(d1)}
+    assert sorted(set(range(1, sent + 1)) - got) == [], f"lost of {sent}"
+    assert not [e for e in logged(d1, graph.src, "replica_gone") if e["state"] == "withdrawn"]
