@@ -98,9 +98,11 @@ def check_events(link: OutputLink, pipeline: str) -> None:
             continue
         log.info("link_reconnecting", pipeline=pipeline, target=link.target,
                  endpoint=conn.endpoint, reason="connection lost")  # fmt: skip
-        withdrawn_since = conn.withdrawn_since  # still withdrawn until rediscovered
+        # still withdrawn until rediscovered, still down (failed, stopped) until the directory
+        # says otherwise: a stopping sender does not wait for a target that is down
+        withdrawn_since, down = conn.withdrawn_since, link.down
         connect(link, conn.endpoint, conn.instance, conn.key_id, force=True)
-        conn.withdrawn_since = withdrawn_since
+        conn.withdrawn_since, link.down = withdrawn_since, down
         return  # the old monitor is closed; the new socket reports on its own
 
 

@@ -11,9 +11,12 @@ import pytest
 import zmq
 from structlog.testing import capture_logs
 
+from porch.control import WorkerState
+from porch.directory import DirectoryEntry
 from porch.security import KeyRing, LinkSecurity, new_key
 from porch.wire import FrameKind, HeaderEncoder, decode_prefix
 from workers.links import InputLink, LinkSettings, OutputLink
+from workers.replicas import follow
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -142,3 +145,27 @@ def test_a_dead_connection_is_reopened_and_what_it_held_is_sent_again(ctx: Conte
     finally:
         output.close(linger_ms=0)
         again.socket.close(linger=0)
+
+
+def test_a_target_the_directory_says_is_down_stays_down_when_its_connection_dies(
+    ctx: Context,
+) -> None:
+    """The directory says the target failed for good (its process exits), then the closed
+    connection is noticed: the link reopens (in case it comes back where it was) but stays
+    down, so a stopping sender does not wait its whole stop deadline for a target that is
+    gone (seen with a replicated target: `porch run` took 10 s to end after a replica failed)."""
+    link = InputLink(ctx, "127.0.0.1", 16)
+    output = OutputLink(ctx, "sink", HeaderEncoder(1, 5, "source"), LinkSettings())
+    output.connect(link.endpoint, 9)
+    assert output.offer(FrameKind.DATA, [b"v"])
+    output.flush()
+    until(lambda: output.check_events("source") or output.handshaken, "the handshake")
+    follow(output, DirectoryEntry(WorkerState.FAILED, None, final=True))  # the directory
+    assert output.down
+    link.socket.close(linger=0)  # its process exits: the connection dies
+    link.close()
+    try:
+        until(lambda: output.check_events("source") or output.reconnects, "the reopen")
+        assert output.down
+    finally:
+        output.close(linger_ms=0)
