@@ -35,7 +35,7 @@ from porch import logs
 from porch.control import WorkerState
 from porch.directory import DirectoryEntry, Withdrawn
 from porch.wire import FrameKind, Origin, Stream, decode_ack
-from workers.links import LinkSettings, OutputLink
+from workers.links import LinkSettings, OutputLink, Socket
 from workers.routing import OrderIds, PartitionError, Router, lightest
 from workers.sendqueue import MAX_BATCH
 
@@ -349,7 +349,7 @@ class TargetGroup:
         return sum(link.data_held() for link in self.links.values())
 
     @property
-    def socket(self) -> Any:
+    def socket(self) -> Socket | None:
         """A live replica's socket, else any replica's; None while none has an endpoint."""
         links = [*self.router.live, *self.links.values()]
         return next((link.socket for link in links if link.socket is not None), None)
