@@ -26,10 +26,11 @@ already processed): dropped. The values of an ordered replicated source are re-s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -472,10 +473,24 @@ class Inbox:
         if reorder is None:
             push = self.fanin.push
             reorder = Reorder(pipeline, self.name, lambda item: push(pipeline, item),
-                              self._clock, self.counters.overflowed, self._replayed)  # fmt: skip
+                              self._clock, self.counters.overflowed, self._replayed,
+                              functools.partial(self._all_past, pipeline))  # fmt: skip
             reorder.holding = self._holding
             self._reorders[pipeline] = reorder
         return reorder
+
+    def _all_past(self, pipeline: str, senders: Iterable[int | None]) -> bool:
+        """Whether these sender instances (generations) are every replica of `pipeline` that
+        may still send (connected, live, not stopped): each is past a gap they all hold."""
+        holding = set(senders)
+        live = self.fanin.live_replicas(pipeline)
+        for name in live:
+            if name in self.departed:
+                continue
+            source = self.sources.get(name)
+            if source is None or source.generation not in holding:
+                return False
+        return bool(live)
 
     def _replayed(self, item: Item) -> None:
         """An ordered source's replica sent a value another instance of one sent already:

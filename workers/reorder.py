@@ -10,7 +10,9 @@ pipeline whose replicas send such ids) delivers seq n once every seq below it ca
 - it holds at most REORDER_WINDOW values; one more, and the gap before the lowest held value is
   given up (that value is delivered and what follows it in order), counted as
   reorder_window_overflow and said once; so is a gap older than REORDER_GAP_S (nothing hangs:
-  the housekeeping tick calls `expire`);
+  the housekeeping tick calls `expire`), and a gap every live replica is past (each sent a
+  later value, and sends in its input's order): the missing value was handed to one of them
+  after one went away, behind what it holds here (it would wait for our acknowledgements);
 - a value below the next expected seq (one of several outputs of one input, a value whose gap
   was given up) is delivered at once, unless it is a replay: a value of a seq delivered (or
   held) from another instance of a replica (a restarted one re-processing what its sender had
@@ -30,7 +32,7 @@ see the origins they would without replicas.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from porch import logs
 from porch.wire import Origin, Stream
@@ -63,7 +65,7 @@ def split_order(origin: Origin, name: str) -> tuple[Origin, Stream | None, int]:
 class _Order:
     """One order stream: the next seq to deliver and the values held until it comes."""
 
-    __slots__ = ("count", "held", "next", "resuming", "sent", "since")
+    __slots__ = ("by_sender", "count", "held", "next", "resuming", "sent", "since")
 
     def __init__(self) -> None:
         self.next = 0
@@ -73,6 +75,7 @@ class _Order:
         self.count = 0  # values held
         self.since = 0.0  # when the current gap was first waited on (monotonic s)
         self.resuming = False  # gathering replays: the stream starts at the lowest seq held
+        self.by_sender: dict[int | None, int] = {}  # values held by sender instance (Item[3])
 
     @property
     def patience_s(self) -> float:
@@ -92,11 +95,14 @@ class Reorder:
         clock: Callable[[], float],
         overflowed: Callable[[], None],
         dropped: Callable[[Item], None],
+        all_past: Callable[[Iterable[int | None]], bool] = lambda _senders: False,
     ) -> None:
         self.pipeline = pipeline
         self.receiver = receiver
         self.deliver = deliver
         self.dropped = dropped  # a replay: counted as a duplicate and acknowledged
+        # whether these sender instances are every live replica of the source
+        self.all_past = all_past
         self.clock = clock
         self.overflowed = overflowed  # counts a gap given up (window full, or too old)
         self.streams: dict[Stream, _Order] = {}
@@ -145,6 +151,7 @@ class Reorder:
             return
         else:
             held.append(item)
+        order.by_sender[item[3]] = order.by_sender.get(item[3], 0) + 1
         order.count += 1
         if order.count > REORDER_WINDOW:
             self._give_up(order, f"more than {REORDER_WINDOW} values held")
@@ -154,6 +161,8 @@ class Reorder:
         for order in self.streams.values():
             if order.count and now - order.since >= order.patience_s:
                 self._give_up(order, f"a value missing for {REORDER_GAP_S:g} s")
+            while order.count and not order.resuming and self.all_past(order.by_sender):
+                self._give_up(order, "every live replica sent later values")
 
     def flush(self) -> None:
         """The stream ended: deliver everything held, in order."""
@@ -170,10 +179,14 @@ class Reorder:
         remains (progress was made)."""
         held = order.held
         seq = order.next
+        by_sender = order.by_sender
         while seq in held:
             items = held.pop(seq)
             order.count -= len(items)
             for item in items:
+                left = by_sender.pop(item[3]) - 1
+                if left:
+                    by_sender[item[3]] = left
                 self._send(order, seq, item)
             seq += 1
         order.next = seq

@@ -212,6 +212,14 @@ class FanIn:
         group = self._replicas.get(source)
         return sorted(group.members) if group is not None else [source]
 
+    def live_replicas(self, source: str) -> list[str]:
+        """The replicas of `source` that may still send: listed as live by the directory and
+        not ended ([] before any directory: who else comes is not known)."""
+        group = self._replicas.get(source)
+        if group is None or group.live is None:
+            return []
+        return [name for name in group.live if name not in group.ended]
+
     def set_live(self, source: str, live: Set[str]) -> None:
         """The replicas of `source` the directory lists as live (neither gone, withdrawn, nor
         failed or stopped for good): its stream ends once each of them ended."""

@@ -453,6 +453,26 @@ def test_a_gap_older_than_the_limit_is_given_up(sink: Wired, clock: Clock) -> No
     assert [v["B"] for v, _ in sink.drain()] == ["v1 at last"]
 
 
+def test_a_gap_every_live_replica_is_past_is_given_up_at_once(sink: Wired, clock: Clock) -> None:
+    """B2 went away; its unprocessed inputs were handed to B1, behind what B1 holds here."""
+    watch = SourceWatch("sink", sink.inbox, StopSignals("sink", 8.5))
+    one, two = sink.peer(B1), sink.peer(B2)
+    ordered(one, 1)
+    ordered(two, 2)
+    ordered(one, 4)
+    sink.pump(3)
+    watch.note(entries({B1: "running", B2: "running"}))
+    sink.inbox.expire_order(clock())
+    assert [v["B"] for v, _ in sink.drain()] == ["v1", "v2"]  # B2 may still send 3
+    watch.note(entries({B1: "running"}))  # B2 scaled away
+    sink.inbox.expire_order(clock())
+    assert [v["B"] for v, _ in sink.drain()] == ["v4"]
+    assert sink.inbox.counters.reorder_window_overflow == 1
+    ordered(one, 3, "v3 handed over")
+    sink.pump(1)
+    assert [v["B"] for v, _ in sink.drain()] == ["v3 handed over"]
+
+
 def test_the_end_of_the_stream_flushes_what_is_held_in_order(sink: Wired) -> None:
     one, two = sink.peer(B1), sink.peer(B2)
     ordered(two, 4)
