@@ -14,7 +14,7 @@ import pytest
 import zmq
 from structlog.testing import capture_logs
 
-from porch.config import PipelineConfig
+from porch.config import OnError, PipelineConfig
 from porch.directory import DirectoryEntry, decode_directory
 from porch.serializers import get
 from porch.stream import SKIP
@@ -31,6 +31,7 @@ from porch.wire import (
 )
 from workers.hotloop import HotLoop
 from workers.inbox import Inbox
+from workers.links import OutputLink
 from workers.reorder import (
     REORDER_GAP_S,
     REORDER_WINDOW,
@@ -68,29 +69,34 @@ class Peer:
         self.socket.connect(inbox.endpoint)
         self.seq = 0
         self.instance = 1
+        self.sent = 0  # messages sent (the inbox's settle() waits for them all)
+
+    def send(self, frame: bytes) -> None:
+        self.socket.send(frame)
+        self.sent += 1
 
     def hello(self) -> None:
-        self.socket.send(encode_header(FrameKind.HELLO, 1, self.instance, 0, self.name))
+        self.send(encode_header(FrameKind.HELLO, 1, self.instance, 0, self.name))
 
     def data(self, value: Any, origin: Origin = ()) -> None:
         self.seq += 1
         runs = [(1, origin)] if origin else []
         header = encode_header(FrameKind.DATA, 1, self.instance, self.seq, self.name, runs)
-        self.socket.send(header if value is SKIP else header + pickle.dumps(value))
+        self.send(header if value is SKIP else header + pickle.dumps(value))
 
     def batch(self, values: list[Any], first: Origin) -> None:
         """One DATA_BATCH of consecutive origins (one run)."""
         header = encode_header(FrameKind.DATA_BATCH, 1, self.instance, self.seq + 1, self.name,
                                [(len(values), first)])  # fmt: skip
         self.seq += len(values)
-        self.socket.send(encode_batch(header, [pickle.dumps(v) for v in values]))
+        self.send(encode_batch(header, [pickle.dumps(v) for v in values]))
 
     def bye(self) -> None:
-        self.socket.send(encode_header(FrameKind.BYE, 1, self.instance, 0, self.name))
+        self.send(encode_header(FrameKind.BYE, 1, self.instance, 0, self.name))
 
     def eos(self) -> None:
         self.seq += 1
-        self.socket.send(encode_header(FrameKind.EOS, 1, self.instance, self.seq, self.name))
+        self.send(encode_header(FrameKind.EOS, 1, self.instance, self.seq, self.name))
 
     def acks(self) -> list[int]:
         found = []
@@ -108,6 +114,15 @@ class Wired:
                            any_input=False, serializer=get("pickle"), limit=64,
                            clock=clock)  # fmt: skip
         self.peers: list[Peer] = []
+        self.taken = 0  # messages taken off the inbox's socket
+        receive = self.inbox.link.receive
+
+        def counted(limit: int) -> list[list[Any]]:
+            messages = receive(limit)
+            self.taken += len(messages)
+            return messages
+
+        self.inbox.link.receive = counted  # type: ignore[method-assign,assignment]
 
     def peer(self, name: str) -> Peer:
         peer = Peer(self.ctx, self.inbox, name)
@@ -131,9 +146,14 @@ class Wired:
         return sum(source.received for source in self.inbox.sources.values())
 
     def settle(self) -> None:
-        """Receive what is still on the way (hellos, ends)."""
-        while self.inbox.link.socket.poll(50):
-            self.inbox.receive()
+        """Receive every message the peers sent so far (hellos, ends)."""
+        sent = sum(peer.sent for peer in self.peers)
+        for _ in range(400):
+            if self.taken >= sent:
+                return
+            if self.inbox.link.socket.poll(25):
+                self.inbox.receive()
+        raise AssertionError(f"{self.taken} messages taken, {sent} sent")
 
     def drain(self) -> list[tuple[dict[str, Any], Origin]]:
         out = []
@@ -676,7 +696,7 @@ def test_an_ordered_replica_sends_a_marker_for_each_input_it_skips(
 ) -> None:
     script = tmp_path / "mid.py"
     script.write_text(STAGE)
-    config = replace(PipelineConfig("mid", (script,), 1, ("sink",), on_error="skip"),
+    config = replace(PipelineConfig("mid", (script,), 1, ("sink",), on_error=OnError.SKIP),
                      name="mid#ab12cd-0", replica_of="mid", replicas=2, replicated=True,
                      ordered=True)  # fmt: skip
     made = Worker(config, WorkerOptions(control="tcp://127.0.0.1:1", state_dir=tmp_path))
@@ -696,6 +716,7 @@ def test_an_ordered_replica_sends_a_marker_for_each_input_it_skips(
             while inbox.fanin.ready():
                 made.loop.take_one(inbox)
         link = made.outputs[0]
+        assert isinstance(link, OutputLink)
         link.flush()
         found = []
         for entry in link.outbox:
