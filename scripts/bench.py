@@ -1599,6 +1599,11 @@ def bench_replicas(settings: Settings) -> Sample:
     two = cpu_stage_rate(settings, 2)
     one = cpu_stage_rate(settings, 1)
     metrics = {"rate": two.metrics["rate"], "rate_r1": one.metrics["rate"]}
+    # CPU per message of all processes (1,000 us of it the step's own): what replicas cost
+    # beyond the work they share; on 2 cores, 2 x 1,000 / this bounds the ratio
+    for suffix, sample in (("", two), ("_r1", one)):
+        if "cpu_us_per_msg" in sample.metrics:
+            metrics[f"cpu_us_per_msg{suffix}"] = sample.metrics["cpu_us_per_msg"]
     return Sample(metrics, two.count + one.count, two.expected + one.expected,
                   two.notes + one.notes)  # fmt: skip
 
