@@ -408,6 +408,10 @@ class _Checker:
             self.error("partition_by", f"must be at most {discovery.MAX_TEXT} printable "
                        f"characters (beacons carry it), got {field_name[:40]!r}; use a "
                        "shorter field name")  # fmt: skip
+        if data.get("ordered") is True and data.get("fan_in") == FanIn.ANY:
+            self.error("ordered", "cannot order the output of a `fan_in: any` stage (it stamps "
+                       "each value anew, so its input order is not carried through); remove "
+                       "\"ordered\" or use fan_in \"all\"")  # fmt: skip
         if "replicas" in data:
             return
         for key in ("ordered", "partition_by"):

@@ -67,6 +67,7 @@ def test_replica_fields_are_read(tmp_path: Path) -> None:
         ({"ordered": "yes"}, "ordered", "true or false"),
         ({"replicas": 2, "partition_by": ""}, "partition_by", "empty"),
         ({"replicas": 2, "partition_by": 3}, "partition_by", "name of a field"),
+        ({"replicas": 2, "ordered": True, "fan_in": "any"}, "ordered", "fan_in"),
     ],
 )
 def test_bad_replica_fields_name_the_field_and_the_fix(
