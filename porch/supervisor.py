@@ -96,6 +96,7 @@ class Supervisor:
         self.workers = self.table.workers  # every worker process, by its process name
         self.stopping = False
         self.forced = False
+        self.signalled: int | None = None  # a SIGINT/SIGTERM the loop has not taken yet
         self.failed: list[str] = []
         self.usage = UsageSampler()
         key_id = network.keys.current.id if network and network.keys else None
@@ -138,9 +139,18 @@ class Supervisor:
         self.loop.install_signals(self._on_signal)
 
     def _on_signal(self, signum: int) -> None:
-        if self.stopping:
+        """In the handler: only note it. A handler runs between any two bytecodes, also inside
+        a log call holding the logger's lock: logging (or stopping workers) here could
+        deadlock; the loop takes it (_take_signal)."""
+        if self.stopping or self.signalled is not None:
             self.forced = True
         else:
+            self.signalled = signum
+
+    def _take_signal(self) -> None:
+        """The stop a signal asked for (the loop, right after the wakeup)."""
+        signum, self.signalled = self.signalled, None
+        if signum is not None:
             self.request_stop(signal.Signals(signum).name)
 
     def _children_changed(self) -> None:
@@ -244,6 +254,7 @@ class Supervisor:
         # porchd's idle CPU. Anything else (output, an exit, a signal, a command) sweeps now.
         sweep = any(key is not self.channel.socket for key in keys)
         self.loop.dispatch(keys)
+        self._take_signal()
         self.policy.signal_stops(self.workers.values(), time.monotonic())
         if self.loop.children_changed:
             self.loop.children_changed = False

@@ -90,6 +90,7 @@ class Housekeeping:
 
     def tick(self, now: float) -> None:
         """The housekeeping between iterations (module doc); `now` is time.monotonic()."""
+        self.stops.say()
         self.on_control()
         self._read_acks()
         for link in self.outputs:

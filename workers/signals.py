@@ -7,7 +7,9 @@ and by when the stop must be done (`stop_deadline`, a little under the superviso
 --stop-timeout). A second SIGTERM/SIGINT exits at once (exit code 130).
 
 Signal handlers only set state; they wake the loop through a socketpair registered with
-`signal.set_wakeup_fd`, whose read end the loop polls (`wake`).
+`signal.set_wakeup_fd`, whose read end the loop polls (`wake`). They log nothing: a handler
+runs between any two bytecodes of the main thread, also inside a log call holding the
+logger's lock, so a log there deadlocks; the loop's housekeeping says the stop (`say`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class StopSignals:
         self.drain_deadline = 0.0  # monotonic s; meaningful once requested
         self.stop_deadline = 0.0
         self.orphaned = False
+        self.unsaid: str | None = None  # a signal's stop reason, logged by say()
         self.wake_r, self.wake_w = socket.socketpair()
         self._clock = clock
         self._exit_now = exit_now
@@ -73,6 +76,21 @@ class StopSignals:
         if self.requested:
             return
         log.info("stop_requested", pipeline=self.pipeline, reason=reason)
+        self._begin()
+
+    def say(self) -> None:
+        """Log the stop a signal asked for (outside the handler: module doc), once."""
+        reason, self.unsaid = self.unsaid, None
+        if reason is not None:
+            log.info("stop_requested", pipeline=self.pipeline, reason=reason)
+
+    def _signalled(self, reason: str) -> None:
+        """request() from a signal handler: the state now, the log by say()."""
+        if not self.requested:
+            self.unsaid = reason
+            self._begin()
+
+    def _begin(self) -> None:
         self.requested = True
         now = self._clock()
         self.stop_deadline = now + self.stop_budget_s
@@ -92,7 +110,7 @@ class StopSignals:
         if self.requested:
             self._exit_now(130)
             return
-        self.request(signal.Signals(signum).name)
+        self._signalled(signal.Signals(signum).name)
 
     def on_parent_death(self, signum: int, frame: FrameType | None) -> None:
         """The supervisor died (Linux parent-death signal; it may arrive more than once)."""
@@ -100,7 +118,7 @@ class StopSignals:
             return
         self.orphaned = True
         self._on_orphaned()
-        self.request("supervisor_gone")
+        self._signalled("supervisor_gone")
 
     def check_parent(self, parent_pid: int | None) -> None:
         """Notice a dead supervisor where no parent-death signal came (we were reparented)."""

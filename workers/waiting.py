@@ -78,6 +78,7 @@ class Waiter:
         if wake in events or wake.fileno() in events:
             with contextlib.suppress(BlockingIOError):
                 wake.recv(4096)
+            self.stops.say()  # a signal: its stop is logged here, not in its handler
         if self.control.socket in events:
             self.house.on_control()
         if self.inbox is not None and self.inbox.link.socket in events:

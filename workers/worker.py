@@ -196,6 +196,7 @@ class Worker:
             outcome = self._run_scripts()
         except PorchError as exc:
             outcome = self._fail(exc)
+        self.stops.say()  # a signal's stop the loop ended on before its housekeeping said it
         self._report_state(WorkerState.STOPPING, self.house.last_error)
         self._finish(outcome)
         return 1 if self.house.state is WorkerState.FAILED else 0
@@ -216,6 +217,7 @@ class Worker:
         for error in self.host.end():
             outcome = self._fail(error)
         self.host.close()
+        self.stops.say()
         self.house.send_health()
         self._report_state(outcome, self.house.last_error)
         log.info("worker_exit", pipeline=self.name, state=outcome.value,

@@ -67,6 +67,7 @@ def test_the_first_signal_stops_gracefully_the_second_exits_now(recorder: Record
     stop = stops(recorder)
     with capture_logs() as logs:
         stop.on_signal(signal.SIGTERM, None)
+        stop.say()
     assert stop.requested and recorder.exits == []
     assert logs[0]["reason"] == "SIGTERM"
 
@@ -79,11 +80,27 @@ def test_the_supervisor_dying_silences_output_once_and_stops(recorder: Recorder)
     with capture_logs() as logs:
         stop.on_parent_death(PARENT_DEATH_SIGNAL, None)
         stop.on_parent_death(PARENT_DEATH_SIGNAL, None)  # Linux may send it again
+        stop.say()
 
     assert stop.orphaned and stop.requested
     assert recorder.silenced == 1
     assert [e["reason"] for e in logs] == ["supervisor_gone"]
     assert recorder.exits == []  # not a second Ctrl+C
+
+
+def test_a_signal_handler_only_sets_state_and_the_loop_says_it(recorder: Recorder) -> None:
+    """A handler runs between any two bytecodes of the main thread, also inside a log call
+    that holds the logger's lock: logging in the handler deadlocked the worker (seen: a
+    `porch run` source stuck for its whole --stop-timeout, then killed). The handler logs
+    nothing; the loop's housekeeping says the stop, once."""
+    stop = stops(recorder)
+    with capture_logs() as logs:
+        stop.on_signal(signal.SIGTERM, None)
+        stop.on_parent_death(PARENT_DEATH_SIGNAL, None)
+        assert stop.requested and logs == []
+        stop.say()
+        stop.say()
+    assert [(e["event"], e["reason"]) for e in logs] == [("stop_requested", "SIGTERM")]
 
 
 def test_a_parent_that_is_not_ours_any_more_counts_as_dead(recorder: Recorder) -> None:
