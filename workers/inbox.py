@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from porch import logs
 from porch.errors import WireError
@@ -62,6 +62,14 @@ log = logs.get("porch.worker")
 RECV_BATCH = 256
 MAX_STREAMS = 64  # origin streams remembered per source (a stream: one start of an origin)
 REPLAY_ORIGINS = 4096  # origins remembered per source pipeline where windows cannot be kept
+
+
+class Deferral(Protocol):
+    """Where a replica's commits wait for their outputs' acks (workers/deferred.py)."""
+
+    def defer(self, seq: int, generation: int | None) -> None: ...
+
+    def holds(self, generation: int | None) -> set[int]: ...
 
 
 class Replays:
@@ -384,6 +392,7 @@ class Inbox:
         self._ack_every = max(1, limit // 4)
         self._acks = HeaderEncoder(0, instance, name)
         self._fill = any_input and expected > 1  # sets name every source (None: no value)
+        self.deferral: Deferral | None = None  # a replica's end-to-end acks (deferred.py)
 
     @property
     def undecodable(self) -> int:
@@ -606,7 +615,15 @@ class Inbox:
 
     def commit_one(self, seq: int, generation: int | None) -> None:
         """An iteration consumed message `seq` of the source instance `generation`: acknowledge
-        it (at once, or batched); nothing for a placeholder or an item of an earlier instance."""
+        it (at once, or batched; a replica's once its outputs are: workers/deferred.py)."""
+        if self.deferral is not None:
+            self.deferral.defer(seq, generation)
+        else:
+            self.apply_commit(seq, generation)
+
+    def apply_commit(self, seq: int, generation: int | None) -> None:
+        """Message `seq` of the source instance `generation` is done: acknowledge it (at once,
+        or batched); nothing for a placeholder or an item of an earlier instance."""
         source = self._owners.get(generation)
         if source is None:
             return
@@ -634,7 +651,11 @@ class Inbox:
             left += reorder.held
             reorder.streams.clear()
         for source in self.sources.values():
-            source.open.clear()
+            if self.deferral is None:
+                source.open.clear()
+            else:  # what was processed is acknowledged once its outputs are
+                held = self.deferral.holds(source.generation)
+                source.open = deque(seq for seq in source.open if seq in held)
         self.flush_acks()
         return left
 

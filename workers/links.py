@@ -360,6 +360,7 @@ class OutputLink:
         self.restarting = False  # ...and that its supervisor is starting it again
         self.dropped = 0
         self.replayed = 0
+        self.handed_on = 0  # times its values were taken out to go elsewhere (take_data)
         self.end = StreamEnd()
 
     # what status and the worker read of the connection
@@ -412,6 +413,7 @@ class OutputLink:
         origin), and forget everything held: a replica gone for good hands its values to the
         others (workers/replicas.py)."""
         self._close_batch()
+        self.handed_on += 1
         taken = [item for m in self.outbox if m.kind is FrameKind.DATA for item in data_of(m)]
         self.outbox.clear(released=self.next_seq - 1)
         return taken

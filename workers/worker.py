@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from porch import logs
-from porch.config import Outbox, PipelineConfig
+from porch.config import Delivery, FanIn, Outbox, PipelineConfig
 from porch.control import WorkerState
 from porch.errors import PorchError, ScriptError
 from porch.serializers import get
@@ -30,12 +30,14 @@ from porch.wire import decode_ack
 from workers.closing import OutputClose
 from workers.concurrent import ConcurrentLoop
 from workers.deadletter import DeadLetters, LinkLetters
+from workers.deferred import DeferredAcks
 from workers.heartbeat import Counters, Heartbeat
 from workers.host import ScriptHost
 from workers.hotloop import HotLoop
 from workers.housekeeping import Housekeeping
 from workers.loop import MessageLoop
 from workers.outbox import DurableOutbox
+from workers.replicas import all_links
 from workers.signals import StopSignals
 from workers.sockets import WorkerSockets
 
@@ -109,6 +111,7 @@ class Worker:
         self.house.directory.on_groups = self.loop.emitter.outputs_changed
         if self.durable is not None:  # values handed from one replica to another keep a row
             self.house.directory.keep = self.durable.keep
+        self.deferred = self._deferred_acks()
 
     @property
     def stopping(self) -> bool:
@@ -131,9 +134,27 @@ class Worker:
     def _report_state(self, state: WorkerState, error: str = "") -> None:
         self.house.report_state(state, error)
 
+    def _deferred_acks(self) -> DeferredAcks | None:
+        """A replica acknowledges an input once its outputs are (workers/deferred.py)."""
+        config, inbox = self.config, self.inbox
+        if (
+            inbox is None
+            or config.replica_of is None
+            or not config.target_pipeline_names
+            or config.delivery is not Delivery.AT_LEAST_ONCE
+            or config.fan_in is FanIn.ANY
+        ):
+            return None
+        outputs = self.outputs
+        deferred = DeferredAcks(lambda: all_links(outputs), inbox.apply_commit, inbox.flush_acks)
+        inbox.deferral = deferred
+        return deferred
+
     def _read_acks(self) -> None:
         for link in self.outputs:
             link.read_acks(decode_ack)
+        if self.deferred is not None:
+            self.deferred.release()
         if self.durable is not None:
             self.durable.sync()  # what was acked, dropped or retired leaves the disk too
 
