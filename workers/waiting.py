@@ -59,6 +59,9 @@ class Waiter:
         self._read_acks = read_acks
         self._poller = sockets.poller(stops.wake_r)
         self._next_tick = 0.0
+        # a replica holding inputs until their outputs are acknowledged (workers/deferred.py)
+        # also wakes on its targets' acks
+        self.deferred: Callable[[], bool] | None = None
 
     def tick(self) -> None:
         """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat."""
@@ -73,6 +76,8 @@ class Waiter:
         self._flush()  # about to idle: nothing may wait in a batch
         if self.inbox is not None:
             self.inbox.flush_acks()  # about to idle: tell our sources what we have done
+        if poller is None and self.deferred is not None and self.deferred():
+            poller = self.acks_poller()
         events = dict((poller or self._poller).poll(timeout_ms))
         wake = self.stops.wake_r
         if wake in events or wake.fileno() in events:
@@ -118,6 +123,20 @@ class Waiter:
                 stored = (current.stream, origin) if isinstance(origin, int) else origin
                 self.keep(member, payload, stored)
         return current
+
+    def acks_poller(self) -> zmq.Poller:
+        """What an idle worker waits on (control, input, signals) and every output link's
+        acks."""
+        poller = zmq.Poller()
+        poller.register(self.control.socket, zmq.POLLIN)
+        poller.register(self.stops.wake_r, zmq.POLLIN)
+        if self.inbox is not None:
+            poller.register(self.inbox.link.socket, zmq.POLLIN)
+        for output in self.outputs:
+            for link in links_of(output):
+                if link.socket is not None:
+                    poller.register(link.socket, zmq.POLLIN)
+        return poller
 
     def blocked_poller(self, output: Output) -> zmq.Poller:
         """What a producer blocked on `output` waits for: acks (the outbox is full) and, only

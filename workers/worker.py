@@ -148,6 +148,7 @@ class Worker:
         outputs = self.outputs
         deferred = DeferredAcks(lambda: all_links(outputs), inbox.apply_commit, inbox.flush_acks)
         inbox.deferral = deferred
+        self.loop.waiter.deferred = lambda: deferred.held > 0
         return deferred
 
     def _read_acks(self) -> None:
