@@ -27,6 +27,7 @@ from porch.daemon_views import (
 from porch.errors import ConfigError, PorchError
 from porch.graph import Node, to_dict
 from porch.logfiles import LogFileSink
+from porch.names import is_replica, pipeline_of
 from porch.porchd_protocol import (
     STARTING_COMMANDS,
     Command,
@@ -294,6 +295,11 @@ class Daemon:
                                f"replicas must be a whole number from 1 to {MAX_REPLICAS}, "
                                f"got {count!r}")  # fmt: skip
         config = self.supervisor.pipelines.get(name)
+        pipeline = pipeline_of(name)
+        if config is None and is_replica(name) and pipeline in self.supervisor.pipelines:
+            raise CommandError(ErrorCode.UNKNOWN_PIPELINE,
+                               f"{name} is one replica of the pipeline {pipeline}: scale the "
+                               f"pipeline (`porchctl scale {pipeline} {count}`)")  # fmt: skip
         if config is None:
             raise self._unknown(name)
         if not config.replicated:
