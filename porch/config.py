@@ -22,8 +22,11 @@ from porch.directory import Entry
 from porch.errors import ConfigError
 from porch.names import (
     TAG_HEX_DIGITS,
+    is_replica,
     name_problem,
     name_warning,
+    pipeline_of,
+    process_name_problem,
     replica_name,
 )
 from porch.restart import RestartPolicy
@@ -427,6 +430,11 @@ class _Checker:
                 self.error(fld, f"must be a pipeline name, got {json.dumps(item)}")
                 continue
             why = name_problem(item)
+            if why and is_replica(item) and not process_name_problem(item):
+                why = (
+                    f"{item!r} is one replica of the pipeline {pipeline_of(item)!r}: name the "
+                    "pipeline (its senders pick a replica for each value)"
+                )
             if why:
                 self.error(fld, why)
             elif item == own_name:

@@ -78,6 +78,17 @@ def test_bad_replica_fields_name_the_field_and_the_fix(
     assert any(p.field == fld and words in p.message for p in problems), problems
 
 
+def test_a_target_naming_one_replica_is_told_to_name_its_pipeline(tmp_path: Path) -> None:
+    """Replicas' process names (NAME#TAG-K, as status lists them) are no targets: a value goes
+    to the pipeline, and the senders pick the replica."""
+    config, problems = check_config(_config(tmp_path, target_pipeline_names=["hasher#3f2a1c-0"]))
+    assert config is None
+    assert [(p.field, p.message) for p in problems] == [
+        ("target_pipeline_names[0]", "'hasher#3f2a1c-0' is one replica of the pipeline "
+         "'hasher': name the pipeline (its senders pick a replica for each value)"),
+    ]  # fmt: skip
+
+
 def test_ordered_without_replicas_is_a_warning(tmp_path: Path) -> None:
     config, problems = check_config(_config(tmp_path, ordered=True))
     assert config is not None
