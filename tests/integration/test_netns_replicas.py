@@ -84,8 +84,8 @@ class Graph:
     """PREFIX_src -> PREFIX_mid (replicas 2, the same config on both hosts) -> PREFIX_sink:
     the source and the sink on h1."""
 
-    def __init__(self, folder: Path, prefix: str, count: int) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, prefix: str, count: int, outbox: str = "memory") -> None:
+        self.folder, self.outbox = folder, outbox
         self.src, self.mid, self.sink = f"{prefix}_src", f"{prefix}_mid", f"{prefix}_sink"
         self.go, self.stop = folder / f"{prefix}.go", folder / f"{prefix}.stop"
         self.count = count
@@ -93,7 +93,8 @@ class Graph:
     def h1(self) -> list[str]:
         """The configs h1 runs: the source, the stage, the sink."""
         source = SOURCE.format(count=self.count, go=str(self.go), stop=str(self.stop))
-        return [write(self.folder / "h1", self.src, source, target_pipeline_names=[self.mid]),
+        return [write(self.folder / "h1", self.src, source, target_pipeline_names=[self.mid],
+                      queue_limit=200),  # a short backlog: a stop drains fast
                 self.stage("h1"),
                 write(self.folder / "h1", self.sink, SINK.format(source=self.mid),
                       source_pipeline_count=1)]  # fmt: skip
@@ -101,7 +102,8 @@ class Graph:
     def stage(self, host: str) -> str:
         """The one replicated config both hosts run (the same file content)."""
         return write(self.folder / host, self.mid, STAGE.format(source=self.src), replicas=2,
-                     source_pipeline_count=1, target_pipeline_names=[self.sink])  # fmt: skip
+                     source_pipeline_count=1, target_pipeline_names=[self.sink],
+                     outbox=self.outbox)  # fmt: skip
 
     def received(self, daemon: NetnsPorchd) -> list[tuple[str, int, int]]:
         """What the sink printed: (host folder, replica pid, value) per line."""
@@ -226,18 +228,18 @@ def test_a_host_that_comes_back_rejoins_the_pipeline(
     tmp_path: Path, hosts: list[Host], porchd_in: StartIn
 ) -> None:
     """h2's porchd killed, then started again (same daemon id, so the same replica names):
-    its replicas are withdrawn, then used again, and the stream loses nothing."""
+    its replicas are withdrawn, then used again, and the stream loses nothing. Killed right
+    after h2's first output, while a replica's link to the sink may still connect: what the
+    killed replicas had processed, acknowledged and not yet delivered is in their durable
+    outboxes, replayed by their next instances (a memory outbox would lose it)."""
     h1, h2 = hosts
-    graph = Graph(tmp_path, "rj", 0)
+    graph = Graph(tmp_path, "rj", 0, outbox="durable")
     d1 = porchd_in(h1, *graph.h1(), name="j1", extra=BEACON)
     d2 = porchd_in(h2, graph.stage("h2"), name="j2", extra=BEACON)
     _, remote = graph.four(d1)
     graph.go.touch()
-    # Both h2 replicas' links to the sink are up first: this test is about rejoining. (A replica
-    # killed while its link still connects loses what it processed and had acknowledged
-    # upstream: its memory outbox dies with it. Known, not covered here.)
-    d1.wait_until(lambda: len({p for w, p, _ in graph.received(d1) if w == "h2"}) == 2,
-                  WAIT_S, "output through both h2 replicas")  # fmt: skip
+    d1.wait_until(lambda: any(w == "h2" for w, _, _ in graph.received(d1)), WAIT_S,
+                  "output through h2")  # fmt: skip
     d2.kill()
     withdrawn = {name: "withdrawn" for name in remote}
     d1.wait_until(lambda: graph.replicas(d1.status())[1] == withdrawn, WAIT_S,
