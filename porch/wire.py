@@ -28,8 +28,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from porch.errors import WireError
 
@@ -63,9 +62,8 @@ Run = tuple[int, Origin]  # `count` messages; the i-th has every seq of the orig
 MAX_STREAMS = 255
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """A decoded header frame."""
+class Header(NamedTuple):
+    """A decoded header frame (a NamedTuple: it is built for every frame received)."""
 
     kind: FrameKind
     serializer: int
@@ -119,8 +117,37 @@ def encode_origins(runs: Sequence[Run]) -> bytes:
     return b"".join(table + body)
 
 
+_ONE_RUN = struct.Struct("!IIBBQ")  # one run of one id: runs 1, count, width 1, index 0, seq
+_STREAM_TABLES: dict[bytes, Stream] = {}  # a one-stream table's bytes -> its stream (decoded)
+_NAMES: dict[bytes, str] = {}  # a sender name's bytes -> the name
+MAX_CACHED = 1024  # entries of each cache above (cleared when full)
+
+
 def decode_origins(frame: bytes, start: int) -> tuple[tuple[Run, ...], int]:
-    """The runs of an origins section at `start`, and where it ends; WireError if malformed."""
+    """The runs of an origins section at `start`, and where it ends; WireError if malformed.
+
+    The common section (one stream, one run of one id: a source's values, or a stage's
+    passing them on) is read with one unpack once its stream's bytes were seen before."""
+    one = len(frame) > start + _STREAM.size and frame[start] == 1
+    if one:
+        table_end = start + 1 + _STREAM.size + frame[start + _STREAM.size]
+        stream = _STREAM_TABLES.get(bytes(frame[start:table_end]))
+        if stream is not None and len(frame) >= table_end + _ONE_RUN.size:
+            nruns, count, width, index, first = _ONE_RUN.unpack_from(frame, table_end)
+            if nruns == 1 and width == 1 and index == 0:
+                return ((count, (stream, first)),), table_end + _ONE_RUN.size
+    runs, end = _decode_origins(frame, start)
+    if one:  # well-formed: remember its stream
+        if len(_STREAM_TABLES) >= MAX_CACHED:
+            _STREAM_TABLES.clear()
+        epoch, _ = _STREAM.unpack_from(frame, start + 1)
+        name = bytes(frame[start + 1 + _STREAM.size : table_end]).decode("utf-8")
+        _STREAM_TABLES[bytes(frame[start:table_end])] = (name, epoch)
+    return runs, end
+
+
+def _decode_origins(frame: bytes, start: int) -> tuple[tuple[Run, ...], int]:
+    """decode_origins of any section."""
     try:
         (nstreams,) = _U8.unpack_from(frame, start)
         offset = start + 1
@@ -221,10 +248,16 @@ def decode_prefix(frame: bytes) -> tuple[Header, int]:
     frame_kind = _KINDS.get(kind & ~ORIGINS)
     if frame_kind is None:
         raise WireError(f"unknown frame kind {kind}")
-    try:
-        sender = bytes(frame[HEADER_SIZE:end]).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WireError(f"malformed header: {exc}") from exc
+    raw = bytes(frame[HEADER_SIZE:end])
+    sender = _NAMES.get(raw)
+    if sender is None:
+        try:
+            sender = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WireError(f"malformed header: {exc}") from exc
+        if len(_NAMES) >= MAX_CACHED:
+            _NAMES.clear()
+        _NAMES[raw] = sender
     if not kind & ORIGINS:
         return Header(frame_kind, serializer, instance, seq, sender), end
     if frame_kind is not FrameKind.DATA and frame_kind is not FrameKind.DATA_BATCH:

@@ -203,5 +203,5 @@ class MessageLoop:
                 return
             elif self.stopping and inbox.quiet():
                 return  # everything that was sent has been processed
-            else:
-                self.waiter.wait(POLL_MS)
+            else:  # input that makes a set is run before the housekeeping (latency)
+                self.waiter.wait(POLL_MS, ready=fanin.ready)

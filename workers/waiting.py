@@ -71,23 +71,36 @@ class Waiter:
         self._next_tick = now + TICK_S
         self.house.tick(now)
 
-    def wait(self, timeout_ms: int, poller: zmq.Poller | None = None) -> None:
-        """Block until input, a control message, an ack or a signal arrives, or the timeout."""
+    def wait(
+        self,
+        timeout_ms: int,
+        poller: zmq.Poller | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
+        """Block until input, a control message, an ack or a signal arrives, or the timeout.
+
+        `ready`: whether the input received makes an input set; then the caller runs it at
+        once and does the housekeeping after it (the acks and the tick wait, the value not)."""
         self._flush()  # about to idle: nothing may wait in a batch
-        if self.inbox is not None:
-            self.inbox.flush_acks()  # about to idle: tell our sources what we have done
+        inbox = self.inbox
+        if inbox is not None:
+            inbox.flush_acks()  # about to idle: tell our sources what we have done
         if poller is None and self.deferred is not None and self.deferred():
             poller = self.acks_poller()
         events = dict((poller or self._poller).poll(timeout_ms))
-        wake = self.stops.wake_r
-        if wake in events or wake.fileno() in events:
-            with contextlib.suppress(BlockingIOError):
-                wake.recv(4096)
-            self.stops.say()  # a signal: its stop is logged here, not in its handler
-        if self.control.socket in events:
-            self.house.on_control()
-        if self.inbox is not None and self.inbox.link.socket in events:
-            self.inbox.receive()
+        only_input = inbox is not None and len(events) == 1 and inbox.link.socket in events
+        if not only_input:
+            wake = self.stops.wake_r
+            if wake in events or wake.fileno() in events:
+                with contextlib.suppress(BlockingIOError):
+                    wake.recv(4096)
+                self.stops.say()  # a signal: its stop is logged here, not in its handler
+            if self.control.socket in events:
+                self.house.on_control()
+        if inbox is not None and inbox.link.socket in events:
+            inbox.receive()
+            if only_input and ready is not None and ready():
+                return
         self._read_acks()
         self.tick()
 

@@ -302,3 +302,18 @@ def test_union_keeps_each_id_once() -> None:
     assert union(a, b) == a + b
     assert union(a + b, b) == a + b
     assert union((), b) == b
+
+
+def test_a_seen_stream_table_decodes_the_same_and_other_sections_still_decode() -> None:
+    stream = ("cached_src", 2**40 + 3)
+    one = encode_header(FrameKind.DATA, 1, 7, 9, "sender", [(1, (stream, 41))])
+    first = decode_prefix(one + b"x")
+    assert decode_prefix(one + b"x") == first  # the second time from the cached table
+    assert first[0].origins == ((1, (stream, 41)),)
+    # the same table with other runs (two runs; two ids) is read in full
+    runs = [(2, (stream, 5)), (1, (stream, 9, stream, 3))]
+    frame = encode_header(FrameKind.DATA_BATCH, 1, 7, 9, "sender", runs)
+    assert decode_prefix(frame)[0].origins == tuple(runs)
+    for broken in (one[:-1], one[: len(one) - 5]):  # cut inside the run
+        with pytest.raises(WireError):
+            decode_prefix(broken)
