@@ -96,8 +96,11 @@ class HotLoop:
                 loop.ended = True
             if loop.ended or clock() - started >= FLUSH_INTERVAL_S:
                 break  # (after_step may have ended the stream too)
-        loop.step_time((clock() - started) / max(done, 1))
+        finished = clock()
         self._emit_own(items)
+        if finished - loop.last_flush >= FLUSH_INTERVAL_S:
+            loop.after_iteration()  # a slow step(): its value leaves now, the bookkeeping after
+        loop.step_time((finished - started) / max(done, 1))
         loop.counters.iterations += done
         if failed is not None:
             loop.step_failed(failed, None, ())
