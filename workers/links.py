@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -196,7 +196,7 @@ class InputLink:
             while sock.getsockopt(zmq.RCVMORE):
                 message.append(sock.recv() if len(message) < 2 else sock.recv(copy=False).buffer)
             out.append(message)
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 break
         return out
 
