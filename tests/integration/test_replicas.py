@@ -223,11 +223,10 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Graph
     files = home / "files"
     files.mkdir()
     specs: dict[str, tuple[int, int, dict[str, object]]] = {
-        # A killed replica is a killed sender too: what it processed (and acknowledged) but had
-        # not yet delivered is in its outbox, lost with a memory one ("sender killed" in the
-        # README's Guarantees), replayed by its next instance from a durable one.
-        "kill": (20_000, 0, {"replicas": 2, "outbox": "durable"}),
-        "ordered": (4_000, 0, {"replicas": 2, "ordered": True, "outbox": "durable"}),
+        # the default memory outbox: a replica acknowledges an input only once its outputs were
+        # acknowledged, so what a killed one had not delivered yet is replayed, not lost
+        "kill": (20_000, 0, {"replicas": 2}),
+        "ordered": (4_000, 0, {"replicas": 2, "ordered": True}),
         "scale": (0, 10, {"replicas": 1}),  # about 1,000 values/s until told to stop
     }
     configs: list[Path] = []
