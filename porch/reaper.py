@@ -40,6 +40,8 @@ from typing import IO
 
 import psutil
 
+from porch import localsock
+
 _PR_SET_CHILD_SUBREAPER = 36
 RUN_DIR_PREFIX = "porch-run-"
 _RUN_DIR = re.compile(re.escape(RUN_DIR_PREFIX) + r"(\d+)-[^/]+")
@@ -120,10 +122,11 @@ def reap_adopted(known: set[int]) -> int:
 # ---- run folders ---------------------------------------------------------------------------
 
 
-# Linux limits a Unix socket's path to 107 bytes; the run folder's sockets are named at most
-# this long ("workers", "<pid>.in" with a 7-digit pid), and mkdtemp's suffix is 8 characters.
-RUN_SOCKET_NAME_MAX = 12
-MAX_SOCKET_PATH = 107
+# Linux limits a Unix socket's path to 107 bytes; the longest socket name in a run folder is a
+# worker's link socket (porch.localsock.NAME_MAX: "<pid>-<8 hex>.in"), and mkdtemp's suffix is
+# 8 characters.
+RUN_SOCKET_NAME_MAX = localsock.NAME_MAX
+MAX_SOCKET_PATH = localsock.MAX_SOCKET_PATH
 FALLBACK_RUN_BASE = Path("/tmp")
 
 

@@ -38,7 +38,7 @@ def test_a_missing_folder_is_no_error(tmp_path: Path) -> None:
 def test_a_temp_folder_too_long_for_socket_paths_puts_run_folders_in_tmp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    long_tmp = tmp_path / ("d" * 90)
+    long_tmp = tmp_path / ("d" * 60)
     long_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
     run_dir = make_run_dir()
