@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import zmq
@@ -119,6 +119,92 @@ def test_a_source_on_a_new_connection_gets_its_acks_there(
         assert acks(again) == [2] and acks(peer) == []
     finally:
         again.close()
+
+
+def settle(inbox: Inbox, done: Callable[[], bool]) -> None:
+    for _ in range(100):
+        if inbox.link.socket.poll(50):
+            inbox.receive()
+        if done():
+            return
+    raise AssertionError(f"queued {inbox.fanin.depth()}, {inbox.counters.duplicates} duplicates")
+
+
+def test_acks_stay_on_the_new_connection_while_the_dead_one_is_drained(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    """A sender reopened its link while we were not reading (its heartbeats timed out: we
+    were blocked on our own output), and sent everything again after its HELLO. The dead
+    connection's messages are read after that HELLO, interleaved with the replay (duplicates):
+    they must not take the acks back to the dead connection, or the sender, full, waits for
+    acks forever (porchctl scale 2 -> 1 of an ordered stage: its source stalled)."""
+    inbox, peer = wired
+    endpoint = "inproc://acks-on-the-new-connection"  # sends land in the pipes at once
+    inbox.link.socket.bind(endpoint)
+    old = peer.context.socket(zmq.DEALER)
+    again = peer.context.socket(zmq.DEALER)
+    try:
+        for sock in (old, again):
+            sock.linger = 0
+            sock.connect(endpoint)
+        send(old, FrameKind.HELLO, 7, 0)
+        for seq in range(1, 7):
+            send(old, FrameKind.DATA, 7, seq, seq)
+        old.close()  # the sender gave the connection up, and reopened its link:
+        send(again, FrameKind.HELLO, 7, 0)
+        for seq in range(1, 4):  # ...everything again (the rest still on its way)
+            send(again, FrameKind.DATA, 7, seq, seq)
+        settle(inbox, lambda: inbox.fanin.depth() == 6 and inbox.counters.duplicates >= 3)
+        for seq in range(4, 7):
+            send(again, FrameKind.DATA, 7, seq, seq)
+        settle(inbox, lambda: inbox.counters.duplicates == 6)
+        for _ in range(6):
+            inbox.commit(inbox.take()[1])
+        inbox.flush_acks()
+        got = acks(again)
+        assert got[-1:] == [6]  # on the connection the sender reads
+    finally:
+        old.close()
+        again.close()
+
+
+def test_a_value_past_a_gap_on_a_connection_given_up_waits_for_the_replay(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    """A connection dropped (heartbeats) with a message in ZeroMQ's buffers: ZeroMQ's own
+    reconnect of that socket carries the next ones (no HELLO) before the sender reopens its
+    link and sends everything again. The value past the gap must not be taken (nor
+    acknowledged): the missing one would then be a 'duplicate' when replayed, and lost
+    (SIGSTOP of a stage's target for 8 s: 25 values lost, porch run exit 0)."""
+    inbox, peer = wired
+    endpoint = "inproc://a-gap-on-a-connection-given-up"
+    inbox.link.socket.bind(endpoint)
+    first, reconnected, again = (peer.context.socket(zmq.DEALER) for _ in range(3))
+    try:
+        for sock in (first, reconnected, again):
+            sock.linger = 0
+            sock.connect(endpoint)
+        send(first, FrameKind.HELLO, 7, 0)
+        for seq in (1, 2, 3):
+            send(first, FrameKind.DATA, 7, seq, seq)
+        settle(inbox, lambda: inbox.fanin.depth() == 3)
+        for seq in (5, 6):  # 4 went down with the first connection
+            send(reconnected, FrameKind.DATA, 7, seq, seq)
+        send(again, FrameKind.HELLO, 7, 0)
+        for seq in range(1, 7):
+            send(again, FrameKind.DATA, 7, seq, seq)
+        settle(inbox, lambda: inbox.fanin.depth() == 6 and inbox.counters.duplicates >= 3)
+        taken = []
+        for _ in range(6):
+            values, items, _, _ = inbox.take()
+            taken.append(values["source"])
+            inbox.commit(items)
+        assert taken == [1, 2, 3, 4, 5, 6]
+        inbox.flush_acks()
+        assert acks(again)[-1:] == [6]
+    finally:
+        for sock in (first, reconnected, again):
+            sock.close()
 
 
 A = ("pipeline_a", 7)  # an origin stream: what the values derive from
