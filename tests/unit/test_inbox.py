@@ -148,7 +148,9 @@ def test_acks_stay_on_the_new_connection_while_the_dead_one_is_drained(
             sock.linger = 0
             sock.connect(endpoint)
         send(old, FrameKind.HELLO, 7, 0)
-        for seq in range(1, 7):
+        send(old, FrameKind.DATA, 7, 1, 1)
+        settle(inbox, lambda: inbox.fanin.depth() == 1)
+        for seq in range(2, 7):  # not read yet: we are busy
             send(old, FrameKind.DATA, 7, seq, seq)
         old.close()  # the sender gave the connection up, and reopened its link:
         send(again, FrameKind.HELLO, 7, 0)
