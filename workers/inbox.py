@@ -440,7 +440,8 @@ class Inbox:
             if kind is FrameKind.EOS and header.seq == source.eos_seq:
                 self._confirm_end(source, header.seq)  # our confirmation was lost: again
             return
-        source.route = message[0]
+        if not self._on_route(header, source, message[0]):
+            return
         self.departed.discard(header.sender)
         if not source.received and not source.open:  # the first message of this link:
             source.received = header.seq - 1  # everything before it was acknowledged
@@ -456,6 +457,23 @@ class Inbox:
             self._confirm_end(source, header.seq)
             if source.reorder is not None:
                 self._settle_order(source)
+
+    @staticmethod
+    def _on_route(header: Header, source: SourceState, route: bytes) -> bool:
+        """Whether to take a new message of an acknowledged source from connection `route`.
+
+        Its HELLO says which connection it reads our acks on. A sender whose connection died
+        (heartbeats: we were not reading) opens a new one, says HELLO there and sends every
+        unacknowledged message again; the dead connection's last messages, and those ZeroMQ's
+        own reconnect of its old socket carried before that, are read in between. They are
+        taken when they are next in sequence, but never take the acks back to a connection
+        the sender no longer reads (it would wait for them forever); one past a gap is not
+        taken: what is missing went down with the dead connection, and its replay would be
+        dropped as a duplicate once a later seq was taken (and acknowledged)."""
+        if route == source.route or not source.route or not source.wants_acks:
+            source.route = route
+            return True
+        return header.seq == source.received + 1
 
     def _new_source(self, name: str) -> SourceState:
         try:
