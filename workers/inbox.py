@@ -435,12 +435,7 @@ class Inbox:
             if source.instance != -1:
                 self._reject_instance(header)
             self._on_new_instance(header, source)
-        if header.seq <= source.received:
-            self.counters.duplicates += 1
-            if kind is FrameKind.EOS and header.seq == source.eos_seq:
-                self._confirm_end(source, header.seq)  # our confirmation was lost: again
-            return
-        if not self._on_route(header, source, message[0]):
+        if self._passed_over(header, source, message[0]):
             return
         self.departed.discard(header.sender)
         if not source.received and not source.open:  # the first message of this link:
@@ -457,6 +452,16 @@ class Inbox:
             self._confirm_end(source, header.seq)
             if source.reorder is not None:
                 self._settle_order(source)
+
+    def _passed_over(self, header: Header, source: SourceState, route: bytes) -> bool:
+        """Whether a data message or end is not taken: a duplicate, or one that came past a
+        gap on a connection the source gave up (_on_route)."""
+        if header.seq <= source.received:
+            self.counters.duplicates += 1
+            if header.kind is FrameKind.EOS and header.seq == source.eos_seq:
+                self._confirm_end(source, header.seq)  # our confirmation was lost: again
+            return True
+        return not self._on_route(header, source, route)
 
     @staticmethod
     def _on_route(header: Header, source: SourceState, route: bytes) -> bool:
