@@ -379,6 +379,8 @@ def dissolve(group: TargetGroup) -> OutputLink:
                 group.keep(link, payload, origin)
             link.force(FrameKind.DATA, payload, origin)
         member.retire()
+        link.dropped += member.dropped
+    link.dropped += group.dropped
     group.end.tell(link, ending=True)
     return link
 

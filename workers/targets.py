@@ -219,6 +219,7 @@ class TargetDirectory:
         ended = any(message.kind is FrameKind.EOS for message in link.outbox)
         held = link.take_data()
         link.retire()
+        group.dropped += link.dropped  # (overflow drop_oldest before the directory came)
         # a value stored for it (durable outbox) while it waited on this link goes to the
         # group with a row of its own (Waiter.hand_over): this one's row goes too
         link.outbox.released = link.next_seq

@@ -680,3 +680,28 @@ def test_a_durable_value_waiting_on_a_link_that_became_a_group_keeps_one_row(
     finally:
         durable.close()
         worker.sockets.ctx.destroy(linger=0)
+
+
+def test_what_the_link_dropped_before_the_target_showed_replicas_stays_counted(
+    ctx: Context,
+) -> None:
+    """overflow drop_oldest: a fast sender drops on its one link before the first directory;
+    that link becomes a group then, and its drops must still be in the heartbeat (porch run:
+    2,962 of 3,001 values never arrived and the summary said nothing was dropped)."""
+    from workers.heartbeat import Counters, Heartbeat
+
+    link = OutputLink(ctx, "work", HeaderEncoder(1, 5, "src"),
+                      LinkSettings(limit=2, drop_oldest=True))  # fmt: skip
+    link.stream = STREAM
+    outputs: list[Output] = [link]
+    for seq in range(1, 6):
+        assert link.offer(FrameKind.DATA, [pickle.dumps(seq)], seq)
+    assert link.dropped == 3
+    targets = directory(outputs)
+    show(targets, {r.name: r.entry() for r in (Replica(ctx, 0), Replica(ctx, 1))})
+    group_of(outputs)
+    heartbeat = Heartbeat(Counters(), outputs, None, _Letters(), None)
+    assert heartbeat.report("running", "").dropped == 3
+    show(targets, {"work": {"state": "running", "endpoint": "inproc://work-again"}})
+    assert isinstance(outputs[0], OutputLink)  # one process again (a reload): still counted
+    assert heartbeat.report("running", "").dropped == 3
