@@ -51,6 +51,9 @@ class HotLoop:
     def budget(self) -> int:
         """How many values every link takes now (0: the regular path must wait)."""
         outputs = self.loop.outputs
+        settle = self.loop.settle
+        if settle is not None and settle():
+            return 0  # one input at a time (MessageLoop.take_one)
         if not outputs or not self.bursts:
             return MAX_BATCH if self.bursts else 0
         return min(MAX_BATCH, *(link.room() for link in outputs))
@@ -202,7 +205,7 @@ class HotLoop:
         while fanin.ready() and not loop.ended:
             if loop.stopping and not loop.draining(inbox):
                 return False  # a live upstream keeps what we did not acknowledge
-            if step is None or inbox.undecodable:
+            if step is None or inbox.undecodable or (loop.settle is not None and loop.settle()):
                 loop.take_one(inbox)
             else:
                 values, taken, origin, marked = inbox.take()

@@ -661,6 +661,11 @@ class Inbox:
         elif seq - source.acked >= self._ack_every:
             self._ack(source)
 
+    @property
+    def careful(self) -> bool:
+        """Whether a source's messages are still acknowledged one by one (after our start)."""
+        return any(source.careful for source in self.sources.values())
+
     def flush_acks(self) -> None:
         """Acknowledge everything consumed (and ends whose data is all consumed)."""
         for source in self.sources.values():

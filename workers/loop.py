@@ -85,6 +85,9 @@ class MessageLoop:
         self.step_time = house.heartbeat.steps.add  # one step()'s seconds, to the histogram
         self.last_flush = 0.0  # perf_counter s
         self._step_sample = 0
+        # a replica whose acks wait for its outputs' (workers/deferred.py): before the next
+        # input, while it acknowledges one by one; whether the loop must take one at a time
+        self.settle: Callable[[], bool] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -143,6 +146,8 @@ class MessageLoop:
 
     def take_one(self, inbox: Inbox) -> None:
         """One iteration on one input set of the fan-in, then acknowledge it."""
+        if self.settle is not None:
+            self.settle()
         values, taken, origin, marked = inbox.take()
         if marked:  # filtered out upstream, or a join partner that never comes
             if inbox.undecodable:

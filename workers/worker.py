@@ -45,6 +45,8 @@ log = logs.get("porch.worker")
 
 STOP_TIMEOUT_S = 10.0  # the supervisor's default --stop-timeout
 STOP_MARGIN_S = 1.5  # of --stop-timeout, kept for the end() hooks and the exit
+SETTLE_S = 1.0  # how long a replica starting up waits for one input's outputs to be acked
+SETTLE_WAIT_MS = 50  # one wait of it (acks wake it at once)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class Worker:
         self.house.directory.on_groups = self.loop.emitter.outputs_changed
         if self.durable is not None:  # values handed from one replica to another keep a row
             self.house.directory.keep = self.durable.keep
+        self._settling = True  # see _settle
         self.deferred = self._deferred_acks()
 
     @property
@@ -149,7 +152,29 @@ class Worker:
         deferred = DeferredAcks(lambda: all_links(outputs), inbox.apply_commit, inbox.flush_acks)
         inbox.deferral = deferred
         self.loop.waiter.deferred = lambda: deferred.held > 0
+        self.loop.settle = self._settle
         return deferred
+
+    def _settle(self) -> bool:
+        """While a source's messages are acknowledged one by one (after our start), take one
+        input at a time, each once the outputs of the one before are acknowledged (up to
+        SETTLE_S; after a timeout, no more waits): a message we crash on every time is then
+        the oldest its sender has not seen acknowledged, the one it dead-letters after a few
+        crashes. Whether to take one input at a time."""
+        deferred, inbox = self.deferred, self.inbox
+        if not self._settling or inbox is None or deferred is None or not inbox.careful:
+            return False
+        if deferred.held:
+            self.loop.flush_outputs()
+            deadline = time.monotonic() + SETTLE_S
+            while deferred.held and not self.stopping:
+                if time.monotonic() >= deadline:
+                    self._settling = False  # a target slow or away: acks wait, input does not
+                    log.info("acks_unsettled", pipeline=self.name, held=deferred.held,
+                             waited_s=SETTLE_S)  # fmt: skip
+                    break
+                self.loop.waiter.wait(SETTLE_WAIT_MS)
+        return True
 
     def _read_acks(self) -> None:
         for link in self.outputs:

@@ -3,23 +3,37 @@ real processes: src -> work (replicas 2) -> rec under `porch run`, with rec held
 that the replicas' outputs pile up in their memory outboxes; kill -9 of the replica that
 processed the most, then SIGCONT: every value still reaches rec (its inputs were not
 acknowledged, so src hands them on). Before, the killed replica's outboxed values were lost.
+
+And a replica that crashes on one message every time still gets that message dead-lettered by
+its sender, not one it processed before whose output was not acknowledged yet (a replica
+starting up takes one input at a time, each once the one before is acknowledged).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import pickle
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PorchRun
-from tests.integration.test_reliability import gone, wait_for, write_pipeline
+from tests.integration.conftest import Porchd, PorchRun
+from tests.integration.test_reliability import (
+    COUNTER_SOURCE,
+    Record,
+    gone,
+    wait_for,
+    write_pipeline,
+)
 
 pytestmark = [pytest.mark.integration]
 
 StartPorch = Callable[..., PorchRun]
+StartDaemon = Callable[..., Porchd]
 
 N = 300
 PAYLOAD = 16_000  # bytes a value carries: 300 of them are far more than a socket buffers
@@ -116,3 +130,48 @@ def test_kill_9_of_a_replica_holding_acknowledged_output_loses_nothing(
     missing = sorted(set(range(1, N + 1)) - got)
     assert not missing, f"{len(missing)} values lost, first {missing[:20]}\n{run.report()}"
     assert "killed by SIGKILL" in run.report()
+
+
+CRASHING_RELAY = """
+    import os
+
+    def step(input_data):
+        value = input_data["dl_numbers"]
+        if value == 13:
+            os._exit(1)  # a crash, not an exception: no on_error policy can see it
+        return value
+"""
+
+RECORDER = """
+    out = open({path!r}, "a", encoding="utf-8")
+
+    def step(input_data):
+        out.write(f"{{input_data['dl_relay']}}\\n")
+        out.flush()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_message_that_crashes_a_replica_every_time_is_the_one_dead_lettered(
+    tmp_path: Path, porchd: StartDaemon
+) -> None:
+    n = 60
+    record = Record(tmp_path / "received.txt")
+    folder = tmp_path / "cfg"
+    configs = [
+        write_pipeline(folder, "dl_numbers", COUNTER_SOURCE.format(n=10**9, pace_every=20,
+                       pace_s=0.01), targets=("dl_relay",)),
+        write_pipeline(folder, "dl_relay", CRASHING_RELAY, 1, ("dl_recorder",), replicas=1,
+                       restart_backoff_s=0),
+        write_pipeline(folder, "dl_recorder", RECORDER.format(path=str(record.path)), 1),
+    ]  # fmt: skip
+    daemon = porchd(*configs)
+    daemon.wait_until(lambda: record.newest() >= n, STEP_S, f"the recorder to get past {n}")
+    assert 13 not in record.counts
+    others = set(range(1, n + 1)) - {13}
+    assert others <= set(record.counts), f"missing {sorted(others - set(record.counts))}"
+    letters = daemon.state_dir / "dead-letter" / "dl_numbers.jsonl"
+    lines = letters.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1, lines
+    letter = json.loads(lines[0])
+    assert [pickle.loads(base64.b64decode(p)) for p in letter["payload_b64"]] == [13]
