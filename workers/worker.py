@@ -35,6 +35,7 @@ from workers.heartbeat import Counters, Heartbeat
 from workers.host import ScriptHost
 from workers.hotloop import HotLoop
 from workers.housekeeping import Housekeeping
+from workers.inbox import Inbox
 from workers.loop import MessageLoop
 from workers.outbox import DurableOutbox
 from workers.replicas import all_links
@@ -66,6 +67,26 @@ class WorkerOptions:
     def stop_budget_s(self) -> float:
         """How long a stopping worker may spend draining and waiting for acknowledgements."""
         return max(self.stop_timeout_s - STOP_MARGIN_S, self.stop_timeout_s / 2)
+
+
+def end_input(inbox: Inbox, finished: bool, replica: bool, pipeline: str) -> int:
+    """Acknowledge what was processed, and when our stream finished (porch.stop(), our
+    sources' end) what never will be: we are done with it; return how much that is. A replica
+    is one of several processes of its pipeline: what it leaves stays unacknowledged, so its
+    senders hand it to the other replicas once it is gone (workers/replicas.py)."""
+    if not finished:
+        inbox.flush_acks()
+        return 0
+    if replica:
+        left = inbox.fanin.depth()
+        inbox.flush_acks()
+        if left:
+            log.info("input_left_to_other_replicas", pipeline=pipeline, messages=left)
+        return left
+    left = inbox.discard_rest()
+    if left:
+        log.info("input_not_processed", pipeline=pipeline, messages=left)
+    return left
 
 
 class Worker:
@@ -251,12 +272,7 @@ class Worker:
     def _finish(self, outcome: WorkerState) -> None:
         finished = outcome is WorkerState.FINISHED
         if self.inbox is not None:
-            if finished:
-                left = self.inbox.discard_rest()
-                if left:
-                    log.info("input_not_processed", pipeline=self.name, messages=left)
-            else:
-                self.inbox.flush_acks()
+            end_input(self.inbox, finished, self.config.replica_of is not None, self.name)
         try:
             self._close_outputs(finished)
         except PorchError as exc:
