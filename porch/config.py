@@ -416,6 +416,9 @@ class _Checker:
                        "each value anew, so its input order is not carried through); remove "
                        "\"ordered\" or use fan_in \"all\"")  # fmt: skip
         if "replicas" in data:
+            if data.get("ordered") is True and not data.get("target_pipeline_names"):
+                self.warn("ordered", "does nothing without target_pipeline_names (it orders "
+                          "what this pipeline's targets receive); remove it")  # fmt: skip
             return
         for key in ("ordered", "partition_by"):
             if key in data and data[key] not in (False, None):

@@ -48,7 +48,8 @@ def _config(tmp_path: Path, **fields: object) -> Path:
 
 def test_replica_fields_are_read(tmp_path: Path) -> None:
     config, problems = check_config(_config(tmp_path, replicas=3, ordered=True,
-                                            partition_by="user"))  # fmt: skip
+                                            partition_by="user",
+                                            target_pipeline_names=["next"]))  # fmt: skip
     assert problems == [] and config is not None
     assert (config.replicas, config.replicated, config.ordered, config.partition_by) == (
         3, True, True, "user"
@@ -87,6 +88,13 @@ def test_a_target_naming_one_replica_is_told_to_name_its_pipeline(tmp_path: Path
         ("target_pipeline_names[0]", "'hasher#3f2a1c-0' is one replica of the pipeline "
          "'hasher': name the pipeline (its senders pick a replica for each value)"),
     ]  # fmt: skip
+
+
+def test_ordered_without_targets_is_a_warning(tmp_path: Path) -> None:
+    """`ordered` orders what the pipeline's targets receive: a last stage has none."""
+    config, problems = check_config(_config(tmp_path, replicas=2, ordered=True))
+    assert config is not None
+    assert [p.field for p in problems] == ["ordered"] and "target" in problems[0].message
 
 
 def test_ordered_without_replicas_is_a_warning(tmp_path: Path) -> None:
