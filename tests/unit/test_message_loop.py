@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from porch.config import OnError, PipelineConfig
 from porch.errors import ScriptError
@@ -25,7 +26,7 @@ from workers.deadletter import DeadLetters
 from workers.heartbeat import Counters
 from workers.inbox import Inbox, Undecodable
 from workers.onerror import ErrorPolicy
-from workers.waiting import TICK_S
+from workers.waiting import ACK_DELAY_MS, TICK_S
 from workers.worker import Worker, WorkerOptions
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_process_state")]
@@ -218,6 +219,42 @@ def test_a_wait_returns_when_a_signal_wakes_it_and_reads_the_wake_up(
     source.loop.waiter.wait(20_000)  # the test's timeout fails it if the byte does not wake it
     with pytest.raises(BlockingIOError):
         stops.wake_r.recv(1)  # read: the next wait blocks again
+
+
+class ScriptedPoller:
+    """A poller whose polls return what the test scripted, noting each timeout."""
+
+    def __init__(self, results: list[list[tuple[Any, int]]]) -> None:
+        self.results = results
+        self.timeouts: list[int] = []
+
+    def poll(self, timeout_ms: int) -> list[tuple[Any, int]]:
+        self.timeouts.append(timeout_ms)
+        return self.results.pop(0)
+
+
+def test_a_loop_fed_back_to_back_acknowledges_once_its_input_pauses(
+    made: list[Worker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stage = build(made, tmp_path, "def step(input_data):\n    return 1\n", sources=1)
+    inbox = stage.inbox
+    assert inbox is not None
+    flushed: list[bool] = []
+    monkeypatch.setattr(inbox, "flush_acks", lambda: flushed.append(True))
+    monkeypatch.setattr(inbox, "receive", lambda: None)
+    waiter = stage.loop.waiter
+    came: list[tuple[Any, int]] = [(inbox.link.socket, int(zmq.POLLIN))]
+    # idle: the acks go before the wait blocks (input came at once: it is streaming now)
+    poller = ScriptedPoller([came])
+    waiter.wait(1000, poller)  # type: ignore[arg-type]
+    assert (flushed, poller.timeouts) == ([True], [1000])
+    # input back to back: it waits ACK_DELAY_MS for more before it acknowledges
+    poller = ScriptedPoller([came, [], []])
+    waiter.wait(1000, poller)  # type: ignore[arg-type]
+    assert (flushed, poller.timeouts) == ([True], [ACK_DELAY_MS])
+    # the input paused: the acks go, then the wait blocks
+    waiter.wait(1000, poller)  # type: ignore[arg-type]
+    assert (flushed, poller.timeouts) == ([True, True], [ACK_DELAY_MS, ACK_DELAY_MS, 1000])
 
 
 # ---- ErrorPolicy --------------------------------------------------------------------------
