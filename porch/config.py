@@ -315,7 +315,10 @@ class _Checker:
         for key in data:
             if key not in _FIELDS:
                 known = ", ".join(_FIELDS)
-                self.error(key, f"unknown key; remove it (known keys: {known})")
+                lower = {k.lower().replace("_", ""): k for k in _FIELDS}
+                close = difflib.get_close_matches(key.lower().replace("_", ""), lower, n=1)
+                fix = f"did you mean {lower[close[0]]!r}?" if close else "remove it"
+                self.error(key, f"unknown key; {fix} (known keys: {known})")
                 ok = False
         for key, (required, types, human) in _FIELDS.items():
             if key not in data:

@@ -328,6 +328,17 @@ def test_unknown_key_is_named(folder: Path) -> None:
     assert line.startswith(f"{path}: sorce_pipeline_count: unknown key")
 
 
+@pytest.mark.parametrize(("typo", "meant"), [("replica", "replicas"),
+                                             ("partitionBy", "partition_by"),
+                                             ("order", "ordered")])  # fmt: skip
+def test_an_unknown_key_close_to_a_known_one_is_named_with_it(
+    folder: Path, typo: str, meant: str
+) -> None:
+    path = write_config(folder, dporch(**{typo: 2}))
+    line = only_problem(path)
+    assert line.startswith(f"{path}: {typo}: unknown key; did you mean {meant!r}? (known keys: ")
+
+
 def test_invalid_json_reports_line_and_column(folder: Path) -> None:
     path = folder / "bad.json"
     path.write_text('{\n  "name": "pipeline_a",\n  "scripts": ["step.py",]\n}\n', encoding="utf-8")
