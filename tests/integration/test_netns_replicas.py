@@ -84,8 +84,8 @@ class Graph:
     """PREFIX_src -> PREFIX_mid (replicas 2, the same config on both hosts) -> PREFIX_sink:
     the source and the sink on h1."""
 
-    def __init__(self, folder: Path, prefix: str, count: int, outbox: str = "memory") -> None:
-        self.folder, self.outbox = folder, outbox
+    def __init__(self, folder: Path, prefix: str, count: int) -> None:
+        self.folder = folder
         self.src, self.mid, self.sink = f"{prefix}_src", f"{prefix}_mid", f"{prefix}_sink"
         self.go, self.stop = folder / f"{prefix}.go", folder / f"{prefix}.stop"
         self.count = count
@@ -102,8 +102,7 @@ class Graph:
     def stage(self, host: str) -> str:
         """The one replicated config both hosts run (the same file content)."""
         return write(self.folder / host, self.mid, STAGE.format(source=self.src), replicas=2,
-                     source_pipeline_count=1, target_pipeline_names=[self.sink],
-                     outbox=self.outbox)  # fmt: skip
+                     source_pipeline_count=1, target_pipeline_names=[self.sink])  # fmt: skip
 
     def received(self, daemon: NetnsPorchd) -> list[tuple[str, int, int]]:
         """What the sink printed: (host folder, replica pid, value) per line."""
@@ -229,11 +228,11 @@ def test_a_host_that_comes_back_rejoins_the_pipeline(
 ) -> None:
     """h2's porchd killed, then started again (same daemon id, so the same replica names):
     its replicas are withdrawn, then used again, and the stream loses nothing. Killed right
-    after h2's first output, while a replica's link to the sink may still connect: what the
-    killed replicas had processed, acknowledged and not yet delivered is in their durable
-    outboxes, replayed by their next instances (a memory outbox would lose it)."""
+    after h2's first output, while a replica's link to the sink may still connect: a replica
+    acknowledges an input only once its output is acknowledged, so what died in a killed
+    replica's memory outbox is still held by the source and handed on."""
     h1, h2 = hosts
-    graph = Graph(tmp_path, "rj", 0, outbox="durable")
+    graph = Graph(tmp_path, "rj", 0)
     d1 = porchd_in(h1, *graph.h1(), name="j1", extra=BEACON)
     d2 = porchd_in(h2, graph.stage("h2"), name="j2", extra=BEACON)
     _, remote = graph.four(d1)
