@@ -19,7 +19,8 @@ group, in order).
   BYE goes to every replica at once. The close protocol waits for every replica's acks.
 - `partition_by`: a value goes to its key's replica (workers/routing.py), held for it while
   it is down. A value without the field is a step() error (on_error decides), naming the
-  field and the value's type.
+  field and the value's type; one emitted before the directory showed the replicas (too late
+  for on_error) goes by credit, said once (`partition_key_missing`, with how many).
 - `ordered`: each value handed to the group gets one more origin id, its order number
   (workers/routing.py); the receiver re-sequences the target's output by it and strips it.
 """
@@ -216,6 +217,17 @@ class TargetGroup:
             if self.keep is not None:
                 self.keep(link, payload, origin)
             link.force(FrameKind.DATA, payload, origin)
+        self.say_keyless()
+
+    def say_keyless(self) -> None:
+        """Say (once) that values emitted before the directory showed the replicas had no
+        partition_by key: too late for on_error, they went by credit."""
+        router = self.router
+        if router.keyless and router.keyless_error:
+            log.warning("partition_key_missing", pipeline=self.pipeline, target=self.target,
+                        field=router.partition_by, values=router.keyless,
+                        error=router.keyless_error, routed="by credit")  # fmt: skip
+            router.keyless_error = ""  # said: later ones are only counted
 
     # ---- routing (workers/routing.py) ----------------------------------------------------
 

@@ -66,6 +66,9 @@ class Router:
         self.aimed: OutputLink | None = None  # where aim() sent the next value
         self._loads = loads  # to find the key of a value that comes as bytes
         self._turn = 0
+        # values emitted before the directory showed the replicas, without the key: by credit
+        self.keyless = 0
+        self.keyless_error = ""  # why the first of them had no key (said once: see the group)
 
     def update(self, members: Iterable[OutputLink], live: list[OutputLink],
                partition_by: str | None) -> None:  # fmt: skip
@@ -113,6 +116,11 @@ class Router:
         try:
             key = partition_key(self._loads(payload), self.partition_by)
             return members[partition_index(key, len(members))]
+        except PartitionError as exc:  # its step() is long over: credit decides, said once
+            self.keyless += 1
+            if self.keyless == 1:
+                self.keyless_error = str(exc)
+            return None
         except Exception:  # it was routed once; if it cannot be now, credit decides
             return None
 

@@ -705,3 +705,25 @@ def test_what_the_link_dropped_before_the_target_showed_replicas_stays_counted(
     show(targets, {"work": {"state": "running", "endpoint": "inproc://work-again"}})
     assert isinstance(outputs[0], OutputLink)  # one process again (a reload): still counted
     assert heartbeat.report("running", "").dropped == 3
+
+
+def test_a_value_held_before_the_directory_without_the_partition_field_is_said(
+    ctx: Context,
+) -> None:
+    """A value emitted before the directory showed the replicas cannot go through on_error
+    any more (its step() returned long ago): it goes by credit, but loudly, once per group with
+    how many (porch run with a misspelled partition_by ended 0 with no word of it)."""
+    outputs: list[Output] = [sender(ctx)]
+    for seq in range(1, 4):
+        assert outputs[0].offer(FrameKind.DATA, [pickle.dumps({"n": seq})], seq)
+    replicas = [Replica(ctx, 0), Replica(ctx, 1)]
+    with capture_logs() as logs:
+        show(directory(outputs, loads=True),
+             {r.name: r.entry(partition_by="usr") for r in replicas})  # fmt: skip
+    for r in replicas:
+        r.read()
+    assert sum(len(r.values) for r in replicas) == 3  # none lost
+    said = [e for e in logs if e["event"] == "partition_key_missing"]
+    assert len(said) == 1 and said[0]["log_level"] == "warning", logs
+    assert said[0]["field"] == "usr" and said[0]["values"] == 3
+    assert "a dict without the key 'usr'" in said[0]["error"]
