@@ -9,6 +9,7 @@ These operate on one OutputLink (workers/links.py): its LinkSocket, SendQueue an
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING
 
 import zmq
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 log = logs.get("porch.worker")
 
 MAX_DELIVERY_ATTEMPTS = 3  # a message its target crashed on this often is dead-lettered
+HELLO_AGAIN_S = 5.0  # a link waiting this long for an ack on a live connection says HELLO again
 
 
 def connect(
@@ -104,6 +106,30 @@ def check_events(link: OutputLink, pipeline: str) -> None:
         connect(link, conn.endpoint, conn.instance, conn.key_id, force=True)
         conn.withdrawn_since, link.down = withdrawn_since, down
         return  # the old monitor is closed; the new socket reports on its own
+    hello_again(link, time.monotonic())
+
+
+def hello_again(link: OutputLink, now: float) -> None:
+    """An acknowledged link that holds sent messages and heard no ack for HELLO_AGAIN_S on a
+    connection that is up says HELLO again: the target acknowledges on the connection of the
+    HELLO it read last, which after a reconnect while it was not reading can be the dead one
+    (both HELLOs waited unread); ours again brings its acks back (it re-acknowledges what it
+    processed). Not after our BYE: the target let us go (a stopping source)."""
+    conn, outbox = link.conn, link.outbox
+    waiting = (
+        link.settings.acked
+        and conn.handshaken
+        and len(outbox) > outbox.unsent
+        and not link.end.said_bye
+    )
+    if not waiting or link.acked_seq != conn.quiet_ack:
+        conn.quiet_since, conn.quiet_ack = now, link.acked_seq
+        return
+    if now - conn.quiet_since < HELLO_AGAIN_S or conn.socket is None:
+        return
+    conn.quiet_since = now
+    with contextlib.suppress(zmq.ZMQError):
+        conn.socket.send(link.framer.headers.encode(FrameKind.HELLO, 0), zmq.NOBLOCK)
 
 
 def send_end_again(link: OutputLink) -> None:

@@ -244,6 +244,8 @@ class LinkSocket:
         self.handshaken = False  # the current socket completed a handshake
         self.withdrawn_since: float | None = None  # wall clock: discovery lost the target then
         self.reconnects = 0  # reopened after a dead connection or a rediscovery
+        self.quiet_since = 0.0  # monotonic: since when no ack came while we wait (linkpeer)
+        self.quiet_ack = 0  # ...the acked seq then
         self.handshakes_failed = 0
         self._next_handshake_log = 0.0
 
@@ -330,6 +332,7 @@ class StreamEnd:
     bye_pending: bool = False  # a BYE waits for the unsent messages it must follow
     unconfirmed: bool = False  # at-most-once: our EOS or BYE went out, not yet confirmed
     lost: bool = False  # ...and its connection dropped: send it again on the next one
+    said_bye: bool = False  # our BYE went out: the target may let us go
 
 
 class OutputLink:
@@ -553,6 +556,7 @@ class OutputLink:
             with contextlib.suppress(zmq.ZMQError):
                 sock.send(self.framer.headers.encode(FrameKind.BYE, 0), zmq.NOBLOCK)
                 self.end.bye_pending = False
+                self.end.said_bye = True
                 self.end.unconfirmed = not self.settings.acked
         # At-most-once forgets what ZeroMQ has, but for our EOS: it stays until the target
         # confirms it read it (Inbox._confirm_end), and so does the connection: over ipc://,

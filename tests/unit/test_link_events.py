@@ -3,6 +3,7 @@ failed CURVE handshakes are counted and logged on both ends; a dead connection i
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +15,10 @@ from structlog.testing import capture_logs
 from porch.control import WorkerState
 from porch.directory import DirectoryEntry
 from porch.security import KeyRing, LinkSecurity, new_key
-from porch.wire import FrameKind, HeaderEncoder, decode_prefix
+from porch.serializers import get
+from porch.wire import FrameKind, HeaderEncoder, decode_ack, decode_prefix
+from workers import linkpeer
+from workers.inbox import Inbox
 from workers.links import InputLink, LinkSettings, OutputLink
 from workers.replicas import follow
 
@@ -169,3 +173,61 @@ def test_a_target_the_directory_says_is_down_stays_down_when_its_connection_dies
         assert output.down
     finally:
         output.close(linger_ms=0)
+
+
+def test_a_link_waiting_for_acks_on_a_live_connection_says_hello_again(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target reads our messages but sends its acks to another connection of ours (an
+    older one whose HELLO it read last, after a reconnect while it was not reading): a full
+    link waits for acks forever on a healthy connection. A link that holds sent messages and
+    heard no ack for HELLO_AGAIN_S says HELLO again, which brings the acks back here; not
+    after its BYE (the target lets a stopping source go)."""
+    monkeypatch.setattr(linkpeer, "HELLO_AGAIN_S", 0.1)
+    inbox = Inbox(ctx, "127.0.0.1", name="sink", instance=99, expected=1, any_input=False,
+                  serializer=get("pickle"), limit=8)  # fmt: skip
+    headers = HeaderEncoder(1, 5, "source")
+    output = OutputLink(ctx, "sink", headers, LinkSettings(limit=3))
+    output.connect(inbox.endpoint, 99)
+    stale = ctx.socket(zmq.DEALER)
+    stale.linger = 0
+    try:
+        for n in range(3):
+            assert output.offer(FrameKind.DATA, [pickle.dumps(n)])
+        output.flush()
+
+        def queued() -> bool:
+            inbox.receive()
+            return inbox.fanin.depth() == 3
+
+        until(queued, "the values")
+        route = inbox.sources["source"].route
+        stale.connect(inbox.endpoint)
+        stale.send(headers.encode(FrameKind.HELLO, 0))  # read late: the acks go there
+        until(lambda: inbox.receive() or inbox.sources["source"].route != route, "stale hello")
+        for _ in range(3):
+            inbox.commit(inbox.take()[1])
+        inbox.flush_acks()
+
+        def acked() -> bool:
+            output.check_events("source")
+            output.read_acks(decode_ack)
+            inbox.receive()  # reads the HELLO again, acknowledges what it processed
+            return output.acked_seq == 3
+
+        until(acked, "the acks on the link's connection")
+        sent = output.conn.socket
+        assert output.offer(FrameKind.DATA, [pickle.dumps(3)])  # held: never processed
+        output.say_bye()
+        until(lambda: inbox.receive() or "source" in inbox.departed, "the bye")
+        hellos = []
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            output.check_events("source")
+            for message in inbox.link.receive(16):
+                hellos.append(decode_prefix(message[1])[0].kind is FrameKind.HELLO)
+        assert output.conn.socket is sent and not any(hellos)
+    finally:
+        stale.close()
+        output.close(linger_ms=0)
+        inbox.close()
