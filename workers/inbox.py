@@ -44,6 +44,7 @@ from porch.serializers import BY_ID, Serializer, decode_failure
 from porch.stream import SKIP
 from porch.wire import (
     HELLO_NO_ACKS,
+    HELLO_REPLAY,
     FrameKind,
     Header,
     HeaderEncoder,
@@ -112,6 +113,7 @@ class SourceState:
     order: str | None = None  # a replica's: the order stream its values carry ("#" + NAME)
     reorder: Reorder | None = None  # NAME's re-sequencer (None: the ids are only stripped)
     resumed: bool = False  # its first message here followed some acknowledged before we started
+    replaying: bool = False  # it said it replays what an earlier instance of ours was sent
 
     @property
     def processed(self) -> int:
@@ -587,6 +589,7 @@ class Inbox:
         else:
             self.departed.discard(header.sender)
             source.wants_acks = not header.seq & HELLO_NO_ACKS
+            source.replaying = bool(header.seq & HELLO_REPLAY)
             # the same source on a new connection (it reopened its link after a cut): acks go
             # there now, and what was acknowledged on the dead one may never have arrived
             source.route = route
@@ -663,9 +666,10 @@ class Inbox:
             self._ack(source)
 
     @property
-    def careful(self) -> bool:
-        """Whether a source's messages are still acknowledged one by one (after our start)."""
-        return any(source.careful for source in self.sources.values())
+    def resuming(self) -> bool:
+        """Whether a source that replays what an earlier instance of ours was sent (we
+        restarted: maybe we crashed on it) is still acknowledged one by one."""
+        return any(source.careful and source.replaying for source in self.sources.values())
 
     def flush_acks(self) -> None:
         """Acknowledge everything consumed (and ends whose data is all consumed)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from porch import logs
-from porch.wire import HELLO_NO_ACKS, FrameKind, decode_ack
+from porch.wire import HELLO_NO_ACKS, HELLO_REPLAY, FrameKind, decode_ack
 
 if TYPE_CHECKING:
     from workers.links import OutputLink
@@ -58,9 +58,8 @@ def connect(
     sock = conn.open(endpoint, instance, key_id, link.settings)
     # an at-most-once sender must not be acked: unread acks in its TCP receive buffer
     # would make the kernel reset the connection (losing the tail) when it exits
-    sock.send(
-        link.framer.headers.encode(FrameKind.HELLO, 0 if link.settings.acked else HELLO_NO_ACKS)
-    )
+    flags = (0 if link.settings.acked else HELLO_NO_ACKS) | (HELLO_REPLAY if restarted else 0)
+    sock.send(link.framer.headers.encode(FrameKind.HELLO, flags))
     link.gone = link.down = False
     if restarted:  # it acks one by one after a restart; its crashes on our head count
         link.replayed += outbox.held

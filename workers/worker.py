@@ -177,13 +177,20 @@ class Worker:
         return deferred
 
     def _settle(self) -> bool:
-        """While a source's messages are acknowledged one by one (after our start), take one
-        input at a time, each once the outputs of the one before are acknowledged (up to
-        SETTLE_S; after a timeout, no more waits): a message we crash on every time is then
-        the oldest its sender has not seen acknowledged, the one it dead-letters after a few
-        crashes. Whether to take one input at a time."""
+        """While a source that replays what an earlier instance of ours was sent (HELLO_REPLAY)
+        is acknowledged one by one, take one input at a time, each once the outputs of the one
+        before are acknowledged (up to SETTLE_S; after a timeout, no more waits): a message we
+        crash on every time is then the oldest its sender has not seen acknowledged, the one
+        it dead-letters after a few crashes (a fresh start takes its input at full speed: a
+        crash there costs one more delivery). Whether to take one input at a time. Otherwise,
+        with inputs waiting, read the acks now (a busy loop reads them every TICK_S only, and
+        our sources wait for ours)."""
         deferred, inbox = self.deferred, self.inbox
-        if not self._settling or inbox is None or deferred is None or not inbox.careful:
+        if inbox is None or deferred is None:
+            return False
+        if not self._settling or not inbox.resuming:
+            if deferred.held:
+                self._read_acks()
             return False
         if deferred.held:
             self.loop.flush_outputs()
