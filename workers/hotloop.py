@@ -26,6 +26,7 @@ from porch.serializers import SerializationError
 from porch.stream import SKIP, clear_stop_request, stop_requested
 from porch.wire import Origin
 from workers.inbox import Inbox
+from workers.links import OutputLink
 from workers.loop import FLUSH_INTERVAL_S, MessageLoop
 from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH
 
@@ -100,23 +101,29 @@ class HotLoop:
             if loop.ended or clock() - started >= FLUSH_INTERVAL_S:
                 break  # (after_step may have ended the stream too)
         finished = clock()
-        self._emit_own(items)
-        if finished - loop.last_flush >= FLUSH_INTERVAL_S:
-            loop.after_iteration()  # a slow step(): its value leaves now, the bookkeeping after
+        if finished - loop.last_flush >= FLUSH_INTERVAL_S:  # a slow step(): its value leaves
+            self._emit_own(items, now=True)  # now, the bookkeeping after
+            loop.after_iteration()
+        else:
+            self._emit_own(items)
         loop.step_time((finished - started) / max(done, 1))
         loop.counters.iterations += done
         if failed is not None:
             loop.step_failed(failed, None, ())
         return True
 
-    def _emit_own(self, items: list[bytes]) -> None:
-        """Send a burst of a stamping pipeline's values: its next origin seqs, in order."""
+    def _emit_own(self, items: list[bytes], now: bool = False) -> None:
+        """Send a burst of a stamping pipeline's values: its next origin seqs, in order
+        (`now`: a value alone goes straight to a plain target's socket, no batch)."""
         if not items:
             return
         loop = self.loop
         origins = self.emitter.own_origins(len(items))
         for link in loop.outputs:
-            link.extend(items, origins)
+            if now and len(items) == 1 and type(link) is OutputLink:
+                link.send_one(items[0], origins[0])
+            else:
+                link.extend(items, origins)
         loop.counters.msgs_out += len(items)
         items.clear()
 

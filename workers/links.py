@@ -502,6 +502,18 @@ class OutputLink:
             if self.batch.full():
                 self.flush()
 
+    def send_one(self, item: bytes, origin: Origin | int) -> None:
+        """One small serialized value (at most BATCH_ITEM_MAX bytes) out at once, the message
+        a batch of one would be, without gathering it (a slow loop's value: the idle path);
+        `origin` as for offer(); the caller checked room()."""
+        if self.gone or self.batch:
+            self.extend([item], [origin])
+            self.flush()
+            return
+        self.seq += 1
+        self.outbox.append(self.framer.single(FrameKind.DATA, self.seq, [item], origin, len(item)))
+        self.pump()
+
     def flush(self) -> None:
         """Send the batch now, and whatever else ZeroMQ will take."""
         self._close_batch()

@@ -93,3 +93,26 @@ def test_at_most_once_link_is_delivered_once_the_target_confirms_its_end(
     confirm(target, link.seq)
     assert read_until(link, lambda: link.delivered)
     assert not link.outbox
+
+
+def test_a_value_sent_at_once_is_the_message_a_batch_of_one_is(ctx: Context) -> None:
+    """send_one (a slow source's idle path) puts on the wire what extend + flush of one value
+    does: the same frames, seqs and origins; behind a gathering batch it keeps the order."""
+    link, target = linked(ctx, LinkSettings())
+    link.extend([b"first"], range(1, 2))
+    link.flush()
+    link.send_one(b"second", 2)
+    link.extend([b"third"], range(3, 4))
+    link.send_one(b"fourth", 4)  # a batch is gathering: it goes behind it, in order
+    got = []
+    while len(got) < 4 and target.poll(2000):  # the hello, then three messages
+        got.append(target.recv_multipart()[1])
+    assert [frame.endswith(b"second") for frame in got] == [False, False, True, False]
+    batched, direct = OutputLink(ctx, "x", HeaderEncoder(1, 5, "source"), LinkSettings()), got[2]
+    batched.stream = ("source", 1)
+    batched.seq = 1
+    batched.extend([b"second"], range(2, 3))
+    batched._close_batch()
+    assert direct == batched.outbox[0].frames[0]
+    assert link.seq == 4 and link.held == 4 and link.unsent == 0
+    assert [m.seq for m in link.outbox] == [1, 2, 4]  # the last: a batch of two (3, 4)
