@@ -377,8 +377,10 @@ def test_without_signatures_a_flood_stays_bounded_and_empties_again(
 
 
 def unix_sockets(daemon: Porchd) -> list[Path]:
-    """The ipc:// input sockets of the daemon's workers, in its run folder (under TMPDIR)."""
-    return sorted(daemon.home.glob("porch-run-*/*.in"))
+    """The ipc:// input sockets of the daemon's workers, in its run folder (under TMPDIR, or
+    /tmp when TMPDIR is too long for them)."""
+    return sorted({*daemon.home.glob("porch-run-*/*.in"),
+                   *Path("/tmp").glob(f"porch-run-{daemon.proc.pid}-*/*.in")})  # fmt: skip
 
 
 def tcp_links_to(daemon: Porchd, port: int) -> list[object]:
