@@ -189,8 +189,10 @@ class Worker:
         if inbox is None or deferred is None:
             return False
         if not self._settling or not inbox.resuming:
-            if deferred.held:
-                self._read_acks()
+            if deferred.held:  # (a durable outbox's rows go at the next tick)
+                for link in self.outputs:
+                    link.read_acks(decode_ack)
+                deferred.release()
             return False
         if deferred.held:
             self.loop.flush_outputs()
