@@ -19,7 +19,12 @@ taken from since it was sealed is sealed again against every link as it is now (
 went to them).
 
 Used by a replica with at-least-once delivery and targets, that does not stamp its own origins
-(fan_in any: a feedback loop whose stages each waited for the others' acks could stall).
+(fan_in any: a feedback loop whose stages each waited for the others' acks could stall). An
+idle replica holding commits also wakes on its targets' acks (Waiter.deferred), a busy one reads
+them every burst. While a source replays to it what an earlier instance of it was sent (HELLO
+flag HELLO_REPLAY: it restarted, perhaps crashing on one of them), it takes one input at a time,
+each once the one before is acknowledged (Worker._settle, up to 1 s): the message it crashes on
+every time is then its sender's oldest unacknowledged one, the one the sender dead-letters.
 """
 
 from __future__ import annotations

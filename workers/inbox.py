@@ -1,10 +1,11 @@
 """The input side of a worker: the bound socket, per-source dedup, fan-in and acknowledgements.
 
-A source's messages are acknowledged once an iteration has consumed them (cumulative acks,
-batched: every `ack_every` messages, and whenever the worker goes idle; fed back to back, once
-its input pauses for 1 ms: workers/waiting.py). Right after a worker
-starts it acknowledges each message on its own, so that if it crashes on one, the sender's
-oldest unacknowledged message is exactly that one (and is dead-lettered after a few crashes).
+A source's messages are acknowledged once an iteration has consumed them (a replica's that
+sends on: once their outputs are acknowledged, workers/deferred.py), cumulative and batched:
+every `ack_every` messages, and whenever the worker goes idle; fed back to back, once its input
+pauses for 1 ms: workers/waiting.py. Right after a worker starts it acknowledges each message
+on its own, so that if it crashes on one, the sender's oldest unacknowledged message is exactly
+that one (and is dead-lettered after a few crashes).
 An acknowledgement covers every seq below the oldest one still queued or being processed.
 
 Duplicates die here twice over: by link sequence (a replay of this link) and by origin (a
