@@ -6,7 +6,8 @@ partition_by is stable, ordered numbers every value once, the EOS reaches every 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from structlog.testing import capture_logs
 
 from porch.serializers import get
 from porch.wire import FrameKind, HeaderEncoder, decode_batch, decode_prefix, run_origins
-from workers.links import LinkSettings, OutputLink
+from workers.links import InputLink, LinkSettings, OutputLink
 from workers.replicas import Output, TargetGroup, links_of
 from workers.routing import PartitionError, partition_index
 from workers.targets import TargetDirectory, TargetWatch
@@ -727,3 +728,65 @@ def test_a_value_held_before_the_directory_without_the_partition_field_is_said(
     assert len(said) == 1 and said[0]["log_level"] == "warning", logs
     assert said[0]["field"] == "usr" and said[0]["values"] == 3
     assert "a dict without the key 'usr'" in said[0]["error"]
+
+
+def test_a_replica_whose_connection_died_gets_what_it_holds_again(ctx: Context) -> None:
+    """As a plain link (test_link_events): a replica's connection found dead (heartbeats: it
+    stopped reading, or a cut) is reopened by the group at once: HELLO, then everything that
+    replica has not acknowledged, on the new connection."""
+    inputs = [InputLink(ctx, "127.0.0.1", 16), InputLink(ctx, "127.0.0.1", 16)]
+    outputs: list[Output] = [sender(ctx)]
+    targets = directory(outputs)
+    show(targets, {name(k): {"state": "running", "endpoint": link.endpoint, "instance": 1}
+                   for k, link in enumerate(inputs)})  # fmt: skip
+    group = group_of(outputs)
+    for n in range(4):  # two each, in turn
+        assert group.offer(FrameKind.DATA, [value(n)], n + 1)
+        group.flush()
+    victim = group.links[name(0)]
+    first: list[list[bytes]] = []
+
+    def received(into: InputLink, wanted: int) -> Callable[[], bool]:
+        def check() -> bool:
+            group.check_events("src")
+            first.extend([bytes(f) for f in m[1:]] for m in into.receive(16))
+            return len(first) >= wanted and victim.handshaken
+
+        return check
+
+    wait_for(received(inputs[0], 3), "hello and two values")  # nothing acknowledged
+    held = victim.held
+    endpoint = inputs[0].endpoint
+    inputs[0].socket.close(linger=0)  # the connection dies; the replica is back where it was
+    inputs[0].close()
+    again = ctx.socket(zmq.ROUTER)
+    again.setsockopt(zmq.LINGER, 0)
+
+    def bound() -> bool:  # ZeroMQ closes the old listener in its I/O thread, a moment later
+        try:
+            again.bind(endpoint)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    wait_for(bound, "the endpoint free again")
+    revived = InputLink.__new__(InputLink)
+    revived.socket, revived.monitor = again, None
+    replayed, first[:] = list(first), []
+    kinds = [decode_prefix(m[0])[0].kind for m in replayed]
+    assert kinds == [FrameKind.HELLO, FrameKind.DATA, FrameKind.DATA]  # one HELLO: no ack is late
+    try:
+        wait_for(received(revived, len(replayed)), "hello and the values again")
+        assert first == replayed and victim.reconnects == 1 and victim.held == held == 2
+        assert decode_prefix(first[0][0])[0].kind is FrameKind.HELLO
+    finally:
+        group.close(linger_ms=0)
+        again.close(linger=0)
+        inputs[1].close()
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + 10.0
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
