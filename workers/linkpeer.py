@@ -121,10 +121,11 @@ def hello_again(link: OutputLink, now: float) -> None:
         and len(outbox) > outbox.unsent
         and not link.end.said_bye
     )
-    if not waiting or link.acked_seq != conn.quiet_ack:
+    since = conn.quiet_since
+    if since is None or not waiting or link.acked_seq != conn.quiet_ack:
         conn.quiet_since, conn.quiet_ack = now, link.acked_seq
         return
-    if now - conn.quiet_since < HELLO_AGAIN_S or conn.socket is None:
+    if now - since < HELLO_AGAIN_S or conn.socket is None:
         return
     conn.quiet_since = now
     with contextlib.suppress(zmq.ZMQError):

@@ -244,7 +244,7 @@ class LinkSocket:
         self.handshaken = False  # the current socket completed a handshake
         self.withdrawn_since: float | None = None  # wall clock: discovery lost the target then
         self.reconnects = 0  # reopened after a dead connection or a rediscovery
-        self.quiet_since = 0.0  # monotonic: since when no ack came while we wait (linkpeer)
+        self.quiet_since: float | None = None  # monotonic: no ack came since (linkpeer)
         self.quiet_ack = 0  # ...the acked seq then
         self.handshakes_failed = 0
         self._next_handshake_log = 0.0
@@ -261,6 +261,7 @@ class LinkSocket:
             self.security.client(sock, key_id)  # CURVE client of the target's key
         self.monitor = sock.get_monitor_socket(LINK_EVENTS)
         self.handshaken = False
+        self.quiet_since = None  # a new connection: its HELLO is new
         sock.connect(endpoint)
         self.socket, self.endpoint, self.instance, self.key_id = sock, endpoint, instance, key_id
         self.withdrawn_since = None

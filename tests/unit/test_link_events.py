@@ -231,3 +231,30 @@ def test_a_link_waiting_for_acks_on_a_live_connection_says_hello_again(
         stale.close()
         output.close(linger_ms=0)
         inbox.close()
+
+
+def test_hello_again_only_after_a_quiet_period_from_the_first_look(ctx: Context) -> None:
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    output = OutputLink(ctx, "sink", HeaderEncoder(1, 5, "source"), LinkSettings())
+    output.connect(f"tcp://127.0.0.1:{port}", 9)
+    kinds: list[FrameKind] = []
+
+    def read(timeout_ms: int) -> None:
+        while router.poll(timeout_ms):
+            kinds.append(decode_prefix(router.recv_multipart()[1])[0].kind)
+
+    try:
+        assert output.offer(FrameKind.DATA, [b"v"])
+        output.flush()
+        until(lambda: output.check_events("source") or output.handshaken, "the handshake")
+        output.check_events("source")
+        read(200)
+        assert kinds == [FrameKind.HELLO, FrameKind.DATA]  # not at once: nothing is late yet
+        linkpeer.hello_again(output, time.monotonic() + linkpeer.HELLO_AGAIN_S)
+        read(200)
+        assert kinds[2:] == [FrameKind.HELLO]
+    finally:
+        output.close(linger_ms=0)
+        router.close()
