@@ -4,13 +4,16 @@ go in order, and values taken out of a link to go to another keep their inputs w
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 
 import pytest
 import zmq
 
-from porch.wire import FrameKind, HeaderEncoder
+from porch.serializers import get
+from porch.wire import HELLO_REPLAY, FrameKind, HeaderEncoder, decode_ack, encode_header
 from workers.deferred import DeferredAcks
+from workers.inbox import Inbox
 from workers.links import LinkSettings, OutputLink
 
 pytestmark = pytest.mark.timeout(20)
@@ -144,3 +147,36 @@ def test_holds_names_the_deferred_seqs_of_one_source_instance(ctx: Context) -> N
     acks.release()
     acks.defer(3, 1)
     assert acks.holds(1) == {1, 3} and acks.holds(2) == {2}
+
+
+def test_an_inbox_with_a_deferral_acknowledges_upstream_once_the_outputs_are(
+    ctx: Context,
+) -> None:
+    inbox = Inbox(ctx, "127.0.0.1", name="work#abc123-0", instance=99, expected=1,
+                  any_input=False, serializer=get("pickle"), limit=8)  # fmt: skip
+    peer = ctx.socket(zmq.DEALER)
+    peer.linger = 0
+    peer.connect(inbox.endpoint)
+    RECEIVERS.append(peer)
+    out = link_to(ctx, "next")
+    acks = DeferredAcks(lambda: [out], inbox.apply_commit, inbox.flush_acks)
+    inbox.deferral = acks
+    try:
+        peer.send(encode_header(FrameKind.HELLO, 1, 1, HELLO_REPLAY, "source"))
+        peer.send(encode_header(FrameKind.DATA, 1, 1, 1, "source") + pickle.dumps("v"))
+        while not inbox.fanin.depth():
+            assert inbox.link.socket.poll(2000), "nothing arrived"
+            inbox.receive()
+        assert inbox.resuming, "a source replaying to a restarted replica, still careful"
+        _, taken, _, _ = inbox.take()
+        send(out, 1)  # the input's output
+        inbox.commit(taken)
+        inbox.flush_acks()
+        assert acks.release() == 0
+        assert not peer.poll(100), "acknowledged before its output was"
+        out.ack(1)
+        assert acks.release() == 1
+        assert peer.poll(2000)
+        assert decode_ack(peer.recv()) == 1
+    finally:
+        inbox.close()
