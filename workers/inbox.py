@@ -393,7 +393,7 @@ class Inbox:
         self.counters = InboxCounters()
         self.intake = Intake(self.fanin, self.counters, serializer)
         self._careful = limit
-        self._ack_every = max(1, limit // 4)
+        self._ack_every = max(1, limit // 2)
         self._acks = HeaderEncoder(0, instance, name)
         self._fill = any_input and expected > 1  # sets name every source (None: no value)
         self.deferral: Deferral | None = None  # a replica's end-to-end acks (deferred.py)
