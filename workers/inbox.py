@@ -590,7 +590,8 @@ class Inbox:
         else:
             self.departed.discard(header.sender)
             source.wants_acks = not header.seq & HELLO_NO_ACKS
-            source.replaying = bool(header.seq & HELLO_REPLAY)
+            if header.seq & HELLO_REPLAY:  # (a HELLO again on a stuck link says nothing of it)
+                source.replaying = True
             # the same source on a new connection (it reopened its link after a cut): acks go
             # there now, and what was acknowledged on the dead one may never have arrived
             source.route = route
@@ -603,6 +604,7 @@ class Inbox:
             log.info("source_restarted", pipeline=self.name, source=header.sender)
         source.instance = header.instance
         source.received = source.acked = source.eos_seq = 0
+        source.replaying = False
         # what the old instance left queued is still processed, but its sequence numbers
         # mean nothing to the new instance: they must never be acknowledged to it
         self._owners.pop(source.generation, None)

@@ -180,3 +180,28 @@ def test_an_inbox_with_a_deferral_acknowledges_upstream_once_the_outputs_are(
         assert decode_ack(peer.recv()) == 1
     finally:
         inbox.close()
+
+
+def test_a_hello_again_keeps_a_replaying_source_replaying_a_new_instance_does_not(
+    ctx: Context,
+) -> None:
+    inbox = Inbox(ctx, "127.0.0.1", name="work#abc123-0", instance=99, expected=1,
+                  any_input=False, serializer=get("pickle"), limit=8)  # fmt: skip
+    peer = ctx.socket(zmq.DEALER)
+    peer.linger = 0
+    peer.connect(inbox.endpoint)
+    RECEIVERS.append(peer)
+    try:
+        for instance, flags in ((1, HELLO_REPLAY), (1, 0)):  # then linkpeer's hello_again
+            peer.send(encode_header(FrameKind.HELLO, 1, instance, flags, "source"))
+        peer.send(encode_header(FrameKind.DATA, 1, 1, 1, "source") + pickle.dumps("v"))
+        while not inbox.fanin.depth():
+            assert inbox.link.socket.poll(2000), "nothing arrived"
+            inbox.receive()
+        assert inbox.resuming
+        peer.send(encode_header(FrameKind.HELLO, 1, 2, 0, "source"))  # the source restarted
+        while inbox.resuming:
+            assert inbox.link.socket.poll(2000), "no HELLO arrived"
+            inbox.receive()
+    finally:
+        inbox.close()
