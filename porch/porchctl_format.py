@@ -80,7 +80,8 @@ def replica_count(pipeline: PipelineStatus) -> str:
     if not total:
         return ""
     same = sum(r.state == pipeline.state for r in pipeline.replicas)
-    return f" ({total} replicas)" if same == total else f" ({same}/{total} replicas)"
+    word = "replica" if total == 1 else "replicas"
+    return f" ({total} {word})" if same == total else f" ({same}/{total} {word})"
 
 
 def _rows(p: PipelineStatus) -> list[list[str]]:
@@ -176,7 +177,7 @@ def format_remote(result: Status) -> str:
             continue
         hosts = ", ".join(dict.fromkeys(r.host for r in members))
         rows.append([name, hosts, derived_state(r.state for r in members) +
-                     f" ({len(members)} replicas)", "-", "-",
+                     f" ({len(members)} replica{'' if len(members) == 1 else 's'})", "-", "-",
                      "yes" if any(r.used for r in members) else "no"])  # fmt: skip
         rows += [_remote_row(r, "  ") for r in members]
     widths = [max(len(row[i]) for row in rows) for i in range(len(REMOTE_HEADERS))]

@@ -47,7 +47,9 @@ class Row:
     @property
     def label(self) -> str:
         """The name, with how many replicas run it: `hash (2 replicas)`."""
-        return f"{self.name} ({len(self.replicas)} replicas)" if self.replicas else self.name
+        count = len(self.replicas)
+        word = "replica" if count == 1 else "replicas"
+        return f"{self.name} ({count} {word})" if self.replicas else self.name
 
     @property
     def average_per_s(self) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -330,3 +331,12 @@ def test_discovery_says_which_names_conflict_and_which_replicas_disagree() -> No
     assert conflict == "CONFLICT: dup is announced by local, 10.0.0.2"
     assert differ == ("REPLICAS DIFFER: hash: ordered=true partition_by=none on local; "
                       "ordered=false partition_by=none on 10.0.0.2")  # fmt: skip
+
+
+def test_one_replica_is_said_in_the_singular() -> None:
+    from porch.porchctl_format import replica_count
+
+    one = SimpleNamespace(state="running", replicas=[SimpleNamespace(state="running")])
+    assert replica_count(one) == " (1 replica)"  # type: ignore[arg-type]
+    two = SimpleNamespace(state="running", replicas=[SimpleNamespace(state="running")] * 2)
+    assert replica_count(two) == " (2 replicas)"  # type: ignore[arg-type]
