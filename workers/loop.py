@@ -7,11 +7,11 @@ common cases run per burst (workers/hotloop.py), which falls back to the per-mes
 here for the unusual (an exception, a value that travels alone, undecodable input), and
 async steps run concurrently (workers/concurrent.py); both use this class's parts.
 
-A busy loop coalesces its output for up to FLUSH_INTERVAL_S (adaptive batching: an idle or
-slow loop sends each value at once). A stopping worker takes input for a moment from live
-sources, and until the stop deadline what stopped sources sent (they wait for its
-acknowledgement); a live upstream replays what was not acknowledged.
-"""
+A busy loop coalesces its output for up to FLUSH_INTERVAL_S (adaptive batching: an idle or slow
+loop sends each value at once), a stage with a backlog of input for up to BACKLOG_FLUSH_S. A
+stopping worker takes input for a moment from live sources, and until the stop deadline what
+stopped sources sent (they wait for its acknowledgement); a live upstream replays what was not
+acknowledged."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ from workers.sockets import WorkerSockets
 from workers.waiting import POLL_MS, Waiter
 
 FLUSH_INTERVAL_S = 0.0002  # a busy loop sends its batched output at least this often
+# ... unless more input is queued behind it (a backlog): then at least this often (its values
+# wait in the queue anyway; one frame per slow step() costs every process on the path a wake-up)
+BACKLOG_FLUSH_S = 0.01
 STEP_SAMPLE_EVERY = 8  # time one step() in 8: timing every one costs ~9% of a fast loop
 
 
