@@ -116,12 +116,15 @@ class Router:
         try:
             key = partition_key(self._loads(payload), self.partition_by)
             return members[partition_index(key, len(members))]
-        except PartitionError as exc:  # its step() is long over: credit decides, said once
+        except Exception as exc:  # its step() is long over: credit decides, counted, said once
             self.keyless += 1
             if self.keyless == 1:
-                self.keyless_error = str(exc)
-            return None
-        except Exception:  # it was routed once; if it cannot be now, credit decides
+                self.keyless_error = (
+                    str(exc)
+                    if isinstance(exc, PartitionError)
+                    else f"a value held before the replicas were known cannot be decoded or "
+                    f"keyed again ({type(exc).__name__}: {exc})"
+                )
             return None
 
     def target(self, payload: list[Any]) -> OutputLink | None:
