@@ -30,6 +30,7 @@ from porch.wire import Origin
 from workers.inbox import Inbox
 from workers.links import OutputLink
 from workers.loop import BACKLOG_FLUSH_S, FLUSH_INTERVAL_S, MessageLoop
+from workers.scheduler import PairRun
 from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH
 
 __all__ = ["FLUSH_INTERVAL_S", "HotLoop"]
@@ -219,6 +220,8 @@ class HotLoop:
                 return False  # a live upstream keeps what we did not acknowledge
             if step is None or inbox.undecodable or (loop.settle is not None and loop.settle()):
                 loop.take_one(inbox)
+            elif (run := fanin.pairs()) is not None and (budget := self.budget()):
+                self._join_burst(inbox, run, budget)
             else:
                 values, taken, origin, marked = inbox.take()
                 if marked:  # filtered out upstream, or a join partner that never comes
@@ -238,6 +241,72 @@ class HotLoop:
             if clock() - loop.last_flush >= FLUSH_INTERVAL_S:
                 loop.after_iteration()
         return True
+
+    def _join_burst(self, inbox: Inbox, run: PairRun, budget: int) -> None:
+        """Up to `budget` complete pairs of a two-source join (workers/scheduler.py PairRun)
+        through the script's own step(), as run_sets does one by one: a pair with a marker
+        passes the marker on; the outputs are gathered and handed to the links at once."""
+        loop = self.loop
+        step = self.step
+        assert step is not None
+        commit, dumps_one, clock = inbox.commit_one, self.dumps_one, time.perf_counter
+        sends = bool(loop.outputs)
+        items: list[bytes] = []
+        origins: list[Origin] = []
+        (one, two), firsts, seconds = run.names, run.firsts, run.seconds
+        start = run.start
+        stop = min(len(firsts), start + budget)
+        started = clock()
+        done = 0
+        index = start
+        while index < stop:
+            first, second = firsts[index], seconds[index]
+            index += 1
+            origin = first[2]  # (the pair's own id: both have it)
+            if first[1] is SKIP or second[1] is SKIP:  # a marker: no step(), pass it on
+                inbox.counters.unpaired = inbox.fanin.unpaired
+                if sends:
+                    items.append(b"")
+                    origins.append(origin)
+                commit(first[0], first[3])
+                commit(second[0], second[3])
+                continue
+            inputs = {one: first[1], two: second[1]}
+            try:
+                output = step(inputs)
+            except (Exception, SystemExit) as exc:
+                self._emit(items, origins)
+                loop.step_failed(loop.host.failure(exc), inputs, origin)
+            else:
+                done += 1
+                if not sends:
+                    pass
+                elif output is SKIP:
+                    items.append(b"")
+                    origins.append(origin)
+                elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
+                    items.append(item)
+                    origins.append(origin)
+                else:  # it travels alone (or fails: on_error decides), in its place
+                    self._emit(items, origins)
+                    done -= 1  # after_step counts it
+                    loop.after_step(output, inputs, origin)
+            commit(first[0], first[3])
+            commit(second[0], second[3])
+            if stop_requested():
+                clear_stop_request()
+                loop.ended = True
+                break
+            if loop.ended or inbox.undecodable:
+                break
+            # (with more pairs waiting, its outputs go together for up to BACKLOG_FLUSH_S)
+            if clock() - started >= (BACKLOG_FLUSH_S if index < len(firsts) else FLUSH_INTERVAL_S):
+                break
+        inbox.fanin.took_pairs(run, index - start)
+        if done:
+            loop.step_time((clock() - started) / done)
+        self._emit(items, origins)
+        loop.counters.iterations += done
 
     def _emit(self, items: list[bytes], origins: list[Origin]) -> None:
         """Send gathered values (and markers: b"") of a stage, with their inputs' origins."""

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
+import operator
 from collections import deque
 from collections.abc import Callable, Set
 from dataclasses import dataclass, field
@@ -45,6 +47,9 @@ Inputs = dict[str, UserValue]  # one input set's values by source name (step()'s
 
 OLD_EPOCHS = 16  # epochs of one origin pipeline remembered per source (restarts of it)
 UNPAIRED: Item = (0, SKIP, (), None)  # the place of a partner that will never come
+_ORIGIN = operator.itemgetter(2)
+_VALUE = operator.itemgetter(1)
+_STREAM = operator.itemgetter(0)
 
 
 class TooManySources(Exception):
@@ -148,6 +153,7 @@ class FanIn:
     @property
     def unpaired(self) -> int:
         """Values dropped: a partner was filtered out upstream or never came."""
+        self._aligner.drain()
         return self._aligner.unpaired
 
     @property
@@ -162,6 +168,18 @@ class FanIn:
         item = self._only.popleft()
         return {self._only_name: item}
 
+    def pairs(self) -> PairRun | None:
+        """The oldest complete sets, if they are a run of pairs (an aligned join of two
+        sources): take them with took_pairs()."""
+        if self.pairing is not Pairing.ALIGNED:
+            return None
+        self._aligner.drain()
+        return self._aligner.pairs()
+
+    def took_pairs(self, run: PairRun, count: int) -> None:
+        """The oldest `count` sets of `run` (from pairs()) were taken."""
+        self._aligner.took_pairs(run, count)
+
     def single(self) -> tuple[str, deque[Any]]:
         """One expected source: its name and its queue (items leave it from the left)."""
         return self._only_name, self._only
@@ -171,7 +189,7 @@ class FanIn:
         if self.pairing is Pairing.FIFO or self.pairing is Pairing.ANY:
             return self._queues[source].append
         if self.pairing is Pairing.ALIGNED:
-            return functools.partial(self._aligner.align, source)
+            return self._aligner.appender(source)
         return functools.partial(self.push, source)
 
     @property
@@ -192,6 +210,7 @@ class FanIn:
             group.ended.discard(source)  # a restarted replica starts a new stream
             source = name
         if source in self._queues:
+            self._aligner.drain()  # (what came before is aligned as the source was)
             self._ended.discard(source)  # a restarted source starts a new stream
             return
         if len(self._queues) >= self.expected:
@@ -239,6 +258,7 @@ class FanIn:
             if self.pairing is Pairing.UNDECIDED and self.ready_to_decide():
                 self._decide()
             return
+        self._aligner.drain()
         self._aligner.align(source, item)
 
     def end(self, source: str) -> None:
@@ -257,6 +277,7 @@ class FanIn:
             self._end(source)
 
     def _end(self, source: str) -> None:
+        self._aligner.drain()
         if self.before_end is not None and source in self._replicas:
             self.before_end(source)
         self._ended.add(source)
@@ -274,7 +295,10 @@ class FanIn:
         """Whether an input set can be taken now."""
         pairing = self.pairing
         if pairing is Pairing.ALIGNED:
-            return bool(self._aligner.sets)
+            aligner = self._aligner
+            if aligner.log:
+                aligner.drain()
+            return bool(aligner.sets)
         queues = self._queues
         if pairing is Pairing.ANY:
             return any(queues.values())
@@ -287,6 +311,7 @@ class FanIn:
     def pop(self) -> Taken:
         """Take one input set's items by source (only `ready()` ones; SKIP items are markers)."""
         if self.pairing is Pairing.ALIGNED:
+            self._aligner.drain()
             return self._aligner.pop()
         queues = self._queues
         if len(queues) > 1 or self.any_input:
@@ -300,6 +325,7 @@ class FanIn:
         if self.any_input:
             return len(self._ended) >= self.expected and not any(self._queues.values())
         if self.pairing is Pairing.ALIGNED:
+            self._aligner.drain()
             return self._aligner.exhausted()
         return any(not self._queues[name] for name in self._ended)
 
@@ -307,6 +333,7 @@ class FanIn:
         """How many values of `source` (of every replica of it) wait."""
         source = pipeline_of(source)
         if self.pairing is Pairing.ALIGNED:
+            self._aligner.drain()
             return self._aligner.counts.get(source, 0)
         queue = self._queues.get(source)
         return len(queue) if queue is not None else 0
@@ -314,6 +341,7 @@ class FanIn:
     def depth(self) -> int:
         """How many values are queued across all sources."""
         if self.pairing is Pairing.ALIGNED:
+            self._aligner.drain()
             return sum(self._aligner.counts.values())
         return sum(len(q) for q in self._queues.values())
 
@@ -348,6 +376,19 @@ class FanIn:
             self._aligner.sweep(name)
 
 
+class PairRun:
+    """Complete sets of two sources, in order: `firsts[i]` and `seconds[i]` (the sources'
+    items in the order the gate lists its sources) make one set; `start` is the next one."""
+
+    __slots__ = ("firsts", "names", "seconds", "start")
+
+    def __init__(self, names: tuple[str, str], firsts: list[Item], seconds: list[Item]) -> None:
+        self.names = names
+        self.firsts = firsts
+        self.seconds = seconds
+        self.start = 0
+
+
 class Aligner:
     """An ALIGNED gate: pairs the values of several sources by their id in the aligned origin
     pipelines (see the module docstring), whatever order they arrive in."""
@@ -362,14 +403,22 @@ class Aligner:
         self._pending: dict[str, dict[Key, Any]] = {}
         self._first = ""  # two sources: the one that connected first (sets list it first)
         self._frontiers: dict[str, _Frontier] = {}
-        self.sets: deque[Taken] = deque()  # complete sets, ready to be taken
+        self.sets: deque[Taken | PairRun] = deque()  # complete sets, ready to be taken
         self.counts: dict[str, int] = {}  # values waiting per source
+        # Two sources aligned on one pipeline (a diamond) queue their values unaligned, in
+        # `arrivals`, and `log` says in which order runs of them came (source, index of its
+        # first value in arrivals[source]); drain() aligns them before anything looks at the
+        # gate, as if each value had been aligned as it came, whole runs at a time.
+        self.lazy = False
+        self.arrivals: dict[str, deque[Item]] = {}
+        self.log: list[tuple[str, int]] = []
 
     def connect(self, source: str, *, interleaved: bool = False) -> None:
         """Register a new source (`interleaved`: a replicated one)."""
         self._pending[source] = {}
         self._frontiers[source] = _Interleaved() if interleaved else _Frontier()
         self.counts[source] = 0
+        self.arrivals[source] = deque()
 
     def start(self, aligned_on: tuple[str, ...]) -> None:
         """Pair by the ids of these origin pipelines from now on."""
@@ -379,10 +428,129 @@ class Aligner:
             (first, one), (second, two) = self._pending.items()
             self._partner = {first: (second, two), second: (first, one)}
             self._first = next(iter(self.queues))
+            plain = all(type(f) is _Frontier for f in self._frontiers.values())
+            self.lazy = self._one is not None and plain
+
+    def appender(self, source: str) -> Callable[[Any], None]:
+        """What queues a run of `source`'s values (one call per run; valid until the next
+        call on the gate)."""
+        if not self.lazy:
+            return functools.partial(self.align, source)
+        arrivals = self.arrivals[source]
+        self.log.append((source, len(arrivals)))
+        return arrivals.append
+
+    def drain(self) -> None:
+        """Align what `appender` queued, in the order it came."""
+        log = self.log
+        if not log:
+            return
+        arrivals = self.arrivals
+        runs: list[tuple[str, int]] = []
+        ends: dict[str, int] = {}
+        for source, first in reversed(log):
+            runs.append((source, ends.get(source, len(arrivals[source])) - first))
+            ends[source] = first
+        log.clear()
+        for source, count in reversed(runs):
+            if not count:
+                continue
+            queued = arrivals[source]
+            if count == len(queued):
+                items = list(queued)
+                queued.clear()
+            else:
+                items = [queued.popleft() for _ in range(count)]
+            self._align_run(source, items)
+
+    def _align_run(self, source: str, items: list[Item]) -> None:
+        """Align a run of `source`'s values as align() would one by one; whole runs at once
+        where their ids come in order in one stream: after the partner's same ids (pairs), or
+        ahead of the partner (they wait)."""
+        keys = list(map(_ORIGIN, items))
+        other_name, other = self._partner[source]
+        own = self._pending[source]
+        stream = keys[0][0] if len(keys[0]) == 2 else None
+        if (
+            len(items) < 2
+            or stream is None
+            or stream[0] != self._one
+            or set(map(len, keys)) != {2}
+            or set(map(_STREAM, keys)) != {stream}
+            or not all(map(operator.lt, keys, keys[1:]))  # (one stream: by seq)
+            or (own and not own.keys().isdisjoint(keys))
+        ):
+            for item in items:
+                self.align(source, item)
+            return
+        frontier = self._frontiers[source]
+        matched = min(len(items), len(other))
+        if matched and list(itertools.islice(other, matched)) != keys[:matched]:
+            matched = 0  # (not the partner's next ids: one by one)
+        if matched > 1:  # the partner's oldest values, in order: pairs
+            paired = matched - 1  # (the last one goes through align(): it may sweep)
+            mates = list(map(other.pop, keys[:paired]))
+            frontier.advance_one(stream, keys[paired - 1][1])
+            self.counts[source] += paired
+            ours = items[:paired]
+            if source == self._first:
+                self._add_pairs(ours, mates, (source, other_name))
+            else:
+                self._add_pairs(mates, ours, (other_name, source))
+        if matched:
+            self.align(source, items[matched - 1])
+            items, keys = items[matched:], keys[matched:]
+            if not items:
+                return
+        if other or other_name in self.ended or self._frontiers[other_name].passed(keys[0]):
+            for item in items:
+                self.align(source, item)
+            return
+        # ahead of the partner: they wait (none is passed: the partner is behind the first)
+        own.update(zip(keys, items, strict=True))
+        frontier.advance_one(stream, keys[-1][1])
+        self.counts[source] += len(items)
+
+    def _add_pairs(self, firsts: list[Item], seconds: list[Item], names: tuple[str, str]) -> None:
+        """Complete sets, in order (a set with a marker in it counts its value as unpaired)."""
+        marker = id(SKIP)
+        if marker in set(map(id, map(_VALUE, firsts))) or marker in set(
+            map(id, map(_VALUE, seconds))
+        ):
+            for one, two in zip(firsts, seconds, strict=True):
+                if (one[1] is SKIP) is not (two[1] is SKIP):
+                    self.unpaired += 1
+        self.sets.append(PairRun(names, firsts, seconds))
+
+    def pairs(self) -> PairRun | None:
+        """The oldest complete sets if they are a run of pairs (take them with took_pairs)."""
+        sets = self.sets
+        if sets:
+            head = sets[0]
+            if type(head) is PairRun:
+                return head
+        return None
+
+    def took_pairs(self, run: PairRun, count: int) -> None:
+        """`count` sets of `run` (the oldest ones) were taken."""
+        run.start += count
+        first, second = run.names
+        counts = self.counts
+        counts[first] -= count
+        counts[second] -= count
+        if run.start >= len(run.firsts):
+            self.sets.popleft()
 
     def pop(self) -> Taken:
         """The oldest complete set."""
+        head = self.sets[0]
+        if type(head) is PairRun:
+            index = head.start
+            (first, second), one, two = head.names, head.firsts[index], head.seconds[index]
+            self.took_pairs(head, 1)
+            return {first: one, second: two}
         taken = self.sets.popleft()
+        assert type(taken) is dict
         for name, item in taken.items():
             if item is not UNPAIRED:
                 self.counts[name] -= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from typing import Any
 
@@ -62,3 +63,88 @@ def test_an_ended_source_releases_what_waits_for_it_and_exhausts_the_gate() -> N
     gate.sweep("c")
     assert values(gate.pop()) == {"b": "b1", "c": SKIP}
     assert gate.exhausted()
+
+
+def lazy_aligner(*sources: str) -> tuple[Aligner, set[str]]:
+    made, ended = aligner(*sources)
+    assert made.lazy  # two plain sources aligned on one pipeline
+    return made, ended
+
+
+def test_runs_queued_unaligned_pair_on_drain_as_the_values_would_one_by_one() -> None:
+    gate, _ = lazy_aligner("b", "c")
+    for source in ("b", "c"):
+        push = gate.appender(source)
+        for seq in range(1, 6):
+            push(item(f"{source}{seq}", seq))
+    assert gate.log and not gate.sets
+    run = gate.pairs()  # (the caller drains first: FanIn does)
+    assert run is None
+    gate.drain()
+    run = gate.pairs()
+    assert run is not None and run.names == ("b", "c")
+    assert [values(gate.pop()) for _ in range(5)] == [
+        {"b": f"b{seq}", "c": f"c{seq}"} for seq in range(1, 6)
+    ]
+    assert not gate.sets and gate.counts == {"b": 0, "c": 0}
+
+
+def random_runs(rng: random.Random, source: str) -> list[list[tuple[Any, ...]]]:
+    """A source's values in runs, as a link would bring them: ids in order within an epoch
+    of `pipeline_a` (gaps: filtered out for good), a restart's new epoch, markers, now and
+    then a value of two origin pipelines or of none of the aligned one."""
+    runs: list[list[tuple[Any, ...]]] = []
+    epoch, seq = 7, 0
+    for _ in range(rng.randrange(3, 12)):
+        run: list[tuple[Any, ...]] = []
+        for _ in range(rng.randrange(1, 9)):
+            roll = rng.random()
+            if roll < 0.03:
+                epoch, seq = epoch + 1, 0  # the origin pipeline restarted
+            seq += 1 if rng.random() < 0.85 else rng.randrange(2, 4)
+            value = SKIP if rng.random() < 0.1 else f"{source}{epoch}.{seq}"
+            origin: tuple[Any, ...] = (("pipeline_a", epoch), seq)
+            if roll > 0.97:
+                origin += (("pipeline_x", 1), seq)
+            elif 0.95 < roll <= 0.97:
+                origin = (("pipeline_x", 1), seq)
+            run.append((seq, value, origin, 0))
+        runs.append(run)
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_lazy_runs_release_the_same_sets_as_aligning_each_value(seed: int) -> None:
+    rng = random.Random(seed)
+    plan = {name: random_runs(rng, name) for name in ("b", "c")}
+    events: list[tuple[str, Any]] = []
+    while plan["b"] or plan["c"]:
+        name = rng.choice([n for n in ("b", "c") if plan[n]])
+        events.append(("run", (name, plan[name].pop(0))))
+        if rng.random() < 0.3:
+            events.append(("look", None))
+    if rng.random() < 0.5:
+        events.append(("end", rng.choice(["b", "c"])))
+    events.append(("look", None))
+    eager, eager_ended = aligner("b", "c")
+    lazy, lazy_ended = lazy_aligner("b", "c")
+    got: dict[str, list[Any]] = {"eager": [], "lazy": []}
+    for kind, what in events:
+        if kind == "run":
+            name, run = what
+            push = lazy.appender(name)
+            for value in run:
+                eager.align(name, value)
+                push(value)
+        elif kind == "end":
+            lazy.drain()
+            for gate, ended in ((eager, eager_ended), (lazy, lazy_ended)):
+                ended.add(what)
+                gate.sweep(what)
+        lazy.drain()
+        for label, gate in (("eager", eager), ("lazy", lazy)):
+            while gate.sets:
+                got[label].append(gate.pop())
+        assert got["lazy"] == got["eager"]
+        assert lazy.unpaired == eager.unpaired and lazy.counts == eager.counts
+    assert lazy.exhausted() == eager.exhausted()

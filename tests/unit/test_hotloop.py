@@ -11,7 +11,7 @@ import pytest
 
 from porch.config import PipelineConfig
 from porch.stream import SKIP
-from porch.wire import FrameKind, HeaderEncoder, decode_batch, decode_prefix
+from porch.wire import FrameKind, HeaderEncoder, decode_batch, decode_prefix, encode_batch
 from workers.hotloop import HotLoop
 from workers.worker import Worker, WorkerOptions
 
@@ -161,3 +161,62 @@ def test_a_join_runs_its_sets_and_passes_a_marker_for_a_set_without_a_partner(
         assert all(source.processed == 3 for source in inbox.sources.values())
     finally:
         join.sockets.ctx.destroy(linger=0)
+
+
+JOIN_BURST = """
+import porch
+def step(input_data):
+    b, c = input_data["b"], input_data["c"]
+    if b == 4:
+        raise ValueError("four")
+    if b == 5:
+        return porch.SKIP
+    return b + c
+"""
+
+
+def joined(tmp_path: Path, name: str, burst: bool) -> tuple[list[tuple[object, object]], Worker]:
+    """A join fed batches of b and c (ids 1..8 of `a`; b filtered 3 out), run by run_sets
+    (`burst`: in runs of pairs, else one set at a time as the regular path does)."""
+    join = worker(tmp_path / name, "join", JOIN_BURST, sources=2)
+    inbox = join.inbox
+    assert inbox is not None
+    stream = ("a", 4)
+    for name_, values in (("b", [1, 2, SKIP, 4, 5, 6, 7, 8]), ("c", [10, 20, 30, 40, 50, 60])):
+        headers = HeaderEncoder(1, 9, name_)
+        inbox._accept([name_.encode(), headers.encode(FrameKind.HELLO, 0)])
+        for first in range(0, len(values), 3):  # batches of 3, b's and c's in turn
+            chunk = values[first : first + 3]
+            payloads = [b"" if v is SKIP else pickle.dumps(v) for v in chunk]
+            head = headers.encode_data(FrameKind.DATA_BATCH, first + 1,
+                                       [(len(chunk), (stream, first + 1))])  # fmt: skip
+            inbox._accept([name_.encode(), encode_batch(head, payloads)])
+    hot = HotLoop(join.loop)
+    bursts = []
+    if burst:
+        run_pairs = hot._join_burst
+        hot._join_burst = lambda *args: bursts.append(run_pairs(*args))  # type: ignore[method-assign]
+    else:
+        hot.step = None  # every set through MessageLoop.take_one
+    assert hot.run_sets(inbox)
+    assert bool(bursts) == burst  # (the first values align one by one: they decide how)
+    return sent(join), join
+
+
+def test_a_join_burst_runs_pairs_as_the_regular_path_runs_sets(tmp_path: Path) -> None:
+    (tmp_path / "burst").mkdir()
+    (tmp_path / "regular").mkdir()
+    got, burst = joined(tmp_path, "burst", True)
+    want, regular = joined(tmp_path, "regular", False)
+    try:
+        # 3 was filtered out on b's side, 4 raised (on_error skip), 5 returned SKIP: markers;
+        # 7 and 8 wait for their partners
+        assert got == want == [(11, 1), (22, 2), (SKIP, 3), (SKIP, 4), (SKIP, 5), (66, 6)]
+        for made in (burst, regular):
+            assert made.counters.iterations == 4 and made.counters.skipped == 1
+            assert made.inbox is not None and made.inbox.counters.unpaired == 1
+            assert [s.processed for s in made.inbox.sources.values()] == [6, 6]
+            assert made.inbox.fanin.queued("b") == 2 and made.inbox.fanin.queued("c") == 0
+    finally:
+        burst.sockets.ctx.destroy(linger=0)
+        regular.sockets.ctx.destroy(linger=0)
