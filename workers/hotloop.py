@@ -249,7 +249,7 @@ class HotLoop:
         loop = self.loop
         step = self.step
         assert step is not None
-        commit, dumps_one, clock = inbox.commit_one, self.dumps_one, time.perf_counter
+        commit, clock = inbox.commit_one, time.perf_counter
         sends = bool(loop.outputs)
         items: list[bytes] = []
         origins: list[Origin] = []
@@ -279,18 +279,8 @@ class HotLoop:
                 loop.step_failed(loop.host.failure(exc), inputs, origin)
             else:
                 done += 1
-                if not sends:
-                    pass
-                elif output is SKIP:
-                    items.append(b"")
-                    origins.append(origin)
-                elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
-                    items.append(item)
-                    origins.append(origin)
-                else:  # it travels alone (or fails: on_error decides), in its place
-                    self._emit(items, origins)
-                    done -= 1  # after_step counts it
-                    loop.after_step(output, inputs, origin)
+                if sends and not self._gather(output, inputs, origin, items, origins):
+                    done -= 1  # (after_step counted it)
             commit(first[0], first[3])
             commit(second[0], second[3])
             if stop_requested():
@@ -307,6 +297,23 @@ class HotLoop:
             loop.step_time((clock() - started) / done)
         self._emit(items, origins)
         loop.counters.iterations += done
+
+    def _gather(
+        self, output: Any, inputs: Any, origin: Origin, items: list[bytes], origins: list[Origin]
+    ) -> bool:
+        """Add a stage's output (SKIP: a marker, b"") to the gathered ones; False when it went
+        through the regular path instead (it travels alone, or fails: on_error decides)."""
+        if output is SKIP:
+            items.append(b"")
+            origins.append(origin)
+        elif (item := self.dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
+            items.append(item)
+            origins.append(origin)
+        else:  # in its place: what was gathered goes first
+            self._emit(items, origins)
+            self.loop.after_step(output, inputs, origin)
+            return False
+        return True
 
     def _emit(self, items: list[bytes], origins: list[Origin]) -> None:
         """Send gathered values (and markers: b"") of a stage, with their inputs' origins."""
