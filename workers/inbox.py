@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import functools
 import itertools
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
+
+import zmq
 
 from porch import logs
 from porch.errors import WireError
@@ -44,6 +47,7 @@ from porch.security import LinkSecurity
 from porch.serializers import BY_ID, Serializer, decode_failure
 from porch.stream import SKIP
 from porch.wire import (
+    HEADER_SIZE,
     HELLO_NO_ACKS,
     HELLO_REPLAY,
     FrameKind,
@@ -133,6 +137,28 @@ class SourceState:
                 window[stream] = seq
                 new = True
         return not new
+
+
+_SEQ = struct.Struct("!Q")
+SEQ_AT = 12  # where a header's seq is (porch/wire.py's layout)
+_ONE_TAIL = struct.Struct("!IIBBQ")  # an origins section's one run of one id (porch/wire.py)
+_FAILED = object()
+
+
+@dataclass
+class LoneForm:
+    """What a plain source's lone DATA frames look like (Inbox.receive_lone): the bytes
+    before the seq (version, kind, serializer, name length, instance), those between it and
+    the origin seq (the name, the one-stream origins table, the run's count and width),
+    where the payload starts; what they mean."""
+
+    prefix: bytes
+    middle: bytes
+    payload_at: int
+    source: SourceState
+    instance: int
+    stream: Stream
+    loads: Callable[[Any], Any]
 
 
 def _one_frame(loads: Callable[[Sequence[Any]], Any]) -> Callable[[Any], Any]:
@@ -397,6 +423,7 @@ class Inbox:
         self._acks = HeaderEncoder(0, instance, name)
         self._fill = any_input and expected > 1  # sets name every source (None: no value)
         self.deferral: Deferral | None = None  # a replica's end-to-end acks (deferred.py)
+        self._lone: LoneForm | None = None  # the last lone DATA frame's form (receive_lone)
 
     @property
     def undecodable(self) -> int:
@@ -423,6 +450,111 @@ class Inbox:
                 self.counters.bad_frames += 1
                 log.warning("bad_frame_dropped", pipeline=self.name, reason=str(exc),
                             total=self.counters.bad_frames)  # fmt: skip
+
+    def receive_lone(self) -> Item | None:
+        """Receive what woke an idle stage (the idle path: one value, nothing queued).
+
+        A lone DATA message (nothing else waiting) next in the stream of the source whose
+        frames it looks like (LoneForm: the same sender, instance, serializer and origin
+        stream as that source's last one), on its connection, of a new origin, that decodes,
+        is taken as accept_one() would take it, but returned instead of queued: the caller
+        runs it at once and commits it. Anything else is received
+        and queued as receive() does (then None)."""
+        sock = self.link.socket
+        try:
+            route = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        message: list[Any] = [route]
+        while sock.getsockopt(zmq.RCVMORE):
+            message.append(sock.recv() if len(message) < 2 else sock.recv(copy=False).buffer)
+        more = cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+        lone = len(message) == 2 and not more
+        form = self._lone
+        if lone and form is not None:
+            frame = message[1]
+            if frame.startswith(form.prefix) and frame.startswith(form.middle, HEADER_SIZE):
+                item = self._take_lone(form, route, frame)
+                if item is not None:
+                    return item
+                lone = False  # its form is known: something else sent it the regular way
+        self._accept_logged(message)
+        if lone:
+            self._learn(message[1])
+        if more:
+            self.receive()
+        return None
+
+    def _take_lone(self, form: LoneForm, route: bytes, frame: bytes) -> Item | None:
+        """The value of a frame of `form`, taken as accept_one() would (receive_lone), or
+        None (nothing changed) when the regular path must take it."""
+        source = form.source
+        if (
+            len(frame) <= form.payload_at  # a skip marker
+            or route != source.route
+            or source.instance != form.instance
+            or self.departed
+            or self.fanin.ready()  # (one source: its queue is empty)
+        ):
+            return None
+        (seq,) = _SEQ.unpack_from(frame, SEQ_AT)
+        (origin_seq,) = _SEQ.unpack_from(frame, form.payload_at - 8)
+        stream = form.stream
+        window = source.window
+        if seq != source.received + 1 or origin_seq <= window.get(stream, 0):
+            return None  # past a gap, or a duplicate
+        try:
+            value = form.loads(memoryview(frame)[form.payload_at :])
+        except Exception:  # the regular path makes it an Undecodable
+            return None
+        source.received = seq
+        if stream in window:
+            window[stream] = origin_seq
+        else:
+            source.seen((stream, origin_seq))
+        source.open.append(seq)
+        self.counters.msgs_in += 1
+        return seq, value, (stream, origin_seq), source.generation
+
+    def _learn(self, frame: bytes) -> None:
+        """Remember the form of a plain source's lone DATA frame (receive_lone), if it is
+        one: one value of one origin id, its payload in the header's frame."""
+        try:
+            header, end = decode_prefix(frame)
+        except WireError:
+            return
+        source = self.sources.get(header.sender)
+        runs = header.origins
+        if (
+            header.kind is not FrameKind.DATA
+            or source is None
+            or source.replays is not None
+            or source.order is not None
+            or len(runs) != 1
+            or runs[0][0] != 1
+            or len(runs[0][1]) != 2
+            or len(frame) <= end
+            or source.instance != header.instance
+        ):
+            return
+        stream, origin_seq = runs[0][1]
+        if _ONE_TAIL.unpack_from(frame, end - _ONE_TAIL.size) != (1, 1, 1, 0, origin_seq):
+            return
+        serializer = BY_ID.get(header.serializer)
+        if serializer is None or self.intake._refusal(serializer, header.sender):
+            return
+        loads = serializer.loads_one or _one_frame(serializer.loads)
+        prefix, middle = frame[:SEQ_AT], frame[HEADER_SIZE : end - 8]
+        self._lone = LoneForm(prefix, middle, end, source, header.instance, stream, loads)
+
+    def _accept_logged(self, message: list[bytes]) -> None:
+        """_accept(), a bad message dropped and counted."""
+        try:
+            self._accept(message)
+        except WireError as exc:
+            self.counters.bad_frames += 1
+            log.warning("bad_frame_dropped", pipeline=self.name, reason=str(exc),
+                        total=self.counters.bad_frames)  # fmt: skip
 
     def _accept(self, message: list[bytes]) -> None:
         if len(message) < 2:

@@ -30,6 +30,7 @@ from workers.heartbeat import Counters
 from workers.host import ScriptHost
 from workers.housekeeping import Housekeeping
 from workers.inbox import Inbox, Undecodable
+from workers.lone import LoneStage
 from workers.onerror import ErrorPolicy
 from workers.outbox import DurableOutbox
 from workers.signals import StopSignals
@@ -45,6 +46,9 @@ STEP_SAMPLE_EVERY = 8  # time one step() in 8: timing every one costs ~9% of a f
 
 class Bursts(Protocol):
     """The per-burst loops (workers/hotloop.py's HotLoop), built once the scripts are loaded."""
+
+    step: Callable[..., Any] | None  # the script's own step() (ScriptHost.direct_step)
+    takes_input: bool
 
     def source_burst(self, left: int | None) -> bool: ...
 
@@ -199,6 +203,9 @@ class MessageLoop:
             self.iterate(dict.fromkeys(fanin.sources))
         one = fanin.expected == 1 and not fanin.any_input
         run = bursts.run_queue if one else bursts.run_sets
+        lone = None  # a value that arrives alone runs as it is received (workers/lone.py)
+        if one and bursts.step is not None and bursts.takes_input:
+            lone = LoneStage(self, inbox, bursts.step)
         while not self.ended:
             if self.stopping and not self.draining(inbox):
                 return  # a live upstream keeps what we did not acknowledge and replays it
@@ -212,4 +219,4 @@ class MessageLoop:
             elif self.stopping and inbox.quiet():
                 return  # everything that was sent has been processed
             else:  # input that makes a set is run before the housekeeping (latency)
-                self.waiter.wait(POLL_MS, ready=fanin.ready)
+                self.waiter.wait(POLL_MS, ready=fanin.ready, lone=lone)

@@ -78,11 +78,14 @@ class Waiter:
         timeout_ms: int,
         poller: zmq.Poller | None = None,
         ready: Callable[[], bool] | None = None,
+        lone: Callable[[], None] | None = None,
     ) -> None:
         """Block until input, a control message, an ack or a signal arrives, or the timeout.
 
         `ready`: whether the input received makes an input set; then the caller runs it at
-        once and does the housekeeping after it (the acks and the tick wait, the value not)."""
+        once and does the housekeeping after it (the acks and the tick wait, the value not).
+        `lone`: receives input that woke the loop alone, and runs a value that came alone at
+        once (workers/lone.py), before the housekeeping."""
         self._flush()  # about to idle: nothing may wait in a batch
         inbox = self.inbox
         if poller is None and self.deferred is not None and self.deferred():
@@ -110,7 +113,10 @@ class Waiter:
             if self.control.socket in events:
                 self.house.on_control()
         if inbox is not None and inbox.link.socket in events:
-            inbox.receive()
+            if only_input and lone is not None:
+                lone()
+            else:
+                inbox.receive()
             if only_input and ready is not None and ready():
                 return
         self._read_acks()
