@@ -1,0 +1,137 @@
+"""The idle path of a one-source stage (workers/lone.py): Inbox.receive_lone takes a value
+that arrives alone as accept_one would and returns it instead of queuing it; anything else
+takes the regular path. Driven by a DEALER peer on loopback in-process."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from porch.serializers import get
+from porch.wire import FrameKind, decode_ack, encode_header
+from workers.inbox import Inbox, Undecodable
+from workers.scheduler import Item
+
+pytestmark = pytest.mark.timeout(30)
+
+A = ("a", 5)  # the origin stream of the values (pipeline a, epoch 5)
+
+
+@pytest.fixture
+def wired() -> Iterator[tuple[Inbox, zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    inbox = Inbox(ctx, "127.0.0.1", name="sink", instance=99, expected=1, any_input=False,
+                  serializer=get("pickle"), limit=8)  # fmt: skip
+    peer = ctx.socket(zmq.DEALER)
+    peer.linger = 0
+    peer.connect(inbox.endpoint)
+    yield inbox, peer
+    peer.close()
+    inbox.close()
+    ctx.term()
+
+
+def hello(peer: zmq.Socket[bytes], instance: int = 1) -> None:
+    peer.send(encode_header(FrameKind.HELLO, 1, instance, 0, "source"))
+
+
+def data(
+    peer: zmq.Socket[bytes], seq: int, origin_seq: int, value: object, instance: int = 1
+) -> None:
+    header = encode_header(FrameKind.DATA, 1, instance, seq, "source", [(1, (A, origin_seq))])
+    peer.send(header + (value if isinstance(value, bytes) else pickle.dumps(value)))
+
+
+def lone(inbox: Inbox) -> Item | None:
+    """What receive_lone gives once the next message is there."""
+    assert inbox.link.socket.poll(5000), "nothing arrived"
+    return inbox.receive_lone()
+
+
+def acks(peer: zmq.Socket[bytes]) -> list[int]:
+    found = []
+    while peer.poll(100):
+        seq = decode_ack(peer.recv())
+        assert seq is not None
+        found.append(seq)
+    return found
+
+
+def started(inbox: Inbox, peer: zmq.Socket[bytes]) -> None:
+    """HELLO and a first value: taken the regular way (queued), which teaches the inbox the
+    form of this source's lone frames; the value is processed and committed."""
+    hello(peer)
+    assert lone(inbox) is None  # the HELLO
+    data(peer, 1, 1, "v1")
+    assert lone(inbox) is None
+    values, taken, origin, _ = inbox.take()
+    assert (values, origin) == ({"source": "v1"}, (A, 1))
+    inbox.commit(taken)
+    assert acks(peer) == [1]
+
+
+def test_a_value_that_arrives_alone_is_returned_not_queued_and_acknowledged_on_commit(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    inbox, peer = wired
+    started(inbox, peer)
+    for seq in (2, 3):
+        data(peer, seq, seq, {"n": seq})
+        item = lone(inbox)
+        assert item is not None
+        got_seq, value, origin, generation = item
+        assert (got_seq, value, origin) == (seq, {"n": seq}, (A, seq))
+        assert not inbox.fanin.ready()
+        inbox.commit_one(got_seq, generation)
+        assert acks(peer) == [seq]  # careful at the start: one by one, as the regular path
+    assert inbox.counters.msgs_in == 3
+    assert inbox.sources["source"].window[A] == 3
+
+
+def test_a_replayed_origin_and_a_repeated_seq_are_duplicates_as_on_the_regular_path(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    inbox, peer = wired
+    started(inbox, peer)
+    data(peer, 1, 1, "v1 again")  # the same link seq
+    assert lone(inbox) is None
+    data(peer, 2, 1, "v1 re-derived")  # a new seq, an origin we have
+    assert lone(inbox) is None
+    assert inbox.counters.duplicates == 2
+    assert not inbox.fanin.ready()
+    data(peer, 3, 2, "v2")
+    item = lone(inbox)
+    assert item is not None and item[1] == "v2"
+
+
+def test_a_value_that_does_not_decode_is_queued_as_undecodable(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    inbox, peer = wired
+    started(inbox, peer)
+    data(peer, 2, 2, b"\x80\x05not a pickle")
+    assert lone(inbox) is None
+    assert inbox.undecodable == 1
+    values, _, origin, _ = inbox.take()
+    assert isinstance(values["source"], Undecodable) and origin == (A, 2)
+
+
+def test_a_value_past_a_gap_and_one_of_a_new_instance_take_the_regular_path(
+    wired: tuple[Inbox, zmq.Socket[bytes]],
+) -> None:
+    inbox, peer = wired
+    started(inbox, peer)
+    data(peer, 5, 5, "v5")  # seqs 2-4 dropped by the sender (drop_oldest): queued
+    assert lone(inbox) is None
+    assert inbox.take()[0] == {"source": "v5"}
+    hello(peer, instance=2)  # the source restarted
+    assert lone(inbox) is None
+    data(peer, 1, 6, "v6", instance=2)
+    assert lone(inbox) is None  # another form (the instance is in it): queued, learned
+    assert inbox.take()[0] == {"source": "v6"}
+    data(peer, 2, 7, "v7", instance=2)
+    item = lone(inbox)
+    assert item is not None and item[:3] == (2, "v7", (A, 7))
