@@ -21,11 +21,26 @@ The i-th message of a run has `width` ids, each (stream, first seq + i). A sourc
 A DATA message (or batch item) with an empty payload is a skip marker: the value of that origin
 was filtered out upstream (porch.SKIP, on_error skip); it travels in the value's place so that
 a join can drop the partner it will never get. Serializers never produce an empty payload.
+
+A DATA_BATCH frame carries, after its header, `count u32 | count x length u32 | payloads`, in
+one of two layouts:
+- separate (the PICKLED bit of count clear): the payloads one after another, each a value's
+  serialized frame (length 0: a skip marker);
+- pickled (PICKLED set; every value a protocol-3 pickle, as porch.serializers' dumps_one makes
+  small plain values): the payloads region is itself one pickle of the list of the values,
+  `PROTO 3 | MARK | body 1 ... body n | LIST | STOP`, body i being value i's pickle without its
+  2-byte PROTO and its STOP (a skip marker's body is NONE, its length 0). Protocol 3 numbers its
+  memo explicitly (BINPUT i) and each body writes a slot before it reads it, so bodies written
+  apart concatenate: shared references and cycles inside a value survive. The receiver loads
+  the region in one call; when that fails (a class missing here, a corrupt value), the lengths
+  give each value back alone (`PROTO 3 + body + STOP`, exactly what the sender pickled), so
+  that only the bad one is said undecodable.
 """
 
 from __future__ import annotations
 
 import enum
+import operator
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -269,32 +284,87 @@ def decode_prefix(frame: bytes) -> tuple[Header, int]:
 
 _COUNT = struct.Struct("!I")
 MAX_BATCH_COUNT = 65536
+PICKLED = 0x80000000  # a DATA_BATCH's count flag: its payloads region is one pickle (above)
+PROTO_3 = b"\x80\x03"  # how a protocol-3 pickle starts (the PROTO opcode and its argument)
+_LIST_START = PROTO_3 + b"("  # PROTO 3, MARK
+_LIST_END = b"l."  # LIST, STOP
+_SKIP_BODY = b"N"  # NONE: a skip marker's place in a pickled region (its length says 0)
+_HEAD = operator.itemgetter(slice(0, 2))
+_BODY = operator.itemgetter(slice(2, -1))
 
 
 def encode_batch(header: bytes, payloads: list[bytes]) -> bytes:
-    """One DATA_BATCH frame: header, count (u32), every length (u32 each), every payload."""
+    """One DATA_BATCH frame: header, count (u32), every length (u32 each), every payload;
+    pickled (see the module docstring) when every payload is a protocol-3 pickle or empty."""
     count = len(payloads)
+    heads = set(map(_HEAD, payloads))
+    if heads == {PROTO_3} or heads == {PROTO_3, b""}:
+        bodies = list(map(_BODY, payloads))
+        lengths = struct.pack(f"!{count}I", *map(len, bodies))
+        if b"" in heads:
+            bodies = [body or _SKIP_BODY for body in bodies]
+        return b"".join((header, _COUNT.pack(count | PICKLED), lengths, _LIST_START, *bodies,
+                         _LIST_END))  # fmt: skip
     lengths = struct.pack(f"!{count}I", *map(len, payloads))
     return b"".join((header, _COUNT.pack(count), lengths, *payloads))
 
 
-def decode_batch(frame: bytes, start: int) -> list[memoryview]:
-    """The payloads of a DATA_BATCH frame whose header ends at `start`; WireError if malformed."""
+class BatchPayloads(NamedTuple):
+    """The payloads of a DATA_BATCH frame, checked to fit it (see read_batch)."""
+
+    lengths: tuple[int, ...]  # each value's (a pickled region's: each body's); 0: a skip marker
+    region: memoryview  # the payloads; pickled: one pickle of the list of the values
+    pickled: bool
+
+    def parts(self) -> list[Any]:
+        """Each value's payload alone, as the sender's serializer made it (b"": a marker)."""
+        region = self.region
+        offset = 0
+        parts: list[Any] = []
+        if not self.pickled:
+            for length in self.lengths:
+                parts.append(region[offset : offset + length])
+                offset += length
+            return parts
+        offset = len(_LIST_START)
+        for length in self.lengths:
+            if length:
+                parts.append(b"".join((PROTO_3, region[offset : offset + length], b".")))
+            else:
+                parts.append(b"")
+            offset += length or len(_SKIP_BODY)
+        return parts
+
+
+def read_batch(frame: bytes, start: int) -> BatchPayloads:
+    """The payloads of a DATA_BATCH frame whose header ends at `start`; WireError if malformed
+    (a pickled region is checked for its framing only: its bodies are the serializer's)."""
     if len(frame) < start + 4:
         raise WireError("batch without a count")
-    (count,) = _COUNT.unpack_from(frame, start)
+    (word,) = _COUNT.unpack_from(frame, start)
+    count = word & ~PICKLED
+    pickled = word != count
     offset = start + 4 + 4 * count
     if count == 0 or count > MAX_BATCH_COUNT or len(frame) < offset:
         raise WireError(f"batch count {count} does not fit a {len(frame)}-byte frame")
     lengths = struct.unpack_from(f"!{count}I", frame, start + 4)
-    if offset + sum(lengths) != len(frame):
+    size = sum(lengths)
+    view = memoryview(frame)[offset:]
+    if pickled:
+        skips = lengths.count(0)
+        size += len(_LIST_START) + len(_SKIP_BODY) * skips + len(_LIST_END)
+        if view[: len(_LIST_START)] != _LIST_START or view[-len(_LIST_END) :] != _LIST_END:
+            raise WireError("a pickled batch's region does not start with PROTO 3, MARK and "
+                            "end with LIST, STOP")  # fmt: skip
+    if size != len(view):
         raise WireError("batch lengths do not add up to the frame's size")
-    view = memoryview(frame)
-    parts = []
-    for length in lengths:
-        parts.append(view[offset : offset + length])
-        offset += length
-    return parts
+    return BatchPayloads(lengths, view, pickled)
+
+
+def decode_batch(frame: bytes, start: int) -> list[Any]:
+    """Each value's payload of a DATA_BATCH frame whose header ends at `start` (see
+    BatchPayloads.parts); WireError if malformed."""
+    return read_batch(frame, start).parts()
 
 
 def decode_ack(frame: bytes) -> int | None:

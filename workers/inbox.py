@@ -55,8 +55,8 @@ from porch.wire import (
     HeaderEncoder,
     Origin,
     Stream,
-    decode_batch,
     decode_prefix,
+    read_batch,
     shift,
     union,
 )
@@ -248,25 +248,34 @@ class Intake:
             source.reorder.add(stream, seq, item, source.resumed)
 
     def accept_batch(self, header: Header, source: SourceState, frame: bytes, end: int) -> None:
-        parts = decode_batch(frame, end)
+        batch = read_batch(frame, end)
         serializer = BY_ID.get(header.serializer)
         if serializer is None:
             raise WireError(f"unknown serializer id {header.serializer}")
         refused = self._refusal(serializer, header.sender)
-        runs = header.origins or ((len(parts), ()),)
-        if sum(count for count, _ in runs) != len(parts):
+        runs = header.origins or ((len(batch.lengths), ()),)
+        if sum(count for count, _ in runs) != len(batch.lengths):
             raise WireError("a batch's origin runs do not cover its values")
+        # the values in one call (a pickled batch), else each payload to decode alone
+        parts: list[Any] | None = None
+        if batch.pickled and not refused and serializer.loads_batch is not None:
+            parts = serializer.loads_batch(batch.region, len(batch.lengths))
+            if parts is not None and 0 in batch.lengths:
+                parts = [v if n else SKIP for v, n in zip(parts, batch.lengths, strict=True)]
+        decoded = parts is not None
+        if parts is None:
+            parts = batch.parts()
         seq = header.seq
         index = 0
         windows = source.replays is None  # (a replica's values go one by one)
         for count, first in runs:
             if len(first) == 2 and windows:
                 self._accept_run(header.sender, source, serializer, parts[index : index + count],
-                                 seq, first, refused)  # fmt: skip
+                                 seq, first, refused, decoded)  # fmt: skip
             else:
                 for i, part in enumerate(parts[index : index + count]):
                     self._accept_item(header.sender, source, serializer, part, seq + i,
-                                      shift(first, i), refused)  # fmt: skip
+                                      shift(first, i), refused, decoded)  # fmt: skip
             seq += count
             index += count
 
@@ -275,12 +284,14 @@ class Intake:
         name: str,
         source: SourceState,
         serializer: Serializer,
-        parts: list[memoryview],
+        parts: list[Any],
         seq: int,
         first: Origin,
         refused: str,
+        decoded: bool,
     ) -> None:
-        """Consecutive values of one origin stream (the hot path: a source's batch)."""
+        """Consecutive values of one origin stream (the hot path: a source's batch); `parts`
+        are the values if `decoded`, else their payloads."""
         loads = serializer.loads_one or _one_frame(serializer.loads)
         push = self.fanin.appender(source.pipeline)
         opened = source.open.append
@@ -295,7 +306,9 @@ class Intake:
                 received = seq
                 if origin_seq > highest:
                     value: Any
-                    if not part:
+                    if decoded:
+                        value = part
+                    elif not part:
                         value = SKIP  # a skip marker
                     else:
                         try:
@@ -321,10 +334,11 @@ class Intake:
         name: str,
         source: SourceState,
         serializer: Serializer,
-        part: memoryview,
+        part: Any,
         seq: int,
         origin: Origin,
         refused: str,
+        decoded: bool,
     ) -> None:
         if seq <= source.received:
             self.counters.duplicates += 1
@@ -337,7 +351,9 @@ class Intake:
             self.counters.duplicates += 1
             return
         value: Any
-        if not part:
+        if decoded:
+            value = part
+        elif not part:
             value = SKIP  # a skip marker
         else:
             try:

@@ -194,3 +194,57 @@ def test_a_script_type_sent_by_reference_says_to_upgrade_the_sender() -> None:
     message = decode_failure("pickle", head, info.value, "old")
 
     assert "defined in a script of 'old'" in message and "upgrade Porch" in message, message
+
+
+# ---- small plain values: protocol 3, a batch of them loaded in one call ------------------
+
+
+def test_small_plain_values_are_pickled_with_protocol_3_and_others_as_before(script: Any) -> None:
+    dumps_one = serializers.get("pickle").dumps_one
+    assert dumps_one is not None
+    for plain in ({"seq": 1, "topic": "bench", "value": 1.5}, [1, "x", None, b"y"], (True,), 7,
+                  "text", {"nested": {"a": [1, 2]}}):  # fmt: skip
+        head = dumps_one(plain)
+        assert head is not None and head[:2] == b"\x80\x03" and pickle.loads(head) == plain
+    # not plain (protocol 5 as before): a set, a big nested value, out-of-band buffers
+    assert dumps_one({"s": {1, 2}}) == pickle.dumps({"s": {1, 2}}, protocol=5)
+    big = {"rows": [b"x" * 20_000]}
+    assert dumps_one(big) == pickle.dumps(big, protocol=5)
+    buffer = pickle.PickleBuffer(bytearray(b"data"))
+    assert dumps_one({"b": buffer}) is None and dumps_one({"b": [buffer]}) is None
+    # a script's class, however deep, travels by value (dumps decides)
+    assert dumps_one(script.Point(1, 2)) is None
+    assert dumps_one({"deep": [script.Point(1, 2)]}) is None
+
+
+def test_shared_references_inside_a_plain_value_survive_its_batch() -> None:
+    dumps_one = serializers.get("pickle").dumps_one
+    assert dumps_one is not None
+    text = "shared" * 10
+    sent = [{"a": text, "b": text}, {"other": "x" * 60, "again": "x" * 60}, [text, text]]
+    header = encode_header(FrameKind.DATA_BATCH, 1, 1, 1, "src")
+    frame = encode_batch(header, [head for value in sent if (head := dumps_one(value))])
+
+    _, values = inbox_receiving("pickle", 3, frame)
+
+    assert values == sent
+    assert values[0]["a"] is values[0]["b"] and values[2][0] is values[2][1]
+    assert values[2][0] is not values[0]["a"]
+
+
+def test_an_undecodable_value_of_a_pickled_batch_takes_only_its_own_place() -> None:
+    module = types.ModuleType(f"gone_{uuid.uuid4().hex}")
+    exec("class Point:\n    pass", module.__dict__)
+    module.Point.__module__ = module.__name__
+    sys.modules[module.__name__] = module
+    bad = pickle.dumps({"p": [module.Point()]}, protocol=3)  # a class the receiver lacks
+    del sys.modules[module.__name__]
+    items = [pickle.dumps(1, protocol=3), bad, b"", pickle.dumps({"v": 3}, protocol=3)]
+    header = encode_header(FrameKind.DATA_BATCH, 1, 1, 1, "src")
+
+    inbox, values = inbox_receiving("pickle", 3, encode_batch(header, items))
+
+    assert values[0] == 1 and values[-1] == {"v": 3}, values  # (the skip marker is not taken)
+    assert isinstance(values[1], Undecodable) and values[1].payload == [bad]
+    assert f"{module.__name__}.Point" in values[1].error, values[1].error
+    assert inbox.undecodable == 1 and inbox.counters.bad_frames == 0

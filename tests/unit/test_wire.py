@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -317,3 +318,83 @@ def test_a_seen_stream_table_decodes_the_same_and_other_sections_still_decode() 
     for broken in (one[:-1], one[: len(one) - 5]):  # cut inside the run
         with pytest.raises(WireError):
             decode_prefix(broken)
+
+
+# --- a batch of protocol-3 pickles: one pickle of the list of its values --------------------
+
+
+def _pickled_batch(values: list[Any], skip_at: int | None = None) -> tuple[bytes, int, list[bytes]]:
+    from porch.wire import encode_batch
+
+    payloads = [pickle.dumps(value, protocol=3) for value in values]
+    if skip_at is not None:
+        payloads.insert(skip_at, b"")  # a skip marker
+    frame = encode_batch(encode_header(FrameKind.DATA_BATCH, 1, 7, 10, "sender"), payloads)
+    return frame, decode_prefix(frame)[1], payloads
+
+
+def test_a_batch_of_protocol_3_pickles_loads_in_one_call_and_gives_each_back_alone() -> None:
+    from porch.wire import decode_batch, read_batch
+
+    values = [{"seq": i, "topic": "bench", "value": 1.5} for i in range(5)]
+    frame, end, payloads = _pickled_batch(values, skip_at=2)
+
+    batch = read_batch(frame, end)
+    assert batch.pickled and batch.lengths[2] == 0
+    assert pickle.loads(batch.region) == [*values[:2], None, *values[2:]]
+    # each value alone is exactly what the sender pickled (to decode alone, to dead-letter)
+    assert [bytes(p) for p in decode_batch(frame, end)] == payloads
+
+
+def test_shared_references_and_cycles_survive_inside_a_value_and_values_stay_apart() -> None:
+    from porch.wire import read_batch
+
+    shared = ["inner"]
+    cycle: list[Any] = ["head"]
+    cycle.append(cycle)
+    text = "s" * 40
+    values = [{"a": shared, "b": shared}, cycle, {"x": text, "y": text}, ["other"], [shared]]
+    frame, end, _ = _pickled_batch(values)
+
+    got = pickle.loads(read_batch(frame, end).region)
+
+    assert got == [{"a": ["inner"], "b": ["inner"]}, got[1], {"x": text, "y": text},
+                   ["other"], [["inner"]]]  # fmt: skip
+    assert got[0]["a"] is got[0]["b"] and got[1][1] is got[1]
+    assert got[2]["x"] is got[2]["y"]
+    assert got[4][0] is not got[0]["a"]  # another value's memo slot 0 is its own
+
+
+def test_batches_of_other_payloads_keep_the_separate_layout() -> None:
+    from porch.wire import encode_batch, read_batch
+
+    header = encode_header(FrameKind.DATA_BATCH, 1, 7, 10, "sender")
+    for payloads in ([pickle.dumps(1, protocol=3), pickle.dumps(2, protocol=5)],
+                     [b'{"json": 1}', b"[2]"], [b"", b""]):  # fmt: skip
+        frame = encode_batch(header, payloads)
+        batch = read_batch(frame, decode_prefix(frame)[1])
+        assert not batch.pickled and [bytes(p) for p in batch.parts()] == payloads
+
+
+def test_malformed_pickled_batches_are_wire_errors() -> None:
+    from porch.wire import PICKLED, read_batch
+
+    frame, end, _ = _pickled_batch([1, "two", [3.0]], skip_at=1)
+    count = int.from_bytes(frame[end : end + 4], "big")
+    assert count == 4 | PICKLED
+    lengths = end + 4 + 4 * 4  # where the region starts
+    broken = [
+        frame[:-1],  # no STOP
+        frame + b".",  # a byte past the region
+        frame[:lengths] + b"\x80\x02" + frame[lengths + 2 :],  # not PROTO 3
+        frame[:lengths] + b"\x80\x03)" + frame[lengths + 3 :],  # no MARK
+        frame[:-2] + b"t.",  # not LIST
+        frame[:end] + (5 | PICKLED).to_bytes(4, "big") + frame[end + 4 :],  # count off by one
+        frame[:end] + (0 | PICKLED).to_bytes(4, "big"),  # no values
+        frame[:end] + (70000 | PICKLED).to_bytes(4, "big") + frame[end + 4 :],  # too many
+        frame[: end + 4] + (9).to_bytes(4, "big") + frame[end + 8 :],  # a length off
+        frame[:lengths],  # lengths without the region
+    ]
+    for data in broken:
+        with pytest.raises(WireError):
+            read_batch(data, end)
