@@ -289,22 +289,39 @@ PROTO_3 = b"\x80\x03"  # how a protocol-3 pickle starts (the PROTO opcode and it
 _LIST_START = PROTO_3 + b"("  # PROTO 3, MARK
 _LIST_END = b"l."  # LIST, STOP
 _SKIP_BODY = b"N"  # NONE: a skip marker's place in a pickled region (its length says 0)
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+_PROTO_BYTES = ({PROTO_3[0]}, {PROTO_3[1]})
 _HEAD = operator.itemgetter(slice(0, 2))
 _BODY = operator.itemgetter(slice(2, -1))
+
+
+def _protocol_3(payloads: list[bytes]) -> bool:
+    """Whether every payload is a protocol-3 pickle or a skip marker (b"")."""
+    try:  # (two bytes as ints: no object made for each)
+        return (set(map(_FIRST, payloads)), set(map(_SECOND, payloads))) == _PROTO_BYTES
+    except IndexError:  # a skip marker, or a one-byte payload
+        return set(map(_HEAD, payloads)) <= {PROTO_3, b""} and any(payloads)
 
 
 def encode_batch(header: bytes, payloads: list[bytes]) -> bytes:
     """One DATA_BATCH frame: header, count (u32), every length (u32 each), every payload;
     pickled (see the module docstring) when every payload is a protocol-3 pickle or empty."""
     count = len(payloads)
-    heads = set(map(_HEAD, payloads))
-    if heads == {PROTO_3} or heads == {PROTO_3, b""}:
+    if _protocol_3(payloads):
         bodies = list(map(_BODY, payloads))
-        lengths = struct.pack(f"!{count}I", *map(len, bodies))
-        if b"" in heads:
+        sizes = list(map(len, bodies))
+        if 0 in sizes:  # skip markers (not a pickle of nothing but PROTO and STOP: malformed)
+            if any(not size and payload for size, payload in zip(sizes, payloads, strict=True)):
+                return _separate(header, payloads)
             bodies = [body or _SKIP_BODY for body in bodies]
-        return b"".join((header, _COUNT.pack(count | PICKLED), lengths, _LIST_START, *bodies,
-                         _LIST_END))  # fmt: skip
+        return b"".join((header, _COUNT.pack(count | PICKLED), struct.pack(f"!{count}I", *sizes),
+                         _LIST_START, *bodies, _LIST_END))  # fmt: skip
+    return _separate(header, payloads)
+
+
+def _separate(header: bytes, payloads: list[bytes]) -> bytes:
+    count = len(payloads)
     lengths = struct.pack(f"!{count}I", *map(len, payloads))
     return b"".join((header, _COUNT.pack(count), lengths, *payloads))
 

@@ -8,15 +8,24 @@ PORCH_FUZZ_EXAMPLES scales the run (default 300 per target: a few seconds in all
 from __future__ import annotations
 
 import os
+import pickle
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from porch import serializers
 from porch.discovery import Beacon, DiscoveryError, Entry, decode, encode
 from porch.errors import PorchError, WireError
 from porch.security import BeaconRejected, BeaconVerifier, KeyRing, new_key, sign
-from porch.wire import FrameKind, decode_ack, decode_batch, decode_prefix, encode_batch
+from porch.wire import (
+    FrameKind,
+    decode_ack,
+    decode_batch,
+    decode_prefix,
+    encode_batch,
+    read_batch,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -84,6 +93,35 @@ def test_batch_decoder(
     except WireError:
         return
     assert sum(len(p) for p in parts) <= len(data)
+
+
+PLAIN = st.recursive(
+    st.none() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@FUZZ
+@given(st.lists(PLAIN, min_size=1, max_size=6), EDITS, CUTS, st.binary(max_size=16))
+def test_pickled_batch_decoder(
+    values: list[object], edits: list[tuple[int, int]], cut: int | None, tail: bytes
+) -> None:
+    frame = encode_batch(b"H" * 8, [pickle.dumps(value, protocol=3) for value in values])
+    data = _mutate(frame, edits, cut, tail)
+    try:
+        batch = read_batch(data, 8)
+    except WireError:
+        return
+    loaded = serializers.get("pickle").loads_batch
+    assert loaded is not None
+    got = loaded(batch.region, len(batch.lengths))  # a list of them all, or None: never raises
+    assert got is None or len(got) == len(batch.lengths)
+    assert len(batch.parts()) == len(batch.lengths)
+    if data == frame:
+        assert got == values
 
 
 @FUZZ

@@ -370,7 +370,7 @@ def test_batches_of_other_payloads_keep_the_separate_layout() -> None:
 
     header = encode_header(FrameKind.DATA_BATCH, 1, 7, 10, "sender")
     for payloads in ([pickle.dumps(1, protocol=3), pickle.dumps(2, protocol=5)],
-                     [b'{"json": 1}', b"[2]"], [b"", b""]):  # fmt: skip
+                     [b'{"json": 1}', b"[2]"], [b"", b""], [b"", b"\x80\x03."]):  # fmt: skip
         frame = encode_batch(header, payloads)
         batch = read_batch(frame, decode_prefix(frame)[1])
         assert not batch.pickled and [bytes(p) for p in batch.parts()] == payloads
