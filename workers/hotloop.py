@@ -30,7 +30,7 @@ from porch.wire import Origin
 from workers.inbox import Inbox
 from workers.links import OutputLink
 from workers.loop import BACKLOG_FLUSH_S, FLUSH_INTERVAL_S, MessageLoop
-from workers.scheduler import PairRun
+from workers.scheduler import PairRun, Span
 from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH
 
 __all__ = ["FLUSH_INTERVAL_S", "HotLoop"]
@@ -157,44 +157,30 @@ class HotLoop:
         """Up to `budget` of the queued inputs through the script's own step(), their outputs
         gathered and handed to the links at once (with their inputs' origins)."""
         loop = self.loop
-        step = self.step
-        assert step is not None
-        commit, dumps_one, clock = inbox.commit_one, self.dumps_one, time.perf_counter
-        sends = bool(loop.outputs)
+        clock = time.perf_counter
         items: list[bytes] = []
         origins: list[Origin] = []
         started = clock()
+        backlog_at = started + BACKLOG_FLUSH_S
         done = 0
-        for _ in range(budget):
-            if not queue or loop.ended or inbox.undecodable:
-                break
-            seq, value, origin, generation = queue.popleft()
-            inputs = {name: value}
-            if value is SKIP:  # filtered out upstream: pass the marker on
-                output: Any = SKIP
-            else:
-                try:
-                    output = step(inputs)
-                except (Exception, SystemExit) as exc:
-                    self._emit(items, origins)
-                    loop.step_failed(loop.host.failure(exc), inputs, origin)
-                    commit(seq, generation)
-                    continue
-                done += 1
-            if not sends:
-                pass
-            elif output is SKIP:  # a marker (b""), so that a join drops this origin's partner
-                if origin:
-                    items.append(b"")
-                    origins.append(origin)
-            elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
-                items.append(item)
-                origins.append(origin)
-            else:  # it travels alone (or fails: on_error decides), in its place
-                self._emit(items, origins)
-                done -= 1  # after_step counts it
-                loop.after_step(output, inputs, origin)
-            commit(seq, generation)
+        left = budget
+        while left > 0 and queue and not loop.ended and not inbox.undecodable:
+            span = queue[0]
+            if type(span) is Span and not inbox.careful(span.generation):
+                taken, ran, over = self._run_span(inbox, name, span, left, items, origins,
+                                                  backlog_at)  # fmt: skip
+                left -= taken
+                done += ran
+                if span.at == len(span.values) and queue and queue[0] is span:
+                    queue.popleft()
+                if over or (not queue and clock() - started >= FLUSH_INTERVAL_S):
+                    break
+                continue
+            left -= 1
+            ran = self._stage_one(inbox, name, items, origins)
+            if ran < 0:
+                continue  # step() failed (on_error): on with the next one
+            done += ran
             if stop_requested():
                 clear_stop_request()
                 loop.ended = True
@@ -205,6 +191,132 @@ class HotLoop:
             loop.step_time((clock() - started) / done)
         self._emit(items, origins)
         loop.counters.iterations += done
+
+    def _run_span(
+        self,
+        inbox: Inbox,
+        name: str,
+        span: Span,
+        left: int,
+        items: list[bytes],
+        origins: list[Origin],
+        backlog_at: float,
+    ) -> tuple[int, int, bool]:
+        """Up to `left` values of the Span at the head of the queue, straight off its list,
+        committed together (commit_span) after their step()s and before anything may wait
+        (an ack never precedes its step(), nor its output). Returns how many it took, how many
+        count as iterations, and whether the burst is over (a stop, time is up, a wait)."""
+        loop = self.loop
+        step = self.step
+        assert step is not None
+        commit_span, dumps_one, clock = inbox.commit_span, self.dumps_one, time.perf_counter
+        sends = bool(loop.outputs)
+        values, seq, stream, origin_seq = span.values, span.seq, span.stream, span.origin_seq
+        generation = span.generation
+        begin = at = i = span.at  # at: the first not committed
+        end = min(len(values), begin + left)
+        done = 0
+        over = False
+        while i < end and not over:
+            value = values[i]
+            inputs = {name: value}
+            aside: Callable[[Any, Any, Origin], None] | None = None  # the regular way
+            if value is SKIP:  # filtered out upstream: pass the marker on
+                output: Any = SKIP
+            else:
+                try:
+                    output = step(inputs)
+                    done += 1
+                except (Exception, SystemExit) as exc:
+                    output, aside = loop.host.failure(exc), loop.step_failed
+            if aside is not None or not sends:
+                pass
+            elif output is SKIP:  # a marker (b""), so that a join drops its origin's partner
+                if stream is not None:
+                    items.append(b"")
+                    origins.append((stream, origin_seq + i))
+            elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
+                items.append(item)
+                origins.append(() if stream is None else (stream, origin_seq + i))
+            else:  # it travels alone (or fails: on_error decides), in its place
+                done -= 1  # after_step counts it
+                aside = loop.after_step
+            if aside is not None:  # (it may wait: what ran before it is committed first)
+                over = self._aside(inbox, span, at, i, items, origins, aside, output, inputs)
+                at = i = i + 1
+                continue  # (unless the burst is over)
+            i += 1
+            if stop_requested():
+                clear_stop_request()
+                loop.ended = over = True
+                break
+            if clock() >= backlog_at:
+                over = True
+                break
+        span.at = i
+        if i > at:
+            commit_span(seq + at, seq + i - 1, generation)
+        return i - begin, done, over
+
+    def _aside(
+        self,
+        inbox: Inbox,
+        span: Span,
+        at: int,
+        i: int,
+        items: list[bytes],
+        origins: list[Origin],
+        handle: Callable[[Any, Any, Origin], None],
+        output: Any,
+        inputs: Any,
+    ) -> bool:
+        """The Span's value i goes the regular way, `handle(output, inputs, origin)`: on_error
+        (`output`: the failure), or a value that travels alone; either may wait, so what ran
+        before it (from `at` on) is sent and committed first; it is committed after. Whether
+        the burst is over."""
+        span.at = i + 1
+        self._emit(items, origins)
+        if i > at:
+            inbox.commit_span(span.seq + at, span.seq + i - 1, span.generation)
+        handle(output, inputs, span.origin(i))
+        inbox.commit_one(span.seq + i, span.generation)
+        return self.loop.ended or bool(inbox.undecodable)
+
+    def _stage_one(self, inbox: Inbox, name: str, items: list[bytes], origins: list[Origin]) -> int:
+        """The next queued input through step() (a burst's per-item path): 1 if it counts as
+        an iteration of the burst, 0 if not, -1 if step() failed."""
+        loop = self.loop
+        step = self.step
+        assert step is not None
+        seq, value, origin, generation = inbox.fanin.next_item()
+        inputs = {name: value}
+        done = 0
+        if value is SKIP:  # filtered out upstream: pass the marker on
+            output: Any = SKIP
+        else:
+            try:
+                output = step(inputs)
+            except (Exception, SystemExit) as exc:
+                self._emit(items, origins)
+                loop.step_failed(loop.host.failure(exc), inputs, origin)
+                inbox.commit_one(seq, generation)
+                return -1
+            done = 1
+        if not loop.outputs:
+            pass
+        elif output is SKIP:  # a marker (b""), so that a join drops this origin's partner
+            if origin:
+                items.append(b"")
+                origins.append(origin)
+        elif (item := self.dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
+            items.append(item)
+            origins.append(origin)
+        else:  # it travels alone (or fails: on_error decides), in its place
+            self._emit(items, origins)
+            done = 0  # after_step counts it
+            loop.after_step(output, inputs, origin)
+        inbox.commit_one(seq, generation)
+        return done
 
     def run_sets(self, inbox: Inbox) -> bool:
         """Several sources: run every ready input set (a join's pair, a FIFO set) with the

@@ -33,7 +33,7 @@ import itertools
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -62,7 +62,7 @@ from porch.wire import (
 )
 from workers.links import Context, InputLink
 from workers.reorder import Reorder, order_stream, split_order
-from workers.scheduler import FanIn, Inputs, Item, Taken, TooManySources
+from workers.scheduler import FanIn, Inputs, Item, Span, Taken, TooManySources
 
 log = logs.get("porch.worker")
 
@@ -98,6 +98,76 @@ class Replays:
         return first != generation
 
 
+class OpenSeqs:
+    """A source's seqs queued or being processed, oldest first, as runs of consecutive ones
+    ([first, last] each): a batch's values are one run, and their commit one step."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self, seqs: Iterable[int] = ()) -> None:
+        self.runs: deque[list[int]] = deque()
+        for seq in seqs:
+            self.add(seq, seq)
+
+    def __bool__(self) -> bool:
+        return bool(self.runs)
+
+    def __iter__(self) -> Iterator[int]:
+        for first, last in self.runs:
+            yield from range(first, last + 1)
+
+    @property
+    def oldest(self) -> int:
+        return self.runs[0][0]
+
+    def append(self, seq: int) -> None:
+        self.add(seq, seq)
+
+    def add(self, first: int, last: int) -> None:
+        """Seqs first..last (newer than every one here) are queued."""
+        runs = self.runs
+        if runs and runs[-1][1] == first - 1:
+            runs[-1][1] = last
+        else:
+            runs.append([first, last])
+
+    def done(self, first: int, last: int) -> None:
+        """Seqs first..last are done (those of them that are here)."""
+        runs = self.runs
+        if runs:
+            head = runs[0]
+            if head[0] == first and last <= head[1]:  # the oldest ones: the usual case
+                if last == head[1]:
+                    runs.popleft()
+                else:
+                    head[0] = last + 1
+                return
+        for seq in range(first, last + 1):
+            self._remove(seq)
+
+    def _remove(self, seq: int) -> None:
+        runs = self.runs
+        for i, run in enumerate(runs):
+            first, last = run
+            if seq > last:
+                continue
+            if seq < first:
+                return
+            if first == last:
+                del runs[i]
+            elif seq == first:
+                run[0] = seq + 1
+            elif seq == last:
+                run[1] = seq - 1
+            else:
+                run[1] = seq - 1
+                runs.insert(i + 1, [seq + 1, last])
+            return
+
+    def clear(self) -> None:
+        self.runs.clear()
+
+
 @dataclass
 class SourceState:
     """What the inbox knows of one source's stream."""
@@ -111,7 +181,7 @@ class SourceState:
     route: bytes = b""
     wants_acks: bool = True
     # seqs queued or being processed, oldest first: everything below the first one is done
-    open: deque[int] = field(default_factory=deque)
+    open: OpenSeqs = field(default_factory=OpenSeqs)
     window: dict[Stream, int] = field(default_factory=dict)  # origin stream -> highest seq
     pipeline: str = ""  # its fan-in source: the pipeline (NAME of a replica NAME#TAG-K)
     replays: Replays | None = None  # its pipeline's, where windows cannot be kept (module doc)
@@ -123,7 +193,7 @@ class SourceState:
     @property
     def processed(self) -> int:
         """The highest seq up to which every message is done (processed or dropped)."""
-        return self.open[0] - 1 if self.open else self.received
+        return self.open.oldest - 1 if self.open else self.received
 
     def seen(self, origin: Origin) -> bool:
         """Whether a value of `origin` came before (else: remember it, it is new)."""
@@ -268,8 +338,16 @@ class Intake:
         seq = header.seq
         index = 0
         windows = source.replays is None  # (a replica's values go one by one)
+        # every value decoded, or None: each goes on its own (one that does not decode is
+        # queued as an Undecodable, for on_error: never the whole batch)
+        values = None if refused or not windows else self._decode_all(serializer, parts)
         for count, first in runs:
-            if len(first) == 2 and windows:
+            if values is not None and (
+                not first or (len(first) == 2 and first[1] > source.window.get(first[0], 0))
+            ):  # the hot path: every value new (seqs are past what was received)
+                self._accept_span(source, seq, values if count == len(values)
+                                  else values[index : index + count], first)  # fmt: skip
+            elif len(first) == 2 and windows:  # some seen before (a replay): one by one
                 self._accept_run(header.sender, source, serializer, parts[index : index + count],
                                  seq, first, refused, decoded)  # fmt: skip
             else:
@@ -278,6 +356,41 @@ class Intake:
                                       shift(first, i), refused, decoded)  # fmt: skip
             seq += count
             index += count
+
+    @staticmethod
+    def _decode_all(serializer: Serializer, parts: list[memoryview]) -> list[Any] | None:
+        """Every value of a batch (a skip marker: SKIP), or None if one does not decode."""
+        loads = serializer.loads_one or _one_frame(serializer.loads)
+        try:
+            return [loads(part) if part else SKIP for part in parts]
+        except Exception:
+            return None
+
+    def _accept_span(self, source: SourceState, seq: int, values: list[Any], first: Origin) -> None:
+        """New values of consecutive seqs (and origin seqs of `first`'s one stream, if any):
+        queued as one Span for one source, else one item each."""
+        count = len(values)
+        last = seq + count - 1
+        source.received = last
+        source.open.add(seq, last)
+        if first:
+            stream, origin_seq = first
+            source.seen((stream, origin_seq + count - 1))
+        else:
+            stream, origin_seq = None, 0
+        self.counters.msgs_in += count
+        fanin = self.fanin
+        generation = source.generation
+        if fanin.expected == 1:
+            fanin.single()[1].append(Span(seq, values, stream, origin_seq, generation))
+            return
+        push = fanin.appender(source.pipeline)
+        if stream is None:
+            for i, value in enumerate(values):
+                push((seq + i, value, (), generation))
+        else:
+            for i, value in enumerate(values):
+                push((seq + i, value, (stream, origin_seq + i), generation))
 
     def _accept_run(
         self,
@@ -758,7 +871,7 @@ class Inbox:
         self._owners.pop(source.generation, None)
         source.generation = next(self._generations)
         self._owners[source.generation] = source
-        source.open = deque()
+        source.open = OpenSeqs()
         self.fanin.connect(header.sender)  # a new stream: forget an earlier end
 
     # ---- taking input --------------------------------------------------------------------
@@ -799,17 +912,37 @@ class Inbox:
         else:
             self.apply_commit(seq, generation)
 
+    def commit_span(self, first: int, last: int, generation: int | None) -> None:
+        """An iteration each consumed messages first..last (consecutive, in order) of the source
+        instance `generation`: commit_one of each, at once (acked as one, if due)."""
+        if self.deferral is not None:
+            defer = self.deferral.defer
+            for seq in range(first, last + 1):
+                defer(seq, generation)
+            return
+        source = self._owners.get(generation)
+        if source is None:
+            return
+        source.open.done(first, last)
+        if source.careful:  # (the burst takes a careful source's inputs one by one)
+            source.careful = max(0, source.careful - (last - first + 1))
+            self._ack(source)
+        elif last - source.acked >= self._ack_every:
+            self._ack(source)
+
+    def careful(self, generation: int | None) -> bool:
+        """Whether the inputs of source instance `generation` are still acknowledged one by
+        one, each at once (right after our start): commit each before the next step()."""
+        source = self._owners.get(generation)
+        return source is not None and source.careful > 0
+
     def apply_commit(self, seq: int, generation: int | None) -> None:
         """Message `seq` of the source instance `generation` is done: acknowledge it (at once,
         or batched); nothing for a placeholder or an item of an earlier instance."""
         source = self._owners.get(generation)
         if source is None:
             return
-        opened = source.open
-        if opened and opened[0] == seq:
-            opened.popleft()
-        elif seq in opened:
-            opened.remove(seq)
+        source.open.done(seq, seq)
         if source.careful:
             source.careful -= 1
             self._ack(source)
@@ -839,7 +972,7 @@ class Inbox:
                 source.open.clear()
             else:  # what was processed is acknowledged once its outputs are
                 held = self.deferral.holds(source.generation)
-                source.open = deque(seq for seq in source.open if seq in held)
+                source.open = OpenSeqs(seq for seq in source.open if seq in held)
         self.flush_acks()
         return left
 

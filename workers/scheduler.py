@@ -16,6 +16,9 @@ How a wait-for-all set forms (the README's "Joins and origin ids" states the sam
 - `any_input`: a set is ready as soon as one source has a value; the missing ones are None (for
   feedback loops). Markers leave alone.
 
+One source (the common case): a batch of consecutive new values is queued as one Span (no item
+per value); `next_item`, `pop`, `depth` and `queued` take and count its values one by one.
+
 Replicas: the processes NAME#TAG-K of a replicated pipeline are ONE source, NAME (its queue, its
 key in a set, one of source_pipeline_count). Methods that take a source accept a replica's
 process name for it (connect, end, has_ended, `in`, queued), `push` and `appender` take the
@@ -50,6 +53,48 @@ UNPAIRED: Item = (0, SKIP, (), None)  # the place of a partner that will never c
 _ORIGIN = operator.itemgetter(2)
 _VALUE = operator.itemgetter(1)
 _STREAM = operator.itemgetter(0)
+
+
+class Span:
+    """Consecutive values of one source instance queued as one entry (one source's fast path):
+    value i has link seq `seq + i` and the origin `(stream, origin_seq + i)` (none when
+    `stream` is None); `at` is the first one not taken yet."""
+
+    __slots__ = ("at", "generation", "origin_seq", "seq", "stream", "values")
+
+    def __init__(
+        self,
+        seq: int,
+        values: list[UserValue],
+        stream: Any,
+        origin_seq: int,
+        generation: int | None,
+    ) -> None:
+        self.seq = seq
+        self.values = values
+        self.at = 0
+        self.stream = stream
+        self.origin_seq = origin_seq
+        self.generation = generation
+
+    def __len__(self) -> int:
+        return len(self.values) - self.at
+
+    def origin(self, i: int) -> Origin:
+        """Value i's origin."""
+        stream = self.stream
+        return () if stream is None else (stream, self.origin_seq + i)
+
+    def take(self) -> Item:
+        """The next value's queue item."""
+        i = self.at
+        self.at = i + 1
+        return (self.seq + i, self.values[i], self.origin(i), self.generation)
+
+
+def _count(queue: deque[Any]) -> int:
+    """Values in a queue of items and Spans."""
+    return sum(len(entry) if type(entry) is Span else 1 for entry in queue)
 
 
 class TooManySources(Exception):
@@ -165,8 +210,18 @@ class FanIn:
         return bool(self._only)
 
     def _pop_only(self) -> Taken:
-        item = self._only.popleft()
-        return {self._only_name: item}
+        return {self._only_name: self.next_item()}
+
+    def next_item(self) -> Item:
+        """One source: its next queued item (taken off its Span, if it is in one)."""
+        queue = self._only
+        head = queue[0]
+        if type(head) is not Span:
+            return queue.popleft()  # type: ignore[no-any-return]
+        item = head.take()
+        if head.at == len(head.values):
+            queue.popleft()
+        return item
 
     def pairs(self) -> PairRun | None:
         """The oldest complete sets, if they are a run of pairs (an aligned join of two
@@ -336,14 +391,14 @@ class FanIn:
             self._aligner.drain()
             return self._aligner.counts.get(source, 0)
         queue = self._queues.get(source)
-        return len(queue) if queue is not None else 0
+        return _count(queue) if queue is not None else 0
 
     def depth(self) -> int:
         """How many values are queued across all sources."""
         if self.pairing is Pairing.ALIGNED:
             self._aligner.drain()
             return sum(self._aligner.counts.values())
-        return sum(len(q) for q in self._queues.values())
+        return sum(_count(q) for q in self._queues.values())
 
     # ---- choosing how to pair --------------------------------------------------------------
 
