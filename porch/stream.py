@@ -36,6 +36,9 @@ class _StopRequest:
     requested: bool = False
 
 
+STOP_REQUEST: Final = _StopRequest  # its flag, for a worker's tight loop (no call per value)
+
+
 # Which iteration called stop(): with concurrency > 1 each in-flight iteration is an asyncio
 # task with its own context, so the stream ends after the one that asked, not another.
 _stop_here: ContextVar[bool] = ContextVar("porch_stop_here", default=False)

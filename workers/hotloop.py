@@ -19,13 +19,14 @@ and every on_error rule are the same as there."""
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from porch.serializers import SerializationError
-from porch.stream import SKIP, clear_stop_request, stop_requested
+from porch.stream import SKIP, STOP_REQUEST, clear_stop_request, stop_requested
 from porch.wire import Origin
 from workers.inbox import Inbox
 from workers.links import OutputLink
@@ -171,6 +172,9 @@ class HotLoop:
                                                   backlog_at)  # fmt: skip
                 left -= taken
                 done += ran
+                if stop_requested():
+                    clear_stop_request()
+                    loop.ended = True
                 if span.at == len(span.values) and queue and queue[0] is span:
                     queue.popleft()
                 if over or (not queue and clock() - started >= FLUSH_INTERVAL_S):
@@ -209,54 +213,50 @@ class HotLoop:
         loop = self.loop
         step = self.step
         assert step is not None
-        commit_span, dumps_one, clock = inbox.commit_span, self.dumps_one, time.perf_counter
+        dumps_one, clock, stop = self.dumps_one, time.perf_counter, STOP_REQUEST
         sends = bool(loop.outputs)
         values, seq, stream, origin_seq = span.values, span.seq, span.stream, span.origin_seq
-        generation = span.generation
         begin = at = i = span.at  # at: the first not committed
         end = min(len(values), begin + left)
-        done = 0
+        uncounted = 0  # markers, failures and values that travel alone (after_step counts)
         over = False
         while i < end and not over:
-            value = values[i]
-            inputs = {name: value}
             aside: Callable[[Any, Any, Origin], None] | None = None  # the regular way
-            if value is SKIP:  # filtered out upstream: pass the marker on
-                output: Any = SKIP
-            else:
-                try:
-                    output = step(inputs)
-                    done += 1
-                except (Exception, SystemExit) as exc:
-                    output, aside = loop.host.failure(exc), loop.step_failed
-            if aside is not None or not sends:
-                pass
-            elif output is SKIP:  # a marker (b""), so that a join drops its origin's partner
-                if stream is not None:
-                    items.append(b"")
-                    origins.append((stream, origin_seq + i))
-            elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
-                items.append(item)
-                origins.append(() if stream is None else (stream, origin_seq + i))
-            else:  # it travels alone (or fails: on_error decides), in its place
-                done -= 1  # after_step counts it
-                aside = loop.after_step
+            for value in itertools.islice(values, i, end):  # the tight loop
+                inputs = {name: value}
+                if value is SKIP:  # filtered out upstream: pass the marker on
+                    output: Any = SKIP
+                    uncounted += 1
+                else:
+                    try:
+                        output = step(inputs)
+                    except (Exception, SystemExit) as exc:
+                        output, aside = loop.host.failure(exc), loop.step_failed
+                        break
+                if not sends:
+                    pass
+                elif output is SKIP:  # a marker (b""), so that a join drops its origin's partner
+                    if stream is not None:
+                        items.append(b"")
+                        origins.append((stream, origin_seq + i))
+                elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
+                    items.append(item)
+                    origins.append(() if stream is None else (stream, origin_seq + i))
+                else:  # it travels alone (or fails: on_error decides), in its place
+                    aside = loop.after_step
+                    break
+                i += 1
+                if stop.requested or clock() >= backlog_at:  # porch.stop(), or time is up
+                    over = True
+                    break
             if aside is not None:  # (it may wait: what ran before it is committed first)
+                uncounted += 1
                 over = self._aside(inbox, span, at, i, items, origins, aside, output, inputs)
                 at = i = i + 1
-                continue  # (unless the burst is over)
-            i += 1
-            if stop_requested():
-                clear_stop_request()
-                loop.ended = over = True
-                break
-            if clock() >= backlog_at:
-                over = True
-                break
         span.at = i
         if i > at:
-            commit_span(seq + at, seq + i - 1, generation)
-        return i - begin, done, over
+            inbox.commit_span(seq + at, seq + i - 1, span.generation)
+        return i - begin, i - begin - uncounted, over
 
     def _aside(
         self,
