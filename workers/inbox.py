@@ -340,7 +340,11 @@ class Intake:
         windows = source.replays is None  # (a replica's values go one by one)
         # every value decoded, or None: each goes on its own (one that does not decode is
         # queued as an Undecodable, for on_error: never the whole batch)
-        values = None if refused or not windows else self._decode_all(serializer, parts)
+        values: list[Any] | None = None
+        if decoded:
+            values = parts
+        elif windows and not refused:
+            values = self._decode_all(serializer, parts)
         for count, first in runs:
             if values is not None and (
                 not first or (len(first) == 2 and first[1] > source.window.get(first[0], 0))

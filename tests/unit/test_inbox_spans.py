@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from porch.config import OnError, PipelineConfig
+from porch.serializers import get
 from porch.stream import SKIP
 from porch.wire import FrameKind, HeaderEncoder, decode_header, encode_batch
 from tests.unit.test_hotloop import sent
@@ -52,8 +53,14 @@ def stage(tmp_path: Path) -> Iterator[Worker]:
     made.sockets.ctx.destroy(linger=0)
 
 
-def batch(headers: HeaderEncoder, seq: int, origin_seq: int, values: list[object]) -> list[bytes]:
-    payloads = [b"" if v is SKIP else v if isinstance(v, bytes) else pickle.dumps(v)
+def batch(
+    headers: HeaderEncoder, seq: int, origin_seq: int, values: list[object], raw: bool = True
+) -> list[bytes]:
+    """A DATA_BATCH of `values` (`raw`: bytes values are payloads as they are; else every
+    value as the pickle serializer's dumps_one makes it: the one-pickle layout)."""
+    dumps = get("pickle").dumps_one if not raw else pickle.dumps
+    assert dumps is not None
+    payloads = [b"" if v is SKIP else v if raw and isinstance(v, bytes) else dumps(v)
                 for v in values]  # fmt: skip
     header = headers.encode_data(FrameKind.DATA_BATCH, seq, [(len(values), (STREAM, origin_seq))])
     return [b"r", encode_batch(header, payloads)]
@@ -150,3 +157,15 @@ def test_a_restarted_source_replaying_seen_origins_has_only_its_new_values_queue
     # a batch that is all new again is one span
     inbox._accept(batch(headers, 5, 107, [7, 8]))
     assert [type(entry) for entry in inbox.fanin.single()[1]] == [Span]
+
+
+def test_a_batch_loaded_in_one_call_is_one_span_of_its_values(stage: Worker) -> None:
+    inbox = stage.inbox
+    assert inbox is not None
+    headers = connect(inbox)
+    values: list[object] = [b"", pickle.dumps(1, protocol=3), {"a": [1, 2]}, SKIP, "x"]
+    inbox._accept(batch(headers, 1, 101, values, raw=False))
+    queue = inbox.fanin.single()[1]
+    assert [type(entry) for entry in queue] == [Span]
+    assert queue[0].values == values  # bytes stay bytes (never loaded twice), a marker is SKIP
+    assert inbox.undecodable == 0 and inbox.counters.msgs_in == 5
