@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+from typing import cast
 
 import zmq
 
@@ -55,9 +56,19 @@ class MessageType(enum.Enum):
     STOP = "stop"  # supervisor -> worker: stop gracefully
 
 
+def readable(socket: zmq.Socket[bytes]) -> bool:
+    """Whether a message waits on `socket` (from its events: a receive that fails raises
+    zmq.Again, which costs several times this check, and an idle worker looks at its control
+    channel, acks and socket monitors on every wake-up)."""
+    return bool(cast(int, socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps's, made once
+
+
 def encode(kind: MessageType, **fields: object) -> bytes:
     """Encode one control message."""
-    return json.dumps({"type": kind.value, **fields}, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode({"type": kind.value, **fields}).encode("utf-8")
 
 
 def decode(data: bytes) -> tuple[MessageType, Message]:
@@ -78,16 +89,24 @@ class ControlClient:
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.SNDHWM, 100)
         self.socket.connect(endpoint)
+        self._last_kind: MessageType | None = None  # the message sent last, and its bytes
+        self._last_fields: dict[str, object] = {}
+        self._last_data = b""
 
     def send(self, kind: MessageType, **fields: object) -> None:
-        """Send one message; drop it when the supervisor is not keeping up (never block)."""
+        """Send one message; drop it when the supervisor is not keeping up (never block).
+        A message equal to the one before (an idle worker's heartbeat) is sent as it was
+        encoded then (its fields are not changed after: each message's are made for it)."""
+        if kind is not self._last_kind or fields != self._last_fields:
+            self._last_kind, self._last_fields = kind, fields
+            self._last_data = encode(kind, **fields)
         with contextlib.suppress(zmq.Again):
-            self.socket.send(encode(kind, **fields), zmq.NOBLOCK)
+            self.socket.send(self._last_data, zmq.NOBLOCK)
 
     def receive(self) -> list[tuple[MessageType, Message]]:
         """Every message waiting now (non-blocking); malformed ones are skipped."""
         messages: list[tuple[MessageType, Message]] = []
-        while True:
+        while readable(self.socket):
             try:
                 data = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -96,6 +115,7 @@ class ControlClient:
                 messages.append(decode(data))
             except ControlError:
                 continue
+        return messages
 
     def close(self) -> None:
         """Close the socket, giving queued reports a moment to leave."""

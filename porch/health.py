@@ -80,7 +80,7 @@ class HealthReport:
 
     def encode(self) -> dict[str, object]:
         """The fields of the control message (porch.control.MessageType.HEALTH)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields = {name: getattr(self, name) for name in FIELDS}
         fields["targets"] = [dict(t) for t in self.targets]
         return {"version": HEALTH_VERSION, **fields}
 
@@ -109,6 +109,7 @@ COUNTER_INFO: Mapping[str, CounterInfo] = {
     if "counter" in f.metadata
 }
 COUNTERS: tuple[str, ...] = tuple(COUNTER_INFO)
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HealthReport))  # in order
 EMPTY = HealthReport()
 
 

@@ -21,7 +21,7 @@ import zmq
 
 from porch import logs
 from porch.broker import Broker
-from porch.control import MessageType, WorkerState, decode
+from porch.control import MessageType, WorkerState, decode, readable
 from porch.directory import LOCAL_HOST, DirectoryEntry, Entry, encode_directory
 from porch.errors import ControlError, UsageError
 from porch.health import HealthReport
@@ -55,7 +55,7 @@ class WorkerChannel:
     def receive(self, find: Callable[[str], WorkerHandle | None]) -> Iterator[Report]:
         """The reports waiting now, from workers `find` knows and that are alive; a message
         that cannot be decoded is logged and skipped."""
-        while True:
+        while readable(self.socket):
             try:
                 identity, data = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -48,7 +48,8 @@ class StepHistogram:
 
     def encode(self) -> dict[str, object]:
         """The health report's `step_seconds`: {"bounds": [s...], "counts": [n...], "sum": s}."""
-        return {"bounds": STEP_BOUNDS_S, "counts": self.counts, "sum": self.sum_s}
+        # a copy of the counts: a report is compared with the one before (housekeeping.py)
+        return {"bounds": STEP_BOUNDS_S, "counts": list(self.counts), "sum": self.sum_s}
 
 
 class Heartbeat:

@@ -16,6 +16,7 @@ from collections.abc import Callable, MutableSequence, Sequence
 from typing import Any
 
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
+from porch.health import HealthReport
 from porch.names import pipeline_of
 from workers.heartbeat import Heartbeat
 from workers.inbox import Inbox
@@ -58,6 +59,8 @@ class Housekeeping:
         self._parent_pid = parent_pid
         self._read_acks = read_acks
         self._next_heartbeat = 0.0
+        self._last_report: HealthReport | None = None
+        self._last_health: dict[str, object] = {}  # _last_report's fields
 
     def report_state(self, state: WorkerState, error: str = "") -> None:
         """Tell the supervisor our state (and the error, when it is a failure's)."""
@@ -84,9 +87,13 @@ class Housekeeping:
         return "; ".join(parts)
 
     def send_health(self) -> None:
-        """The heartbeat: our health report now."""
+        """The heartbeat: our health report now (an idle worker's is the one before: its
+        fields, and the control channel its message, are not encoded again)."""
         report = self.heartbeat.report(self.state.value, self.warnings())
-        self.control.send(MessageType.HEALTH, **report.encode())
+        if report != self._last_report:
+            self._last_report = report
+            self._last_health = report.encode()
+        self.control.send(MessageType.HEALTH, **self._last_health)
 
     def tick(self, now: float) -> None:
         """The housekeeping between iterations (module doc); `now` is time.monotonic()."""

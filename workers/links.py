@@ -27,6 +27,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from porch import logs
+from porch.control import readable
 from porch.localsock import IPC_PREFIX, is_local
 from porch.security import LinkSecurity
 from porch.wire import (
@@ -91,7 +92,7 @@ def set_heartbeats(sock: Socket, pings: bool) -> None:
 def monitor_events(monitor: Socket | None) -> list[zmq.Event]:
     """The kind of every socket event waiting on a monitor socket (non-blocking)."""
     found: list[zmq.Event] = []
-    while monitor is not None:
+    while monitor is not None and readable(monitor):
         try:
             found.append(zmq.Event(recv_monitor_message(monitor, zmq.NOBLOCK)["event"]))
         except zmq.Again:
@@ -307,7 +308,7 @@ class LinkSocket:
         """The highest seq of the acknowledgements waiting on the socket (or `newest`), and
         whether there was any."""
         heard = False
-        while self.socket is not None:
+        while self.socket is not None and readable(self.socket):
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
