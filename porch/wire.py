@@ -289,17 +289,20 @@ PROTO_3 = b"\x80\x03"  # how a protocol-3 pickle starts (the PROTO opcode and it
 _LIST_START = PROTO_3 + b"("  # PROTO 3, MARK
 _LIST_END = b"l."  # LIST, STOP
 _SKIP_BODY = b"N"  # NONE: a skip marker's place in a pickled region (its length says 0)
-_FIRST = operator.itemgetter(0)
 _SECOND = operator.itemgetter(1)
-_PROTO_BYTES = ({PROTO_3[0]}, {PROTO_3[1]})
+_THREE = {PROTO_3[1]}
 _HEAD = operator.itemgetter(slice(0, 2))
 _BODY = operator.itemgetter(slice(2, -1))
 
 
 def _protocol_3(payloads: list[bytes]) -> bool:
-    """Whether every payload is a protocol-3 pickle or a skip marker (b"")."""
-    try:  # (two bytes as ints: no object made for each)
-        return (set(map(_FIRST, payloads)), set(map(_SECOND, payloads))) == _PROTO_BYTES
+    """Whether every payload is a protocol-3 pickle or a skip marker (b"").
+
+    The second byte says it (an int: no object made for each): Porch's payloads are pickles of
+    protocol 3 or 5 (pickle, dill, by value), JSON text (a control character is escaped there),
+    or skip markers; the first one's first byte is checked too."""
+    try:
+        return set(map(_SECOND, payloads)) == _THREE and payloads[0][0] == PROTO_3[0]
     except IndexError:  # a skip marker, or a one-byte payload
         return set(map(_HEAD, payloads)) <= {PROTO_3, b""} and any(payloads)
 
