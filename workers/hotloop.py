@@ -4,17 +4,18 @@ What `MessageLoop.iterate` (workers/loop.py) does per message (call step(), seri
 value to every link, count) costs more in the calls between those steps than in the steps
 themselves. Here the common case runs as one loop per burst: the script's own step() is called
 directly (`ScriptHost.direct_step`: one sync script without delta_time), small values are
-serialized into a list, and the list goes to each link in one `OutputLink.extend`, with the
-origin seqs and counters of the whole burst at once. A burst is at most what every link has room
-for (so the window and backpressure stay exact), at most MAX_BATCH values, and ends once it has
-run FLUSH_INTERVAL_S (so a slow step() still sends each value at once: batching adds nothing
-when idle). A stage with more input queued behind the burst (a backlog) keeps gathering for up
-to BACKLOG_FLUSH_S instead: its values wait in the queue anyway, and a slow step()'s values sent
-one by one would each wake its targets and, through their acks, its senders (a 1 ms step() with
-2 replicas: 1.63x -> 1.84x the rate of 1; A->B->C->D 105k -> 134k msgs/s). Anything else (an
-exception, a SKIP in a stage, a value that must travel alone) ends the burst: what was gathered
-goes out first, then the regular per-message path handles that one value, so the order of values
-and every on_error rule are the same as there."""
+serialized into a list, and the list goes to each link in one `OutputLink.extend`, with the origin
+seqs and counters of the whole burst at once. A burst is at most what every link has room for (so
+the window and backpressure stay exact), at most MAX_BATCH values, and ends once it has run
+FLUSH_INTERVAL_S, a source's SOURCE_BURST_S (so a slow step() still sends each value at once:
+batching adds nothing when idle). A source whose link is full waits for room before its next step()
+(Waiter.wait_for_room), so what follows the wait leaves as one burst. A stage with more input
+queued behind the burst (a backlog) keeps gathering for up to BACKLOG_FLUSH_S instead: its values
+wait in the queue anyway, and a slow step()'s values sent one by one would each wake its targets
+and, through their acks, its senders (a 1 ms step() with 2 replicas: 1.63x -> 1.84x the rate of 1;
+A->B->C->D 105k -> 134k msgs/s). Anything else (an exception, a SKIP in a stage, a value that must
+travel alone) ends the burst: what was gathered goes out first, then the regular per-message path
+handles that one value, so the order of values and every on_error rule are the same as there."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH
 
 __all__ = ["FLUSH_INTERVAL_S", "HotLoop"]
 
+# A source's burst runs up to this long: MAX_BATCH fast values fill one frame (at ~1.3 µs
+# per value, FLUSH_INTERVAL_S fits ~150: a frame per 150 values cost the source ~0.2 µs per
+# value in sends, acks and waits, and its target as much); a step() slower than this still
+# sends each value at once
+SOURCE_BURST_S = 0.0005
 SAMPLE_MASK = 7  # a stage times one step() in 8 (a source: each burst's mean)
 
 
@@ -66,21 +72,25 @@ class HotLoop:
     # ---- a source -----------------------------------------------------------------------
 
     def source_burst(self, left: int | None) -> bool:
-        """Run up to `left` (None: no limit) source iterations as one burst; False when it
-        cannot run (no room on a link, or no direct step()): call MessageLoop.iterate instead."""
+        """Run up to `left` (None: no limit) source iterations as one burst (a full link: wait
+        for its room first); False when it cannot run (no direct step(), a full link that
+        decides per value): call MessageLoop.iterate instead."""
         loop = self.loop
         step = self.step
+        if step is None or not self.bursts:
+            return False
         budget = self.budget()
+        if budget <= 0:
+            return self._wait_for_room()
         if left is not None:
             budget = min(budget, left)
-        if step is None or budget <= 0:
-            return False
         dumps_one = self.dumps_one
         items: list[bytes] = []
         append = items.append
         sends = bool(loop.outputs)
         takes_input = self.takes_input
         clock = time.perf_counter
+        stop = STOP_REQUEST
         started = clock()
         done = 0
         failed: Exception | None = None
@@ -99,10 +109,10 @@ class HotLoop:
                     self._emit_own(items)
                     done -= 1  # after_step counts it
                     loop.after_step(value, None, ())
-            if stop_requested():
+            if stop.requested:
                 clear_stop_request()
                 loop.ended = True
-            if loop.ended or clock() - started >= FLUSH_INTERVAL_S:
+            if loop.ended or clock() - started >= SOURCE_BURST_S:
                 break  # (after_step may have ended the stream too)
         finished = clock()
         if finished - loop.last_flush >= FLUSH_INTERVAL_S:  # a slow step(): its value leaves
@@ -115,6 +125,15 @@ class HotLoop:
         if failed is not None:
             loop.step_failed(failed, None, ())
         return True
+
+    def _wait_for_room(self) -> bool:
+        """A full link: wait for room before the next step(), not with its value made (True:
+        run the next burst, or the stop that ended the wait); False when a link that drops or
+        routes value by value is full: the regular path decides."""
+        loop = self.loop
+        if loop.settle is not None:
+            return False
+        return loop.waiter.wait_for_room(loop.outputs)
 
     def _emit_own(self, items: list[bytes], now: bool = False) -> None:
         """Send a burst of a stamping pipeline's values: its next origin seqs, in order

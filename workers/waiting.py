@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -22,6 +22,7 @@ import zmq
 from porch import logs
 from porch.wire import FrameKind, Origin
 from workers.housekeeping import Housekeeping
+from workers.links import OutputLink
 from workers.replicas import Keep, Output, TargetGroup, links_of
 from workers.signals import StopSignals
 from workers.sockets import WorkerSockets
@@ -136,12 +137,39 @@ class Waiter:
                 return
             if now > next_warning:
                 next_warning = now + STALL_WARNING_S
-                status = blocked_status(link)
-                log.warning("output_blocked", pipeline=self.pipeline, target=link.target,
-                            reason=status["state"].blocked_reason, held=status["held"],
-                            since=status["since"])  # fmt: skip
+                self._blocked_warning(link)
             self.wait(POLL_MS, self.blocked_poller(link))
             link = self._current(link, payload, origin)
+
+    def wait_for_room(self, outputs: Sequence[Output]) -> bool:
+        """A source's burst (workers/hotloop.py) found an output full: wait here, serving
+        control and acks, until every output has room, before its next step() (no value waits
+        half made, and those after the wait leave together, not the first on its own). False
+        when a full output decides value by value (drop_oldest, a replicated target): then
+        hand_over waits. A stop ends the wait: no value was made, so none is lost."""
+        next_warning = time.monotonic() + STALL_WARNING_S
+        while not self.stops.requested:
+            full = next((output for output in outputs if output.room() <= 0), None)
+            if full is None:
+                return True
+            if type(full) is not OutputLink or full.settings.drop_oldest:
+                return False
+            if not full.settings.acked:  # at-most-once: ZeroMQ may take the batch at once
+                full.flush()
+                if full.room() > 0:
+                    continue
+            now = time.monotonic()
+            if now > next_warning:
+                next_warning = now + STALL_WARNING_S
+                self._blocked_warning(full)
+            self.wait(POLL_MS, self.blocked_poller(full))
+        return True
+
+    def _blocked_warning(self, link: Output) -> None:
+        status = blocked_status(link)
+        log.warning("output_blocked", pipeline=self.pipeline, target=link.target,
+                    reason=status["state"].blocked_reason, held=status["held"],
+                    since=status["since"])  # fmt: skip
 
     def _current(self, link: Output, payload: list[Any], origin: Origin | int) -> Output:
         """The directory may have shown the target as replicas while we waited: its group

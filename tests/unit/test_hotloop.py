@@ -108,7 +108,43 @@ def test_a_source_burst_stops_at_the_iteration_limit_and_at_the_links_room(
     link = source.outputs[0]
     link.seq = 0
     link.outbox.held = link.settings.limit - len(link.batch)  # the window is full
-    assert hot.budget() == 0 and not hot.source_burst(None)
+    assert hot.budget() == 0
+    source.request_stop("test")  # the wait for room ends at a stop, no value made
+    assert hot.source_burst(None) and source.counters.iterations == 2
+
+
+def test_a_source_with_a_full_link_waits_for_room_before_its_next_step(
+    source: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hot = HotLoop(source.loop)
+    link = source.outputs[0]
+    link.outbox.held = link.settings.limit  # the window is full
+    waits: list[int] = []
+
+    def acked(timeout_ms: int, poller: object = None) -> None:  # an ack frees 3 places
+        waits.append(source.counters.iterations)
+        link.outbox.held -= 3
+
+    monkeypatch.setattr(source.loop.waiter, "wait", acked)
+    assert hot.source_burst(None)  # waited, made nothing
+    assert waits == [0] and source.counters.iterations == 0
+    assert hot.source_burst(None) and source.counters.iterations == 3  # 3 places, one SKIP
+    assert [value for value, _ in sent(source)] == [{"n": 1}, {"n": 2}]
+
+
+def test_a_full_link_that_drops_the_oldest_takes_the_regular_path(tmp_path: Path) -> None:
+    path = tmp_path / "src.py"
+    path.write_text(SOURCE)
+    config = PipelineConfig("src", (path,), 0, ("sink",), on_error="skip",
+                            overflow="drop_oldest")  # fmt: skip
+    made = Worker(config, WorkerOptions(control="tcp://127.0.0.1:1", state_dir=tmp_path))
+    made.host.load()
+    try:
+        hot = HotLoop(made.loop)
+        made.outputs[0].outbox.held = made.outputs[0].settings.limit
+        assert not hot.source_burst(None)  # MessageLoop.iterate: offer() drops the oldest
+    finally:
+        made.sockets.ctx.destroy(linger=0)
 
 
 def test_a_stage_burst_passes_markers_and_origins_on(tmp_path: Path) -> None:
