@@ -36,6 +36,10 @@ def _die_with_parent(parent_pid: int | None) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The worker's command line (internal: porch's supervisor writes it)."""
+    return _PARSER.parse_args(argv)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workers")
     parser.add_argument("--config", required=True)
     parser.add_argument("--control", required=True)
@@ -47,7 +51,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S)
     parser.add_argument("--ipc-dir", type=Path, default=None)  # the supervisor's run folder
     parser.add_argument("--replica", default=None)  # its process name NAME#TAG-K: one replica
-    return parser.parse_args(argv)
+    return parser
+
+
+# Made once, on import: a worker forked from the fork server finds it built in the pages it
+# shares with the template (building one in each worker copied ~0.7 MB of them: argparse
+# touches many objects).
+_PARSER = _parser()
 
 
 def as_replica(config: PipelineConfig, process_name: str | None) -> PipelineConfig:
