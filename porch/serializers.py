@@ -201,11 +201,13 @@ def _pickle_dumps(value: Any) -> Frames:
 _NO_BUFFERS: list[pickle.PickleBuffer] = []  # dumps_one's out-of-band buffers (it gives up)
 # Small plain values are pickled with protocol 3: a batch of them travels as one pickle that
 # the receiver loads in one call (porch.wire, "pickled" DATA_BATCH). Plain: one of these exact
-# types, and a dict's values or a list's or tuple's items too (one level: whatever is deeper is
-# found in the stream, below). Anything else keeps protocol 5 (out-of-band buffers: numpy).
+# types, and a dict's values or a list's or tuple's items too (one level: a dict's keys, and
+# whatever is deeper, are found in the stream). Anything else keeps protocol 5 (out-of-band
+# buffers: numpy; a script's classes by value).
 _ATOMS = frozenset({int, float, str, bool, type(None), bytes})
 _CONTAINERS = frozenset({dict, list, tuple})
 _GLOBAL = pickle.GLOBAL[0]  # protocol 3 names every class and function with it
+_NEWLINE = ord("\n")  # ...and ends the module's name and the class's with it
 PLAIN_MAX = 16 * 1024  # a larger protocol-3 pickle of a nested value is made again with 5
 
 
@@ -217,7 +219,15 @@ def _pickle_dumps_one(value: Any) -> bytes | None:
         for item in value.values():
             if type(item) not in _ATOMS:
                 return _pickle_dumps_nested(value, value.values())
-    elif kind is list or kind is tuple:
+        try:
+            head = pickle.dumps(value, 3)
+        except Exception:  # (a str over 4 GB)
+            return _pickle_dumps_5(value)
+        # a key may be of any hashable type (a script's enum): a class is named in the stream
+        if _NEWLINE in head and _GLOBAL in head:  # (memchr: GLOBAL is "c module\n name\n")
+            return _plain_stream(value, head)
+        return head
+    if kind is list or kind is tuple:
         for item in value:
             if type(item) not in _ATOMS:
                 return _pickle_dumps_nested(value, value)
@@ -238,8 +248,15 @@ def _pickle_dumps_nested(value: Any, items: Iterable[Any]) -> bytes | None:
         head = pickle.dumps(value, 3)
     except Exception:  # something nested that protocol 3 refuses (a PickleBuffer)
         return _pickle_dumps_5(value)
-    # nested deeper: a large buffer (zero-copy with 5), a script's class (by value)
-    if len(head) <= PLAIN_MAX and (_GLOBAL not in head or head.find(_SCRIPT_MARK) < 0):
+    if _NEWLINE in head and _GLOBAL in head:
+        return _plain_stream(value, head)
+    return head if len(head) <= PLAIN_MAX else _pickle_dumps_5(value)
+
+
+def _plain_stream(value: Any, head: bytes) -> bytes | None:
+    """A protocol-3 pickle that may name classes: kept unless it is large (a buffer, zero-copy
+    with protocol 5) or names a script's module (its classes travel by value)."""
+    if len(head) <= PLAIN_MAX and head.find(_SCRIPT_MARK) < 0:
         return head
     return _pickle_dumps_5(value)
 

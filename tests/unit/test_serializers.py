@@ -212,9 +212,11 @@ def test_small_plain_values_are_pickled_with_protocol_3_and_others_as_before(scr
     assert dumps_one(big) == pickle.dumps(big, protocol=5)
     buffer = pickle.PickleBuffer(bytearray(b"data"))
     assert dumps_one({"b": buffer}) is None and dumps_one({"b": [buffer]}) is None
-    # a script's class, however deep, travels by value (dumps decides)
+    # a script's class, however deep, travels by value (dumps decides); a dict's key too
     assert dumps_one(script.Point(1, 2)) is None
     assert dumps_one({"deep": [script.Point(1, 2)]}) is None
+    assert dumps_one({script.Color.RED: 1}) is None
+    assert dumps_one({"deep": {script.Color.RED: 1}}) is None
 
 
 def test_shared_references_inside_a_plain_value_survive_its_batch() -> None:
