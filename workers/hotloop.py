@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import time
 from collections import deque
 from collections.abc import Callable
@@ -376,58 +377,86 @@ class HotLoop:
     def _join_burst(self, inbox: Inbox, run: PairRun, budget: int) -> None:
         """Up to `budget` complete pairs of a two-source join (workers/scheduler.py PairRun)
         through the script's own step(), as run_sets does one by one: a pair with a marker
-        passes the marker on; the outputs are gathered and handed to the links at once."""
+        passes the marker on; the outputs are gathered and handed to the links at once; the
+        pairs are committed together (each source's as one range where it can), after their
+        step()s and before anything may wait (one by one while a source is careful)."""
         loop = self.loop
         step = self.step
         assert step is not None
-        commit, clock = inbox.commit_one, time.perf_counter
+        clock, stop, dumps_one = time.perf_counter, STOP_REQUEST, self.dumps_one
         sends = bool(loop.outputs)
         items: list[bytes] = []
         origins: list[Origin] = []
-        (one, two), firsts, seconds = run.names, run.firsts, run.seconds
-        start = run.start
-        stop = min(len(firsts), start + budget)
+        (one, two), ones, twos = run.names, run.ones, run.twos
+        ids, stream, origin_seq = run.origins, run.stream, run.origin_seq
+        begin = at = index = run.start  # at: the first pair not committed
+        end = min(len(ones), begin + budget)
+        careful = inbox.careful(run.item(0, begin)[3]) or inbox.careful(run.item(1, begin)[3])
         started = clock()
+        flush_at = started + (BACKLOG_FLUSH_S if end < len(ones) else FLUSH_INTERVAL_S)
         done = 0
-        index = start
-        while index < stop:
-            first, second = firsts[index], seconds[index]
+        while index < end:
+            i = index
             index += 1
-            origin = first[2]  # (the pair's own id: both have it)
-            if first[1] is SKIP or second[1] is SKIP:  # a marker: no step(), pass it on
-                inbox.counters.unpaired = inbox.fanin.unpaired
-                if sends:
-                    items.append(b"")
-                    origins.append(origin)
-                commit(first[0], first[3])
-                commit(second[0], second[3])
-                continue
-            inputs = {one: first[1], two: second[1]}
-            try:
-                output = step(inputs)
-            except (Exception, SystemExit) as exc:
-                self._emit(items, origins)
-                loop.step_failed(loop.host.failure(exc), inputs, origin)
-            else:
-                done += 1
-                if sends and not self._gather(output, inputs, origin, items, origins):
-                    done -= 1  # (after_step counted it)
-            commit(first[0], first[3])
-            commit(second[0], second[3])
-            if stop_requested():
+            first, second = ones[i], twos[i]
+            if first is not SKIP and second is not SKIP:
+                inputs = {one: first, two: second}
+                try:
+                    output = step(inputs)
+                except (Exception, SystemExit) as exc:
+                    output = loop.host.failure(exc)
+                    self._join_aside(inbox, run, at, i, items, origins, loop.step_failed,
+                                     output, inputs)  # fmt: skip
+                    at = i
+                else:
+                    done += 1
+                    item = b"" if output is SKIP or not sends else dumps_one(output)
+                    if item is None or len(item) > BATCH_ITEM_MAX:  # it travels alone (or
+                        done -= 1  # fails: on_error decides), in its place; after_step counts it
+                        self._join_aside(inbox, run, at, i, items, origins, loop.after_step,
+                                         output, inputs)  # fmt: skip
+                        at = i
+                    elif sends:
+                        items.append(item)
+                        origins.append(ids[i] if ids is not None else (stream, origin_seq + i))
+            elif sends:  # a marker: no step(), pass it on
+                items.append(b"")
+                origins.append(ids[i] if ids is not None else (stream, origin_seq + i))
+            if careful:
+                _commit_pairs(inbox, run, at, index)
+                at = index
+            if stop.requested:
                 clear_stop_request()
                 loop.ended = True
+            if loop.ended or clock() >= flush_at:
                 break
-            if loop.ended or inbox.undecodable:
-                break
-            # (with more pairs waiting, its outputs go together for up to BACKLOG_FLUSH_S)
-            if clock() - started >= (BACKLOG_FLUSH_S if index < len(firsts) else FLUSH_INTERVAL_S):
-                break
-        inbox.fanin.took_pairs(run, index - start)
+        _commit_pairs(inbox, run, at, index)
+        fanin = inbox.fanin
+        fanin.took_pairs(run, index - begin)
+        inbox.counters.unpaired = fanin.unpaired
         if done:
             loop.step_time((clock() - started) / done)
         self._emit(items, origins)
         loop.counters.iterations += done
+
+    def _join_aside(
+        self,
+        inbox: Inbox,
+        run: PairRun,
+        at: int,
+        i: int,
+        items: list[bytes],
+        origins: list[Origin],
+        handle: Callable[[Any, Any, Origin], None],
+        output: Any,
+        inputs: Any,
+    ) -> None:
+        """Pair i of a join burst goes the regular way, `handle(output, inputs, origin)`:
+        on_error (`output`: the failure), or a value that travels alone; either may wait, so
+        what ran before it (from `at` on) is sent and committed first."""
+        self._emit(items, origins)
+        _commit_pairs(inbox, run, at, i)
+        handle(output, inputs, run.origin(i))
 
     def _gather(
         self, output: Any, inputs: Any, origin: Origin, items: list[bytes], origins: list[Origin]
@@ -465,3 +494,30 @@ def _one_frame(dumps: Callable[[Any], list[Any]], value: Any) -> bytes | None:
     except SerializationError:
         return None
     return frames[0] if len(frames) == 1 and type(frames[0]) is bytes else None
+
+
+def _commit_pairs(inbox: Inbox, run: PairRun, first: int, end: int) -> None:
+    """Commit pairs first..end-1 of `run`: each source's as one range where its seqs are
+    consecutive (a Span's always are), else one by one."""
+    if end <= first:
+        return
+    for side in run.sides:
+        if not isinstance(side, list):
+            seq, generation = side
+            inbox.commit_span(seq + first, seq + end - 1, generation)
+            continue
+        part = side[first:end]
+        low, high, generation = part[0][0], part[-1][0], part[0][3]
+        if (
+            high - low == end - first - 1
+            and list(map(_SEQ, part)) == list(range(low, high + 1))
+            and set(map(_GENERATION, part)) == {generation}
+        ):
+            inbox.commit_span(low, high, generation)
+        else:
+            for item in part:
+                inbox.commit_one(item[0], item[3])
+
+
+_SEQ = operator.itemgetter(0)
+_GENERATION = operator.itemgetter(3)

@@ -388,6 +388,9 @@ class Intake:
         if fanin.expected == 1:
             fanin.single()[1].append(Span(seq, values, stream, origin_seq, generation))
             return
+        if fanin.takes_spans():  # a two-source join: it pairs Spans
+            fanin.push_span(source.pipeline, Span(seq, values, stream, origin_seq, generation))
+            return
         push = fanin.appender(source.pipeline)
         if stream is None:
             for i, value in enumerate(values):

@@ -223,6 +223,15 @@ class FanIn:
             queue.popleft()
         return item
 
+    def takes_spans(self) -> bool:
+        """Whether several sources' consecutive values are queued as one Span (push_span):
+        a two-source join aligned on one pipeline."""
+        return self.pairing is Pairing.ALIGNED and self._aligner.lazy
+
+    def push_span(self, source: str, span: Span) -> None:
+        """Queue `source`'s consecutive values (when takes_spans())."""
+        self._aligner.push_span(source, span)
+
     def pairs(self) -> PairRun | None:
         """The oldest complete sets, if they are a run of pairs (an aligned join of two
         sources): take them with took_pairs()."""
@@ -431,17 +440,59 @@ class FanIn:
             self._aligner.sweep(name)
 
 
+Side = list[Item] | tuple[int, int | None]  # one source's items of a PairRun (see there)
+
+
 class PairRun:
-    """Complete sets of two sources, in order: `firsts[i]` and `seconds[i]` (the sources'
-    items in the order the gate lists its sources) make one set; `start` is the next one."""
+    """Complete sets of two sources, in order: set i is `ones[i]` of `names[0]` and `twos[i]`
+    of `names[1]` (the gate's order of its sources), its id `origins[i]` (None: `(stream,
+    origin_seq + i)`); `start` is the next set. Each source's side of the run (`sides`) is the
+    list of its queue items, or `(seq, generation)`: consecutive values of one source instance
+    whose link seqs start at `seq` (Span)."""
 
-    __slots__ = ("firsts", "names", "seconds", "start")
+    __slots__ = ("names", "ones", "origin_seq", "origins", "sides", "start", "stream", "twos")
 
-    def __init__(self, names: tuple[str, str], firsts: list[Item], seconds: list[Item]) -> None:
+    def __init__(
+        self,
+        names: tuple[str, str],
+        ones: list[UserValue],
+        twos: list[UserValue],
+        sides: tuple[Side, Side],
+        origins: list[Origin] | None,
+        stream: Any = None,
+        origin_seq: int = 0,
+    ) -> None:
         self.names = names
-        self.firsts = firsts
-        self.seconds = seconds
+        self.ones = ones
+        self.twos = twos
+        self.sides = sides
+        self.origins = origins
+        self.stream = stream
+        self.origin_seq = origin_seq
         self.start = 0
+
+    def origin(self, i: int) -> Origin:
+        """Set i's id."""
+        origins = self.origins
+        return origins[i] if origins is not None else (self.stream, self.origin_seq + i)
+
+    def item(self, side: int, i: int) -> Item:
+        """Set i's queue item of source `names[side]`."""
+        items = self.sides[side]
+        if isinstance(items, list):
+            return items[i]
+        seq, generation = items
+        value = self.ones[i] if side == 0 else self.twos[i]
+        return (seq + i, value, self.origin(i), generation)
+
+    def markers(self) -> int:
+        """How many sets hold one marker and one value (the value goes unpaired)."""
+        ones, twos = self.ones, self.twos
+        if not any(map(operator.is_, ones, itertools.repeat(SKIP))) and not any(
+            map(operator.is_, twos, itertools.repeat(SKIP))
+        ):
+            return 0
+        return sum((one is SKIP) is not (two is SKIP) for one, two in zip(ones, twos, strict=True))
 
 
 class Aligner:
@@ -461,12 +512,17 @@ class Aligner:
         self.sets: deque[Taken | PairRun] = deque()  # complete sets, ready to be taken
         self.counts: dict[str, int] = {}  # values waiting per source
         # Two sources aligned on one pipeline (a diamond) queue their values unaligned, in
-        # `arrivals`, and `log` says in which order runs of them came (source, index of its
-        # first value in arrivals[source]); drain() aligns them before anything looks at the
-        # gate, as if each value had been aligned as it came, whole runs at a time.
+        # `arrivals` (a run of items) or as Spans, and `log` says in which order they came
+        # (source, and the index of the run's first item in arrivals[source], or the Span);
+        # drain() aligns them before anything looks at the gate, as if each value had been
+        # aligned as it came, whole runs at a time. Spans of one source that wait for the
+        # other's values stay Spans (`ahead`, of `ahead_source`; both pending dicts empty):
+        # they stand for the values align() would hold in that source's pending dict.
         self.lazy = False
         self.arrivals: dict[str, deque[Item]] = {}
-        self.log: list[tuple[str, int]] = []
+        self.log: list[tuple[str, int | Span]] = []
+        self._ahead: deque[Span] = deque()
+        self._ahead_source = ""
 
     def connect(self, source: str, *, interleaved: bool = False) -> None:
         """Register a new source (`interleaved`: a replicated one)."""
@@ -495,19 +551,33 @@ class Aligner:
         self.log.append((source, len(arrivals)))
         return arrivals.append
 
+    def push_span(self, source: str, span: Span) -> None:
+        """Queue `source`'s consecutive values (a lazy gate's; else one by one)."""
+        if self.lazy:
+            self.log.append((source, span))
+        else:
+            for _ in range(len(span)):
+                self.align(source, span.take())
+
     def drain(self) -> None:
-        """Align what `appender` queued, in the order it came."""
+        """Align what `appender` and `push_span` queued, in the order it came."""
         log = self.log
         if not log:
             return
         arrivals = self.arrivals
-        runs: list[tuple[str, int]] = []
+        runs: list[tuple[str, int | Span]] = []
         ends: dict[str, int] = {}
         for source, first in reversed(log):
-            runs.append((source, ends.get(source, len(arrivals[source])) - first))
-            ends[source] = first
+            if type(first) is int:
+                runs.append((source, ends.get(source, len(arrivals[source])) - first))
+                ends[source] = first
+            else:
+                runs.append((source, first))
         log.clear()
         for source, count in reversed(runs):
+            if isinstance(count, Span):
+                self._align_span(source, count)
+                continue
             if not count:
                 continue
             queued = arrivals[source]
@@ -516,12 +586,109 @@ class Aligner:
                 queued.clear()
             else:
                 items = [queued.popleft() for _ in range(count)]
+            self._unahead()
             self._align_run(source, items)
+
+    def _unahead(self) -> None:
+        """The Spans waiting ahead go into their source's pending dict (as align() holds
+        them) before anything else looks at it."""
+        ahead = self._ahead
+        if not ahead:
+            return
+        pending = self._pending[self._ahead_source]
+        while ahead:
+            span = ahead.popleft()
+            items = [span.take() for _ in range(len(span))]
+            pending.update(zip(map(_ORIGIN, items), items, strict=True))
+
+    def _align_span(self, source: str, span: Span) -> None:
+        """Align a Span as align() would its values one by one: whole at once where the
+        partner's Spans waiting ahead hold the same ids in order (pairs), or where nothing
+        waits on either side or only this source's values (they wait, as Spans)."""
+        other_name, other = self._partner[source]
+        stream = span.stream
+        if stream is None or stream[0] != self._one or self._pending[source] or other:
+            self._unahead()
+            self._align_run(source, [span.take() for _ in range(len(span))])
+            return
+        ahead = self._ahead
+        if ahead and self._ahead_source == other_name:
+            self._pair_ahead(source, span)
+            if not len(span):
+                return
+            if ahead:  # (not the partner's next ids)
+                self._unahead()
+                self._align_run(source, [span.take() for _ in range(len(span))])
+                return
+        first = span.origin_seq + span.at
+        last = span.origin_seq + len(span.values) - 1
+        if ahead:  # this source's own: ids must go on increasing in one stream
+            tail = ahead[-1]
+            if tail.stream != stream or tail.origin_seq + len(tail.values) - 1 >= first:
+                self._unahead()
+                self._align_run(source, [span.take() for _ in range(len(span))])
+                return
+        if other_name in self.ended or self._frontiers[other_name].passed((stream, first)):
+            self._unahead()
+            self._align_run(source, [span.take() for _ in range(len(span))])
+            return
+        # ahead of the partner: they wait (none is passed: the partner is behind the first)
+        ahead.append(span)
+        self._ahead_source = source
+        self._frontiers[source].advance_one(stream, last)
+        self.counts[source] += len(span)
+
+    def _pair_ahead(self, source: str, span: Span) -> None:
+        """Pair `span`'s values with the partner's Spans waiting ahead while their ids are
+        the same, in order, and no pair would make align() sweep (the partner's next id is a
+        later one of the same stream, or there is none)."""
+        ahead = self._ahead
+        stream = span.stream
+        frontier = self._frontiers[source]
+        while len(span) and ahead:
+            head = ahead[0]
+            mine = span.origin_seq + span.at
+            if head.stream != stream or head.origin_seq + head.at != mine:
+                return
+            count = min(len(span), len(head))
+            if count == len(head) and len(ahead) > 1:
+                after = ahead[1]  # the partner's next id once these pair (align() sweeps if
+                if after.stream != stream or after.origin_seq + after.at <= mine + count - 1:
+                    return  # it is not a later one of the same stream)
+            self._span_pairs(source, span, head, count)
+            if not len(head):
+                ahead.popleft()
+            frontier.advance_one(stream, mine + count - 1)
+            self.counts[source] += count
+
+    def _span_pairs(self, source: str, span: Span, mates: Span, count: int) -> None:
+        """`count` complete sets: the next values of `span` (of `source`) and `mates`."""
+        mine, theirs = span.at, mates.at
+        span.at, mates.at = mine + count, theirs + count
+        ours = span.values[mine : mine + count]
+        partners = mates.values[theirs : theirs + count]
+        own: Side = (span.seq + mine, span.generation)
+        their: Side = (mates.seq + theirs, mates.generation)
+        first = source == self._first
+        other_name = self._partner[source][0]
+        run = PairRun(
+            (source, other_name) if first else (other_name, source),
+            ours if first else partners,
+            partners if first else ours,
+            (own, their) if first else (their, own),
+            None,
+            span.stream,
+            span.origin_seq + mine,
+        )
+        self.unpaired += run.markers()
+        self.sets.append(run)
 
     def _align_run(self, source: str, items: list[Item]) -> None:
         """Align a run of `source`'s values as align() would one by one; whole runs at once
         where their ids come in order in one stream: after the partner's same ids (pairs), or
-        ahead of the partner (they wait)."""
+        ahead of the partner (they wait). (Nothing waits ahead as Spans: _unahead.)"""
+        if not items:
+            return
         keys = list(map(_ORIGIN, items))
         other_name, other = self._partner[source]
         own = self._pending[source]
@@ -549,9 +716,9 @@ class Aligner:
             self.counts[source] += paired
             ours = items[:paired]
             if source == self._first:
-                self._add_pairs(ours, mates, (source, other_name))
+                self._item_pairs((source, other_name), ours, mates, keys[:paired])
             else:
-                self._add_pairs(mates, ours, (other_name, source))
+                self._item_pairs((other_name, source), mates, ours, keys[:paired])
         if matched:
             self.align(source, items[matched - 1])
             items, keys = items[matched:], keys[matched:]
@@ -566,16 +733,14 @@ class Aligner:
         frontier.advance_one(stream, keys[-1][1])
         self.counts[source] += len(items)
 
-    def _add_pairs(self, firsts: list[Item], seconds: list[Item], names: tuple[str, str]) -> None:
-        """Complete sets, in order (a set with a marker in it counts its value as unpaired)."""
-        marker = id(SKIP)
-        if marker in set(map(id, map(_VALUE, firsts))) or marker in set(
-            map(id, map(_VALUE, seconds))
-        ):
-            for one, two in zip(firsts, seconds, strict=True):
-                if (one[1] is SKIP) is not (two[1] is SKIP):
-                    self.unpaired += 1
-        self.sets.append(PairRun(names, firsts, seconds))
+    def _item_pairs(
+        self, names: tuple[str, str], firsts: list[Item], seconds: list[Item], keys: list[Key]
+    ) -> None:
+        """Complete sets of queue items, in order (ids `keys`)."""
+        run = PairRun(names, list(map(_VALUE, firsts)), list(map(_VALUE, seconds)),
+                      (firsts, seconds), keys)  # fmt: skip
+        self.unpaired += run.markers()  # (a set with a marker: its value goes unpaired)
+        self.sets.append(run)
 
     def pairs(self) -> PairRun | None:
         """The oldest complete sets if they are a run of pairs (take them with took_pairs)."""
@@ -593,7 +758,7 @@ class Aligner:
         counts = self.counts
         counts[first] -= count
         counts[second] -= count
-        if run.start >= len(run.firsts):
+        if run.start >= len(run.ones):
             self.sets.popleft()
 
     def pop(self) -> Taken:
@@ -601,11 +766,12 @@ class Aligner:
         head = self.sets[0]
         if type(head) is PairRun:
             index = head.start
-            (first, second), one, two = head.names, head.firsts[index], head.seconds[index]
+            (first, second) = head.names
+            pair = {first: head.item(0, index), second: head.item(1, index)}
             self.took_pairs(head, 1)
-            return {first: one, second: two}
+            return pair
         taken = self.sets.popleft()
-        assert type(taken) is dict
+        assert isinstance(taken, dict)
         for name, item in taken.items():
             if item is not UNPAIRED:
                 self.counts[name] -= 1
@@ -613,7 +779,10 @@ class Aligner:
 
     def exhausted(self) -> bool:
         """Whether no set can form again (a source ended with nothing left waiting)."""
-        return not self.sets and any(not self._pending[name] for name in self.ended)
+        ahead = self._ahead_source if self._ahead else None
+        return not self.sets and any(
+            not self._pending[name] and name != ahead for name in self.ended
+        )
 
     def _key(self, origin: tuple[Any, ...]) -> Key | None:
         """`origin`'s ids in the aligned pipelines, in their order; None if one is missing."""
@@ -628,6 +797,8 @@ class Aligner:
             return None
 
     def align(self, source: str, item: Any) -> None:
+        if self._ahead:
+            self._unahead()
         self.counts[source] += 1
         origin = item[2]
         partner = self._partner.get(source)
@@ -678,6 +849,7 @@ class Aligner:
 
     def sweep(self, source: str) -> None:
         """`source` moved on (or ended): settle the other sources' values it has passed."""
+        self._unahead()
         ended = source in self.ended
         frontier = self._frontiers[source]
         own = self._pending[source]
