@@ -121,10 +121,8 @@ def consecutive(run: list[tuple[Any, ...]]) -> bool:
     ] == list(range(origins[0][1], origins[0][1] + len(run)))
 
 
-@pytest.mark.parametrize("spans", [False, True])
-@pytest.mark.parametrize("seed", range(300))
-def test_lazy_runs_release_the_same_sets_as_aligning_each_value(seed: int, spans: bool) -> None:
-    rng = random.Random(seed)
+def random_events(rng: random.Random) -> list[tuple[str, Any]]:
+    """Runs of b and c in a random interleaving, looks at the gate, now and then an end."""
     plan = {name: random_runs(rng, name) for name in ("b", "c")}
     events: list[tuple[str, Any]] = []
     while plan["b"] or plan["c"]:
@@ -136,22 +134,33 @@ def test_lazy_runs_release_the_same_sets_as_aligning_each_value(seed: int, spans
             events.append(("end", name))
             plan[name] = []
     events.append(("look", None))
+    return events
+
+
+def queue_lazily(gate: Aligner, name: str, run: list[tuple[Any, ...]], spans: bool) -> None:
+    """Queue a run as the inbox does: a batch of new values as one Span, else item by item."""
+    if spans and consecutive(run):
+        stream = run[0][2][0]
+        values = [value[1] for value in run]
+        gate.push_span(name, Span(run[0][0], values, stream, run[0][2][1], 0))
+    else:
+        push = gate.appender(name)
+        for value in run:
+            push(value)
+
+
+@pytest.mark.parametrize("spans", [False, True])
+@pytest.mark.parametrize("seed", range(300))
+def test_lazy_runs_release_the_same_sets_as_aligning_each_value(seed: int, spans: bool) -> None:
     eager, eager_ended = aligner("b", "c")
     lazy, lazy_ended = lazy_aligner("b", "c")
     got: dict[str, list[Any]] = {"eager": [], "lazy": []}
-    for kind, what in events:
+    for kind, what in random_events(random.Random(seed)):
         if kind == "run":
             name, run = what
             for value in run:
                 eager.align(name, value)
-            if spans and consecutive(run):  # as a batch of new values comes: one Span
-                stream = run[0][2][0]
-                values = [value[1] for value in run]
-                lazy.push_span(name, Span(run[0][0], values, stream, run[0][2][1], 0))
-            else:
-                push = lazy.appender(name)
-                for value in run:
-                    push(value)
+            queue_lazily(lazy, name, run, spans)
         elif kind == "end" and what not in eager_ended:
             lazy.drain()
             for gate, ended in ((eager, eager_ended), (lazy, lazy_ended)):
@@ -163,4 +172,4 @@ def test_lazy_runs_release_the_same_sets_as_aligning_each_value(seed: int, spans
                 got[label].append(gate.pop())
         assert got["lazy"] == got["eager"]
         assert lazy.unpaired == eager.unpaired and lazy.counts == eager.counts
-    assert lazy.exhausted() == eager.exhausted()
+        assert lazy.exhausted() == eager.exhausted()
