@@ -50,6 +50,7 @@ from porch.wire import (
     HEADER_SIZE,
     HELLO_NO_ACKS,
     HELLO_REPLAY,
+    ORIGINS,
     FrameKind,
     Header,
     HeaderEncoder,
@@ -209,10 +210,9 @@ class SourceState:
         return not new
 
 
-_SEQ = struct.Struct("!Q")
 SEQ_AT = 12  # where a header's seq is (porch/wire.py's layout)
+_DATA_KIND = bytes([FrameKind.DATA | ORIGINS])  # a DATA header's kind byte, with origins
 _ONE_TAIL = struct.Struct("!IIBBQ")  # an origins section's one run of one id (porch/wire.py)
-_FAILED = object()
 
 
 @dataclass
@@ -224,11 +224,13 @@ class LoneForm:
 
     prefix: bytes
     middle: bytes
+    layout: struct.Struct  # prefix, seq, middle, origin seq
     payload_at: int
     source: SourceState
     instance: int
     stream: Stream
     loads: Callable[[Any], Any]
+    queue: deque[Item]  # the fan-in's queue of the one source
 
 
 def _one_frame(loads: Callable[[Sequence[Any]], Any]) -> Callable[[Any], Any]:
@@ -590,55 +592,59 @@ class Inbox:
     def receive_lone(self) -> Item | None:
         """Receive what woke an idle stage (the idle path: one value, nothing queued).
 
-        A lone DATA message (nothing else waiting) next in the stream of the source whose
-        frames it looks like (LoneForm: the same sender, instance, serializer and origin
-        stream as that source's last one), on its connection, of a new origin, that decodes,
-        is taken as accept_one() would take it, but returned instead of queued: the caller
-        runs it at once and commits it. Anything else is received
-        and queued as receive() does (then None)."""
+        The first message waiting, if it is a DATA message of one frame next in the stream
+        of the source whose frames it looks like (LoneForm: the same sender, instance,
+        serializer and origin stream as that source's last one), on its connection, of a new
+        origin, that decodes, is taken as accept_one() would take it, but returned instead
+        of queued: the caller runs it at once and commits it (what waits behind it is read
+        after). Anything else is received and queued as receive() does, with what waits
+        behind it (then None)."""
         sock = self.link.socket
-        try:
+        try:  # (a ROUTER's message: the sender's route, then at least one frame)
             route = sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             return None
-        message: list[Any] = [route]
-        while sock.getsockopt(zmq.RCVMORE):
-            message.append(sock.recv() if len(message) < 2 else sock.recv(copy=False).buffer)
-        more = cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
-        lone = len(message) == 2 and not more
+        frame = sock.recv()
+        if sock.getsockopt(zmq.RCVMORE):  # payload frames of their own: the regular path
+            message: list[Any] = [route, frame]
+            while sock.getsockopt(zmq.RCVMORE):
+                message.append(sock.recv(copy=False).buffer)
+            self._accept_logged(message)
+            self.receive()
+            return None
         form = self._lone
-        if lone and form is not None:
-            frame = message[1]
-            if frame.startswith(form.prefix) and frame.startswith(form.middle, HEADER_SIZE):
-                item = self._take_lone(form, route, frame)
+        known = False
+        if form is not None and len(frame) > form.payload_at:  # (not a skip marker)
+            head, seq, middle, origin_seq = form.layout.unpack_from(frame)
+            if head == form.prefix and middle == form.middle:
+                item = self._take_lone(form, route, seq, origin_seq, frame)
                 if item is not None:
                     return item
-                lone = False  # its form is known: something else sent it the regular way
-        self._accept_logged(message)
-        if lone:
-            self._learn(message[1])
-        if more:
-            self.receive()
+                known = True  # something else sends it the regular way
+        self._accept_logged([route, frame])
+        if not known and frame[1:2] == _DATA_KIND:
+            self._learn(frame)
+        if cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self.receive()  # not idle: the rest as usual
         return None
 
-    def _take_lone(self, form: LoneForm, route: bytes, frame: bytes) -> Item | None:
+    def _take_lone(
+        self, form: LoneForm, route: bytes, seq: int, origin_seq: int, frame: bytes
+    ) -> Item | None:
         """The value of a frame of `form`, taken as accept_one() would (receive_lone), or
         None (nothing changed) when the regular path must take it."""
         source = form.source
+        stream = form.stream
+        window = source.window
         if (
-            len(frame) <= form.payload_at  # a skip marker
+            seq != source.received + 1  # past a gap, or a duplicate
+            or origin_seq <= window.get(stream, 0)  # a value we have
             or route != source.route
             or source.instance != form.instance
             or self.departed
-            or self.fanin.ready()  # (one source: its queue is empty)
+            or form.queue  # (the only source's queue: empty)
         ):
             return None
-        (seq,) = _SEQ.unpack_from(frame, SEQ_AT)
-        (origin_seq,) = _SEQ.unpack_from(frame, form.payload_at - 8)
-        stream = form.stream
-        window = source.window
-        if seq != source.received + 1 or origin_seq <= window.get(stream, 0):
-            return None  # past a gap, or a duplicate
         try:
             value = form.loads(memoryview(frame)[form.payload_at :])
         except Exception:  # the regular path makes it an Undecodable
@@ -681,7 +687,10 @@ class Inbox:
             return
         loads = serializer.loads_one or _one_frame(serializer.loads)
         prefix, middle = frame[:SEQ_AT], frame[HEADER_SIZE : end - 8]
-        self._lone = LoneForm(prefix, middle, end, source, header.instance, stream, loads)
+        layout = struct.Struct(f"!{SEQ_AT}sQ{len(middle)}sQ")
+        queue = self.fanin.single()[1]
+        self._lone = LoneForm(prefix, middle, layout, end, source, header.instance, stream,
+                              loads, queue)  # fmt: skip
 
     def _accept_logged(self, message: list[bytes]) -> None:
         """_accept(), a bad message dropped and counted."""

@@ -34,11 +34,13 @@ from porch.wire import (
     FrameKind,
     HeaderEncoder,
     Origin,
+    Run,
     Stream,
 )
 from workers import linkpeer
 from workers.sendqueue import (
     BATCH_ITEM_MAX,
+    COPY_MAX,
     MAX_BATCH,
     Batch,
     Framer,
@@ -508,12 +510,23 @@ class OutputLink:
         """One small serialized value (at most BATCH_ITEM_MAX bytes) out at once, the message
         a batch of one would be, without gathering it (a slow loop's value: the idle path);
         `origin` as for offer(); the caller checked room()."""
-        if self.gone or self.batch:
+        outbox = self.outbox
+        sock = self.conn.socket
+        if self.gone or self.batch or outbox.unsent or sock is None or type(origin) is not int:
             self.extend([item], [origin])
             self.flush()
             return
-        self.seq += 1
-        self.outbox.append(self.framer.single(FrameKind.DATA, self.seq, [item], origin, len(item)))
+        seq = self.seq = self.seq + 1
+        frame = self.framer.lone(seq, origin, item)
+        try:  # sent first, the bookkeeping after (latency)
+            sock.send(frame, zmq.NOBLOCK, copy=len(frame) < COPY_MAX)
+            sent = True
+        except zmq.Again:
+            sent = False
+        runs: list[Run] = [(1, (self.framer.stream, origin))]
+        outbox.append(Outgoing(seq, [frame], len(item), FrameKind.DATA, runs=runs))
+        if sent:
+            outbox.unsent = 0
         self.pump()
 
     def flush(self) -> None:

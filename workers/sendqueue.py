@@ -9,6 +9,7 @@ durable outbox may delete up to.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ MAX_BATCH = 256  # messages coalesced into one frame while the worker is busy
 MAX_BATCH_BYTES = 256 * 1024
 BATCH_ITEM_MAX = 16 * 1024  # larger payloads travel alone
 COPY_MAX = zmq.COPY_THRESHOLD  # pyzmq copies smaller frames even when asked not to
+_SEQ_AT, _SEQ_END = 12, 20  # where a header's seq is (porch/wire.py)
 
 
 @dataclass
@@ -116,6 +118,19 @@ class Framer:
     def __init__(self, headers: HeaderEncoder) -> None:
         self.headers = headers
         self.stream: Stream | None = None  # whose origin seqs come as bare ints (see Batch)
+        self._lone: tuple[struct.Struct, bytes, bytes, Stream | None] | None = None
+
+    def lone(self, seq: int, origin: int, item: bytes) -> bytes:
+        """The one frame of a value of our own stream (`origin`: its seq) that travels
+        alone, its payload inline: what single() frames, packed at once (the idle path)."""
+        layout = self._lone
+        if layout is None or layout[3] is not self.stream:
+            # the header encode_data writes, its two seqs cut out (porch/wire.py's layout)
+            template = self.headers.encode_data(FrameKind.DATA, 0, [(1, (self.stream, 0))])
+            middle = template[_SEQ_END:-8]
+            packer = struct.Struct(f"!{_SEQ_AT}sQ{len(middle)}sQ")
+            layout = self._lone = (packer, template[:_SEQ_AT], middle, self.stream)
+        return layout[0].pack(layout[1], seq, layout[2], origin) + item
 
     def origin(self, origin: Origin | int) -> Origin:
         """The origin of a value: a bare int is a seq of our own stream."""

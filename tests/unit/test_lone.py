@@ -11,9 +11,10 @@ import pytest
 import zmq
 
 from porch.serializers import get
-from porch.wire import FrameKind, decode_ack, encode_header
+from porch.wire import FrameKind, HeaderEncoder, decode_ack, encode_header
 from workers.inbox import Inbox, Undecodable
 from workers.scheduler import Item
+from workers.sendqueue import Framer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -135,3 +136,14 @@ def test_a_value_past_a_gap_and_one_of_a_new_instance_take_the_regular_path(
     data(peer, 2, 7, "v7", instance=2)
     item = lone(inbox)
     assert item is not None and item[:3] == (2, "v7", (A, 7))
+
+
+def test_a_lone_frame_is_packed_as_the_framer_frames_a_single_value() -> None:
+    """The source's idle path packs the header at once (Framer.lone): the same bytes as
+    single() makes, for any seqs, and for the stream the framer has now."""
+    framer = Framer(HeaderEncoder(1, 5, "sender"))
+    for stream in (("sender", 42), ("sender", 43)):
+        framer.stream = stream
+        for seq, origin in ((1, 1), (2**40, 7), (3, 2**63 - 1)):
+            single = framer.single(FrameKind.DATA, seq, [b"payload"], origin, 7)
+            assert framer.lone(seq, origin, b"payload") == single.frames[0]
