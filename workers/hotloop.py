@@ -89,33 +89,50 @@ class HotLoop:
         items: list[bytes] = []
         append = items.append
         sends = bool(loop.outputs)
-        takes_input = self.takes_input
-        clock = time.perf_counter
         stop = STOP_REQUEST
+        clock = time.perf_counter
         started = clock()
-        done = 0
+        deadline = started + SOURCE_BURST_S
+        # step() with or without its input argument, called through the same name
+        call = functools.partial(step, None) if self.takes_input else step
+        ran = budget  # step() calls that returned
+        alone = 0  # ...of which after_step counted (values that travel alone)
         failed: Exception | None = None
-        for _ in range(budget):
+        for index in range(budget):
             try:
-                value = step(None) if takes_input else step()
+                value = call()
             except (Exception, SystemExit) as exc:
                 failed = loop.host.failure(exc)
+                ran = index
                 break
-            done += 1
             if value is not SKIP and sends:
                 item = dumps_one(value)
                 if item is not None and len(item) <= BATCH_ITEM_MAX:
                     append(item)
                 else:  # it travels alone (or fails: on_error), after what came before it
                     self._emit_own(items)
-                    done -= 1  # after_step counts it
                     loop.after_step(value, None, ())
+                    alone += 1
+                    if loop.ended:  # (after_step saw a stop() too)
+                        ran = index + 1
+                        break
             if stop.requested:
                 clear_stop_request()
                 loop.ended = True
-            if loop.ended or clock() - started >= SOURCE_BURST_S:
-                break  # (after_step may have ended the stream too)
-        finished = clock()
+                ran = index + 1
+                break
+            if clock() >= deadline:
+                ran = index + 1
+                break
+        self._end_burst(items, started, ran - alone, failed)
+        return True
+
+    def _end_burst(self, items: list[bytes], started: float, done: int,
+                   failed: Exception | None) -> None:  # fmt: skip
+        """Send a source burst's values, then its bookkeeping (`done`: the step() calls that
+        after_step did not count; `failed`: what ended it)."""
+        loop = self.loop
+        finished = time.perf_counter()
         if finished - loop.last_flush >= FLUSH_INTERVAL_S:  # a slow step(): its value leaves
             self._emit_own(items, now=True)  # now, the bookkeeping after
             loop.after_iteration()
@@ -125,7 +142,6 @@ class HotLoop:
         loop.counters.iterations += done
         if failed is not None:
             loop.step_failed(failed, None, ())
-        return True
 
     def _wait_for_room(self) -> bool:
         """A full link: wait for room before the next step(), not with its value made (True:
