@@ -407,10 +407,11 @@ class HotLoop:
         ids, stream, origin_seq = run.origins, run.stream, run.origin_seq
         begin = at = index = run.start  # at: the first pair not committed
         end = min(len(ones), begin + budget)
-        careful = inbox.careful(run.item(0, begin)[3]) or inbox.careful(run.item(1, begin)[3])
+        careful = inbox.careful(run.generation(0, begin)) or inbox.careful(run.generation(1, begin))
         started = clock()
         flush_at = started + (BACKLOG_FLUSH_S if end < len(ones) else FLUSH_INTERVAL_S)
         done = 0
+        marked = False
         while index < end:
             i = index
             index += 1
@@ -435,9 +436,11 @@ class HotLoop:
                     elif sends:
                         items.append(item)
                         origins.append(ids[i] if ids is not None else (stream, origin_seq + i))
-            elif sends:  # a marker: no step(), pass it on
-                items.append(b"")
-                origins.append(ids[i] if ids is not None else (stream, origin_seq + i))
+            else:  # a marker: no step(), pass it on
+                marked = True
+                if sends:
+                    items.append(b"")
+                    origins.append(ids[i] if ids is not None else (stream, origin_seq + i))
             if careful:
                 _commit_pairs(inbox, run, at, index)
                 at = index
@@ -447,13 +450,20 @@ class HotLoop:
             if loop.ended or clock() >= flush_at:
                 break
         _commit_pairs(inbox, run, at, index)
-        fanin = inbox.fanin
-        fanin.took_pairs(run, index - begin)
-        inbox.counters.unpaired = fanin.unpaired
-        if done:
-            loop.step_time((clock() - started) / done)
+        self._join_end(inbox, run, index - begin, done, marked, started)
         self._emit(items, origins)
-        loop.counters.iterations += done
+
+    def _join_end(
+        self, inbox: Inbox, run: PairRun, taken: int, done: int, marked: bool, started: float
+    ) -> None:
+        """A join burst took `taken` pairs of `run`, `done` of them iterations."""
+        fanin = inbox.fanin
+        fanin.took_pairs(run, taken)
+        if marked:  # (as take() does for a set with a marker)
+            inbox.counters.unpaired = fanin.unpaired
+        if done:
+            self.loop.step_time((time.perf_counter() - started) / done)
+        self.loop.counters.iterations += done
 
     def _join_aside(
         self,

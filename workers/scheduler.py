@@ -485,6 +485,11 @@ class PairRun:
         value = self.ones[i] if side == 0 else self.twos[i]
         return (seq + i, value, self.origin(i), generation)
 
+    def generation(self, side: int, i: int) -> int | None:
+        """The source instance set i's item of `names[side]` came from."""
+        items = self.sides[side]
+        return items[i][3] if isinstance(items, list) else items[1]
+
     def markers(self) -> int:
         """How many sets hold one marker and one value (the value goes unpaired)."""
         ones, twos = self.ones, self.twos
