@@ -146,7 +146,8 @@ class HotLoop:
     def _wait_for_room(self) -> bool:
         """A full link: wait for room before the next step(), not with its value made (True:
         run the next burst, or the stop that ended the wait); False when a link that drops or
-        routes value by value is full: the regular path decides."""
+        routes value by value is full: the regular path decides (a source's, or a stage's
+        next input)."""
         loop = self.loop
         if loop.settle is not None:
             return False
@@ -175,14 +176,19 @@ class HotLoop:
         loop = self.loop
         name, queue = inbox.fanin.single()
         clock = time.perf_counter
+        direct = self.bursts and self.takes_input
         while queue and not loop.ended:
             if loop.stopping and not loop.draining(inbox):
                 return False  # a live upstream keeps what we did not acknowledge
             budget = self.budget()
-            if budget and self.step is not None and self.takes_input and not inbox.undecodable:
+            if not direct or inbox.undecodable:
+                loop.take_one(inbox)  # the regular path: one input set
+            elif budget:
                 self._stage_burst(inbox, name, queue, budget)
-            else:  # the regular path: one input set (it waits while a link is full)
-                loop.take_one(inbox)
+            elif loop.stopping or not self._wait_for_room():
+                loop.take_one(inbox)  # (it waits while a link is full; forced past the drain)
+            # else a full link was waited for before the next input's step(): what follows
+            # the wait leaves together, not its first value on its own
             # with more input queued, its outputs go together for up to BACKLOG_FLUSH_S (a
             # slow step()'s values would each wake the targets and, through their acks, the
             # senders); once the queue is empty the caller sends what is gathered at once

@@ -13,7 +13,7 @@ import pytest
 from porch.config import OnError, PipelineConfig
 from porch.serializers import get
 from porch.stream import SKIP
-from porch.wire import FrameKind, HeaderEncoder, decode_header, encode_batch
+from porch.wire import FrameKind, HeaderEncoder, decode_header, decode_prefix, encode_batch
 from tests.unit.test_hotloop import sent
 from workers.hotloop import HotLoop
 from workers.inbox import Inbox, OpenSeqs, Undecodable
@@ -169,3 +169,29 @@ def test_a_batch_loaded_in_one_call_is_one_span_of_its_values(stage: Worker) -> 
     assert [type(entry) for entry in queue] == [Span]
     assert queue[0].values == values  # bytes stay bytes (never loaded twice), a marker is SKIP
     assert inbox.undecodable == 0 and inbox.counters.msgs_in == 5
+
+
+def test_a_stage_with_a_full_link_waits_for_room_before_its_next_input(
+    stage: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = stage.inbox
+    assert inbox is not None
+    headers = connect(inbox)
+    inbox.sources["src"].careful = 0
+    inbox._accept(batch(headers, 1, 101, [10, 11, 12, 13, 14]))
+    link = stage.outputs[0]
+    link.outbox.held = link.settings.limit  # the window is full
+    seen = stage.loop.host.direct_step()[0].__globals__["seen"]  # type: ignore[index]
+    waits: list[int] = []
+
+    def acked(timeout_ms: int, poller: object = None, ready: object = None) -> None:
+        waits.append(len(seen))  # an ack frees 3 places
+        link.outbox.held -= 3
+
+    monkeypatch.setattr(stage.loop.waiter, "wait", acked)
+    assert HotLoop(stage.loop).run_queue(inbox)
+    assert waits == [0, 3]  # no step() ran with its output waiting for room
+    link.flush()
+    kinds = [decode_prefix(bytes(entry.frames[0]))[0].kind for entry in link.outbox]
+    assert kinds == [FrameKind.DATA_BATCH]  # (the wait here sends nothing): none alone
+    assert [value for value, _ in sent(stage)] == [100, 110, 120, 130, 140]
