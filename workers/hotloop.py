@@ -81,6 +81,11 @@ class HotLoop:
         if step is None or not self.bursts:
             return False
         budget = self.budget()
+        if budget < MAX_BATCH and loop.outputs:
+            # the acks that came since (a busy loop reads them every TICK_S otherwise): the
+            # next frame full, and no wait while they already free the window
+            loop.read_acks()
+            budget = self.budget()
         if budget <= 0:
             return self._wait_for_room()
         if left is not None:

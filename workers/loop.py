@@ -81,6 +81,7 @@ class MessageLoop:
         self.stops = stops
         self.ended = False  # the stream ended: Stop, porch.stop(), the iteration limit
         self.errors = ErrorPolicy(config.name, config.on_error, counters, dead_letters)
+        self.read_acks = read_acks  # apply the acknowledgements waiting on the output links
         self.waiter = Waiter(config.name, sockets, stops, house, self.flush_outputs, read_acks,
                              keep=durable.keep if durable is not None else None)  # fmt: skip
         # A source (or a fan_in any stage: a loop must not carry one origin round and round)
