@@ -32,10 +32,12 @@ class LoneStage:
         self.loop = loop
         self.inbox = inbox
         self.step = step  # the script's own step() (ScriptHost.direct_step)
+        self.stops = loop.stops
+        self.intake = inbox.intake
 
     def __call__(self) -> None:
         loop, inbox = self.loop, self.inbox
-        if loop.settle is not None or loop.stopping or loop.ended or inbox.undecodable:
+        if loop.settle is not None or self.stops.requested or loop.ended or self.intake.undecodable:
             inbox.receive()  # the regular path (take_one settles, draining decides)
             return
         item = inbox.receive_lone()

@@ -104,24 +104,29 @@ class Waiter:
             started = time.monotonic()
             events = dict(poller.poll(timeout_ms))
             self._streaming = time.monotonic() - started < ACK_DELAY_MS / 1000
-        only_input = inbox is not None and len(events) == 1 and inbox.link.socket in events
-        if not only_input:
-            wake = self.stops.wake_r
-            if wake in events or wake.fileno() in events:
-                with contextlib.suppress(BlockingIOError):
-                    wake.recv(4096)
-                self.stops.say()  # a signal: its stop is logged here, not in its handler
-            if self.control.socket in events:
-                self.house.on_control()
-        if inbox is not None and inbox.link.socket in events:
-            if only_input and lone is not None:
-                lone()
-            else:
+        input_socket = inbox.link.socket if inbox is not None else None
+        only_input = len(events) == 1 and input_socket in events
+        if only_input and lone is not None:
+            lone()  # the idle path: a value that came alone has run
+        else:
+            if not only_input:
+                self._serve(events)
+            if inbox is not None and input_socket in events:
                 inbox.receive()
-            if only_input and ready is not None and ready():
-                return
+        if only_input and ready is not None and ready():
+            return
         self._read_acks()
         self.tick()
+
+    def _serve(self, events: dict[Any, int]) -> None:
+        """What woke the wait besides input: a signal, the control channel."""
+        wake = self.stops.wake_r
+        if wake in events or wake.fileno() in events:
+            with contextlib.suppress(BlockingIOError):
+                wake.recv(4096)
+            self.stops.say()  # a signal: its stop is logged here, not in its handler
+        if self.control.socket in events:
+            self.house.on_control()
 
     def hand_over(
         self, link: Output, kind: FrameKind, payload: list[Any], origin: Origin | int = ()
