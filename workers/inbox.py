@@ -611,7 +611,7 @@ class Inbox:
             while sock.getsockopt(zmq.RCVMORE):
                 message.append(sock.recv(copy=False).buffer)
             self._accept_logged(message)
-            self.receive()
+            self._receive_rest()
             return None
         form = self._lone
         known = False
@@ -625,9 +625,13 @@ class Inbox:
         self._accept_logged([route, frame])
         if not known and frame[1:2] == _DATA_KIND:
             self._learn(frame)
-        if cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            self.receive()  # not idle: the rest as usual
+        self._receive_rest()
         return None
+
+    def _receive_rest(self) -> None:
+        """receive() what else waits (receive_lone took a message the regular way)."""
+        if cast(int, self.link.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self.receive()
 
     def _take_lone(
         self, form: LoneForm, route: bytes, seq: int, origin_seq: int, frame: bytes
