@@ -6,15 +6,28 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import zmq
 
+from porch.config import PipelineConfig
 from porch.serializers import get
-from porch.wire import FrameKind, HeaderEncoder, decode_ack, encode_header
+from porch.wire import (
+    FrameKind,
+    HeaderEncoder,
+    decode_ack,
+    decode_batch,
+    decode_prefix,
+    encode_header,
+)
+from workers.hotloop import HotLoop
 from workers.inbox import Inbox, Undecodable
+from workers.links import OutputLink
+from workers.lone import LoneStage
 from workers.scheduler import Item
 from workers.sendqueue import Framer
+from workers.worker import Worker, WorkerOptions
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -147,3 +160,63 @@ def test_a_lone_frame_is_packed_as_the_framer_frames_a_single_value() -> None:
         for seq, origin in ((1, 1), (2**40, 7), (3, 2**63 - 1)):
             single = framer.single(FrameKind.DATA, seq, [b"payload"], origin, 7)
             assert framer.lone(seq, origin, b"payload") == single.frames[0]
+
+
+STAGE = """
+def step(input_data):
+    return input_data["src"] * 10
+"""
+
+
+def test_an_idle_stage_runs_a_lone_value_from_its_wait_and_commits_it(tmp_path: Path) -> None:
+    """The wait of an idle one-source stage, woken by one DATA message, runs it at once
+    (the fan-in queue never holds it), commits it and sends its output with the input's
+    origin; the first value (its form not known yet) went the regular way."""
+    path = tmp_path / "stage.py"
+    path.write_text(STAGE)
+    config = PipelineConfig("stage", (path,), 1, ("sink",))
+    stage = Worker(config, WorkerOptions(control="tcp://127.0.0.1:1", state_dir=tmp_path))
+    stage.host.load()
+    inbox = stage.inbox
+    assert inbox is not None
+    hot = HotLoop(stage.loop)
+    assert hot.step is not None
+    lone = LoneStage(stage.loop, inbox, hot.step)
+    peer = stage.sockets.ctx.socket(zmq.DEALER)
+    peer.linger = 0
+    peer.connect(inbox.endpoint)
+    headers = HeaderEncoder(1, 3, "src")
+    queued = []
+    try:
+        peer.send(headers.encode(FrameKind.HELLO, 0))
+        for seq in (1, 2, 3):
+            payload = pickle.dumps(seq, protocol=5)
+            peer.send(headers.encode_data(FrameKind.DATA, seq, [(1, (A, seq))]) + payload)
+            for _ in range(100):  # each wait returns after what woke it
+                stage.loop.waiter.wait(50, ready=inbox.fanin.ready, lone=lone)
+                if inbox.fanin.ready():  # taken the regular way: run as usual
+                    queued.append(seq)
+                    assert hot.run_queue(inbox)
+                if inbox.sources["src"].processed == seq:
+                    break
+            assert inbox.sources["src"].processed == seq
+        # the first frame of the link teaches its form (one behind the HELLO, if they came
+        # together, was received with it): the last one at least ran from the wait
+        assert 3 not in queued and not inbox.fanin.ready()
+        link = stage.outputs[0]
+        assert isinstance(link, OutputLink)
+        link.flush()
+        outputs = []
+        for entry in link.outbox:
+            header, end = decode_prefix(bytes(entry.frames[0]))
+            if header.kind is FrameKind.DATA_BATCH:
+                parts = [bytes(p) for p in decode_batch(bytes(entry.frames[0]), end)]
+            else:
+                parts = [bytes(entry.frames[0])[end:]]
+            outputs += [pickle.loads(part) for part in parts]
+        assert outputs == [10, 20, 30]
+        assert link.outbox[len(link.outbox) - 1].runs == [(1, (A, 3))]
+        assert stage.counters.iterations == 3 and inbox.counters.msgs_in == 3
+    finally:
+        peer.close()
+        stage.sockets.ctx.destroy(linger=0)
