@@ -528,6 +528,7 @@ class Aligner:
         self.log: list[tuple[str, int | Span]] = []
         self._ahead: deque[Span] = deque()
         self._ahead_source = ""
+        self._runs_logged = False  # the log holds runs of items (not only Spans)
 
     def connect(self, source: str, *, interleaved: bool = False) -> None:
         """Register a new source (`interleaved`: a replicated one)."""
@@ -554,6 +555,7 @@ class Aligner:
             return functools.partial(self.align, source)
         arrivals = self.arrivals[source]
         self.log.append((source, len(arrivals)))
+        self._runs_logged = True
         return arrivals.append
 
     def push_span(self, source: str, span: Span) -> None:
@@ -569,6 +571,13 @@ class Aligner:
         log = self.log
         if not log:
             return
+        if not self._runs_logged:  # Spans only (the hot path)
+            entries = log[:]
+            log.clear()
+            for source, span in entries:
+                self._align_span(source, span)  # type: ignore[arg-type]
+            return
+        self._runs_logged = False
         arrivals = self.arrivals
         runs: list[tuple[str, int | Span]] = []
         ends: dict[str, int] = {}
@@ -619,7 +628,7 @@ class Aligner:
         ahead = self._ahead
         if ahead and self._ahead_source == other_name:
             self._pair_ahead(source, span)
-            if not len(span):
+            if span.at == len(span.values):
                 return
             if ahead:  # (not the partner's next ids)
                 self._unahead()
@@ -641,7 +650,7 @@ class Aligner:
         ahead.append(span)
         self._ahead_source = source
         self._frontiers[source].advance_one(stream, last)
-        self.counts[source] += len(span)
+        self.counts[source] += len(span.values) - span.at
 
     def _pair_ahead(self, source: str, span: Span) -> None:
         """Pair `span`'s values with the partner's Spans waiting ahead while their ids are
@@ -650,18 +659,19 @@ class Aligner:
         ahead = self._ahead
         stream = span.stream
         frontier = self._frontiers[source]
-        while len(span) and ahead:
+        while ahead and span.at < len(span.values):
             head = ahead[0]
             mine = span.origin_seq + span.at
             if head.stream != stream or head.origin_seq + head.at != mine:
                 return
-            count = min(len(span), len(head))
-            if count == len(head) and len(ahead) > 1:
+            waiting = len(head.values) - head.at
+            count = min(len(span.values) - span.at, waiting)
+            if count == waiting and len(ahead) > 1:
                 after = ahead[1]  # the partner's next id once these pair (align() sweeps if
                 if after.stream != stream or after.origin_seq + after.at <= mine + count - 1:
                     return  # it is not a later one of the same stream)
             self._span_pairs(source, span, head, count)
-            if not len(head):
+            if count == waiting:
                 ahead.popleft()
             frontier.advance_one(stream, mine + count - 1)
             self.counts[source] += count
