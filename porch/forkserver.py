@@ -444,6 +444,9 @@ def main() -> None:
 
     import workers.__main__
     import workers.worker  # noqa: F401
+    from porch import logs
+
+    logs.configure_once()  # as each worker would: they keep this one (its pages shared)
 
     serve(sock)
 

@@ -79,7 +79,7 @@ def as_replica(config: PipelineConfig, process_name: str | None) -> PipelineConf
 def main(argv: list[str] | None = None) -> int:
     """Run one pipeline worker until its stream ends, it is stopped, or it fails."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logs.configure()
+    logs.configure_once()
     try:
         config = as_replica(load_config(args.config), args.replica)
     except PorchError as exc:
