@@ -269,7 +269,8 @@ class HotLoop:
         over = False
         while i < end and not over:
             aside: Callable[[Any, Any, Origin], None] | None = None  # the regular way
-            for value in itertools.islice(values, i, end):  # the tight loop
+            rest = values if not i and end == len(values) else itertools.islice(values, i, end)
+            for value in rest:  # the tight loop
                 inputs = {name: value}
                 if value is SKIP:  # filtered out upstream: pass the marker on
                     output: Any = SKIP
