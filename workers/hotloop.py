@@ -323,6 +323,9 @@ class HotLoop:
         before it (from `at` on) is sent and committed first; it is committed after. Whether
         the burst is over."""
         span.at = i + 1
+        queue = inbox.fanin.single()[1]
+        if span.at == len(span.values) and queue and queue[0] is span:
+            queue.popleft()  # (while it waits, the queue holds what is left to take)
         self._emit(items, origins)
         if i > at:
             inbox.commit_span(span.seq + at, span.seq + i - 1, span.generation)
