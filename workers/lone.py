@@ -53,6 +53,6 @@ class LoneStage:
         else:
             loop.step_time(time.perf_counter() - started)
             loop.after_step(output, inputs, origin)
-        inbox.commit_one(seq, generation)
         if loop.outputs:
-            loop.flush_outputs()  # idle: its output leaves at once
+            loop.flush_outputs()  # idle: its output leaves at once (before the input's ack)
+        inbox.commit_one(seq, generation)
