@@ -527,6 +527,9 @@ class OutputLink:
         outbox.append(Outgoing(seq, [frame], len(item), FrameKind.DATA, runs=runs))
         if sent:
             outbox.unsent = 0
+            if self.settings.acked and not self.end.bye_pending:
+                return  # (the rest of pump(): nothing to do; the source's work after its
+                # send delays the send's way to the target about 1:1 on a loaded machine)
         self.pump()
 
     def flush(self) -> None:
