@@ -436,12 +436,13 @@ def main() -> None:
         return
     set_title("porch fork server")
     gc.disable()  # no collection in the template: freed objects leave holes (see serve)
-    # Imported once, shared by every worker (the point); zmq.auth.thread is what a worker with
+    # Imported once, shared by every worker (the point); porch.zap is what a worker with
     # a key imports for its ZAP handler (importing starts no thread: ZAP starts in the worker).
     import runpy  # noqa: F401
 
     import zmq.auth.thread  # noqa: F401
 
+    import porch.zap  # noqa: F401
     import workers.__main__
     import workers.worker  # noqa: F401
     from porch import logs

@@ -423,9 +423,9 @@ class LinkSecurity:
 
     def start_authenticator(self, ctx: zmq.Context[Any]) -> None:
         """ZAP on `ctx`: only the ring's client keys get in."""
-        from zmq.auth.thread import ThreadAuthenticator
+        from porch.zap import PlainAuthenticator
 
-        auth = ThreadAuthenticator(ctx, log=logging.getLogger("porch.zap"))
+        auth = PlainAuthenticator(ctx, log=logging.getLogger("porch.zap"))
         auth.start()
         auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self)
         self._auth = auth
