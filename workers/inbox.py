@@ -342,12 +342,8 @@ class Intake:
         index = 0
         windows = source.replays is None  # (a replica's values go one by one)
         # every value decoded, or None: each goes on its own (one that does not decode is
-        # queued as an Undecodable, for on_error: never the whole batch)
-        values: list[Any] | None = None
-        if decoded:
-            values = parts
-        elif windows and not refused:
-            values = self._decode_all(serializer, parts)
+        # queued as an Undecodable, for on_error: never the whole batch; a replica's: Replays)
+        values = self._all_values(serializer, parts, decoded, refused) if windows else None
         for count, first in runs:
             if values is not None and (
                 not first or (len(first) == 2 and first[1] > source.window.get(first[0], 0))
@@ -363,6 +359,14 @@ class Intake:
                                       shift(first, i), refused, decoded)  # fmt: skip
             seq += count
             index += count
+
+    def _all_values(
+        self, serializer: Serializer, parts: list[Any], decoded: bool, refused: str
+    ) -> list[Any] | None:
+        """A batch's values (`decoded`: `parts` are), or None when one of them goes alone."""
+        if decoded:
+            return parts
+        return None if refused else self._decode_all(serializer, parts)
 
     @staticmethod
     def _decode_all(serializer: Serializer, parts: list[memoryview]) -> list[Any] | None:

@@ -195,3 +195,20 @@ def test_a_stage_with_a_full_link_waits_for_room_before_its_next_input(
     kinds = [decode_prefix(bytes(entry.frames[0]))[0].kind for entry in link.outbox]
     assert kinds == [FrameKind.DATA_BATCH]  # (the wait here sends nothing): none alone
     assert [value for value, _ in sent(stage)] == [100, 110, 120, 130, 140]
+
+
+def test_a_replica_sources_batch_loaded_in_one_call_still_goes_value_by_value(
+    stage: Worker,
+) -> None:
+    inbox = stage.inbox
+    assert inbox is not None
+    one, two = HeaderEncoder(1, 9, "B#a1-1"), HeaderEncoder(1, 9, "B#a1-2")
+    for headers in (one, two):
+        inbox._accept([b"r", headers.encode(FrameKind.HELLO, 0)])
+    inbox._accept(batch(one, 1, 101, [1, 2], raw=False))
+    # B#a1-1 went away and its values were handed to B#a1-2, which sends them again
+    inbox._accept(batch(two, 1, 101, [1, 2, 3], raw=False))
+    assert inbox.counters.duplicates == 2 and inbox.counters.msgs_in == 3
+    items = [inbox.fanin.next_item() for _ in range(inbox.fanin.depth())]
+    assert [(item[1], item[2]) for item in items] == [(1, (STREAM, 101)), (2, (STREAM, 102)),
+                                                      (3, (STREAM, 103))]  # fmt: skip
