@@ -448,6 +448,9 @@ def main() -> None:
     from porch import logs
 
     logs.configure_once()  # as each worker would: they keep this one (its pages shared)
+    import hmac
+
+    hmac.digest(b"", b"", "sha256")  # OpenSSL's first use (a keyed worker derives its keys)
 
     serve(sock)
 
