@@ -36,11 +36,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import zmq
 
 from porch import logs
+from porch.control import readable
 from porch.errors import WireError
 from porch.names import is_replica, pipeline_of
 from porch.security import LinkSecurity
@@ -634,7 +635,7 @@ class Inbox:
 
     def _receive_rest(self) -> None:
         """receive() what else waits (receive_lone took a message the regular way)."""
-        if cast(int, self.link.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if readable(self.link.socket):
             self.receive()
 
     def _take_lone(
