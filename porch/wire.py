@@ -285,6 +285,8 @@ def decode_prefix(frame: bytes) -> tuple[Header, int]:
 _COUNT = struct.Struct("!I")
 MAX_BATCH_COUNT = 65536
 PICKLED = 0x80000000  # a DATA_BATCH's count flag: its payloads region is one pickle (above)
+WHOLE = 0x40000000  # ...this one: its region is one pickle (protocol 5) of the list of exactly
+# count small plain values, no lengths (the sender pickled a source's burst in one call)
 PROTO_3 = b"\x80\x03"  # how a protocol-3 pickle starts (the PROTO opcode and its argument)
 _LIST_START = PROTO_3 + b"("  # PROTO 3, MARK
 _LIST_END = b"l."  # LIST, STOP
@@ -323,6 +325,12 @@ def encode_batch(header: bytes, payloads: list[bytes]) -> bytes:
     return _separate(header, payloads)
 
 
+def encode_whole(header: bytes, blob: bytes, count: int) -> bytes:
+    """One WHOLE DATA_BATCH frame: header, count (u32, WHOLE set), `blob` (one pickle of the
+    list of the `count` values)."""
+    return b"".join((header, _COUNT.pack(count | WHOLE), blob))
+
+
 def _separate(header: bytes, payloads: list[bytes]) -> bytes:
     count = len(payloads)
     lengths = struct.pack(f"!{count}I", *map(len, payloads))
@@ -335,6 +343,7 @@ class BatchPayloads(NamedTuple):
     lengths: tuple[int, ...]  # each value's (a pickled region's: each body's); 0: a skip marker
     region: memoryview  # the payloads; pickled: one pickle of the list of the values
     pickled: bool
+    whole: bool = False  # the region is one pickle of the list of the values (lengths: 1 each)
 
     def parts(self) -> list[Any]:
         """Each value's payload alone, as the sender's serializer made it (b"": a marker)."""
@@ -362,6 +371,11 @@ def read_batch(frame: bytes, start: int) -> BatchPayloads:
     if len(frame) < start + 4:
         raise WireError("batch without a count")
     (word,) = _COUNT.unpack_from(frame, start)
+    if word & WHOLE and not word & PICKLED:
+        count = word & ~WHOLE
+        if count == 0 or count > MAX_BATCH_COUNT or len(frame) <= start + 4:
+            raise WireError(f"whole batch count {count} does not fit a {len(frame)}-byte frame")
+        return BatchPayloads((1,) * count, memoryview(frame)[start + 4 :], False, True)
     count = word & ~PICKLED
     pickled = word != count
     offset = start + 4 + 4 * count

@@ -22,12 +22,13 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import pickle
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from porch.serializers import SerializationError
+from porch.serializers import _ATOMS, SerializationError
 from porch.stream import SKIP, STOP_REQUEST, clear_stop_request, stop_requested
 from porch.wire import Origin
 from workers.inbox import Inbox
@@ -46,6 +47,25 @@ SOURCE_BURST_S = 0.0005
 SAMPLE_MASK = 7  # a stage times one step() in 8 (a source: each burst's mean)
 
 
+_NOT_PLAIN = object()
+
+
+def _captured(value: Any) -> Any:
+    """A small plain value as step() returned it (porch.serializers' exact atoms, or a dict,
+    list or tuple of them: a shallow copy of a mutable one is the value, its items being
+    immutable), or _NOT_PLAIN."""
+    kind = type(value)
+    if kind is dict:
+        if _ATOMS.issuperset(map(type, value.values())) and _ATOMS.issuperset(map(type, value)):
+            return dict(value)
+    elif kind is list:
+        if _ATOMS.issuperset(map(type, value)):
+            return list(value)
+    elif kind in _ATOMS or (kind is tuple and _ATOMS.issuperset(map(type, value))):
+        return value
+    return _NOT_PLAIN
+
+
 class HotLoop:
     """The per-burst loops of one worker's message loop (built once its scripts are loaded)."""
 
@@ -59,6 +79,7 @@ class HotLoop:
         self.bursts = self.step is not None and self.emitter.durable is None
         serializer = self.emitter.serializer
         self.dumps_one = serializer.dumps_one or functools.partial(_one_frame, serializer.dumps)
+        self.whole = serializer.name == "pickle"  # small plain values: one pickle per burst
 
     def budget(self) -> int:
         """How many values every link takes now (0: the regular path must wait)."""
@@ -80,20 +101,20 @@ class HotLoop:
         step = self.step
         if step is None or not self.bursts:
             return False
-        budget = self.budget()
-        if budget < MAX_BATCH and loop.outputs:
-            # the acks that came since (a busy loop reads them every TICK_S otherwise): the
-            # next frame full, and no wait while they already free the window
-            loop.read_acks()
-            budget = self.budget()
+        budget = self._source_budget(left)
         if budget <= 0:
             return self._wait_for_room()
-        if left is not None:
-            budget = min(budget, left)
         dumps_one = self.dumps_one
         items: list[bytes] = []
         append = items.append
         sends = bool(loop.outputs)
+        # small plain values gathered as they are (a shallow copy of a flat container: its
+        # items are immutable, so the copy is the value as step() returned it), pickled in
+        # one call at the end (a WHOLE batch); the first value that is not ends this part
+        bulk = self._bulk()
+        values: list[Any] = []
+        grab = values.append
+        captured = _captured
         stop = STOP_REQUEST
         clock = time.perf_counter
         started = clock()
@@ -110,6 +131,15 @@ class HotLoop:
                 failed = loop.host.failure(exc)
                 ran = index
                 break
+            if bulk and value is not SKIP:
+                copy = captured(value)
+                if copy is not _NOT_PLAIN:
+                    grab(copy)
+                    value = SKIP
+                else:  # not plain: what was gathered leaves first
+                    bulk = False
+                    self._emit_whole(values)
+                    values = []
             if value is not SKIP and sends:
                 item = dumps_one(value)
                 if item is not None and len(item) <= BATCH_ITEM_MAX:
@@ -129,8 +159,45 @@ class HotLoop:
             if clock() >= deadline:
                 ran = index + 1
                 break
+        self._emit_whole(values)  # (gathered to the end: nothing in `items`)
         self._end_burst(items, started, ran - alone, failed)
         return True
+
+    def _source_budget(self, left: int | None) -> int:
+        """How many step() calls the next source burst may make (0: a link is full)."""
+        budget = self.budget()
+        if budget < MAX_BATCH and self.loop.outputs:
+            # the acks that came since (a busy loop reads them every TICK_S otherwise): the
+            # next frame full, and no wait while they already free the window
+            self.loop.read_acks()
+            budget = self.budget()
+        return budget if left is None or budget <= 0 else min(budget, left)
+
+    def _bulk(self) -> bool:
+        """Whether a source burst's small plain values may leave as one pickle: every output
+        a plain link (no replicas, no drop_oldest), the pickle serializer."""
+        outputs = self.loop.outputs
+        return (
+            bool(outputs)
+            and self.whole
+            and all(type(link) is OutputLink and not link.settings.drop_oldest for link in outputs)
+        )
+
+    def _emit_whole(self, values: list[Any]) -> None:
+        """Send a source burst's small plain values as one pickle (one value: as today)."""
+        if not values:
+            return
+        if len(values) == 1:
+            item = self.dumps_one(values[0])
+            if item is not None and len(item) <= BATCH_ITEM_MAX:
+                self._emit_own([item])
+                return
+        loop = self.loop
+        blob = pickle.dumps(values, 5)
+        origins = self.emitter.own_origins(len(values))
+        for link in loop.outputs:
+            link.extend_whole(blob, values, origins)  # type: ignore[union-attr]
+        loop.counters.msgs_out += len(values)  # (`values` is the outbox entries' now)
 
     def _end_burst(self, items: list[bytes], started: float, done: int,
                    failed: Exception | None) -> None:  # fmt: skip

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import pickle
 import struct
 import time
 from collections import deque
@@ -71,6 +72,20 @@ log = logs.get("porch.worker")
 RECV_BATCH = 256
 MAX_STREAMS = 64  # origin streams remembered per source (a stream: one start of an origin)
 REPLAY_ORIGINS = 4096  # origins remembered per source pipeline where windows cannot be kept
+
+
+def _load_whole(serializer: Serializer, region: memoryview, count: int) -> list[Any]:
+    """The values of a WHOLE batch (porch.wire); WireError (a corrupt frame, dropped and
+    counted) when it is not one pickle of a list of exactly `count` values."""
+    if serializer.name != "pickle":
+        raise WireError(f"a whole batch of {serializer.name} data (only pickle makes them)")
+    try:
+        values = pickle.loads(region)
+    except Exception as exc:
+        raise WireError(f"a whole batch does not load: {type(exc).__name__}: {exc}") from None
+    if type(values) is not list or len(values) != count:
+        raise WireError(f"a whole batch is not a list of its {count} values")
+    return values
 
 
 class Deferral(Protocol):
@@ -332,11 +347,16 @@ class Intake:
             raise WireError("a batch's origin runs do not cover its values")
         # the values in one call (a pickled batch), else each payload to decode alone
         parts: list[Any] | None = None
-        if batch.pickled and not refused and serializer.loads_batch is not None:
+        if batch.whole:  # one pickle of the list of the values (a source's burst)
+            if refused:  # each value said refused, as it would be alone (the frame for each)
+                parts = [batch.region] * len(batch.lengths)
+            else:
+                parts = _load_whole(serializer, batch.region, len(batch.lengths))
+        elif batch.pickled and not refused and serializer.loads_batch is not None:
             parts = serializer.loads_batch(batch.region, len(batch.lengths))
             if parts is not None and 0 in batch.lengths:
                 parts = [v if n else SKIP for v, n in zip(parts, batch.lengths, strict=True)]
-        decoded = parts is not None
+        decoded = parts is not None and not (batch.whole and refused)
         if parts is None:
             parts = batch.parts()
         seq = header.seq

@@ -506,6 +506,19 @@ class OutputLink:
             if self.batch.full():
                 self.flush()
 
+    def extend_whole(self, blob: bytes, values: list[Any], origins: Sequence[Any]) -> None:
+        """A source burst's small plain values, pickled in one call (`blob`), out as one WHOLE
+        batch (porch.wire) after what the link gathered; `origins` as for extend(); the
+        caller checked room(). The values are the outbox entry's, to split a replay."""
+        if self.gone:
+            self.dropped += len(values)
+            return
+        self._close_batch()
+        self.outbox.append(self.framer.whole(self.seq + 1, blob, values, list(origins),
+                                             len(blob)))  # fmt: skip
+        self.seq += len(values)
+        self.pump()
+
     def send_one(self, item: bytes, origin: Origin | int) -> None:
         """One small serialized value (at most BATCH_ITEM_MAX bytes) out at once, the message
         a batch of one would be, without gathering it (a slow loop's value: the idle path);

@@ -9,6 +9,7 @@ durable outbox may delete up to.
 
 from __future__ import annotations
 
+import pickle
 import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,7 @@ from porch.wire import (
     Stream,
     decode_prefix,
     encode_batch,
+    encode_whole,
     run_origins,
     runs_of,
 )
@@ -48,19 +50,30 @@ class Outgoing:
     first: int = 0  # a batch: the first sequence number it carries
     parts: list[bytes] | None = None  # a batch: its messages' payloads, to split for a replay
     runs: list[Run] | None = None  # its messages' origins (see porch.wire)
+    values: list[Any] | None = None  # a WHOLE batch: its small plain values (parts: None)
 
     @property
     def count(self) -> int:
         """How many messages it carries."""
-        return self.seq - self.first + 1 if self.parts is not None else 1
+        if self.parts is None and self.values is None:
+            return 1
+        return self.seq - self.first + 1
+
+    def payloads(self) -> list[bytes] | None:
+        """A batch's payloads one by one (a WHOLE batch's made now from its values, as
+        dumps_one makes a small plain value's), None for a single message."""
+        if self.values is not None:
+            return [pickle.dumps(value, 3) for value in self.values]
+        return self.parts
 
 
 def data_of(message: Outgoing) -> list[tuple[list[Any], Origin]]:
     """The values a data message carries, each as (payload frames, origin), in order: to send
     them again on another link (a replica that is gone hands its values to the others)."""
     origins = run_origins(message.runs or [(message.count, ())])
-    if message.parts is not None:
-        return [([part], origin) for part, origin in zip(message.parts, origins, strict=True)]
+    parts = message.payloads()
+    if parts is not None:
+        return [([part], origin) for part, origin in zip(parts, origins, strict=True)]
     head = bytes(message.frames[0])
     _, end = decode_prefix(head)
     rest = list(message.frames[1:])
@@ -152,6 +165,23 @@ class Framer:
             return Outgoing(first, frames, nbytes, FrameKind.DATA, runs=runs)
         frame = encode_batch(self.headers.encode_data(FrameKind.DATA_BATCH, first, runs), items)
         return Outgoing(first + count - 1, [frame], nbytes, FrameKind.DATA, first, items, runs)
+
+    def whole(self, first: int, blob: bytes, values: list[Any], origins: list[Origin | int],
+              nbytes: int) -> Outgoing:  # fmt: skip
+        """One entry carrying a WHOLE batch (porch.wire): `blob` is one pickle of `values`,
+        small plain values whose first gets seq `first`."""
+        count = len(values)
+        head = origins[0]
+        if type(head) is int and origins[-1] - head == count - 1:  # type: ignore[operator]
+            runs: list[Run] = [(count, (self.stream, head))]
+        elif type(head) is int:
+            runs = runs_of([self.origin(origin) for origin in origins])
+        else:
+            runs = runs_of(origins)  # type: ignore[arg-type]
+        header = self.headers.encode_data(FrameKind.DATA_BATCH, first, runs)
+        frame = encode_whole(header, blob, count)
+        return Outgoing(first + count - 1, [frame], nbytes, FrameKind.DATA, first, None, runs,
+                        values)  # fmt: skip
 
     def single(self, kind: FrameKind, seq: int, payload: list[Any], origin: Origin | int,
                size: int) -> Outgoing:  # fmt: skip
@@ -274,12 +304,13 @@ class SendQueue:
         """Turn every batch into its single messages (a restarted target acks one by one)."""
         split: deque[Outgoing] = deque()
         for message in self.entries:
-            if message.parts is None:
+            parts = message.payloads()
+            if parts is None:
                 split.append(message)
                 continue
             origins = run_origins(message.runs or [(message.count, ())])
             for seq, part, origin in zip(
-                range(message.first, message.seq + 1), message.parts, origins, strict=True
+                range(message.first, message.seq + 1), parts, origins, strict=True
             ):
                 runs = [(1, origin)]
                 frame = headers.encode_data(FrameKind.DATA, seq, runs) + part
