@@ -34,13 +34,18 @@ one of two layouts:
   apart concatenate: shared references and cycles inside a value survive. The receiver loads
   the region in one call; when that fails (a class missing here, a corrupt value), the lengths
   give each value back alone (`PROTO 3 + body + STOP`, exactly what the sender pickled), so
-  that only the bad one is said undecodable.
+  that only the bad one is said undecodable;
+- whole (WHOLE set, PICKLED clear; pickle serializer only): no lengths, the region is one
+  protocol-5 pickle of the list of exactly count small plain values (a source's burst pickled
+  in one call: exact builtin atoms, or a dict/list/tuple of them). It does not load, or is not
+  such a list: a corrupt frame (it names no class that could be missing).
 """
 
 from __future__ import annotations
 
 import enum
 import operator
+import pickle
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -350,6 +355,8 @@ class BatchPayloads(NamedTuple):
         region = self.region
         offset = 0
         parts: list[Any] = []
+        if self.whole:  # each value's protocol-3 pickle, as dumps_one makes a plain value's
+            return [pickle.dumps(value, 3) for value in load_whole(region, len(self.lengths))]
         if not self.pickled:
             for length in self.lengths:
                 parts.append(region[offset : offset + length])
@@ -363,6 +370,18 @@ class BatchPayloads(NamedTuple):
                 parts.append(b"")
             offset += length or len(_SKIP_BODY)
         return parts
+
+
+def load_whole(region: memoryview, count: int) -> list[Any]:
+    """The values of a WHOLE batch's region (pickle only: see the module docstring); WireError
+    (a corrupt frame) when it is not one pickle of a list of exactly `count` values."""
+    try:
+        values = pickle.loads(region)
+    except Exception as exc:
+        raise WireError(f"a whole batch does not load: {type(exc).__name__}: {exc}") from None
+    if type(values) is not list or len(values) != count:
+        raise WireError(f"a whole batch is not a list of its {count} values")
+    return values
 
 
 def read_batch(frame: bytes, start: int) -> BatchPayloads:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import pickle
 import struct
 import time
 from collections import deque
@@ -59,6 +58,7 @@ from porch.wire import (
     Origin,
     Stream,
     decode_prefix,
+    load_whole,
     read_batch,
     shift,
     union,
@@ -79,13 +79,7 @@ def _load_whole(serializer: Serializer, region: memoryview, count: int) -> list[
     counted) when it is not one pickle of a list of exactly `count` values."""
     if serializer.name != "pickle":
         raise WireError(f"a whole batch of {serializer.name} data (only pickle makes them)")
-    try:
-        values = pickle.loads(region)
-    except Exception as exc:
-        raise WireError(f"a whole batch does not load: {type(exc).__name__}: {exc}") from None
-    if type(values) is not list or len(values) != count:
-        raise WireError(f"a whole batch is not a list of its {count} values")
-    return values
+    return load_whole(region, count)
 
 
 class Deferral(Protocol):
