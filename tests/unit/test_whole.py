@@ -1,0 +1,130 @@
+"""A source burst's small plain values leave as ONE pickle (a WHOLE DATA_BATCH): the same
+values, origins and order as one by one, one loads at the receiver, a corrupt one is a bad
+frame, a replay of it is deduplicated."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from porch.errors import WireError
+from porch.wire import (
+    WHOLE,
+    FrameKind,
+    HeaderEncoder,
+    decode_prefix,
+    encode_whole,
+    load_whole,
+    read_batch,
+)
+from tests.unit.test_hotloop import sent, worker
+from tests.unit.test_inbox_spans import STREAM, connect, stage
+from workers.hotloop import _NOT_PLAIN, HotLoop, _captured
+from workers.worker import Worker
+
+pytestmark = pytest.mark.timeout(30)
+__all__ = ["stage"]  # (the fixture, used below)
+
+MIXED = """
+import porch
+n = 0
+class Box:
+    def __init__(self, n):
+        self.n = n
+    def __eq__(self, other):
+        return type(other).__name__ == "Box" and other.n == self.n
+def step():
+    global n
+    n += 1
+    if n == 4:
+        return {1, 2}  # a set: not plain
+    if n == 6:
+        return Box(6)
+    if n == 9:
+        porch.stop()
+    return {"n": n, "t": "x"} if n % 2 else [n, None, 1.5]
+"""
+
+
+def whole_frame(headers: HeaderEncoder, seq: int, origin_seq: int, values: list[object]) -> bytes:
+    header = headers.encode_data(FrameKind.DATA_BATCH, seq, [(len(values), (STREAM, origin_seq))])
+    return encode_whole(header, pickle.dumps(values, 5), len(values))
+
+
+def test_a_whole_batch_round_trips_and_a_corrupt_one_is_a_wire_error() -> None:
+    values: list[object] = [{"a": 1, "b": "x"}, [1, 2.5, None], (b"b", True), 7, "s"]
+    frame = encode_whole(b"H", pickle.dumps(values, 5), len(values))
+    batch = read_batch(frame, 1)
+    assert batch.whole and len(batch.lengths) == 5
+    assert load_whole(batch.region, 5) == values
+    assert [pickle.loads(part) for part in batch.parts()] == values  # each alone, protocol 3
+    blob = pickle.dumps(values, 5)
+    for bad in (blob[:-3], b"garbage", pickle.dumps(tuple(values), 5), pickle.dumps(values[:4])):
+        region = read_batch(encode_whole(b"H", bad, 5), 1).region
+        with pytest.raises(WireError):
+            load_whole(region, 5)
+    with pytest.raises(WireError):
+        read_batch(b"H" + (0 | WHOLE).to_bytes(4, "big") + blob, 1)  # count 0
+
+
+def test_only_flat_values_of_exact_atoms_are_captured_and_the_copy_is_taken_now() -> None:
+    shared = [1, 2]
+    assert _captured({"a": shared, "b": shared}) is _NOT_PLAIN  # nested: today's path
+    assert _captured({(1, 2): 3}) is _NOT_PLAIN  # a tuple key
+    assert _captured([True, {1}]) is _NOT_PLAIN and _captured({1, 2}) is _NOT_PLAIN
+
+    class Str(str):
+        pass
+
+    assert _captured([Str("x")]) is _NOT_PLAIN and _captured(Str("x")) is _NOT_PLAIN
+    value = {"n": 1}
+    copy = _captured(value)
+    value["n"] = 2  # the script reuses its object after step() returned
+    assert copy == {"n": 1}
+    items = [1, "a"]
+    copied = _captured(items)
+    items.append(3)
+    assert copied == [1, "a"]
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Iterator[Worker]:
+    made = worker(tmp_path, "mixed", MIXED)
+    yield made
+    made.sockets.ctx.destroy(linger=0)
+
+
+def test_a_burst_mixing_plain_and_other_values_keeps_their_order(mixed: Worker) -> None:
+    hot = HotLoop(mixed.loop)
+    while not mixed.ended:
+        assert hot.source_burst(None)
+    got = sent(mixed)
+    values = [value for value, _ in got]
+    first = [{"n": 1, "t": "x"}, [2, None, 1.5], {"n": 3, "t": "x"}, {1, 2}, {"n": 5, "t": "x"}]
+    assert values[:5] == first
+    assert type(values[5]).__name__ == "Box" and values[5].n == 6
+    assert values[6:] == [{"n": 7, "t": "x"}, [8, None, 1.5], {"n": 9, "t": "x"}]
+    assert [origin for _, origin in got] == list(range(1, 10))
+    entries = mixed.outputs[0].outbox
+    frame = bytes(next(iter(entries)).frames[0])
+    header, end = decode_prefix(frame)
+    assert header.kind is FrameKind.DATA_BATCH and read_batch(frame, end).whole  # 1-3: one pickle
+    assert mixed.counters.msgs_out == 9
+
+
+def test_a_whole_batch_is_queued_and_its_replay_deduplicated(stage: Worker) -> None:
+    inbox = stage.inbox
+    assert inbox is not None
+    headers = connect(inbox)
+    inbox._accept([b"r", whole_frame(headers, 1, 101, [1, 3, 5])])
+    assert inbox.fanin.depth() == 3
+    inbox._accept([b"r", whole_frame(headers, 1, 101, [1, 3, 5])])  # resent after a reconnect
+    assert inbox.fanin.depth() == 3 and inbox.counters.duplicates  # (as a resent batch)
+    with pytest.raises(WireError):
+        inbox._accept([b"r", whole_frame(headers, 4, 104, [1])[:-4]])  # corrupt: a bad frame
+    assert inbox.fanin.depth() == 3
+    assert HotLoop(stage.loop).run_queue(inbox)
+    assert sent(stage) == [(10, 101), (30, 102), (50, 103)]
