@@ -61,6 +61,9 @@ def _captured(value: Any) -> Any:
     elif kind is list:
         if _ATOMS.issuperset(map(type, value)):
             return list(value)
+    elif kind is str or kind is bytes:
+        if len(value) <= BATCH_ITEM_MAX:  # a large one travels alone (byte bounds), as today
+            return value
     elif kind in _ATOMS or (kind is tuple and _ATOMS.issuperset(map(type, value))):
         return value
     return _NOT_PLAIN

@@ -80,6 +80,7 @@ def test_only_flat_values_of_exact_atoms_are_captured_and_the_copy_is_taken_now(
         pass
 
     assert _captured([Str("x")]) is _NOT_PLAIN and _captured(Str("x")) is _NOT_PLAIN
+    assert _captured(b"x" * 20000) is _NOT_PLAIN  # large: travels alone (byte bounds)
     value = {"n": 1}
     copy = _captured(value)
     value["n"] = 2  # the script reuses its object after step() returned
