@@ -35,7 +35,7 @@ from workers.inbox import Inbox
 from workers.links import OutputLink
 from workers.loop import BACKLOG_FLUSH_S, FLUSH_INTERVAL_S, MessageLoop
 from workers.scheduler import PairRun, Span
-from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH
+from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH, MAX_BATCH_BYTES
 
 __all__ = ["FLUSH_INTERVAL_S", "HotLoop"]
 
@@ -141,7 +141,7 @@ class HotLoop:
                     value = SKIP
                 else:  # not plain: what was gathered leaves first
                     bulk = False
-                    self._emit_whole(values)
+                    alone += self._emit_whole(values)
                     values = []
             if value is not SKIP and sends:
                 item = dumps_one(value)
@@ -162,7 +162,7 @@ class HotLoop:
             if clock() >= deadline:
                 ran = index + 1
                 break
-        self._emit_whole(values)  # (gathered to the end: nothing in `items`)
+        alone += self._emit_whole(values)  # (gathered to the end: nothing in `items`)
         self._end_burst(items, started, ran - alone, failed)
         return True
 
@@ -186,21 +186,35 @@ class HotLoop:
             and all(type(link) is OutputLink and not link.settings.drop_oldest for link in outputs)
         )
 
-    def _emit_whole(self, values: list[Any]) -> None:
-        """Send a source burst's small plain values as one pickle (one value: as today)."""
+    def _emit_whole(self, values: list[Any]) -> int:
+        """Send a source burst's small plain values as one pickle (one value, or a burst too
+        large for one frame: each as the per-value path sends it); how many of them
+        after_step counted (values that travel alone)."""
         if not values:
-            return
-        if len(values) == 1:
-            item = self.dumps_one(values[0])
-            if item is not None and len(item) <= BATCH_ITEM_MAX:
-                self._emit_own([item])
-                return
+            return 0
         loop = self.loop
-        blob = pickle.dumps(values, 5)
-        origins = self.emitter.own_origins(len(values))
-        for link in loop.outputs:
-            link.extend_whole(blob, values, origins)  # type: ignore[union-attr]
-        loop.counters.msgs_out += len(values)  # (`values` is the outbox entries' now)
+        if len(values) > 1:
+            blob = pickle.dumps(values, 5)
+            # the plain test looks at types, not sizes: a dict holding a large str is plain,
+            # and a burst of them must not become one frame past the links' byte bounds
+            if len(blob) <= MAX_BATCH_BYTES:
+                origins = self.emitter.own_origins(len(values))
+                for link in loop.outputs:
+                    link.extend_whole(blob, values, origins)  # type: ignore[union-attr]
+                loop.counters.msgs_out += len(values)  # (`values` is the outbox entries' now)
+                return 0
+        items: list[bytes] = []
+        alone = 0
+        for value in values:
+            item = self.dumps_one(value)
+            if item is not None and len(item) <= BATCH_ITEM_MAX:
+                items.append(item)
+            else:  # it travels alone, after what came before it
+                self._emit_own(items)
+                loop.after_step(value, None, ())
+                alone += 1
+        self._emit_own(items)
+        return alone
 
     def _end_burst(self, items: list[bytes], started: float, done: int,
                    failed: Exception | None) -> None:  # fmt: skip

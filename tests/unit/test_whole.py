@@ -44,6 +44,43 @@ def step():
 """
 
 
+LARGE = """
+import porch
+n = 0
+def step():
+    global n
+    n += 1
+    if n == 40:
+        porch.stop()
+    return {"n": n, "blob": "x" * 100_000}  # plain by type, large by size
+"""
+
+
+@pytest.fixture
+def large(tmp_path: Path) -> Iterator[Worker]:
+    made = worker(tmp_path, "large", LARGE)
+    yield made
+    made.sockets.ctx.destroy(linger=0)
+
+
+def test_a_burst_of_plain_but_large_values_sends_each_alone_within_the_byte_bounds(
+    large: Worker,
+) -> None:
+    hot = HotLoop(large.loop)
+    while not large.ended:
+        assert hot.source_burst(None)
+        large.outputs[0].flush()
+        sizes = [sum(len(frame) for frame in entry.frames) for entry in large.outputs[0].outbox]
+        assert max(sizes) < 2 * 100_000  # no frame of a whole burst of them
+    got = []
+    for entry in large.outputs[0].outbox:  # each a message of its own (header, payload)
+        header, _ = decode_prefix(bytes(entry.frames[0]))
+        assert header.kind is FrameKind.DATA and len(entry.frames) == 2
+        got.append((pickle.loads(bytes(entry.frames[1]))["n"], header.origins[0][1][1]))
+    assert got == [(n, n) for n in range(1, 41)]
+    assert large.counters.msgs_out == 40 and large.counters.iterations == 40
+
+
 def whole_frame(headers: HeaderEncoder, seq: int, origin_seq: int, values: list[object]) -> bytes:
     header = headers.encode_data(FrameKind.DATA_BATCH, seq, [(len(values), (STREAM, origin_seq))])
     return encode_whole(header, pickle.dumps(values, 5), len(values))
