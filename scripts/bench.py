@@ -1724,12 +1724,16 @@ def measure(bench: Benchmark, settings: Settings, outcome: Outcome, rnd: int) ->
         outcome.skipped = str(exc)
         print(f"  {bench.name}: skipped: {exc}", file=sys.stderr)
         return
-    outcome.samples.append(sample)
-    if sample.lost:
-        outcome.errors.append(f"lost {sample.lost} of {sample.expected} messages")
     shown = " ".join(f"{k}={fmt_number(v)}" for k, v in sample.metrics.items())
     delivered = f" ({sample.count}/{sample.expected} delivered)" if sample.expected else ""
     wall_s = time.monotonic() - started
+    if sample.lost:  # an error row, not a number: its rate and CPU figures stay out of medians
+        error = f"round {rnd + 1}: only {sample.count} of {sample.expected} messages delivered"
+        outcome.errors.append(error + "".join(f"; {note}" for note in sample.notes))
+        print(f"  {bench.name}: FAILED: {error} (not counted: {shown}), wall {wall_s:.1f}s",
+              file=sys.stderr)  # fmt: skip
+        return
+    outcome.samples.append(sample)
     print(f"  {bench.name}: {shown}{delivered}, wall {wall_s:.1f}s", file=sys.stderr)
 
 

@@ -12,7 +12,7 @@ from typing import IO, Any, cast
 
 import pytest
 
-from scripts.bench import BenchError, Child, read_line
+from scripts.bench import BenchError, Benchmark, Child, Outcome, Sample, measure, read_line
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -57,3 +57,15 @@ def test_a_line_in_pieces_then_the_end_of_output(piped: tuple[Child, IO[bytes]])
     writer.close()
     assert read_line(child, WAIT_S) == "last words"
     assert read_line(child, WAIT_S) is None
+
+
+def test_a_run_that_delivered_less_than_was_sent_is_an_error_not_a_sample(tmp_path: Path) -> None:
+    short = Sample({"rate": 187_878.0}, count=110_028, expected=200_000)
+    bench = Benchmark("porch_chain", "A -> B", lambda settings: short)
+    outcome = Outcome(bench)
+    measure(bench, cast(Any, None), outcome, 0)
+    assert outcome.samples == []  # its rate stays out of the medians
+    assert outcome.errors == ["round 1: only 110028 of 200000 messages delivered"]
+    full = Sample({"rate": 300_000.0}, count=200_000, expected=200_000)
+    measure(Benchmark("porch_chain", "A -> B", lambda settings: full), cast(Any, None), outcome, 1)
+    assert [s.count for s in outcome.samples] == [200_000] and len(outcome.errors) == 1
