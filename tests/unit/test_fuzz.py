@@ -119,7 +119,12 @@ def test_pickled_batch_decoder(
     assert loaded is not None
     got = loaded(batch.region, len(batch.lengths))  # a list of them all, or None: never raises
     assert got is None or len(got) == len(batch.lengths)
-    assert len(batch.parts()) == len(batch.lengths)
+    try:
+        parts = batch.parts()
+    except WireError:  # a frame an edit made WHOLE: a corrupt frame, dropped and counted
+        assert batch.whole and data != frame
+        return
+    assert len(parts) == len(batch.lengths)
     if data == frame:
         assert got == values
 
