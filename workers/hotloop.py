@@ -36,6 +36,7 @@ from workers.links import OutputLink
 from workers.loop import BACKLOG_FLUSH_S, FLUSH_INTERVAL_S, MessageLoop
 from workers.scheduler import PairRun, Span
 from workers.sendqueue import BATCH_ITEM_MAX, MAX_BATCH, MAX_BATCH_BYTES
+from workers.waiting import TICK_S
 
 __all__ = ["FLUSH_INTERVAL_S", "HotLoop"]
 
@@ -141,7 +142,7 @@ class HotLoop:
                     value = SKIP
                 else:  # not plain: what was gathered leaves first
                     bulk = False
-                    alone += self._emit_whole(values)
+                    alone += self._emit_whole(values, items)
                     values = []
             if value is not SKIP and sends:
                 item = dumps_one(value)
@@ -162,8 +163,9 @@ class HotLoop:
             if clock() >= deadline:
                 ran = index + 1
                 break
-        alone += self._emit_whole(values)  # (gathered to the end: nothing in `items`)
-        self._end_burst(items, started, ran - alone, failed)
+        alone += self._emit_whole(values, items)  # (one by one: into `items`, sent as before)
+        slow = self._end_burst(items, started, ran - alone, failed)
+        self._slow_source(call, left, slow and ran == 1 and not alone and failed is None)
         return True
 
     def _source_budget(self, left: int | None) -> int:
@@ -186,10 +188,11 @@ class HotLoop:
             and all(type(link) is OutputLink and not link.settings.drop_oldest for link in outputs)
         )
 
-    def _emit_whole(self, values: list[Any]) -> int:
+    def _emit_whole(self, values: list[Any], items: list[bytes]) -> int:
         """Send a source burst's small plain values as one pickle (one value, or a burst too
-        large for one frame: each as the per-value path sends it); how many of them
-        after_step counted (values that travel alone)."""
+        large for one frame: each as the per-value path sends it, small ones into `items`,
+        which _end_burst sends: a slow step()'s value goes straight to the socket,
+        OutputLink.send_one); how many of them after_step counted (values that travel alone)."""
         if not values:
             return 0
         loop = self.loop
@@ -203,7 +206,6 @@ class HotLoop:
                     link.extend_whole(blob, values, origins)  # type: ignore[union-attr]
                 loop.counters.msgs_out += len(values)  # (`values` is the outbox entries' now)
                 return 0
-        items: list[bytes] = []
         alone = 0
         for value in values:
             item = self.dumps_one(value)
@@ -213,17 +215,84 @@ class HotLoop:
                 self._emit_own(items)
                 loop.after_step(value, None, ())
                 alone += 1
-        self._emit_own(items)
         return alone
 
+    def _slow_source(self, call: Callable[[], Any], left: int | None, slow: bool) -> None:
+        """A slow step()'s values, each sent the moment step() returns it, with nothing
+        between its send and the next step() but two counts and a few compares (the source's
+        work after a send delays that send's way to its target about 1:1 on a loaded machine):
+        the timing, tick, acks and flush wait for the end of the run. The run ends on anything
+        else: a fast step(), a SKIP-free value that travels alone, a failure, a stop, the room
+        the links had at its start, `left` (counting the value before it: `slow`, it was one
+        slow step()'s) or TICK_S (the housekeeping's period)."""
+        loop = self.loop
+        links = self._plain_links() if slow and not loop.ended else None
+        if not links:
+            return
+        room = min(link.room() for link in links)
+        if left is not None:
+            room = min(room, left - 1)
+        emitter = self.emitter
+        dumps_one = self.dumps_one
+        counters = loop.counters
+        stop = STOP_REQUEST
+        stops = loop.stops
+        clock = time.perf_counter
+        started = clock()
+        until = started + TICK_S
+        busy = 0.0
+        done = 0
+        failed: Exception | None = None
+        while done < room:
+            before = clock()
+            try:
+                value = call()
+            except (Exception, SystemExit) as exc:
+                failed = loop.host.failure(exc)
+                break
+            after = clock()
+            if value is not SKIP:
+                item = dumps_one(value)
+                if item is None or len(item) > BATCH_ITEM_MAX:
+                    loop.after_step(value, None, ())  # it travels alone (or fails: on_error)
+                    break  # (after_step counted it)
+                origin = emitter.origin_seq
+                emitter.origin_seq = origin + 1
+                for link in links:
+                    link.send_one(item, origin)
+                counters.msgs_out += 1
+            done += 1
+            busy += after - before
+            if stop.requested:
+                clear_stop_request()
+                loop.ended = True
+                break
+            if after - before < FLUSH_INTERVAL_S or after >= until or stops.requested:
+                break
+        counters.iterations += done
+        if done:
+            loop.step_time(busy / done)
+        loop.after_iteration()  # (what travelled alone is flushed, the tick)
+        if failed is not None:
+            loop.step_failed(failed, None, ())
+
+    def _plain_links(self) -> list[OutputLink] | None:
+        """The outputs when each is a plain link to one target (None: a group, or a stop)."""
+        outputs = self.loop.outputs
+        links = [link for link in outputs if type(link) is OutputLink]
+        if self.loop.stops.requested or len(links) != len(outputs):
+            return None
+        return links
+
     def _end_burst(self, items: list[bytes], started: float, done: int,
-                   failed: Exception | None) -> None:  # fmt: skip
+                   failed: Exception | None) -> bool:  # fmt: skip
         """Send a source burst's values, then its bookkeeping (`done`: the step() calls that
-        after_step did not count; `failed`: what ended it)."""
+        after_step did not count; `failed`: what ended it); whether the step() was slow."""
         loop = self.loop
         finished = time.perf_counter()
-        if finished - loop.last_flush >= FLUSH_INTERVAL_S:  # a slow step(): its value leaves
-            self._emit_own(items, now=True)  # now, the bookkeeping after
+        slow = finished - loop.last_flush >= FLUSH_INTERVAL_S
+        if slow:  # a slow step(): its value leaves now, the bookkeeping after
+            self._emit_own(items, now=True)
             loop.after_iteration()
         else:
             self._emit_own(items)
@@ -231,6 +300,7 @@ class HotLoop:
         loop.counters.iterations += done
         if failed is not None:
             loop.step_failed(failed, None, ())
+        return slow
 
     def _wait_for_room(self) -> bool:
         """A full link: wait for room before the next step(), not with its value made (True:
