@@ -264,3 +264,32 @@ def test_a_join_burst_runs_pairs_as_the_regular_path_runs_sets(
     finally:
         burst.sockets.ctx.destroy(linger=0)
         regular.sockets.ctx.destroy(linger=0)
+
+
+def test_a_slow_sources_values_leave_one_by_one_with_the_same_bookkeeping(
+    tmp_path: Path,
+) -> None:
+    """A slow step() runs in HotLoop._slow_source: same values, origins, counts, on_error,
+    SKIP and stop() as the bursts; the iteration limit holds."""
+    slow = SOURCE.replace("    n += 1\n", "    n += 1\n    time.sleep(0.003)\n")
+    made = worker(tmp_path, "slow", "import time\n" + slow)
+    try:
+        hot = HotLoop(made.loop)
+        calls = 0
+        while not made.ended:
+            assert hot.source_burst(None)
+            calls += 1
+        assert sent(made) == [({"n": 1}, 1), ({"n": 2}, 2), ({"n": 4}, 3), ({"n": 6}, 4),
+                              ({"n": 7}, 5)]  # fmt: skip
+        assert made.counters.iterations == 6 and made.counters.skipped == 1
+        assert made.counters.msgs_out == 5
+        assert calls < 6  # the slow values ran in one source_burst call, not one each
+    finally:
+        made.sockets.ctx.destroy(linger=0)
+    limited = worker(tmp_path, "limited", "import time\n" + slow)
+    try:
+        hot = HotLoop(limited.loop)
+        assert hot.source_burst(2) and limited.counters.iterations == 2
+        assert [value for value, _ in sent(limited)] == [{"n": 1}, {"n": 2}]
+    finally:
+        limited.sockets.ctx.destroy(linger=0)
