@@ -222,7 +222,7 @@ class HotLoop:
         between its send and the next step() but two counts and a few compares (the source's
         work after a send delays that send's way to its target about 1:1 on a loaded machine):
         the timing, tick, acks and flush wait for the end of the run. The run ends on anything
-        else: a fast step(), a SKIP-free value that travels alone, a failure, a stop, the room
+        else: a fast step(), a value that travels alone, a failure, a stop, the room
         the links had at its start, `left` (counting the value before it: `slow`, it was one
         slow step()'s) or TICK_S (the housekeeping's period)."""
         loop = self.loop
