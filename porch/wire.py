@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 
 from porch.errors import WireError
 
-VERSION = 2
+VERSION = 3  # 3: PICKLED and WHOLE batch layouts (count word flags); 2: origin runs
 _HEADER = struct.Struct("!BBBBQQ")
 HEADER_SIZE = _HEADER.size
 MAX_NAME_BYTES = 255
@@ -262,7 +262,10 @@ def decode_prefix(frame: bytes) -> tuple[Header, int]:
         raise WireError(f"header too short: {len(frame)} bytes")
     version, kind, serializer, name_len, instance, seq = _HEADER.unpack_from(frame)
     if version != VERSION:
-        raise WireError(f"unsupported wire version {version}")
+        raise WireError(
+            f"unsupported wire version {version} (this Porch speaks {VERSION}): a peer runs"
+            " another Porch release; run one release on every host"
+        )
     end = HEADER_SIZE + name_len
     if len(frame) < end:
         raise WireError(f"header length {len(frame)} is shorter than its name length {name_len}")

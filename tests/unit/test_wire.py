@@ -114,7 +114,7 @@ def test_header_with_trailing_bytes_is_a_wire_error() -> None:
 
 def test_wrong_version_is_a_wire_error() -> None:
     frame = bytes([VERSION + 1]) + valid_frame()[1:]
-    with pytest.raises(WireError, match="version"):
+    with pytest.raises(WireError, match=f"version {VERSION + 1} .*speaks {VERSION}.*release"):
         decode_header(frame)
 
 
