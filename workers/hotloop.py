@@ -565,22 +565,102 @@ class HotLoop:
         passes the marker on; the outputs are gathered and handed to the links at once; the
         pairs are committed together (each source's as one range where it can), after their
         step()s and before anything may wait (one by one while a source is careful)."""
+        begin = run.start
+        end = min(len(run.ones), begin + budget)
+        careful = inbox.careful(run.generation(0, begin)) or inbox.careful(run.generation(1, begin))
+        started = time.perf_counter()
+        flush_at = started + (BACKLOG_FLUSH_S if end < len(run.ones) else FLUSH_INTERVAL_S)
+        items: list[bytes] = []
+        origins: list[Origin] = []
+        if careful or run.marked:
+            at, index, done = self._join_each(inbox, run, end, careful, flush_at, items, origins)
+        else:
+            at, index, done = self._join_tight(inbox, run, end, flush_at, items, origins)
+        _commit_pairs(inbox, run, at, index)
+        self._join_end(inbox, run, index - begin, done, run.marked, started)
+        self._emit(items, origins)
+
+    def _join_tight(
+        self,
+        inbox: Inbox,
+        run: PairRun,
+        end: int,
+        flush_at: float,
+        items: list[bytes],
+        origins: list[Origin],
+    ) -> tuple[int, int, int]:
+        """A join burst's pairs of a run without markers, none careful: step() in a tight
+        loop over the two lists. Returns the first pair not committed, the pair after the last
+        one taken, and how many count as iterations."""
         loop = self.loop
         step = self.step
         assert step is not None
         clock, stop, dumps_one = time.perf_counter, STOP_REQUEST, self.dumps_one
         sends = bool(loop.outputs)
-        items: list[bytes] = []
-        origins: list[Origin] = []
         (one, two), ones, twos = run.names, run.ones, run.twos
         ids, stream, origin_seq = run.origins, run.stream, run.origin_seq
-        begin = at = index = run.start  # at: the first pair not committed
-        end = min(len(ones), begin + budget)
-        careful = inbox.careful(run.generation(0, begin)) or inbox.careful(run.generation(1, begin))
-        started = clock()
-        flush_at = started + (BACKLOG_FLUSH_S if end < len(ones) else FLUSH_INTERVAL_S)
+        begin = at = i = run.start
+        aside = 0  # pairs that went the regular way (they count there)
+        over = False
+        while i < end and not over:
+            handle: Callable[[Any, Any, Origin], None] | None = None
+            if not i and end == len(ones):
+                pairs = zip(ones, twos, strict=True)
+            else:
+                pairs = zip(
+                    itertools.islice(ones, i, end), itertools.islice(twos, i, end), strict=True
+                )
+            for first, second in pairs:  # the tight loop
+                inputs = {one: first, two: second}
+                try:
+                    output = step(inputs)
+                except (Exception, SystemExit) as exc:
+                    output, handle = loop.host.failure(exc), loop.step_failed
+                    break
+                if sends:
+                    if output is SKIP:  # a marker (b""), so that a join drops its partner
+                        items.append(b"")
+                    elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
+                        items.append(item)
+                    else:  # it travels alone (or fails: on_error decides), in its place
+                        handle = loop.after_step
+                        break
+                    origins.append(ids[i] if ids is not None else (stream, origin_seq + i))
+                i += 1
+                if stop.requested or clock() >= flush_at:  # porch.stop(), or time is up
+                    over = True
+                    break
+            if handle is not None:  # (it may wait: what ran before it is committed first)
+                self._join_aside(inbox, run, at, i, items, origins, handle, output, inputs)
+                aside += 1
+                at = i  # (committed with the rest)
+                i += 1
+                over = stop.requested or loop.ended or clock() >= flush_at
+        if stop.requested:
+            clear_stop_request()
+            loop.ended = True
+        return at, i, i - begin - aside
+
+    def _join_each(
+        self,
+        inbox: Inbox,
+        run: PairRun,
+        end: int,
+        careful: bool,
+        flush_at: float,
+        items: list[bytes],
+        origins: list[Origin],
+    ) -> tuple[int, int, int]:
+        """A join burst's pairs one by one (markers; `careful`: each committed before the
+        next step()). Returns what _join_tight does."""
+        loop = self.loop
+        step = self.step
+        assert step is not None
+        clock, stop, dumps_one = time.perf_counter, STOP_REQUEST, self.dumps_one
+        sends = bool(loop.outputs)
+        (one, two), ones, twos = run.names, run.ones, run.twos
+        at = index = run.start
         done = 0
-        marked = False
         while index < end:
             i = index
             index += 1
@@ -604,12 +684,10 @@ class HotLoop:
                         at = i
                     elif sends:
                         items.append(item)
-                        origins.append(ids[i] if ids is not None else (stream, origin_seq + i))
-            else:  # a marker: no step(), pass it on
-                marked = True
-                if sends:
-                    items.append(b"")
-                    origins.append(ids[i] if ids is not None else (stream, origin_seq + i))
+                        origins.append(run.origin(i))
+            elif sends:  # a marker: no step(), pass it on
+                items.append(b"")
+                origins.append(run.origin(i))
             if careful:
                 _commit_pairs(inbox, run, at, index)
                 at = index
@@ -618,9 +696,7 @@ class HotLoop:
                 loop.ended = True
             if loop.ended or clock() >= flush_at:
                 break
-        _commit_pairs(inbox, run, at, index)
-        self._join_end(inbox, run, index - begin, done, marked, started)
-        self._emit(items, origins)
+        return at, index, done
 
     def _join_end(
         self, inbox: Inbox, run: PairRun, taken: int, done: int, marked: bool, started: float

@@ -60,7 +60,7 @@ class Span:
     value i has link seq `seq + i` and the origin `(stream, origin_seq + i)` (none when
     `stream` is None); `at` is the first one not taken yet."""
 
-    __slots__ = ("at", "generation", "origin_seq", "seq", "stream", "values")
+    __slots__ = ("at", "generation", "origin_seq", "seq", "skips", "stream", "values")
 
     def __init__(
         self,
@@ -76,9 +76,17 @@ class Span:
         self.stream = stream
         self.origin_seq = origin_seq
         self.generation = generation
+        self.skips: bool | None = None  # whether a value is a skip marker (marked())
 
     def __len__(self) -> int:
         return len(self.values) - self.at
+
+    def marked(self) -> bool:
+        """Whether one of its values is a skip marker (looked for once)."""
+        skips = self.skips
+        if skips is None:
+            skips = self.skips = any(map(operator.is_, self.values, itertools.repeat(SKIP)))
+        return skips
 
     def origin(self, i: int) -> Origin:
         """Value i's origin."""
@@ -140,6 +148,11 @@ class _Frontier:
         elif seq > known:
             self.highest[stream] = seq
 
+    def passed_one(self, stream: Any, seq: int) -> bool:
+        """passed() of the id (stream, seq)."""
+        known = self.highest.get(stream)
+        return known is not None and (seq <= known or self.current[stream[0]] != stream)
+
     def passed(self, key: Key) -> bool:
         """Whether this source is past `key`: it will never send a value of it."""
         highest = self.highest
@@ -156,6 +169,9 @@ class _Interleaved(_Frontier):
     known to be past an id (until its stream ends)."""
 
     def passed(self, key: Key) -> bool:
+        return False
+
+    def passed_one(self, stream: Any, seq: int) -> bool:
         return False
 
 
@@ -448,9 +464,20 @@ class PairRun:
     of `names[1]` (the gate's order of its sources), its id `origins[i]` (None: `(stream,
     origin_seq + i)`); `start` is the next set. Each source's side of the run (`sides`) is the
     list of its queue items, or `(seq, generation)`: consecutive values of one source instance
-    whose link seqs start at `seq` (Span)."""
+    whose link seqs start at `seq` (Span). `marked`: whether a set may hold a skip marker
+    (False: none does)."""
 
-    __slots__ = ("names", "ones", "origin_seq", "origins", "sides", "start", "stream", "twos")
+    __slots__ = (
+        "marked",
+        "names",
+        "ones",
+        "origin_seq",
+        "origins",
+        "sides",
+        "start",
+        "stream",
+        "twos",
+    )
 
     def __init__(
         self,
@@ -461,6 +488,7 @@ class PairRun:
         origins: list[Origin] | None,
         stream: Any = None,
         origin_seq: int = 0,
+        marked: bool | None = None,
     ) -> None:
         self.names = names
         self.ones = ones
@@ -470,6 +498,10 @@ class PairRun:
         self.stream = stream
         self.origin_seq = origin_seq
         self.start = 0
+        if marked is None:  # (False: no set has a marker; True: one may have)
+            skips = itertools.repeat(SKIP)
+            marked = any(map(operator.is_, ones, skips)) or any(map(operator.is_, twos, skips))
+        self.marked = marked
 
     def origin(self, i: int) -> Origin:
         """Set i's id."""
@@ -492,11 +524,9 @@ class PairRun:
 
     def markers(self) -> int:
         """How many sets hold one marker and one value (the value goes unpaired)."""
-        ones, twos = self.ones, self.twos
-        if not any(map(operator.is_, ones, itertools.repeat(SKIP))) and not any(
-            map(operator.is_, twos, itertools.repeat(SKIP))
-        ):
+        if not self.marked:
             return 0
+        ones, twos = self.ones, self.twos
         return sum((one is SKIP) is not (two is SKIP) for one, two in zip(ones, twos, strict=True))
 
 
@@ -642,7 +672,7 @@ class Aligner:
                 self._unahead()
                 self._align_run(source, [span.take() for _ in range(len(span))])
                 return
-        if other_name in self.ended or self._frontiers[other_name].passed((stream, first)):
+        if other_name in self.ended or self._frontiers[other_name].passed_one(stream, first):
             self._unahead()
             self._align_run(source, [span.take() for _ in range(len(span))])
             return
@@ -680,8 +710,11 @@ class Aligner:
         """`count` complete sets: the next values of `span` (of `source`) and `mates`."""
         mine, theirs = span.at, mates.at
         span.at, mates.at = mine + count, theirs + count
-        ours = span.values[mine : mine + count]
-        partners = mates.values[theirs : theirs + count]
+        ours, partners = span.values, mates.values
+        if mine or count != len(ours):
+            ours = ours[mine : mine + count]
+        if theirs or count != len(partners):
+            partners = partners[theirs : theirs + count]
         own: Side = (span.seq + mine, span.generation)
         their: Side = (mates.seq + theirs, mates.generation)
         first = source == self._first
@@ -694,6 +727,7 @@ class Aligner:
             None,
             span.stream,
             span.origin_seq + mine,
+            span.marked() or mates.marked(),
         )
         self.unpaired += run.markers()
         self.sets.append(run)

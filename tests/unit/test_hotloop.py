@@ -210,17 +210,25 @@ def step(input_data):
     return b + c
 """
 
+JOIN_INPUTS: tuple[list[object], list[object]] = ([1, 2, SKIP, 4, 5, 6, 7, 8],
+                                                  [10, 20, 30, 40, 50, 60])  # fmt: skip
+
 
 def joined(
-    tmp_path: Path, name: str, burst: bool, careful: bool
+    tmp_path: Path,
+    name: str,
+    burst: bool,
+    careful: bool,
+    script: str = JOIN_BURST,
+    inputs: tuple[list[object], list[object]] = JOIN_INPUTS,
 ) -> tuple[list[tuple[object, object]], Worker]:
     """A join fed batches of b and c (ids 1..8 of `a`; b filtered 3 out), run by run_sets
     (`burst`: in runs of pairs, else one set at a time as the regular path does)."""
-    join = worker(tmp_path / name, "join", JOIN_BURST, sources=2)
+    join = worker(tmp_path / name, "join", script, sources=2)
     inbox = join.inbox
     assert inbox is not None
     stream = ("a", 4)
-    for name_, values in (("b", [1, 2, SKIP, 4, 5, 6, 7, 8]), ("c", [10, 20, 30, 40, 50, 60])):
+    for name_, values in zip("bc", inputs, strict=True):
         headers = HeaderEncoder(1, 9, name_)
         inbox._accept([name_.encode(), headers.encode(FrameKind.HELLO, 0)])
         for first in range(0, len(values), 3):  # batches of 3, b's and c's in turn
@@ -261,6 +269,46 @@ def test_a_join_burst_runs_pairs_as_the_regular_path_runs_sets(
             assert made.inbox is not None and made.inbox.counters.unpaired == 1
             assert [s.processed for s in made.inbox.sources.values()] == [6, 6]
             assert made.inbox.fanin.queued("b") == 2 and made.inbox.fanin.queued("c") == 0
+    finally:
+        burst.sockets.ctx.destroy(linger=0)
+        regular.sockets.ctx.destroy(linger=0)
+
+
+JOIN_TIGHT = """
+import porch
+def step(input_data):
+    b, c = input_data["b"], input_data["c"]
+    if b == 4:
+        raise ValueError("four")
+    if b == 5:
+        return b"x" * 20000  # it travels alone
+    if b == 7:
+        return porch.SKIP
+    if b == 8:
+        porch.stop()
+    return b + c
+"""
+
+
+def test_a_join_burst_without_markers_runs_as_the_regular_path_runs_sets(
+    tmp_path: Path,
+) -> None:
+    """Pairs without markers, none careful, run in one tight loop: a failure (on_error), a
+    SKIP, a value that travels alone and porch.stop() as on the regular path."""
+    (tmp_path / "burst").mkdir()
+    (tmp_path / "regular").mkdir()
+    inputs = (list(range(1, 11)), [10 * b for b in range(1, 11)])
+    got, burst = joined(tmp_path, "burst", True, False, JOIN_TIGHT, inputs)
+    want, regular = joined(tmp_path, "regular", False, False, JOIN_TIGHT, inputs)
+    try:
+        # 4 raised (on_error skip) and 7 returned SKIP: markers; 8 stopped the stream
+        assert got == want
+        assert [value for value, _ in got] == [11, 22, 33, SKIP, b"x" * 20000, 66, SKIP, 88]
+        for made in (burst, regular):
+            assert made.ended
+            assert made.counters.iterations == 7 and made.counters.skipped == 1
+            assert made.inbox is not None and made.inbox.counters.unpaired == 0
+            assert [s.processed for s in made.inbox.sources.values()] == [8, 8]
     finally:
         burst.sockets.ctx.destroy(linger=0)
         regular.sockets.ctx.destroy(linger=0)
