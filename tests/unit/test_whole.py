@@ -161,3 +161,79 @@ def test_a_whole_batch_is_queued_and_its_replay_deduplicated(stage: Worker) -> N
     assert inbox.fanin.depth() == 3
     assert HotLoop(stage.loop).run_queue(inbox)
     assert sent(stage) == [(10, 101), (30, 102), (50, 103)]
+
+
+SHARED = """
+import porch
+buf = []
+n = 0
+def step():
+    global n
+    n += 1
+    if n == 6:
+        porch.stop()
+    buf.append(n)  # the same list each time, changed after step() returned it
+    return {"n": n, "buf": buf} if n % 2 else {"n": n}
+"""
+
+
+def test_a_dict_holding_a_mutable_item_is_sent_as_step_returned_it(tmp_path: Path) -> None:
+    made = worker(tmp_path, "shared", SHARED)
+    try:
+        hot = HotLoop(made.loop)
+        while not made.ended:
+            assert hot.source_burst(None)
+        values = [value for value, _ in sent(made)]
+        assert values == [{"n": 1, "buf": [1]}, {"n": 2}, {"n": 3, "buf": [1, 2, 3]}, {"n": 4},
+                          {"n": 5, "buf": [1, 2, 3, 4, 5]}, {"n": 6}]  # fmt: skip
+    finally:
+        made.sockets.ctx.destroy(linger=0)
+
+
+def test_the_plain_test_takes_exact_atoms_only_at_any_place() -> None:
+    class Str(str):
+        pass
+
+    class Int(int):
+        pass
+
+    plain: list[object] = [{}, [], (), {"a": 1, 2: b"x", None: 1.5, True: None}, (1, "x", False)]
+    plain += [[1, 2.5, None, b"y"], 3, 2.5, None, True, "s", b"b"]
+    for value in plain:
+        copy = _captured(value)
+        assert copy == value and type(copy) is type(value)
+        assert copy is value or type(value) in (dict, list)
+        assert copy is not value or type(value) not in (dict, list)
+    bad: list[object] = [{Str("a"): 1}, {"a": Str("b")}, {"a": Int(1)}, {Int(1): 2}]
+    bad += [[1, Int(2)], (1, Str("x")), {"a": (1,)}, [[1]], ((1,),), Int(3), Str("x"), 1j]
+    for value in [*bad, bytearray(), {1}, b"x" * 20000]:
+        assert _captured(value) is _NOT_PLAIN, value
+
+
+SUBCLASSED = """
+import porch
+class Key(str):
+    pass
+n = 0
+def step():
+    global n
+    n += 1
+    if n == 5:
+        porch.stop()
+    return {Key("k") if n == 3 else "k": n}
+"""
+
+
+def test_a_dict_with_a_key_of_a_str_subclass_is_not_in_a_whole_batch(tmp_path: Path) -> None:
+    made = worker(tmp_path, "subclassed", SUBCLASSED)
+    try:
+        hot = HotLoop(made.loop)
+        while not made.ended:
+            assert hot.source_burst(None)
+        made.outputs[0].flush()
+        whole = [v for entry in made.outputs[0].outbox for v in entry.values or ()]
+        assert {"k": 1} in whole and 3 not in [value["k"] for value in whole]
+        assert all(type(key) is str for value in whole for key in value)
+        assert made.counters.msgs_out == 5
+    finally:
+        made.sockets.ctx.destroy(linger=0)
