@@ -234,6 +234,5 @@ def test_a_dict_with_a_key_of_a_str_subclass_is_not_in_a_whole_batch(tmp_path: P
         whole = [v for entry in made.outputs[0].outbox for v in entry.values or ()]
         assert {"k": 1} in whole and 3 not in [value["k"] for value in whole]
         assert all(type(key) is str for value in whole for key in value)
-        assert made.counters.msgs_out == 5
     finally:
         made.sockets.ctx.destroy(linger=0)
