@@ -30,7 +30,7 @@ from typing import Any
 
 from porch.serializers import _ATOMS, SerializationError
 from porch.stream import SKIP, STOP_REQUEST, clear_stop_request, stop_requested
-from porch.wire import Origin
+from porch.wire import Origin, Run, run_origins
 from workers.inbox import Inbox
 from workers.links import OutputLink
 from workers.loop import BACKLOG_FLUSH_S, FLUSH_INTERVAL_S, MessageLoop
@@ -46,10 +46,16 @@ __all__ = ["FLUSH_INTERVAL_S", "HotLoop"]
 # sends each value at once
 SOURCE_BURST_S = 0.0005
 SAMPLE_MASK = 7  # a stage times one step() in 8 (a source: each burst's mean)
+# a stage's run of small plain outputs leaves as one pickle (a WHOLE batch, a frame of its
+# own) if it has this many; a shorter one goes value by value, into the link's batch with
+# what comes before and after it (a burst after a short wait for room, a marker every few
+# values: not a frame per handful)
+WHOLE_MIN = 16
 
 
 _NOT_PLAIN = object()
 _ENDED = object()  # a run of a source burst's step() calls ended with no value left over
+Aside = Callable[[Any, Any, Origin], None]  # a value's regular way: on_error, or after_step
 
 
 def _captured(value: Any) -> Any:
@@ -87,6 +93,16 @@ class HotLoop:
         serializer = self.emitter.serializer
         self.dumps_one = serializer.dumps_one or functools.partial(_one_frame, serializer.dumps)
         self.whole = serializer.name == "pickle"  # small plain values: one pickle per burst
+        # a stage burst's small plain outputs, captured as step() returns them (see _captured)
+        # and pickled in one call when they leave (_emit_stage): `_values` with their origins
+        # as `_runs` (those of the first `_marked` of them: _mark), and the parts sealed
+        # before outputs gathered one by one, each (how many of `items` came before it,
+        # values, runs); `_capture`: whether this burst captures
+        self._values: list[Any] = []
+        self._runs: list[Run] = []
+        self._marked = 0
+        self._sealed: list[tuple[int, list[Any], list[Run]]] = []
+        self._capture = False
 
     def budget(self) -> int:
         """How many values every link takes now (0: the regular path must wait)."""
@@ -401,6 +417,7 @@ class HotLoop:
         backlog_at = started + BACKLOG_FLUSH_S
         done = 0
         left = budget
+        self._capture = self._bulk()
         while left > 0 and queue and not loop.ended and not inbox.undecodable:
             span = queue[0]
             if type(span) is Span and not inbox.careful(span.generation):
@@ -429,7 +446,7 @@ class HotLoop:
                 break
         if done:
             loop.step_time((clock() - started) / done)
-        self._emit(items, origins)
+        self._emit_stage(items, origins)
         loop.counters.iterations += done
 
     def _run_span(
@@ -446,54 +463,151 @@ class HotLoop:
         committed together (commit_span) after their step()s and before anything may wait
         (an ack never precedes its step(), nor its output). Returns how many it took, how many
         count as iterations, and whether the burst is over (a stop, time is up, a wait)."""
-        loop = self.loop
-        step = self.step
-        assert step is not None
-        dumps_one, clock, stop = self.dumps_one, time.perf_counter, STOP_REQUEST
-        sends = bool(loop.outputs)
-        values, seq, stream, origin_seq = span.values, span.seq, span.stream, span.origin_seq
         begin = at = i = span.at  # at: the first not committed
-        end = min(len(values), begin + left)
+        end = min(len(span.values), begin + left)
         uncounted = 0  # markers, failures and values that travel alone (after_step counts)
         over = False
         while i < end and not over:
-            aside: Callable[[Any, Any, Origin], None] | None = None  # the regular way
-            rest = values if not i and end == len(values) else itertools.islice(values, i, end)
-            for value in rest:  # the tight loop
-                inputs = {name: value}
-                if value is SKIP:  # filtered out upstream: pass the marker on
-                    output: Any = SKIP
-                    uncounted += 1
-                else:
-                    try:
-                        output = step(inputs)
-                    except (Exception, SystemExit) as exc:
-                        output, aside = loop.host.failure(exc), loop.step_failed
-                        break
-                if not sends:
-                    pass
-                elif output is SKIP:  # a marker (b""), so that a join drops its origin's partner
-                    if stream is not None:
-                        items.append(b"")
-                        origins.append((stream, origin_seq + i))
-                elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
-                    items.append(item)
-                    origins.append(() if stream is None else (stream, origin_seq + i))
-                else:  # it travels alone (or fails: on_error decides), in its place
-                    aside = loop.after_step
-                    break
-                i += 1
-                if stop.requested or clock() >= backlog_at:  # porch.stop(), or time is up
-                    over = True
-                    break
+            # small plain outputs captured (to leave as one pickle), else value by value
+            steps = self._plain_span if self._capture else self._value_span
+            i, over, aside, output, inputs, markers = steps(name, span, i, end, items, origins,
+                                                            backlog_at)  # fmt: skip
+            uncounted += markers
             if aside is not None:  # (it may wait: what ran before it is committed first)
                 uncounted += 1
                 over = self._aside(inbox, span, at, i, items, origins, aside, output, inputs)
                 at = i = i + 1
         span.at = i
         if i > at:
-            inbox.commit_span(seq + at, seq + i - 1, span.generation)
+            inbox.commit_span(span.seq + at, span.seq + i - 1, span.generation)
         return i - begin, i - begin - uncounted, over
+
+    def _value_span(
+        self,
+        name: str,
+        span: Span,
+        i: int,
+        end: int,
+        items: list[bytes],
+        origins: list[Origin],
+        backlog_at: float,
+    ) -> tuple[int, bool, Aside | None, Any, Any, int]:
+        """The Span's values i..end-1 through step(), each output gathered one by one into
+        `items` (with its origin), until one goes the regular way: where it ended, whether
+        the burst is over, that value's way (on_error, or after_step: it travels alone),
+        output and inputs, and how many of the values were markers already."""
+        loop = self.loop
+        step = self.step
+        assert step is not None
+        dumps_one, clock, stop = self.dumps_one, time.perf_counter, STOP_REQUEST
+        sends = bool(loop.outputs)
+        values, stream, origin_seq = span.values, span.stream, span.origin_seq
+        markers = 0
+        rest = values if not i and end == len(values) else itertools.islice(values, i, end)
+        for value in rest:  # the tight loop
+            inputs = {name: value}
+            if value is SKIP:  # filtered out upstream: pass the marker on
+                output: Any = SKIP
+                markers += 1
+            else:
+                try:
+                    output = step(inputs)
+                except (Exception, SystemExit) as exc:
+                    return i, False, loop.step_failed, loop.host.failure(exc), inputs, markers
+            if not sends:
+                pass
+            elif output is SKIP:  # a marker (b""), so that a join drops its origin's partner
+                if stream is not None:
+                    items.append(b"")
+                    origins.append((stream, origin_seq + i))
+            elif (item := dumps_one(output)) is not None and len(item) <= BATCH_ITEM_MAX:
+                items.append(item)
+                origins.append(() if stream is None else (stream, origin_seq + i))
+            else:  # it travels alone (or fails: on_error decides), in its place
+                return i, False, loop.after_step, output, inputs, markers
+            i += 1
+            if stop.requested or clock() >= backlog_at:  # porch.stop(), or time is up
+                return i, True, None, None, None, markers
+        return i, False, None, None, None, markers
+
+    def _plain_span(
+        self,
+        name: str,
+        span: Span,
+        i: int,
+        end: int,
+        items: list[bytes],
+        origins: list[Origin],
+        backlog_at: float,
+    ) -> tuple[int, bool, Aside | None, Any, Any, int]:
+        """_value_span for as long as each output is small and plain: captured as step()
+        returned it (a shallow copy: _captured), to leave as one pickle (_emit_stage); the
+        value that ends the run (a marker, an output that is not captured, a failure) goes
+        as _value_span takes it. Returns what _value_span returns."""
+        step = self.step
+        assert step is not None
+        clock, stop, captured, atoms = time.perf_counter, STOP_REQUEST, _captured, _ATOMS
+        values = span.values
+        grab = self._values.append
+        output: Any = None
+        rest = values if not i and end == len(values) else itertools.islice(values, i, end)
+        for value in rest:  # the tight loop
+            if value is SKIP:
+                break  # a marker: as _value_span passes it on
+            inputs = {name: value}
+            try:
+                output = step(inputs)
+            except (Exception, SystemExit) as exc:
+                self._mark(span, i)
+                return i, False, self.loop.step_failed, self.loop.host.failure(exc), inputs, 0
+            if type(output) is dict:  # _captured's common case, inline
+                copy: Any = output.copy()
+                for key, item in output.items():
+                    if type(item) not in atoms or type(key) not in atoms:
+                        copy = _NOT_PLAIN
+                        break
+            else:
+                copy = captured(output)
+            if copy is _NOT_PLAIN:
+                break  # (SKIP too: it is a marker)
+            grab(copy)
+            i += 1
+            if stop.requested or clock() >= backlog_at:  # porch.stop(), or time is up
+                self._mark(span, i)
+                return i, True, None, None, None, 0
+        self._mark(span, i)
+        if i >= end:
+            return i, False, None, None, None, 0
+        self._seal(len(items))  # what was captured leaves before value i's output
+        if values[i] is SKIP:
+            return self._value_span(name, span, i, i + 1, items, origins, backlog_at)
+        return self._not_captured(span, i, items, origins, backlog_at, output, inputs)
+
+    def _not_captured(
+        self,
+        span: Span,
+        i: int,
+        items: list[bytes],
+        origins: list[Origin],
+        backlog_at: float,
+        output: Any,
+        inputs: Any,
+    ) -> tuple[int, bool, Aside | None, Any, Any, int]:
+        """Value i's output, not captured (SKIP: a marker; else not small and plain: the rest
+        of the burst goes value by value), gathered as _value_span gathers it."""
+        if output is SKIP:
+            if span.stream is not None:
+                items.append(b"")
+                origins.append(span.origin(i))
+        else:
+            self._capture = False
+            item = self.dumps_one(output)
+            if item is None or len(item) > BATCH_ITEM_MAX:  # it travels alone (or fails)
+                return i, False, self.loop.after_step, output, inputs, 0
+            items.append(item)
+            origins.append(span.origin(i))
+        over = STOP_REQUEST.requested or time.perf_counter() >= backlog_at
+        return i + 1, bool(over), None, None, None, 0
 
     def _aside(
         self,
@@ -515,7 +629,7 @@ class HotLoop:
         queue = inbox.fanin.single()[1]
         if span.at == len(span.values) and queue and queue[0] is span:
             queue.popleft()  # (while it waits, the queue holds what is left to take)
-        self._emit(items, origins)
+        self._emit_stage(items, origins)
         if i > at:
             inbox.commit_span(span.seq + at, span.seq + i - 1, span.generation)
         handle(output, inputs, span.origin(i))
@@ -531,13 +645,14 @@ class HotLoop:
         seq, value, origin, generation = inbox.fanin.next_item()
         inputs = {name: value}
         done = 0
+        self._seal(len(items))  # what a Span's burst captured leaves before this one
         if value is SKIP:  # filtered out upstream: pass the marker on
             output: Any = SKIP
         else:
             try:
                 output = step(inputs)
             except (Exception, SystemExit) as exc:
-                self._emit(items, origins)
+                self._emit_stage(items, origins)
                 loop.step_failed(loop.host.failure(exc), inputs, origin)
                 inbox.commit_one(seq, generation)
                 return -1
@@ -552,11 +667,98 @@ class HotLoop:
             items.append(item)
             origins.append(origin)
         else:  # it travels alone (or fails: on_error decides), in its place
-            self._emit(items, origins)
+            self._emit_stage(items, origins)
             done = 0  # after_step counts it
             loop.after_step(output, inputs, origin)
         inbox.commit_one(seq, generation)
         return done
+
+    def _mark(self, span: Span, i: int) -> None:
+        """The captured values not in `_runs` yet are outputs of the Span's values up to i:
+        their run of origins (one with the run before, if it follows it)."""
+        count = len(self._values) - self._marked
+        if not count:
+            return
+        self._marked += count
+        stream = span.stream
+        origin: Origin = () if stream is None else (stream, span.origin_seq + i - count)
+        runs = self._runs
+        if runs:
+            before, last = runs[-1]
+            if last == origin == () or (
+                origin and len(last) == 2 and last[0] == stream and last[1] + before == origin[1]
+            ):
+                runs[-1] = (before + count, last)
+                return
+        runs.append((count, origin))
+
+    def _seal(self, at: int) -> None:
+        """What was captured leaves before the outputs gathered one by one from items[at:] on
+        (its runs marked)."""
+        if self._values:
+            self._sealed.append((at, self._values, self._runs))
+            self._values, self._runs, self._marked = [], [], 0
+
+    def _emit_stage(self, items: list[bytes], origins: list[Origin]) -> None:
+        """Send a stage's gathered outputs in order: those gathered one by one (`items`,
+        `origins`: _emit's) and the captured parts between them, each as one pickle (a WHOLE
+        batch), or one by one when it is short (WHOLE_MIN) or too large for one frame."""
+        values = self._values
+        if not values and not self._sealed:
+            self._emit(items, origins)
+            return
+        parts = self._sealed
+        if values:
+            parts.append((len(items), values, self._runs))
+        self._values, self._runs, self._marked, self._sealed = [], [], 0, []
+        if len(parts) == 1 and parts[0][0] == len(items):  # (captured after every other)
+            alone = self._emit_values(parts[0][1], parts[0][2], items, origins)
+        else:
+            out: list[bytes] = []
+            out_origins: list[Origin] = []
+            at = alone = 0
+            for end, part, runs in parts:
+                out += items[at:end]
+                out_origins += origins[at:end]
+                at = end
+                alone += self._emit_values(part, runs, out, out_origins)
+            out += items[at:]
+            out_origins += origins[at:]
+            items.clear()
+            origins.clear()
+            items, origins = out, out_origins
+        self._emit(items, origins)
+        # a value that travelled alone is counted by after_step, not by the burst
+        self.loop.counters.iterations -= alone
+
+    def _emit_values(
+        self, values: list[Any], runs: list[Run], items: list[bytes], origins: list[Origin]
+    ) -> int:
+        """Captured outputs of a stage after `items` (gathered one by one before them): one
+        WHOLE batch, else each into `items` as _run_span gathers it, or alone (after_step);
+        how many travelled alone."""
+        loop = self.loop
+        count = len(values)
+        if count >= WHOLE_MIN:
+            blob = pickle.dumps(values, 5)
+            if len(blob) <= MAX_BATCH_BYTES:  # (a dict of a large str is plain too)
+                self._emit(items, origins)
+                for link in loop.outputs:
+                    link.extend_whole(blob, values, (), runs)  # type: ignore[union-attr]
+                loop.counters.msgs_out += count
+                return 0
+        alone = 0
+        dumps_one = self.dumps_one
+        for value, origin in zip(values, run_origins(runs), strict=True):
+            item = dumps_one(value)
+            if item is not None and len(item) <= BATCH_ITEM_MAX:
+                items.append(item)
+                origins.append(origin)
+            else:  # it travels alone, after what came before it
+                self._emit(items, origins)
+                loop.after_step(value, None, origin)
+                alone += 1
+        return alone
 
     def run_sets(self, inbox: Inbox) -> bool:
         """Several sources: run every ready input set (a join's pair, a FIFO set) with the

@@ -506,16 +506,18 @@ class OutputLink:
             if self.batch.full():
                 self.flush()
 
-    def extend_whole(self, blob: bytes, values: list[Any], origins: Sequence[Any]) -> None:
-        """A source burst's small plain values, pickled in one call (`blob`), out as one WHOLE
-        batch (porch.wire) after what the link gathered; `origins` as for extend(); the
-        caller checked room(). The values are the outbox entry's, to split a replay."""
+    def extend_whole(self, blob: bytes, values: list[Any], origins: Sequence[Any],
+                     runs: list[Run] | None = None) -> None:  # fmt: skip
+        """Small plain values pickled in one call (`blob`: a source's burst, or a stage's),
+        out as one WHOLE batch (porch.wire) after what the link gathered; `origins` as for
+        extend(), or their `runs` (a stage passing its inputs' on); the caller checked
+        room(). The values are the outbox entry's, to split a replay."""
         if self.gone:
             self.dropped += len(values)
             return
         self._close_batch()
-        self.outbox.append(self.framer.whole(self.seq + 1, blob, values, list(origins),
-                                             len(blob)))  # fmt: skip
+        self.outbox.append(self.framer.whole(self.seq + 1, blob, values, origins, len(blob),
+                                             runs))  # fmt: skip
         self.seq += len(values)
         self.pump()
 

@@ -166,18 +166,20 @@ class Framer:
         frame = encode_batch(self.headers.encode_data(FrameKind.DATA_BATCH, first, runs), items)
         return Outgoing(first + count - 1, [frame], nbytes, FrameKind.DATA, first, items, runs)
 
-    def whole(self, first: int, blob: bytes, values: list[Any], origins: list[Origin | int],
-              nbytes: int) -> Outgoing:  # fmt: skip
+    def whole(self, first: int, blob: bytes, values: list[Any], origins: Sequence[Origin | int],
+              nbytes: int, runs: list[Run] | None = None) -> Outgoing:  # fmt: skip
         """One entry carrying a WHOLE batch (porch.wire): `blob` is one pickle of `values`,
-        small plain values whose first gets seq `first`."""
+        small plain values whose first gets seq `first`; their origins as `runs` (a stage's,
+        passed on), or one each in `origins`."""
         count = len(values)
-        head = origins[0]
-        if type(head) is int and origins[-1] - head == count - 1:  # type: ignore[operator]
-            runs: list[Run] = [(count, (self.stream, head))]
-        elif type(head) is int:
-            runs = runs_of([self.origin(origin) for origin in origins])
-        else:
-            runs = runs_of(origins)  # type: ignore[arg-type]
+        if runs is None:
+            head = origins[0]
+            if type(head) is int and origins[-1] - head == count - 1:  # type: ignore[operator]
+                runs = [(count, (self.stream, head))]
+            elif type(head) is int:
+                runs = runs_of([self.origin(origin) for origin in origins])
+            else:
+                runs = runs_of(origins)  # type: ignore[arg-type]
         header = self.headers.encode_data(FrameKind.DATA_BATCH, first, runs)
         frame = encode_whole(header, blob, count)
         return Outgoing(first + count - 1, [frame], nbytes, FrameKind.DATA, first, None, runs,
