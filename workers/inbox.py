@@ -336,8 +336,9 @@ class Intake:
         if serializer is None:
             raise WireError(f"unknown serializer id {header.serializer}")
         refused = self._refusal(serializer, header.sender)
-        runs = header.origins or ((len(batch.lengths), ()),)
-        if sum(count for count, _ in runs) != len(batch.lengths):
+        total = len(batch.lengths)
+        runs = header.origins or ((total, ()),)
+        if (runs[0][0] if len(runs) == 1 else sum(count for count, _ in runs)) != total:
             raise WireError("a batch's origin runs do not cover its values")
         # the values in one call (a pickled batch), else each payload to decode alone
         parts: list[Any] | None = None
@@ -401,7 +402,11 @@ class Intake:
         source.open.add(seq, last)
         if first:
             stream, origin_seq = first
-            source.seen((stream, origin_seq + count - 1))
+            window = source.window
+            if stream in window:  # (accept_batch found the first one past it: all are new)
+                window[stream] = origin_seq + count - 1
+            else:
+                source.seen((stream, origin_seq + count - 1))
         else:
             stream, origin_seq = None, 0
         self.counters.msgs_in += count
