@@ -13,7 +13,7 @@ import pytest
 
 from porch.config import OnError, PipelineConfig
 from porch.stream import SKIP
-from porch.wire import FrameKind, HeaderEncoder, Run, decode_prefix, read_batch
+from porch.wire import FrameKind, HeaderEncoder, Run, decode_prefix, encode_whole, read_batch
 from tests.unit.test_hotloop import sent
 from tests.unit.test_inbox_spans import STREAM, batch, connect
 from workers.hotloop import WHOLE_MIN, HotLoop
@@ -145,6 +145,17 @@ def test_a_run_across_spans_carries_their_origins_as_runs(stage_of) -> None:  # 
     split = data_of(entry)
     assert [pickle.loads(payload[0]) for payload, _ in split] == values
     assert [origin for _, origin in split] == [(STREAM, seq) for seq in origins]
+
+
+def test_a_run_across_two_origin_streams_keeps_each_ones_run(stage_of) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_of(PASS)
+    headers = feed(stage, [(1, 101, list(range(20)))])
+    other = ("src", 4)  # the source's next epoch: another origin stream
+    header = headers.encode_data(FrameKind.DATA_BATCH, 21, [(20, (other, 1))])
+    stage.inbox._accept([b"r", encode_whole(header, pickle.dumps(list(range(20, 40)), 5), 20)])
+    assert HotLoop(stage.loop).run_queue(stage.inbox)
+    assert [(whole, runs) for _, whole, runs, _ in frames(stage)] == [
+        (True, ((20, (STREAM, 101)), (20, (other, 1))))]  # fmt: skip
 
 
 def test_the_next_stage_queues_a_stages_whole_batch_with_its_origins(stage_of) -> None:  # type: ignore[no-untyped-def]
