@@ -236,3 +236,30 @@ def test_a_dict_with_a_key_of_a_str_subclass_is_not_in_a_whole_batch(tmp_path: P
         assert all(type(key) is str for value in whole for key in value)
     finally:
         made.sockets.ctx.destroy(linger=0)
+
+
+KEPT = """
+import porch
+kept = {"n": 0}
+n = 0
+def step():
+    global n
+    n += 1
+    if n == 6:
+        porch.stop()
+    if n % 2:
+        kept["n"] = n  # the script's own dict, changed after step() returned it
+        return kept
+    return {"n": n}  # a new one: nobody else holds it, no copy needed
+"""
+
+
+def test_a_dict_the_script_keeps_is_copied_a_new_one_is_not_changed(tmp_path: Path) -> None:
+    made = worker(tmp_path, "kept", KEPT)
+    try:
+        hot = HotLoop(made.loop)
+        while not made.ended:
+            assert hot.source_burst(None)
+        assert [value for value, _ in sent(made)] == [{"n": n} for n in range(1, 7)]
+    finally:
+        made.sockets.ctx.destroy(linger=0)
