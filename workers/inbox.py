@@ -3,9 +3,12 @@
 A source's messages are acknowledged once an iteration has consumed them (a replica's that
 sends on: once their outputs are acknowledged, workers/deferred.py), cumulative and batched:
 every `ack_every` messages, and whenever the worker goes idle; fed back to back, once its input
-pauses for 1 ms: workers/waiting.py. Right after a worker starts it acknowledges each message
-on its own, so that if it crashes on one, the sender's oldest unacknowledged message is exactly
-that one (and is dead-lettered after a few crashes).
+pauses for 1 ms: workers/waiting.py. While a source replays what an earlier instance of this
+worker was sent (its HELLO says HELLO_REPLAY: we restarted, maybe after crashing on one of them),
+the first `limit` messages are acknowledged each on its own, so that if it crashes on one again,
+the sender's oldest unacknowledged message is exactly that one (and is dead-lettered after a few
+crashes). A fresh start has nothing to be careful of: it acknowledges in batches from the first
+message (one by one, the first `limit` inputs were 999 of 1,460 acks in a 200k-value A -> B).
 An acknowledgement covers every seq below the oldest one still queued or being processed.
 
 Duplicates die here twice over: by link sequence (a replay of this link) and by origin (a
@@ -183,7 +186,7 @@ class OpenSeqs:
 class SourceState:
     """What the inbox knows of one source's stream."""
 
-    careful: int  # messages still to acknowledge one by one after our start
+    careful: int  # messages still to acknowledge one by one (it replays to us: we restarted)
     instance: int = -1
     generation: int = 0  # which instance of the source queued items came from (inbox-wide)
     received: int = 0  # highest seq taken off the wire (duplicates are at or below it)
@@ -800,7 +803,7 @@ class Inbox:
                 f"{self.fanin.expected} and {self.fanin.sources} already connected"
             ) from None
         log.info("source_connected", pipeline=self.name, source=name)
-        source = self.sources[name] = SourceState(careful=self._careful, pipeline=name)
+        source = self.sources[name] = SourceState(careful=0, pipeline=name)
         if is_replica(name):
             source.pipeline = pipeline_of(name)
             source.order = order_stream(source.pipeline)
@@ -899,6 +902,7 @@ class Inbox:
             source.wants_acks = not header.seq & HELLO_NO_ACKS
             if header.seq & HELLO_REPLAY:  # (a HELLO again on a stuck link says nothing of it)
                 source.replaying = True
+                source.careful = self._careful  # (we restarted: maybe we crashed on one)
             # the same source on a new connection (it reopened its link after a cut): acks go
             # there now, and what was acknowledged on the dead one may never have arrived
             source.route = route

@@ -237,9 +237,8 @@ def joined(
             head = headers.encode_data(FrameKind.DATA_BATCH, first + 1,
                                        [(len(chunk), (stream, first + 1))])  # fmt: skip
             inbox._accept([name_.encode(), encode_batch(head, payloads)])
-    if not careful:  # (past the first `limit` messages: acknowledged every limit / 2)
-        for source in inbox.sources.values():
-            source.careful = 0
+    for source in inbox.sources.values():  # careful: replayed to a restarted join
+        source.careful = 1000 if careful else 0
     hot = HotLoop(join.loop)
     bursts = []
     if burst:

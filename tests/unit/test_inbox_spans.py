@@ -13,7 +13,14 @@ import pytest
 from porch.config import OnError, PipelineConfig
 from porch.serializers import get
 from porch.stream import SKIP
-from porch.wire import FrameKind, HeaderEncoder, decode_header, decode_prefix, encode_batch
+from porch.wire import (
+    HELLO_REPLAY,
+    FrameKind,
+    HeaderEncoder,
+    decode_header,
+    decode_prefix,
+    encode_batch,
+)
 from tests.unit.test_hotloop import sent
 from workers.hotloop import HotLoop
 from workers.inbox import Inbox, OpenSeqs, Undecodable
@@ -37,7 +44,7 @@ def step(input_data):
     return value * 10
 """
 STREAM = ("src", 3)
-CAREFUL = 8  # the first 8 inputs are acknowledged one by one; then every 4 (queue_limit 8)
+CAREFUL = 8  # the first 8 inputs replayed to us are acknowledged one by one; then every 4
 
 
 @pytest.fixture
@@ -66,9 +73,10 @@ def batch(
     return [b"r", encode_batch(header, payloads)]
 
 
-def connect(inbox: Inbox, instance: int = 9) -> HeaderEncoder:
+def connect(inbox: Inbox, instance: int = 9, flags: int = HELLO_REPLAY) -> HeaderEncoder:
+    """A source says hello (HELLO_REPLAY: it replays to us, we restarted: acks one by one)."""
     headers = HeaderEncoder(1, instance, "src")
-    inbox._accept([b"r", headers.encode(FrameKind.HELLO, 0)])
+    inbox._accept([b"r", headers.encode(FrameKind.HELLO, flags)])
     return headers
 
 

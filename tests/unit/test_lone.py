@@ -14,6 +14,7 @@ import zmq
 from porch.config import PipelineConfig
 from porch.serializers import get
 from porch.wire import (
+    HELLO_REPLAY,
     FrameKind,
     HeaderEncoder,
     decode_ack,
@@ -49,7 +50,8 @@ def wired() -> Iterator[tuple[Inbox, zmq.Socket[bytes]]]:
 
 
 def hello(peer: zmq.Socket[bytes], instance: int = 1) -> None:
-    peer.send(encode_header(FrameKind.HELLO, 1, instance, 0, "source"))
+    """The source replays to us (we restarted): its inputs are acknowledged one by one."""
+    peer.send(encode_header(FrameKind.HELLO, 1, instance, HELLO_REPLAY, "source"))
 
 
 def data(
