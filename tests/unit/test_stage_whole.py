@@ -158,6 +158,33 @@ def test_a_run_across_two_origin_streams_keeps_each_ones_run(stage_of) -> None: 
         (True, ((20, (STREAM, 101)), (20, (other, 1))))]  # fmt: skip
 
 
+KEEPS = """
+out = {}
+kept = []
+def step(input_data):
+    value = input_data["src"]
+    if value["n"] % 3 == 0:  # the same dict each time, changed after it was returned
+        out["n"] = value["n"]
+        return out
+    if value["n"] % 3 == 1:  # its input, kept (taken out of the input dict) and changed later
+        kept.append(input_data.pop("src"))
+        return kept[-1]
+    for old in kept:
+        old["late"] = True
+    return value  # its input, as it came
+"""
+
+
+def test_a_returned_dict_that_the_script_changes_later_leaves_as_it_was_returned(
+    stage_of,  # type: ignore[no-untyped-def]
+) -> None:
+    stage = stage_of(KEEPS)
+    feed(stage, [(1, 101, [{"n": n} for n in range(60)])])
+    assert HotLoop(stage.loop).run_queue(stage.inbox)
+    assert [whole for _, whole, _, _ in frames(stage)] == [True]
+    assert sent(stage) == [({"n": n}, 101 + n) for n in range(60)]
+
+
 def test_the_next_stage_queues_a_stages_whole_batch_with_its_origins(stage_of) -> None:  # type: ignore[no-untyped-def]
     stage = stage_of(PASS)
     feed(stage, [(1, 101, list(range(WHOLE_MIN * 2)))])
