@@ -54,7 +54,9 @@ from porch.wire import (
     HEADER_SIZE,
     HELLO_NO_ACKS,
     HELLO_REPLAY,
+    MAX_BATCH_COUNT,
     ORIGINS,
+    WHOLE,
     FrameKind,
     Header,
     HeaderEncoder,
@@ -227,6 +229,7 @@ SEQ_AT = 12  # where a header's seq is (porch/wire.py's layout)
 _DATA_KIND = bytes([FrameKind.DATA | ORIGINS])  # a DATA header's kind byte, with origins
 COPY_BELOW = 4096  # a lone frame's payload is copied out (not viewed) below this size
 _ONE_TAIL = struct.Struct("!IIBBQ")  # an origins section's one run of one id (porch/wire.py)
+_COUNT = struct.Struct("!I")  # a batch's count word (porch/wire.py)
 
 
 @dataclass
@@ -245,6 +248,25 @@ class LoneForm:
     stream: Stream
     loads: Callable[[Any], Any]
     queue: deque[Item]  # the fan-in's queue of the one source
+
+
+@dataclass
+class BatchForm:
+    """What a plain source's WHOLE batches of one origin run look like (Inbox._take_batch):
+    the bytes before the seq (version, kind, serializer, name length, instance), those
+    between it and the run (the name, the one-stream origins table), where the values start;
+    what they mean."""
+
+    middle: bytes
+    layout: struct.Struct  # prefix, seq, middle, runs, count, width, index, origin seq, word
+    payload_at: int
+    source: SourceState
+    sender: str
+    instance: int
+    stream: Stream
+
+
+MAX_FORMS = 64  # batch forms remembered (by prefix: a source instance's)
 
 
 def _one_frame(loads: Callable[[Sequence[Any]], Any]) -> Callable[[Any], Any]:
@@ -590,6 +612,7 @@ class Inbox:
         self._fill = any_input and expected > 1  # sets name every source (None: no value)
         self.deferral: Deferral | None = None  # a replica's end-to-end acks (deferred.py)
         self._lone: LoneForm | None = None  # the last lone DATA frame's form (receive_lone)
+        self._forms: dict[bytes, BatchForm] = {}  # plain sources' WHOLE batches, by prefix
 
     @property
     def undecodable(self) -> int:
@@ -735,6 +758,14 @@ class Inbox:
                         total=self.counters.bad_frames)  # fmt: skip
 
     def _accept(self, message: list[bytes]) -> None:
+        if len(message) == 2:  # (a batch of a known form: _take_batch)
+            form = self._forms.get(message[1][:SEQ_AT])
+            if form is not None and self._take_batch(form, message[0], message[1]):
+                return
+        self._accept_header(message)
+
+    def _accept_header(self, message: list[bytes]) -> None:
+        """_accept() of a message whose header is decoded first (the regular path)."""
         if len(message) < 2:
             raise WireError("message without a header frame")
         header, end = decode_prefix(message[1])
@@ -757,6 +788,7 @@ class Inbox:
             source.resumed = header.seq > 1  # (by an earlier instance of ours)
         if kind is FrameKind.DATA_BATCH:
             self.intake.accept_batch(header, source, message[1], end)
+            self._learn_batch(header, source, message, end)
         elif kind is FrameKind.DATA:
             self.intake.accept_one(header, source, message, end)
         else:  # EOS
@@ -766,6 +798,73 @@ class Inbox:
             self._confirm_end(source, header.seq)
             if source.reorder is not None:
                 self._settle_order(source)
+
+    def _take_batch(self, form: BatchForm, route: bytes, frame: bytes) -> bool:
+        """Take a WHOLE batch of `form` as _accept() would, without decoding its header:
+        one unpack; True when taken (a batch that does not load is a WireError, as there).
+        False (nothing changed) when the regular path must take it: another layout or run, a
+        gap, a duplicate, another connection or instance, a departed source, a seen origin."""
+        if len(frame) <= form.payload_at:
+            return False
+        _, seq, middle, runs, count, width, index, origin_seq, word = form.layout.unpack_from(frame)
+        source = form.source
+        stream = form.stream
+        if (
+            middle != form.middle
+            or word != count | WHOLE
+            or runs != 1
+            or width != 1
+            or index != 0
+            or not 0 < count <= MAX_BATCH_COUNT
+            or seq != source.received + 1  # past a gap, or a duplicate
+            or route != source.route
+            or source.instance != form.instance
+            or origin_seq <= source.window.get(stream, 0)  # values we have
+            or form.sender in self.departed
+        ):
+            return False
+        values = load_whole(memoryview(frame)[form.payload_at :], count)
+        self.intake._accept_span(source, seq, values, (stream, origin_seq))
+        return True
+
+    def _learn_batch(
+        self, header: Header, source: SourceState, message: list[bytes], end: int
+    ) -> None:
+        """Remember the form of a plain source's WHOLE batch of one origin run of one stream
+        (pickle), if it is one and its form is new (_take_batch)."""
+        runs = header.origins
+        frame = message[1]
+        if (
+            len(message) != 2
+            or len(runs) != 1
+            or len(runs[0][1]) != 2
+            or source.replays is not None
+            or source.order is not None
+            or source.instance != header.instance
+            or len(frame) < end + 4
+            or not _COUNT.unpack_from(frame, end)[0] & WHOLE
+            or frame[HEADER_SIZE + len(header.sender.encode("utf-8"))] != 1  # one stream
+        ):
+            return
+        count, (stream, origin_seq) = runs[0]
+        if _ONE_TAIL.unpack_from(frame, end - _ONE_TAIL.size) != (1, count, 1, 0, origin_seq):
+            return
+        serializer = BY_ID.get(header.serializer)
+        if (
+            serializer is None
+            or serializer.name != "pickle"
+            or self.intake._refusal(serializer, header.sender)
+        ):
+            return
+        prefix, middle = frame[:SEQ_AT], frame[HEADER_SIZE : end - _ONE_TAIL.size]
+        form = self._forms.get(prefix)
+        if form is not None and (form.middle == middle or form.source is not source):
+            return  # (known; or another source's of the same prefix: it keeps it)
+        if len(self._forms) >= MAX_FORMS:
+            self._forms.clear()
+        layout = struct.Struct(f"!{SEQ_AT}sQ{len(middle)}sIIBBQI")
+        self._forms[prefix] = BatchForm(middle, layout, end + 4, source, header.sender,
+                                        header.instance, stream)  # fmt: skip
 
     def _passed_over(self, header: Header, source: SourceState, route: bytes) -> bool:
         """Whether a data message or end is not taken: a duplicate, or one that came past a
