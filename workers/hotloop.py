@@ -132,6 +132,7 @@ class HotLoop:
         items: list[bytes] = []
         started = time.perf_counter()
         deadline = started + SOURCE_BURST_S
+        sent = self.loop.counters.msgs_out
         ran, value, failed, alone = 0, _ENDED, None, 0
         bulk = self._bulk()
         if bulk:
@@ -141,7 +142,8 @@ class HotLoop:
         if not bulk or value is not _ENDED:  # the rest value by value
             ran, done, failed = self._value_steps(call, ran, budget, deadline, items, value)
             alone += done
-        slow = self._end_burst(items, started, ran - alone, failed)
+        quiet = not items and failed is None and self.loop.counters.msgs_out == sent
+        slow = self._end_burst(items, started, ran - alone, failed, quiet)
         self._slow_source(call, left, slow and ran == 1 and not alone and failed is None)
         return True
 
@@ -275,17 +277,35 @@ class HotLoop:
         """A slow step()'s values, each sent the moment step() returns it, with nothing
         between its send and the next step() but two counts and a few compares (the source's
         work after a send delays that send's way to its target about 1:1 on a loaded machine):
-        the timing, tick, acks and flush wait for the end of the run. The run ends on anything
-        else: a fast step(), a value that travels alone, a failure, a stop, the room
-        the links had at its start, `left` (counting the value before it: `slow`, it was one
-        slow step()'s) or TICK_S (the housekeeping's period)."""
+        the timing, tick, acks and flush wait for the end of the run (_slow_run). A run of
+        SKIPs (nothing sent) is followed by the next one at once, in this loop: an idle
+        source's wake-ups run its step() and little else (`left`: as for source_burst, counting
+        the value before it: `slow`, it was one slow step()'s)."""
         loop = self.loop
-        links = self._plain_links() if slow and not loop.ended else None
-        if not links:
+        if not slow:
             return
-        room = min(link.room() for link in links)
         if left is not None:
-            room = min(room, left - 1)
+            left -= 1
+        while not loop.ended:
+            links = self._plain_links()
+            if not links:
+                return
+            room = min(link.room() for link in links)
+            done, again = self._slow_run(call, links, room if left is None else min(room, left))
+            if not again:
+                return
+            if left is not None:
+                left -= done
+
+    def _slow_run(self, call: Callable[[], Any], links: list[OutputLink],
+                  room: int) -> tuple[int, bool]:  # fmt: skip
+        """One run of _slow_source: it ends on anything else than a slow step(): a fast one, a
+        value that travels alone, a failure, a stop, `room` step()s, or TICK_S (the
+        housekeeping's period) once it sent a value; a run of SKIPs goes on until the
+        heartbeat is due (MessageLoop.after_iteration: nothing of the housekeeping waits on a
+        source that sends nothing). Returns its step() calls, and whether it was such a run
+        of SKIPs (nothing sent, no failure, no fast step(), no stop): a next one may follow."""
+        loop = self.loop
         emitter = self.emitter
         dumps_one = self.dumps_one
         counters = loop.counters
@@ -294,8 +314,11 @@ class HotLoop:
         clock = time.perf_counter
         started = clock()
         until = started + TICK_S
+        beat_at = started + loop.waiter.house.next_heartbeat_s - time.monotonic()
         busy = 0.0
         done = 0
+        sent = False
+        again = False  # it ended as a run of SKIPs (see the docstring)
         failed: Exception | None = None
         while done < room:
             before = clock()
@@ -309,26 +332,35 @@ class HotLoop:
                 item = dumps_one(value)
                 if item is None or len(item) > BATCH_ITEM_MAX:
                     loop.after_step(value, None, ())  # it travels alone (or fails: on_error)
+                    sent = True
                     break  # (after_step counted it)
                 origin = emitter.origin_seq
                 emitter.origin_seq = origin + 1
                 for link in links:
                     link.send_one(item, origin)
                 counters.msgs_out += 1
+                sent = True
             done += 1
             busy += after - before
             if stop.requested:
                 clear_stop_request()
                 loop.ended = True
                 break
-            if after - before < FLUSH_INTERVAL_S or after >= until or stops.requested:
+            if after - before < FLUSH_INTERVAL_S or stops.requested:
                 break
+            if after >= until and (sent or after >= beat_at):
+                again = not sent
+                break
+        else:  # `room` step()s (none: a full link, or `left` reached)
+            again = done > 0 and not sent
         counters.iterations += done
         if done:
             loop.step_time(busy / done)
-        loop.after_iteration()  # (what travelled alone is flushed, the tick)
+        # (what travelled alone is flushed, the tick)
+        loop.after_iteration(quiet=not (sent or failed or loop.ended or stops.requested))
         if failed is not None:
             loop.step_failed(failed, None, ())
+        return done, again
 
     def _plain_links(self) -> list[OutputLink] | None:
         """The outputs when each is a plain link to one target (None: a group, or a stop)."""
@@ -339,15 +371,16 @@ class HotLoop:
         return links
 
     def _end_burst(self, items: list[bytes], started: float, done: int,
-                   failed: Exception | None) -> bool:  # fmt: skip
+                   failed: Exception | None, quiet: bool) -> bool:  # fmt: skip
         """Send a source burst's values, then its bookkeeping (`done`: the step() calls that
-        after_step did not count; `failed`: what ended it); whether the step() was slow."""
+        after_step did not count; `failed`: what ended it; `quiet`: it sent nothing, see
+        MessageLoop.after_iteration); whether the step() was slow."""
         loop = self.loop
         finished = time.perf_counter()
         slow = finished - loop.last_flush >= FLUSH_INTERVAL_S
         if slow:  # a slow step(): its value leaves now, the bookkeeping after
             self._emit_own(items, now=True)
-            loop.after_iteration()
+            loop.after_iteration(quiet)
         else:
             self._emit_own(items)
         loop.step_time((finished - started) / max(done, 1))

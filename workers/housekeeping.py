@@ -4,7 +4,8 @@ The worker tells its supervisor its state (STATE, with the error that failed it)
 HEARTBEAT_INTERVAL_S, its health (HEALTH: counters, target links, warnings); it hears a stop
 (STOP) and where every pipeline is (DIRECTORY, applied to its targets and sources).
 
-Between iterations, at most every TICK_S (the loop decides when), `tick` reads the control
+Between iterations, at most every TICK_S (the loop decides when; a source whose step() sends
+nothing, once a heartbeat: MessageLoop.after_iteration), `tick` reads the control
 channel and the acknowledgements, looks at the links' socket events, ends the streams of
 sources that finished without an EOS, checks for missing targets, and sends the heartbeat; a
 supervisor that died without a parent-death signal is noticed then too.
@@ -94,6 +95,11 @@ class Housekeeping:
             self._last_report = report
             self._last_health = report.encode()
         self.control.send(MessageType.HEALTH, **self._last_health)
+
+    @property
+    def next_heartbeat_s(self) -> float:
+        """When the next heartbeat is due (time.monotonic())."""
+        return self._next_heartbeat
 
     def tick(self, now: float) -> None:
         """The housekeeping between iterations (module doc); `now` is time.monotonic()."""

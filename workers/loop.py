@@ -108,8 +108,16 @@ class MessageLoop:
             link.flush()
         self.last_flush = time.perf_counter()
 
-    def after_iteration(self) -> None:
-        """Flush if the loop is slow; a fast loop coalesces for up to FLUSH_INTERVAL_S."""
+    def after_iteration(self, quiet: bool = False) -> None:
+        """Flush if the loop is slow; a fast loop coalesces for up to FLUSH_INTERVAL_S.
+
+        `quiet`: a source whose iterations since the last call sent nothing (its step()
+        returned SKIP): nothing waits in a batch, and its housekeeping (control, acks, link
+        events) comes with its heartbeat, once every HEARTBEAT_INTERVAL_S: an idle source's
+        step() that sleeps 0.5 s would otherwise run the whole tick at each wake-up."""
+        if quiet and time.monotonic() < self.waiter.house.next_heartbeat_s:
+            self.last_flush = time.perf_counter()  # (nothing was batched since)
+            return
         if time.perf_counter() - self.last_flush >= FLUSH_INTERVAL_S:
             self.flush_outputs()
         self.waiter.tick()

@@ -4,12 +4,15 @@ give the links exactly what the per-message path would (values, markers, origins
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from porch.config import PipelineConfig
+from porch.control import HEARTBEAT_INTERVAL_S
 from porch.stream import SKIP
 from porch.wire import FrameKind, HeaderEncoder, decode_batch, decode_prefix, encode_batch
 from workers.hotloop import HotLoop
@@ -340,3 +343,51 @@ def test_a_slow_sources_values_leave_one_by_one_with_the_same_bookkeeping(
         assert [value for value, _ in sent(limited)] == [{"n": 1}, {"n": 2}]
     finally:
         limited.sockets.ctx.destroy(linger=0)
+
+
+IDLE = """
+import time
+import porch
+n = 0
+def step():
+    global n
+    n += 1
+    time.sleep(0.06)  # longer than TICK_S: each step() ended its run with the whole tick
+    if n == 22:
+        porch.stop()
+    return {"n": n} if n == 6 else porch.SKIP
+"""
+
+
+def test_a_source_that_sends_nothing_does_its_housekeeping_with_its_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """A slow step() that returns SKIP: the tick (control, acks, link events) comes with the
+    heartbeat, once a second, not after each step(); a value sent is followed by the tick as
+    before, and the heartbeat keeps its cadence."""
+    made = worker(tmp_path, "idle", IDLE)
+    ticks: list[tuple[int, int]] = []  # (iterations, values sent) at each tick
+    beats: list[float] = []
+    tick, send_health = made.house.tick, made.house.send_health
+
+    def counted_tick(now: float) -> None:
+        ticks.append((made.counters.iterations, made.counters.msgs_out))
+        tick(now)
+
+    def counted_health() -> None:
+        beats.append(time.monotonic())
+        send_health()
+
+    made.house.tick = counted_tick  # type: ignore[method-assign]
+    made.house.send_health = counted_health  # type: ignore[method-assign]
+    try:
+        made.loop.run_source(None, HotLoop(made.loop))
+        assert made.counters.iterations == 22 and made.counters.msgs_out == 1
+        assert [value for value, _ in sent(made)] == [{"n": 6}]
+        assert (6, 1) in ticks  # right after the value
+        assert len(ticks) <= 5, ticks  # 22 step()s of 60 ms: one tick each before
+        assert len(beats) >= 2 and all(
+            later - earlier < HEARTBEAT_INTERVAL_S + 0.2 for earlier, later in pairwise(beats)
+        ), beats
+    finally:
+        made.sockets.ctx.destroy(linger=0)
