@@ -109,6 +109,13 @@ class ControlClient:
         with contextlib.suppress(zmq.Again):
             self.socket.send(self._last_data, zmq.NOBLOCK)
 
+    def send_encoded(self, data: bytes) -> None:
+        """Send one message encoded elsewhere (a health report: porch.health.ReportEncoder),
+        as send() does."""
+        self._last_kind = None  # (send() encodes its next message anew)
+        with contextlib.suppress(zmq.Again):
+            self.socket.send(data, zmq.NOBLOCK)
+
     def receive(self) -> list[tuple[MessageType, Message]]:
         """Every message waiting now (non-blocking); malformed ones are skipped."""
         messages: list[tuple[MessageType, Message]] = []

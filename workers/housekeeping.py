@@ -17,7 +17,7 @@ from collections.abc import Callable, MutableSequence, Sequence
 from typing import Any
 
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
-from porch.health import HealthReport
+from porch.health import HealthReport, ReportEncoder
 from porch.names import pipeline_of
 from workers.heartbeat import Heartbeat
 from workers.inbox import Inbox
@@ -61,7 +61,8 @@ class Housekeeping:
         self._read_acks = read_acks
         self._next_heartbeat = 0.0
         self._last_report: HealthReport | None = None
-        self._last_health: dict[str, object] = {}  # _last_report's fields
+        self._health = ReportEncoder({"type": MessageType.HEALTH.value})
+        self._last_health = b""  # _last_report's control message
 
     def report_state(self, state: WorkerState, error: str = "") -> None:
         """Tell the supervisor our state (and the error, when it is a failure's)."""
@@ -89,12 +90,13 @@ class Housekeeping:
 
     def send_health(self) -> None:
         """The heartbeat: our health report now (an idle worker's is the one before: its
-        fields, and the control channel its message, are not encoded again)."""
+        message is not encoded again; one that differs in its counts is encoded in part,
+        porch.health.ReportEncoder)."""
         report = self.heartbeat.report(self.state.value, self.warnings())
         if report != self._last_report:
             self._last_report = report
-            self._last_health = report.encode()
-        self.control.send(MessageType.HEALTH, **self._last_health)
+            self._last_health = self._health.encode(report).encode()
+        self.control.send_encoded(self._last_health)
 
     @property
     def next_heartbeat_s(self) -> float:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from porch.control import MessageType, decode, encode
-from porch.health import COUNTERS, EMPTY, HEALTH_VERSION, HealthReport
+from porch.health import COUNTERS, EMPTY, HEALTH_VERSION, HealthReport, ReportEncoder
 from workers.inbox import InboxCounters
 from workers.worker import Counters
 
@@ -58,3 +58,32 @@ def test_every_count_a_worker_keeps_is_a_field_of_the_report() -> None:
     assert {f.name for f in dataclasses.fields(Counters)} <= fields
     assert {f.name for f in dataclasses.fields(InboxCounters)} <= fields
     assert set(COUNTERS) <= fields
+
+
+def test_the_report_encoder_writes_what_the_control_channel_encodes() -> None:
+    """ReportEncoder's text is control.encode's, byte for byte, report after report: counts
+    that change, a new state, warning, targets or histogram bounds, and what it does not
+    format itself (no histogram, a count that is not an int, a sum that is not finite)."""
+    encoder = ReportEncoder({"type": MessageType.HEALTH.value})
+    steps = {"bounds": [1e-05, 0.001, 1.0], "counts": [0, 2, 1, 0], "sum": 0.25}
+    reports = [
+        dataclasses.replace(REPORT, step_seconds=steps),
+        dataclasses.replace(REPORT, iterations=8, dropped=2**40, step_seconds=steps),
+        dataclasses.replace(REPORT, warning='é "quoted" \\ \n', state="stopping"),
+        dataclasses.replace(
+            REPORT, targets=({"name": "b", "state": "connected", "since": 1.5, "held": 0},)
+        ),
+        dataclasses.replace(REPORT, step_seconds={**steps, "bounds": [0.5, 2.0]}),
+        dataclasses.replace(REPORT, step_seconds={**steps, "sum": 7}),
+        dataclasses.replace(REPORT, step_seconds={**steps, "sum": float("inf")}),
+        dataclasses.replace(REPORT, step_seconds=None),
+        dataclasses.replace(REPORT, replayed=True),
+        EMPTY,
+        REPORT,
+    ]
+    for report in reports:
+        expected = encode(MessageType.HEALTH, **report.encode()).decode()
+        assert encoder.encode(report) == expected
+        assert HealthReport.decode(decode(expected.encode())[1]) == HealthReport.decode(
+            json.loads(encoder.encode(report))
+        )

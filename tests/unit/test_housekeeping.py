@@ -11,7 +11,14 @@ from typing import Any, cast
 
 import pytest
 
-from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, Message, MessageType, WorkerState
+from porch.control import (
+    HEARTBEAT_INTERVAL_S,
+    ControlClient,
+    Message,
+    MessageType,
+    WorkerState,
+    decode,
+)
 from workers.deadletter import DeadLetters
 from workers.heartbeat import Counters, Heartbeat
 from workers.housekeeping import Housekeeping
@@ -30,6 +37,10 @@ class FakeChannel:
 
     def send(self, kind: MessageType, **fields: Any) -> None:
         self.sent.append((kind, fields))
+
+    def send_encoded(self, data: bytes) -> None:
+        kind, message = decode(data)
+        self.sent.append((kind, {k: v for k, v in message.items() if k != "type"}))
 
     def receive(self) -> list[tuple[MessageType, Message]]:
         waiting, self.inbox = self.inbox, []
