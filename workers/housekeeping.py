@@ -103,10 +103,13 @@ class Housekeeping:
         """When the next heartbeat is due (time.monotonic())."""
         return self._next_heartbeat
 
-    def tick(self, now: float) -> None:
-        """The housekeeping between iterations (module doc); `now` is time.monotonic()."""
+    def tick(self, now: float, control: bool = True) -> None:
+        """The housekeeping between iterations (module doc); `now` is time.monotonic().
+        `control`: False when the caller has just seen the control channel empty (a wait
+        that timed out: an idle sink's wake-up each second)."""
         self.stops.say()
-        self.on_control()
+        if control:
+            self.on_control()
         self._read_acks()
         for link in self.outputs:
             link.check_events(self.pipeline)

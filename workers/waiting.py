@@ -66,13 +66,14 @@ class Waiter:
         self.deferred: Callable[[], bool] | None = None
         self._streaming = False  # the last wait had input within ACK_DELAY_MS
 
-    def tick(self) -> None:
-        """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat."""
+    def tick(self, control: bool = True) -> None:
+        """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat
+        (`control`: see Housekeeping.tick)."""
         now = time.monotonic()
         if now < self._next_tick:
             return
         self._next_tick = now + TICK_S
-        self.house.tick(now)
+        self.house.tick(now, control)
 
     def wait(
         self,
@@ -116,7 +117,7 @@ class Waiter:
         if only_input and ready is not None and ready():
             return
         self._read_acks()
-        self.tick()
+        self.tick(control=False)  # (_serve read the control channel if it woke the wait)
 
     def _serve(self, events: dict[Any, int]) -> None:
         """What woke the wait besides input: a signal, the control channel."""

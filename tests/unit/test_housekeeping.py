@@ -166,3 +166,16 @@ def test_a_heartbeat_notices_a_supervisor_that_is_gone() -> None:
     keeper, stops, _ = house(channel, [], parent_pid=os.getppid() + 1_000_000)
     keeper.tick(1.0)
     assert stops.orphaned and stops.requested
+
+
+def test_a_tick_after_a_wait_that_saw_no_control_message_does_not_read_the_channel() -> None:
+    channel = FakeChannel()
+    keeper, stops, acks = house(channel, [])
+    channel.inbox.append((MessageType.STOP, {"type": "stop"}))
+
+    keeper.tick(100.0, control=False)  # (a wait that timed out: the channel was empty)
+    assert not stops.requested and channel.inbox and len(acks) == 1
+    assert channel.kinds() == [MessageType.HEALTH]  # the rest of the tick ran
+
+    keeper.tick(100.0 + HEARTBEAT_INTERVAL_S)
+    assert stops.requested and not channel.inbox

@@ -180,7 +180,7 @@ class Ticks:
     def __init__(self) -> None:
         self.at: list[float] = []
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, control: bool = True) -> None:
         self.at.append(now)
 
 

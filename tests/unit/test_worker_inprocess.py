@@ -116,3 +116,27 @@ def test_a_failing_script_fails_the_worker_with_its_error(
     seen = supervisor.until("state", state="failed")
     assert "ValueError: bad input" in seen[-1]["error"]
     assert states(seen) == ["starting", "running", "stopping", "failed"]
+
+
+def test_an_idle_wait_reads_the_control_channel_only_when_a_message_woke_it(
+    tmp_path: Path, supervisor: Supervisor
+) -> None:
+    source = worker(tmp_path, supervisor, "def step():\n    return 1\n", iterations=None)
+    try:
+        source.sockets.hello()
+        supervisor.until("hello")
+        reads: list[int] = []
+        on_control = source.house.on_control
+
+        def counted() -> None:
+            reads.append(1)
+            on_control()
+
+        source.house.on_control = counted  # type: ignore[method-assign]
+        source.loop.waiter.wait(20)  # times out: its tick (and heartbeat) does not read
+        assert reads == [] and supervisor.until("health")
+        supervisor.send("src", "stop")
+        source.loop.waiter.wait(DEADLINE_MS)  # woken by the stop: read once, taken
+        assert reads == [1] and source.stopping
+    finally:
+        source.sockets.close()
