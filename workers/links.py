@@ -511,7 +511,7 @@ class OutputLink:
         """Small plain values pickled in one call (`blob`: a source's burst, or a stage's),
         out as one WHOLE batch (porch.wire) after what the link gathered; `origins` as for
         extend(), or their `runs` (a stage passing its inputs' on); the caller checked
-        room(). The values are the outbox entry's, to split a replay."""
+        room()."""
         if self.gone:
             self.dropped += len(values)
             return

@@ -50,20 +50,21 @@ class Outgoing:
     first: int = 0  # a batch: the first sequence number it carries
     parts: list[bytes] | None = None  # a batch: its messages' payloads, to split for a replay
     runs: list[Run] | None = None  # its messages' origins (see porch.wire)
-    values: list[Any] | None = None  # a WHOLE batch: its small plain values (parts: None)
+    whole: int = 0  # a WHOLE batch: where the one pickle of its values starts in frames[0]
 
     @property
     def count(self) -> int:
         """How many messages it carries."""
-        if self.parts is None and self.values is None:
+        if self.parts is None and not self.whole:
             return 1
         return self.seq - self.first + 1
 
     def payloads(self) -> list[bytes] | None:
-        """A batch's payloads one by one (a WHOLE batch's made now from its values, as
+        """A batch's payloads one by one (a WHOLE batch's made now from its pickle, as
         dumps_one makes a small plain value's), None for a single message."""
-        if self.values is not None:
-            return [pickle.dumps(value, 3) for value in self.values]
+        if self.whole:
+            values = pickle.loads(memoryview(self.frames[0])[self.whole :])
+            return [pickle.dumps(value, 3) for value in values]
         return self.parts
 
 
@@ -170,7 +171,9 @@ class Framer:
               nbytes: int, runs: list[Run] | None = None) -> Outgoing:  # fmt: skip
         """One entry carrying a WHOLE batch (porch.wire): `blob` is one pickle of `values`,
         small plain values whose first gets seq `first`; their origins as `runs` (a stage's,
-        passed on), or one each in `origins`."""
+        passed on), or one each in `origins`. The entry keeps the frame, not the values (they
+        are freed as they leave, while still in the cache, not when the ack comes: a replay
+        that splits the entry loads them from it, Outgoing.payloads)."""
         count = len(values)
         if runs is None:
             head = origins[0]
@@ -183,7 +186,7 @@ class Framer:
         header = self.headers.encode_data(FrameKind.DATA_BATCH, first, runs)
         frame = encode_whole(header, blob, count)
         return Outgoing(first + count - 1, [frame], nbytes, FrameKind.DATA, first, None, runs,
-                        values)  # fmt: skip
+                        len(frame) - len(blob))  # fmt: skip
 
     def single(self, kind: FrameKind, seq: int, payload: list[Any], origin: Origin | int,
                size: int) -> Outgoing:  # fmt: skip

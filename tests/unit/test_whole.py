@@ -23,6 +23,7 @@ from porch.wire import (
 from tests.unit.test_hotloop import sent, worker
 from tests.unit.test_inbox_spans import STREAM, connect, stage
 from workers.hotloop import _NOT_PLAIN, HotLoop, _captured
+from workers.sendqueue import data_of
 from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -231,7 +232,8 @@ def test_a_dict_with_a_key_of_a_str_subclass_is_not_in_a_whole_batch(tmp_path: P
         while not made.ended:
             assert hot.source_burst(None)
         made.outputs[0].flush()
-        whole = [v for entry in made.outputs[0].outbox for v in entry.values or ()]
+        outbox = made.outputs[0].outbox
+        whole = [pickle.loads(p) for entry in outbox if entry.whole for p in entry.payloads() or ()]
         assert {"k": 1} in whole and 3 not in [value["k"] for value in whole]
         assert all(type(key) is str for value in whole for key in value)
     finally:
@@ -261,5 +263,40 @@ def test_a_dict_the_script_keeps_is_copied_a_new_one_is_not_changed(tmp_path: Pa
         while not made.ended:
             assert hot.source_burst(None)
         assert [value for value, _ in sent(made)] == [{"n": n} for n in range(1, 7)]
+    finally:
+        made.sockets.ctx.destroy(linger=0)
+
+
+PLAIN = """
+import porch
+n = 0
+def step():
+    global n
+    n += 1
+    if n == 5:
+        porch.stop()
+    return {"n": n, "t": "x"}
+"""
+
+
+def test_a_whole_entry_keeps_only_its_frame_and_splits_for_a_replay(tmp_path: Path) -> None:
+    made = worker(tmp_path, "plain", PLAIN)
+    try:
+        hot = HotLoop(made.loop)
+        while not made.ended:
+            assert hot.source_burst(None)
+        link = made.outputs[0]
+        link.flush()
+        entries = list(link.outbox)
+        assert [entry.count for entry in entries] == [5] and entries[0].whole
+        values = [{"n": n, "t": "x"} for n in range(1, 6)]
+        assert [value for value, _ in sent(made)] == values
+        taken = data_of(entries[0])  # (a replica gone hands its values to the others)
+        assert [pickle.loads(frames[0]) for frames, _ in taken] == values
+        assert [origin[1] for _, origin in taken] == [1, 2, 3, 4, 5]
+        assert [pickle.dumps(value, 3) for value in values] == [f[0] for f, _ in taken]
+        link.outbox.split_batches(link.framer.headers)  # a restarted target: one by one
+        assert [entry.seq for entry in link.outbox] == [1, 2, 3, 4, 5]
+        assert [value for value, _ in sent(made)] == values
     finally:
         made.sockets.ctx.destroy(linger=0)
