@@ -118,6 +118,11 @@ EMPTY = HealthReport()
 
 _JSON = json.JSONEncoder(separators=(",", ":"))  # porch.control's message encoding
 _INTS: tuple[str, ...] = (*COUNTERS, "queue_depth")  # the fields formatted as ints
+_REST = tuple(name for name in FIELDS if name not in _INTS and name != "step_seconds")
+# ReportEncoder writes the fields in this order, control.encode in FIELDS's: a field added
+# elsewhere (a counter after `state`, a field after step_seconds) sends every report the
+# general way until the layout is made to match again
+_LAYOUT = (*_INTS, *_REST, "step_seconds") == FIELDS
 _INT = frozenset({int})
 
 
@@ -135,8 +140,9 @@ class ReportEncoder:
         self._opening = opening[:-1] + ","  # {"type":"health","version":1,
         self._ints = ",".join(f"{_JSON.encode(name)}:%d" for name in _INTS)
         self._get_ints = operator.attrgetter(*_INTS)
+        self._get_rest = operator.attrgetter(*_REST)
         self._rest_key: tuple[object, ...] | None = None
-        self._rest = ""  # the JSON of state, warning and targets, without its braces
+        self._rest = ""  # the JSON of the _REST fields (state, warning, targets), no braces
         self._bounds: list[object] = []  # the histogram's bounds last seen, and their JSON
         self._bounds_json = "[]"
 
@@ -144,12 +150,12 @@ class ReportEncoder:
         """The control message's JSON text."""
         ints = self._get_ints(report)
         steps = self._steps(report.step_seconds)
-        if steps is None or not _INT.issuperset(map(type, ints)):  # (not a worker's own)
+        if steps is None or not _INT.issuperset(map(type, ints)) or not _LAYOUT:
             return _JSON.encode({**self._head, **report.encode()})
-        rest = (report.state, report.warning, report.targets)
+        rest = self._get_rest(report)
         if rest != self._rest_key:
             self._rest_key = rest
-            fields = {name: getattr(report, name) for name in FIELDS[len(_INTS) : -1]}
+            fields = dict(zip(_REST, rest, strict=True))
             fields["targets"] = [dict(t) for t in report.targets]
             self._rest = _JSON.encode(fields)[1:-1]
         return f'{self._opening}{self._ints % ints},{self._rest},"step_seconds":{steps}}}'

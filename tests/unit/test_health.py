@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from porch import health
 from porch.control import MessageType, decode, encode
 from porch.health import COUNTERS, EMPTY, HEALTH_VERSION, HealthReport, ReportEncoder
 from workers.inbox import InboxCounters
@@ -64,6 +65,8 @@ def test_the_report_encoder_writes_what_the_control_channel_encodes() -> None:
     """ReportEncoder's text is control.encode's, byte for byte, report after report: counts
     that change, a new state, warning, targets or histogram bounds, and what it does not
     format itself (no histogram, a count that is not an int, a sum that is not finite)."""
+    # (the fields in the order it writes them: else every report goes the general way)
+    assert health._LAYOUT
     encoder = ReportEncoder({"type": MessageType.HEALTH.value})
     steps = {"bounds": [1e-05, 0.001, 1.0], "counts": [0, 2, 1, 0], "sum": 0.25}
     reports = [
