@@ -16,6 +16,7 @@ import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 HEALTH_VERSION = 1  # sent as `version`; a report without it is read the same (version 1)
 
@@ -117,7 +118,9 @@ EMPTY = HealthReport()
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"))  # porch.control's message encoding
-_INTS: tuple[str, ...] = (*COUNTERS, "queue_depth")  # the fields formatted as ints
+# the fields formatted as ints, in their order (a heartbeat gives them so: encode_parts)
+INT_FIELDS: tuple[str, ...] = (*COUNTERS, "queue_depth")
+_INTS = INT_FIELDS
 _REST = tuple(name for name in FIELDS if name not in _INTS and name != "step_seconds")
 # ReportEncoder writes the fields in this order, control.encode in FIELDS's: a field added
 # elsewhere (a counter after `state`, a field after step_seconds) sends every report the
@@ -132,7 +135,10 @@ class ReportEncoder:
     for less. A worker sends one every second, an idle one on cold caches, where the general
     encoder's ~25 keys, its dict and its floats cost ~70 us; here the keys and the fields
     before the report's are made once, the counters are one %-format of ints, and the rest
-    (state, warning, targets, the histogram's bounds) is encoded again only when it changed."""
+    (state, warning, targets, the histogram's bounds) is encoded again only when it changed.
+
+    A worker's heartbeat gives the report's parts (`encode_parts`: no HealthReport is built),
+    and the same parts as the last report's give the same text without formatting it."""
 
     def __init__(self, head: Mapping[str, object]) -> None:
         self._head = dict(head)
@@ -145,6 +151,8 @@ class ReportEncoder:
         self._rest = ""  # the JSON of the _REST fields (state, warning, targets), no braces
         self._bounds: list[object] = []  # the histogram's bounds last seen, and their JSON
         self._bounds_json = "[]"
+        self._parts: tuple[object, ...] | None = None  # encode_parts's last parts, and text
+        self._text = ""
 
     def encode(self, report: HealthReport) -> str:
         """The control message's JSON text."""
@@ -152,11 +160,40 @@ class ReportEncoder:
         steps = self._steps(report.step_seconds)
         if steps is None or not _INT.issuperset(map(type, ints)) or not _LAYOUT:
             return _JSON.encode({**self._head, **report.encode()})
-        rest = self._get_rest(report)
+        return self._text_of(ints, self._get_rest(report), steps)
+
+    def encode_parts(
+        self,
+        ints: tuple[int, ...],
+        rest: tuple[str, str, tuple[Mapping[str, object], ...]],
+        steps: Mapping[str, object] | None,
+    ) -> str:
+        """The text of the report whose INT_FIELDS are `ints` (in that order), whose
+        (state, warning, targets) are `rest` and whose step_seconds is `steps`: encode()'s
+        text of that report (a test holds them equal). Parts equal to the last call's (an idle
+        worker's report) give the last text at once. `steps`'s counts are not changed after
+        (StepHistogram.encode copies them)."""
+        parts = (ints, rest, steps)
+        if parts == self._parts:
+            return self._text
+        text = self._steps(steps)
+        if text is None or not _INT.issuperset(map(type, ints)) or not _LAYOUT:
+            state, warning, targets = rest
+            report = HealthReport(**dict(zip(_INTS, ints, strict=True)), state=state,
+                                  warning=warning, targets=targets,
+                                  step_seconds=steps)  # fmt: skip
+            self._text = _JSON.encode({**self._head, **report.encode()})
+        else:
+            self._text = self._text_of(ints, rest, text)
+        self._parts = parts
+        return self._text
+
+    def _text_of(self, ints: tuple[object, ...], rest: tuple[object, ...], steps: str) -> str:
         if rest != self._rest_key:
             self._rest_key = rest
             fields = dict(zip(_REST, rest, strict=True))
-            fields["targets"] = [dict(t) for t in report.targets]
+            fields["targets"] = [dict(t) for t in cast(tuple[Mapping[str, object], ...],
+                                                       fields["targets"])]  # fmt: skip
             self._rest = _JSON.encode(fields)[1:-1]
         return f'{self._opening}{self._ints % ints},{self._rest},"step_seconds":{steps}}}'
 

@@ -5,7 +5,9 @@ in it.
 Counts live where they are counted: the loop's own in `Counters`, the inbox's in
 `InboxCounters`, the links' on each link, the dead letters' and the handshakes' with their
 owners. The report names each HealthReport field it fills (mypy checks the names): a counter
-is added to HealthReport, counted where it happens, and named here once.
+is added to HealthReport, counted where it happens, and named here once, in `counts`, which
+gives them in porch.health.INT_FIELDS order (the heartbeat sends them so, without building a
+report; a unit test holds each in its place).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from porch.health import HealthReport
 from porch.security import LinkSecurity
 from workers.deadletter import DeadLetters
 from workers.inbox import Inbox
-from workers.replicas import Output, TargetGroup, all_links, shown_links
-from workers.targets import link_status
+from workers.replicas import Output, TargetGroup, links_of, shown_links
+from workers.targets import LinkStatus, link_status
 
 # upper bounds of the step() duration histogram (seconds), as Prometheus buckets
 STEP_BOUNDS_S = [0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]
@@ -72,31 +74,60 @@ class Heartbeat:
 
     def report(self, state: str, warning: str) -> HealthReport:
         """The health report now (`state`: the worker's WorkerState value)."""
-        counters, outputs, inbox = self.counters, all_links(self.outputs), self.inbox
-        groups = [output for output in self.outputs if isinstance(output, TargetGroup)]
-        denied = self.security.denied if self.security is not None else 0
+        (iterations, msgs_in, msgs_out, dropped, bad_frames, duplicates, dead_letters, skipped,
+         replayed, handshakes_rejected, handshakes_failed, reconnects, unpaired,
+         reorder_window_overflow, queue_depth) = self.counts()  # fmt: skip
         return HealthReport(
-            iterations=counters.iterations,
-            msgs_out=counters.msgs_out,
-            skipped=counters.skipped,
-            msgs_in=inbox.counters.msgs_in if inbox is not None else 0,
-            duplicates=inbox.counters.duplicates if inbox is not None else 0,
-            bad_frames=inbox.counters.bad_frames if inbox is not None else 0,
-            unpaired=inbox.counters.unpaired if inbox is not None else 0,
-            reorder_window_overflow=(
-                inbox.counters.reorder_window_overflow if inbox is not None else 0
-            ),
-            queue_depth=inbox.fanin.depth() if inbox is not None else 0,
-            # CURVE clients turned away: by the ZAP handler, or by another server key
-            handshakes_rejected=denied + (inbox.link.handshakes_failed if inbox is not None else 0),
-            dead_letters=self.dead_letters.count,
-            # (a replicated target counts what it got once every replica had finished too)
-            dropped=sum(link.dropped for link in outputs) + sum(group.dropped for group in groups),
-            replayed=sum(link.replayed for link in outputs),
-            handshakes_failed=sum(link.handshakes_failed for link in outputs),
-            reconnects=sum(link.reconnects for link in outputs),
+            iterations=iterations,
+            msgs_in=msgs_in,
+            msgs_out=msgs_out,
+            dropped=dropped,
+            bad_frames=bad_frames,
+            duplicates=duplicates,
+            dead_letters=dead_letters,
+            skipped=skipped,
+            replayed=replayed,
+            handshakes_rejected=handshakes_rejected,
+            handshakes_failed=handshakes_failed,
+            reconnects=reconnects,
+            unpaired=unpaired,
+            reorder_window_overflow=reorder_window_overflow,
+            queue_depth=queue_depth,
             state=state,
             warning=warning,
-            targets=tuple(link_status(link) for link in shown_links(self.outputs)),
+            targets=self.targets(),
             step_seconds=self.steps.encode(),
         )
+
+    def counts(self) -> tuple[int, ...]:
+        """The report's counters and queue_depth, in porch.health.INT_FIELDS order (what an
+        idle worker sends every second: one tuple, read from where each is counted; a unit
+        test holds each in its place)."""
+        counters, inbox = self.counters, self.inbox
+        dropped = replayed = failed = reconnects = 0
+        for output in self.outputs:
+            if isinstance(output, TargetGroup):
+                # (a replicated target counts what it got once every replica had finished too)
+                dropped += output.dropped
+            for link in links_of(output):
+                dropped += link.dropped
+                replayed += link.replayed
+                failed += link.handshakes_failed
+                reconnects += link.reconnects
+        # CURVE clients turned away: by the ZAP handler, or by another server key
+        rejected = self.security.denied if self.security is not None else 0
+        dead = self.dead_letters.count
+        if inbox is None:
+            return (counters.iterations, 0, counters.msgs_out, dropped, 0, 0, dead,
+                    counters.skipped, replayed, rejected, failed, reconnects, 0, 0, 0)  # fmt: skip
+        got = inbox.counters
+        return (counters.iterations, got.msgs_in, counters.msgs_out, dropped, got.bad_frames,
+                got.duplicates, dead, counters.skipped, replayed,
+                rejected + inbox.link.handshakes_failed, failed, reconnects, got.unpaired,
+                got.reorder_window_overflow, inbox.fanin.depth())  # fmt: skip
+
+    def targets(self) -> tuple[LinkStatus, ...]:
+        """Each shown output link's status (the report's `targets`)."""
+        if not self.outputs:
+            return ()
+        return tuple(link_status(link) for link in shown_links(self.outputs))

@@ -17,7 +17,7 @@ from collections.abc import Callable, MutableSequence, Sequence
 from typing import Any
 
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
-from porch.health import HealthReport, ReportEncoder
+from porch.health import ReportEncoder
 from porch.names import pipeline_of
 from workers.heartbeat import Heartbeat
 from workers.inbox import Inbox
@@ -60,9 +60,9 @@ class Housekeeping:
         self._parent_pid = parent_pid
         self._read_acks = read_acks
         self._next_heartbeat = 0.0
-        self._last_report: HealthReport | None = None
         self._health = ReportEncoder({"type": MessageType.HEALTH.value})
-        self._last_health = b""  # _last_report's control message
+        self._last_text = ""  # the last health report's text, and its bytes
+        self._last_health = b""
 
     def report_state(self, state: WorkerState, error: str = "") -> None:
         """Tell the supervisor our state (and the error, when it is a failure's)."""
@@ -89,13 +89,16 @@ class Housekeeping:
         return "; ".join(parts)
 
     def send_health(self) -> None:
-        """The heartbeat: our health report now (an idle worker's is the one before: its
-        message is not encoded again; one that differs in its counts is encoded in part,
-        porch.health.ReportEncoder)."""
-        report = self.heartbeat.report(self.state.value, self.warnings())
-        if report != self._last_report:
-            self._last_report = report
-            self._last_health = self._health.encode(report).encode()
+        """The heartbeat: our health report now, from its parts (no HealthReport is built:
+        an idle worker sends one every second on cold caches). An idle worker's is the one
+        before: its message is not encoded again; one that differs in its counts is encoded
+        in part (porch.health.ReportEncoder.encode_parts)."""
+        beat = self.heartbeat
+        rest = (self.state.value, self.warnings(), beat.targets())
+        text = self._health.encode_parts(beat.counts(), rest, beat.steps.encode())
+        if text is not self._last_text:
+            self._last_text = text
+            self._last_health = text.encode()
         self.control.send_encoded(self._last_health)
 
     @property

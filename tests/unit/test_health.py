@@ -84,9 +84,14 @@ def test_the_report_encoder_writes_what_the_control_channel_encodes() -> None:
         EMPTY,
         REPORT,
     ]
+    parts = ReportEncoder({"type": MessageType.HEALTH.value})  # a heartbeat's way
     for report in reports:
         expected = encode(MessageType.HEALTH, **report.encode()).decode()
         assert encoder.encode(report) == expected
+        ints = tuple(report.counters()[name] for name in health.INT_FIELDS)
+        rest = (report.state, report.warning, report.targets)
+        assert parts.encode_parts(ints, rest, report.step_seconds) == expected
+        assert parts.encode_parts(ints, rest, report.step_seconds) == expected  # (unchanged)
         assert HealthReport.decode(decode(expected.encode())[1]) == HealthReport.decode(
             json.loads(encoder.encode(report))
         )

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from porch.control import MessageType, decode, encode
-from porch.health import COUNTERS, HealthReport
+from porch.health import COUNTERS, INT_FIELDS, HealthReport
 from porch.security import LinkSecurity
 from workers.deadletter import DeadLetters
 from workers.heartbeat import STEP_BOUNDS_S, Counters, Heartbeat, StepHistogram
@@ -66,6 +66,37 @@ def test_every_counter_of_the_report_is_filled_from_where_it_is_counted() -> Non
     assert report.queue_depth == 1
     assert report.dropped == 2 and report.reconnects == 2  # summed over the links
     assert report.handshakes_rejected == 2  # ZAP denials and refused server keys
+
+
+def test_each_count_goes_in_its_own_place() -> None:
+    """counts() gives the report's ints in INT_FIELDS order (the heartbeat sends them so, no
+    report built): each from where it is counted, none in another's place."""
+    inbox = SimpleNamespace(
+        counters=InboxCounters(
+            msgs_in=4, duplicates=5, bad_frames=6, unpaired=7, reorder_window_overflow=8
+        ),
+        fanin=SimpleNamespace(depth=lambda: 9),
+        link=SimpleNamespace(handshakes_failed=10),
+    )
+    beat = Heartbeat(
+        Counters(iterations=1, msgs_out=2, skipped=3),
+        cast(list[OutputLink], [FakeLink("a", 13, 14, 15, 16), FakeLink("b", 100, 200, 300, 400)]),
+        cast(Inbox, inbox),
+        cast(DeadLetters, SimpleNamespace(count=11)),
+        cast(LinkSecurity, SimpleNamespace(denied=12)),
+    )
+    expected = {"iterations": 1, "msgs_in": 4, "msgs_out": 2, "dropped": 113, "bad_frames": 6,
+                "duplicates": 5, "dead_letters": 11, "skipped": 3, "replayed": 214,
+                "handshakes_rejected": 22, "handshakes_failed": 315, "reconnects": 416,
+                "unpaired": 7, "reorder_window_overflow": 8, "queue_depth": 9}  # fmt: skip
+    assert set(expected) == set(INT_FIELDS)
+    assert beat.report("running", "").counters() == expected
+    assert beat.counts() == tuple(expected[name] for name in INT_FIELDS)
+    source = Heartbeat(Counters(iterations=1, msgs_out=2, skipped=3), [], None,
+                       cast(DeadLetters, SimpleNamespace(count=11)), None)  # fmt: skip
+    assert source.counts() == (1, 0, 2, 0, 0, 0, 11, 3, 0, 0, 0, 0, 0, 0, 0)
+    counted = dict(zip(INT_FIELDS, source.counts(), strict=True))
+    assert source.report("running", "").counters() == counted
 
 
 def test_a_source_reports_without_an_inbox_or_a_cluster_key() -> None:
