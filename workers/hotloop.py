@@ -20,6 +20,7 @@ handles that one value, so the order of values and every on_error rule are the s
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import operator
 import pickle
@@ -57,6 +58,30 @@ WHOLE_MIN = 16
 _NOT_PLAIN = object()
 _ENDED = object()  # a run of a source burst's step() calls ended with no value left over
 Aside = Callable[[Any, Any, Origin], None]  # a value's regular way: on_error, or after_step
+
+
+class _NotBuiltin(Exception):
+    """An object that pickle would reduce (see _Builtins)."""
+
+
+class _Builtins(pickle.Pickler):
+    """Pickles what pickle's own C code writes, exact types only: None, bool, int, float,
+    bytes, str, dict, set, frozenset, list, tuple, bytearray; anything else (an instance of
+    another class or of a subclass, a class, a function) would be reduced, and raises
+    _NotBuiltin instead. Such a pickle names no class: it loads anywhere."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        raise _NotBuiltin
+
+
+def _builtin_dumps(values: list[Any]) -> bytes | None:
+    """One pickle of `values` (protocol 5) if they hold builtins only (_Builtins), else None."""
+    out = io.BytesIO()
+    try:
+        _Builtins(out, 5).dump(values)
+    except _NotBuiltin:
+        return None
+    return out.getvalue()
 
 
 def _captured(value: Any) -> Any:
@@ -104,6 +129,9 @@ class HotLoop:
         self._marked = 0
         self._sealed: list[tuple[int, list[Any], list[Run]]] = []
         self._capture = False
+        # a run of them had a dict key that is not a builtin (_emit_values): from then on a
+        # dict's keys are checked as step() returns it, as its values are
+        self._keyed = False
 
     def budget(self) -> int:
         """How many values every link takes now (0: the regular path must wait)."""
@@ -581,10 +609,13 @@ class HotLoop:
         """_value_span for as long as each output is small and plain: captured as step()
         returned it (a shallow copy: _captured), to leave as one pickle (_emit_stage); the
         value that ends the run (a marker, an output that is not captured, a failure) goes
-        as _value_span takes it. Returns what _value_span returns."""
+        as _value_span takes it. Returns what _value_span returns. A dict's keys are checked
+        when the run is pickled (_emit_values), not here: a key is hashable, and one of a
+        builtin type is immutable all the way down, so it is still as it was returned."""
         step = self.step
         assert step is not None
         clock, stop, captured, atoms = time.perf_counter, STOP_REQUEST, _captured, _ATOMS
+        keyed = self._keyed
         values = span.values
         grab = self._values.append
         output: Any = None
@@ -598,10 +629,10 @@ class HotLoop:
             except (Exception, SystemExit) as exc:
                 self._mark(span, i)
                 return i, False, self.loop.step_failed, self.loop.host.failure(exc), inputs, 0
-            if type(output) is dict:  # _captured's common case, inline
-                copy: Any = output.copy()
-                for key, item in output.items():
-                    if type(item) not in atoms or type(key) not in atoms:
+            if type(output) is dict and not keyed:  # _captured's common case, inline: its
+                copy: Any = output.copy()  # values (its keys are checked as the run is pickled)
+                for item in output.values():
+                    if type(item) not in atoms:
                         copy = _NOT_PLAIN
                         break
             else:
@@ -773,13 +804,17 @@ class HotLoop:
         self, values: list[Any], runs: list[Run], items: list[bytes], origins: list[Origin]
     ) -> int:
         """Captured outputs of a stage after `items` (gathered one by one before them): one
-        WHOLE batch, else each into `items` as _run_span gathers it, or alone (after_step);
-        how many travelled alone."""
+        WHOLE batch of builtins (_Builtins), else each into `items` as _run_span gathers it,
+        or alone (after_step); how many travelled alone. (A dict key that is not a builtin,
+        e.g. a script's enum, sends its run value by value, as dumps_one pickles it now: only
+        a key of a mutable class of the script's, changed since it was returned, differs.)"""
         loop = self.loop
         count = len(values)
         if count >= WHOLE_MIN:
-            blob = pickle.dumps(values, 5)
-            if len(blob) <= MAX_BATCH_BYTES:  # (a dict of a large str is plain too)
+            blob = _builtin_dumps(values)
+            if blob is None:  # a dict key of another type
+                self._keyed = True
+            elif len(blob) <= MAX_BATCH_BYTES:  # (a dict of a large str is plain too)
                 self._emit(items, origins)
                 for link in loop.outputs:
                     link.extend_whole(blob, values, (), runs)  # type: ignore[union-attr]

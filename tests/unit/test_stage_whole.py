@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,36 @@ def test_a_run_too_large_for_one_frame_goes_value_by_value_within_the_byte_bound
     assert got == [(v, (STREAM, 100 + v)) for v in range(1, 41)]
     # each counted once: an iteration of the burst, not again by after_step
     assert stage.counters.iterations == 40 and stage.counters.msgs_out == 40
+
+
+KEYS = """
+import http
+def step(input_data):
+    value = input_data["src"]
+    if 20 <= value < 40:
+        return {http.HTTPStatus.OK: value}  # a key of another class: an IntEnum
+    return {(value, "t"): value, "v": value}  # builtin keys, a tuple among them
+"""
+
+
+def test_dict_keys_are_checked_when_the_run_is_pickled(stage_of) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_of(KEYS)
+    headers = feed(stage, [(1, 101, list(range(20)))])
+    hot = HotLoop(stage.loop)
+    assert hot.run_queue(stage.inbox)
+    for seq in (21, 41):  # then a run with IntEnum keys, then builtin keys again
+        header = headers.encode_data(FrameKind.DATA_BATCH, seq, [(20, (STREAM, 100 + seq))])
+        blob = pickle.dumps(list(range(seq - 1, seq + 19)), 5)
+        stage.inbox._accept([b"r", encode_whole(header, blob, 20)])
+        assert hot.run_queue(stage.inbox)
+    # builtin keys (a tuple: not an atom) leave as one pickle of builtins; a run with an
+    # IntEnum key goes value by value, and from then on a dict's keys are checked as step()
+    # returns it: the tuple keys go value by value too, as they did before
+    assert [(whole, count) for _, whole, _, count in frames(stage)] == [
+        (True, 20), (False, 20), (False, 20)]  # fmt: skip
+    expected = [{(v, "t"): v, "v": v} if not 20 <= v < 40 else {HTTPStatus.OK: v}
+                for v in range(60)]  # fmt: skip
+    got = sent(stage)
+    assert got == list(zip(expected, range(101, 161), strict=True))
+    assert all(type(next(iter(value))) is HTTPStatus for value, _ in got[20:40])
+    assert stage.counters.iterations == 60 and stage.counters.msgs_out == 60
