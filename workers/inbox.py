@@ -607,7 +607,12 @@ class Inbox:
         self.counters = InboxCounters()
         self.intake = Intake(self.fanin, self.counters, serializer)
         self._careful = limit
-        self._ack_every = max(1, limit // 2)
+        # A sender's window (its queue_limit, by default ours) leaves in frames of up to
+        # MAX_BATCH (256) values: 1,000 as 256 + 256 + 256 + 232. Acked every limit // 2
+        # (500), inputs taken frame by frame were acked at 512, and then not before 1,256
+        # (the 488 after it fell short): the sender, one frame ahead, had its window full
+        # and waited for that ack. Two fifths (400) acks after every two frames either way.
+        self._ack_every = max(1, limit * 2 // 5)
         self._acks = HeaderEncoder(0, instance, name)
         self._fill = any_input and expected > 1  # sets name every source (None: no value)
         self.deferral: Deferral | None = None  # a replica's end-to-end acks (deferred.py)
