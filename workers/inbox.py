@@ -230,6 +230,7 @@ _DATA_KIND = bytes([FrameKind.DATA | ORIGINS])  # a DATA header's kind byte, wit
 COPY_BELOW = 4096  # a lone frame's payload is copied out (not viewed) below this size
 _ONE_TAIL = struct.Struct("!IIBBQ")  # an origins section's one run of one id (porch/wire.py)
 _COUNT = struct.Struct("!I")  # a batch's count word (porch/wire.py)
+_RCVMORE = int(zmq.RCVMORE)  # (a plain int: getsockopt() with the enum looks it up)
 
 
 @dataclass
@@ -661,9 +662,9 @@ class Inbox:
         except zmq.Again:
             return None
         frame = sock.recv()
-        if sock.getsockopt(zmq.RCVMORE):  # payload frames of their own: the regular path
+        if sock.get(_RCVMORE):  # payload frames of their own: the regular path
             message: list[Any] = [route, frame]
-            while sock.getsockopt(zmq.RCVMORE):
+            while sock.get(_RCVMORE):
                 message.append(sock.recv(copy=False).buffer)
             self._accept_logged(message)
             self._receive_rest()

@@ -70,6 +70,12 @@ HANDSHAKE_FAILED = {
 LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 for _event in HANDSHAKE_FAILED:
     LINK_EVENTS |= _event
+# as plain ints (InputLink.receive, every frame): `int & zmq.POLLIN` makes a Flag, and
+# getsockopt() with an enum looks the option up (porch/control.py's readable() does the same)
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 def set_heartbeats(sock: Socket, pings: bool) -> None:
@@ -190,16 +196,17 @@ class InputLink:
         """
         out: list[list[Any]] = []
         sock = self.socket
+        recv, get = sock.recv, sock.get
         for _ in range(max_messages):
             try:
-                route = sock.recv(zmq.NOBLOCK)
+                route = recv(_NOBLOCK)
             except zmq.Again:
                 break
-            message: list[Any] = [route]
-            while sock.getsockopt(zmq.RCVMORE):
-                message.append(sock.recv() if len(message) < 2 else sock.recv(copy=False).buffer)
+            message: list[Any] = [route, recv()]  # (a ROUTER's: the route, then a frame)
+            while get(_RCVMORE):
+                message.append(recv(copy=False).buffer)
             out.append(message)
-            if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if not cast(int, get(_EVENTS)) & _POLLIN:
                 break
         return out
 
