@@ -391,7 +391,8 @@ class Intake:
                 not first or (len(first) == 2 and first[1] > source.window.get(first[0], 0))
             ):  # the hot path: every value new (seqs are past what was received)
                 self._accept_span(source, seq, values if count == len(values)
-                                  else values[index : index + count], first)  # fmt: skip
+                                  else values[index : index + count], first,
+                                  batch.whole)  # fmt: skip
             elif len(first) == 2 and windows:  # some seen before (a replay): one by one
                 self._accept_run(header.sender, source, serializer, parts[index : index + count],
                                  seq, first, refused, decoded)  # fmt: skip
@@ -419,9 +420,12 @@ class Intake:
         except Exception:
             return None
 
-    def _accept_span(self, source: SourceState, seq: int, values: list[Any], first: Origin) -> None:
+    def _accept_span(
+        self, source: SourceState, seq: int, values: list[Any], first: Origin, whole: bool = False
+    ) -> None:
         """New values of consecutive seqs (and origin seqs of `first`'s one stream, if any):
-        queued as one Span for one source, else one item each."""
+        queued as one Span for one source, else one item each (`whole`: a WHOLE batch's,
+        small plain values: none is a skip marker, porch/wire.py)."""
         count = len(values)
         last = seq + count - 1
         source.received = last
@@ -442,7 +446,10 @@ class Intake:
             fanin.single()[1].append(Span(seq, values, stream, origin_seq, generation))
             return
         if fanin.takes_spans():  # a two-source join: it pairs Spans
-            fanin.push_span(source.pipeline, Span(seq, values, stream, origin_seq, generation))
+            span = Span(seq, values, stream, origin_seq, generation)
+            if whole:  # (not looked for: Span.marked)
+                span.skips = False
+            fanin.push_span(source.pipeline, span)
             return
         push = fanin.appender(source.pipeline)
         if stream is None:
@@ -830,7 +837,7 @@ class Inbox:
         ):
             return False
         values = load_whole(memoryview(frame)[form.payload_at :], count)
-        self.intake._accept_span(source, seq, values, (stream, origin_seq))
+        self.intake._accept_span(source, seq, values, (stream, origin_seq), True)
         return True
 
     def _learn_batch(

@@ -76,7 +76,8 @@ class Span:
         self.stream = stream
         self.origin_seq = origin_seq
         self.generation = generation
-        self.skips: bool | None = None  # whether a value is a skip marker (marked())
+        # whether a value is a skip marker (marked(); False: a WHOLE batch's, none is)
+        self.skips: bool | None = None
 
     def __len__(self) -> int:
         return len(self.values) - self.at
@@ -402,6 +403,8 @@ class FanIn:
 
     def exhausted(self) -> bool:
         """Whether no input set can ever form again."""
+        if not self._ended:  # (every idle wake-up asks: no source ended, no drain)
+            return False
         if self.any_input:
             return len(self._ended) >= self.expected and not any(self._queues.values())
         if self.pairing is Pairing.ALIGNED:

@@ -15,7 +15,7 @@ import pytest
 import workers.inbox
 from porch.config import PipelineConfig
 from porch.errors import WireError
-from porch.wire import FrameKind, HeaderEncoder, encode_whole
+from porch.wire import FrameKind, HeaderEncoder, encode_batch, encode_whole
 from workers.inbox import Inbox
 from workers.scheduler import Span
 from workers.worker import Worker, WorkerOptions
@@ -121,3 +121,32 @@ def test_whole_batches_of_a_known_source_are_taken_as_the_regular_path_takes_the
     # the regular inbox decoded every header; the other skipped those of the 5 batches its
     # forms took (the corrupt one among them)
     assert decoded == 2 * len(messages) - 5
+
+
+def test_a_joins_spans_of_whole_batches_are_known_to_hold_no_marker(tmp_path: Path) -> None:
+    """A WHOLE batch holds small plain values only (porch/wire.py): its Span is not scanned
+    for skip markers (Span.marked), by the form's path and the regular one alike; a batch of
+    the separate layout is, and its marker is found."""
+    path = tmp_path / "join.py"
+    path.write_text("def step(input_data):\n    return None\n")
+    config = PipelineConfig("join", (path,), 2, ("sink",))
+    join = Worker(config, WorkerOptions(control="tcp://127.0.0.1:1", state_dir=tmp_path))
+    try:
+        join.host.load()
+        inbox = join.inbox
+        assert inbox is not None
+        headers = {"b": HeaderEncoder(1, 9, "b"), "c": HeaderEncoder(1, 11, "c")}
+        for name, encoder in headers.items():
+            inbox._accept([name.encode(), encoder.encode(FrameKind.HELLO, 0)])
+            inbox._accept([name.encode(), whole(encoder, 1, 1, 4)])  # (the gate decides)
+        assert inbox.fanin.takes_spans()
+        log = inbox.fanin._aligner.log
+        for seq, name in ((5, "b"), (5, "c"), (9, "b"), (9, "c")):  # learned, then by form
+            inbox._accept([name.encode(), whole(headers[name], seq, seq, 4)])
+            assert log and log[-1][1].skips is False  # type: ignore[union-attr]
+        head = headers["b"].encode_data(FrameKind.DATA_BATCH, 13, [(2, (STREAM, 13))])
+        inbox._accept([b"b", encode_batch(head, [pickle.dumps({"n": 13}), b""])])
+        span = log[-1][1]
+        assert isinstance(span, Span) and span.skips is None and span.marked()
+    finally:
+        join.sockets.ctx.destroy(linger=0)
