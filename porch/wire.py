@@ -141,6 +141,9 @@ def encode_origins(runs: Sequence[Run]) -> bytes:
 _ONE_RUN = struct.Struct("!IIBBQ")  # one run of one id: runs 1, count, width 1, index 0, seq
 _STREAM_TABLES: dict[bytes, Stream] = {}  # a one-stream table's bytes -> its stream (decoded)
 _NAMES: dict[bytes, str] = {}  # a sender name's bytes -> the name
+_ACK = int(FrameKind.ACK)
+_SEQ = struct.Struct("!Q")
+_SEQ_AT = 12  # where a header's seq is
 MAX_CACHED = 1024  # entries of each cache above (cleared when full)
 
 
@@ -425,6 +428,16 @@ def decode_batch(frame: bytes, start: int) -> list[Any]:
 
 def decode_ack(frame: bytes) -> int | None:
     """The acknowledged sequence number of an ACK frame, or None for anything else."""
+    # an ACK of this version, as long as its name says, from a name decoded before (in
+    # _NAMES): what decode_header accepts, read at a glance (a source reads ~400 a 200k run)
+    if (
+        len(frame) > HEADER_SIZE
+        and frame[1] == _ACK
+        and frame[0] == VERSION
+        and len(frame) == HEADER_SIZE + frame[3]
+        and frame[HEADER_SIZE:] in _NAMES
+    ):
+        return int(_SEQ.unpack_from(frame, _SEQ_AT)[0])
     try:
         header = decode_header(frame)
     except WireError:

@@ -21,6 +21,7 @@ from porch.wire import (
     FrameKind,
     Header,
     HeaderEncoder,
+    decode_ack,
     decode_header,
     decode_prefix,
     encode_header,
@@ -40,6 +41,33 @@ VALID_SENDERS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), ma
 
 
 # --- header ---------------------------------------------------------------------------------
+
+
+def _ack_the_long_way(frame: bytes) -> int | None:
+    try:
+        header = decode_header(frame)
+    except WireError:
+        return None
+    return header.seq if header.kind is FrameKind.ACK else None
+
+
+@given(st.binary(max_size=40), U8, U8, VALID_SENDERS, U64)
+def test_decode_ack_reads_what_decode_header_reads(
+    junk: bytes, version: int, kind: int, sender: str, seq: int
+) -> None:
+    """decode_ack's glance (an ACK of this version, its length, a name seen before) gives
+    what decoding the whole header gives, for any frame: acks of names seen or not, any other
+    kind or version, cut or padded frames, junk."""
+    ack = encode_header(FrameKind.ACK, 0, 7, seq, sender)
+    name = sender.encode("utf-8")
+    raw = struct.pack("!BBBBQQ", version, kind, 0, len(name), 7, seq) + name
+    frames = [ack, ack[:-1], ack + b"x", raw, junk, bytes([VERSION, FrameKind.ACK]) + junk]
+    for frame in frames:
+        assert decode_ack(frame) == _ack_the_long_way(frame), frame
+    decode_header(ack)  # the name is seen now (decode_prefix caches it)
+    for frame in frames:
+        assert decode_ack(frame) == _ack_the_long_way(frame), frame
+    assert decode_ack(ack) == seq
 
 
 @pytest.mark.parametrize("kind", list(FrameKind))
