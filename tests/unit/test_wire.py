@@ -51,6 +51,7 @@ def _ack_the_long_way(frame: bytes) -> int | None:
     return header.seq if header.kind is FrameKind.ACK else None
 
 
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=40), U8, U8, VALID_SENDERS, U64)
 def test_decode_ack_reads_what_decode_header_reads(
     junk: bytes, version: int, kind: int, sender: str, seq: int
