@@ -166,25 +166,38 @@ class ReportEncoder:
         self,
         ints: tuple[int, ...],
         rest: tuple[str, str, tuple[Mapping[str, object], ...]],
-        steps: Mapping[str, object] | None,
+        bounds: list[float],
+        counts: tuple[int, ...],
+        total: float,
     ) -> str:
         """The text of the report whose INT_FIELDS are `ints` (in that order), whose
-        (state, warning, targets) are `rest` and whose step_seconds is `steps`: encode()'s
-        text of that report (a test holds them equal). Parts equal to the last call's (an idle
-        worker's report) give the last text at once. `steps`'s counts are not changed after
-        (StepHistogram.encode copies them)."""
-        parts = (ints, rest, steps)
-        if parts == self._parts:
+        (state, warning, targets) are `rest` and whose step_seconds is {"bounds": `bounds`,
+        "counts": `counts`, "sum": `total`}: encode()'s text of that report (a test holds them
+        equal). Parts equal to the last call's (an idle worker's report) give the last text
+        at once."""
+        parts = (ints, rest, counts, total)
+        if parts == self._parts and bounds == self._bounds:
             return self._text
-        text = self._steps(steps)
-        if text is None or not _INT.issuperset(map(type, ints)) or not _LAYOUT:
+        if (
+            type(total) is float
+            and total - total == 0.0  # finite
+            and type(bounds) is list
+            and _INT.issuperset(map(type, counts))
+            and _INT.issuperset(map(type, ints))
+            and _LAYOUT
+        ):
+            if bounds != self._bounds:
+                self._bounds, self._bounds_json = list(bounds), _JSON.encode(bounds)
+            counted = ",".join(map(str, counts))
+            steps = f'{{"bounds":{self._bounds_json},"counts":[{counted}],"sum":{total!r}}}'
+            self._text = self._text_of(ints, rest, steps)
+        else:
             state, warning, targets = rest
+            histogram = {"bounds": bounds, "counts": list(counts), "sum": total}
             report = HealthReport(**dict(zip(_INTS, ints, strict=True)), state=state,
                                   warning=warning, targets=targets,
-                                  step_seconds=steps)  # fmt: skip
+                                  step_seconds=histogram)  # fmt: skip
             self._text = _JSON.encode({**self._head, **report.encode()})
-        else:
-            self._text = self._text_of(ints, rest, text)
         self._parts = parts
         return self._text
 

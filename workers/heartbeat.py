@@ -13,14 +13,15 @@ report; a unit test holds each in its place).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from porch.health import HealthReport
 from porch.security import LinkSecurity
 from workers.deadletter import DeadLetters
 from workers.inbox import Inbox
-from workers.replicas import Output, TargetGroup, links_of, shown_links
+from workers.links import OutputLink
+from workers.replicas import Output, TargetGroup, shown_links
 from workers.targets import LinkStatus, link_status
 
 # upper bounds of the step() duration histogram (seconds), as Prometheus buckets
@@ -106,10 +107,12 @@ class Heartbeat:
         counters, inbox = self.counters, self.inbox
         dropped = replayed = failed = reconnects = 0
         for output in self.outputs:
+            links: Iterable[OutputLink] = (output,)  # type: ignore[assignment]
             if isinstance(output, TargetGroup):
                 # (a replicated target counts what it got once every replica had finished too)
                 dropped += output.dropped
-            for link in links_of(output):
+                links = output.links.values()
+            for link in links:
                 dropped += link.dropped
                 replayed += link.replayed
                 failed += link.handshakes_failed
@@ -128,6 +131,7 @@ class Heartbeat:
 
     def targets(self) -> tuple[LinkStatus, ...]:
         """Each shown output link's status (the report's `targets`)."""
-        if not self.outputs:
-            return ()
-        return tuple(link_status(link) for link in shown_links(self.outputs))
+        outputs = self.outputs
+        if TargetGroup not in map(type, outputs):  # (each link is shown)
+            return tuple(map(link_status, outputs))  # type: ignore[arg-type]
+        return tuple(link_status(link) for link in shown_links(outputs))

@@ -19,7 +19,7 @@ from typing import Any
 from porch.control import HEARTBEAT_INTERVAL_S, ControlClient, MessageType, WorkerState
 from porch.health import ReportEncoder
 from porch.names import pipeline_of
-from workers.heartbeat import Heartbeat
+from workers.heartbeat import STEP_BOUNDS_S, Heartbeat
 from workers.inbox import Inbox
 from workers.replicas import Output
 from workers.signals import StopSignals
@@ -84,9 +84,9 @@ class Housekeeping:
     def warnings(self) -> str:
         """What keeps this pipeline from making progress, for `porchctl status`."""
         parts = self.targets.warnings()
-        if self.sources is not None:
+        if self.sources is not None and self.sources.down:
             parts += self.sources.warnings()
-        return "; ".join(parts)
+        return "; ".join(parts) if parts else ""
 
     def send_health(self) -> None:
         """The heartbeat: our health report now, from its parts (no HealthReport is built:
@@ -95,7 +95,9 @@ class Housekeeping:
         in part (porch.health.ReportEncoder.encode_parts)."""
         beat = self.heartbeat
         rest = (self.state.value, self.warnings(), beat.targets())
-        text = self._health.encode_parts(beat.counts(), rest, beat.steps.encode())
+        steps = beat.steps
+        text = self._health.encode_parts(beat.counts(), rest, STEP_BOUNDS_S, tuple(steps.counts),
+                                         steps.sum_s)  # fmt: skip
         if text is not self._last_text:
             self._last_text = text
             self._last_health = text.encode()

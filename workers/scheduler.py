@@ -426,7 +426,11 @@ class FanIn:
         if self.pairing is Pairing.ALIGNED:
             self._aligner.drain()
             return sum(self._aligner.counts.values())
-        return sum(_count(q) for q in self._queues.values())
+        depth = 0
+        for queue in self._queues.values():  # (a loop: an idle worker's heartbeat reads it)
+            if queue:
+                depth += _count(queue)
+        return depth
 
     # ---- choosing how to pair --------------------------------------------------------------
 

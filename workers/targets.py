@@ -118,14 +118,17 @@ class TargetWatch:
 
     def warnings(self) -> list[str]:
         """What keeps the targets from taking our output, for `porchctl status`."""
-        parts = list(self._missing.values())
-        parts += [
-            f"target {link.target!r} unreachable since "
-            f"{time.strftime('%H:%M:%S', self._localtime(link.withdrawn_since))}; "
-            f"{link.data_held()} held"
-            for link in shown_links(self.outputs)
-            if link.withdrawn_since is not None and not link.gone
-        ]
+        parts = list(self._missing.values()) if self._missing else []
+        for output in self.outputs:  # (a loop, not shown_links: an idle worker's every second)
+            if not isinstance(output, TargetGroup) and output.withdrawn_since is None:
+                continue
+            parts += [
+                f"target {link.target!r} unreachable since "
+                f"{time.strftime('%H:%M:%S', self._localtime(link.withdrawn_since))}; "
+                f"{link.data_held()} held"
+                for link in shown_links([output])
+                if link.withdrawn_since is not None and not link.gone
+            ]
         return parts
 
 

@@ -111,7 +111,7 @@ class Waiter:
         if only_input and lone is not None:
             lone()  # the idle path: a value that came alone has run
         else:
-            if not only_input:
+            if events and not only_input:
                 self._serve(events)
             if inbox is not None and input_socket in events:
                 inbox.receive()
