@@ -107,12 +107,16 @@ class WorkerSockets:
                           endpoints=endpoints if len(endpoints) > 1 else [])  # fmt: skip
 
     def poller(self, wake: socket.socket) -> zmq.Poller:
-        """What an idle worker waits on: control messages, input, and `wake` (signals)."""
+        """What an idle worker waits on: control messages, input, `wake` (signals), and the
+        input's socket monitor (failed handshakes: a wait that saw none needs no look at it,
+        Housekeeping.tick)."""
         poller = zmq.Poller()
         poller.register(self.control.socket, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         if self.inbox is not None:
             poller.register(self.inbox.link.socket, zmq.POLLIN)
+            if self.inbox.link.monitor is not None:
+                poller.register(self.inbox.link.monitor, zmq.POLLIN)
         return poller
 
     def close(self) -> None:

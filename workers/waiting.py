@@ -67,14 +67,14 @@ class Waiter:
         self._streaming = False  # the last wait had input within ACK_DELAY_MS
         self._blocked: tuple[tuple[Any, list[tuple[Any, Any]]], zmq.Poller] | None = None
 
-    def tick(self, control: bool = True) -> None:
+    def tick(self, control: bool = True, monitor: bool = True) -> None:
         """Housekeeping between iterations, at most every TICK_S: control, acks, heartbeat
-        (`control`: see Housekeeping.tick)."""
+        (`control`, `monitor`: see Housekeeping.tick)."""
         now = time.monotonic()
         if now < self._next_tick:
             return
         self._next_tick = now + TICK_S
-        self.house.tick(now, control)
+        self.house.tick(now, control, monitor)
 
     def wait(
         self,
@@ -118,10 +118,13 @@ class Waiter:
         if only_input and ready is not None and ready():
             return
         self._read_acks()
-        self.tick(control=False)  # (_serve read the control channel if it woke the wait)
+        # (_serve read the control channel, and the input's monitor, if they woke the wait;
+        # the idle poller holds that monitor, the others do not)
+        self.tick(control=False, monitor=poller is not self._poller)
 
     def _serve(self, events: dict[Any, int]) -> None:
-        """What woke the wait besides input: a signal, the control channel."""
+        """What woke the wait besides input: a signal, the control channel, the input's socket
+        monitor."""
         wake = self.stops.wake_r
         if wake in events or wake.fileno() in events:
             with contextlib.suppress(BlockingIOError):
@@ -129,6 +132,8 @@ class Waiter:
             self.stops.say()  # a signal: its stop is logged here, not in its handler
         if self.control.socket in events:
             self.house.on_control()
+        if self.inbox is not None and self.inbox.link.monitor in events:
+            self.inbox.link.check_events(self.pipeline)
 
     def hand_over(
         self, link: Output, kind: FrameKind, payload: list[Any], origin: Origin | int = ()

@@ -370,9 +370,9 @@ def test_a_source_that_sends_nothing_does_its_housekeeping_with_its_heartbeat(
     beats: list[float] = []
     tick, send_health = made.house.tick, made.house.send_health
 
-    def counted_tick(now: float, control: bool = True) -> None:
+    def counted_tick(now: float, control: bool = True, monitor: bool = True) -> None:
         ticks.append((made.counters.iterations, made.counters.msgs_out))
-        tick(now, control)
+        tick(now, control, monitor)
 
     def counted_health() -> None:
         beats.append(time.monotonic())

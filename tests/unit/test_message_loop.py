@@ -180,7 +180,7 @@ class Ticks:
     def __init__(self) -> None:
         self.at: list[float] = []
 
-    def tick(self, now: float, control: bool = True) -> None:
+    def tick(self, now: float, control: bool = True, monitor: bool = True) -> None:
         self.at.append(now)
 
 
@@ -231,6 +231,33 @@ class ScriptedPoller:
     def poll(self, timeout_ms: int) -> list[tuple[Any, int]]:
         self.timeouts.append(timeout_ms)
         return self.results.pop(0)
+
+
+def test_an_idle_wait_reads_the_inputs_monitor_only_when_it_woke_the_wait(
+    made: list[Worker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle poller holds the input's socket monitor (failed handshakes): a wait that timed
+    out leaves it alone (an idle sink's wake-up each second), a wait it woke reads it once,
+    and a tick from anywhere else still looks at it."""
+    stage = build(made, tmp_path, "def step(input_data):\n    return 1\n", sources=1)
+    inbox, waiter = stage.inbox, stage.loop.waiter
+    assert inbox is not None and inbox.link.monitor is not None
+    looked: list[str] = []
+    monkeypatch.setattr(inbox.link, "check_events", looked.append)
+    assert inbox.link.monitor in [sock for sock, _ in waiter._poller.sockets]
+
+    waiter.wait(1)  # times out (its tick runs: the first one)
+    assert looked == []
+
+    scripted = ScriptedPoller([[(inbox.link.monitor, zmq.POLLIN)]])
+    monkeypatch.setattr(waiter, "_poller", scripted)
+    monkeypatch.setattr(waiter, "_next_tick", 0.0)
+    waiter.wait(1)
+    assert looked == [stage.name] and scripted.timeouts == [1]
+
+    monkeypatch.setattr(waiter, "_next_tick", 0.0)
+    waiter.tick()
+    assert looked == [stage.name, stage.name]
 
 
 def test_a_loop_fed_back_to_back_acknowledges_once_its_input_pauses(
