@@ -136,6 +136,8 @@ class Worker:
             self.house.directory.keep = self.durable.keep
         self._settling = True  # see _settle
         self.deferred = self._deferred_acks()
+        # _read_acks reads the links' sockets and nothing else: a tick may poll them first
+        self.house.probe_sockets = self.deferred is None and self.durable is None
 
     @property
     def stopping(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from workers.concurrent import ConcurrentLoop
 from workers.deadletter import DeadLetters
 from workers.heartbeat import Counters
 from workers.inbox import Inbox, Undecodable
+from workers.links import OutputLink
 from workers.onerror import ErrorPolicy
 from workers.waiting import ACK_DELAY_MS, TICK_S
 from workers.worker import Worker, WorkerOptions
@@ -258,6 +260,43 @@ def test_an_idle_wait_reads_the_inputs_monitor_only_when_it_woke_the_wait(
     monkeypatch.setattr(waiter, "_next_tick", 0.0)
     waiter.tick()
     assert looked == [stage.name, stage.name]
+
+
+def test_a_tick_reads_the_sockets_only_when_one_of_them_has_something(
+    made: list[Worker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick polls the control channel, the links' sockets and their monitors at once: with
+    nothing waiting it reads none of them (an idle source's tick each second), the link's
+    hello-again timer still runs; an ack waiting on a link makes it read them all."""
+    source = build(made, tmp_path, "def step():\n    return 1\n")
+    house, link = source.house, source.outputs[0]
+    assert house.probe_sockets and isinstance(link, OutputLink)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    try:
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        link.connect(f"tcp://127.0.0.1:{port}")
+        identity, _ = router.recv_multipart()  # its HELLO: the connection is up
+        deadline = time.monotonic() + 10
+        while not link.handshaken and time.monotonic() < deadline:
+            link.check_events(source.name)  # (its monitor's handshake event, read)
+        assert link.handshaken
+        read: list[str] = []
+        hellos: list[Any] = []
+        monkeypatch.setattr(house, "on_control", lambda: read.append("control"))
+        monkeypatch.setattr(house, "_read_acks", lambda: read.append("acks"))
+        monkeypatch.setattr("workers.housekeeping.hello_again", lambda ln, now: hellos.append(ln))
+
+        house.tick(100.0)
+        assert read == [] and hellos == [link]
+
+        router.send_multipart([identity, b"an ack"])
+        assert zmq.zmq_poll([(link.socket, zmq.POLLIN)], 10_000)
+        house.tick(101.0)
+        assert read == ["control", "acks"] and hellos == [link]
+    finally:
+        router.close(linger=0)
+        ctx.term()
 
 
 def test_a_loop_fed_back_to_back_acknowledges_once_its_input_pauses(
