@@ -61,6 +61,7 @@ MAX_NAME_BYTES = 255
 INLINE_MAX = 64 * 1024  # payload frames up to this size travel in the header's frame
 HELLO_NO_ACKS = 1  # HELLO's seq field carries flags; this one: the sender wants no acks
 HELLO_REPLAY = 2  # ...this one: it replays what an earlier instance of the receiver was sent
+HELLO_WINDOW = 8  # ...and from this bit up, the sender's window (its queue_limit; 0: unsaid)
 
 
 class FrameKind(enum.IntEnum):

@@ -54,6 +54,7 @@ from porch.wire import (
     HEADER_SIZE,
     HELLO_NO_ACKS,
     HELLO_REPLAY,
+    HELLO_WINDOW,
     MAX_BATCH_COUNT,
     ORIGINS,
     WHOLE,
@@ -196,6 +197,7 @@ class SourceState:
     eos_seq: int = 0
     route: bytes = b""
     wants_acks: bool = True
+    ack_every: int = 1  # its messages are acknowledged every this many (Inbox._on_presence)
     # seqs queued or being processed, oldest first: everything below the first one is done
     open: OpenSeqs = field(default_factory=OpenSeqs)
     window: dict[Stream, int] = field(default_factory=dict)  # origin stream -> highest seq
@@ -916,6 +918,7 @@ class Inbox:
             ) from None
         log.info("source_connected", pipeline=self.name, source=name)
         source = self.sources[name] = SourceState(careful=0, pipeline=name)
+        source.ack_every = self._ack_every
         if is_replica(name):
             source.pipeline = pipeline_of(name)
             source.order = order_stream(source.pipeline)
@@ -1012,6 +1015,12 @@ class Inbox:
         else:
             self.departed.discard(header.sender)
             source.wants_acks = not header.seq & HELLO_NO_ACKS
+            # a sender whose window (its queue_limit) is smaller than our limit is acknowledged
+            # every two fifths of its window (see _ack_every), not of ours: it would be full
+            # before an ack is due, and wait for our idle ack
+            window = header.seq >> HELLO_WINDOW
+            every = self._ack_every
+            source.ack_every = min(every, max(1, window * 2 // 5)) if window else every
             if header.seq & HELLO_REPLAY:  # (a HELLO again on a stuck link says nothing of it)
                 source.replaying = True
                 source.careful = self._careful  # (we restarted: maybe we crashed on one)
@@ -1089,7 +1098,7 @@ class Inbox:
         if source.careful:  # (the burst takes a careful source's inputs one by one)
             source.careful = max(0, source.careful - (last - first + 1))
             self._ack(source)
-        elif last - source.acked >= self._ack_every:
+        elif last - source.acked >= source.ack_every:
             self._ack(source)
 
     def careful(self, generation: int | None) -> bool:
@@ -1108,7 +1117,7 @@ class Inbox:
         if source.careful:
             source.careful -= 1
             self._ack(source)
-        elif seq - source.acked >= self._ack_every:
+        elif seq - source.acked >= source.ack_every:
             self._ack(source)
 
     @property

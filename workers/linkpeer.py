@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from porch import logs
-from porch.wire import HELLO_NO_ACKS, HELLO_REPLAY, FrameKind, decode_ack
+from porch.wire import HELLO_NO_ACKS, HELLO_REPLAY, HELLO_WINDOW, FrameKind, decode_ack
 
 if TYPE_CHECKING:
     from workers.links import OutputLink
@@ -59,7 +59,7 @@ def connect(
     # an at-most-once sender must not be acked: unread acks in its TCP receive buffer
     # would make the kernel reset the connection (losing the tail) when it exits
     flags = (0 if link.settings.acked else HELLO_NO_ACKS) | (HELLO_REPLAY if restarted else 0)
-    sock.send(link.framer.headers.encode(FrameKind.HELLO, flags))
+    sock.send(link.framer.headers.encode(FrameKind.HELLO, flags | window(link)))
     link.gone = link.down = False
     if restarted:  # it acks one by one after a restart; its crashes on our head count
         link.replayed += outbox.held
@@ -129,7 +129,15 @@ def hello_again(link: OutputLink, now: float) -> None:
         return
     conn.quiet_since = now
     with contextlib.suppress(zmq.ZMQError):
-        conn.socket.send(link.framer.headers.encode(FrameKind.HELLO, 0), zmq.NOBLOCK)
+        conn.socket.send(link.framer.headers.encode(FrameKind.HELLO, window(link)), zmq.NOBLOCK)
+
+
+def window(link: OutputLink) -> int:
+    """HELLO's flags that say an acknowledged link's window (its queue_limit): the target
+    acknowledges often enough for it (Inbox._on_presence), not only for a window of its own
+    limit (a window smaller than that filled before an ack was due, and waited for the
+    target's idle ack)."""
+    return link.settings.limit << HELLO_WINDOW if link.settings.acked else 0
 
 
 def send_end_again(link: OutputLink) -> None:

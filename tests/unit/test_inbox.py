@@ -10,7 +10,7 @@ import zmq
 
 from porch.serializers import get
 from porch.stream import SKIP
-from porch.wire import HELLO_REPLAY, FrameKind, decode_ack, encode_header
+from porch.wire import HELLO_REPLAY, HELLO_WINDOW, FrameKind, decode_ack, encode_header
 from workers.inbox import Inbox
 
 pytestmark = pytest.mark.timeout(30)
@@ -326,6 +326,34 @@ def test_a_full_window_sent_in_frames_is_acknowledged_before_the_sender_waits() 
             items = [inbox.take()[1]["source"] for _ in range(size)]
             inbox.commit_span(items[0][0], items[-1][0], items[0][3])
         assert acks(peer) == [512, 1000]
+    finally:
+        peer.close()
+        inbox.close()
+        ctx.term()
+
+
+@pytest.mark.parametrize(("window", "every"), [(200, 80), (0, 400), (5000, 400)])
+def test_a_sender_with_a_smaller_window_than_our_limit_is_acknowledged_for_its_window(
+    window: int, every: int
+) -> None:
+    """A sender's HELLO says its window (its queue_limit): one of 200 is acknowledged every
+    80 (two fifths of it), not every 400 of our limit of 1,000, which it could never reach
+    before an ack: it waited for our idle ack each time. A HELLO without one (0), or with one
+    larger than our limit, is acknowledged for ours."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    inbox = Inbox(ctx, "127.0.0.1", name="sink", instance=99, expected=1, any_input=False,
+                  serializer=get("pickle"), limit=1000)  # fmt: skip
+    peer = ctx.socket(zmq.DEALER)
+    peer.linger = 0
+    peer.connect(inbox.endpoint)
+    try:
+        send(peer, FrameKind.HELLO, 1, window << HELLO_WINDOW)
+        for seq in range(1, 2 * every + 1):
+            send(peer, FrameKind.DATA, 1, seq, seq)
+        pump(inbox, 2 * every)
+        for _ in range(2 * every):
+            inbox.commit(inbox.take()[1])
+        assert acks(peer) == [every, 2 * every]
     finally:
         peer.close()
         inbox.close()

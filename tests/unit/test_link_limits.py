@@ -9,7 +9,14 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from porch.wire import FrameKind, HeaderEncoder, decode_ack
+from porch.wire import (
+    HELLO_NO_ACKS,
+    HELLO_WINDOW,
+    FrameKind,
+    HeaderEncoder,
+    decode_ack,
+    decode_header,
+)
 from workers.links import LinkSettings, OutputLink
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,6 +63,18 @@ def test_at_least_once_link_at_the_limit_waits_for_acks(ctx: Context) -> None:
     assert link.held == 4 and link.unsent == 0  # sent, held until acknowledged
     link.ack(4)
     assert link.offer(FrameKind.DATA, [b"value"], 5)
+
+
+@pytest.mark.parametrize("acked", [True, False])
+def test_a_link_says_its_window_in_its_hello(ctx: Context, acked: bool) -> None:
+    """An acknowledged link's HELLO carries its queue_limit (from bit HELLO_WINDOW up), so
+    that a target with a larger limit of its own acknowledges often enough for it; an
+    at-most-once link's says it wants no acks."""
+    _link, target = linked(ctx, LinkSettings(limit=200, acked=acked))
+    assert target.poll(5000)
+    header = decode_header(target.recv_multipart()[1])
+    assert header.kind is FrameKind.HELLO
+    assert header.seq == (200 << HELLO_WINDOW if acked else HELLO_NO_ACKS)
 
 
 def confirm(target: zmq.Socket[bytes], seq: int) -> None:
