@@ -68,6 +68,7 @@ class SupervisionPolicy:
         self.processes = processes
         self.run = run
         self.removed: set[str] = set()  # forgotten once their worker has exited
+        self.stops_pending = False  # stop() set a worker's stop_pending since signal_stops saw none
 
     def new_book(self, config: PipelineConfig) -> RestartBook:
         """A pipeline's bookkeeping: `porch run` never restarts, porchd follows the config
@@ -115,11 +116,17 @@ class SupervisionPolicy:
         if handle.process.kill_at is not None:
             return  # already stopping: a second SIGTERM would make the worker exit at once
         book.stop_pending = True  # signalled at the end of this loop turn (signal_stops)
+        self.stops_pending = True
 
     def signal_stops(self, handles: Collection[WorkerHandle], now: float) -> None:
-        """SIGTERM the pipelines commanded to stop that may go now (see ready_to_stop)."""
+        """SIGTERM the pipelines commanded to stop that may go now (see ready_to_stop). The
+        loop asks after every poll (each worker's report wakes it): without a stop pending it
+        answers without looking at every worker."""
+        if not self.stops_pending:
+            return
         pending = [h.name for h in handles if h.restart.stop_pending and h.alive]
         if not pending:
+            self.stops_pending = False  # (only stop() sets a stop pending)
             return
         stopping = [h.name for h in handles if h.alive and not h.restart.wanted]
         targets = {h.name: h.config.target_pipeline_names for h in handles}

@@ -69,6 +69,16 @@ class LatestHealth:
     at_s: float | None = None  # when that report came (monotonic)
     rate_per_s: float = 0.0  # iterations per second between its last two reports
     totals: dict[str, int] = field(default_factory=dict)  # counters of earlier instances
+    _message: Mapping[str, object] | None = field(default=None, repr=False, compare=False)
+    _decoded: HealthReport = field(default=EMPTY, repr=False, compare=False)  # its report
+
+    def take(self, message: Mapping[str, object], now: float) -> None:
+        """A HEALTH message came at `now`: its report, decoded again only when the message
+        is another object than the last one (WorkerChannel gives an unchanged report's
+        message again, and nothing changes a message after it is decoded)."""
+        if message is not self._message:
+            self._message, self._decoded = message, HealthReport.decode(message)
+        self.receive(self._decoded, now)
 
     def receive(self, report: HealthReport, now: float) -> None:
         """A report came at `now`: the iteration rate since the one before."""

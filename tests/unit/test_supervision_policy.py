@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -131,6 +132,22 @@ def test_a_commanded_stop_is_never_restarted() -> None:
     exit_with(policy, handle, -signal.SIGTERM, now=6.0)
     assert handle.state is WorkerState.STOPPED and handle.restart.restart_at is None
     assert acts.done == [("terminate", "p")]
+
+
+class Untouchable(list[WorkerHandle]):
+    def __iter__(self) -> Any:
+        raise AssertionError("looked at every worker")
+
+
+def test_without_a_stop_pending_the_loop_turn_looks_at_no_worker() -> None:
+    policy, acts, handle = setup()
+    handle.state = WorkerState.RUNNING
+    policy.signal_stops(Untouchable([handle]), now=0.0)  # (each report wakes the loop)
+    policy.stop(handle)
+    policy.signal_stops([handle], now=0.0)
+    assert acts.done == [("terminate", "p")]
+    policy.signal_stops([handle], now=0.0)  # (none left: it says so)
+    policy.signal_stops(Untouchable([handle]), now=0.0)
 
 
 def test_a_stop_that_times_out_is_killed_and_says_why() -> None:

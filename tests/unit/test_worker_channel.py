@@ -77,6 +77,39 @@ def test_reports_of_known_alive_workers_are_read_and_garbage_is_skipped(
     channel.close()
 
 
+def test_an_unchanged_health_report_is_not_decoded_again(
+    ctx: zmq.Context[zmq.Socket[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle worker sends the same report every second: the channel gives its decoded
+    message again (the same dict), the handle its report, and the heartbeat and the rate
+    are taken each time; a report that differs is decoded."""
+    channel = WorkerChannel(ctx, "inproc://workers")
+    p = handle("p")
+    a = worker(ctx, "p")
+    decoded: list[bytes] = []
+    monkeypatch.setattr(
+        "porch.worker_channel.decode", lambda data: decoded.append(data) or decode(data)
+    )
+    reports = [
+        HealthReport(iterations=10),
+        HealthReport(iterations=10),
+        HealthReport(iterations=12),
+    ]
+    messages = []
+    for at, report in enumerate(reports, start=1):
+        a.send(encode(MessageType.HEALTH, **report.encode()))
+        assert channel.socket.poll(RECV_TIMEOUT_MS)
+        [(h, kind, message)] = list(channel.receive({"p": p}.get))
+        assert h is p and kind is MessageType.HEALTH
+        apply_report(p, kind, message, float(at))
+        messages.append(message)
+        assert p.health.report == report and p.process is not None
+        assert p.process.heartbeat_s == float(at)
+    assert len(decoded) == 2 and messages[0] is messages[1] and messages[2] is not messages[1]
+    assert p.health.rate_per_s == 2.0
+    channel.close()
+
+
 def test_a_hello_a_state_and_health_update_the_handle() -> None:
     p = handle("p")
     hello = {"endpoint": "tcp://h:1", "endpoints": ["tcp://h:1", 3], "instance": 7, "key": "k2"}
