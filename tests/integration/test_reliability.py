@@ -935,26 +935,47 @@ def test_at_most_once_chain_whose_stages_fall_behind_for_seconds_loses_no_value(
     ], run.report()
 
 
+# RECORDING_SINK that holds (records nothing more) after `hold_after` values until the file
+# `release` exists: the test kills it while it holds, however slowly the machine runs.
+HOLDING_SINK = """
+    import os
+    import time
+
+    out = open({path!r}, "a", encoding="utf-8")
+
+    def step(input_data):
+        value = input_data[{source!r}]
+        while value > {hold_after} and not os.path.exists({release!r}):
+            time.sleep(0.01)
+        time.sleep({pace_s})
+        out.write(f"{{value}}\\n")
+        out.flush()
+"""
+
+
 @pytest.mark.timeout(90)
 def test_sender_whose_stream_ended_still_replays_to_a_restarted_target(
     tmp_path: Path, porchd: StartDaemon
 ) -> None:
     n = 150
     record = Record(tmp_path / "received.txt")
+    killed = tmp_path / "killed"
     configs = [
         write_pipeline(tmp_path / "cfg", "numbers",
                        COUNTER_SOURCE.format(n=n, pace_every=n + 1, pace_s=0),
                        targets=("recorder",)),
         write_pipeline(tmp_path / "cfg", "recorder",
-                       recording_sink(str(record.path), "numbers", "True", 0.01),
+                       HOLDING_SINK.format(path=str(record.path), source="numbers", hold_after=30,
+                                           release=str(killed), pace_s=0.01),
                        sources=1),
     ]  # fmt: skip
     daemon = porchd(*configs)
     pid = daemon.pipeline("recorder", daemon.wait_running("recorder"))["pid"]
     daemon.wait_until(lambda: record.refresh() >= 30, RESTART_S, "30 values")
     os.kill(pid, signal.SIGKILL)  # the sender has long called porch.stop() and waits for acks
+    killed.touch()  # the next life records the rest
 
     # restart after 0.5 s, then 120 values at 10 ms each
-    daemon.wait_until(lambda: record.refresh() >= n, 12.0, "every value")
+    daemon.wait_until(lambda: record.refresh() >= n, RESTART_S, "every value")
     missing = record.missing(n)
     assert not missing, f"{len(missing)} lost: {missing[:5]}...{missing[-5:]}\n{daemon.report()}"
