@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import curses
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
 
 from porch.errors import ControlError
 from porch.graph import state_class
@@ -166,8 +168,13 @@ STYLE_COLORS = {"running": curses.COLOR_GREEN, "waiting": curses.COLOR_YELLOW,
 def run(fetch: Fetch, interval_s: float = INTERVAL_S) -> None:
     """Show the live view until `q` or Ctrl+C; the first fetch's errors are raised as usual."""
     first = fetch()
-    with contextlib.suppress(KeyboardInterrupt):  # curses.wrapper restores the terminal first
-        curses.wrapper(_Screen(fetch, interval_s, first).loop)
+    screen = _Screen(fetch, interval_s, first)
+    previous = signal.signal(signal.SIGINT, screen.interrupt)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # curses.wrapper restores the terminal first
+            curses.wrapper(screen.loop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def print_once(result: Status, width: int = 160) -> str:
@@ -184,12 +191,20 @@ class _Screen:
         self.result = first
         self.problem = ""
         self.styles: dict[str, int] = {}
+        self.interrupted = False
+
+    def interrupt(self, signum: int, frame: FrameType | None) -> None:
+        """SIGINT (Ctrl+C): quit. Python raises a handler's exception wherever the main thread
+        is, and drops it there when that is a finalizer (a zmq socket's __del__, once per
+        refresh): the flag, checked at every key poll, is not lost."""
+        self.interrupted = True
+        raise KeyboardInterrupt
 
     def loop(self, screen: curses.window) -> None:
         self._setup(screen)
         next_fetch_s = time.monotonic() + interval_s_floor(self.interval_s)
         self.draw(screen)
-        while True:
+        while not self.interrupted:
             key = screen.getch()
             if key in (ord("q"), ord("Q"), 27):
                 return

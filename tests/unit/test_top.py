@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+from collections.abc import Callable
+
 import pytest
 
 from porch import top
@@ -50,3 +54,35 @@ def test_top_shows_a_past_error_with_its_age() -> None:
     result = {"pipelines": [{"name": "p", "state": "running", "last_error": "boom",
                              "last_error_age_s": 5, "error_current": False}]}  # fmt: skip
     assert top.frame(result, 200, "12:00:00")[-1][0].endswith("5s ago: boom")
+
+
+class _Window:
+    """A curses window stand-in whose getch() runs `on_key` and reads no key."""
+
+    def __init__(self, on_key: Callable[[], None]) -> None:
+        self.on_key = on_key
+        self.polls = 0
+
+    def getch(self) -> int:
+        self.polls += 1
+        self.on_key()
+        return -1
+
+
+def test_ctrl_c_dropped_inside_a_finalizer_still_quits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SIGINT handler's KeyboardInterrupt raised inside a __del__ (as in a zmq socket's,
+    once per refresh) is dropped by Python; the loop still quits at its next key poll."""
+    screen = top._Screen(lambda: RESULT, 60.0, RESULT)  # type: ignore[arg-type]
+    monkeypatch.setattr(screen, "_setup", lambda window: None)
+    monkeypatch.setattr(screen, "draw", lambda window: None)
+    dropped: list[type[BaseException] | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: dropped.append(info.exc_type))
+
+    class Finalized:
+        def __del__(self) -> None:
+            screen.interrupt(signal.SIGINT, None)  # Ctrl+C arrives while this runs
+
+    window = _Window(lambda: Finalized() and None)
+    screen.loop(window)  # type: ignore[arg-type]
+    assert dropped == [KeyboardInterrupt]
+    assert window.polls == 1
