@@ -17,14 +17,19 @@ $(STAMP): setup.cfg pyproject.toml
 demo: install
 	$(BIN)/porch run examples/diamond/*.json --iterations 5
 
+# Tests run on WORKERS processes (pytest-xdist): most integration tests wait on processes, not
+# the CPU. Tests that share a module-scoped fixture stay on one worker (xdist_group, loadgroup).
+WORKERS ?= 3
+PYTEST_PARALLEL := $(BIN)/pytest -n $(WORKERS) --dist loadgroup
+
 test: install
-	$(BIN)/pytest tests
+	$(PYTEST_PARALLEL) tests
 
 unit: install
 	$(BIN)/pytest tests/unit
 
 integration: install
-	$(BIN)/pytest tests/integration
+	$(PYTEST_PARALLEL) tests/integration
 
 lint: install
 	$(BIN)/ruff check porch workers tests scripts examples

@@ -21,7 +21,11 @@ from tests.integration.test_netns_cluster import numbers
 
 __all__ = ["porchd_in"]  # a fixture, imported so that pytest finds it here
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.xdist_group("netns_faults"),
+    pytest.mark.timeout(150),
+]
 
 WAIT_S = 30.0
 BEACON_S = 1.0  # porchd's default beacon interval

@@ -20,7 +20,11 @@ from tests.integration.test_discovery import events
 
 __all__ = ["porchd_in"]  # a fixture, imported so that pytest finds it here
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.xdist_group("netns_replicas"),
+    pytest.mark.timeout(90),
+]
 
 WAIT_S = 30.0
 COUNT = 3000

@@ -25,7 +25,7 @@ from tests.conftest import NETWORK_VARIABLES, free_udp_port
 from tests.integration.conftest import Porchd, PorchRun
 from tests.integration.test_reliability import gone, wait_for, write_pipeline
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("replicas")]
 
 StartPorch = Callable[..., PorchRun]
 
